@@ -1,0 +1,174 @@
+"""Tests for utcp.config.Config: defaults, validation, immutability."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import pytest
+
+from utcp.config import Config
+
+POSITIVE_FLOATS = ["msl", "rto_initial", "rto_min", "rto_max", "ack_delay"]
+OPTIONAL_FLOATS = ["idle_timeout", "keepalive_interval", "user_timeout"]
+INT_BOUNDS = {
+    "syn_retries": (0, 255),
+    "synack_retries": (0, 255),
+    "keepalive_probes": (1, 255),
+    "mss": (64, 65495),
+    "recv_buffer": (1024, 1 << 30),
+    "send_buffer": (1024, 1 << 30),
+    "initial_cwnd_segments": (1, 1000),
+    "max_ooo_segments": (1, 1 << 20),
+}
+
+
+def test_every_field_is_covered() -> None:
+    names = {f.name for f in dataclasses.fields(Config)}
+    assert names == set(POSITIVE_FLOATS) | set(OPTIONAL_FLOATS) | set(INT_BOUNDS) | {
+        "congestion"}
+
+
+def test_defaults() -> None:
+    c = Config()
+    assert c.msl == 30.0
+    assert c.syn_retries == 6
+    assert c.synack_retries == 5
+    assert c.rto_initial == 1.0
+    assert c.rto_min == 0.2
+    assert c.rto_max == 60.0
+    assert c.mss == 1400
+    assert c.recv_buffer == 4 * 1024 * 1024
+    assert c.send_buffer == 4 * 1024 * 1024
+    assert c.idle_timeout is None
+    assert c.keepalive_interval is None
+    assert c.keepalive_probes == 9
+    assert c.user_timeout is None
+    assert c.congestion == "newreno"
+    assert c.ack_delay == 0.04
+    assert c.initial_cwnd_segments == 10
+    assert c.max_ooo_segments == 1024
+    assert c == Config()
+
+
+# ---------------------------------------------------------------- float fields
+
+
+@pytest.mark.parametrize("name", POSITIVE_FLOATS + OPTIONAL_FLOATS)
+@pytest.mark.parametrize("value", [True, False, "1.0", b"1", [1.0], 1j])
+def test_float_wrong_type(name: str, value: object) -> None:
+    with pytest.raises(TypeError):
+        Config(**{name: value})
+
+
+@pytest.mark.parametrize("name", POSITIVE_FLOATS)
+def test_positive_float_rejects_none(name: str) -> None:
+    with pytest.raises(TypeError):
+        Config(**{name: None})
+
+
+@pytest.mark.parametrize("name", POSITIVE_FLOATS + OPTIONAL_FLOATS)
+@pytest.mark.parametrize("value", [0, 0.0, -0.0, -1, -0.5, math.inf, -math.inf, math.nan])
+def test_float_out_of_range(name: str, value: float) -> None:
+    with pytest.raises(ValueError):
+        Config(**{name: value})
+
+
+@pytest.mark.parametrize("name", POSITIVE_FLOATS + OPTIONAL_FLOATS)
+def test_float_accepts_positive(name: str) -> None:
+    # 0.5 and 1 lie within the default rto_min..rto_max so no cross-check interferes
+    value = 0.5 if name != "rto_max" else 1.0
+    assert getattr(Config(**{name: value}), name) == value
+    int_value = 1
+    assert getattr(Config(**{name: int_value}), name) == 1
+
+
+@pytest.mark.parametrize("name", OPTIONAL_FLOATS)
+def test_optional_float_accepts_none(name: str) -> None:
+    assert getattr(Config(**{name: None}), name) is None
+
+
+# ---------------------------------------------------------------- int fields
+
+
+@pytest.mark.parametrize("name", list(INT_BOUNDS))
+@pytest.mark.parametrize("value", [True, False, 100.0, "100", None, 1.5])
+def test_int_wrong_type(name: str, value: object) -> None:
+    with pytest.raises(TypeError):
+        Config(**{name: value})
+
+
+@pytest.mark.parametrize("name", list(INT_BOUNDS))
+def test_int_bounds(name: str) -> None:
+    lo, hi = INT_BOUNDS[name]
+    assert getattr(Config(**{name: lo}), name) == lo
+    assert getattr(Config(**{name: hi}), name) == hi
+    for bad in (lo - 1, hi + 1, -1, -(10**20), 10**20):
+        with pytest.raises(ValueError):
+            Config(**{name: bad})
+
+
+# ---------------------------------------------------------------- cross-field and others
+
+
+def test_rto_min_above_rto_max() -> None:
+    with pytest.raises(ValueError):
+        Config(rto_min=2.0, rto_max=1.0)
+    with pytest.raises(ValueError):
+        Config(rto_min=61.0)  # above the default rto_max
+    with pytest.raises(ValueError):
+        Config(rto_max=0.1)  # below the default rto_min
+    c = Config(rto_min=1.5, rto_max=1.5)
+    assert c.rto_min == c.rto_max == 1.5
+
+
+def test_congestion() -> None:
+    assert Config(congestion="newreno").congestion == "newreno"
+    for bad in ("cubic", "NewReno", "", "newreno "):
+        with pytest.raises(ValueError):
+            Config(congestion=bad)
+    for wrong in (None, 1, b"newreno"):
+        with pytest.raises(TypeError):
+            Config(congestion=wrong)  # type: ignore[arg-type]
+
+
+def test_frozen() -> None:
+    c = Config()
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        c.mss = 1000  # type: ignore[misc]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        c.idle_timeout = 5.0  # type: ignore[misc]
+    assert c.mss == 1400
+    assert c.idle_timeout is None
+
+
+def test_hashable_and_equal() -> None:
+    assert hash(Config(mss=1000)) == hash(Config(mss=1000))
+    assert Config(mss=1000) != Config(mss=1001)
+
+
+def test_replace() -> None:
+    base = Config()
+    c = base.replace(mss=536, idle_timeout=10.0, msl=0.5)
+    assert isinstance(c, Config)
+    assert (c.mss, c.idle_timeout, c.msl) == (536, 10.0, 0.5)
+    assert c.rto_max == base.rto_max
+    # the original is untouched
+    assert (base.mss, base.idle_timeout, base.msl) == (1400, None, 30.0)
+    assert c.replace(idle_timeout=None).idle_timeout is None
+
+
+def test_replace_validates() -> None:
+    base = Config()
+    with pytest.raises(ValueError):
+        base.replace(mss=10)
+    with pytest.raises(ValueError):
+        base.replace(rto_min=100.0)
+    with pytest.raises(ValueError):
+        base.replace(ack_delay=math.nan)
+    with pytest.raises(TypeError):
+        base.replace(syn_retries=True)
+    with pytest.raises(ValueError):
+        base.replace(congestion="bbr")
+    with pytest.raises(TypeError):
+        base.replace(no_such_field=1)

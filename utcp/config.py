@@ -1,0 +1,77 @@
+"""`utcp.Config`: every tunable in one frozen, validated dataclass (DESIGN §1)."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+
+CONGESTION_ALGORITHMS = ("newreno",)
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """Defaults suit a connection across the internet; tests shrink the timers.
+
+    Times are seconds (float), sizes bytes (int).
+    """
+
+    msl: float = 30.0                  # TIME_WAIT lasts 2 * msl (Linux: 60 s)
+    syn_retries: int = 6               # SYN retransmissions before connect fails
+    synack_retries: int = 5            # SYN+ACK retransmissions before the entry is dropped
+    rto_initial: float = 1.0           # RFC 6298 §2.1
+    rto_min: float = 0.2               # Linux's floor; RFC 6298 suggests 1 s
+    rto_max: float = 60.0              # RFC 6298 §2.5
+    mss: int = 1400                    # payload bytes per segment we accept and send at most
+    recv_buffer: int = 4 * 1024 * 1024  # receive window (bytes unread + in flight to us)
+    send_buffer: int = 4 * 1024 * 1024  # bytes in flight at most
+    idle_timeout: float | None = None  # close gracefully after this long with no segment
+    keepalive_interval: float | None = None  # probe an idle connection this often
+    keepalive_probes: int = 9          # unanswered probes before the connection is dropped
+    user_timeout: float | None = None  # unacknowledged data this old ends the connection
+    congestion: str = "newreno"
+    ack_delay: float = 0.04            # delayed-ACK timer (RFC 9293 §3.8.6.3: < 0.5 s)
+    initial_cwnd_segments: int = 10    # RFC 6928
+    max_ooo_segments: int = 1024       # out-of-order pieces held per connection at most
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            _check(f.name, getattr(self, f.name))
+        if self.rto_min > self.rto_max:
+            raise ValueError("rto_min must not exceed rto_max")
+        if self.congestion not in CONGESTION_ALGORITHMS:
+            raise ValueError(f"unknown congestion algorithm {self.congestion!r};"
+                             f" choose one of {', '.join(CONGESTION_ALGORITHMS)}")
+
+    def replace(self, **changes: object) -> Config:
+        return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
+
+
+_FLOAT_POSITIVE = {"msl", "rto_initial", "rto_min", "rto_max", "ack_delay"}
+_FLOAT_OPTIONAL = {"idle_timeout", "keepalive_interval", "user_timeout"}
+_INT_RANGES = {
+    "syn_retries": (0, 255),
+    "synack_retries": (0, 255),
+    "keepalive_probes": (1, 255),
+    "mss": (64, 65495),  # the largest payload of one IPv4 UDP datagram less our header
+    "recv_buffer": (1024, 1 << 30),  # window scale 14 allows up to 2**30
+    "send_buffer": (1024, 1 << 30),
+    "initial_cwnd_segments": (1, 1000),
+    "max_ooo_segments": (1, 1 << 20),
+}
+
+
+def _check(name: str, value: object) -> None:
+    if name in _FLOAT_POSITIVE or (name in _FLOAT_OPTIONAL and value is not None):
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise TypeError(f"Config.{name} must be a number of seconds, not {value!r}")
+        if not math.isfinite(value) or value <= 0:
+            raise ValueError(f"Config.{name} must be a positive finite number, not {value!r}")
+    elif name in _INT_RANGES:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise TypeError(f"Config.{name} must be an int, not {value!r}")
+        lo, hi = _INT_RANGES[name]
+        if not lo <= value <= hi:
+            raise ValueError(f"Config.{name} must be within {lo}..{hi}, not {value}")
+    elif name == "congestion" and not isinstance(value, str):
+        raise TypeError(f"Config.congestion must be a str, not {value!r}")

@@ -1,0 +1,907 @@
+"""One TCP connection (the TCB of RFC 9293) as a sans-IO state machine.
+
+Inputs: `receive(segment, now)`, `send(data)`, `close()`, `abort()`, `handle_timer(now)`.
+Outputs, pulled by the caller: `datagrams_to_send(now)`, `get_timer()`, `next_event()`,
+`read()`. No socket and no clock: every time is an argument, so a test can run a
+60-second TIME_WAIT in microseconds.
+
+Sequence numbers are kept *unwrapped* (see `utcp.seq`); only the wire sees 32 bits.
+Segment processing follows the order of RFC 9293 §3.10.7.4 (acceptability, RST, SYN,
+ACK, text, FIN), and every change of state goes through `utcp.state.next_state`.
+"""
+
+from __future__ import annotations
+
+import collections
+import secrets
+from bisect import bisect_left
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from utcp import congestion, log, wire
+from utcp import seq as sq
+from utcp.config import Config
+from utcp.events import (
+    EofReceived,
+    Event,
+    HandshakeCompleted,
+    SendClosed,
+    StateChanged,
+    Terminated,
+)
+from utcp.recovery import RttEstimator
+from utcp.state import CAN_SEND, SYNCHRONIZED, State, next_state
+from utcp.state import Event as Ev
+from utcp.wire import ACK, FIN, PSH, RST, SYN
+
+DEFAULT_MSS = 536  # RFC 9293 §3.7.1: the send MSS when the peer sends no MSS option
+DUPACK_THRESHOLD = 3
+MAX_WINDOW_FIELD = 0xFFFF
+
+
+@dataclass(frozen=True, slots=True)
+class Stats:
+    """A snapshot in the spirit of Linux's TCP_INFO (DESIGN §1)."""
+
+    state: State
+    mss: int
+    srtt: float | None
+    rttvar: float | None
+    rto: float
+    cwnd: int
+    ssthresh: int | None
+    snd_wnd: int
+    rcv_wnd: int
+    bytes_sent: int
+    bytes_acked: int
+    bytes_received: int
+    bytes_retransmitted: int
+    segments_sent: int
+    segments_received: int
+    segments_retransmitted: int
+    dup_acks_received: int
+    fast_retransmits: int
+    timeouts: int
+    ooo_segments_received: int
+    dropped_segments: int
+    congestion: str
+
+
+def window_scale_for(buffer: int) -> int:
+    """The smallest shift that lets a 16-bit field describe the whole buffer (RFC 7323)."""
+    shift = 0
+    while (buffer >> shift) > MAX_WINDOW_FIELD and shift < wire.MAX_WSCALE:
+        shift += 1
+    return shift
+
+
+class Connection:
+    def __init__(self, config: Config, *, local_port: int, remote_port: int,
+                 iss: int | None = None, name: str = "") -> None:
+        self.config = config
+        self.local_port = local_port
+        self.remote_port = remote_port
+        self.name = name
+        self.state = State.CLOSED
+        self.passive = False
+        self._notify: Callable[[Connection], None] | None = None
+        self._events: collections.deque[Event] = collections.deque()
+        self._out: list[bytes] = []
+        self.error: Exception | None = None
+
+        # send sequence space (unwrapped)
+        self.iss = secrets.randbits(32) if iss is None else iss & sq.MASK
+        self.snd_una = self.iss
+        self.snd_nxt = self.iss
+        self.snd_max = self.iss      # highest sequence number sent + 1
+        self.snd_wnd = 0
+        self.snd_wl1 = 0
+        self.snd_wl2 = 0
+        self.snd_wscale = 0          # the peer's shift: applies to windows it sends
+        self.max_snd_wnd = 0
+        self.snd_mss = DEFAULT_MSS
+        self._sndbuf = bytearray()   # bytes from _snd_base on: unacked, then unsent
+        self._snd_base = self.iss + 1
+        self._fin_queued = False
+        self._fin_acked = False
+
+        # receive sequence space (unwrapped once the peer's SYN arrives)
+        self.irs = 0
+        self.rcv_nxt = 0
+        self.rcv_wscale = window_scale_for(config.recv_buffer)  # our shift
+        self.rcv_adv = 0             # right edge of the window we advertised
+        self._rcvbuf = bytearray()   # in-order bytes the application has not read
+        self._ooo: list[tuple[int, bytes]] = []  # out-of-order pieces, sorted by seq
+        self._ooo_bytes = 0
+        self._fin_seq: int | None = None  # sequence number of the peer's FIN, once seen
+        self._fin_received = False
+
+        # timers (absolute deadlines on the caller's clock)
+        self._rtx_deadline: float | None = None
+        self._persist_deadline: float | None = None
+        self._ack_deadline: float | None = None
+        self._tw_deadline: float | None = None
+        self._keepalive_deadline: float | None = None
+        self._idle_deadline: float | None = None
+        self._user_deadline: float | None = None
+        self._syn_retries = 0
+        self._persist_backoff = 0
+        self._keepalive_sent = 0
+
+        # acknowledgment generation
+        self._ack_now = False
+        self._unacked_segments = 0  # full-sized segments received since our last ACK
+
+        # recovery and congestion
+        self.rtt = RttEstimator(config.rto_initial, config.rto_min, config.rto_max)
+        self.cc = congestion.create(config.congestion, self.snd_mss,
+                                    config.initial_cwnd_segments * self.snd_mss)
+        self._rtt_seq: int | None = None
+        self._rtt_time = 0.0
+        self._dupacks = 0
+        self._in_recovery = False
+        self._recover = self.iss
+        self._peer_sack_permitted = False
+
+        # counters for Stats
+        self.bytes_sent = 0
+        self.bytes_acked = 0
+        self.bytes_received = 0
+        self.bytes_retransmitted = 0
+        self.segments_sent = 0
+        self.segments_received = 0
+        self.segments_retransmitted = 0
+        self.dup_acks_received = 0
+        self.fast_retransmits = 0
+        self.timeouts = 0
+        self.ooo_segments_received = 0
+        self.dropped_segments = 0
+
+    # ------------------------------------------------------------------ application calls
+
+    def connect(self, now: float) -> None:
+        """Active open: send SYN (RFC 9293 §3.10.1)."""
+        self._set_state(Ev.ACTIVE_OPEN)
+        self._rtx_deadline = now + self.rtt.rto
+        self._touch()
+
+    def accept_syn(self, segment: wire.Segment, now: float) -> None:
+        """Passive open: a listener hands us the SYN it received (LISTEN -> SYN_RCVD)."""
+        self.passive = True
+        self.state = State.LISTEN
+        self._take_syn(segment)
+        self._set_state(Ev.PASSIVE_OPEN)
+        self._rtx_deadline = now + self.rtt.rto
+        self._last_activity(now)
+        self._touch()
+
+    def send(self, data: bytes | bytearray | memoryview) -> None:
+        """Queue bytes to send. Raises once the sending side is closed."""
+        if self.state not in CAN_SEND or self._fin_queued:
+            raise ConnectionError(f"cannot send in state {self.state.name}"
+                                  + (" after close" if self._fin_queued else ""))
+        if data:
+            self._sndbuf += data
+            self._touch()
+
+    def close(self) -> None:
+        """Graceful close: FIN after all queued data (RFC 9293 §3.10.4)."""
+        if self._fin_queued or self.state in (State.CLOSED, State.TIME_WAIT):
+            return
+        if self.state in (State.SYN_SENT, State.LISTEN):
+            self._set_state(Ev.CLOSE)
+            self._terminate(None)
+            return
+        self._fin_queued = True
+        self._set_state(Ev.CLOSE)
+        self._touch()
+
+    def abort(self) -> None:
+        """Send RST if the peer knows us, and forget everything (RFC 9293 §3.10.5)."""
+        if self.state == State.CLOSED:
+            return
+        if self.state in (State.SYN_RCVD, State.ESTABLISHED, State.FIN_WAIT_1,
+                          State.FIN_WAIT_2, State.CLOSE_WAIT):
+            self._emit(self.snd_nxt, 0, RST | ACK)
+        self._set_state(Ev.ABORT)
+        self._terminate(None)
+
+    def read(self, max_bytes: int = -1) -> bytes:
+        """Take in-order bytes the peer sent; reading reopens the advertised window."""
+        if not self._rcvbuf:
+            return b""
+        if max_bytes < 0 or max_bytes >= len(self._rcvbuf):
+            data = bytes(self._rcvbuf)
+            self._rcvbuf.clear()
+        else:
+            data = bytes(self._rcvbuf[:max_bytes])
+            del self._rcvbuf[:max_bytes]
+        self._maybe_window_update()
+        return data
+
+    @property
+    def readable(self) -> int:
+        return len(self._rcvbuf)
+
+    @property
+    def unsent(self) -> int:
+        """Bytes queued by the application that were never transmitted."""
+        return self._snd_base + len(self._sndbuf) - max(self.snd_nxt, self._snd_base)
+
+    @property
+    def in_flight(self) -> int:
+        return self.snd_nxt - self.snd_una
+
+    @property
+    def queued(self) -> int:
+        """Bytes queued and not yet acknowledged (unacked plus unsent)."""
+        return len(self._sndbuf)
+
+    @property
+    def eof_received(self) -> bool:
+        return self._fin_received
+
+    # --------------------------------------------------------------------- outputs
+
+    def next_event(self) -> Event | None:
+        return self._events.popleft() if self._events else None
+
+    def datagrams_to_send(self, now: float) -> list[bytes]:
+        if self.state != State.CLOSED:
+            self._output(now)
+        out, self._out = self._out, []
+        return out
+
+    def get_timer(self) -> float | None:
+        best: float | None = None
+        for t in (self._rtx_deadline, self._persist_deadline, self._ack_deadline,
+                  self._tw_deadline, self._keepalive_deadline, self._idle_deadline,
+                  self._user_deadline):
+            if t is not None and (best is None or t < best):
+                best = t
+        return best
+
+    def stats(self) -> Stats:
+        return Stats(
+            state=self.state, mss=self.snd_mss, srtt=self.rtt.srtt, rttvar=self.rtt.rttvar,
+            rto=self.rtt.rto, cwnd=self.cc.cwnd, ssthresh=self.cc.ssthresh,
+            snd_wnd=self.snd_wnd, rcv_wnd=max(self.rcv_adv - self.rcv_nxt, 0),
+            bytes_sent=self.bytes_sent, bytes_acked=self.bytes_acked,
+            bytes_received=self.bytes_received, bytes_retransmitted=self.bytes_retransmitted,
+            segments_sent=self.segments_sent, segments_received=self.segments_received,
+            segments_retransmitted=self.segments_retransmitted,
+            dup_acks_received=self.dup_acks_received, fast_retransmits=self.fast_retransmits,
+            timeouts=self.timeouts, ooo_segments_received=self.ooo_segments_received,
+            dropped_segments=self.dropped_segments, congestion=self.cc.name)
+
+    # --------------------------------------------------------------------- timers
+
+    def handle_timer(self, now: float) -> None:
+        if self.state == State.CLOSED:
+            return
+        self._now = now
+        self._touch()
+        if self._tw_deadline is not None and now >= self._tw_deadline:
+            self._tw_deadline = None
+            self._set_state(Ev.TIMEOUT_2MSL)
+            self._terminate(None)
+            return
+        if self._user_deadline is not None and now >= self._user_deadline:
+            self._fail(TimeoutError("no acknowledgment within user_timeout"), send_rst=True)
+            return
+        if (self._rtx_deadline is not None and now >= self._rtx_deadline
+                and not self._on_retransmission_timeout(now)):
+            return
+        if self._persist_deadline is not None and now >= self._persist_deadline:
+            self._on_persist_timeout(now)
+        if self._ack_deadline is not None and now >= self._ack_deadline:
+            self._ack_deadline = None
+            self._ack_now = True
+        if self._idle_deadline is not None and now >= self._idle_deadline:
+            self._idle_deadline = None
+            if self.state in (State.ESTABLISHED, State.CLOSE_WAIT):
+                if log.enabled():
+                    log.emit("idle_timeout", conn=self.name)
+                self.close()
+            elif self.state in (State.FIN_WAIT_1, State.FIN_WAIT_2, State.CLOSING,
+                                State.LAST_ACK):
+                # we have closed and the peer has gone quiet: nothing graceful is left
+                self._fail(TimeoutError("idle timeout while closing"), send_rst=True)
+                return
+        if self._keepalive_deadline is not None and now >= self._keepalive_deadline:
+            self._on_keepalive(now)
+
+    def _on_retransmission_timeout(self, now: float) -> bool:
+        """Retransmit or give up; False when the connection is over."""
+        self.timeouts += 1
+        self.rtt.on_timeout()
+        self._rtt_seq = None  # Karn: no sample from anything sent before
+        if self.state in (State.SYN_SENT, State.SYN_RCVD):
+            limit = (self.config.synack_retries if self.passive else self.config.syn_retries)
+            if self._syn_retries >= limit:
+                err = (None if self.passive else
+                       TimeoutError(f"no answer to SYN after {limit} retransmissions"))
+                if log.enabled():
+                    log.emit("handshake_failed", conn=self.name, retries=limit)
+                self._fail(err, send_rst=False)
+                return False
+            self._syn_retries += 1
+            self.snd_nxt = self.iss  # resend the SYN (or SYN+ACK) from _output
+            self._rtx_deadline = now + self.rtt.rto
+            return True
+        if self.snd_una == self.snd_max:
+            self._rtx_deadline = None
+            return True
+        if log.enabled():
+            log.emit("rto", conn=self.name, state=self.state.name, rto=self.rtt.rto,
+                     snd_una=self.snd_una)
+        # RFC 5681 §3.1 and RFC 6582 §4: back to slow start, go back to snd_una
+        self.cc.on_rto(self.snd_max - self.snd_una, now)
+        self._in_recovery = False
+        self._recover = self.snd_max
+        self._dupacks = 0
+        self.snd_nxt = self.snd_una
+        self._rtx_deadline = now + self.rtt.rto
+        return True
+
+    def _on_persist_timeout(self, now: float) -> None:
+        # A probe one byte below snd_una is never acceptable, so the peer must answer with
+        # an ACK carrying its current window (what Linux does; RFC 9293 §3.8.6.1).
+        self._persist_deadline = None
+        if self.snd_wnd == 0 and self.unsent and self.snd_nxt == self.snd_una:
+            self._emit(self.snd_una - 1, 0, ACK)
+            self._persist_backoff = min(self._persist_backoff + 1, 16)
+            self._persist_deadline = now + min(self.rtt.rto * (1 << self._persist_backoff),
+                                               self.config.rto_max)
+
+    def _on_keepalive(self, now: float) -> None:
+        self._keepalive_deadline = None
+        interval = self.config.keepalive_interval
+        if interval is None or self.state not in SYNCHRONIZED or self.state == State.TIME_WAIT:
+            return
+        if self._keepalive_sent >= self.config.keepalive_probes:
+            self._fail(TimeoutError("keepalive probes unanswered"), send_rst=True)
+            return
+        self._keepalive_sent += 1
+        self._emit(self.snd_una - 1, 0, ACK)
+        self._keepalive_deadline = now + interval
+
+    # --------------------------------------------------------------------- input
+
+    def receive(self, seg: wire.Segment, now: float) -> None:
+        """Process one segment addressed to this connection."""
+        if self.state in (State.CLOSED, State.LISTEN):
+            return
+        self._now = now
+        self.segments_received += 1
+        self._touch()
+        self._keepalive_sent = 0
+        if self.config.keepalive_interval is not None:
+            self._keepalive_deadline = now + self.config.keepalive_interval
+        if self.state == State.SYN_SENT:
+            self._receive_syn_sent(seg, now)
+        else:
+            self._receive_synchronized(seg, now)
+
+    def _receive_syn_sent(self, seg: wire.Segment, now: float) -> None:
+        flags = seg.flags
+        ack_ok = False
+        if flags & ACK:
+            ack = sq.unwrap(seg.ack, self.snd_una)
+            if ack <= self.iss or ack > self.snd_max:
+                if not flags & RST:
+                    self._emit(seg.ack, 0, RST, raw_seq=True)
+                self._drop("unacceptable ACK in SYN_SENT")
+                return
+            ack_ok = True
+        if flags & RST:
+            if ack_ok:
+                self._fail(ConnectionRefusedError("connection refused by peer"), send_rst=False)
+            else:
+                self._drop("RST without ACK in SYN_SENT")
+            return
+        if not flags & SYN:
+            self._drop("no SYN in SYN_SENT")
+            return
+        self._take_syn(seg)
+        if ack_ok:
+            self._handshake_acked(sq.unwrap(seg.ack, self.snd_una), now)
+            self._update_window(seg, self.rcv_nxt - 1, self.snd_una, force=True)
+            self._set_state(Ev.RCV_SYN_ACK)
+            self._events.append(HandshakeCompleted())
+            self._ack_now = True
+        else:
+            # simultaneous open (RFC 9293 §3.5, figure 8): answer with SYN+ACK
+            self._set_state(Ev.RCV_SYN)
+            self.snd_nxt = self.iss
+            self._rtx_deadline = now + self.rtt.rto
+
+    def _take_syn(self, seg: wire.Segment) -> None:
+        """Record what the peer's SYN tells us: its ISN, MSS and window scale."""
+        self.irs = seg.seq
+        self.rcv_nxt = seg.seq + 1
+        opts = seg.options
+        self.snd_mss = min(self.config.mss, opts.mss if opts.mss else DEFAULT_MSS)
+        self.snd_mss = max(self.snd_mss, 64)
+        self.cc.set_mss(self.snd_mss)
+        self.cc.cwnd = self.config.initial_cwnd_segments * self.snd_mss
+        self._wscale_ok = opts.wscale is not None
+        if opts.wscale is not None:
+            self.snd_wscale = opts.wscale
+        else:
+            self.rcv_wscale = 0  # RFC 7323 §2.2: scaling needs both sides' option
+        self._peer_sack_permitted = opts.sack_permitted
+        self.snd_wnd = seg.window  # never scaled in a SYN
+        self.max_snd_wnd = self.snd_wnd
+        self.rcv_adv = self.rcv_nxt
+
+    def _handshake_acked(self, ack: int, now: float) -> None:
+        """Our SYN is acknowledged: the first RTT sample, unless the SYN was resent."""
+        self.snd_una = ack
+        if self.snd_nxt < ack:
+            self.snd_nxt = ack
+        if self._syn_retries == 0:
+            self.rtt.sample(now - self._syn_time)
+        self._rtx_deadline = None
+        self._syn_retries = 0
+        self._last_activity(now)
+
+    def _receive_synchronized(self, seg: wire.Segment, now: float) -> None:
+        flags = seg.flags
+        seg_seq = sq.unwrap(seg.seq, self.rcv_nxt)
+        payload = seg.payload
+
+        # A SYN we have already seen: retransmitted SYN, or the peer's SYN+ACK again.
+        if flags & SYN:
+            if seg_seq == self.irs and not flags & RST:
+                if self.state == State.SYN_RCVD and not flags & ACK:
+                    self.snd_nxt = self.iss  # our SYN+ACK was lost: send it again
+                    return
+                if self.state == State.SYN_RCVD:
+                    ack = sq.unwrap(seg.ack, self.snd_una)
+                    if self.snd_una < ack <= self.snd_max:  # simultaneous open completes
+                        self._handshake_acked(ack, now)
+                        self._update_window(seg, seg_seq, ack, force=True)
+                        self._set_state(Ev.RCV_ACK_OF_SYN)
+                        self._events.append(HandshakeCompleted())
+                        self._ack_now = True
+                        return
+                self._ack_now = True  # our ACK of it was lost
+                self._drop("duplicate SYN")
+                return
+            # RFC 5961 §4 / RFC 9293 §3.10.7.4 fourth: challenge ACK, never a reset
+            self._ack_now = True
+            self._drop("SYN in synchronized state")
+            return
+
+        # first: is the segment acceptable? (RFC 9293 §3.10.7.4, the table)
+        seg_len = len(payload) + (1 if flags & FIN else 0)
+        wnd = max(self.rcv_adv - self.rcv_nxt, 0)
+        if seg_len == 0:
+            ok = (seg_seq == self.rcv_nxt) if wnd == 0 else (
+                self.rcv_nxt <= seg_seq < self.rcv_nxt + wnd)
+        elif wnd == 0:
+            ok = seg_seq == self.rcv_nxt  # keep its ACK; the text is trimmed away below
+        else:
+            end = seg_seq + seg_len - 1
+            ok = (self.rcv_nxt <= seg_seq < self.rcv_nxt + wnd) or (
+                self.rcv_nxt <= end < self.rcv_nxt + wnd)
+        if not ok:
+            if not flags & RST:
+                self._ack_now = True
+                if self.state == State.TIME_WAIT and flags & FIN:
+                    self._tw_deadline = now + 2 * self.config.msl  # RFC 9293: restart 2MSL
+            self._drop("outside window")
+            return
+
+        # second: RST. Only an exact match resets; in-window gets a challenge ACK (RFC 5961).
+        if flags & RST:
+            if self.state == State.TIME_WAIT:
+                self._drop("RST in TIME_WAIT")  # RFC 1337: no TIME-WAIT assassination
+                return
+            if seg_seq != self.rcv_nxt:
+                self._ack_now = True
+                self._drop("RST not at rcv_nxt")
+                return
+            if self.state == State.SYN_RCVD:
+                err: Exception | None = (None if self.passive else
+                                         ConnectionRefusedError("connection refused by peer"))
+            elif self.state in (State.ESTABLISHED, State.FIN_WAIT_1, State.FIN_WAIT_2,
+                                State.CLOSE_WAIT):
+                err = ConnectionResetError("connection reset by peer")
+            else:
+                err = None
+            if log.enabled():
+                log.emit("reset", conn=self.name, state=self.state.name)
+            self._fail(err, send_rst=False, event=Ev.RCV_RST)
+            return
+
+        # fifth: ACK
+        if not flags & ACK:
+            self._drop("no ACK")
+            return
+        ack = sq.unwrap(seg.ack, self.snd_una)
+        if self.state == State.SYN_RCVD:
+            if not self.snd_una < ack <= self.snd_max:
+                self._emit(seg.ack, 0, RST, raw_seq=True)
+                self._drop("bad ACK in SYN_RCVD")
+                return
+            self._handshake_acked(self.iss + 1, now)
+            self._update_window(seg, seg_seq, ack, force=True)
+            self._set_state(Ev.RCV_ACK_OF_SYN)
+            self._events.append(HandshakeCompleted())
+        if ack > self.snd_max:
+            self._ack_now = True  # RFC 9293: ACK of something not yet sent
+            self._drop("ACK of unsent data")
+            return
+        fin_now_acked = self._process_ack(seg, seg_seq, ack, len(payload), now)
+
+        # seventh: text
+        complete = True
+        if payload and self.state in (State.ESTABLISHED, State.FIN_WAIT_1, State.FIN_WAIT_2):
+            complete = self._receive_text(seg_seq, payload)
+        elif payload:
+            self._drop("data after FIN")
+        elif flags & FIN and seg_seq >= self.rcv_adv:
+            complete = False  # a FIN past the window we offered
+
+        # eighth: FIN (possibly held until a hole before it is filled)
+        if flags & FIN and complete and self._fin_seq is None:
+            self._fin_seq = seg_seq + len(payload)
+        fin_in_order = (self._fin_seq is not None and not self._fin_received
+                        and self.rcv_nxt == self._fin_seq)
+        if fin_in_order:
+            self._receive_fin(now, fin_now_acked)
+        elif fin_now_acked:
+            if self.state == State.FIN_WAIT_1:
+                self._set_state(Ev.RCV_ACK_OF_FIN)
+            elif self.state == State.CLOSING:
+                self._set_state(Ev.RCV_ACK_OF_FIN)
+                self._enter_time_wait(now)
+            elif self.state == State.LAST_ACK:
+                self._set_state(Ev.RCV_ACK_OF_FIN)
+                self._terminate(None)
+        if seg_len or flags & FIN:
+            self._last_activity(now)
+
+    def _process_ack(self, seg: wire.Segment, seg_seq: int, ack: int, text_len: int,
+                     now: float) -> bool:
+        """RFC 9293 fifth step plus RFC 5681/6582 loss recovery; True if our FIN got acked."""
+        fin_acked_now = False
+        if ack > self.snd_una:
+            acked = ack - self.snd_una
+            data_end = self._snd_base + len(self._sndbuf)
+            data_acked = min(ack, data_end) - self._snd_base
+            if data_acked > 0:
+                del self._sndbuf[:data_acked]
+                self._snd_base += data_acked
+                self.bytes_acked += data_acked
+            if self._fin_queued and not self._fin_acked and ack > data_end:
+                self._fin_acked = fin_acked_now = True
+                self._events.append(SendClosed())
+            flight = self.snd_max - self.snd_una
+            self.snd_una = ack
+            if self.snd_nxt < ack:
+                self.snd_nxt = ack  # data past a go-back-N rewind had arrived after all
+            # RTT sample (Karn: only a segment never retransmitted is timed)
+            if self._rtt_seq is not None and ack > self._rtt_seq:
+                self.rtt.sample(now - self._rtt_time)
+                self._rtt_seq = None
+            if self._in_recovery:
+                if ack >= self._recover:           # full ACK: RFC 6582 §3.2 step 3
+                    self._in_recovery = False
+                    self.cc.on_recovery_end()
+                else:                              # partial ACK: step 4
+                    self._retransmit_first(now)
+                    self.cc.cwnd = max(self.cc.cwnd - acked + self.snd_mss, self.snd_mss)
+            else:
+                self.cc.on_ack(acked, flight, now)
+            self._dupacks = 0
+            self._user_deadline = None
+            if self.snd_una < self.snd_max:
+                self._rtx_deadline = now + self.rtt.rto  # RFC 6298 §5.3
+                if self.config.user_timeout is not None:
+                    self._user_deadline = now + self.config.user_timeout
+            else:
+                self._rtx_deadline = None
+            self._persist_backoff = 0
+        elif (ack == self.snd_una and self.snd_una < self.snd_max and text_len == 0
+              and not seg.flags & (FIN | SYN) and (seg.window << self.snd_wscale) == self.snd_wnd):
+            # RFC 5681 §2: a duplicate ACK
+            self.dup_acks_received += 1
+            self._dupacks += 1
+            if self._in_recovery:
+                self.cc.cwnd += self.snd_mss       # RFC 6582 §3.2 step 4 (inflation)
+            elif self._dupacks == DUPACK_THRESHOLD and self.snd_una >= self._recover:
+                self._enter_recovery(now)
+        self._update_window(seg, seg_seq, ack)
+        return fin_acked_now
+
+    def _enter_recovery(self, now: float) -> None:
+        self.fast_retransmits += 1
+        if log.enabled():
+            log.emit("fast_retransmit", conn=self.name, snd_una=self.snd_una)
+        self._in_recovery = True
+        self._recover = self.snd_max
+        self.cc.on_loss(self.snd_max - self.snd_una, now)
+        self._retransmit_first(now)
+
+    def _retransmit_first(self, now: float) -> None:
+        """Resend the first unacknowledged segment without rewinding snd_nxt."""
+        data_end = self._snd_base + len(self._sndbuf)
+        n = min(self.snd_mss, data_end - self.snd_una)
+        if n > 0:
+            self._send_data(self.snd_una, n, now, fin=False)
+        elif self._fin_queued and not self._fin_acked:
+            self._send_data(self.snd_una, 0, now, fin=True)
+        self._rtx_deadline = now + self.rtt.rto
+
+    def _update_window(self, seg: wire.Segment, seg_seq: int, ack: int,
+                       force: bool = False) -> None:
+        """RFC 9293 §3.10.7.4: take the window only from a segment newer than the last."""
+        if force or self.snd_wl1 < seg_seq or (self.snd_wl1 == seg_seq and self.snd_wl2 <= ack):
+            shift = 0 if seg.flags & SYN else self.snd_wscale
+            self.snd_wnd = seg.window << shift
+            self.snd_wl1 = seg_seq
+            self.snd_wl2 = ack
+            if self.snd_wnd > self.max_snd_wnd:
+                self.max_snd_wnd = self.snd_wnd
+            if self.snd_wnd:
+                self._persist_deadline = None
+
+    def _receive_text(self, seg_seq: int, payload: bytes | memoryview) -> bool:
+        """Take in-window text; False if its tail (and so any FIN after it) was cut off."""
+        # trim to the window: what is before rcv_nxt is old, what is past rcv_adv we never offered
+        if seg_seq < self.rcv_nxt:
+            payload = payload[self.rcv_nxt - seg_seq:]
+            seg_seq = self.rcv_nxt
+        room = self.rcv_adv - seg_seq
+        complete = len(payload) <= room
+        if not complete:
+            payload = payload[:max(room, 0)]
+            self._ack_now = True
+        if not payload:
+            self._ack_now = True
+            return complete
+        if seg_seq == self.rcv_nxt:
+            self._rcvbuf += payload
+            self.rcv_nxt += len(payload)
+            self.bytes_received += len(payload)
+            if self._ooo:
+                self._drain_ooo()
+                self._ack_now = True  # RFC 5681 §4.2: ACK at once when a hole fills
+            else:
+                # RFC 9293 §3.8.6.3: at least every second segment, else the delay timer
+                self._unacked_segments += 1
+                if self._unacked_segments >= 2:
+                    self._ack_now = True
+        else:
+            self.ooo_segments_received += 1
+            self._ack_now = True  # a duplicate ACK tells the sender about the hole
+            item = (seg_seq, bytes(payload))
+            i = bisect_left(self._ooo, item)
+            if i < len(self._ooo) and self._ooo[i] == item:
+                return complete  # a duplicate of a piece we hold
+            if len(self._ooo) >= self.config.max_ooo_segments:
+                self._drop("out-of-order queue full")
+                return False
+            self._ooo.insert(i, item)
+            self._ooo_bytes += len(payload)
+        if not self._ack_now and self._ack_deadline is None:
+            self._ack_deadline = self._now + self.config.ack_delay
+        return complete
+
+    def _drain_ooo(self) -> None:
+        ooo = self._ooo
+        i = 0
+        while i < len(ooo):
+            start, data = ooo[i]
+            if start > self.rcv_nxt:
+                break
+            end = start + len(data)
+            if end > self.rcv_nxt:
+                piece = data[self.rcv_nxt - start:]
+                self._rcvbuf += piece
+                self.bytes_received += len(piece)
+                self.rcv_nxt = end
+            self._ooo_bytes -= len(data)
+            i += 1
+        del ooo[:i]
+
+    def _receive_fin(self, now: float, fin_now_acked: bool) -> None:
+        self._fin_received = True
+        self.rcv_nxt += 1
+        self._ack_now = True
+        self._events.append(EofReceived())
+        if self.state in (State.SYN_RCVD, State.ESTABLISHED):
+            self._set_state(Ev.RCV_FIN)
+        elif self.state == State.FIN_WAIT_1:
+            if fin_now_acked:
+                self._set_state(Ev.RCV_FIN_ACK_OF_FIN)
+                self._enter_time_wait(now)
+            else:
+                self._set_state(Ev.RCV_FIN)  # simultaneous close: CLOSING
+        elif self.state == State.FIN_WAIT_2:
+            self._set_state(Ev.RCV_FIN)
+            self._enter_time_wait(now)
+
+    def _enter_time_wait(self, now: float) -> None:
+        self._tw_deadline = now + 2 * self.config.msl
+        self._rtx_deadline = self._persist_deadline = self._idle_deadline = None
+        self._keepalive_deadline = self._user_deadline = None
+
+    # --------------------------------------------------------------------- output
+
+    def _output(self, now: float) -> None:
+        self._now = now
+        state = self.state
+        if state in (State.SYN_SENT, State.SYN_RCVD) and self.snd_nxt == self.iss:
+            self._send_syn(now)
+            return
+        if state in SYNCHRONIZED and state != State.TIME_WAIT:
+            self._send_new_data(now)
+        if self._ack_now:
+            self._emit(self.snd_nxt, 0, ACK)
+
+    def _send_syn(self, now: float) -> None:
+        flags = SYN | ACK if self.state == State.SYN_RCVD else SYN
+        opts = wire.Options(mss=self.config.mss, wscale=self.rcv_wscale)
+        if self.state == State.SYN_RCVD and not self._wscale_ok:
+            opts.wscale = None
+        if self._syn_retries:
+            self.segments_retransmitted += 1
+        else:
+            self._syn_time = now
+        self.snd_nxt = self.iss + 1
+        self.snd_max = max(self.snd_max, self.snd_nxt)
+        window = min(self.config.recv_buffer, MAX_WINDOW_FIELD)  # never scaled in a SYN
+        ack = sq.wrap(self.rcv_nxt) if flags & ACK else 0
+        if flags & ACK:
+            self.rcv_adv = max(self.rcv_adv, self.rcv_nxt + window)
+            self._ack_now = False
+        self._out.append(wire.build(wire.Segment(
+            self.local_port, self.remote_port, sq.wrap(self.iss), ack, flags, window,
+            options=opts)))
+        self.segments_sent += 1
+        if self._rtx_deadline is None:
+            self._rtx_deadline = now + self.rtt.rto
+
+    def _send_new_data(self, now: float) -> None:
+        data_end = self._snd_base + len(self._sndbuf)
+        mss = self.snd_mss
+        while True:
+            window = min(self.snd_wnd, self.cc.cwnd, self.config.send_buffer)
+            usable = self.snd_una + window - self.snd_nxt
+            remaining = data_end - self.snd_nxt
+            if remaining > 0:
+                n = min(remaining, mss, usable)
+                if n <= 0:
+                    break
+                if n < mss and n < remaining and self.snd_nxt > self.snd_una:
+                    break  # sender SWS avoidance: wait for the ACK that widens the window
+                fin = (self._fin_queued and self.snd_nxt + n == data_end)
+                self._send_data(self.snd_nxt, n, now, fin)
+                self.snd_nxt += n + (1 if fin else 0)
+            elif self._fin_queued and self.snd_nxt == data_end:
+                self._send_data(self.snd_nxt, 0, now, fin=True)
+                self.snd_nxt += 1
+            else:
+                break
+            if self.snd_nxt > self.snd_max:
+                self.snd_max = self.snd_nxt
+        # zero window with data waiting and nothing in flight: probe until it opens
+        if (self.unsent and self.snd_nxt == self.snd_una and self.snd_wnd == 0
+                and self._persist_deadline is None):
+            self._persist_deadline = now + self.rtt.rto
+
+    def _send_data(self, seq: int, n: int, now: float, fin: bool) -> None:
+        off = seq - self._snd_base
+        payload = memoryview(self._sndbuf)[off:off + n] if n else b""
+        flags = ACK | (FIN if fin else 0)
+        if n and seq + n == self._snd_base + len(self._sndbuf):
+            flags |= PSH
+        retransmit = seq < self.snd_max
+        if retransmit:
+            self.segments_retransmitted += 1
+            self.bytes_retransmitted += n
+            if self._rtt_seq is not None and seq <= self._rtt_seq:
+                self._rtt_seq = None  # Karn's rule
+        else:
+            self.bytes_sent += n
+            if self._rtt_seq is None:
+                self._rtt_seq = seq
+                self._rtt_time = now
+        self._emit(seq, n, flags, payload=payload)
+        if isinstance(payload, memoryview):
+            payload.release()
+        if self._rtx_deadline is None:
+            self._rtx_deadline = now + self.rtt.rto
+            if self.config.user_timeout is not None and self._user_deadline is None:
+                self._user_deadline = now + self.config.user_timeout
+        if n or fin:
+            self._last_activity(now)
+
+    def _emit(self, seq: int, n: int, flags: int, payload: bytes | memoryview = b"",
+              raw_seq: bool = False) -> None:
+        """Build one segment; every segment but a bare RST carries our current ACK."""
+        ack = 0
+        window = 0
+        if flags & ACK:
+            ack = sq.wrap(self.rcv_nxt)
+            window = self._window_field()
+            self._ack_now = False
+            self._unacked_segments = 0
+            self._ack_deadline = None
+        self._out.append(wire.build_fast(
+            self.local_port, self.remote_port, seq if raw_seq else sq.wrap(seq), ack, flags,
+            window, b"", payload))
+        self.segments_sent += 1
+
+    def _window_field(self) -> int:
+        """The window to advertise, rounded up so the right edge never moves left."""
+        shift = self.rcv_wscale
+        wnd = max(self.config.recv_buffer - len(self._rcvbuf), self.rcv_adv - self.rcv_nxt, 0)
+        field = min((wnd + (1 << shift) - 1) >> shift, MAX_WINDOW_FIELD)
+        edge = self.rcv_nxt + (field << shift)
+        if edge > self.rcv_adv:
+            self.rcv_adv = edge
+        return field
+
+    def _maybe_window_update(self) -> None:
+        """Receiver SWS avoidance (RFC 9293 §3.8.6.2.2): announce only a worthwhile opening."""
+        if self.state not in (State.ESTABLISHED, State.FIN_WAIT_1, State.FIN_WAIT_2):
+            return
+        new_edge = self.rcv_nxt + self.config.recv_buffer - len(self._rcvbuf)
+        grow = new_edge - self.rcv_adv
+        current = self.rcv_adv - self.rcv_nxt
+        if grow >= min(self.config.recv_buffer // 2, 2 * self.snd_mss) or (
+                current < self.snd_mss and grow > 0 and current + grow >= self.snd_mss):
+            self._ack_now = True
+            self._touch()
+
+    # --------------------------------------------------------------------- helpers
+
+    def _set_state(self, event: Ev) -> None:
+        old = self.state
+        new = next_state(old, event)
+        self.state = new
+        self._events.append(StateChanged(old, new))
+        if log.enabled():
+            log.emit("state", conn=self.name, old=old.name, new=new.name, trigger=event.value)
+
+    def _fail(self, error: Exception | None, *, send_rst: bool, event: Ev = Ev.ABORT) -> None:
+        if send_rst and self.state in SYNCHRONIZED | {State.SYN_RCVD}:
+            self._emit(self.snd_nxt, 0, RST | ACK)
+        self._set_state(event)
+        self._terminate(error)
+
+    def _terminate(self, error: Exception | None) -> None:
+        self.error = error
+        self._rtx_deadline = self._persist_deadline = self._ack_deadline = None
+        self._tw_deadline = self._keepalive_deadline = self._idle_deadline = None
+        self._user_deadline = None
+        self._ack_now = False
+        self._sndbuf = bytearray()
+        self._ooo.clear()
+        self._events.append(Terminated(error))
+        self._touch()
+
+    def _drop(self, reason: str) -> None:
+        self.dropped_segments += 1
+        if log.enabled():
+            log.emit("drop", conn=self.name, reason=reason, state=self.state.name)
+
+    def _last_activity(self, now: float) -> None:
+        if self.config.idle_timeout is not None and self.state not in (
+                State.TIME_WAIT, State.CLOSED):
+            self._idle_deadline = now + self.config.idle_timeout
+        if self.config.keepalive_interval is not None and self.state in SYNCHRONIZED:
+            self._keepalive_deadline = now + self.config.keepalive_interval
+
+    def _touch(self) -> None:
+        if self._notify is not None:
+            self._notify(self)
+
+    _now = 0.0
+    _syn_time = 0.0
+    _wscale_ok = False

@@ -1,0 +1,209 @@
+"""The wire format of DESIGN §2: one UDP datagram carries one RFC 9293 TCP segment.
+
+Parsing never raises anything but `MalformedSegment`, whose `reason` is a short
+stable string the endpoint counts drops by. Building is the inverse; a segment
+that `parse` accepts and `build` re-encodes compares equal field by field.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass, field
+
+FIN = 0x01
+SYN = 0x02
+RST = 0x04
+PSH = 0x08
+ACK = 0x10
+URG = 0x20
+ECE = 0x40
+CWR = 0x80
+
+FLAG_NAMES = ((CWR, "CWR"), (ECE, "ECE"), (URG, "URG"), (ACK, "ACK"), (PSH, "PSH"),
+              (RST, "RST"), (SYN, "SYN"), (FIN, "FIN"))
+
+OPT_EOL = 0
+OPT_NOP = 1
+OPT_MSS = 2
+OPT_WSCALE = 3
+OPT_SACK_PERMITTED = 4
+OPT_SACK = 5
+OPT_TIMESTAMPS = 8
+OPT_EXPERIMENTAL = 254
+
+HEADER_LEN = 20
+MAX_OPTIONS_LEN = 40
+MAX_WSCALE = 14  # RFC 7323 §2.3: larger shifts are treated as 14
+
+_HEADER = struct.Struct("!HHIIBBHHH")
+_U16 = struct.Struct("!H")
+_U32 = struct.Struct("!I")
+_TS = struct.Struct("!II")
+_SACK_BLOCK = struct.Struct("!II")
+
+
+class MalformedSegment(ValueError):
+    """A datagram that is not a well-formed segment; `reason` names what is wrong."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass(slots=True)
+class Options:
+    """The TCP options utcp understands; absent ones are None / empty."""
+
+    mss: int | None = None
+    wscale: int | None = None
+    sack_permitted: bool = False
+    sack: tuple[tuple[int, int], ...] = ()
+    timestamps: tuple[int, int] | None = None  # (TSval, TSecr)
+    experimental: tuple[tuple[int, bytes], ...] = ()  # (ExID, data), RFC 6994
+
+    def encode(self) -> bytes:
+        """Encode, padded with NOPs to a 4-byte boundary, in the order Linux uses."""
+        out = bytearray()
+        if self.mss is not None:
+            out += bytes((OPT_MSS, 4)) + _U16.pack(self.mss)
+        if self.sack_permitted:
+            out += bytes((OPT_SACK_PERMITTED, 2))
+        if self.timestamps is not None:
+            out += bytes((OPT_NOP, OPT_NOP, OPT_TIMESTAMPS, 10)) + _TS.pack(*self.timestamps)
+        if self.wscale is not None:
+            out += bytes((OPT_NOP, OPT_WSCALE, 3, self.wscale))
+        if self.sack:
+            out += bytes((OPT_NOP, OPT_NOP, OPT_SACK, 2 + 8 * len(self.sack)))
+            for left, right in self.sack:
+                out += _SACK_BLOCK.pack(left, right)
+        for exid, data in self.experimental:
+            out += bytes((OPT_EXPERIMENTAL, 4 + len(data))) + _U16.pack(exid) + data
+        while len(out) % 4:
+            out.append(OPT_NOP)
+        if len(out) > MAX_OPTIONS_LEN:
+            raise ValueError(f"options take {len(out)} bytes, more than {MAX_OPTIONS_LEN}")
+        return bytes(out)
+
+
+NO_OPTIONS = Options()
+
+
+@dataclass(slots=True)
+class Segment:
+    """One parsed segment. `seq` and `ack` are the 32-bit wire values."""
+
+    src_port: int
+    dst_port: int
+    seq: int
+    ack: int
+    flags: int
+    window: int
+    payload: bytes | memoryview = b""
+    options: Options = field(default_factory=Options)
+    urgent: int = 0
+
+    @property
+    def seg_len(self) -> int:
+        """Sequence space the segment occupies: payload plus one each for SYN and FIN."""
+        n = len(self.payload)
+        if self.flags & SYN:
+            n += 1
+        if self.flags & FIN:
+            n += 1
+        return n
+
+    def flag_names(self) -> str:
+        return "|".join(name for bit, name in FLAG_NAMES if self.flags & bit) or "-"
+
+    def __repr__(self) -> str:
+        return (f"Segment({self.flag_names()} {self.src_port}->{self.dst_port} seq={self.seq}"
+                f" ack={self.ack} win={self.window} len={len(self.payload)} {self.options})")
+
+
+def build(seg: Segment) -> bytes:
+    """Encode a segment; the checksum is sent as 0 (DESIGN §2: UDP's covers it)."""
+    opts = seg.options.encode() if seg.options is not NO_OPTIONS else b""
+    header = _HEADER.pack(seg.src_port, seg.dst_port, seg.seq, seg.ack,
+                          ((HEADER_LEN + len(opts)) // 4) << 4, seg.flags,
+                          seg.window, 0, seg.urgent)
+    return header + opts + bytes(seg.payload)
+
+
+def build_fast(src_port: int, dst_port: int, seq: int, ack: int, flags: int, window: int,
+               options: bytes = b"", payload: bytes | memoryview = b"") -> bytes:
+    """The hot-path encoder: pre-encoded options, no Segment object."""
+    header = _HEADER.pack(src_port, dst_port, seq, ack, ((HEADER_LEN + len(options)) // 4) << 4,
+                          flags, window, 0, 0)
+    if options:
+        return b"".join((header, options, payload))
+    return header + payload if payload else header
+
+
+def parse(data: bytes | bytearray | memoryview) -> Segment:
+    """Parse one datagram; raise `MalformedSegment` with a reason if it is not a segment."""
+    n = len(data)
+    if n < HEADER_LEN:
+        raise MalformedSegment("short header")
+    src, dst, seq, ack, off_byte, flags, window, _csum, urgent = _HEADER.unpack_from(data, 0)
+    hlen = (off_byte >> 4) * 4
+    if hlen < HEADER_LEN:
+        raise MalformedSegment("bad data offset")
+    if hlen > n:
+        raise MalformedSegment("header past datagram")
+    options = _parse_options(data, hlen) if hlen > HEADER_LEN else Options()
+    payload = memoryview(data)[hlen:] if hlen < n else b""
+    if isinstance(data, bytes) and payload:
+        payload = data[hlen:]
+    return Segment(src, dst, seq, ack, flags, window, payload, options, urgent)
+
+
+def _parse_options(data: bytes | bytearray | memoryview, end: int) -> Options:
+    opts = Options()
+    sack: list[tuple[int, int]] = []
+    exp: list[tuple[int, bytes]] = []
+    i = HEADER_LEN
+    while i < end:
+        kind = data[i]
+        if kind == OPT_EOL:
+            break
+        if kind == OPT_NOP:
+            i += 1
+            continue
+        if i + 1 >= end:
+            raise MalformedSegment("option truncated")
+        length = data[i + 1]
+        if length < 2:
+            raise MalformedSegment("bad option length")
+        if i + length > end:
+            raise MalformedSegment("option past header")
+        if kind == OPT_MSS:
+            if length != 4:
+                raise MalformedSegment("bad MSS option")
+            opts.mss = _U16.unpack_from(data, i + 2)[0]
+        elif kind == OPT_WSCALE:
+            if length != 3:
+                raise MalformedSegment("bad window scale option")
+            opts.wscale = min(data[i + 2], MAX_WSCALE)
+        elif kind == OPT_SACK_PERMITTED:
+            if length != 2:
+                raise MalformedSegment("bad SACK-permitted option")
+            opts.sack_permitted = True
+        elif kind == OPT_SACK:
+            if (length - 2) % 8 or length == 2:
+                raise MalformedSegment("bad SACK option")
+            for j in range(i + 2, i + length, 8):
+                sack.append(_SACK_BLOCK.unpack_from(data, j))
+        elif kind == OPT_TIMESTAMPS:
+            if length != 10:
+                raise MalformedSegment("bad timestamps option")
+            opts.timestamps = _TS.unpack_from(data, i + 2)
+        elif kind == OPT_EXPERIMENTAL:
+            if length < 4:
+                raise MalformedSegment("bad experimental option")
+            exp.append((_U16.unpack_from(data, i + 2)[0], bytes(data[i + 4:i + length])))
+        i += length
+    if sack:
+        opts.sack = tuple(sack)
+    if exp:
+        opts.experimental = tuple(exp)
+    return opts
