@@ -1,11 +1,31 @@
 """utcp: TCP's reliable byte streams over UDP, for asyncio.
 
-The public API is this module's names only (DESIGN §1).
+`utcp.open_connection` / `utcp.start_server` / `utcp.create_connection` /
+`utcp.create_server` take the place of asyncio's; the public API is this module's
+names only (DESIGN §1).
 """
 
+from utcp.aio.api import (
+    Server,
+    create_connection,
+    create_server,
+    open_connection,
+    start_server,
+)
+from utcp.aio.transport import UtcpTransport
 from utcp.config import Config
 from utcp.connection import Stats
 from utcp.state import State
 
-__all__ = ["Config", "State", "Stats"]
+__all__ = [
+    "Config",
+    "Server",
+    "State",
+    "Stats",
+    "UtcpTransport",
+    "create_connection",
+    "create_server",
+    "open_connection",
+    "start_server",
+]
 __version__ = "0.1.0"

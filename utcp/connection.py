@@ -82,6 +82,7 @@ class Connection:
         self.local_port = local_port
         self.remote_port = remote_port
         self.name = name
+        self.peer: tuple[str, int] = ("", remote_port)  # set by the endpoint that owns us
         self.state = State.CLOSED
         self.passive = False
         self._notify: Callable[[Connection], None] | None = None
@@ -205,6 +206,16 @@ class Connection:
             self._emit(self.snd_nxt, 0, RST | ACK)
         self._set_state(Ev.ABORT)
         self._terminate(None)
+
+    def icmp_unreachable(self) -> None:
+        """The network says nothing listens at the peer's port (ICMP port unreachable).
+
+        Only a connection still waiting for its SYN to be answered gives up on it (a hard
+        error, like Linux's); later it is a soft error that retransmission rides out.
+        """
+        if self.state == State.SYN_SENT:
+            self._fail(ConnectionRefusedError("connection refused (port unreachable)"),
+                       send_rst=False)
 
     def read(self, max_bytes: int = -1) -> bytes:
         """Take in-order bytes the peer sent; reading reopens the advertised window."""
@@ -741,7 +752,10 @@ class Connection:
         if state in SYNCHRONIZED and state != State.TIME_WAIT:
             self._send_new_data(now)
         if self._ack_now:
-            self._emit(self.snd_nxt, 0, ACK)
+            # A pure ACK carries snd_max, not a snd_nxt rewound by go-back-N after an RTO
+            # (BSD's tcp_output does the same): the peer has seen up to snd_max, and would
+            # drop a segment below its rcv_nxt as old, ACK field and all.
+            self._emit(self.snd_max, 0, ACK)
 
     def _send_syn(self, now: float) -> None:
         flags = SYN | ACK if self.state == State.SYN_RCVD else SYN

@@ -1,0 +1,392 @@
+"""The four public calls of DESIGN §1, shaped like asyncio's, and the `Server` object."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import ssl as ssl_module
+from asyncio import sslproto
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any
+
+from utcp.aio.port import UdpPort, set_socket_buffers
+from utcp.aio.transport import UtcpTransport
+from utcp.config import Config
+from utcp.connection import Connection
+from utcp.endpoint import Endpoint
+
+ProtocolFactory = Callable[[], asyncio.BaseProtocol]
+ClientConnectedCb = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None] | None]
+
+
+# ---------------------------------------------------------------------- argument checks
+
+def _check_config(config: object) -> Config:
+    if config is None:
+        return Config()
+    if not isinstance(config, Config):
+        raise TypeError(f"config must be a utcp.Config, not {type(config).__name__}")
+    return config
+
+
+def _check_port(port: object, *, allow_none: bool = False) -> int | None:
+    if port is None and allow_none:
+        return None
+    if isinstance(port, str) and port.isdigit():
+        port = int(port)
+    if isinstance(port, bool) or not isinstance(port, int):
+        raise TypeError(f"port must be an int, not {type(port).__name__}")
+    if not 0 <= port <= 65535:
+        raise OverflowError(f"port must be 0-65535, not {port}")
+    return port
+
+
+def _ssl_context(ssl: Any, *, server_side: bool) -> ssl_module.SSLContext | None:
+    if ssl is None or ssl is False:
+        return None
+    if ssl is True:
+        if server_side:
+            raise ValueError("a server needs an ssl.SSLContext with a certificate, not True")
+        return ssl_module.create_default_context()
+    if not isinstance(ssl, ssl_module.SSLContext):
+        raise TypeError(f"ssl must be an ssl.SSLContext, True or None, not {ssl!r}")
+    return ssl
+
+
+async def _wrap_tls(loop: asyncio.AbstractEventLoop, transport: UtcpTransport,
+                    app_protocol: asyncio.BaseProtocol, context: ssl_module.SSLContext, *,
+                    server_side: bool, server_hostname: str | None,
+                    handshake_timeout: float | None) -> asyncio.Transport:
+    """TLS over utcp with asyncio's own (pure-Python) SSL protocol: same code on uvloop."""
+    waiter: asyncio.Future[None] = loop.create_future()
+    tls = sslproto.SSLProtocol(loop, app_protocol, context, waiter, server_side,
+                               server_hostname,
+                               ssl_handshake_timeout=handshake_timeout)  # type: ignore[arg-type]
+    transport.set_protocol(tls)
+    tls.connection_made(transport)
+    transport._deliver()
+    try:
+        await waiter
+    except BaseException:
+        transport.abort()
+        raise
+    return tls._app_transport
+
+
+# ---------------------------------------------------------------------- client
+
+async def create_connection(
+        protocol_factory: ProtocolFactory, host: str | None = None, port: int | None = None, *,
+        config: Config | None = None, ssl: Any = None, family: int = 0, proto: int = 0,
+        flags: int = 0, sock: Any = None, local_addr: tuple[str, int] | None = None,
+        server_hostname: str | None = None, ssl_handshake_timeout: float | None = None,
+        ssl_shutdown_timeout: float | None = None, happy_eyeballs_delay: float | None = None,
+        interleave: int | None = None, all_errors: bool = False,
+) -> tuple[asyncio.BaseTransport, asyncio.BaseProtocol]:
+    """Connect over utcp; the same signature and errors as `loop.create_connection`."""
+    cfg = _check_config(config)
+    checked_port = _check_port(port)
+    context = _ssl_context(ssl, server_side=False)
+    if context is None and server_hostname is not None:
+        raise ValueError("server_hostname is only meaningful with ssl")
+    if context is None and ssl_handshake_timeout is not None:
+        raise ValueError("ssl_handshake_timeout is only meaningful with ssl")
+    if sock is not None:
+        raise ValueError("utcp creates its own UDP socket; sock= is not supported")
+    if local_addr is not None:
+        _check_port(local_addr[1])
+    loop = asyncio.get_running_loop()
+    infos = await loop.getaddrinfo(host, checked_port, family=family,
+                                   type=socket.SOCK_DGRAM, proto=proto, flags=flags)
+    if not infos:
+        raise OSError(f"getaddrinfo({host!r}) returned an empty list")
+    errors: list[OSError] = []
+    for fam, typ, pro, _canon, addr in infos:
+        try:
+            transport, waiter = await _open(loop, fam, typ, pro, addr, cfg, local_addr)
+            break
+        except OSError as exc:
+            errors.append(exc)
+    else:
+        if len(errors) == 1 or all(str(e) == str(errors[0]) for e in errors):
+            raise errors[0]
+        if all_errors:
+            raise ExceptionGroup("create_connection failed", errors)
+        raise OSError("Multiple exceptions: " + ", ".join(str(e) for e in errors))
+    try:
+        await waiter
+    except BaseException:
+        transport.abort()
+        raise
+    app_protocol = protocol_factory()
+    if context is None:
+        transport.set_protocol(app_protocol)
+        app_protocol.connection_made(transport)
+        transport._deliver()
+        return transport, app_protocol
+    hostname = server_hostname if server_hostname is not None else host
+    app_transport = await _wrap_tls(loop, transport, app_protocol, context, server_side=False,
+                                    server_hostname=hostname or None,
+                                    handshake_timeout=ssl_handshake_timeout)
+    return app_transport, app_protocol
+
+
+async def _open(loop: asyncio.AbstractEventLoop, family: int, type_: int, proto: int,
+                addr: Any, config: Config, local_addr: tuple[str, int] | None,
+                ) -> tuple[UtcpTransport, asyncio.Future[None]]:
+    sock = socket.socket(family, type_, proto)
+    try:
+        sock.setblocking(False)
+        if local_addr is not None:
+            # simultaneous open from fixed ports: both peers bind, then connect
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind(local_addr)
+        set_socket_buffers(sock)
+        sock.connect(addr)  # a connected UDP socket hears ICMP port-unreachable
+    except BaseException:
+        sock.close()
+        raise
+    local_port = sock.getsockname()[1]
+    endpoint = Endpoint(config, local_port)
+    port = UdpPort(loop, sock, endpoint, connected=True)
+    port.close_when_idle = True
+    now = loop.time()
+    conn = endpoint.connect(addr, now)
+    waiter: asyncio.Future[None] = loop.create_future()
+    transport = UtcpTransport(port, conn, addr, waiter=waiter)
+    port.process(now)
+    return transport, waiter
+
+
+async def open_connection(host: str | None = None, port: int | None = None, *,
+                          limit: int = 2 ** 16, **kwds: Any,
+                          ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """`asyncio.open_connection` over utcp: asyncio's own StreamReader/StreamWriter."""
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader(limit=limit, loop=loop)
+    protocol = asyncio.StreamReaderProtocol(reader, loop=loop)
+    transport, _ = await create_connection(lambda: protocol, host, port, **kwds)
+    writer = asyncio.StreamWriter(transport, protocol, reader, loop)  # type: ignore[arg-type]
+    return reader, writer
+
+
+# ---------------------------------------------------------------------- server
+
+class Server(asyncio.AbstractServer):
+    """Behaves like `asyncio.Server`, over UDP sockets that each carry many connections."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, ports: list[UdpPort],
+                 protocol_factory: ProtocolFactory, ssl_context: ssl_module.SSLContext | None,
+                 ssl_handshake_timeout: float | None) -> None:
+        self._loop = loop
+        self._ports = ports
+        self._protocol_factory = protocol_factory
+        self._ssl = ssl_context
+        self._ssl_handshake_timeout = ssl_handshake_timeout
+        self._serving = False
+        self._closed = False
+        self._active: set[UtcpTransport] = set()
+        self._waiters: list[asyncio.Future[None]] = []
+        self._serving_forever: asyncio.Future[None] | None = None
+        self._tls_tasks: set[asyncio.Task[None]] = set()
+        for port in ports:
+            port.on_accept = self._make_acceptor(port)
+
+    def __repr__(self) -> str:
+        return f"<utcp.Server sockets={self.sockets!r}>"
+
+    @property
+    def sockets(self) -> tuple[socket.socket, ...]:
+        if self._closed:
+            return ()
+        return tuple(port.sock for port in self._ports)
+
+    def get_loop(self) -> asyncio.AbstractEventLoop:
+        return self._loop
+
+    def is_serving(self) -> bool:
+        return self._serving
+
+    async def start_serving(self) -> None:
+        if self._closed:
+            raise RuntimeError(f"server {self!r} is closed")
+        self._start()
+        await asyncio.sleep(0)
+
+    def _start(self) -> None:
+        if self._serving or self._closed:
+            return
+        self._serving = True
+        for port in self._ports:
+            port.endpoint.listening = True
+
+    def close(self) -> None:
+        """Stop accepting. Open connections go on; the sockets close after the last one."""
+        if self._closed:
+            return
+        self._closed = True
+        self._serving = False
+        for port in self._ports:
+            port.endpoint.listening = False
+            port.close_when_idle = True
+            port.process()
+        if self._serving_forever is not None and not self._serving_forever.done():
+            self._serving_forever.cancel()
+            self._serving_forever = None
+        self._wake_waiters()
+
+    async def wait_closed(self) -> None:
+        """Until close() was called and every connection it accepted is gone."""
+        if self._closed and not self._active:
+            return
+        fut: asyncio.Future[None] = self._loop.create_future()
+        self._waiters.append(fut)
+        await fut
+
+    def _wake_waiters(self) -> None:
+        if not self._closed or self._active:
+            return
+        for fut in self._waiters:
+            if not fut.done():
+                fut.set_result(None)
+        self._waiters.clear()
+
+    async def serve_forever(self) -> None:
+        if self._serving_forever is not None:
+            raise RuntimeError(f"server {self!r} is already being awaited on serve_forever()")
+        if self._closed:
+            raise RuntimeError(f"server {self!r} is closed")
+        self._start()
+        self._serving_forever = self._loop.create_future()
+        try:
+            await self._serving_forever
+        except asyncio.CancelledError:
+            try:
+                self.close()
+                await self.wait_closed()
+            finally:
+                raise
+        finally:
+            self._serving_forever = None
+
+    async def __aenter__(self) -> Server:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.close()
+        await self.wait_closed()
+
+    # -------------------------------------------------------------- accepting
+
+    def _make_acceptor(self, port: UdpPort) -> Callable[[Connection], None]:
+        def accept(conn: Connection) -> None:
+            self._accept(port, conn)
+        return accept
+
+    def _accept(self, port: UdpPort, conn: Connection) -> None:
+        transport = UtcpTransport(port, conn, conn.peer, on_lost=self._on_lost)
+        self._active.add(transport)
+        try:
+            protocol = self._protocol_factory()
+        except Exception as exc:
+            self._loop.call_exception_handler({
+                "message": "protocol_factory() failed in utcp server", "exception": exc})
+            transport.abort()
+            return
+        if self._ssl is None:
+            transport.set_protocol(protocol)
+            try:
+                protocol.connection_made(transport)
+            except Exception as exc:
+                transport._fatal_error(exc, "protocol.connection_made() failed")
+                return
+            transport._deliver()
+            return
+        task = self._loop.create_task(self._accept_tls(transport, protocol))
+        self._tls_tasks.add(task)
+        task.add_done_callback(self._tls_tasks.discard)
+
+    def _on_lost(self, transport: UtcpTransport) -> None:
+        self._active.discard(transport)
+        self._wake_waiters()
+
+    async def _accept_tls(self, transport: UtcpTransport, protocol: asyncio.BaseProtocol) -> None:
+        assert self._ssl is not None
+        try:
+            await _wrap_tls(self._loop, transport, protocol, self._ssl, server_side=True,
+                            server_hostname=None, handshake_timeout=self._ssl_handshake_timeout)
+        except (OSError, asyncio.CancelledError, ssl_module.SSLError, TimeoutError):
+            transport.abort()
+
+
+async def create_server(
+        protocol_factory: ProtocolFactory, host: str | Iterable[str] | None = None,
+        port: int | None = None, *, config: Config | None = None, family: int = 0,
+        flags: int = socket.AI_PASSIVE, sock: Any = None, backlog: int = 100, ssl: Any = None,
+        reuse_address: bool | None = None, reuse_port: bool | None = None,
+        ssl_handshake_timeout: float | None = None, ssl_shutdown_timeout: float | None = None,
+        start_serving: bool = True,
+) -> Server:
+    """`loop.create_server` over utcp: one UDP socket per local address serves them all."""
+    cfg = _check_config(config)
+    checked_port = _check_port(port, allow_none=True) or 0
+    context = _ssl_context(ssl, server_side=True)
+    if context is None and ssl_handshake_timeout is not None:
+        raise ValueError("ssl_handshake_timeout is only meaningful with ssl")
+    if sock is not None:
+        raise ValueError("utcp creates its own UDP sockets; sock= is not supported")
+    if isinstance(backlog, bool) or not isinstance(backlog, int):
+        raise TypeError("backlog must be an int")
+    loop = asyncio.get_running_loop()
+    hosts: list[str | None] = ([host] if host is None or isinstance(host, str)
+                               else list(host))
+    infos: list[Any] = []
+    for h in hosts:
+        infos.extend(await loop.getaddrinfo(h, checked_port, family=family,
+                                            type=socket.SOCK_DGRAM, flags=flags))
+    seen: set[Any] = set()
+    ports: list[UdpPort] = []
+    try:
+        for fam, typ, pro, _canon, addr in infos:
+            if (fam, addr) in seen:
+                continue
+            seen.add((fam, addr))
+            sock_ = socket.socket(fam, typ, pro)
+            try:
+                if reuse_address or reuse_address is None:
+                    sock_.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                if reuse_port:
+                    sock_.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+                if fam == socket.AF_INET6 and hasattr(socket, "IPPROTO_IPV6"):
+                    sock_.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                set_socket_buffers(sock_)
+                sock_.bind(addr)
+            except OSError as exc:
+                sock_.close()
+                raise OSError(exc.errno, f"error while attempting to bind on address "
+                                         f"{addr!r}: {exc.strerror}") from None
+            endpoint = Endpoint(cfg, sock_.getsockname()[1], listening=False, backlog=backlog)
+            ports.append(UdpPort(loop, sock_, endpoint))
+    except BaseException:
+        for p in ports:
+            p.close()
+        raise
+    server = Server(loop, ports, protocol_factory, context, ssl_handshake_timeout)
+    if start_serving:
+        server._start()
+        await asyncio.sleep(0)
+    return server
+
+
+async def start_server(client_connected_cb: ClientConnectedCb, host: str | None = None,
+                       port: int | None = None, *, limit: int = 2 ** 16,
+                       **kwds: Any) -> Server:
+    """`asyncio.start_server` over utcp."""
+    loop = asyncio.get_running_loop()
+
+    def factory() -> asyncio.StreamReaderProtocol:
+        reader = asyncio.StreamReader(limit=limit, loop=loop)
+        return asyncio.StreamReaderProtocol(reader, client_connected_cb,
+                                            loop=loop)
+
+    return await create_server(factory, host, port, **kwds)

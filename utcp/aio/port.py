@@ -1,0 +1,251 @@
+"""One UDP socket on the event loop, driving one sans-IO `Endpoint`.
+
+asyncio's own datagram transport reads one datagram per loop iteration into a fresh
+256 KiB buffer; here every readable wake-up drains the socket into one preallocated
+buffer, feeds the endpoint, and then flushes its output once (DESIGN §3). Writes from
+the application are coalesced into one flush per loop iteration (`call_soon`), and the
+endpoint's earliest deadline is one `call_at` handle, re-armed only when it changes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import errno
+import socket
+import weakref
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from utcp import log
+from utcp.endpoint import Addr, Endpoint
+
+if TYPE_CHECKING:
+    from utcp.aio.transport import UtcpTransport
+    from utcp.connection import Connection
+
+RECV_BATCH = 512            # datagrams read per wake-up at most, so timers still run
+SOCKET_BUFFER = 4 << 20     # SO_RCVBUF / SO_SNDBUF asked for: a window of 1400-byte segments
+MAX_DATAGRAM = 65535
+
+
+def set_socket_buffers(sock: socket.socket, size: int = SOCKET_BUFFER) -> None:
+    """Ask for large kernel buffers; root may exceed rmem_max with the FORCE variants."""
+    for opt, force in ((socket.SO_RCVBUF, getattr(socket, "SO_RCVBUFFORCE", None)),
+                       (socket.SO_SNDBUF, getattr(socket, "SO_SNDBUFFORCE", None))):
+        for name in (force, opt):
+            if name is None:
+                continue
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, name, size)
+                break
+            except OSError:
+                continue
+
+
+class UdpPort:
+    """The I/O half of an endpoint. `owned` ports belong to one client connection."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, sock: socket.socket, endpoint: Endpoint,
+                 *, connected: bool = False,
+                 on_accept: Callable[[Connection], None] | None = None) -> None:
+        self.loop = loop
+        self.sock = sock
+        self.endpoint = endpoint
+        self.connected = connected      # a client socket connect()ed to its one peer
+        self.on_accept = on_accept
+        self.transports: dict[Connection, UtcpTransport] = {}
+        self.close_when_idle = False    # close the socket once no connection is left
+        self.closed = False
+        self._fd = sock.fileno()
+        self._buf = bytearray(MAX_DATAGRAM)
+        self._view = memoryview(self._buf)
+        self._sendq: collections.deque[tuple[bytes, Addr]] = collections.deque()
+        self._writer_on = False
+        self._flush_handle: asyncio.Handle | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at: float | None = None
+        self._idle_waiters: list[asyncio.Future[None]] = []
+        self.send_errors: collections.Counter[str] = collections.Counter()
+        # If the loop is closed while a connection lingers in TIME_WAIT, the socket is
+        # closed when this object goes, not left for a ResourceWarning.
+        self._finalizer = weakref.finalize(self, sock.close)
+        sock.setblocking(False)
+        loop.add_reader(self._fd, self._on_readable)
+
+    # ------------------------------------------------------------------ input
+
+    def _on_readable(self) -> None:
+        sock, view, ep = self.sock, self._view, self.endpoint
+        now = self.loop.time()
+        recv = sock.recvfrom_into
+        for _ in range(RECV_BATCH):
+            try:
+                n, addr = recv(self._buf)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError as exc:
+                self._on_socket_error(exc)
+                break
+            ep.receive_datagram(view[:n], addr, now)
+        self.process(now)
+
+    def _on_socket_error(self, exc: OSError) -> None:
+        """ICMP errors reach a connected UDP socket as recv/send errors (Linux)."""
+        self.send_errors[errno.errorcode.get(exc.errno or 0, str(exc.errno))] += 1
+        if isinstance(exc, ConnectionRefusedError) and self.connected:
+            for conn in list(self.endpoint.connections.values()):
+                conn.icmp_unreachable()
+        elif log.enabled():
+            log.emit("socket_error", error=str(exc))
+
+    # ------------------------------------------------------------------ processing
+
+    def process(self, now: float | None = None) -> None:
+        """Flush output, dispatch events to transports, accept, re-arm the timer."""
+        if self.closed:
+            return
+        if now is None:
+            now = self.loop.time()
+        ep = self.endpoint
+        for _ in range(4):  # callbacks may write: a few rounds, then call_soon takes over
+            self._send(ep.datagrams_to_send(now))
+            touched = ep.touched()
+            if not touched:
+                break
+            for conn in touched:
+                transport = self.transports.get(conn)
+                if transport is not None:
+                    transport._process_events()
+            if self.on_accept is not None:
+                while (accepted := ep.accept()) is not None:
+                    self.on_accept(accepted)
+        else:
+            self.schedule_flush()
+        self._arm_timer()
+        if self.close_when_idle and not ep.connections and not self.transports:
+            self.close()
+
+    def schedule_flush(self) -> None:
+        if self._flush_handle is None and not self.closed:
+            self._flush_handle = self.loop.call_soon(self._flush_soon)
+
+    def _flush_soon(self) -> None:
+        self._flush_handle = None
+        self.process()
+
+    def _arm_timer(self) -> None:
+        deadline = self.endpoint.get_timer()
+        if deadline == self._timer_at:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._timer_at = deadline
+        if deadline is not None:
+            self._timer = self.loop.call_at(deadline, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        deadline = self._timer_at
+        self._timer_at = None
+        # call_at may fire a hair early: never hand the core a time before its deadline
+        now = self.loop.time()
+        if deadline is not None and now < deadline:
+            now = deadline
+        self.endpoint.handle_timer(now)
+        self.process(now)
+
+    # ------------------------------------------------------------------ output
+
+    def _send(self, datagrams: list[tuple[bytes, Addr]]) -> None:
+        if not datagrams:
+            return
+        if self._sendq:
+            self._sendq.extend(datagrams)
+            return
+        sock = self.sock
+        for i, (data, addr) in enumerate(datagrams):
+            try:
+                if self.connected:
+                    sock.send(data)
+                else:
+                    sock.sendto(data, addr)
+            except (BlockingIOError, InterruptedError):
+                self._queue(datagrams[i:])
+                return
+            except OSError as exc:
+                if exc.errno == errno.ENOBUFS:
+                    self._queue(datagrams[i:])
+                    return
+                self._on_socket_error(exc)
+
+    def _queue(self, rest: list[tuple[bytes, Addr]]) -> None:
+        """EAGAIN/ENOBUFS: keep the datagrams in order and wait until the socket drains."""
+        self._sendq.extend(rest)
+        if not self._writer_on:
+            self._writer_on = True
+            self.loop.add_writer(self._fd, self._on_writable)
+
+    def _on_writable(self) -> None:
+        q, sock = self._sendq, self.sock
+        while q:
+            data, addr = q[0]
+            try:
+                if self.connected:
+                    sock.send(data)
+                else:
+                    sock.sendto(data, addr)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                if exc.errno == errno.ENOBUFS:
+                    return
+                self._on_socket_error(exc)
+            q.popleft()
+        self._writer_on = False
+        self.loop.remove_writer(self._fd)
+
+    @property
+    def send_queue_len(self) -> int:
+        return len(self._sendq)
+
+    # ------------------------------------------------------------------ life cycle
+
+    def detach(self, conn: Connection) -> None:
+        """The application is done with `conn`; the core may still need the socket."""
+        self.transports.pop(conn, None)
+        if self.close_when_idle and not self.endpoint.connections and not self.transports:
+            self.loop.call_soon(self._close_if_idle)
+
+    def _close_if_idle(self) -> None:
+        if self.close_when_idle and not self.endpoint.connections and not self.transports:
+            self.close()
+
+    async def wait_idle(self) -> None:
+        """Until the socket is closed because nothing uses it any more."""
+        if self.closed:
+            return
+        fut: asyncio.Future[None] = self.loop.create_future()
+        self._idle_waiters.append(fut)
+        await fut
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        for handle in (self._timer, self._flush_handle):
+            if handle is not None:
+                handle.cancel()
+        self._timer = self._flush_handle = None
+        try:
+            self.loop.remove_reader(self._fd)
+            if self._writer_on:
+                self.loop.remove_writer(self._fd)
+        except RuntimeError:
+            pass  # the loop is already closed
+        self._finalizer()
+        for fut in self._idle_waiters:
+            if not fut.done():
+                fut.set_result(None)
+        self._idle_waiters.clear()

@@ -1,0 +1,317 @@
+"""`asyncio.Transport` over one utcp connection, with asyncio's own semantics.
+
+What asyncio users rely on, kept here (CPython's selector_events.py is the reference):
+- write-buffer water marks (64 KiB / 16 KiB by default) drive `pause_writing` and
+  `resume_writing`; the buffer is what the core holds but has never transmitted;
+- `pause_reading` leaves received bytes in the core, so the advertised window closes and
+  the sender slows down instead of anything being dropped; `resume_reading` reopens it;
+- `close()` sends the buffered data then FIN, and `connection_lost(None)` comes once that
+  FIN is acknowledged (the rest of the close and TIME_WAIT go on inside the library);
+- `abort()` sends RST and calls `connection_lost(None)` soon;
+- an exception from a protocol callback goes to the loop's exception handler and aborts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+from utcp.aio.port import UdpPort
+from utcp.connection import Connection, Stats
+from utcp.events import EofReceived, HandshakeCompleted, SendClosed, Terminated
+from utcp.state import State
+
+DEFAULT_HIGH_WATER = 64 * 1024
+_READ_CHUNK = 256 * 1024
+
+
+class UtcpTransport(asyncio.Transport):
+    _start_tls_compatible = True
+
+    def __init__(self, port: UdpPort, conn: Connection, peername: Any,
+                 protocol: asyncio.BaseProtocol | None = None,
+                 waiter: asyncio.Future[None] | None = None,
+                 on_lost: Callable[[UtcpTransport], None] | None = None) -> None:
+        super().__init__()
+        self._loop = port.loop
+        self._port = port
+        self._conn = conn
+        self._peername = peername
+        self._protocol: asyncio.BaseProtocol | None = None
+        self._buffered = False
+        self._waiter = waiter           # completes when the handshake does (client side)
+        self._closing = False           # close() or abort() called, or the connection died
+        self._eof_written = False
+        self._reading_paused = False
+        self._protocol_paused = False   # pause_writing() called on the protocol
+        self._eof_pending = False
+        self._eof_delivered = False
+        self._send_closed = False
+        self._lost = False              # connection_lost scheduled
+        self._on_lost = on_lost         # the server's bookkeeping of live connections
+        self._high = DEFAULT_HIGH_WATER
+        self._low = DEFAULT_HIGH_WATER // 4
+        port.transports[conn] = self
+        if protocol is not None:
+            self.set_protocol(protocol)
+
+    def __repr__(self) -> str:
+        return f"<UtcpTransport {self._conn.name} {self._conn.state.name}>"
+
+    # ------------------------------------------------------------------ BaseTransport
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        if name == "state":
+            return self._conn.state
+        if name == "stats":
+            return self._conn.stats()
+        if name == "peername":
+            return self._peername
+        if name == "sockname":
+            try:
+                return self._port.sock.getsockname()
+            except OSError:
+                return default
+        if name == "socket":
+            return self._port.sock
+        if name == "connection":
+            return self._conn
+        return default
+
+    def stats(self) -> Stats:
+        return self._conn.stats()
+
+    def is_closing(self) -> bool:
+        return self._closing
+
+    def close(self) -> None:
+        """Graceful: the buffered data, then FIN; connection_lost once the FIN is acked."""
+        if self._closing:
+            return
+        self._closing = True
+        if self._conn.state == State.CLOSED:
+            self._connection_lost(self._conn.error)
+            return
+        if not self._eof_written:
+            self._eof_written = True
+            self._conn.close()
+        self._port.schedule_flush()
+        if self._send_closed or self._conn.state in (State.TIME_WAIT, State.CLOSED):
+            self._connection_lost(None)
+
+    def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
+        self._protocol = protocol
+        self._buffered = isinstance(protocol, asyncio.BufferedProtocol)
+
+    def get_protocol(self) -> asyncio.BaseProtocol:
+        assert self._protocol is not None
+        return self._protocol
+
+    # ------------------------------------------------------------------ ReadTransport
+
+    def is_reading(self) -> bool:
+        return not self._reading_paused and not self._closing
+
+    def pause_reading(self) -> None:
+        self._reading_paused = True
+
+    def resume_reading(self) -> None:
+        if not self._reading_paused:
+            return
+        self._reading_paused = False
+        self._loop.call_soon(self._deliver)
+
+    # ------------------------------------------------------------------ WriteTransport
+
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        if high is None:
+            high = DEFAULT_HIGH_WATER if low is None else 4 * low
+        if low is None:
+            low = high // 4
+        if not high >= low >= 0:
+            raise ValueError(f"high ({high!r}) must be >= low ({low!r}) must be >= 0")
+        self._high, self._low = high, low
+        self._maybe_pause_protocol()
+
+    def get_write_buffer_limits(self) -> tuple[int, int]:
+        return (self._low, self._high)
+
+    def get_write_buffer_size(self) -> int:
+        return self._conn.unsent
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        if not isinstance(data, bytes | bytearray | memoryview):
+            raise TypeError(f"data argument must be a bytes-like object, "
+                            f"not {type(data).__name__!r}")
+        if self._eof_written:
+            raise RuntimeError("Cannot call write() after write_eof()")
+        if not data or self._lost or self._conn.state == State.CLOSED:
+            return
+        try:
+            self._conn.send(data)
+        except ConnectionError:
+            return  # the peer reset or the connection timed out: asyncio drops silently
+        self._port.schedule_flush()
+        self._maybe_pause_protocol()
+
+    def writelines(self, list_of_data: Any) -> None:
+        self.write(b"".join(list_of_data))
+
+    def write_eof(self) -> None:
+        if self._closing or self._eof_written:
+            return
+        self._eof_written = True
+        if self._conn.state != State.CLOSED:
+            self._conn.close()
+            self._port.schedule_flush()
+
+    def can_write_eof(self) -> bool:
+        return True
+
+    def abort(self) -> None:
+        """RST now; connection_lost(None) as in asyncio."""
+        self._closing = True
+        self._conn.abort()
+        self._port.schedule_flush()
+        self._connection_lost(None)
+
+    # ------------------------------------------------------------------ flow control
+
+    def _maybe_pause_protocol(self) -> None:
+        if self._protocol_paused or self._conn.unsent <= self._high:
+            return
+        self._protocol_paused = True
+        self._call(self._protocol.pause_writing if self._protocol else None,
+                   "protocol.pause_writing() failed")
+
+    def _maybe_resume_protocol(self) -> None:
+        if self._protocol_paused and self._conn.unsent <= self._low:
+            self._protocol_paused = False
+            self._call(self._protocol.resume_writing if self._protocol else None,
+                       "protocol.resume_writing() failed")
+
+    # ------------------------------------------------------------------ events from the core
+
+    def _process_events(self) -> None:
+        conn = self._conn
+        while (event := conn.next_event()) is not None:
+            if isinstance(event, HandshakeCompleted):
+                if self._waiter is not None and not self._waiter.done():
+                    self._waiter.set_result(None)
+            elif isinstance(event, EofReceived):
+                self._eof_pending = True
+            elif isinstance(event, SendClosed):
+                self._send_closed = True
+                if self._closing:
+                    self._connection_lost(None)
+            elif isinstance(event, Terminated):
+                self._on_terminated(event.error)
+        if self._protocol is not None:
+            self._deliver()
+            self._maybe_resume_protocol()
+
+    def _on_terminated(self, error: Exception | None) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_exception(error or ConnectionAbortedError("connection closed"))
+            self._closing = True
+            self._port.detach(self._conn)
+            return
+        if error is not None:
+            self._closing = True
+            self._connection_lost(error)
+        elif self._closing or self._eof_delivered:
+            self._connection_lost(None)
+        # else: an orderly end the application has not caught up with yet; the data and
+        # EOF still in the buffer are delivered first, and connection_lost after them.
+
+    def _deliver(self) -> None:
+        """Hand buffered bytes to the protocol unless reading is paused."""
+        conn, protocol = self._conn, self._protocol
+        if protocol is None or self._lost:
+            return
+        if self._closing and self._eof_written:
+            # after close() asyncio delivers nothing more; still drain to keep the window open
+            conn.read()
+            return
+        while conn.readable and not self._reading_paused and not self._lost:
+            try:
+                if self._buffered:
+                    assert isinstance(protocol, asyncio.BufferedProtocol)
+                    buf = memoryview(protocol.get_buffer(conn.readable))
+                    if not len(buf):
+                        raise RuntimeError("get_buffer() returned an empty buffer")
+                    data = conn.read(len(buf))
+                    buf[:len(data)] = data
+                    protocol.buffer_updated(len(data))
+                else:
+                    assert isinstance(protocol, asyncio.Protocol)
+                    protocol.data_received(conn.read(_READ_CHUNK))
+            except (SystemExit, KeyboardInterrupt):
+                raise
+            except BaseException as exc:
+                self._fatal_error(exc, "Fatal error: protocol.data_received() call failed.")
+                return
+        if conn.readable or self._reading_paused:
+            return
+        if self._eof_pending and not self._eof_delivered:
+            self._eof_delivered = True
+            try:
+                keep_open = protocol.eof_received()  # type: ignore[attr-defined]
+            except (SystemExit, KeyboardInterrupt):
+                raise
+            except BaseException as exc:
+                self._fatal_error(exc, "Fatal error: protocol.eof_received() call failed.")
+                return
+            if not keep_open:
+                self.close()
+        if self._eof_delivered and conn.state == State.CLOSED and not self._lost:
+            self._closing = True
+            self._connection_lost(conn.error)
+
+    def _call(self, method: Any, message: str) -> None:
+        if method is None:
+            return
+        try:
+            method()
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException as exc:
+            self._loop.call_exception_handler({
+                "message": message, "exception": exc, "transport": self,
+                "protocol": self._protocol})
+
+    def _fatal_error(self, exc: BaseException, message: str) -> None:
+        self._loop.call_exception_handler({
+            "message": message, "exception": exc, "transport": self,
+            "protocol": self._protocol})
+        self._closing = True
+        self._conn.abort()
+        self._port.schedule_flush()
+        self._connection_lost(exc if isinstance(exc, Exception) else None)
+
+    def _connection_lost(self, exc: Exception | None) -> None:
+        if self._lost:
+            return
+        self._lost = True
+        self._closing = True
+        self._port.detach(self._conn)
+        if self._protocol is not None:
+            self._loop.call_soon(self._call_connection_lost, exc)
+        if self._on_lost is not None:
+            self._on_lost(self)
+
+    def _call_connection_lost(self, exc: Exception | None) -> None:
+        protocol = self._protocol
+        if protocol is None:
+            return
+        try:
+            protocol.connection_lost(exc)
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException as err:
+            self._loop.call_exception_handler({
+                "message": "protocol.connection_lost() failed", "exception": err,
+                "transport": self, "protocol": protocol})
+
