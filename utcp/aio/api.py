@@ -148,7 +148,7 @@ async def _open(loop: asyncio.AbstractEventLoop, family: int, type_: int, proto:
         raise
     local_port = sock.getsockname()[1]
     endpoint = Endpoint(config, local_port)
-    port = UdpPort(loop, sock, endpoint, connected=True)
+    port = UdpPort(loop, sock, endpoint, connected=True, icmp_refuses=local_addr is None)
     port.close_when_idle = True
     now = loop.time()
     conn = endpoint.connect(addr, now)

@@ -47,12 +47,15 @@ class UdpPort:
     """The I/O half of an endpoint. `owned` ports belong to one client connection."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop, sock: socket.socket, endpoint: Endpoint,
-                 *, connected: bool = False,
+                 *, connected: bool = False, icmp_refuses: bool = True,
                  on_accept: Callable[[Connection], None] | None = None) -> None:
         self.loop = loop
         self.sock = sock
         self.endpoint = endpoint
         self.connected = connected      # a client socket connect()ed to its one peer
+        # Port-unreachable ends a plain connect at once; a peer-to-peer connect from a
+        # fixed port (local_addr) rides it out, since the peer may simply not be up yet.
+        self.icmp_refuses = icmp_refuses
         self.on_accept = on_accept
         self.transports: dict[Connection, UtcpTransport] = {}
         self.close_when_idle = False    # close the socket once no connection is left
@@ -93,7 +96,12 @@ class UdpPort:
     def _on_socket_error(self, exc: OSError) -> None:
         """ICMP errors reach a connected UDP socket as recv/send errors (Linux)."""
         self.send_errors[errno.errorcode.get(exc.errno or 0, str(exc.errno))] += 1
-        if isinstance(exc, ConnectionRefusedError) and self.connected:
+        # libuv (uvloop) stops polling a socket that reported POLLERR, which a pending
+        # ICMP error is: register the reader again so the connection keeps hearing.
+        if not self.closed:
+            self.loop.remove_reader(self._fd)
+            self.loop.add_reader(self._fd, self._on_readable)
+        if isinstance(exc, ConnectionRefusedError) and self.connected and self.icmp_refuses:
             for conn in list(self.endpoint.connections.values()):
                 conn.icmp_unreachable()
         elif log.enabled():
