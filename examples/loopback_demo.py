@@ -1,55 +1,65 @@
-"""Move 8 MiB between two utcp endpoints over a simulated-free in-process loop.
+"""A loopback demo over real UDP sockets: echo server, then 16 MiB through it and back.
 
-Until the asyncio adapter lands this drives the sans-IO core directly: both
-endpoints live in one process and pass datagrams by hand, which is exactly what
-the core is built for.
+    python examples/loopback_demo.py [MEBIBYTES]
+
+It prints the throughput, the SHA-256 check, and the connection's TCP_INFO-like
+statistics, then closes both ends the way TCP does (FIN, ACK, FIN, ACK).
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import os
+import sys
 import time
 
-from utcp.config import Config
-from utcp.endpoint import Endpoint
-from utcp.state import State
+import utcp
 
 
-def main() -> None:
-    size = 8 << 20
-    data = os.urandom(size)
-    server = Endpoint(Config(), 5000, listening=True)
-    client = Endpoint(Config(), 6000)
-    conn = client.connect(("127.0.0.1", 5000), 0.0)
-    peer = None
-    received = bytearray()
+async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    while data := await reader.read(1 << 18):
+        writer.write(data)
+        await writer.drain()
+    writer.close()
+
+
+async def main(mebibytes: int) -> None:
+    server = await utcp.start_server(echo, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    reader, writer = await utcp.open_connection("127.0.0.1", port)
+    payload = os.urandom(mebibytes << 20)
     start = time.perf_counter()
-    sent = False
-    while True:
-        now = time.perf_counter() - start
-        for datagram, _addr in client.datagrams_to_send(now):
-            server.receive_datagram(datagram, ("127.0.0.1", 6000), now)
-        for datagram, _addr in server.datagrams_to_send(now):
-            client.receive_datagram(datagram, ("127.0.0.1", 5000), now)
-        peer = peer or server.accept()
-        if conn.state == State.ESTABLISHED and not sent:
-            conn.send(data)
-            conn.close()
-            sent = True
-        if peer is not None:
-            received += peer.read()
-            if peer.eof_received:
-                break
-        for ep in (client, server):
-            deadline = ep.get_timer()
-            if deadline is not None and deadline <= now:
-                ep.handle_timer(now)
+
+    async def send() -> None:
+        view = memoryview(payload)
+        for i in range(0, len(view), 1 << 18):
+            writer.write(view[i:i + (1 << 18)])
+            await writer.drain()
+        writer.write_eof()
+
+    sender = asyncio.create_task(send())
+    received = hashlib.sha256()
+    n = 0
+    while data := await reader.read(1 << 20):
+        received.update(data)
+        n += len(data)
+    await sender
     elapsed = time.perf_counter() - start
-    ok = hashlib.sha256(received).digest() == hashlib.sha256(data).digest()
-    print(f"moved {len(received)} bytes in {elapsed:.2f} s"
-          f" ({len(received) / elapsed / 1e6:.1f} MB/s), sha256 {'ok' if ok else 'MISMATCH'}")
+    ok = received.digest() == hashlib.sha256(payload).digest()
+    stats = writer.get_extra_info("stats")
+    print(f"echoed {n >> 20} MiB through udp port {port} in {elapsed:.2f} s: "
+          f"{2 * n / elapsed / 1e6:.1f} MB/s both ways, sha256 {'ok' if ok else 'MISMATCH'}")
+    print(f"client: state {stats.state.name}, mss {stats.mss}, srtt {stats.srtt * 1e6:.0f} µs, "
+          f"cwnd {stats.cwnd}, segments sent {stats.segments_sent}, "
+          f"retransmitted {stats.segments_retransmitted}")
+    writer.close()
+    await writer.wait_closed()
+    server.close()
+    await server.wait_closed()
+    if not ok:
+        sys.exit(1)
 
 
 if __name__ == "__main__":
-    main()
+    asyncio.run(main(int(sys.argv[1]) if len(sys.argv) > 1 else 16))
