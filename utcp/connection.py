@@ -688,7 +688,9 @@ class Connection:
                     self._ack_now = True
         else:
             self.ooo_segments_received += 1
-            self._ack_now = True  # a duplicate ACK tells the sender about the hole
+            # One duplicate ACK per out-of-order segment, sent now rather than once per
+            # batch of datagrams, so the sender counts three and retransmits fast.
+            self._emit(self.snd_max, 0, ACK)
             item = (seg_seq, bytes(payload))
             i = bisect_left(self._ooo, item)
             if i < len(self._ooo) and self._ooo[i] == item:

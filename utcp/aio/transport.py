@@ -120,7 +120,13 @@ class UtcpTransport(asyncio.Transport):
         if not self._reading_paused:
             return
         self._reading_paused = False
-        self._loop.call_soon(self._deliver)
+        self._loop.call_soon(self._resume_delivery)
+
+    def _resume_delivery(self) -> None:
+        # Reading reopens the window; the update must go out now, not with the next
+        # datagram or timer (the sender may be waiting on a long persist backoff).
+        self._deliver()
+        self._port.schedule_flush()
 
     # ------------------------------------------------------------------ WriteTransport
 
