@@ -26,7 +26,14 @@ INT_BOUNDS = {
 def test_every_field_is_covered() -> None:
     names = {f.name for f in dataclasses.fields(Config)}
     assert names == set(POSITIVE_FLOATS) | set(OPTIONAL_FLOATS) | set(INT_BOUNDS) | {
-        "congestion"}
+        "congestion", "pcap"}
+
+
+def test_pcap_takes_a_path_or_none(tmp_path: object) -> None:
+    assert Config().pcap is None
+    assert Config(pcap="x.pcap").pcap == "x.pcap"
+    with pytest.raises(TypeError):
+        Config(pcap=3)  # type: ignore[arg-type]
 
 
 def test_defaults() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 from dataclasses import dataclass
 
 CONGESTION_ALGORITHMS = ("newreno",)
@@ -33,6 +34,7 @@ class Config:
     ack_delay: float = 0.04            # delayed-ACK timer (RFC 9293 §3.8.6.3: < 0.5 s)
     initial_cwnd_segments: int = 10    # RFC 6928
     max_ooo_segments: int = 1024       # out-of-order pieces held per connection at most
+    pcap: str | None = None            # write every segment sent and received to this file
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
@@ -73,5 +75,7 @@ def _check(name: str, value: object) -> None:
         lo, hi = _INT_RANGES[name]
         if not lo <= value <= hi:
             raise ValueError(f"Config.{name} must be within {lo}..{hi}, not {value}")
+    elif name == "pcap" and value is not None and not isinstance(value, str | os.PathLike):
+        raise TypeError(f"Config.pcap must be a file path or None, not {value!r}")
     elif name == "congestion" and not isinstance(value, str):
         raise TypeError(f"Config.congestion must be a str, not {value!r}")

@@ -13,11 +13,12 @@ import asyncio
 import collections
 import errno
 import socket
+import time
 import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from utcp import log
+from utcp import log, pcap
 from utcp.endpoint import Addr, Endpoint
 
 if TYPE_CHECKING:
@@ -41,6 +42,12 @@ def set_socket_buffers(sock: socket.socket, size: int = SOCKET_BUFFER) -> None:
                 break
             except OSError:
                 continue
+
+
+def _release(sock: socket.socket, writer: pcap.PcapWriter | None, port: int) -> None:
+    sock.close()
+    if writer is not None:
+        pcap.release(writer, port)
 
 
 class UdpPort:
@@ -70,9 +77,12 @@ class UdpPort:
         self._timer_at: float | None = None
         self._idle_waiters: list[asyncio.Future[None]] = []
         self.send_errors: collections.Counter[str] = collections.Counter()
+        self._local = sock.getsockname()
+        self._pcap = (pcap.acquire(endpoint.config.pcap, self._local[1])
+                      if endpoint.config.pcap else None)
         # If the loop is closed while a connection lingers in TIME_WAIT, the socket is
         # closed when this object goes, not left for a ResourceWarning.
-        self._finalizer = weakref.finalize(self, sock.close)
+        self._finalizer = weakref.finalize(self, _release, sock, self._pcap, self._local[1])
         sock.setblocking(False)
         loop.add_reader(self._fd, self._on_readable)
 
@@ -90,6 +100,8 @@ class UdpPort:
             except OSError as exc:
                 self._on_socket_error(exc)
                 break
+            if self._pcap is not None:
+                self._pcap.write_received(view[:n], addr, self._local, time.time())
             ep.receive_datagram(view[:n], addr, now)
         self.process(now)
 
@@ -169,6 +181,8 @@ class UdpPort:
     def _send(self, datagrams: list[tuple[bytes, Addr]]) -> None:
         if not datagrams:
             return
+        if self._pcap is not None:
+            self._capture(datagrams)
         if self._sendq:
             self._sendq.extend(datagrams)
             return
@@ -187,6 +201,15 @@ class UdpPort:
                     self._queue(datagrams[i:])
                     return
                 self._on_socket_error(exc)
+
+    def _capture(self, datagrams: list[tuple[bytes, Addr]]) -> None:
+        # Captured when handed to the kernel's queue or ours: a datagram the socket later
+        # fails to send is retransmitted by the core, as a dropped packet would be.
+        assert self._pcap is not None
+        ts = time.time()
+        for data, addr in datagrams:
+            self._pcap.write(data, self._local, addr, ts)
+        self._pcap.flush()
 
     def _queue(self, rest: list[tuple[bytes, Addr]]) -> None:
         """EAGAIN/ENOBUFS: keep the datagrams in order and wait until the socket drains."""
@@ -252,6 +275,7 @@ class UdpPort:
                 self.loop.remove_writer(self._fd)
         except RuntimeError:
             pass  # the loop is already closed
+        self._pcap = None
         self._finalizer()
         for fut in self._idle_waiters:
             if not fut.done():
