@@ -19,6 +19,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from utcp import log, pcap
+from utcp.aio import batch
 from utcp.endpoint import Addr, Endpoint
 
 if TYPE_CHECKING:
@@ -78,6 +79,9 @@ class UdpPort:
         self._idle_waiters: list[asyncio.Future[None]] = []
         self.send_errors: collections.Counter[str] = collections.Counter()
         self._local = sock.getsockname()
+        self._gso = batch.probe_gso(sock)
+        self._gro = batch.enable_gro(sock)
+        self.gso_sends = 0
         self._pcap = (pcap.acquire(endpoint.config.pcap, self._local[1])
                       if endpoint.config.pcap else None)
         # If the loop is closed while a connection lingers in TIME_WAIT, the socket is
@@ -92,6 +96,10 @@ class UdpPort:
         sock, view, ep = self.sock, self._view, self.endpoint
         now = self.loop.time()
         recv = sock.recvfrom_into
+        if self._gro:
+            self._read_gro(now)
+            self.process(now)
+            return
         for _ in range(RECV_BATCH):
             try:
                 n, addr = recv(self._buf)
@@ -104,6 +112,27 @@ class UdpPort:
                 self._pcap.write_received(view[:n], addr, self._local, time.time())
             ep.receive_datagram(view[:n], addr, now)
         self.process(now)
+
+    def _read_gro(self, now: float) -> None:
+        """Like the plain loop, but one recvmsg may carry many datagrams of one size."""
+        sock, view, ep, buf = self.sock, self._view, self.endpoint, self._buf
+        recv = sock.recvmsg_into
+        received = 0
+        while received < RECV_BATCH:
+            try:
+                n, anc, _flags, addr = recv([buf], batch.GRO_CMSG_SPACE)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError as exc:
+                self._on_socket_error(exc)
+                break
+            size = batch.gro_segment_size(anc) or n
+            for off in range(0, n, size):
+                piece = view[off:min(off + size, n)]
+                if self._pcap is not None:
+                    self._pcap.write_received(piece, addr, self._local, time.time())
+                ep.receive_datagram(piece, addr, now)
+                received += 1
 
     def _on_socket_error(self, exc: OSError) -> None:
         """ICMP errors reach a connected UDP socket as recv/send errors (Linux)."""
@@ -187,6 +216,9 @@ class UdpPort:
             self._sendq.extend(datagrams)
             return
         sock = self.sock
+        if self._gso and len(datagrams) > 1:
+            self._send_gso(datagrams)
+            return
         for i, (data, addr) in enumerate(datagrams):
             try:
                 if self.connected:
@@ -201,6 +233,49 @@ class UdpPort:
                     self._queue(datagrams[i:])
                     return
                 self._on_socket_error(exc)
+
+    def _send_gso(self, datagrams: list[tuple[bytes, Addr]]) -> None:
+        """Runs of equal-sized datagrams to one peer go out in one sendmsg each."""
+        sock, connected = self.sock, self.connected
+        for begin, end, size in batch.gso_batches(datagrams):
+            data, addr = datagrams[begin]
+            try:
+                if size == 0:
+                    if connected:
+                        sock.send(data)
+                    else:
+                        sock.sendto(data, addr)
+                elif connected:
+                    sock.sendmsg([b"".join([d for d, _ in datagrams[begin:end]])],
+                                 batch.gso_control(size))
+                else:
+                    sock.sendmsg([b"".join([d for d, _ in datagrams[begin:end]])],
+                                 batch.gso_control(size), 0, addr)
+                self.gso_sends += size != 0
+            except (BlockingIOError, InterruptedError):
+                self._queue(datagrams[begin:])
+                return
+            except OSError as exc:
+                if exc.errno == errno.ENOBUFS:
+                    self._queue(datagrams[begin:])
+                    return
+                if size and batch.gso_unsupported(exc):
+                    # this path cannot segment after all: plain sends from now on
+                    self._gso = False
+                    self._send_plain(datagrams[begin:])
+                    return
+                self._on_socket_error(exc)
+
+    def _send_plain(self, datagrams: list[tuple[bytes, Addr]]) -> None:
+        sendq_was = self._sendq
+        if sendq_was:
+            sendq_was.extend(datagrams)
+            return
+        pcap_writer, self._pcap = self._pcap, None  # already captured
+        try:
+            self._send(datagrams)
+        finally:
+            self._pcap = pcap_writer
 
     def _capture(self, datagrams: list[tuple[bytes, Addr]]) -> None:
         # Captured when handed to the kernel's queue or ours: a datagram the socket later

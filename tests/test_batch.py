@@ -1,0 +1,115 @@
+"""UDP GSO/GRO batching: the run-splitting rule, and transfers with and without offloads."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import socket
+from typing import Any
+
+import pytest
+
+import utcp
+from utcp.aio import batch
+
+A = ("127.0.0.1", 1000)
+B = ("127.0.0.1", 2000)
+
+
+def runs(sizes_addrs: list[tuple[int, tuple[str, int]]]) -> list[tuple[int, int, int]]:
+    return list(batch.gso_batches([(bytes(n), a) for n, a in sizes_addrs]))
+
+
+def test_equal_sizes_to_one_peer_make_one_run() -> None:
+    assert runs([(1420, A)] * 5) == [(0, 5, 1420)]
+
+
+def test_a_shorter_datagram_closes_a_run_and_a_longer_one_starts_a_new_one() -> None:
+    assert runs([(1420, A), (1420, A), (300, A), (1420, A)]) == [(0, 3, 1420), (3, 4, 0)]
+    assert runs([(20, A), (1420, A), (1420, A)]) == [(0, 1, 0), (1, 3, 1420)]
+
+
+def test_runs_break_at_a_new_address_and_at_the_kernel_limits() -> None:
+    assert runs([(100, A), (100, B), (100, B)]) == [(0, 1, 0), (1, 3, 100)]
+    many = runs([(100, A)] * 130)
+    assert [e - b for b, e, _ in many] == [64, 64, 2]
+    big = runs([(20000, A)] * 5)
+    assert [e - b for b, e, _ in big] == [3, 2]  # 3 x 20000 fits under 65000, 4 does not
+
+
+def test_probe_and_enable_on_a_real_socket() -> None:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        gso, gro = batch.probe_gso(sock), batch.enable_gro(sock)
+    finally:
+        sock.close()
+    if not (gso and gro):
+        pytest.skip("this kernel offers no UDP GSO/GRO")
+
+
+async def _transfer(nbytes: int) -> tuple[bytes, bytes, int]:
+    received = hashlib.sha256()
+
+    async def sink(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while data := await reader.read(1 << 20):
+            received.update(data)
+        writer.close()
+
+    server = await utcp.start_server(sink, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    reader, writer = await utcp.open_connection("127.0.0.1", port)
+    payload = os.urandom(nbytes)
+    writer.write(payload)
+    writer.write_eof()
+    await reader.read()
+    sends = _port_of(writer).gso_sends
+    writer.close()
+    await writer.wait_closed()
+    server.close()
+    await server.wait_closed()
+    return hashlib.sha256(payload).digest(), received.digest(), sends
+
+
+def _port_of(writer: asyncio.StreamWriter) -> Any:
+    return writer.transport._port  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("offloads", [True, False], ids=["gso+gro", "plain"])
+async def test_transfer_with_and_without_offloads(offloads: bool,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(batch, "GSO_ALLOWED", offloads)
+    monkeypatch.setattr(batch, "GRO_ALLOWED", offloads)
+    sent, got, gso_sends = await asyncio.wait_for(_transfer(4 << 20), 60)
+    assert sent == got
+    if offloads:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        supported = batch.probe_gso(sock)
+        sock.close()
+        if supported:
+            assert gso_sends > 0
+    else:
+        assert gso_sends == 0
+
+
+async def test_gso_failure_falls_back_to_plain_sends(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A path that cannot segment (EIO from sendmsg) switches the port to plain sends."""
+    real_sendmsg = socket.socket.sendmsg
+    failures = []
+
+    def failing_sendmsg(self: socket.socket, buffers: object, ancdata: object = (),
+                        *args: object) -> int:
+        if ancdata:
+            failures.append(1)
+            raise OSError(5, "Input/output error")  # EIO: what a NIC without GSO returns
+        return real_sendmsg(self, buffers, ancdata, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(socket.socket, "sendmsg", failing_sendmsg)
+    sent, got, gso_sends = await asyncio.wait_for(_transfer(2 << 20), 60)
+    assert sent == got
+    assert gso_sends == 0
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    supported = batch.probe_gso(sock)
+    sock.close()
+    if supported:
+        assert failures, "GSO was never attempted"
