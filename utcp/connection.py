@@ -203,7 +203,7 @@ class Connection:
             return
         if self.state in (State.SYN_RCVD, State.ESTABLISHED, State.FIN_WAIT_1,
                           State.FIN_WAIT_2, State.CLOSE_WAIT):
-            self._emit(self.snd_nxt, 0, RST | ACK)
+            self._emit(self.snd_max, 0, RST | ACK)  # snd_max: see _fail
         self._set_state(Ev.ABORT)
         self._terminate(None)
 
@@ -337,6 +337,9 @@ class Connection:
                 self._fail(err, send_rst=False)
                 return False
             self._syn_retries += 1
+            if log.enabled():
+                log.emit("rto", conn=self.name, state=self.state.name, rto=self.rtt.rto,
+                         snd_una=self.snd_una)
             self.snd_nxt = self.iss  # resend the SYN (or SYN+ACK) from _output
             self._rtx_deadline = now + self.rtt.rto
             return True
@@ -561,6 +564,8 @@ class Connection:
             self._fin_seq = seg_seq + len(payload)
         fin_in_order = (self._fin_seq is not None and not self._fin_received
                         and self.rcv_nxt == self._fin_seq)
+        if flags & FIN and not payload and not fin_in_order:
+            self._ack_now = True  # a bare FIN past a hole: duplicate ACK at once (RFC 5681)
         if fin_in_order:
             self._receive_fin(now, fin_now_acked)
         elif fin_now_acked:
@@ -748,7 +753,9 @@ class Connection:
     def _output(self, now: float) -> None:
         self._now = now
         state = self.state
-        if state in (State.SYN_SENT, State.SYN_RCVD) and self.snd_nxt == self.iss:
+        if self.snd_nxt == self.iss == self.snd_una:
+            # SYN (or SYN+ACK) to send or resend; also after a close in SYN_RCVD, whose
+            # FIN_WAIT_1 must still retransmit the unacknowledged SYN+ACK, not a FIN at ISS
             self._send_syn(now)
             return
         if state in SYNCHRONIZED and state != State.TIME_WAIT:
@@ -760,9 +767,9 @@ class Connection:
             self._emit(self.snd_max, 0, ACK)
 
     def _send_syn(self, now: float) -> None:
-        flags = SYN | ACK if self.state == State.SYN_RCVD else SYN
+        flags = SYN if self.state == State.SYN_SENT else SYN | ACK
         opts = wire.Options(mss=self.config.mss, wscale=self.rcv_wscale)
-        if self.state == State.SYN_RCVD and not self._wscale_ok:
+        if flags & ACK and not self._wscale_ok:
             opts.wscale = None
         if self._syn_retries:
             self.segments_retransmitted += 1
@@ -887,7 +894,9 @@ class Connection:
 
     def _fail(self, error: Exception | None, *, send_rst: bool, event: Ev = Ev.ABORT) -> None:
         if send_rst and self.state in SYNCHRONIZED | {State.SYN_RCVD}:
-            self._emit(self.snd_nxt, 0, RST | ACK)
+            # snd_max, not a snd_nxt rewound by a timeout: a peer that got everything
+            # would drop an RST below its rcv_nxt as old (BSD's tcp_output does the same)
+            self._emit(self.snd_max, 0, RST | ACK)
         self._set_state(event)
         self._terminate(error)
 

@@ -59,7 +59,9 @@ class Endpoint:
         """Active open towards `addr`; raises if a connection to it is still in the table."""
         key = peer_key(addr)
         old = self.connections.get(key)
-        if old is not None:
+        if old is not None and old.state == State.CLOSED:
+            self._forget(old)  # closed since the last output: gone already
+        elif old is not None:
             raise OSError(98, f"a connection to {key[0]}:{key[1]} exists"
                               f" (state {old.state.name})")
         conn = self._new_connection(key)
@@ -96,6 +98,9 @@ class Endpoint:
             return
         key = peer_key(addr)
         conn = self.connections.get(key)
+        if conn is not None and conn.state == State.CLOSED:
+            self._forget(conn)  # closed since the last output: the peer may start anew
+            conn = None
         if conn is not None:
             conn.receive(seg, now)
             return
