@@ -20,13 +20,15 @@ INT_BOUNDS = {
     "send_buffer": (1024, 1 << 30),
     "initial_cwnd_segments": (1, 1000),
     "max_ooo_segments": (1, 1 << 20),
+    "max_connections": (1, 1 << 24),
+    "max_reassembly_bytes": (0, 1 << 40),
 }
 
 
 def test_every_field_is_covered() -> None:
     names = {f.name for f in dataclasses.fields(Config)}
     assert names == set(POSITIVE_FLOATS) | set(OPTIONAL_FLOATS) | set(INT_BOUNDS) | {
-        "congestion", "pcap"}
+        "congestion", "pcap", "secret_key", "server_key", "allowed_keys"}
 
 
 def test_pcap_takes_a_path_or_none(tmp_path: object) -> None:
@@ -40,7 +42,7 @@ def test_defaults() -> None:
     c = Config()
     assert c.msl == 30.0
     assert c.syn_retries == 6
-    assert c.synack_retries == 5
+    assert c.synack_retries == 2
     assert c.rto_initial == 1.0
     assert c.rto_min == 0.2
     assert c.rto_max == 60.0
@@ -179,3 +181,20 @@ def test_replace_validates() -> None:
         base.replace(congestion="bbr")
     with pytest.raises(TypeError):
         base.replace(no_such_field=1)
+
+
+def test_keys_are_checked_at_construction() -> None:
+    from utcp import crypto
+
+    private, public = crypto.generate_keypair()
+    assert Config(secret_key=private).secure
+    assert Config(server_key=public, allowed_keys=None).secure
+    assert not Config().secure
+    with pytest.raises(ValueError):
+        Config(server_key="not base64!")
+    with pytest.raises(ValueError):
+        Config(secret_key="AAAA")  # base64, but 3 bytes
+    with pytest.raises(TypeError):
+        Config(allowed_keys=public)  # type: ignore[arg-type]  # a str, not a tuple
+    with pytest.raises(TypeError):
+        Config(server_key=b"x")  # type: ignore[arg-type]

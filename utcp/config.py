@@ -19,7 +19,8 @@ class Config:
 
     msl: float = 30.0                  # TIME_WAIT lasts 2 * msl (Linux: 60 s)
     syn_retries: int = 6               # SYN retransmissions before connect fails
-    synack_retries: int = 5            # SYN+ACK retransmissions before the entry is dropped
+    synack_retries: int = 2            # SYN+ACK retransmissions before the entry is dropped:
+    #   with the first, 3 SYN+ACKs per SYN, the most the 3x anti-amplification rule allows
     rto_initial: float = 1.0           # RFC 6298 §2.1
     rto_min: float = 0.2               # Linux's floor; RFC 6298 suggests 1 s
     rto_max: float = 60.0              # RFC 6298 §2.5
@@ -34,16 +35,31 @@ class Config:
     ack_delay: float = 0.04            # delayed-ACK timer (RFC 9293 §3.8.6.3: < 0.5 s)
     initial_cwnd_segments: int = 10    # RFC 6928
     max_ooo_segments: int = 1024       # out-of-order pieces held per connection at most
+    #   (raised to 2 * recv_buffer // mss, so a full window of segments always fits)
     pcap: str | None = None            # write every segment sent and received to this file
+    # secure mode (docs/secure-mode.md): a server needs secret_key, a client server_key
+    secret_key: str | None = None      # our static X25519 private key, base64
+    server_key: str | None = None      # client: the server's public key, pinned
+    allowed_keys: tuple[str, ...] | None = None  # server: accept only these client keys
+    # bounded resources (per endpoint, i.e. per UDP socket)
+    max_connections: int = 100_000     # connections of every state, TIME_WAIT included
+    max_reassembly_bytes: int = 64 * 1024 * 1024  # out-of-order bytes held in all
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
             _check(f.name, getattr(self, f.name))
+        if self.allowed_keys is not None and not isinstance(self.allowed_keys, tuple):
+            object.__setattr__(self, "allowed_keys", tuple(self.allowed_keys))
         if self.rto_min > self.rto_max:
             raise ValueError("rto_min must not exceed rto_max")
         if self.congestion not in CONGESTION_ALGORITHMS:
             raise ValueError(f"unknown congestion algorithm {self.congestion!r};"
                              f" choose one of {', '.join(CONGESTION_ALGORITHMS)}")
+
+    @property
+    def secure(self) -> bool:
+        """Secure mode: a client that pins a server key, or a server that has a key."""
+        return self.server_key is not None or self.secret_key is not None
 
     def replace(self, **changes: object) -> Config:
         return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
@@ -60,7 +76,23 @@ _INT_RANGES = {
     "send_buffer": (1024, 1 << 30),
     "initial_cwnd_segments": (1, 1000),
     "max_ooo_segments": (1, 1 << 20),
+    "max_connections": (1, 1 << 24),
+    "max_reassembly_bytes": (0, 1 << 40),
 }
+
+
+def _check_key(name: str, value: object) -> None:
+    if not isinstance(value, str):
+        raise TypeError(f"Config.{name} must be a base64 key string, not {value!r}")
+    from utcp import crypto  # late: crypto pulls in the cryptography package
+
+    try:
+        if name == "secret_key":
+            crypto.load_private(value)
+        else:
+            crypto.load_public(value)
+    except ValueError as exc:
+        raise ValueError(f"Config.{name}: {exc}") from None
 
 
 def _check(name: str, value: object) -> None:
@@ -77,5 +109,12 @@ def _check(name: str, value: object) -> None:
             raise ValueError(f"Config.{name} must be within {lo}..{hi}, not {value}")
     elif name == "pcap" and value is not None and not isinstance(value, str | os.PathLike):
         raise TypeError(f"Config.pcap must be a file path or None, not {value!r}")
+    elif name in ("secret_key", "server_key") and value is not None:
+        _check_key(name, value)
+    elif name == "allowed_keys" and value is not None:
+        if isinstance(value, str) or not isinstance(value, tuple | list | frozenset | set):
+            raise TypeError("Config.allowed_keys must be a tuple of base64 public keys")
+        for key in value:
+            _check_key(name, key)
     elif name == "congestion" and not isinstance(value, str):
         raise TypeError(f"Config.congestion must be a str, not {value!r}")

@@ -176,6 +176,26 @@ class Connection:
         self._last_activity(now)
         self._touch()
 
+    def accept_cookie(self, ack: wire.Segment, mss: int, peer_wscale: int | None,
+                      now: float) -> None:
+        """A SYN cookie (RFC 4987) came back: rebuild what the SYN told us, then take the ACK.
+
+        The listener answered that SYN statelessly with ISN = the cookie (our `iss`), so
+        the SYN+ACK counts as sent, with the window it advertised, and it gives no RTT.
+        """
+        self.passive = True
+        self.state = State.LISTEN
+        syn = wire.Segment(ack.src_port, ack.dst_port, (ack.seq - 1) & sq.MASK, 0, SYN,
+                           ack.window, options=wire.Options(mss=mss, wscale=peer_wscale))
+        self._take_syn(syn)
+        self._set_state(Ev.PASSIVE_OPEN)
+        self.snd_nxt = self.snd_max = self.iss + 1
+        self.rcv_adv = self.rcv_nxt + min(self.config.recv_buffer, MAX_WINDOW_FIELD)
+        self._syn_retries = 1
+        self._last_activity(now)
+        self._touch()
+        self.receive(ack, now)
+
     def send(self, data: bytes | bytearray | memoryview) -> None:
         """Queue bytes to send. Raises once the sending side is closed."""
         if self.state not in CAN_SEND or self._fin_queued:
@@ -213,9 +233,12 @@ class Connection:
         Only a connection still waiting for its SYN to be answered gives up on it (a hard
         error, like Linux's); later it is a soft error that retransmission rides out.
         """
+        self.refuse("connection refused (port unreachable)")
+
+    def refuse(self, message: str) -> None:
+        """The layer below knows the connect cannot succeed: fail it with this message."""
         if self.state == State.SYN_SENT:
-            self._fail(ConnectionRefusedError("connection refused (port unreachable)"),
-                       send_rst=False)
+            self._fail(ConnectionRefusedError(message), send_rst=False)
 
     def read(self, max_bytes: int = -1) -> bytes:
         """Take in-order bytes the peer sent; reading reopens the advertised window."""
@@ -700,7 +723,10 @@ class Connection:
             i = bisect_left(self._ooo, item)
             if i < len(self._ooo) and self._ooo[i] == item:
                 return complete  # a duplicate of a piece we hold
-            if len(self._ooo) >= self.config.max_ooo_segments:
+            # The cap is against floods of tiny pieces: full-sized segments are held up to
+            # the window we advertised, else one tail drop costs a go-back-N of the rest.
+            if len(self._ooo) >= max(self.config.max_ooo_segments,
+                                     2 * self.config.recv_buffer // self.config.mss):
                 self._drop("out-of-order queue full")
                 return False
             self._ooo.insert(i, item)

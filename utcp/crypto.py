@@ -338,3 +338,51 @@ def _find_counter(data: bytes, hlen: int) -> int | None:
                 return int(counter)
         i += length
     return None
+
+
+# ---------------------------------------------------------------------- keyed ISNs, SYN cookies
+
+# MSS values a cookie can carry (3 bits): the largest entry not above the peer's MSS is
+# kept, as Linux does with its own table.
+COOKIE_MSS = (536, 1200, 1220, 1360, 1400, 1440, 1452, 8960)
+_COOKIE_PERIOD = 64.0   # seconds per step of the cookie's 5-bit clock (RFC 4987 §3.6)
+
+
+class HandshakeSecrets:
+    """Per-endpoint secret behind keyed ISNs (RFC 6528) and SYN cookies (RFC 4987)."""
+
+    def __init__(self, secret: bytes | None = None) -> None:
+        import os
+
+        self._secret = secret if secret is not None else os.urandom(32)
+
+    def _prf(self, *parts: object) -> int:
+        from cryptography.hazmat.primitives import hmac
+
+        mac = hmac.HMAC(self._secret, hashes.SHA256())
+        mac.update(repr(parts).encode())
+        return int.from_bytes(mac.finalize()[:4], "big")
+
+    def isn(self, peer: tuple[str, int], local_port: int, now: float) -> int:
+        """RFC 6528: ISN = M + F(4-tuple, secret), M a 4-microsecond clock."""
+        return (int(now * 250_000) + self._prf("isn", peer, local_port)) & 0xFFFFFFFF
+
+    def make_cookie(self, peer: tuple[str, int], local_port: int, client_isn: int,
+                    peer_mss: int, peer_wscale: int | None, now: float) -> int:
+        """An ISN that encodes what the SYN said: 5 bits clock, 3 MSS, 4 wscale, 20 MAC."""
+        t = int(now / _COOKIE_PERIOD) & 31
+        mss_i = max((i for i, m in enumerate(COOKIE_MSS) if m <= peer_mss), default=0)
+        ws = 15 if peer_wscale is None else min(peer_wscale, 14)
+        mac = self._prf("cookie", peer, local_port, client_isn, t, mss_i, ws) & 0xFFFFF
+        return t << 27 | mss_i << 24 | ws << 20 | mac
+
+    def check_cookie(self, peer: tuple[str, int], local_port: int, client_isn: int,
+                     cookie: int, now: float) -> tuple[int, int | None] | None:
+        """(peer MSS, peer window scale) if `cookie` is ours and at most ~2 minutes old."""
+        t, mss_i, ws, mac = cookie >> 27, (cookie >> 24) & 7, (cookie >> 20) & 15, cookie & 0xFFFFF
+        now_t = int(now / _COOKIE_PERIOD) & 31
+        if t not in (now_t, (now_t - 1) & 31):
+            return None
+        if self._prf("cookie", peer, local_port, client_isn, t, mss_i, ws) & 0xFFFFF != mac:
+            return None
+        return COOKIE_MSS[mss_i], (None if ws == 15 else ws)

@@ -18,10 +18,10 @@ import heapq
 import itertools
 import random
 
-from utcp import log, wire
+from utcp import crypto, log, secure, wire
 from utcp import seq as sq
 from utcp.config import Config
-from utcp.connection import Connection
+from utcp.connection import Connection, window_scale_for
 from utcp.state import State
 
 Addr = tuple[str, int]
@@ -52,6 +52,10 @@ class Endpoint:
         self._heap: list[tuple[float, int, Connection]] = []
         self._armed: dict[Connection, float] = {}
         self._tiebreak = itertools.count()
+        self._secrets = crypto.HandshakeSecrets()
+        self._secure = secure.SecureLayer(config, self.counters) if config.secure else None
+        # anti-amplification: bytes received from / sent to each unvalidated address
+        self._unvalidated: dict[Connection, list[int]] = {}
 
     # ------------------------------------------------------------------ opening
 
@@ -64,7 +68,12 @@ class Endpoint:
         elif old is not None:
             raise OSError(98, f"a connection to {key[0]}:{key[1]} exists"
                               f" (state {old.state.name})")
-        conn = self._new_connection(key)
+        if len(self.connections) >= self.config.max_connections:
+            raise OSError(105, f"endpoint full: {len(self.connections)} connections"
+                               " (Config.max_connections)")
+        conn = self._new_connection(key, now)
+        if self._secure is not None:
+            self._secure.start_client(conn)
         conn.connect(now)
         return conn
 
@@ -76,8 +85,10 @@ class Endpoint:
                 return conn
         return None
 
-    def _new_connection(self, key: Addr) -> Connection:
-        iss = self._rng.getrandbits(32) if self._rng is not None else None
+    def _new_connection(self, key: Addr, now: float, iss: int | None = None) -> Connection:
+        if iss is None:
+            iss = (self._rng.getrandbits(32) if self._rng is not None
+                   else self._secrets.isn(key, self.port, now))
         conn = Connection(self.config, local_port=self.port, remote_port=key[1], iss=iss,
                           name=f"{key[0]}:{key[1]}")
         conn.peer = key
@@ -89,6 +100,31 @@ class Endpoint:
 
     def receive_datagram(self, data: bytes | bytearray | memoryview,
                          addr: tuple[object, ...], now: float) -> None:
+        key = peer_key(addr)
+        conn = self.connections.get(key)
+        if conn is not None and conn.state == State.CLOSED:
+            self._forget(conn)  # closed since the last output: the peer may start anew
+            conn = None
+        handshake: tuple[bytes, crypto.Responder, bytes] | None = None
+        if self._secure is not None and len(data) >= wire.HEADER_LEN:
+            if conn is not None:
+                opened = self._secure.open(conn, data)
+                if opened is None:
+                    return
+                data = opened
+            elif data[13] & wire.SYN and not data[13] & (wire.ACK | wire.RST):
+                if self.listening:
+                    got = self._secure.read_syn(data)
+                    if got is None:
+                        self._refuse(data, key)  # fail the client fast and clearly
+                        return
+                    hlen = (data[12] >> 4) * 4
+                    handshake = (got[0], got[1], bytes(data[hlen:]))
+                    data = got[0]
+            elif not data[13] & wire.SYN:
+                moved = self._secure.rebind(self.connections, data, key)
+                if moved is not None:
+                    conn, data = moved
         try:
             seg = wire.parse(data)
         except wire.MalformedSegment as exc:
@@ -96,12 +132,10 @@ class Endpoint:
             if log.enabled():
                 log.emit("drop", reason=exc.reason, peer=str(addr[:2]))
             return
-        key = peer_key(addr)
-        conn = self.connections.get(key)
-        if conn is not None and conn.state == State.CLOSED:
-            self._forget(conn)  # closed since the last output: the peer may start anew
-            conn = None
         if conn is not None:
+            budget = self._unvalidated.get(conn)
+            if budget is not None:
+                budget[0] += len(data)
             conn.receive(seg, now)
             return
         flags = seg.flags
@@ -109,13 +143,65 @@ class Endpoint:
             self.counters["RST for no connection"] += 1  # never answer RST with RST
             return
         if self.listening and flags & wire.SYN and not flags & wire.ACK:
-            if len(self.syn_queue) >= self.backlog or len(self.accept_queue) >= self.backlog:
+            self._on_syn(seg, key, now, len(data), handshake)
+            return
+        if (self.listening and self._secure is None and flags & wire.ACK
+                and not flags & (wire.SYN | wire.FIN) and self._accept_cookie(seg, key, now)):
+            return
+        self._reset_for(seg, key)
+
+    def _on_syn(self, seg: wire.Segment, key: Addr, now: float, size: int,
+                handshake: tuple[bytes, crypto.Responder, bytes] | None) -> None:
+        if len(self.accept_queue) >= self.backlog:
+            self.counters["SYN dropped: accept queue full"] += 1  # as Linux: the app is slow
+            return
+        if len(self.syn_queue) >= self.backlog or len(self.connections) >= \
+                self.config.max_connections:
+            if self._secure is None:
+                self._send_cookie(seg, key, now)  # RFC 4987: no state for this SYN
+            else:
                 self.counters["SYN dropped: queue full"] += 1
-                return
-            conn = self._new_connection(key)
-            self.syn_queue.add(conn)
-            conn.accept_syn(seg, now)
-            self.counters["SYN accepted"] += 1
+            return
+        conn = self._new_connection(key, now)
+        self.syn_queue.add(conn)
+        self._unvalidated[conn] = [size, 0]
+        if handshake is not None and self._secure is not None:
+            self._secure.adopt(conn, handshake[1], handshake[0], handshake[2])
+        conn.accept_syn(seg, now)
+        self.counters["SYN accepted"] += 1
+
+    def _send_cookie(self, seg: wire.Segment, key: Addr, now: float) -> None:
+        opts = seg.options
+        peer_mss = opts.mss if opts.mss else 536
+        cookie = self._secrets.make_cookie(key, self.port, seg.seq, peer_mss, opts.wscale, now)
+        our_wscale = window_scale_for(self.config.recv_buffer) if opts.wscale is not None \
+            else None
+        synack = wire.Segment(self.port, key[1], cookie, sq.wrap(seg.seq + 1),
+                              wire.SYN | wire.ACK, min(self.config.recv_buffer, 0xFFFF),
+                              options=wire.Options(mss=self.config.mss, wscale=our_wscale))
+        self._out.append((wire.build(synack), key))
+        self.counters["SYN cookies sent"] += 1
+
+    def _accept_cookie(self, seg: wire.Segment, key: Addr, now: float) -> bool:
+        """An ACK for no connection may return one of our cookies: then it is a connection."""
+        if len(self.accept_queue) >= self.backlog or len(self.connections) >= \
+                self.config.max_connections:
+            return False
+        cookie = (seg.ack - 1) & sq.MASK
+        facts = self._secrets.check_cookie(key, self.port, (seg.seq - 1) & sq.MASK, cookie,
+                                           now)
+        if facts is None:
+            return False
+        self.counters["SYN cookies accepted"] += 1
+        conn = self._new_connection(key, now, iss=cookie)
+        self.syn_queue.add(conn)  # moves to the accept queue when serviced
+        conn.accept_cookie(seg, facts[0], facts[1], now)
+        return True
+
+    def _refuse(self, data: bytes | bytearray | memoryview, key: Addr) -> None:
+        try:
+            seg = wire.parse(data[:(data[12] >> 4) * 4])
+        except wire.MalformedSegment:
             return
         self._reset_for(seg, key)
 
@@ -170,7 +256,17 @@ class Endpoint:
 
     def _service(self, conn: Connection, now: float, out: list[tuple[bytes, Addr]]) -> None:
         peer = conn.peer
-        for datagram in conn.datagrams_to_send(now):
+        datagrams = conn.datagrams_to_send(now)
+        if self._secure is not None and datagrams:
+            sealed = (self._secure.seal(conn, d) for d in datagrams)
+            datagrams = [d for d in sealed if d is not None]
+        budget = self._unvalidated.get(conn)
+        if budget is not None:
+            if conn.state not in (State.SYN_RCVD, State.LISTEN):
+                del self._unvalidated[conn]  # the handshake completed: address validated
+            else:
+                datagrams = self._within_budget(budget, datagrams)
+        for datagram in datagrams:
             out.append((datagram, peer))
         self._touched[conn] = None
         state = conn.state
@@ -187,11 +283,25 @@ class Endpoint:
             self._armed[conn] = deadline
             heapq.heappush(self._heap, (deadline, next(self._tiebreak), conn))
 
+    def _within_budget(self, budget: list[int], datagrams: list[bytes]) -> list[bytes]:
+        """Before the address is validated, send at most 3x what it sent us (as QUIC)."""
+        allowed = []
+        for datagram in datagrams:
+            if budget[1] + len(datagram) > 3 * budget[0]:
+                self.counters["amplification limit"] += 1
+                continue
+            budget[1] += len(datagram)
+            allowed.append(datagram)
+        return allowed
+
     def _forget(self, conn: Connection) -> None:
         if self.connections.get(conn.peer) is conn:
             del self.connections[conn.peer]
         self.syn_queue.discard(conn)
         self._armed.pop(conn, None)
+        self._unvalidated.pop(conn, None)
+        if self._secure is not None:
+            self._secure.forget(conn)
 
     def _touch(self, conn: Connection) -> None:
         self._dirty[conn] = None
