@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import concurrent.futures
 import contextlib
 import json
 import logging
 import os
 import socket
 import sys
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -52,6 +54,12 @@ def _config(args: argparse.Namespace) -> utcp.Config:
         kwargs["mss"] = args.mss
     if getattr(args, "pcap", None):
         kwargs["pcap"] = args.pcap
+    if getattr(args, "key", None):
+        kwargs["secret_key"] = args.key
+    if getattr(args, "server_key", None):
+        kwargs["server_key"] = args.server_key
+    if getattr(args, "allow", None):
+        kwargs["allowed_keys"] = tuple(args.allow)
     try:
         return utcp.Config(**kwargs)
     except (TypeError, ValueError) as exc:
@@ -150,8 +158,10 @@ async def perf_client(host: str, port: int, *, duration: float | None, nbytes: i
         for flow in flows:
             flow.writer.transport.abort()
         raise CliError(f"cannot connect to {host}:{port}: {_describe(exc)}") from None
-    per_flow_bytes = None if nbytes is None else max(nbytes // parallel, 1)
-    spec = {"reverse": reverse, "duration": duration, "bytes": per_flow_bytes}
+    # -n is the total: split it so the flows add up to exactly that many bytes
+    share: list[int | None] = ([None] * parallel if nbytes is None else
+                               [nbytes // parallel + (i < nbytes % parallel)
+                                for i in range(parallel)])
     peer = flows[0].writer.get_extra_info("peername")
     if not as_json:
         print(f"Connecting to host {host}, port {port} over utcp"
@@ -163,13 +173,15 @@ async def perf_client(host: str, port: int, *, duration: float | None, nbytes: i
         print("[ ID] Interval           Transfer     Bitrate         Retr  Cwnd", file=out)
 
     async def run_flow(flow: Flow) -> None:
+        flow_bytes = share[flow.ident - 1]
+        spec = {"reverse": reverse, "duration": duration, "bytes": flow_bytes}
         flow.writer.write(PERF_MAGIC + json.dumps(spec).encode() + b"\n")
         if reverse:
             while data := await flow.reader.read(CHUNK):
                 flow.bytes += len(data)
             flow.writer.write_eof()
         else:
-            await _perf_source(flow.writer, duration, per_flow_bytes, flow)
+            await _perf_source(flow.writer, duration, flow_bytes, flow)
             flow.writer.write_eof()
             line = await flow.reader.readline()
             if line:
@@ -290,15 +302,22 @@ async def _perf(args: argparse.Namespace) -> int:
                           interval=args.interval, as_json=args.json, config=config)
         return 0
     # neither: a client against an in-process server on loopback
+    server_config = client_config = config
+    if args.secure:
+        from utcp import crypto
+
+        private, public = crypto.generate_keypair()
+        server_config = config.replace(secret_key=private, server_key=None)
+        client_config = config.replace(server_key=public)
     loop = asyncio.get_running_loop()
     ready: asyncio.Future[int] = loop.create_future()
-    server_task = asyncio.create_task(perf_server("127.0.0.1", 0, config, ready=ready,
+    server_task = asyncio.create_task(perf_server("127.0.0.1", 0, server_config, ready=ready,
                                                   quiet=True))
     try:
         port = await ready
         await perf_client("127.0.0.1", port, duration=duration, nbytes=args.bytes,
                           parallel=args.parallel, reverse=args.reverse,
-                          interval=args.interval, as_json=args.json, config=config)
+                          interval=args.interval, as_json=args.json, config=client_config)
     finally:
         server_task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
@@ -424,13 +443,30 @@ async def _cat(args: argparse.Namespace) -> int:
     return 0
 
 
+def _read_stdin(loop: asyncio.AbstractEventLoop, chunks: asyncio.Queue[bytes], fd: int) -> None:
+    """Blocking reads in a daemon thread, handed over one chunk at a time (back-pressure).
+
+    Not the loop's default executor: asyncio.run waits for that at exit, so a connection
+    that fails while stdin stays open (a terminal, say) would hang the command.
+    """
+    try:
+        while True:
+            try:
+                data = os.read(fd, CHUNK)
+            except OSError:
+                data = b""
+            asyncio.run_coroutine_threadsafe(chunks.put(data), loop).result()
+            if not data:
+                return
+    except (RuntimeError, concurrent.futures.CancelledError):
+        return  # the loop is closed or closing: the command is over
+
+
 async def _stdin_to(writer: asyncio.StreamWriter) -> None:
-    loop = asyncio.get_running_loop()
-    fd = sys.stdin.fileno()
-    while True:
-        data = await loop.run_in_executor(None, os.read, fd, CHUNK)
-        if not data:
-            break
+    chunks: asyncio.Queue[bytes] = asyncio.Queue(maxsize=2)
+    threading.Thread(target=_read_stdin, daemon=True, name="utcp-stdin",
+                     args=(asyncio.get_running_loop(), chunks, sys.stdin.fileno())).start()
+    while data := await chunks.get():
         writer.write(data)
         await writer.drain()
     writer.write_eof()
@@ -467,6 +503,12 @@ def build_parser() -> argparse.ArgumentParser:
     def common(p: argparse.ArgumentParser) -> None:
         p.add_argument("--mss", type=int, help="largest segment payload in bytes")
         p.add_argument("--pcap", help="write every segment to this pcap file")
+        p.add_argument("--key", metavar="PRIVATE", help="secure mode: our private key "
+                       "(a server needs one; see utcp keygen)")
+        p.add_argument("--server-key", metavar="PUBLIC",
+                       help="secure mode: the server's public key, pinned by a client")
+        p.add_argument("--allow", metavar="PUBLIC", action="append",
+                       help="secure server: accept only this client key (repeatable)")
         p.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
                        help="log protocol events")
         p.add_argument("--log-json", action="store_true", default=argparse.SUPPRESS,
@@ -486,6 +528,8 @@ def build_parser() -> argparse.ArgumentParser:
     perf.add_argument("-R", "--reverse", action="store_true", help="server sends")
     perf.add_argument("-i", "--interval", type=float, default=1.0)
     perf.add_argument("--json", action="store_true")
+    perf.add_argument("--secure", action="store_true",
+                      help="in-process run: secure mode with a fresh key pair")
     common(perf)
 
     tunnel = sub.add_parser("tunnel", help="forward TCP over utcp",
@@ -496,6 +540,11 @@ def build_parser() -> argparse.ArgumentParser:
     tunnel.add_argument("--remote", metavar="HOST:PORT", help="the utcp tunnel server")
     tunnel.add_argument("--target", metavar="HOST:PORT", help="the TCP service to reach")
     common(tunnel)
+
+    sub.add_parser("keygen", help="print a new secure-mode key pair",
+                   description="Prints 'private: ...' and 'public: ...'. Give the private "
+                               "key to the server (--key), the public one to clients "
+                               "(--server-key).")
 
     cat = sub.add_parser("cat", help="netcat over utcp")
     cat.add_argument("-l", "--listen", metavar="[HOST:]PORT", help="wait for one connection")
@@ -526,6 +575,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not 0 <= args.port <= 65535:
             print("utcp: the port must be 0-65535", file=sys.stderr)
             return 1
+    if args.command == "keygen":
+        from utcp import crypto
+
+        private, public = crypto.generate_keypair()
+        print(f"private: {private}\npublic: {public}")
+        return 0
     runner = {"perf": _perf, "tunnel": _tunnel, "cat": _cat}[args.command]
     try:
         return asyncio.run(runner(args))

@@ -36,6 +36,7 @@ from utcp.wire import ACK, FIN, PSH, RST, SYN
 
 DEFAULT_MSS = 536  # RFC 9293 §3.7.1: the send MSS when the peer sends no MSS option
 DUPACK_THRESHOLD = 3
+CHALLENGE_ACK_LIMIT = 100  # per second per connection (RFC 5961 §7; Linux: 1000 per host)
 MAX_WINDOW_FIELD = 0xFFFF
 
 
@@ -64,6 +65,7 @@ class Stats:
     timeouts: int
     ooo_segments_received: int
     dropped_segments: int
+    challenge_acks: int
     congestion: str
 
 
@@ -157,6 +159,10 @@ class Connection:
         self.timeouts = 0
         self.ooo_segments_received = 0
         self.dropped_segments = 0
+        self.challenge_acks = 0
+        self.challenge_acks_suppressed = 0
+        self._challenge_window_start = -1e18
+        self._challenges_in_window = 0
 
     # ------------------------------------------------------------------ application calls
 
@@ -306,7 +312,8 @@ class Connection:
             segments_retransmitted=self.segments_retransmitted,
             dup_acks_received=self.dup_acks_received, fast_retransmits=self.fast_retransmits,
             timeouts=self.timeouts, ooo_segments_received=self.ooo_segments_received,
-            dropped_segments=self.dropped_segments, congestion=self.cc.name)
+            dropped_segments=self.dropped_segments, challenge_acks=self.challenge_acks,
+            congestion=self.cc.name)
 
     # --------------------------------------------------------------------- timers
 
@@ -507,7 +514,7 @@ class Connection:
                 self._drop("duplicate SYN")
                 return
             # RFC 5961 §4 / RFC 9293 §3.10.7.4 fourth: challenge ACK, never a reset
-            self._ack_now = True
+            self._challenge_ack(now)
             self._drop("SYN in synchronized state")
             return
 
@@ -537,7 +544,7 @@ class Connection:
                 self._drop("RST in TIME_WAIT")  # RFC 1337: no TIME-WAIT assassination
                 return
             if seg_seq != self.rcv_nxt:
-                self._ack_now = True
+                self._challenge_ack(now)
                 self._drop("RST not at rcv_nxt")
                 return
             if self.state == State.SYN_RCVD:
@@ -568,8 +575,12 @@ class Connection:
             self._set_state(Ev.RCV_ACK_OF_SYN)
             self._events.append(HandshakeCompleted())
         if ack > self.snd_max:
-            self._ack_now = True  # RFC 9293: ACK of something not yet sent
+            self._challenge_ack(now)  # RFC 9293 / RFC 5961 §5: ACK of what was never sent
             self._drop("ACK of unsent data")
+            return
+        if ack < self.snd_una - max(self.max_snd_wnd, 1):
+            self._challenge_ack(now)  # RFC 5961 §5: an ACK too old to be from this peer
+            self._drop("ACK too old")
             return
         fin_now_acked = self._process_ack(seg, seg_seq, ack, len(payload), now)
 
@@ -678,6 +689,8 @@ class Connection:
     def _update_window(self, seg: wire.Segment, seg_seq: int, ack: int,
                        force: bool = False) -> None:
         """RFC 9293 §3.10.7.4: take the window only from a segment newer than the last."""
+        if ack < self.snd_una and not force:
+            return  # a duplicate of an old ACK: its window is old news too
         if force or self.snd_wl1 < seg_seq or (self.snd_wl1 == seg_seq and self.snd_wl2 <= ack):
             shift = 0 if seg.flags & SYN else self.snd_wscale
             self.snd_wnd = seg.window << shift
@@ -936,6 +949,18 @@ class Connection:
         self._ooo.clear()
         self._events.append(Terminated(error))
         self._touch()
+
+    def _challenge_ack(self, now: float) -> None:
+        """RFC 5961 §7: answer a suspicious segment with an ACK, at most so many a second."""
+        if now - self._challenge_window_start >= 1.0:
+            self._challenge_window_start = now
+            self._challenges_in_window = 0
+        if self._challenges_in_window >= CHALLENGE_ACK_LIMIT:
+            self.challenge_acks_suppressed += 1
+            return
+        self._challenges_in_window += 1
+        self.challenge_acks += 1
+        self._ack_now = True
 
     def _drop(self, reason: str) -> None:
         self.dropped_segments += 1

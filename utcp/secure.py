@@ -102,10 +102,13 @@ class SecureLayer:
                 self._drop(exc.reason)
                 return None
         if flags & _RST and conn.state == State.SYN_SENT and len(data) == _hlen(data):
-            # A plain RST answers our SYN: the server refuses us (no listener, or it
-            # could not authenticate our handshake). Anyone on the path could forge this
-            # one, as for any TCP: it can only stop a connection that does not exist yet.
-            return bytes(data)
+            # A plain RST answers our SYN: nothing listens there, or the server could not
+            # authenticate our handshake. Anyone on the path could forge it, as for any
+            # TCP: it can only stop a connection that does not exist yet.
+            conn.refuse("connection refused: nothing listens there, or the server rejected"
+                        " our secure handshake (wrong Config.server_key, or our key is"
+                        " not among its allowed_keys)")
+            return None
         self._drop("unauthenticated segment")
         return None
 
