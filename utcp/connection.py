@@ -69,6 +69,16 @@ class Stats:
     congestion: str
 
 
+class ReassemblyBudget:
+    """Out-of-order bytes all connections of one endpoint may hold together."""
+
+    __slots__ = ("limit", "used")
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+
+
 def window_scale_for(buffer: int) -> int:
     """The smallest shift that lets a 16-bit field describe the whole buffer (RFC 7323)."""
     shift = 0
@@ -116,6 +126,7 @@ class Connection:
         self._rcvbuf = bytearray()   # in-order bytes the application has not read
         self._ooo: list[tuple[int, bytes]] = []  # out-of-order pieces, sorted by seq
         self._ooo_bytes = 0
+        self.reassembly_budget: ReassemblyBudget | None = None  # shared by an endpoint
         self._fin_seq: int | None = None  # sequence number of the peer's FIN, once seen
         self._fin_received = False
 
@@ -742,6 +753,12 @@ class Connection:
                                      2 * self.config.recv_buffer // self.config.mss):
                 self._drop("out-of-order queue full")
                 return False
+            budget = self.reassembly_budget
+            if budget is not None:
+                if budget.used + len(payload) > budget.limit:
+                    self._drop("endpoint reassembly budget exhausted")
+                    return False
+                budget.used += len(payload)
             self._ooo.insert(i, item)
             self._ooo_bytes += len(payload)
         if not self._ack_now and self._ack_deadline is None:
@@ -762,6 +779,8 @@ class Connection:
                 self.bytes_received += len(piece)
                 self.rcv_nxt = end
             self._ooo_bytes -= len(data)
+            if self.reassembly_budget is not None:
+                self.reassembly_budget.used -= len(data)
             i += 1
         del ooo[:i]
 
@@ -946,6 +965,9 @@ class Connection:
         self._user_deadline = None
         self._ack_now = False
         self._sndbuf = bytearray()
+        if self.reassembly_budget is not None:
+            self.reassembly_budget.used -= self._ooo_bytes
+        self._ooo_bytes = 0
         self._ooo.clear()
         self._events.append(Terminated(error))
         self._touch()

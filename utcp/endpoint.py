@@ -21,7 +21,7 @@ import random
 from utcp import crypto, log, secure, wire
 from utcp import seq as sq
 from utcp.config import Config
-from utcp.connection import Connection, window_scale_for
+from utcp.connection import Connection, ReassemblyBudget, window_scale_for
 from utcp.state import State
 
 Addr = tuple[str, int]
@@ -53,6 +53,7 @@ class Endpoint:
         self._armed: dict[Connection, float] = {}
         self._tiebreak = itertools.count()
         self._secrets = crypto.HandshakeSecrets()
+        self.reassembly = ReassemblyBudget(config.max_reassembly_bytes)
         self._secure = secure.SecureLayer(config, self.counters) if config.secure else None
         # anti-amplification: bytes received from / sent to each unvalidated address
         self._unvalidated: dict[Connection, list[int]] = {}
@@ -93,6 +94,7 @@ class Endpoint:
                           name=f"{key[0]}:{key[1]}")
         conn.peer = key
         conn._notify = self._touch
+        conn.reassembly_budget = self.reassembly
         self.connections[key] = conn
         return conn
 
