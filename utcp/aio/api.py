@@ -353,7 +353,9 @@ async def create_server(
             seen.add((fam, addr))
             sock_ = socket.socket(fam, typ, pro)
             try:
-                if reuse_address or reuse_address is None:
+                # Off unless asked: on a UDP socket SO_REUSEADDR lets a second server bind
+                # the same port silently (and take its traffic), not just skip TIME_WAIT
+                if reuse_address:
                     sock_.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
                 if reuse_port:
                     sock_.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
@@ -378,7 +380,8 @@ async def create_server(
     return server
 
 
-async def start_server(client_connected_cb: ClientConnectedCb, host: str | None = None,
+async def start_server(client_connected_cb: ClientConnectedCb,
+                       host: str | Iterable[str] | None = None,
                        port: int | None = None, *, limit: int = 2 ** 16,
                        **kwds: Any) -> Server:
     """`asyncio.start_server` over utcp."""

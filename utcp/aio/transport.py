@@ -182,6 +182,13 @@ class UtcpTransport(asyncio.Transport):
         self._port.schedule_flush()
         self._connection_lost(None)
 
+    def _force_close(self, exc: BaseException | None) -> None:
+        """What asyncio's SSLProtocol calls on a fatal TLS error: RST, connection_lost(exc)."""
+        self._closing = True
+        self._conn.abort()
+        self._port.schedule_flush()
+        self._connection_lost(exc if isinstance(exc, Exception) else None)
+
     # ------------------------------------------------------------------ flow control
 
     def _maybe_pause_protocol(self) -> None:
