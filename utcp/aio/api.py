@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import socket
 import ssl as ssl_module
+import weakref
 from asyncio import sslproto
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
@@ -131,6 +133,13 @@ async def create_connection(
     return app_transport, app_protocol
 
 
+# Client sockets bound to a fixed port (local_addr) by the pair of addresses they join:
+# a new connection over a pair whose old one lingers in TIME_WAIT is refused (DESIGN
+# §4.4), as the kernel refuses a second bind of the same TCP 4-tuple.
+_fixed_port_pairs: weakref.WeakValueDictionary[tuple[Any, Any], UdpPort] = (
+    weakref.WeakValueDictionary())
+
+
 async def _open(loop: asyncio.AbstractEventLoop, family: int, type_: int, proto: int,
                 addr: Any, config: Config, local_addr: tuple[str, int] | None,
                 ) -> tuple[UtcpTransport, asyncio.Future[None]]:
@@ -147,8 +156,17 @@ async def _open(loop: asyncio.AbstractEventLoop, family: int, type_: int, proto:
         sock.close()
         raise
     local_port = sock.getsockname()[1]
+    pair = (tuple(sock.getsockname()[:2]), tuple(sock.getpeername()[:2]))
+    old = _fixed_port_pairs.get(pair)
+    if old is not None and not old.closed and old.endpoint.connections:
+        sock.close()
+        state = next(iter(old.endpoint.connections.values())).state.name
+        raise OSError(errno.EADDRINUSE, f"the connection {pair[0]} -> {pair[1]} still"
+                                        f" exists ({state}); TIME_WAIT lasts 2 x msl")
     endpoint = Endpoint(config, local_port)
     port = UdpPort(loop, sock, endpoint, connected=True, icmp_refuses=local_addr is None)
+    if local_addr is not None:
+        _fixed_port_pairs[pair] = port
     port.close_when_idle = True
     now = loop.time()
     conn = endpoint.connect(addr, now)
