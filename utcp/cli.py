@@ -485,7 +485,9 @@ def _describe(exc: BaseException) -> str:
     if isinstance(exc, socket.gaierror):
         return f"cannot resolve address ({exc.strerror})"
     if isinstance(exc, ConnectionRefusedError):
-        return "connection refused"
+        # utcp's own refusals say why (port unreachable, a secure-mode mismatch); the OS's
+        # errno-carrying ones ("[Errno 111] Connect call failed ...") do not
+        return str(exc) if exc.errno is None and str(exc) else "connection refused"
     if isinstance(exc, TimeoutError):
         return str(exc) or "timed out"
     if isinstance(exc, OSError) and exc.strerror:

@@ -3,7 +3,10 @@
 Each datagram already is a TCP segment (DESIGN §2); adding an IPv4 or IPv6 header made
 from the UDP addresses, and filling in the TCP checksum that utcp sends as 0, gives
 packets that Wireshark and tshark dissect as plain TCP (LINKTYPE_RAW, so no link layer
-needs inventing). Several ports may share one file: writers are shared per path.
+needs inventing). The TCP ports written are the UDP ports too: through a NAT the
+header's ports are the ones the sender knew, and the capture must show one connection as
+one conversation, as the receiver itself identifies it by UDP address. Several ports
+may share one file: writers are shared per path.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ _GLOBAL = struct.Struct("<IHHiIII")
 _RECORD = struct.Struct("<IIII")
 _IPV4 = struct.Struct("!BBHHHBBH4s4s")
 _IPV6 = struct.Struct("!IHBB16s16s")
+_PORTS = struct.Struct("!HH")
 _PROTO_TCP = 6
 
 
@@ -57,6 +61,10 @@ def ip_packet(segment: bytes | bytearray | memoryview, src: Any, dst: Any) -> by
     v6 = ":" in str(src[0]) or ":" in str(dst[0])
     s = _packed(src[0], 6 if v6 else 4)
     d = _packed(dst[0], 6 if v6 else 4)
+    if len(seg) >= 4:
+        # The ports too come from the UDP addresses: a NAT between the peers rewrites UDP
+        # ports, not the header's copy, and one connection must read as one conversation.
+        seg[0:4] = _PORTS.pack(int(src[1]) & 0xFFFF, int(dst[1]) & 0xFFFF)
     if len(seg) >= 18:
         seg[16:18] = b"\0\0"
         seg[16:18] = struct.pack("!H", tcp_checksum(seg, s, d))
