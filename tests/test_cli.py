@@ -178,7 +178,8 @@ def test_perf_default_direction_client_sends() -> None:
     receiver = re.search(r"\[SUM\].*sec\s+(\S+ \S+)\s+\S+ \S+\s+receiver", out)
     assert sender and receiver, out
     assert sender.group(1) == receiver.group(1)  # every byte sent was received
-    assert re.search(r"stats \(stream 1\): mss 1400, srtt \d+ us", out), out
+    found = re.search(r"stats \(stream 1\): mss (\d+), srtt \d+ us", out)
+    assert found and int(found.group(1)) >= 1400, out  # PMTU probing may raise it
 
 
 def test_perf_reverse_server_sends() -> None:
@@ -217,7 +218,7 @@ def test_perf_json_counts_every_byte(reverse: bool) -> None:
     assert sum(s["bytes"] for s in end["streams"]) == nbytes
     assert end["seconds"] > 0 and end["bits_per_second"] > 0
     for stream in end["streams"]:
-        assert stream["mss"] == 1400
+        assert stream["mss"] >= 1400  # the base; PMTU probing raises it on loopback
         assert stream["retransmits"] >= 0
         assert stream["srtt"] is not None and 0 < stream["srtt"] < 1
     for interval in report["intervals"]:

@@ -28,7 +28,7 @@ INT_BOUNDS = {
 def test_every_field_is_covered() -> None:
     names = {f.name for f in dataclasses.fields(Config)}
     assert names == set(POSITIVE_FLOATS) | set(OPTIONAL_FLOATS) | set(INT_BOUNDS) | {
-        "congestion", "pcap", "secret_key", "server_key", "allowed_keys"}
+        "congestion", "pcap", "secret_key", "server_key", "allowed_keys", "pmtu_probing"}
 
 
 def test_pcap_takes_a_path_or_none(tmp_path: object) -> None:
@@ -198,3 +198,10 @@ def test_keys_are_checked_at_construction() -> None:
         Config(allowed_keys=public)  # type: ignore[arg-type]  # a str, not a tuple
     with pytest.raises(TypeError):
         Config(server_key=b"x")  # type: ignore[arg-type]
+
+
+def test_pmtu_probing_is_a_bool() -> None:
+    assert Config().pmtu_probing is True
+    assert Config(pmtu_probing=False).pmtu_probing is False
+    with pytest.raises(TypeError):
+        Config(pmtu_probing=1)  # type: ignore[arg-type]

@@ -29,6 +29,7 @@ from utcp.events import (
     StateChanged,
     Terminated,
 )
+from utcp.pmtu import PmtuSearch
 from utcp.recovery import RttEstimator
 from utcp.state import CAN_SEND, SYNCHRONIZED, State, next_state
 from utcp.state import Event as Ev
@@ -113,6 +114,9 @@ class Connection:
         self.snd_wscale = 0          # the peer's shift: applies to windows it sends
         self.max_snd_wnd = 0
         self.snd_mss = DEFAULT_MSS
+        self.max_mss = config.mss    # the local route's ceiling; the I/O layer may raise it
+        self.pmtu: PmtuSearch | None = None
+        self._probe_recovery = False  # the loss being recovered was a PMTU probe's
         self._sndbuf = bytearray()   # bytes from _snd_base on: unacked, then unsent
         self._snd_base = self.iss + 1
         self._fin_queued = False
@@ -390,6 +394,15 @@ class Connection:
         if log.enabled():
             log.emit("rto", conn=self.name, state=self.state.name, rto=self.rtt.rto,
                      snd_una=self.snd_una)
+        pmtu = self.pmtu
+        if pmtu is not None and pmtu.probe_seq == self.snd_una:
+            # the probe at the head timed out: a failed probe, not congestion (RFC 8899)
+            pmtu.retransmitting(self.snd_una, 1)
+            self._enter_probe_repair(pmtu.probe_end, now)
+            return True
+        if pmtu is not None and pmtu.on_rto():
+            self.snd_mss = pmtu.base  # a black hole for big segments: back to the base size
+            self.cc.set_mss(pmtu.base)
         # RFC 5681 §3.1 and RFC 6582 §4: back to slow start, go back to snd_una
         self.cc.on_rto(self.snd_max - self.snd_una, now)
         self._in_recovery = False
@@ -476,8 +489,11 @@ class Connection:
         self.irs = seg.seq
         self.rcv_nxt = seg.seq + 1
         opts = seg.options
-        self.snd_mss = min(self.config.mss, opts.mss if opts.mss else DEFAULT_MSS)
-        self.snd_mss = max(self.snd_mss, 64)
+        peer_mss = max(opts.mss if opts.mss else DEFAULT_MSS, 64)
+        self.snd_mss = min(self.config.mss, peer_mss)
+        ceiling = min(peer_mss, self.max_mss)
+        if self.config.pmtu_probing and ceiling > self.snd_mss:
+            self.pmtu = PmtuSearch(self.snd_mss, ceiling)
         self.cc.set_mss(self.snd_mss)
         self.cc.cwnd = self.config.initial_cwnd_segments * self.snd_mss
         self._wscale_ok = opts.wscale is not None
@@ -644,6 +660,14 @@ class Connection:
             self.snd_una = ack
             if self.snd_nxt < ack:
                 self.snd_nxt = ack  # data past a go-back-N rewind had arrived after all
+            if self.pmtu is not None:
+                self.pmtu.progress()
+                confirmed = self.pmtu.acked(ack)
+                if confirmed is not None and confirmed > self.snd_mss:
+                    self.snd_mss = confirmed
+                    self.cc.set_mss(confirmed)
+                    if log.enabled():
+                        log.emit("pmtu", conn=self.name, mss=confirmed)
             # RTT sample (Karn: only a segment never retransmitted is timed)
             if self._rtt_seq is not None and ack > self._rtt_seq:
                 self.rtt.sample(now - self._rtt_time)
@@ -651,7 +675,8 @@ class Connection:
             if self._in_recovery:
                 if ack >= self._recover:           # full ACK: RFC 6582 §3.2 step 3
                     self._in_recovery = False
-                    self.cc.on_recovery_end()
+                    if not self._probe_recovery:
+                        self.cc.on_recovery_end()
                 else:                              # partial ACK: step 4
                     self._retransmit_first(now)
                     self.cc.cwnd = max(self.cc.cwnd - acked + self.snd_mss, self.snd_mss)
@@ -684,8 +709,28 @@ class Connection:
             log.emit("fast_retransmit", conn=self.name, snd_una=self.snd_una)
         self._in_recovery = True
         self._recover = self.snd_max
-        self.cc.on_loss(self.snd_max - self.snd_una, now)
-        self._retransmit_first(now)
+        pmtu = self.pmtu
+        self._probe_recovery = pmtu is not None and pmtu.probe_seq == self.snd_una
+        if not self._probe_recovery:
+            self.cc.on_loss(self.snd_max - self.snd_una, now)
+            self._retransmit_first(now)
+            return
+        assert pmtu is not None
+        self._enter_probe_repair(pmtu.probe_end, now)
+
+    def _enter_probe_repair(self, lost_end: int, now: float) -> None:
+        """A lost probe is no congestion, and it was one datagram: exactly its bytes are
+        missing. Resend them all now (in segments that pass) and end this recovery when
+        they are acknowledged, instead of NewReno's one segment per round trip."""
+        self._in_recovery = self._probe_recovery = True
+        self._recover = lost_end
+        data_end = self._snd_base + len(self._sndbuf)
+        seq = self.snd_una
+        while seq < min(lost_end, data_end):
+            n = min(self.snd_mss, lost_end - seq, data_end - seq)
+            self._send_data(seq, n, now, fin=False)
+            seq += n
+        self._rtx_deadline = now + self.rtt.rto
 
     def _retransmit_first(self, now: float) -> None:
         """Resend the first unacknowledged segment without rewinding snd_nxt."""
@@ -826,7 +871,10 @@ class Connection:
 
     def _send_syn(self, now: float) -> None:
         flags = SYN if self.state == State.SYN_SENT else SYN | ACK
-        opts = wire.Options(mss=self.config.mss, wscale=self.rcv_wscale)
+        # the MSS option says what we can receive: with probing, any datagram the route takes
+        mss = max(self.config.mss, self.max_mss) if self.config.pmtu_probing \
+            else self.config.mss
+        opts = wire.Options(mss=mss, wscale=self.rcv_wscale)
         if flags & ACK and not self._wscale_ok:
             opts.wscale = None
         if self._syn_retries:
@@ -858,6 +906,17 @@ class Connection:
                 n = min(remaining, mss, usable)
                 if n <= 0:
                     break
+                if self.pmtu is not None and not self._in_recovery \
+                        and self.snd_nxt == self.snd_max:
+                    size = self.pmtu.next_size()
+                    # three segments behind the probe, so its loss shows as duplicate
+                    # ACKs (fast) rather than a timeout
+                    if size is not None and size + 3 * mss <= remaining:
+                        if size <= usable:
+                            n = size  # a probe: real data, one size up (RFC 4821 §7.2)
+                            self.pmtu.sent(self.snd_nxt, n)
+                        elif window >= size:
+                            break  # let ACKs free room for the probe rather than fill it
                 if n < mss and n < remaining and self.snd_nxt > self.snd_una:
                     break  # sender SWS avoidance: wait for the ACK that widens the window
                 fin = (self._fin_queued and self.snd_nxt + n == data_end)
@@ -883,6 +942,8 @@ class Connection:
             flags |= PSH
         retransmit = seq < self.snd_max
         if retransmit:
+            if self.pmtu is not None:
+                self.pmtu.retransmitting(seq, n)
             self.segments_retransmitted += 1
             self.bytes_retransmitted += n
             if self._rtt_seq is not None and seq <= self._rtt_seq:

@@ -17,6 +17,7 @@ import collections
 import heapq
 import itertools
 import random
+from collections.abc import Callable
 
 from utcp import crypto, log, secure, wire
 from utcp import seq as sq
@@ -53,7 +54,10 @@ class Endpoint:
         self._armed: dict[Connection, float] = {}
         self._tiebreak = itertools.count()
         self._secrets = crypto.HandshakeSecrets()
+        self._cookies_until = float("-inf")  # a cookie sent before this may still come back
         self.reassembly = ReassemblyBudget(config.max_reassembly_bytes)
+        # Set by the I/O layer: the largest segment payload the route to a peer carries.
+        self.route_mss: Callable[[Addr], int] | None = None
         self._secure = secure.SecureLayer(config, self.counters) if config.secure else None
         # anti-amplification: bytes received from / sent to each unvalidated address
         self._unvalidated: dict[Connection, list[int]] = {}
@@ -95,6 +99,8 @@ class Endpoint:
         conn.peer = key
         conn._notify = self._touch
         conn.reassembly_budget = self.reassembly
+        if self.route_mss is not None and self.config.pmtu_probing:
+            conn.max_mss = max(self.config.mss, self.route_mss(key))
         self.connections[key] = conn
         return conn
 
@@ -103,6 +109,7 @@ class Endpoint:
     def receive_datagram(self, data: bytes | bytearray | memoryview,
                          addr: tuple[object, ...], now: float) -> None:
         key = peer_key(addr)
+        size = len(data)  # as received: secure mode replaces `data` by what it opened
         conn = self.connections.get(key)
         if conn is not None and conn.state == State.CLOSED:
             self._forget(conn)  # closed since the last output: the peer may start anew
@@ -127,6 +134,10 @@ class Endpoint:
                 moved = self._secure.rebind(self.connections, data, key)
                 if moved is not None:
                     conn, data = moved
+            if conn is None and handshake is None:
+                # neither a connection's segment nor a handshake that authenticates: what
+                # follows (a RST, or nothing) is what plaintext TCP would do, but count it
+                self._secure._drop("segment for no connection")
         try:
             seg = wire.parse(data)
         except wire.MalformedSegment as exc:
@@ -137,7 +148,7 @@ class Endpoint:
         if conn is not None:
             budget = self._unvalidated.get(conn)
             if budget is not None:
-                budget[0] += len(data)
+                budget[0] += size
             conn.receive(seg, now)
             return
         flags = seg.flags
@@ -145,10 +156,16 @@ class Endpoint:
             self.counters["RST for no connection"] += 1  # never answer RST with RST
             return
         if self.listening and flags & wire.SYN and not flags & wire.ACK:
-            self._on_syn(seg, key, now, len(data), handshake)
+            self._on_syn(seg, key, now, size, handshake)
             return
         if (self.listening and self._secure is None and flags & wire.ACK
-                and not flags & (wire.SYN | wire.FIN) and self._accept_cookie(seg, key, now)):
+                and not flags & wire.SYN and self._accept_cookie(seg, key, now)):
+            return
+        if self.listening and seg.payload and now < self._cookies_until:
+            # Likely a segment of a cookie connection that overtook the one bearing the
+            # cookie (seq = ISN + 1), or outlived its loss. A RST (seq = its ACK, the
+            # client's rcv_nxt) would reset the client; its retransmission brings the cookie.
+            self.counters["dropped: data for no connection while SYN cookies are out"] += 1
             return
         self._reset_for(seg, key)
 
@@ -183,6 +200,7 @@ class Endpoint:
                               options=wire.Options(mss=self.config.mss, wscale=our_wscale))
         self._out.append((wire.build(synack), key))
         self.counters["SYN cookies sent"] += 1
+        self._cookies_until = now + 128.0  # check_cookie takes them for about two minutes
 
     def _accept_cookie(self, seg: wire.Segment, key: Addr, now: float) -> bool:
         """An ACK for no connection may return one of our cookies: then it is a connection."""

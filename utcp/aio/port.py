@@ -45,6 +45,45 @@ def set_socket_buffers(sock: socket.socket, size: int = SOCKET_BUFFER) -> None:
                 continue
 
 
+IP_MTU_DISCOVER, IP_MTU, IP_PMTUDISC_PROBE = 10, 14, 3           # Linux <linux/in.h>
+IPV6_MTU_DISCOVER, IPV6_MTU, IPV6_PMTUDISC_PROBE = 23, 24, 3     # Linux <linux/in6.h>
+# Room left in a datagram for the TCP header and its options (and secure mode's counter).
+HEADER_ROOM = 20 + 40
+MAX_UDP_PAYLOAD = 65507
+
+
+def set_dont_fragment(sock: socket.socket) -> None:
+    """Never let the kernel fragment: a segment too big for the path must be lost (or
+    refused with EMSGSIZE locally), which is what path MTU probing learns from."""
+    try:
+        if sock.family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, IPV6_MTU_DISCOVER, IPV6_PMTUDISC_PROBE)
+        else:
+            sock.setsockopt(socket.IPPROTO_IP, IP_MTU_DISCOVER, IP_PMTUDISC_PROBE)
+    except OSError:
+        pass
+
+
+def route_mss(family: int, host: str) -> int | None:
+    """The largest segment payload the local route to `host` carries, or None.
+
+    Asks the kernel through a throwaway connected socket (no packet is sent): on
+    loopback that is about 64 KiB, on Ethernet 1500 less the headers.
+    """
+    try:
+        with socket.socket(family, socket.SOCK_DGRAM) as probe:
+            probe.connect((host, 9))
+            if family == socket.AF_INET6:
+                mtu = probe.getsockopt(socket.IPPROTO_IPV6, IPV6_MTU)
+                ip_header = 40
+            else:
+                mtu = probe.getsockopt(socket.IPPROTO_IP, IP_MTU)
+                ip_header = 20
+    except OSError:
+        return None
+    return min(mtu - ip_header - 8, MAX_UDP_PAYLOAD) - HEADER_ROOM
+
+
 def _release(sock: socket.socket, writer: pcap.PcapWriter | None, port: int) -> None:
     sock.close()
     if writer is not None:
@@ -88,7 +127,19 @@ class UdpPort:
         # closed when this object goes, not left for a ResourceWarning.
         self._finalizer = weakref.finalize(self, _release, sock, self._pcap, self._local[1])
         sock.setblocking(False)
+        set_dont_fragment(sock)
+        self._route_cache: dict[str, int | None] = {}
+        endpoint.route_mss = self._route_mss
         loop.add_reader(self._fd, self._on_readable)
+
+    def _route_mss(self, peer: Addr) -> int:
+        host = peer[0]
+        if host not in self._route_cache:
+            if len(self._route_cache) > 4096:
+                self._route_cache.clear()
+            self._route_cache[host] = route_mss(self.sock.family, host)
+        found = self._route_cache[host]
+        return found if found is not None else self.endpoint.config.mss
 
     # ------------------------------------------------------------------ input
 

@@ -13,6 +13,8 @@ class NewReno(CongestionControl):
         self._ca_acked = 0  # bytes acked since cwnd last grew in congestion avoidance
 
     def on_ack(self, acked: int, flight: int, now: float) -> None:
+        if 2 * flight < self.cwnd:
+            return  # not cwnd-limited: the window was not in use, so not tested (RFC 7661)
         if self.ssthresh is None or self.cwnd < self.ssthresh:
             # RFC 5681 §3.1 with RFC 3465's byte counting, L = 2 * SMSS
             self.cwnd += min(acked, 2 * self.mss)

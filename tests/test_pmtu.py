@@ -1,0 +1,120 @@
+"""Path MTU probing (RFC 8899 as TCP uses it, utcp.pmtu) over the fake-clock simulator.
+
+The link's `mtu` drops every datagram larger than it, like a router with DF set; the
+endpoints' `route_mss` stands for what the kernel says the local route carries.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+
+from tests.netsim import Address, LinkProfile, Network
+from utcp.config import Config
+from utcp.connection import Connection
+from utcp.endpoint import Endpoint
+from utcp.pmtu import PmtuSearch
+from utcp.state import State
+
+SERVER: Address = ("10.0.0.1", 1000)
+CLIENT: Address = ("10.0.0.2", 2000)
+CFG = Config(msl=1.0, rto_min=0.05, rto_initial=0.2, mss=1200)
+HEADER = 20  # bytes of TCP header in a data segment (no options)
+
+
+def _transfer(mtu: int | None, route: int, size: int, *, config: Config = CFG,
+              shrink_at: int | None = None, shrink_to: int | None = None,
+              ) -> tuple[Connection, Connection, Network, bytes]:
+    net = Network(7, LinkProfile(delay=0.005, mtu=mtu))
+    server = Endpoint(config, SERVER[1], listening=True, rng=random.Random(1))
+    client = Endpoint(config, CLIENT[1], rng=random.Random(2))
+    server.route_mss = client.route_mss = lambda peer: route
+    net.add(SERVER, server)
+    net.add(CLIENT, client)
+    conn = client.connect(SERVER, net.now)
+    net.run(until=5.0, stop=lambda: conn.state is State.ESTABLISHED)
+    payload = random.Random(3).randbytes(size)
+    conn.send(payload)
+    conn.close()
+    received = bytearray()
+    peer: list[Connection] = []
+    shrunk = [False]
+
+    def stop() -> bool:
+        if not peer and (accepted := server.accept()) is not None:
+            peer.append(accepted)
+        if peer:
+            received.extend(peer[0].read())
+            if peer[0].eof_received and peer[0].state is State.CLOSE_WAIT:
+                peer[0].close()
+        if shrink_at is not None and not shrunk[0] and len(received) >= shrink_at:
+            shrunk[0] = True
+            net.set_link(CLIENT, SERVER, LinkProfile(delay=0.005, mtu=shrink_to))
+        return conn.state is State.CLOSED and bool(peer) and peer[0].state is State.CLOSED
+
+    net.run(until=600.0, stop=stop)
+    assert hashlib.sha256(received).digest() == hashlib.sha256(payload).digest()
+    return conn, peer[0], net, bytes(received)
+
+
+def test_probes_up_to_the_route_ceiling_when_the_path_carries_it() -> None:
+    conn, _, _, _ = _transfer(mtu=None, route=60000, size=4 << 20)
+    assert conn.stats().mss == 60000          # one probe, straight to the ceiling
+    assert conn.pmtu is not None and conn.pmtu.probes_sent == 1
+    assert conn.stats().segments_retransmitted == 0
+
+
+def test_the_peer_mss_option_is_a_ceiling_too() -> None:
+    # the server's route says 9000, the client's 60000: the client's SYN advertises
+    # 60000, the server's SYN+ACK 9000, so neither sends above 9000
+    net = Network(1, LinkProfile(delay=0.005))
+    server = Endpoint(CFG, SERVER[1], listening=True, rng=random.Random(1))
+    client = Endpoint(CFG, CLIENT[1], rng=random.Random(2))
+    server.route_mss = lambda peer: 9000
+    client.route_mss = lambda peer: 60000
+    net.add(SERVER, server)
+    net.add(CLIENT, client)
+    conn = client.connect(SERVER, net.now)
+    net.run(until=5.0, stop=lambda: conn.state is State.ESTABLISHED)
+    assert conn.pmtu is not None and conn.pmtu.ceiling == 9000
+
+
+def test_search_settles_below_a_smaller_path_mtu_without_calling_it_congestion() -> None:
+    path = 4000  # datagrams above this vanish, as behind a router with a small MTU
+    conn, _, net, _ = _transfer(mtu=path, route=9000, size=32 << 20)  # jumbo route
+    mss = conn.stats().mss
+    assert CFG.mss < mss <= path - HEADER
+    assert mss >= path - HEADER - 2 * 64      # the binary search got close
+    assert net.stats.dropped_mtu >= 2         # probes above the path MTU were lost...
+    assert conn.stats().ssthresh is None      # ...and no loss counted as congestion
+    assert conn.pmtu is not None and not conn.pmtu.searching
+
+
+def test_black_hole_falls_back_to_the_base_size() -> None:
+    """The path shrinks mid-transfer (a route change): big segments now vanish; after two
+    timeouts in a row the connection returns to the base size and finishes."""
+    conn, _, net, _ = _transfer(mtu=None, route=20000, size=8 << 20, shrink_at=1 << 20,
+                                shrink_to=1500)
+    assert conn.stats().mss <= 1500 - HEADER
+    assert net.stats.dropped_mtu > 0
+
+
+def test_probing_off_pins_the_mss() -> None:
+    conn, _, _, _ = _transfer(mtu=None, route=60000, size=1 << 20,
+                              config=CFG.replace(pmtu_probing=False))
+    assert conn.stats().mss == CFG.mss and conn.pmtu is None
+
+
+def test_search_unit_steps() -> None:
+    search = PmtuSearch(1200, 9000)
+    assert search.next_size() == 9000
+    search.sent(100, 9000)
+    assert search.next_size() is None                       # one probe at a time
+    assert search.retransmitting(50, 200)                   # covers the probe's start
+    assert search.next_size() == 9000                       # tried twice at a size...
+    search.sent(100, 9000)
+    search.retransmitting(100, 1200)
+    assert search.hi == 8999 and search.next_size() == 5100  # ...then the midpoint
+    search.sent(500, 5100)
+    assert search.acked(5000) is None and search.acked(5600) == 5100
+    assert search.current == 5100
