@@ -113,6 +113,7 @@ class UdpPort:
         self._sendq: collections.deque[tuple[bytes, Addr]] = collections.deque()
         self._writer_on = False
         self._flush_handle: asyncio.Handle | None = None
+        self._processing = False
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
         self._idle_waiters: list[asyncio.Future[None]] = []
@@ -208,23 +209,37 @@ class UdpPort:
         if now is None:
             now = self.loop.time()
         ep = self.endpoint
-        for _ in range(4):  # callbacks may write: a few rounds, then call_soon takes over
-            self._send(ep.datagrams_to_send(now))
-            touched = ep.touched()
-            if not touched:
-                break
-            for conn in touched:
-                transport = self.transports.get(conn)
-                if transport is not None:
-                    transport._process_events()
-            if self.on_accept is not None:
-                while (accepted := ep.accept()) is not None:
-                    self.on_accept(accepted)
-        else:
-            self.schedule_flush()
+        self._processing = True
+        try:
+            for _ in range(4):  # callbacks may write: a few rounds, then call_soon takes over
+                self._send(ep.datagrams_to_send(now))
+                touched = ep.touched()
+                if not touched:
+                    break
+                for conn in touched:
+                    transport = self.transports.get(conn)
+                    if transport is not None:
+                        transport._process_events()
+                if self.on_accept is not None:
+                    while (accepted := ep.accept()) is not None:
+                        self.on_accept(accepted)
+            else:
+                self.schedule_flush()
+        finally:
+            self._processing = False
         self._arm_timer()
         if self.close_when_idle and not ep.connections and not self.transports:
             self.close()
+
+    def send_now(self) -> None:
+        """A write into an idle connection: send it in this call, as asyncio's own
+        transports do, rather than one loop iteration later (latency of ping-pong
+        exchanges). Inside `process` the write is picked up by its next round instead."""
+        if self._processing or self.closed:
+            self.schedule_flush()
+            return
+        self._send(self.endpoint.datagrams_to_send(self.loop.time()))
+        self._arm_timer()  # sending raises no events: the next process() sees any others
 
     def schedule_flush(self) -> None:
         if self._flush_handle is None and not self.closed:
@@ -236,14 +251,20 @@ class UdpPort:
 
     def _arm_timer(self) -> None:
         deadline = self.endpoint.get_timer()
-        if deadline == self._timer_at:
+        if deadline is None:
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = self._timer_at = None
+            return
+        if self._timer_at is not None and self._timer_at <= deadline:
+            # The armed handle fires no later than needed. The retransmission deadline
+            # moves forward with nearly every segment sent; keeping the early handle (it
+            # finds nothing due and re-arms) saves a cancel and a call_at per segment.
             return
         if self._timer is not None:
             self._timer.cancel()
-            self._timer = None
         self._timer_at = deadline
-        if deadline is not None:
-            self._timer = self.loop.call_at(deadline, self._on_timer)
+        self._timer = self.loop.call_at(deadline, self._on_timer)
 
     def _on_timer(self) -> None:
         self._timer = None

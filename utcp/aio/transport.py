@@ -154,11 +154,15 @@ class UtcpTransport(asyncio.Transport):
             raise RuntimeError("Cannot call write() after write_eof()")
         if not data or self._lost or self._conn.state == State.CLOSED:
             return
+        idle = self._conn.unsent == 0
         try:
             self._conn.send(data)
         except ConnectionError:
             return  # the peer reset or the connection timed out: asyncio drops silently
-        self._port.schedule_flush()
+        if idle:
+            self._port.send_now()        # latency: nothing was waiting, go now
+        else:
+            self._port.schedule_flush()  # throughput: coalesce into one flush
         self._maybe_pause_protocol()
 
     def writelines(self, list_of_data: Any) -> None:
