@@ -28,6 +28,10 @@ def _hlen(data: bytes | bytearray | memoryview) -> int:
     return (data[12] >> 4) * 4
 
 
+def _sans_checksum(header: bytes) -> bytes:
+    return header[:16] + b"\0\0" + header[18:]  # the field a middlebox may rewrite
+
+
 class SecureLayer:
     """Per endpoint: the static key, and per connection its handshake and session."""
 
@@ -41,7 +45,9 @@ class SecureLayer:
         self.initiators: dict[Connection, crypto.Initiator] = {}
         self.responders: dict[Connection, crypto.Responder] = {}
         self.sessions: dict[Connection, crypto.Session] = {}
-        self.handshake_payload: dict[Connection, bytes] = {}  # msg1 / msg2 seen, for resends
+        # the SYN / SYN+ACK that authenticated (checksum zeroed), header and all: a resend
+        # is accepted only byte for byte, so its clear header cannot be swapped for another
+        self.handshake_payload: dict[Connection, bytes] = {}
         self.by_ports: dict[tuple[int, int], set[Connection]] = {}  # header ports -> conns
         self.ports_of: dict[Connection, tuple[int, int]] = {}
         self.peer_keys: dict[Connection, bytes] = {}
@@ -78,7 +84,7 @@ class SecureLayer:
     def adopt(self, conn: Connection, responder: crypto.Responder, syn: bytes,
               msg1: bytes) -> None:
         self.responders[conn] = responder
-        self.handshake_payload[conn] = msg1
+        self.handshake_payload[conn] = _sans_checksum(syn) + msg1
         self.peer_keys[conn] = responder.client_public
         ports = (int.from_bytes(syn[0:2], "big"), int.from_bytes(syn[2:4], "big"))
         self.by_ports.setdefault(ports, set()).add(conn)
@@ -130,10 +136,10 @@ class SecureLayer:
                 self._drop(exc.reason)
                 return None
             del self.initiators[conn]
-            self.handshake_payload[conn] = payload
+            self.handshake_payload[conn] = _sans_checksum(header) + payload
             return header
         # a retransmitted SYN or SYN+ACK: the same bytes as the one that authenticated
-        if payload and payload == self.handshake_payload.get(conn):
+        if payload and _sans_checksum(header) + payload == self.handshake_payload.get(conn):
             return header
         self._drop("handshake segment that does not match")
         return None
