@@ -859,3 +859,29 @@ def test_plaintext_connection_is_not_moved() -> None:
     assert snapshot(pair.server) == before
     assert pair.server.counters["RST sent for no connection"] == 1
     assert MOVED not in pair.server.counters
+
+
+def test_a_late_datagram_from_a_previous_address_does_not_move_it_back() -> None:
+    """Authentic but older than what the new address already sent (reordered across the
+    NAT change): delivered, but the connection stays where its newest segment came from."""
+    server_ep = Endpoint(SERVER_CFG, SERVER[1], listening=True, rng=random.Random(1))
+    client_ep = Endpoint(CLIENT_CFG, CLIENT[1], rng=random.Random(2))
+    conn = client_ep.connect(SERVER, 0.0)
+    for _ in range(4):  # handshake, by hand
+        for d, _ in client_ep.datagrams_to_send(0.0):
+            server_ep.receive_datagram(d, CLIENT, 0.0)
+        for d, _ in server_ep.datagrams_to_send(0.0):
+            client_ep.receive_datagram(d, SERVER, 0.0)
+    server_conn = server_ep.accept()
+    assert conn.state == S.ESTABLISHED and server_conn is not None
+    conn.send(b"first")
+    (older, _), = client_ep.datagrams_to_send(0.1)
+    conn.send(b"second")
+    (newer, _), = client_ep.datagrams_to_send(0.2)
+    moved_to = ("192.0.2.50", 45000)
+    server_ep.receive_datagram(newer, moved_to, 0.3)    # the NAT changed: it moves
+    assert server_conn.peer == moved_to and server_ep.counters[MOVED] == 1
+    server_ep.receive_datagram(older, CLIENT, 0.4)      # late, from the old mapping
+    assert server_conn.peer == moved_to and server_ep.counters[MOVED] == 1
+    assert server_ep.counters["secure: late segment from a previous address"] == 1
+    assert server_conn.read() == b"firstsecond"          # and its data still counts

@@ -303,6 +303,11 @@ class Session:
         self.opened += 1
         return header + plaintext
 
+    @property
+    def highest(self) -> int:
+        """The highest counter accepted so far (-1 before any)."""
+        return self._highest
+
     def _fresh(self, counter: int) -> bool:
         if counter > self._highest:
             return True

@@ -155,10 +155,16 @@ class SecureLayer:
             session = self.sessions.get(conn)
             if session is None or conn.state == State.CLOSED:
                 continue
+            before = session.highest
             try:
                 plaintext = session.open(data)
             except crypto.SecureError:
                 continue
+            if session.highest == before:
+                # authentic but older than what the current address sent (a late,
+                # reordered datagram from a previous address): deliver, do not move back
+                self.counters["secure: late segment from a previous address"] += 1
+                return conn, plaintext
             old = conn.peer
             if connections.get(old) is conn:
                 del connections[old]
