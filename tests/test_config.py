@@ -14,6 +14,7 @@ OPTIONAL_FLOATS = ["idle_timeout", "keepalive_interval", "user_timeout"]
 INT_BOUNDS = {
     "syn_retries": (0, 255),
     "synack_retries": (0, 255),
+    "max_retransmissions": (1, 255),
     "keepalive_probes": (1, 255),
     "mss": (64, 65495),
     "recv_buffer": (1024, 1 << 30),

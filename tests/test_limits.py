@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import random
 
 import pytest
@@ -67,3 +68,32 @@ def test_connection_limit_refuses_connect_and_answers_syns_with_cookies() -> Non
     assert ep.counters["SYN cookies sent"] == 1
     with pytest.raises(OSError, match="max_connections"):
         ep.connect(("10.0.0.9", 9), 1.0)
+
+
+def test_a_peer_that_never_acknowledges_is_given_up_after_max_retransmissions() -> None:
+    """Linux's tcp_retries2: without it, a vanished peer's connection retried forever."""
+    cfg = Config(max_retransmissions=3, rto_min=0.1, rto_max=1.0)
+    ep = Endpoint(cfg, 80, listening=True, rng=random.Random(3))
+    peer = ("10.0.0.1", 1001)
+    _ack, conn = _established(ep, peer)
+    conn.send(b"x" * 500)  # type: ignore[attr-defined]
+    sent_times = []
+    segments = []
+    now = 0.02
+    for _ in range(20):
+        for d, _ in ep.datagrams_to_send(now):
+            segments.append(wire.parse(d))
+            if segments[-1].payload:
+                sent_times.append(now)
+        deadline = ep.get_timer()
+        if deadline is None or conn.state is State.CLOSED:  # type: ignore[attr-defined]
+            break
+        now = deadline
+        ep.handle_timer(now)
+    segments += [wire.parse(d) for d, _ in ep.datagrams_to_send(now)]
+    assert conn.state is State.CLOSED  # type: ignore[attr-defined]
+    assert isinstance(conn.error, TimeoutError)  # type: ignore[attr-defined]
+    assert len(sent_times) == 1 + 3          # the first send and 3 retransmissions
+    assert segments[-1].flags & wire.RST   # and the peer is told, if it is still there
+    gaps = [b - a for a, b in itertools.pairwise(sent_times)]
+    assert gaps == sorted(gaps)              # backed off each time

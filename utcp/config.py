@@ -19,6 +19,7 @@ class Config:
 
     msl: float = 30.0                  # TIME_WAIT lasts 2 * msl (Linux: 60 s)
     syn_retries: int = 6               # SYN retransmissions before connect fails
+    max_retransmissions: int = 15      # data/FIN timeouts in a row before TimeoutError
     synack_retries: int = 2            # SYN+ACK retransmissions before the entry is dropped:
     #   with the first, 3 SYN+ACKs per SYN, the most the 3x anti-amplification rule allows
     rto_initial: float = 1.0           # RFC 6298 §2.1
@@ -72,6 +73,7 @@ _FLOAT_OPTIONAL = {"idle_timeout", "keepalive_interval", "user_timeout"}
 _INT_RANGES = {
     "syn_retries": (0, 255),
     "synack_retries": (0, 255),
+    "max_retransmissions": (1, 255),
     "keepalive_probes": (1, 255),
     "mss": (64, 65495),  # the largest payload of one IPv4 UDP datagram less our header
     "recv_buffer": (1024, 1 << 30),  # window scale 14 allows up to 2**30

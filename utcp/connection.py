@@ -143,6 +143,7 @@ class Connection:
         self._idle_deadline: float | None = None
         self._user_deadline: float | None = None
         self._syn_retries = 0
+        self._rto_streak = 0         # data/FIN timeouts in a row without progress
         self._persist_backoff = 0
         self._keepalive_sent = 0
 
@@ -391,6 +392,14 @@ class Connection:
         if self.snd_una == self.snd_max:
             self._rtx_deadline = None
             return True
+        self._rto_streak += 1
+        if self._rto_streak > self.config.max_retransmissions:
+            # Linux's tcp_retries2: a peer that acknowledges nothing for this many
+            # backed-off timeouts is gone; without a limit the connection (and its
+            # buffers) would be retried forever
+            self._fail(TimeoutError(f"no acknowledgment after {self._rto_streak - 1}"
+                                    " retransmissions"), send_rst=True)
+            return False
         if log.enabled():
             log.emit("rto", conn=self.name, state=self.state.name, rto=self.rtt.rto,
                      snd_una=self.snd_una)
@@ -683,6 +692,7 @@ class Connection:
             else:
                 self.cc.on_ack(acked, flight, now)
             self._dupacks = 0
+            self._rto_streak = 0
             self._user_deadline = None
             if self.snd_una < self.snd_max:
                 self._rtx_deadline = now + self.rtt.rto  # RFC 6298 §5.3
