@@ -47,3 +47,37 @@ async def test_same_local_port_refused_while_time_wait_lasts() -> None:
         await writer2.wait_closed()
     server.close()
     await server.wait_closed()
+
+
+async def test_lingering_client_sockets_are_capped(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Connect-and-close in a loop leaves each client socket in TIME_WAIT for 2 x msl;
+    past the cap the oldest are closed early (as Linux past tcp_max_tw_buckets), so file
+    descriptors stay bounded."""
+    from utcp.aio import port as port_module
+
+    monkeypatch.setattr(port_module, "max_lingering_sockets", lambda: 5)
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read()
+        writer.close()
+
+    server = await utcp.start_server(handler, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    writers = []
+    async with asyncio.timeout(60):
+        for _ in range(12):
+            reader, writer = await utcp.open_connection("127.0.0.1", port)
+            writer.write_eof()             # the client closes first: it holds TIME_WAIT
+            await reader.read()
+            writer.close()
+            await writer.wait_closed()
+            writers.append(writer)
+        await asyncio.sleep(0.05)
+    states = [w.get_extra_info("state") for w in writers]
+    lingering = port_module._lingering[asyncio.get_running_loop()]
+    assert len(lingering) == 5
+    assert states[-5:] == [utcp.State.TIME_WAIT] * 5      # the newest keep TIME_WAIT
+    assert states[:7] == [utcp.State.CLOSED] * 7          # the oldest were let go
+    assert all(w.transport._port.sock.fileno() == -1 for w in writers[:7])
+    server.close()
+    await server.wait_closed()

@@ -84,6 +84,44 @@ def route_mss(family: int, host: str) -> int | None:
     return min(mtu - ip_header - 8, MAX_UDP_PAYLOAD) - HEADER_ROOM
 
 
+# Client sockets kept only for connections the application has left (FIN_WAIT_2,
+# TIME_WAIT), per loop, oldest first. Unlike the kernel's TIME_WAIT entries each holds a
+# file descriptor, so, as Linux does past tcp_max_tw_buckets, the oldest are closed
+# early when there are too many: a program that connects and closes in a loop must not
+# run out of descriptors for 2 x MSL.
+_lingering: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop,
+                                      collections.OrderedDict[UdpPort, None]] = (
+    weakref.WeakKeyDictionary())
+
+
+def max_lingering_sockets() -> int:
+    try:
+        import resource
+
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    except (ImportError, OSError, ValueError):
+        return 256
+    if soft == resource.RLIM_INFINITY:
+        return 1024
+    return max(16, min(1024, soft // 4))
+
+
+def _linger(port: UdpPort) -> None:
+    table = _lingering.setdefault(port.loop, collections.OrderedDict())
+    if port in table:
+        return
+    table[port] = None
+    limit = max_lingering_sockets()
+    while len(table) > limit:
+        oldest, _ = table.popitem(last=False)
+        oldest.evicted = True
+        if log.enabled():
+            log.emit("linger_overflow", port=oldest._local[1], limit=limit)
+        oldest.close()
+        for conn in list(oldest.endpoint.connections.values()):
+            conn.abort()  # CLOSED now; with the socket gone its RST is never sent
+
+
 def _release(sock: socket.socket, writer: pcap.PcapWriter | None, port: int) -> None:
     sock.close()
     if writer is not None:
@@ -106,6 +144,7 @@ class UdpPort:
         self.on_accept = on_accept
         self.transports: dict[Connection, UtcpTransport] = {}
         self.close_when_idle = False    # close the socket once no connection is left
+        self.evicted = False            # closed early: too many lingering client sockets
         self.closed = False
         self._fd = sock.fileno()
         self._buf = bytearray(MAX_DATAGRAM)
@@ -228,8 +267,11 @@ class UdpPort:
         finally:
             self._processing = False
         self._arm_timer()
-        if self.close_when_idle and not ep.connections and not self.transports:
-            self.close()
+        if self.close_when_idle and not self.transports:
+            if not ep.connections:
+                self.close()
+            elif self.connected:
+                _linger(self)
 
     def send_now(self) -> None:
         """A write into an idle connection: send it in this call, as asyncio's own
@@ -412,6 +454,9 @@ class UdpPort:
         if self.closed:
             return
         self.closed = True
+        lingering = _lingering.get(self.loop)
+        if lingering is not None:
+            lingering.pop(self, None)
         for handle in (self._timer, self._flush_handle):
             if handle is not None:
                 handle.cancel()
