@@ -29,7 +29,8 @@ INT_BOUNDS = {
 def test_every_field_is_covered() -> None:
     names = {f.name for f in dataclasses.fields(Config)}
     assert names == set(POSITIVE_FLOATS) | set(OPTIONAL_FLOATS) | set(INT_BOUNDS) | {
-        "congestion", "pcap", "secret_key", "server_key", "allowed_keys", "pmtu_probing"}
+        "congestion", "pcap", "secret_key", "server_key", "allowed_keys", "pmtu_probing",
+        "sack"}
 
 
 def test_pcap_takes_a_path_or_none(tmp_path: object) -> None:

@@ -199,7 +199,9 @@ def flip(m: Flip, real: bytes) -> bytes:
     hlen = (real[12] >> 4) * 4
     allowed = (_PORT_BITS + _SEQ_HIGH_BITS + _ACK_HIGH_BITS + _RESERVED_BITS + _SAFE_FLAG_BITS
                + _TAIL_BITS)
-    if len(real) <= hlen:
+    if len(real) == hlen == wire.HEADER_LEN:
+        # only a bare header: a smaller offset over option bytes (a pure ACK's SACK
+        # blocks) would turn them into in-window data, a forgery plaintext cannot detect
         allowed += _OFFSET_BITS
     b = bytearray(real)
     for choice in m.bits:

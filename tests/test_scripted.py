@@ -34,7 +34,8 @@ CLIENT: tuple[str, int] = PEER               # the peer when the script is a ser
 CFG = Config(mss=1000, recv_buffer=64000, send_buffer=1 << 20, rto_initial=1.0,
              rto_min=0.2, rto_max=60.0, msl=0.75, ack_delay=0.0625,
              syn_retries=3, synack_retries=2)
-OUR_SYN_OPTS = wire.Options(mss=1000, wscale=0)      # what CFG's SYN carries
+OUR_SYN_OPTS = wire.Options(mss=1000, wscale=0, sack_permitted=True)  # CFG's SYN
+OUR_SYNACK_OPTS = wire.Options(mss=1000, wscale=0)  # answering a SYN without SACK
 PEER_OPTS = wire.Options(mss=1000, wscale=0)
 RTT = 0.125  # the handshake's RTT sample: SRTT 0.125, RTTVAR 0.0625, RTO 0.375
 
@@ -104,7 +105,7 @@ def test_three_way_handshake_passive__LISTEN_SYN_RCVD_ESTABLISHED() -> None:
     s.inject("S", PEER_ISN, 0, window=20000, options=wire.Options(mss=1200, wscale=3))
     # SYN+ACK: seq y, ack x+1, our options (window scale: the peer offered it)
     s.expect("S.", seq=OUR_ISN, ack=PEER_ISN + 1, window=64000, payload=b"",
-             options=OUR_SYN_OPTS, at=0.0)
+             options=OUR_SYNACK_OPTS, at=0.0)  # no SACK-permitted: the peer did not offer it
     conn = s.conn
     assert conn.state is S.SYN_RCVD
     assert s.ep.accept() is None  # not complete yet: nothing to accept
@@ -198,7 +199,8 @@ def test_window_scaling_both_sides__CLOSED_SYN_SENT_ESTABLISHED() -> None:
     cfg = CFG.replace(recv_buffer=1 << 20)  # needs shift 5 to be described in 16 bits
     s = Script(cfg, port=40000, isns=(OUR_ISN,), peer=SERVER)
     conn = s.connect()
-    s.expect("S", OUR_ISN, 0, window=65535, options=wire.Options(mss=1000, wscale=5))
+    s.expect("S", OUR_ISN, 0, window=65535, options=wire.Options(mss=1000, wscale=5,
+                                                                 sack_permitted=True))
     s.inject("S.", PEER_ISN, OUR_ISN + 1, window=65535, options=wire.Options(mss=1000, wscale=3))
     s.expect(".", OUR_ISN + 1, PEER_ISN + 1, window=(1 << 20) >> 5)  # our window, scaled
     # the peer's windows are scaled by its shift from now on: 250 << 3 = 2000 bytes
@@ -220,7 +222,7 @@ def test_window_scaling_off_when_peer_lacks_it__CLOSED_SYN_SENT_ESTABLISHED() ->
     cfg = CFG.replace(recv_buffer=1 << 20)
     s = Script(cfg, port=40000, isns=(OUR_ISN,), peer=SERVER)
     conn = s.connect()
-    s.expect("S", OUR_ISN, 0, options=wire.Options(mss=1000, wscale=5))
+    s.expect("S", OUR_ISN, 0, options=wire.Options(mss=1000, wscale=5, sack_permitted=True))
     s.inject("S.", PEER_ISN, OUR_ISN + 1, window=65535, options=wire.Options(mss=1000))
     s.expect(".", OUR_ISN + 1, PEER_ISN + 1, window=65535)  # unscaled, so capped at 65535
     s.inject(".", PEER_ISN + 1, OUR_ISN + 1, window=250)
@@ -257,7 +259,7 @@ def test_retransmitted_syn_gets_the_same_syn_ack__LISTEN_SYN_RCVD_ESTABLISHED() 
     s.expect("S.", OUR_ISN, PEER_ISN + 1, at=0.0)
     s.advance(0.5)
     s.inject("S", PEER_ISN, 0, options=PEER_OPTS)  # the SYN+ACK was lost
-    s.expect("S.", OUR_ISN, PEER_ISN + 1, options=OUR_SYN_OPTS, at=0.5)
+    s.expect("S.", OUR_ISN, PEER_ISN + 1, options=OUR_SYNACK_OPTS, at=0.5)
     assert len(s.conns) == 1 and s.ep.counters["SYN accepted"] == 1
     s.inject(".", PEER_ISN + 1, OUR_ISN + 1)
     assert s.states() == [S.LISTEN, S.SYN_RCVD, S.ESTABLISHED]
@@ -456,7 +458,7 @@ def test_simultaneous_open_scripted__CLOSED_SYN_SENT_SYN_RCVD_ESTABLISHED() -> N
     conn = s.connect()
     s.expect("S", OUR_ISN, 0)
     s.inject("S", PEER_ISN, 0, options=PEER_OPTS)
-    s.expect("S.", OUR_ISN, PEER_ISN + 1, options=OUR_SYN_OPTS)
+    s.expect("S.", OUR_ISN, PEER_ISN + 1, options=OUR_SYNACK_OPTS)
     assert conn.state is S.SYN_RCVD
     s.inject(".", PEER_ISN + 1, OUR_ISN + 1)  # a plain ACK of our SYN also completes it
     s.expect_nothing()
@@ -720,13 +722,13 @@ def test_syn_answered_after_retransmission_completes__CLOSED_SYN_SENT_ESTABLISHE
 def test_synack_retries_then_half_open_entry_forgotten__LISTEN_SYN_RCVD_CLOSED() -> None:
     s = Script(CFG, port=80, listening=True, isns=(OUR_ISN,), peer=CLIENT)
     s.inject("S", PEER_ISN, 0, options=PEER_OPTS)
-    s.expect("S.", OUR_ISN, PEER_ISN + 1, options=OUR_SYN_OPTS, at=0.0)
+    s.expect("S.", OUR_ISN, PEER_ISN + 1, options=OUR_SYNACK_OPTS, at=0.0)
     conn = s.conn
     for t in (1.0, 3.0):  # synack_retries = 2
         s.advance_to(t - 1e-9)
         s.expect_nothing()
         s.advance_to(t)
-        s.expect("S.", OUR_ISN, PEER_ISN + 1, options=OUR_SYN_OPTS, at=t)
+        s.expect("S.", OUR_ISN, PEER_ISN + 1, options=OUR_SYNACK_OPTS, at=t)
     s.advance_to(7.0 - 1e-9)
     assert conn in s.ep.syn_queue
     s.advance_to(7.0)

@@ -18,7 +18,7 @@ from bisect import bisect_left
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from utcp import congestion, log, wire
+from utcp import congestion, log, sack, wire
 from utcp import seq as sq
 from utcp.config import Config
 from utcp.events import (
@@ -160,7 +160,12 @@ class Connection:
         self._dupacks = 0
         self._in_recovery = False
         self._recover = self.iss
-        self._peer_sack_permitted = False
+        self._sack_ok = False        # both sides sent SACK-permitted (RFC 2018)
+        # 4 blocks fill the 40 bytes of options; secure mode needs 12 for its counter
+        self._sack_limit = 3 if config.secure else 4
+        self._latest_ooo = 0
+        self.scoreboard = sack.Scoreboard()
+        self._sack_recovery = False
 
         # counters for Stats
         self.bytes_sent = 0
@@ -412,8 +417,11 @@ class Connection:
         if pmtu is not None and pmtu.on_rto():
             self.snd_mss = pmtu.base  # a black hole for big segments: back to the base size
             self.cc.set_mss(pmtu.base)
-        # RFC 5681 §3.1 and RFC 6582 §4: back to slow start, go back to snd_una
+        # RFC 5681 §3.1 and RFC 6582 §4: back to slow start, go back to snd_una;
+        # RFC 2018 §8: after a timeout, SACK information no longer decides anything
         self.cc.on_rto(self.snd_max - self.snd_una, now)
+        self.scoreboard.clear()
+        self._sack_recovery = False
         self._in_recovery = False
         self._recover = self.snd_max
         self._dupacks = 0
@@ -510,7 +518,7 @@ class Connection:
             self.snd_wscale = opts.wscale
         else:
             self.rcv_wscale = 0  # RFC 7323 §2.2: scaling needs both sides' option
-        self._peer_sack_permitted = opts.sack_permitted
+        self._sack_ok = self.config.sack and opts.sack_permitted
         self.snd_wnd = seg.window  # never scaled in a SYN
         self.max_snd_wnd = self.snd_wnd
         self.rcv_adv = self.rcv_nxt
@@ -654,8 +662,20 @@ class Connection:
                      now: float) -> bool:
         """RFC 9293 fifth step plus RFC 5681/6582 loss recovery; True if our FIN got acked."""
         fin_acked_now = False
+        sb = self.scoreboard
+        new_sack = False
+        if self._sack_ok and seg.options.sack:
+            for left32, right32 in seg.options.sack:
+                left = sq.unwrap(left32, self.snd_una)
+                right = sq.unwrap(right32, left)
+                if max(ack, self.snd_una) < left < right <= self.snd_max:  # else D-SACK/bogus
+                    new_sack |= sb.add(left, right)
         if ack > self.snd_una:
             acked = ack - self.snd_una
+            if sb:
+                sb.trim(ack)
+            if self._sack_recovery and new_sack:
+                sb.detect_lost_retransmissions(ack, self.snd_mss)
             data_end = self._snd_base + len(self._sndbuf)
             data_acked = min(ack, data_end) - self._snd_base
             if data_acked > 0:
@@ -683,9 +703,12 @@ class Connection:
                 self._rtt_seq = None
             if self._in_recovery:
                 if ack >= self._recover:           # full ACK: RFC 6582 §3.2 step 3
-                    self._in_recovery = False
+                    self._in_recovery = self._sack_recovery = False
+                    sb.high_rxt = 0
                     if not self._probe_recovery:
                         self.cc.on_recovery_end()
+                elif self._sack_recovery:
+                    pass  # RFC 6675: the pipe-driven loop in _output decides what to send
                 else:                              # partial ACK: step 4
                     self._retransmit_first(now)
                     self.cc.cwnd = max(self.cc.cwnd - acked + self.snd_mss, self.snd_mss)
@@ -707,9 +730,15 @@ class Connection:
             self.dup_acks_received += 1
             self._dupacks += 1
             if self._in_recovery:
-                self.cc.cwnd += self.snd_mss       # RFC 6582 §3.2 step 4 (inflation)
+                if not self._sack_recovery:
+                    self.cc.cwnd += self.snd_mss   # RFC 6582 §3.2 step 4 (inflation)
             elif self._dupacks == DUPACK_THRESHOLD and self.snd_una >= self._recover:
                 self._enter_recovery(now)
+        if new_sack and self._sack_recovery and ack <= self.snd_una:
+            sb.detect_lost_retransmissions(self.snd_una, self.snd_mss)
+        if (new_sack and not self._in_recovery and self.snd_una >= self._recover
+                and sb.is_lost(self.snd_una, self.snd_una, self.snd_mss)):
+            self._enter_recovery(now)  # RFC 6675 §5: SACKs say the first segment is lost
         self._update_window(seg, seg_seq, ack)
         return fin_acked_now
 
@@ -723,7 +752,13 @@ class Connection:
         self._probe_recovery = pmtu is not None and pmtu.probe_seq == self.snd_una
         if not self._probe_recovery:
             self.cc.on_loss(self.snd_max - self.snd_una, now)
-            self._retransmit_first(now)
+            if self._sack_ok and self.scoreboard:
+                # RFC 6675 §5: the first lost range goes now; the rest as pipe allows
+                self._sack_recovery = True
+                self.scoreboard.high_rxt = self.snd_una
+                self._send_sack_recovery(now, first=True)
+            else:
+                self._retransmit_first(now)
             return
         assert pmtu is not None
         self._enter_probe_repair(pmtu.probe_end, now)
@@ -737,7 +772,7 @@ class Connection:
         data_end = self._snd_base + len(self._sndbuf)
         seq = self.snd_una
         while seq < min(lost_end, data_end):
-            n = min(self.snd_mss, lost_end - seq, data_end - seq)
+            n = min(self._payload_room(), lost_end - seq, data_end - seq)
             self._send_data(seq, n, now, fin=False)
             seq += n
         self._rtx_deadline = now + self.rtt.rto
@@ -745,7 +780,7 @@ class Connection:
     def _retransmit_first(self, now: float) -> None:
         """Resend the first unacknowledged segment without rewinding snd_nxt."""
         data_end = self._snd_base + len(self._sndbuf)
-        n = min(self.snd_mss, data_end - self.snd_una)
+        n = min(self._payload_room(), data_end - self.snd_una)
         if n > 0:
             self._send_data(self.snd_una, n, now, fin=False)
         elif self._fin_queued and not self._fin_acked:
@@ -796,11 +831,13 @@ class Connection:
         else:
             self.ooo_segments_received += 1
             # One duplicate ACK per out-of-order segment, sent now rather than once per
-            # batch of datagrams, so the sender counts three and retransmits fast.
-            self._emit(self.snd_max, 0, ACK)
+            # batch of datagrams, so the sender counts three and retransmits fast; it
+            # goes out after the piece is stored, so its SACK blocks include it.
+            self._latest_ooo = seg_seq
             item = (seg_seq, bytes(payload))
             i = bisect_left(self._ooo, item)
             if i < len(self._ooo) and self._ooo[i] == item:
+                self._emit(self.snd_max, 0, ACK)
                 return complete  # a duplicate of a piece we hold
             # The cap is against floods of tiny pieces: full-sized segments are held up to
             # the window we advertised, else one tail drop costs a go-back-N of the rest.
@@ -816,6 +853,7 @@ class Connection:
                 budget.used += len(payload)
             self._ooo.insert(i, item)
             self._ooo_bytes += len(payload)
+            self._emit(self.snd_max, 0, ACK)
         if not self._ack_now and self._ack_deadline is None:
             self._ack_deadline = self._now + self.config.ack_delay
         return complete
@@ -872,7 +910,10 @@ class Connection:
             self._send_syn(now)
             return
         if state in SYNCHRONIZED and state != State.TIME_WAIT:
-            self._send_new_data(now)
+            if self._sack_recovery:
+                self._send_sack_recovery(now)
+            else:
+                self._send_new_data(now)
         if self._ack_now:
             # A pure ACK carries snd_max, not a snd_nxt rewound by go-back-N after an RTO
             # (BSD's tcp_output does the same): the peer has seen up to snd_max, and would
@@ -884,7 +925,8 @@ class Connection:
         # the MSS option says what we can receive: with probing, any datagram the route takes
         mss = max(self.config.mss, self.max_mss) if self.config.pmtu_probing \
             else self.config.mss
-        opts = wire.Options(mss=mss, wscale=self.rcv_wscale)
+        opts = wire.Options(mss=mss, wscale=self.rcv_wscale,
+                            sack_permitted=self._sack_ok if flags & ACK else self.config.sack)
         if flags & ACK and not self._wscale_ok:
             opts.wscale = None
         if self._syn_retries:
@@ -907,7 +949,7 @@ class Connection:
 
     def _send_new_data(self, now: float) -> None:
         data_end = self._snd_base + len(self._sndbuf)
-        mss = self.snd_mss
+        mss = self._payload_room()
         while True:
             window = min(self.snd_wnd, self.cc.cwnd, self.config.send_buffer)
             usable = self.snd_una + window - self.snd_nxt
@@ -943,6 +985,54 @@ class Connection:
         if (self.unsent and self.snd_nxt == self.snd_una and self.snd_wnd == 0
                 and self._persist_deadline is None):
             self._persist_deadline = now + self.rtt.rto
+
+    def _send_sack_recovery(self, now: float, first: bool = False) -> None:
+        """RFC 6675 §5 steps (C)/(D): while cwnd - pipe allows, lost ranges first, then
+        new data. `first` sends one segment whatever pipe says (the fast retransmit)."""
+        sb, mss = self.scoreboard, self._payload_room()
+        data_end = self._snd_base + len(self._sndbuf)
+        pipe = sb.pipe(self.snd_una, self.snd_max, mss)
+        while first or self.cc.cwnd - pipe >= mss:
+            first = False
+            lost = sb.next_lost(self.snd_una, mss)
+            if lost is not None:
+                start, end = lost
+                n = min(mss, end - start, data_end - start)
+                if n > 0:
+                    self._send_data(start, n, now, fin=False)
+                    sb.retransmitted(start, self.snd_max)
+                elif self._fin_queued and start == data_end:
+                    self._send_data(start, 0, now, fin=True)
+                    n = 1
+                else:
+                    break
+                sb.high_rxt = start + n
+                pipe += n
+                continue
+            window_end = self.snd_una + min(self.snd_wnd, self.config.send_buffer)
+            if self.snd_nxt < data_end:
+                n = min(mss, data_end - self.snd_nxt, window_end - self.snd_nxt)
+                if n <= 0:
+                    break
+                fin = self._fin_queued and self.snd_nxt + n == data_end
+                self._send_data(self.snd_nxt, n, now, fin)
+                self.snd_nxt += n + (1 if fin else 0)
+            elif self._fin_queued and self.snd_nxt == data_end:
+                self._send_data(self.snd_nxt, 0, now, fin=True)
+                self.snd_nxt += 1
+                n = 1
+            else:
+                break
+            self.snd_max = max(self.snd_max, self.snd_nxt)
+            pipe += n
+        self._rtx_deadline = self._rtx_deadline or now + self.rtt.rto
+
+    def _payload_room(self) -> int:
+        """The MSS less the options a data segment will carry (RFC 9293 §3.7.1): SACK
+        blocks ride on every segment while out-of-order data is held."""
+        if self._ooo and self._sack_ok:
+            return self.snd_mss - 4 - 8 * min(len(self._ooo), self._sack_limit)
+        return self.snd_mss
 
     def _send_data(self, seq: int, n: int, now: float, fin: bool) -> None:
         off = seq - self._snd_base
@@ -984,9 +1074,13 @@ class Connection:
             self._ack_now = False
             self._unacked_segments = 0
             self._ack_deadline = None
+        options = b""
+        if self._ooo and self._sack_ok and flags & ACK:
+            blocks = sack.receiver_blocks(self._ooo, self._latest_ooo, self._sack_limit)
+            options = sack.encode_blocks([(sq.wrap(a), sq.wrap(b)) for a, b in blocks])
         self._out.append(wire.build_fast(
             self.local_port, self.remote_port, seq if raw_seq else sq.wrap(seq), ack, flags,
-            window, b"", payload))
+            window, options, payload))
         self.segments_sent += 1
 
     def _window_field(self) -> int:

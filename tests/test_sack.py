@@ -1,0 +1,171 @@
+"""Selective acknowledgments (RFC 2018) and SACK-based loss recovery (RFC 6675)."""
+
+from __future__ import annotations
+
+import hashlib
+import random
+
+from tests.netsim import Address, LinkProfile, Network
+from utcp import sack, wire
+from utcp.config import Config
+from utcp.connection import Connection
+from utcp.endpoint import Endpoint
+from utcp.state import State
+
+SERVER: Address = ("10.0.0.1", 1000)
+CLIENT: Address = ("10.0.0.2", 2000)
+CFG = Config(msl=1.0, rto_min=0.2, rto_initial=0.5, mss=1000, pmtu_probing=False)
+
+
+# --------------------------------------------------------------------------- scoreboard
+
+def test_blocks_merge_and_trim() -> None:
+    sb = sack.Scoreboard()
+    assert sb.add(200, 300) and sb.add(400, 500)
+    assert sb.add(250, 420)                      # bridges both
+    assert (sb.starts, sb.ends) == ([200], [500])
+    assert not sb.add(210, 220)                  # nothing new
+    sb.add(700, 800)
+    sb.trim(450)
+    assert (sb.starts, sb.ends) == ([450, 700], [500, 800])
+    sb.trim(800)
+    assert not sb and sb.fack == 0
+
+
+def test_lost_needs_three_segments_or_three_blocks_above() -> None:
+    sb = sack.Scoreboard()
+    sb.add(300, 500)                             # 2 segments of 100 above the hole
+    assert not sb.is_lost(100, 100, 100)
+    sb.add(600, 700)                             # 3 segments' worth now
+    assert sb.is_lost(100, 100, 100)
+    assert not sb.is_lost(550, 100, 100)         # 1 segment above that hole
+    few = sack.Scoreboard()
+    for start in (200, 400, 600):                # three small blocks above the first hole
+        few.add(start, start + 10)
+    assert few.is_lost(100, 100, 1000)
+
+
+def test_pipe_and_next_lost_follow_rfc_6675() -> None:
+    sb = sack.Scoreboard()
+    for start in (200, 400, 600, 800):
+        sb.add(start, start + 100)
+    # holes 100-200 and 300-400 have 3+ blocks above: lost; 500-600 (2 blocks, 200
+    # bytes) and 700-800 (1) may still arrive
+    assert [h[2] for h in sb.holes(100, 100)] == [True, True, False, False]
+    assert sb.pipe(100, 1000, 100) == 100 + 200      # beyond fack, and the unlost holes
+    assert sb.next_lost(100, 100) == (100, 200)
+    sb.high_rxt = 150
+    assert sb.pipe(100, 1000, 100) == 350            # the retransmitted half is in flight
+    assert sb.next_lost(100, 100) == (150, 200)
+    sb.high_rxt = 600
+    assert sb.next_lost(100, 100) is None
+
+
+def test_a_lost_retransmission_is_found_by_later_sacks() -> None:
+    sb = sack.Scoreboard()
+    sb.add(200, 600)
+    sb.high_rxt = 200
+    sb.retransmitted(100, snd_max=1000)          # resent hole 100-200 when 1000 was sent
+    sb.add(1000, 1200)                           # data sent after it: not far enough yet
+    sb.detect_lost_retransmissions(100, 100)
+    assert sb.high_rxt == 200
+    sb.add(1200, 1400)                           # 3 segments past the mark: it was lost
+    sb.detect_lost_retransmissions(100, 100)
+    assert sb.high_rxt == 100 and sb.lost_retransmissions == 1
+    assert sb.next_lost(100, 100) == (100, 200)
+
+
+def test_receiver_blocks_put_the_latest_first() -> None:
+    ooo = [(10, b"x" * 5), (15, b"y" * 5), (30, b"z" * 3), (50, b"w")]
+    assert sack.receiver_blocks(ooo, latest=31, limit=4) == [(30, 33), (50, 51), (10, 20)]
+    assert sack.receiver_blocks(ooo, latest=12, limit=2) == [(10, 20), (50, 51)]
+    option = sack.encode_blocks([(1, 2), (3, 4)])
+    assert option[:4] == bytes((1, 1, 5, 18)) and len(option) == 20
+
+
+# --------------------------------------------------------------------------- on the wire
+
+def _pair(config: Config, seed: int = 1, profile: LinkProfile | None = None,
+          server_config: Config | None = None,
+          ) -> tuple[Network, Endpoint, Endpoint, Connection]:
+    net = Network(seed, profile or LinkProfile(delay=0.01))
+    server = Endpoint(server_config or config, SERVER[1], listening=True,
+                      rng=random.Random(1))
+    client = Endpoint(config, CLIENT[1], rng=random.Random(2))
+    net.add(SERVER, server)
+    net.add(CLIENT, client)
+    conn = client.connect(SERVER, net.now)
+    net.run(until=5.0, stop=lambda: conn.state is State.ESTABLISHED)
+    net.run(until=net.now + 0.011)  # the handshake's last ACK reaches the server
+    return net, server, client, conn
+
+
+def test_sack_is_used_only_when_both_offer_it() -> None:
+    _, server, _, conn = _pair(CFG)
+    peer = server.accept()
+    assert conn._sack_ok and peer is not None and peer._sack_ok
+    _, server, _, conn = _pair(CFG, server_config=CFG.replace(sack=False))
+    peer = server.accept()
+    assert not conn._sack_ok and peer is not None and not peer._sack_ok
+
+
+def test_a_duplicate_ack_carries_a_block_for_the_out_of_order_segment() -> None:
+    net, _server, _, conn = _pair(CFG)
+    seen: list[wire.Segment] = []
+    data_sent = [0]
+
+    def tap(data: bytes, src: Address, dst: Address, now: float) -> bool:
+        seg = wire.parse(data)
+        if src == CLIENT and seg.payload:
+            data_sent[0] += 1
+            return data_sent[0] != 2            # lose the second data segment
+        if src == SERVER:
+            seen.append(seg)
+        return True
+
+    net.filter = tap
+    conn.send(bytes(3000))
+    net.run(until=net.now + 0.015)              # the data and the first answers
+    sacks = [seg.options.sack for seg in seen if seg.options.sack]
+    assert sacks, seen
+    left, right = sacks[0][0]
+    assert (right - left) % (1 << 32) == 1000   # exactly the third segment, held aside
+
+
+def _lossy_run(config: Config, drops: set[int]) -> tuple[Connection, float]:
+    net, server, _, conn = _pair(config, seed=4)
+    sent = [0]
+
+    def tap(data: bytes, src: Address, dst: Address, now: float) -> bool:
+        if src == CLIENT and wire.parse(data).payload:
+            sent[0] += 1
+            return sent[0] not in drops
+        return True
+
+    net.filter = tap
+    payload = random.Random(9).randbytes(200_000)
+    conn.send(payload)
+    start = net.now
+    got = bytearray()
+    peer: list[Connection] = []
+
+    def done() -> bool:
+        if not peer and (accepted := server.accept()) is not None:
+            peer.append(accepted)
+        if peer:
+            got.extend(peer[0].read())
+        return len(got) == len(payload)
+
+    net.run(until=net.now + 60, stop=done)
+    assert hashlib.sha256(got).digest() == hashlib.sha256(payload).digest()
+    return conn, net.now - start
+
+
+def test_several_losses_in_one_window_are_repaired_without_a_timeout() -> None:
+    drops = {30, 33, 36, 39, 42}                # five holes in one flight
+    with_sack, t_sack = _lossy_run(CFG, drops)
+    _without, t_plain = _lossy_run(CFG.replace(sack=False), drops)
+    assert with_sack.stats().timeouts == 0
+    assert with_sack.stats().fast_retransmits == 1            # one recovery episode
+    assert with_sack.stats().segments_retransmitted == len(drops)  # nothing needless
+    assert t_sack < t_plain                                    # NewReno: one hole per RTT
