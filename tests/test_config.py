@@ -135,7 +135,8 @@ def test_rto_min_above_rto_max() -> None:
 
 def test_congestion() -> None:
     assert Config(congestion="newreno").congestion == "newreno"
-    for bad in ("cubic", "NewReno", "", "newreno "):
+    assert Config(congestion="cubic").congestion == "cubic"
+    for bad in ("bbr", "NewReno", "", "newreno "):
         with pytest.raises(ValueError):
             Config(congestion=bad)
     for wrong in (None, 1, b"newreno"):

@@ -7,7 +7,7 @@ import math
 import os
 from dataclasses import dataclass
 
-CONGESTION_ALGORITHMS = ("newreno",)
+CONGESTION_ALGORITHMS = ("newreno", "cubic")
 
 
 @dataclass(frozen=True, slots=True)

@@ -144,6 +144,7 @@ class Connection:
         self._user_deadline: float | None = None
         self._syn_retries = 0
         self._rto_streak = 0         # data/FIN timeouts in a row without progress
+        self._round_end = 0          # snd_max when the current round trip began
         self._persist_backoff = 0
         self._keepalive_sent = 0
 
@@ -700,7 +701,11 @@ class Connection:
             # RTT sample (Karn: only a segment never retransmitted is timed)
             if self._rtt_seq is not None and ack > self._rtt_seq:
                 self.rtt.sample(now - self._rtt_time)
+                self.cc.on_rtt_sample(now - self._rtt_time, now)
                 self._rtt_seq = None
+            if ack >= self._round_end:
+                self.cc.on_round(now)
+                self._round_end = self.snd_max
             if self._in_recovery:
                 if ack >= self._recover:           # full ACK: RFC 6582 §3.2 step 3
                     self._in_recovery = self._sack_recovery = False

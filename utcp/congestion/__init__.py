@@ -10,9 +10,11 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from utcp.congestion.base import CongestionControl
+from utcp.congestion.cubic import Cubic
 from utcp.congestion.newreno import NewReno
 
-_REGISTRY: dict[str, Callable[[int, int], CongestionControl]] = {"newreno": NewReno}
+_REGISTRY: dict[str, Callable[[int, int], CongestionControl]] = {"newreno": NewReno,
+                                                                "cubic": Cubic}
 
 
 def create(name: str, mss: int, initial_window: int) -> CongestionControl:
@@ -23,4 +25,4 @@ def create(name: str, mss: int, initial_window: int) -> CongestionControl:
     return factory(mss, initial_window)
 
 
-__all__ = ["CongestionControl", "NewReno", "create"]
+__all__ = ["CongestionControl", "Cubic", "NewReno", "create"]

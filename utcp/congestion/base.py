@@ -31,3 +31,9 @@ class CongestionControl:
     def on_recovery_end(self) -> None:
         """Full ACK ended fast recovery (RFC 6582 §3.2 step 3)."""
         raise NotImplementedError
+
+    def on_rtt_sample(self, rtt: float, now: float) -> None:
+        """A clean RTT sample (Karn's rule applied). Delay-aware algorithms use it."""
+
+    def on_round(self, now: float) -> None:
+        """A round trip ended: everything sent when the last round began is acknowledged."""
