@@ -52,6 +52,7 @@ def _config(args: argparse.Namespace) -> utcp.Config:
     kwargs: dict[str, Any] = {}
     if getattr(args, "mss", None):
         kwargs["mss"] = args.mss
+        kwargs["pmtu_probing"] = False  # an explicit size is pinned, not a starting point
     if getattr(args, "pcap", None):
         kwargs["pcap"] = args.pcap
     if getattr(args, "key", None):
@@ -503,7 +504,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     def common(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--mss", type=int, help="largest segment payload in bytes")
+        p.add_argument("--mss", type=int,
+                       help="pin the segment payload to this many bytes (no PMTU probing)")
         p.add_argument("--pcap", help="write every segment to this pcap file")
         p.add_argument("--key", metavar="PRIVATE", help="secure mode: our private key "
                        "(a server needs one; see utcp keygen)")

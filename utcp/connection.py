@@ -464,6 +464,26 @@ class Connection:
         self._keepalive_sent = 0
         if self.config.keepalive_interval is not None:
             self._keepalive_deadline = now + self.config.keepalive_interval
+        payload = seg.payload
+        if (self.state is State.ESTABLISHED and (seg.flags | PSH) == ACK | PSH and payload
+                and not self._ooo and not (seg.seq - self.rcv_nxt) & sq.MASK
+                and not (seg.ack - self.snd_una) & sq.MASK
+                and (seg.window << self.snd_wscale) == self.snd_wnd
+                and len(payload) <= self.rcv_adv - self.rcv_nxt and not seg.options.sack):
+            # Header prediction (Van Jacobson; Linux's tcp_rcv_established fast path):
+            # the next bytes in order, acknowledging nothing new, window unchanged. The
+            # general path would do exactly this, after many checks that cannot fail.
+            self.snd_wl1, self.snd_wl2 = self.rcv_nxt, self.snd_una
+            self._rcvbuf += payload
+            self.rcv_nxt += len(payload)
+            self.bytes_received += len(payload)
+            self._unacked_segments += 1
+            if self._unacked_segments >= 2:
+                self._ack_now = True
+            elif self._ack_deadline is None:
+                self._ack_deadline = now + self.config.ack_delay
+            self._last_activity(now)
+            return
         if self.state == State.SYN_SENT:
             self._receive_syn_sent(seg, now)
         else:

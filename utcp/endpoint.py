@@ -108,7 +108,8 @@ class Endpoint:
 
     def receive_datagram(self, data: bytes | bytearray | memoryview,
                          addr: tuple[object, ...], now: float) -> None:
-        key = peer_key(addr)
+        # recvfrom gives (str, int) already; IPv6 adds flow info and scope id
+        key: Addr = addr if len(addr) == 2 else (addr[0], addr[1])  # type: ignore[assignment]
         size = len(data)  # as received: secure mode replaces `data` by what it opened
         conn = self.connections.get(key)
         if conn is not None and conn.state == State.CLOSED:
