@@ -466,7 +466,8 @@ class Connection:
             self._keepalive_deadline = now + self.config.keepalive_interval
         payload = seg.payload
         if (self.state is State.ESTABLISHED and (seg.flags | PSH) == ACK | PSH and payload
-                and not self._ooo and not (seg.seq - self.rcv_nxt) & sq.MASK
+                and not self._ooo and self._fin_seq is None
+                and not (seg.seq - self.rcv_nxt) & sq.MASK
                 and not (seg.ack - self.snd_una) & sq.MASK
                 and (seg.window << self.snd_wscale) == self.snd_wnd
                 and len(payload) <= self.rcv_adv - self.rcv_nxt and not seg.options.sack):
