@@ -1201,9 +1201,9 @@ def test_fast_retransmit_on_third_dupack_and_newreno_partial_ack__ESTABLISHED() 
 def test_dupacks_need_same_window_and_no_data__ESTABLISHED() -> None:
     """RFC 5681 §2: an ACK that changes the window or carries data is not a duplicate."""
     s, conn = client()
-    conn.send(data(4000))
-    s.app()
-    for i in range(4):
+    conn.send(data(6000))  # 5 outstanding after the first ACK: the threshold is 3, not
+    s.app()                # early retransmit's lower one (RFC 5827, fewer than 4)
+    for i in range(6):
         s.expect(ANY, OUR_ISN + 1 + 1000 * i)
     s.inject(".", PEER_ISN + 1, OUR_ISN + 1001)
     s.inject(".", PEER_ISN + 1, OUR_ISN + 1001, window=60000)
@@ -1667,3 +1667,36 @@ def test_closing_and_last_ack_retransmit_fin__CLOSING_LAST_ACK() -> None:
     assert conn.state is S.LAST_ACK
     s.inject(".", PEER_ISN + 2, OUR_ISN + 2)
     assert s.states(conn)[-3:] == [S.CLOSE_WAIT, S.LAST_ACK, S.CLOSED]
+
+
+
+def test_early_retransmit_for_a_small_flight__ESTABLISHED() -> None:
+    """RFC 5827: three segments outstanding and nothing more to send can never give three
+    duplicate ACKs; two are enough then (outstanding - 1)."""
+    s, conn = client()
+    conn.send(data(3000))
+    s.app()
+    for i in range(3):
+        s.expect(ANY, OUR_ISN + 1 + 1000 * i)
+    s.inject(".", PEER_ISN + 1, OUR_ISN + 1)      # the first is lost: duplicate ACKs
+    s.inject(".", PEER_ISN + 1, OUR_ISN + 1)
+    s.expect(".", OUR_ISN + 1, PEER_ISN + 1, length=1000)
+    assert conn.stats().fast_retransmits == 1 and conn.stats().timeouts == 0
+
+
+def test_limited_transmit_sends_new_data_on_the_first_two_dupacks__ESTABLISHED() -> None:
+    """RFC 3042: with more to send but a full window, each of the first two duplicate
+    ACKs lets one new segment out, so a small window can still reach three."""
+    cfg = CFG.replace(initial_cwnd_segments=3)
+    s, conn = client(cfg)
+    conn.send(data(8000))
+    s.app()
+    for i in range(3):
+        s.expect(ANY, OUR_ISN + 1 + 1000 * i)
+    s.expect_nothing()                            # cwnd full
+    s.inject(".", PEER_ISN + 1, OUR_ISN + 1)
+    s.expect(ANY, OUR_ISN + 3001, length=1000)    # new data, not a retransmission
+    s.inject(".", PEER_ISN + 1, OUR_ISN + 1)
+    s.expect(ANY, OUR_ISN + 4001, length=1000)
+    s.inject(".", PEER_ISN + 1, OUR_ISN + 1)
+    s.expect(".", OUR_ISN + 1, PEER_ISN + 1, length=1000)  # the third: fast retransmit

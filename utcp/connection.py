@@ -758,7 +758,7 @@ class Connection:
             if self._in_recovery:
                 if not self._sack_recovery:
                     self.cc.cwnd += self.snd_mss   # RFC 6582 §3.2 step 4 (inflation)
-            elif self._dupacks == DUPACK_THRESHOLD and self.snd_una >= self._recover:
+            elif self._dupacks >= self._dupack_threshold() and self.snd_una >= self._recover:
                 self._enter_recovery(now)
         if new_sack and self._sack_recovery and ack <= self.snd_una:
             sb.detect_lost_retransmissions(self.snd_una, self.snd_mss)
@@ -767,6 +767,14 @@ class Connection:
             self._enter_recovery(now)  # RFC 6675 §5: SACKs say the first segment is lost
         self._update_window(seg, seg_seq, ack)
         return fin_acked_now
+
+    def _dupack_threshold(self) -> int:
+        """Three (RFC 5681), or fewer when a small flight with nothing new to send could
+        never produce three: RFC 5827's early retransmit."""
+        if self.unsent:
+            return DUPACK_THRESHOLD
+        segments = -(-(self.snd_max - self.snd_una) // self.snd_mss)
+        return max(1, min(DUPACK_THRESHOLD, segments - 1))
 
     def _enter_recovery(self, now: float) -> None:
         self.fast_retransmits += 1
@@ -976,8 +984,11 @@ class Connection:
     def _send_new_data(self, now: float) -> None:
         data_end = self._snd_base + len(self._sndbuf)
         mss = self._payload_room()
+        # RFC 3042 limited transmit: a new segment for each of the first two duplicate
+        # ACKs keeps the ACK clock going, so a small window can still reach three
+        bonus = self._dupacks * mss if not self._in_recovery and self._dupacks <= 2 else 0
         while True:
-            window = min(self.snd_wnd, self.cc.cwnd, self.config.send_buffer)
+            window = min(self.snd_wnd, self.cc.cwnd + bonus, self.config.send_buffer)
             usable = self.snd_una + window - self.snd_nxt
             remaining = data_end - self.snd_nxt
             if remaining > 0:
