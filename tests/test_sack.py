@@ -169,3 +169,36 @@ def test_several_losses_in_one_window_are_repaired_without_a_timeout() -> None:
     assert with_sack.stats().fast_retransmits == 1            # one recovery episode
     assert with_sack.stats().segments_retransmitted == len(drops)  # nothing needless
     assert t_sack < t_plain                                    # NewReno: one hole per RTT
+
+
+def test_a_lost_tail_is_found_by_a_probe_not_by_the_timeout() -> None:
+    """RFC 8985 §7: the last two segments of a flight vanish and nothing more is sent, so
+    no duplicate ACK can come. A probe after about two round trips (the last segment
+    again) is SACKed, which shows the hole before it: repaired well before the RTO."""
+    net, server, _, conn = _pair(CFG)
+    sent = [0]
+
+    def tap(data: bytes, src: Address, dst: Address, now: float) -> bool:
+        if src == CLIENT and wire.parse(data).payload:
+            sent[0] += 1
+            return sent[0] not in (5, 6)        # the tail of a 6-segment flight
+        return True
+
+    net.filter = tap
+    payload = bytes(6000)
+    start = net.now
+    conn.send(payload)
+    peer = server.accept()
+    assert peer is not None
+    got = bytearray()
+
+    def done() -> bool:
+        got.extend(peer.read())
+        return len(got) == len(payload)
+
+    net.run(until=net.now + 10, stop=done)
+    assert bytes(got) == payload
+    stats = conn.stats()
+    assert stats.timeouts == 0 and conn.tail_loss_probes == 1
+    assert stats.segments_retransmitted == 2     # the probe (segment 6) and segment 5
+    assert net.now - start < CFG.rto_min         # no 200 ms timeout was waited for

@@ -37,6 +37,7 @@ from utcp.wire import ACK, FIN, PSH, RST, SYN
 
 DEFAULT_MSS = 536  # RFC 9293 §3.7.1: the send MSS when the peer sends no MSS option
 DUPACK_THRESHOLD = 3
+WORST_CASE_DELAYED_ACK = 0.2  # RFC 8985 §7.2's WCDelAckT, as Linux's TCP_RTO_MIN
 CHALLENGE_ACK_LIMIT = 100  # per second per connection (RFC 5961 §7; Linux: 1000 per host)
 MAX_WINDOW_FIELD = 0xFFFF
 
@@ -145,6 +146,9 @@ class Connection:
         self._syn_retries = 0
         self._rto_streak = 0         # data/FIN timeouts in a row without progress
         self._round_end = 0          # snd_max when the current round trip began
+        self._tlp_deadline: float | None = None
+        self._tlp_seq: int | None = None  # where the outstanding tail loss probe starts
+        self.tail_loss_probes = 0
         self._persist_backoff = 0
         self._keepalive_sent = 0
 
@@ -318,7 +322,7 @@ class Connection:
         best: float | None = None
         for t in (self._rtx_deadline, self._persist_deadline, self._ack_deadline,
                   self._tw_deadline, self._keepalive_deadline, self._idle_deadline,
-                  self._user_deadline):
+                  self._user_deadline, self._tlp_deadline):
             if t is not None and (best is None or t < best):
                 best = t
         return best
@@ -355,6 +359,8 @@ class Connection:
         if (self._rtx_deadline is not None and now >= self._rtx_deadline
                 and not self._on_retransmission_timeout(now)):
             return
+        if self._tlp_deadline is not None and now >= self._tlp_deadline:
+            self._on_tail_loss_probe(now)
         if self._persist_deadline is not None and now >= self._persist_deadline:
             self._on_persist_timeout(now)
         if self._ack_deadline is not None and now >= self._ack_deadline:
@@ -429,6 +435,54 @@ class Connection:
         self.snd_nxt = self.snd_una
         self._rtx_deadline = now + self.rtt.rto
         return True
+
+    def _arm_tail_loss_probe(self, now: float) -> None:
+        """RFC 8985 §7.2: a probe timeout of two round trips, if it comes before the RTO."""
+        srtt = self.rtt.srtt
+        if (not self._sack_ok or srtt is None or self._in_recovery or self._tlp_seq is not None
+                or self.state not in (State.ESTABLISHED, State.CLOSE_WAIT)):
+            self._tlp_deadline = None
+            return
+        pto = 2 * srtt
+        if self.snd_max - self.snd_una <= self.snd_mss:
+            # a lone segment may wait for the receiver's delayed ACK: allow the worst case
+            pto = max(pto, 1.5 * srtt + WORST_CASE_DELAYED_ACK)
+        pto = max(pto, 0.01)
+        deadline = now + pto
+        rto_at = self._rtx_deadline
+        self._tlp_deadline = deadline if rto_at is None or deadline < rto_at else None
+
+    def _on_tail_loss_probe(self, now: float) -> None:
+        """RFC 8985 §7.3: send one new segment if there is one, else the last again, so
+        that its acknowledgment shows what the tail lost; the RTO stays as a backstop."""
+        self._tlp_deadline = None
+        if (self._in_recovery or self.snd_una >= self.snd_max
+                or self.state not in (State.ESTABLISHED, State.CLOSE_WAIT)):
+            return
+        self.tail_loss_probes += 1
+        if log.enabled():
+            log.emit("tail_loss_probe", conn=self.name, snd_una=self.snd_una)
+        room = self._payload_room()
+        data_end = self._snd_base + len(self._sndbuf)
+        if self.snd_nxt == self.snd_max and self.snd_nxt < data_end and \
+                self.snd_nxt + min(room, data_end - self.snd_nxt) <= self.snd_una + self.snd_wnd:
+            n = min(room, data_end - self.snd_nxt)
+            fin = self._fin_queued and self.snd_nxt + n == data_end
+            self._tlp_seq = self.snd_nxt
+            self._send_data(self.snd_nxt, n, now, fin)
+            self.snd_nxt += n + (1 if fin else 0)
+            self.snd_max = max(self.snd_max, self.snd_nxt)
+        else:
+            end = min(self.snd_max, data_end)
+            start = max(self.snd_una, end - room)
+            if start < end:
+                self._tlp_seq = start
+                fin = self._fin_queued and self.snd_max == data_end + 1 and end == data_end
+                self._send_data(start, end - start, now, fin)
+            elif self._fin_queued and not self._fin_acked:
+                self._tlp_seq = data_end
+                self._send_data(data_end, 0, now, fin=True)
+        self._rtx_deadline = now + self.rtt.rto
 
     def _on_persist_timeout(self, now: float) -> None:
         # A probe one byte below snd_una is never acceptable, so the peer must answer with
@@ -731,6 +785,7 @@ class Connection:
                 if ack >= self._recover:           # full ACK: RFC 6582 §3.2 step 3
                     self._in_recovery = self._sack_recovery = False
                     sb.high_rxt = 0
+                    sb.all_lost = False
                     if not self._probe_recovery:
                         self.cc.on_recovery_end()
                 elif self._sack_recovery:
@@ -743,12 +798,14 @@ class Connection:
             self._dupacks = 0
             self._rto_streak = 0
             self._user_deadline = None
+            self._tlp_seq = None  # progress ends a probe episode
             if self.snd_una < self.snd_max:
                 self._rtx_deadline = now + self.rtt.rto  # RFC 6298 §5.3
                 if self.config.user_timeout is not None:
                     self._user_deadline = now + self.config.user_timeout
+                self._arm_tail_loss_probe(now)
             else:
-                self._rtx_deadline = None
+                self._rtx_deadline = self._tlp_deadline = None
             self._persist_backoff = 0
         elif (ack == self.snd_una and self.snd_una < self.snd_max and text_len == 0
               and not seg.flags & (FIN | SYN) and (seg.window << self.snd_wscale) == self.snd_wnd):
@@ -762,6 +819,12 @@ class Connection:
                 self._enter_recovery(now)
         if new_sack and self._sack_recovery and ack <= self.snd_una:
             sb.detect_lost_retransmissions(self.snd_una, self.snd_mss)
+        if (new_sack and self._tlp_seq is not None and not self._in_recovery
+                and sb.sacked(self._tlp_seq) and self.snd_una < sb.starts[0]):
+            # the probe arrived and what was sent before it did not: lost (RFC 8985 §7.4)
+            sb.all_lost = True
+            self._tlp_seq = None
+            self._enter_recovery(now)
         if (new_sack and not self._in_recovery and self.snd_una >= self._recover
                 and sb.is_lost(self.snd_una, self.snd_una, self.snd_mss)):
             self._enter_recovery(now)  # RFC 6675 §5: SACKs say the first segment is lost
@@ -1030,8 +1093,12 @@ class Connection:
         data_end = self._snd_base + len(self._sndbuf)
         pipe = sb.pipe(self.snd_una, self.snd_max, mss)
         while first or self.cc.cwnd - pipe >= mss:
-            first = False
             lost = sb.next_lost(self.snd_una, mss)
+            if first and lost is None and sb and self.snd_una < sb.starts[0]:
+                # RFC 6675 §5 (4.3): entering recovery retransmits the first segment,
+                # whether or not IsLost() says so yet (duplicate ACKs did)
+                lost = (self.snd_una, sb.starts[0])
+            first = False
             if lost is not None:
                 start, end = lost
                 n = min(mss, end - start, data_end - start)
@@ -1090,6 +1157,8 @@ class Connection:
             if self._rtt_seq is None:
                 self._rtt_seq = seq
                 self._rtt_time = now
+            if self._tlp_deadline is None:
+                self._arm_tail_loss_probe(now)
         self._emit(seq, n, flags, payload=payload)
         if isinstance(payload, memoryview):
             payload.release()

@@ -18,7 +18,8 @@ _BLOCK = struct.Struct("!II")
 class Scoreboard:
     """SACKed ranges above snd_una, merged and sorted: `starts[i]..ends[i]`."""
 
-    __slots__ = ("ends", "high_rxt", "lost_retransmissions", "rxt_marks", "starts")
+    __slots__ = ("all_lost", "ends", "high_rxt", "lost_retransmissions", "rxt_marks",
+                 "starts")
 
     def __init__(self) -> None:
         self.starts: list[int] = []
@@ -27,6 +28,9 @@ class Scoreboard:
         # retransmitted range start -> snd_max when it was sent (RACK's idea, RFC 8985)
         self.rxt_marks: dict[int, int] = {}
         self.lost_retransmissions = 0
+        # set when a tail loss probe was delivered: everything sent before it and still
+        # missing is lost (RFC 8985 §7.4), however few segments are SACKed above
+        self.all_lost = False
 
     def retransmitted(self, start: int, snd_max: int) -> None:
         self.rxt_marks[start] = snd_max
@@ -39,7 +43,7 @@ class Scoreboard:
             return
         fack = self.fack
         for start, mark in list(self.rxt_marks.items()):
-            if start < snd_una or self._sacked(start):
+            if start < snd_una or self.sacked(start):
                 del self.rxt_marks[start]
             elif fack >= mark + DUP_THRESH * mss:
                 del self.rxt_marks[start]
@@ -47,7 +51,7 @@ class Scoreboard:
                 if start < self.high_rxt:
                     self.high_rxt = start
 
-    def _sacked(self, seq: int) -> bool:
+    def sacked(self, seq: int) -> bool:
         k = bisect_right(self.starts, seq) - 1
         return k >= 0 and seq < self.ends[k]
 
@@ -86,6 +90,7 @@ class Scoreboard:
         self.ends.clear()
         self.rxt_marks.clear()
         self.high_rxt = 0
+        self.all_lost = False
 
     def holes(self, snd_una: int, mss: int) -> Iterator[tuple[int, int, bool]]:
         """(start, end, lost) for every un-SACKed gap below the highest SACKed byte."""
@@ -97,7 +102,8 @@ class Scoreboard:
             blocks_above = len(starts) - k
             gap_start = ends[k - 1] if k else snd_una
             if gap_start < starts[k]:
-                lost = sacked_above >= DUP_THRESH * mss or blocks_above >= DUP_THRESH
+                lost = (self.all_lost or sacked_above >= DUP_THRESH * mss
+                        or blocks_above >= DUP_THRESH)
                 out.append((gap_start, starts[k], lost))
         return reversed(out)
 
