@@ -30,7 +30,7 @@ def test_every_field_is_covered() -> None:
     names = {f.name for f in dataclasses.fields(Config)}
     assert names == set(POSITIVE_FLOATS) | set(OPTIONAL_FLOATS) | set(INT_BOUNDS) | {
         "congestion", "pcap", "secret_key", "server_key", "allowed_keys", "pmtu_probing",
-        "sack"}
+        "sack", "timestamps"}
 
 
 def test_pcap_takes_a_path_or_none(tmp_path: object) -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import collections
 import secrets
+import struct
 from bisect import bisect_left
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -38,6 +39,8 @@ from utcp.wire import ACK, FIN, PSH, RST, SYN
 DEFAULT_MSS = 536  # RFC 9293 §3.7.1: the send MSS when the peer sends no MSS option
 DUPACK_THRESHOLD = 3
 WORST_CASE_DELAYED_ACK = 0.2  # RFC 8985 §7.2's WCDelAckT, as Linux's TCP_RTO_MIN
+PAWS_IDLE = 24 * 86400.0  # RFC 7323 §5.5: TS.Recent older than 24 days is invalid
+_TS_OPTION = struct.Struct("!BBBBII")  # NOP NOP kind len TSval TSecr
 CHALLENGE_ACK_LIMIT = 100  # per second per connection (RFC 5961 §7; Linux: 1000 per host)
 MAX_WINDOW_FIELD = 0xFFFF
 
@@ -168,6 +171,14 @@ class Connection:
         self._sack_ok = False        # both sides sent SACK-permitted (RFC 2018)
         # 4 blocks fill the 40 bytes of options; secure mode needs 12 for its counter
         self._sack_limit = 3 if config.secure else 4
+        # RFC 7323 timestamps: a millisecond clock with a per-connection offset (§5.4:
+        # the value says nothing about the host's uptime)
+        self._ts_ok = False
+        self._ts_offset = (self.iss * 2654435761) & sq.MASK
+        self._ts_recent = 0          # TS.Recent: the peer's latest valid TSval
+        self._ts_recent_time = 0.0
+        self._last_ack_sent = 0      # Last.ACK.sent (RFC 7323 §4.3)
+        self.paws_drops = 0
         self._latest_ooo = 0
         self.scoreboard = sack.Scoreboard()
         self._sack_recovery = False
@@ -202,6 +213,7 @@ class Connection:
         """Passive open: a listener hands us the SYN it received (LISTEN -> SYN_RCVD)."""
         self.passive = True
         self.state = State.LISTEN
+        self._now = now
         self._take_syn(segment)
         self._set_state(Ev.PASSIVE_OPEN)
         self._rtx_deadline = now + self.rtt.rto
@@ -528,6 +540,10 @@ class Connection:
             # Header prediction (Van Jacobson; Linux's tcp_rcv_established fast path):
             # the next bytes in order, acknowledging nothing new, window unchanged. The
             # general path would do exactly this, after many checks that cannot fail.
+            if self._ts_ok and self._paws_rejects(seg, self.rcv_nxt, now):
+                self._ack_now = True
+                self._drop("PAWS: old timestamp")
+                return
             self.snd_wl1, self.snd_wl2 = self.rcv_nxt, self.snd_una
             self._rcvbuf += payload
             self.rcv_nxt += len(payload)
@@ -595,6 +611,11 @@ class Connection:
         else:
             self.rcv_wscale = 0  # RFC 7323 §2.2: scaling needs both sides' option
         self._sack_ok = self.config.sack and opts.sack_permitted
+        if self.config.timestamps and opts.timestamps is not None:
+            self._ts_ok = True
+            self._sack_limit = 1 if self.config.secure else 3  # 12 bytes fewer for SACK
+            self._ts_recent = opts.timestamps[0]
+            self._ts_recent_time = self._now
         self.snd_wnd = seg.window  # never scaled in a SYN
         self.max_snd_wnd = self.snd_wnd
         self.rcv_adv = self.rcv_nxt
@@ -636,6 +657,11 @@ class Connection:
             # RFC 5961 §4 / RFC 9293 §3.10.7.4 fourth: challenge ACK, never a reset
             self._challenge_ack(now)
             self._drop("SYN in synchronized state")
+            return
+
+        if self._ts_ok and self._paws_rejects(seg, seg_seq, now):
+            self._ack_now = True
+            self._drop("PAWS: old timestamp")
             return
 
         # first: is the segment acceptable? (RFC 9293 §3.10.7.4, the table)
@@ -778,6 +804,13 @@ class Connection:
                 self.rtt.sample(now - self._rtt_time)
                 self.cc.on_rtt_sample(now - self._rtt_time, now)
                 self._rtt_seq = None
+            elif self.rtt.backoff and self._ts_ok and seg.options.timestamps \
+                    and seg.options.timestamps[1]:
+                # RFC 7323 §4: the echoed timestamp times even a retransmission, which
+                # Karn's rule cannot: the backed-off timer ends with the first such ACK
+                echoed = (self._ts_clock(now) - seg.options.timestamps[1]) & sq.MASK
+                if echoed < 60_000:
+                    self.rtt.sample(echoed / 1000)
             if ack >= self._round_end:
                 self.cc.on_round(now)
                 self._round_end = self.snd_max
@@ -1022,8 +1055,15 @@ class Connection:
         # the MSS option says what we can receive: with probing, any datagram the route takes
         mss = max(self.config.mss, self.max_mss) if self.config.pmtu_probing \
             else self.config.mss
+        offer_ts = self._ts_ok if flags & ACK else self.config.timestamps
+        if self._syn_tsval is None:
+            # a retransmitted SYN repeats the first one's timestamp: the same segment
+            # (secure mode's handshake authenticates the header it was first sent with)
+            self._syn_tsval = self._ts_clock(now)
         opts = wire.Options(mss=mss, wscale=self.rcv_wscale,
-                            sack_permitted=self._sack_ok if flags & ACK else self.config.sack)
+                            sack_permitted=self._sack_ok if flags & ACK else self.config.sack,
+                            timestamps=(self._syn_tsval, self._ts_recent if flags & ACK
+                                        else 0) if offer_ts else None)
         if flags & ACK and not self._wscale_ok:
             opts.wscale = None
         if self._syn_retries:
@@ -1036,6 +1076,7 @@ class Connection:
         ack = sq.wrap(self.rcv_nxt) if flags & ACK else 0
         if flags & ACK:
             self.rcv_adv = max(self.rcv_adv, self.rcv_nxt + window)
+            self._last_ack_sent = self.rcv_nxt
             self._ack_now = False
         self._out.append(wire.build(wire.Segment(
             self.local_port, self.remote_port, sq.wrap(self.iss), ack, flags, window,
@@ -1134,9 +1175,10 @@ class Connection:
     def _payload_room(self) -> int:
         """The MSS less the options a data segment will carry (RFC 9293 §3.7.1): SACK
         blocks ride on every segment while out-of-order data is held."""
+        room = self.snd_mss - 12 if self._ts_ok else self.snd_mss
         if self._ooo and self._sack_ok:
-            return self.snd_mss - 4 - 8 * min(len(self._ooo), self._sack_limit)
-        return self.snd_mss
+            return room - 4 - 8 * min(len(self._ooo), self._sack_limit)
+        return room
 
     def _send_data(self, seq: int, n: int, now: float, fin: bool) -> None:
         off = seq - self._snd_base
@@ -1181,13 +1223,37 @@ class Connection:
             self._unacked_segments = 0
             self._ack_deadline = None
         options = b""
-        if self._ooo and self._sack_ok and flags & ACK:
-            blocks = sack.receiver_blocks(self._ooo, self._latest_ooo, self._sack_limit)
-            options = sack.encode_blocks([(sq.wrap(a), sq.wrap(b)) for a, b in blocks])
+        if flags & ACK:
+            self._last_ack_sent = self.rcv_nxt
+            if self._ts_ok:
+                options = _TS_OPTION.pack(1, 1, 8, 10, self._ts_clock(self._now),
+                                          self._ts_recent)
+            if self._ooo and self._sack_ok:
+                blocks = sack.receiver_blocks(self._ooo, self._latest_ooo, self._sack_limit)
+                options += sack.encode_blocks([(sq.wrap(a), sq.wrap(b)) for a, b in blocks])
         self._out.append(wire.build_fast(
             self.local_port, self.remote_port, seq if raw_seq else sq.wrap(seq), ack, flags,
             window, options, payload))
         self.segments_sent += 1
+
+    def _ts_clock(self, now: float) -> int:
+        return (int(now * 1000) + self._ts_offset) & sq.MASK
+
+    def _paws_rejects(self, seg: wire.Segment, seg_seq: int, now: float) -> bool:
+        """RFC 7323 §5.3: a TSval older than TS.Recent is an old duplicate (PAWS); a
+        newer one at or before Last.ACK.sent becomes TS.Recent (§4.3)."""
+        ts = seg.options.timestamps
+        if ts is None:
+            return False
+        tsval = ts[0]
+        if sq.lt(tsval, self._ts_recent) and not seg.flags & RST \
+                and now - self._ts_recent_time < PAWS_IDLE:
+            self.paws_drops += 1
+            return True
+        if sq.ge(tsval, self._ts_recent) and seg_seq <= self._last_ack_sent:
+            self._ts_recent = tsval
+            self._ts_recent_time = now
+        return False
 
     def _window_field(self) -> int:
         """The window to advertise, rounded up so the right edge never moves left."""
@@ -1273,4 +1339,5 @@ class Connection:
 
     _now = 0.0
     _syn_time = 0.0
+    _syn_tsval: int | None = None
     _wscale_ok = False
