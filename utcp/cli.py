@@ -10,6 +10,7 @@ import argparse
 import asyncio
 import concurrent.futures
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -358,42 +359,32 @@ async def _tunnel(args: argparse.Namespace) -> int:
     if (args.remote is None) == (args.target is None):
         raise CliError("give exactly one of --remote (TCP in, utcp out) "
                        "or --target (utcp in, TCP out)")
+    # TCP in, utcp out (--remote) or utcp in, TCP out (--target): the same splice
     if args.remote is not None:
-        rhost, rport = parse_hostport(args.remote, default_host="127.0.0.1")
-
-        async def on_tcp(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            try:
-                ur, uw = await utcp.open_connection(rhost, rport, config=config)
-            except OSError as exc:
-                print(f"utcp tunnel: cannot reach {rhost}:{rport}: {_describe(exc)}",
-                      file=sys.stderr)
-                writer.transport.abort()
-                return
-            await _splice(reader, writer, ur, uw)
-
-        try:
-            server: Any = await asyncio.start_server(on_tcp, host, port)
-        except OSError as exc:
-            raise CliError(f"cannot listen on tcp {host}:{port}: {_describe(exc)}") from None
-        kind = "tcp"
+        listen: Any = asyncio.start_server
+        dial: Any = functools.partial(utcp.open_connection, config=config)
+        target, kind, far = args.remote, "tcp", ""
     else:
-        thost, tport = parse_hostport(args.target, default_host="127.0.0.1")
+        listen = functools.partial(utcp.start_server, config=config)
+        dial = asyncio.open_connection
+        target, kind, far = args.target, "udp (utcp)", "tcp "
+    thost, tport = parse_hostport(target, default_host="127.0.0.1")
 
-        async def on_utcp(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            try:
-                tr, tw = await asyncio.open_connection(thost, tport)
-            except OSError as exc:
-                print(f"utcp tunnel: cannot reach tcp {thost}:{tport}: {_describe(exc)}",
-                      file=sys.stderr)
-                writer.transport.abort()
-                return
-            await _splice(reader, writer, tr, tw)
-
+    async def on_connection(reader: asyncio.StreamReader,
+                            writer: asyncio.StreamWriter) -> None:
         try:
-            server = await utcp.start_server(on_utcp, host, port, config=config)
+            far_reader, far_writer = await dial(thost, tport)
         except OSError as exc:
-            raise CliError(f"cannot listen on udp {host}:{port}: {_describe(exc)}") from None
-        kind = "udp (utcp)"
+            print(f"utcp tunnel: cannot reach {far}{thost}:{tport}: {_describe(exc)}",
+                  file=sys.stderr)
+            writer.transport.abort()
+            return
+        await _splice(reader, writer, far_reader, far_writer)
+
+    try:
+        server = await listen(on_connection, host, port)
+    except OSError as exc:
+        raise CliError(f"cannot listen on {kind} {host}:{port}: {_describe(exc)}") from None
     bound = server.sockets[0].getsockname()[1]
     print(f"utcp tunnel: listening on {kind} {host} port {bound}", flush=True)
     async with server:

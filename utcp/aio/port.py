@@ -122,6 +122,11 @@ def _linger(port: UdpPort) -> None:
             conn.abort()  # CLOSED now; with the socket gone its RST is never sent
 
 
+def _would_block(exc: OSError) -> bool:
+    """EAGAIN, EINTR, or ENOBUFS (a full device queue): keep the datagrams, try later."""
+    return isinstance(exc, BlockingIOError | InterruptedError) or exc.errno == errno.ENOBUFS
+
+
 def _release(sock: socket.socket, writer: pcap.PcapWriter | None, port: int) -> None:
     sock.close()
     if writer is not None:
@@ -329,24 +334,23 @@ class UdpPort:
         if self._sendq:
             self._sendq.extend(datagrams)
             return
-        sock = self.sock
         if self._gso and len(datagrams) > 1:
             self._send_gso(datagrams)
             return
         for i, (data, addr) in enumerate(datagrams):
             try:
-                if self.connected:
-                    sock.send(data)
-                else:
-                    sock.sendto(data, addr)
-            except (BlockingIOError, InterruptedError):
-                self._queue(datagrams[i:])
-                return
+                self._send_one(data, addr)
             except OSError as exc:
-                if exc.errno == errno.ENOBUFS:
+                if _would_block(exc):
                     self._queue(datagrams[i:])
                     return
                 self._on_socket_error(exc)
+
+    def _send_one(self, data: bytes, addr: Addr) -> None:
+        if self.connected:
+            self.sock.send(data)
+        else:
+            self.sock.sendto(data, addr)
 
     def _send_gso(self, datagrams: list[tuple[bytes, Addr]]) -> None:
         """Runs of equal-sized datagrams to one peer go out in one sendmsg each."""
@@ -355,22 +359,16 @@ class UdpPort:
             data, addr = datagrams[begin]
             try:
                 if size == 0:
-                    if connected:
-                        sock.send(data)
-                    else:
-                        sock.sendto(data, addr)
-                elif connected:
-                    sock.sendmsg([b"".join([d for d, _ in datagrams[begin:end]])],
-                                 batch.gso_control(size))
+                    self._send_one(data, addr)
                 else:
-                    sock.sendmsg([b"".join([d for d, _ in datagrams[begin:end]])],
-                                 batch.gso_control(size), 0, addr)
-                self.gso_sends += size != 0
-            except (BlockingIOError, InterruptedError):
-                self._queue(datagrams[begin:])
-                return
+                    joined = [b"".join([d for d, _ in datagrams[begin:end]])]
+                    if connected:
+                        sock.sendmsg(joined, batch.gso_control(size))
+                    else:
+                        sock.sendmsg(joined, batch.gso_control(size), 0, addr)
+                    self.gso_sends += 1
             except OSError as exc:
-                if exc.errno == errno.ENOBUFS:
+                if _would_block(exc):
                     self._queue(datagrams[begin:])
                     return
                 if size and batch.gso_unsupported(exc):
@@ -408,18 +406,13 @@ class UdpPort:
             self.loop.add_writer(self._fd, self._on_writable)
 
     def _on_writable(self) -> None:
-        q, sock = self._sendq, self.sock
+        q = self._sendq
         while q:
             data, addr = q[0]
             try:
-                if self.connected:
-                    sock.send(data)
-                else:
-                    sock.sendto(data, addr)
-            except (BlockingIOError, InterruptedError):
-                return
+                self._send_one(data, addr)
             except OSError as exc:
-                if exc.errno == errno.ENOBUFS:
+                if _would_block(exc):
                     return
                 self._on_socket_error(exc)
             q.popleft()
