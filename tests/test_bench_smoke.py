@@ -1,0 +1,41 @@
+"""`python -m benchmarks` end to end with tiny sizes: utcp and asyncio TCP, default loop.
+
+The harness spawns its own client and server processes, so it runs as a subprocess
+here, exactly as a user would type it; the test checks the exit status and the table.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+ARGS = ["--bytes", "1M", "--pings", "50", "--conns", "20", "--idle", "50", "--reps", "1",
+        "--only", "utcp,tcp", "--loops", "default"]
+NUMBER = r"\d+(?:\.\d+)?"
+
+
+@pytest.mark.timeout(30)
+def test_benchmark_harness_prints_the_table() -> None:
+    proc = subprocess.run([sys.executable, "-m", "benchmarks", *ARGS], cwd=ROOT,
+                          capture_output=True, text=True, timeout=28)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    out = proc.stdout
+    assert "### asyncio default loop" in out
+    assert "### uvloop" not in out
+    assert "| transport | bulk MB/s, 1400 B datagrams |" in out
+    # every cell of both transports' rows is a number: each measurement ran
+    for name in ("utcp", "asyncio TCP"):
+        row = re.search(rf"^\| {re.escape(name)} \|(.*)\|$", out, re.M)
+        assert row is not None, out
+        cells = [c.strip() for c in row.group(1).split("|")]
+        assert len(cells) == 6, row.group(0)
+        assert all(re.fullmatch(NUMBER, c) for c in cells), row.group(0)
+    ratio = re.search(r"^\| utcp / asyncio TCP \|(.*)\|$", out, re.M)
+    assert ratio is not None, out
+    assert all(re.fullmatch(rf"{NUMBER}x", c.strip()) for c in ratio.group(1).split("|"))
+    assert "ERROR" not in out, out
