@@ -122,6 +122,22 @@ def _linger(port: UdpPort) -> None:
             conn.abort()  # CLOSED now; with the socket gone its RST is never sent
 
 
+# One receive buffer per event loop, shared by all its ports: a datagram is parsed and
+# fed to the core before the next is read, and the core copies whatever it keeps (in-
+# order bytes into the receive buffer, out-of-order pieces as bytes). A buffer per
+# client socket cost 64 KiB per connection and a page-faulting allocation per connect.
+_buffers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop,
+                                    tuple[bytearray, memoryview]] = weakref.WeakKeyDictionary()
+
+
+def _receive_buffer(loop: asyncio.AbstractEventLoop) -> tuple[bytearray, memoryview]:
+    found = _buffers.get(loop)
+    if found is None:
+        buf = bytearray(MAX_DATAGRAM)
+        found = _buffers[loop] = (buf, memoryview(buf))
+    return found
+
+
 def _would_block(exc: OSError) -> bool:
     """EAGAIN, EINTR, or ENOBUFS (a full device queue): keep the datagrams, try later."""
     return isinstance(exc, BlockingIOError | InterruptedError) or exc.errno == errno.ENOBUFS
@@ -152,8 +168,7 @@ class UdpPort:
         self.evicted = False            # closed early: too many lingering client sockets
         self.closed = False
         self._fd = sock.fileno()
-        self._buf = bytearray(MAX_DATAGRAM)
-        self._view = memoryview(self._buf)
+        self._buf, self._view = _receive_buffer(loop)
         self._sendq: collections.deque[tuple[bytes, Addr]] = collections.deque()
         self._writer_on = False
         self._flush_handle: asyncio.Handle | None = None
