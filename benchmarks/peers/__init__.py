@@ -96,7 +96,9 @@ def raise_fd_limit() -> int:
     return soft
 
 
-UDP_BUFFER = 4 << 20   # what utcp asks for on its own sockets (utcp/aio/port.py)
+# What utcp asks for on its own sockets (utcp/aio/port.py). Copied, not imported: this
+# package must not import utcp before the harness has snapshotted it.
+UDP_BUFFER = 4 << 20
 
 
 def set_socket_buffers(sock: Any, size: int = UDP_BUFFER) -> None:
