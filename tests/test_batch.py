@@ -38,14 +38,30 @@ def test_runs_break_at_a_new_address_and_at_the_kernel_limits() -> None:
     assert [e - b for b, e, _ in big] == [3, 2]  # 3 x 20000 fits under 65000, 4 does not
 
 
-def test_probe_and_enable_on_a_real_socket() -> None:
-    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+def test_gso_splits_and_gro_glues_on_a_real_socket() -> None:
+    """What the port relies on: one sendmsg with batch.gso_control(size) arrives as
+    datagrams of that size (the last shorter), and a GRO socket may return them glued,
+    with gro_segment_size naming the size to cut them at."""
+    rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     try:
-        gso, gro = batch.probe_gso(sock), batch.enable_gro(sock)
+        rx.bind(("127.0.0.1", 0))
+        if not (batch.probe_gso(tx) and batch.enable_gro(rx)):
+            pytest.skip("this kernel offers no UDP GSO/GRO")
+        rx.settimeout(5)
+        payload = bytes(range(250)) * 10                     # 2500 bytes
+        tx.sendmsg([payload], batch.gso_control(1000), 0, rx.getsockname())
+        pieces: list[bytes] = []
+        buf = bytearray(65535)
+        while sum(map(len, pieces)) < len(payload):
+            n, anc, _flags, _addr = rx.recvmsg_into([buf], batch.GRO_CMSG_SPACE)
+            size = batch.gro_segment_size(anc) or n
+            pieces += [bytes(buf[i:min(i + size, n)]) for i in range(0, n, size)]
+        assert [len(p) for p in pieces] == [1000, 1000, 500]
+        assert b"".join(pieces) == payload
     finally:
-        sock.close()
-    if not (gso and gro):
-        pytest.skip("this kernel offers no UDP GSO/GRO")
+        rx.close()
+        tx.close()
 
 
 async def _transfer(nbytes: int) -> tuple[bytes, bytes, int]:

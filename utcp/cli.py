@@ -277,7 +277,7 @@ def _report_interval(flows: list[Flow], t0: float, t1: float, as_json: bool,
     return {"start": t0, "end": t1, "streams": rows}
 
 
-async def perf_server(host: str, port: int, config: utcp.Config, *, once: bool = False,
+async def perf_server(host: str, port: int, config: utcp.Config, *,
                       ready: asyncio.Future[int] | None = None, quiet: bool = False) -> None:
     try:
         server = await utcp.start_server(_perf_serve, host, port, config=config)

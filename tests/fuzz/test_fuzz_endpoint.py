@@ -40,6 +40,7 @@ import pytest
 
 from tests.netsim import Address, LinkProfile, Network
 from tests.test_attacks import KINDS, forge
+from tests.test_endpoint_fuzz import Flip, defang, flip
 from utcp import crypto, wire
 from utcp import seq as sq
 from utcp.config import Config
@@ -121,29 +122,6 @@ def stranger(rng: random.Random) -> Address:
 
 # --------------------------------------------------------------------------- plaintext
 
-_SAFE_BITS = (list(range(0, 32))                      # ports
-              + list(range(32, 40)) + list(range(64, 72))   # seq / ack moved by >= 2**24
-              + list(range(100, 104))                  # reserved
-              + [104 + 7 - b for b in (7, 6, 5, 4, 3, 1)]  # CWR ECE URG ACK PSH SYN
-              + list(range(112, 160)))                 # window, checksum, urgent pointer
-_OFFSET_BITS = list(range(96, 100))
-
-
-def defang(data: bytes, conn: Connection) -> bytes:
-    """Move a parseable datagram's sequence number half the space away if it lies near
-    the window: plaintext cannot tell a lucky guess from the peer."""
-    try:
-        seg = wire.parse(data)
-    except wire.MalformedSegment:
-        return data
-    d = sq.diff(seg.seq, sq.wrap(conn.rcv_nxt))
-    if -(1 << 24) <= d <= conn.rcv_adv - conn.rcv_nxt + (1 << 24):
-        b = bytearray(data)
-        b[4] ^= 0x80
-        return bytes(b)
-    return data
-
-
 def plain_mutant(side: Side, rng: random.Random) -> tuple[bytes, Address]:
     conn = side.conn
     assert conn is not None
@@ -152,13 +130,8 @@ def plain_mutant(side: Side, rng: random.Random) -> tuple[bytes, Address]:
     if r < 0.25 or not real:
         return forge(rng.choice(KINDS), conn, rng), side.peer
     if r < 0.45:                                        # safe bit flips of a real one
-        hlen = (real[12] >> 4) * 4
-        bits = _SAFE_BITS + (_OFFSET_BITS if len(real) <= hlen else [])
-        b = bytearray(real)
-        for _ in range(rng.randint(1, 4)):
-            bit = rng.choice(bits)
-            b[bit // 8] ^= 0x80 >> (bit % 8)
-        return bytes(b), side.peer
+        choices = tuple(rng.randrange(10**6) for _ in range(rng.randint(1, 4)))
+        return flip(Flip(0, choices), real), side.peer
     if r < 0.55:                                        # truncation (never keeps a FIN)
         if real[13] & wire.FIN:
             return real[:rng.randrange(min(len(real), (real[12] >> 4) * 4))], side.peer

@@ -114,7 +114,6 @@ def _linger(port: UdpPort) -> None:
     limit = max_lingering_sockets()
     while len(table) > limit:
         oldest, _ = table.popitem(last=False)
-        oldest.evicted = True
         if log.enabled():
             log.emit("linger_overflow", port=oldest._local[1], limit=limit)
         oldest.close()
@@ -165,7 +164,6 @@ class UdpPort:
         self.on_accept = on_accept
         self.transports: dict[Connection, UtcpTransport] = {}
         self.close_when_idle = False    # close the socket once no connection is left
-        self.evicted = False            # closed early: too many lingering client sockets
         self.closed = False
         self._fd = sock.fileno()
         self._buf, self._view = _receive_buffer(loop)
@@ -175,7 +173,6 @@ class UdpPort:
         self._processing = False
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
-        self._idle_waiters: list[asyncio.Future[None]] = []
         self.send_errors: collections.Counter[str] = collections.Counter()
         self._local = sock.getsockname()
         self._gso = batch.probe_gso(sock)
@@ -434,10 +431,6 @@ class UdpPort:
         self._writer_on = False
         self.loop.remove_writer(self._fd)
 
-    @property
-    def send_queue_len(self) -> int:
-        return len(self._sendq)
-
     # ------------------------------------------------------------------ life cycle
 
     def detach(self, conn: Connection) -> None:
@@ -449,14 +442,6 @@ class UdpPort:
     def _close_if_idle(self) -> None:
         if self.close_when_idle and not self.endpoint.connections and not self.transports:
             self.close()
-
-    async def wait_idle(self) -> None:
-        """Until the socket is closed because nothing uses it any more."""
-        if self.closed:
-            return
-        fut: asyncio.Future[None] = self.loop.create_future()
-        self._idle_waiters.append(fut)
-        await fut
 
     def close(self) -> None:
         if self.closed:
@@ -477,7 +462,3 @@ class UdpPort:
             pass  # the loop is already closed
         self._pcap = None
         self._finalizer()
-        for fut in self._idle_waiters:
-            if not fut.done():
-                fut.set_result(None)
-        self._idle_waiters.clear()

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from typing import Any
 
 from utcp.aio.port import UdpPort
-from utcp.connection import Connection, Stats
+from utcp.connection import Connection
 from utcp.events import EofReceived, HandshakeCompleted, SendClosed, Terminated
 from utcp.state import State
 
@@ -78,9 +78,6 @@ class UtcpTransport(asyncio.Transport):
         if name == "connection":
             return self._conn
         return default
-
-    def stats(self) -> Stats:
-        return self._conn.stats()
 
     def is_closing(self) -> bool:
         return self._closing

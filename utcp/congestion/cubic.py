@@ -27,7 +27,6 @@ class Cubic(CongestionControl):
         self.w_max = 0.0            # window (bytes) before the last reduction
         self.k = 0.0                # seconds from the epoch to reach w_max again
         self.epoch: float | None = None
-        self.cwnd_epoch = 0
         self.w_est = 0.0            # the window Reno would have (bytes)
         self.srtt = 0.0
         # HyStart++: the minimum RTT of this round and of the last
@@ -70,7 +69,6 @@ class Cubic(CongestionControl):
             return
         if self.epoch is None:
             self.epoch = now
-            self.cwnd_epoch = self.cwnd
             self.w_est = float(self.cwnd)
             if self.w_max > self.cwnd:
                 self.k = ((self.w_max - self.cwnd) / mss / C) ** (1 / 3)
