@@ -270,6 +270,14 @@ class Script:
             self.conns.setdefault(conn, None)
         for data, addr in self.ep.datagrams_to_send(self.now):
             self.sent.append(Sent(self.now, addr, bytes(data)))
+        # What an event loop does next: run the timers already due. (The core defers
+        # some ACKs to "the next timer service, now", so that an application answering
+        # at once sends one segment instead of two.)
+        deadline = self.ep.get_timer()
+        if deadline is not None and deadline <= self.now:
+            self.ep.handle_timer(self.now)
+            for data, addr in self.ep.datagrams_to_send(self.now):
+                self.sent.append(Sent(self.now, addr, bytes(data)))
         for conn in self.ep.accept_queue:
             self.conns.setdefault(conn, None)
         for conn in self.conns:

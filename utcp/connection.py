@@ -158,6 +158,7 @@ class Connection:
         # acknowledgment generation
         self._ack_now = False
         self._unacked_segments = 0  # full-sized segments received since our last ACK
+        self._rcv_mss = 0  # the largest segment payload received: the peer's segment size
 
         # recovery and congestion
         self.rtt = RttEstimator(config.rto_initial, config.rto_min, config.rto_max)
@@ -545,6 +546,8 @@ class Connection:
                 self._drop("PAWS: old timestamp")
                 return
             self.snd_wl1, self.snd_wl2 = self.rcv_nxt, self.snd_una
+            if len(payload) > self._rcv_mss:
+                self._rcv_mss = len(payload)
             self._rcvbuf += payload
             self.rcv_nxt += len(payload)
             self.bytes_received += len(payload)
@@ -586,7 +589,11 @@ class Connection:
             self._update_window(seg, self.rcv_nxt - 1, self.snd_una, force=True)
             self._set_state(Ev.RCV_SYN_ACK)
             self._events.append(HandshakeCompleted())
-            self._ack_now = True
+            # The handshake's last ACK waits for the next timer service at this same
+            # instant: an application that writes as soon as it is connected (a request,
+            # a TLS ClientHello) has its first bytes carry it, one datagram fewer, as
+            # Linux does when a write is pending.
+            self._defer_ack(now)
         else:
             # simultaneous open (RFC 9293 §3.5, figure 8): answer with SYN+ACK
             self._set_state(Ev.RCV_SYN)
@@ -946,6 +953,8 @@ class Connection:
         if not payload:
             self._ack_now = True
             return complete
+        if len(payload) > self._rcv_mss:
+            self._rcv_mss = len(payload)
         if seg_seq == self.rcv_nxt:
             self._rcvbuf += payload
             self.rcv_nxt += len(payload)
@@ -1010,11 +1019,16 @@ class Connection:
     def _receive_fin(self, now: float, fin_now_acked: bool) -> None:
         self._fin_received = True
         self.rcv_nxt += 1
-        self._ack_now = True
         self._events.append(EofReceived())
         if self.state in (State.SYN_RCVD, State.ESTABLISHED):
             self._set_state(Ev.RCV_FIN)
-        elif self.state == State.FIN_WAIT_1:
+            # Passive close: an application that closes when it reads EOF sends its FIN
+            # with this ACK (three datagrams to close, not four), as Linux's delayed ACK
+            # of a FIN does; one that does not gets the ACK at the next timer service.
+            self._defer_ack(now)
+            return
+        self._ack_now = True
+        if self.state == State.FIN_WAIT_1:
             if fin_now_acked:
                 self._set_state(Ev.RCV_FIN_ACK_OF_FIN)
                 self._enter_time_wait(now)
@@ -1023,6 +1037,11 @@ class Connection:
         elif self.state == State.FIN_WAIT_2:
             self._set_state(Ev.RCV_FIN)
             self._enter_time_wait(now)
+
+    def _defer_ack(self, now: float) -> None:
+        """ACK at the next timer service, unless a segment leaving before carries it."""
+        if not self._ack_now and (self._ack_deadline is None or self._ack_deadline > now):
+            self._ack_deadline = now
 
     def _enter_time_wait(self, now: float) -> None:
         self._tw_deadline = now + 2 * self.config.msl
@@ -1272,6 +1291,11 @@ class Connection:
         new_edge = self.rcv_nxt + self.config.recv_buffer - len(self._rcvbuf)
         grow = new_edge - self.rcv_adv
         current = self.rcv_adv - self.rcv_nxt
+        if current >= 2 * max(self.snd_mss, self._rcv_mss):
+            # The peer may still send two full segments, and the ACK they elicit carries
+            # the new window: an update now would be a datagram for nothing (after the
+            # handshake, whose window is at most 64 KiB, it was one per connection).
+            return
         if grow >= min(self.config.recv_buffer // 2, 2 * self.snd_mss) or (
                 current < self.snd_mss and grow > 0 and current + grow >= self.snd_mss):
             self._ack_now = True

@@ -23,9 +23,12 @@ ClientConnectedCb = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Await
 
 # ---------------------------------------------------------------------- argument checks
 
+_DEFAULT_CONFIG = Config()  # frozen: one instance serves every call without a config
+
+
 def _check_config(config: object) -> Config:
     if config is None:
-        return Config()
+        return _DEFAULT_CONFIG
     if not isinstance(config, Config):
         raise TypeError(f"config must be a utcp.Config, not {type(config).__name__}")
     return config
@@ -98,8 +101,7 @@ async def create_connection(
     if local_addr is not None:
         _check_port(local_addr[1])
     loop = asyncio.get_running_loop()
-    infos = await loop.getaddrinfo(host, checked_port, family=family,
-                                   type=socket.SOCK_DGRAM, proto=proto, flags=flags)
+    infos = await _resolve(loop, host, checked_port, family, proto, flags)
     if not infos:
         raise OSError(f"getaddrinfo({host!r}) returned an empty list")
     errors: list[OSError] = []
@@ -131,6 +133,21 @@ async def create_connection(
                                     server_hostname=hostname or None,
                                     handshake_timeout=ssl_handshake_timeout)
     return app_transport, app_protocol
+
+
+async def _resolve(loop: asyncio.AbstractEventLoop, host: str | None, port: int | None,
+                   family: int, proto: int, flags: int) -> list[Any]:
+    """getaddrinfo, without the trip to a worker thread when `host` is an address already
+    (asyncio's create_connection skips it the same way): a connect to 127.0.0.1 in a
+    loop spent more time waiting for the executor than on its handshake."""
+    if host is not None:
+        try:
+            return socket.getaddrinfo(host, port, family, socket.SOCK_DGRAM, proto,
+                                      flags | socket.AI_NUMERICHOST)
+        except (socket.gaierror, UnicodeError):
+            pass  # a name: resolving it may block, so it goes to the executor
+    return await loop.getaddrinfo(host, port, family=family, type=socket.SOCK_DGRAM,
+                                  proto=proto, flags=flags)
 
 
 # Client sockets bound to a fixed port (local_addr) by the pair of addresses they join:

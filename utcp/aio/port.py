@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import errno
 import socket
 import time
@@ -73,14 +74,19 @@ def route_mss(family: int, host: str) -> int | None:
     try:
         with socket.socket(family, socket.SOCK_DGRAM) as probe:
             probe.connect((host, 9))
-            if family == socket.AF_INET6:
-                mtu = probe.getsockopt(socket.IPPROTO_IPV6, IPV6_MTU)
-                ip_header = 40
-            else:
-                mtu = probe.getsockopt(socket.IPPROTO_IP, IP_MTU)
-                ip_header = 20
+            return connected_route_mss(probe)
     except OSError:
         return None
+
+
+def connected_route_mss(sock: socket.socket) -> int:
+    """`route_mss` for a socket connected to its peer already: raises OSError."""
+    if sock.family == socket.AF_INET6:
+        mtu = sock.getsockopt(socket.IPPROTO_IPV6, IPV6_MTU)
+        ip_header = 40
+    else:
+        mtu = sock.getsockopt(socket.IPPROTO_IP, IP_MTU)
+        ip_header = 20
     return min(mtu - ip_header - 8, MAX_UDP_PAYLOAD) - HEADER_ROOM
 
 
@@ -194,7 +200,13 @@ class UdpPort:
         if host not in self._route_cache:
             if len(self._route_cache) > 4096:
                 self._route_cache.clear()
-            self._route_cache[host] = route_mss(self.sock.family, host)
+            found: int | None = None
+            if self.connected:
+                with contextlib.suppress(OSError):  # its own route: no throwaway socket
+                    found = connected_route_mss(self.sock)
+            else:
+                found = route_mss(self.sock.family, host)
+            self._route_cache[host] = found
         found = self._route_cache[host]
         return found if found is not None else self.endpoint.config.mss
 

@@ -1,0 +1,226 @@
+"""ACKs that wait for the application's answer: fewer datagrams per exchange.
+
+The core defers two ACKs to "the next timer service, at this same instant": the last
+ACK of the handshake (a client usually writes its request at once) and the ACK of a
+FIN in a passive close (a server usually closes when it reads EOF). A driver that
+services its due timers after running the application sends one segment instead of
+two; one whose application stays silent still sends the ACK without delay. And the
+first read after the handshake no longer sends a window update the peer does not need.
+"""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from utcp import wire
+from utcp.config import Config
+from utcp.connection import Connection
+from utcp.endpoint import Endpoint
+from utcp.state import State
+
+SERVER = ("127.0.0.1", 5000)
+CLIENT = ("127.0.0.1", 6000)
+CFG = Config()
+
+
+def segments(out: list[tuple[bytes, object]]) -> list[wire.Segment]:
+    return [wire.parse(d) for d, _ in out]
+
+
+def pure_acks(segs: list[wire.Segment]) -> list[wire.Segment]:
+    return [s for s in segs if s.flags == wire.ACK and not s.payload]
+
+
+class Pair:
+    """A client and a server endpoint wired by hand, the clock standing still, driven as
+    `UdpPort` drives them: right after an input the receiver's output is flushed (before
+    the application runs); due timers are serviced on the loop's next step."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.server = Endpoint(CFG, SERVER[1], listening=True, rng=random.Random(1))
+        self.client = Endpoint(CFG, CLIENT[1], rng=random.Random(2))
+        self.wire_log: list[tuple[str, wire.Segment]] = []
+        # what each endpoint sent right after its last input, before its application ran
+        self.flushed: dict[Endpoint, list[tuple[bytes, object]]] = {
+            self.server: [], self.client: []}
+
+    def accept(self) -> Connection | None:
+        return self.server.accept()
+
+    def to_server(self, *, timers: bool = True) -> list[wire.Segment]:
+        return self._move(self.client, self.server, CLIENT, "c>s", timers)
+
+    def to_client(self, *, timers: bool = True) -> list[wire.Segment]:
+        return self._move(self.server, self.client, SERVER, "s>c", timers)
+
+    def _move(self, src: Endpoint, dst: Endpoint, src_addr: tuple[str, int], tag: str,
+              timers: bool) -> list[wire.Segment]:
+        out = self.flushed[src] + src.datagrams_to_send(self.now)
+        self.flushed[src] = []
+        if timers:  # an event loop's next step: the timers already due
+            deadline = src.get_timer()
+            if deadline is not None and deadline <= self.now:
+                src.handle_timer(self.now)
+                out += src.datagrams_to_send(self.now)
+        for data, _ in out:
+            dst.receive_datagram(data, src_addr, self.now)
+        self.flushed[dst] = dst.datagrams_to_send(self.now)
+        segs = segments(out)
+        self.wire_log += [(tag, s) for s in segs]
+        return segs
+
+    def handshake_up_to_synack(self) -> Connection:
+        conn = self.client.connect(SERVER, self.now)
+        (syn,) = self.to_server()
+        assert syn.flags == wire.SYN
+        (synack,) = self.to_client(timers=False)
+        assert synack.flags == wire.SYN | wire.ACK
+        assert conn.state == State.ESTABLISHED
+        return conn
+
+    def established(self) -> tuple[Connection, Connection]:
+        conn = self.handshake_up_to_synack()
+        self.to_server()
+        accepted = self.accept()
+        assert accepted is not None and accepted.state == State.ESTABLISHED
+        return conn, accepted
+
+
+def test_first_request_carries_the_handshake_ack() -> None:
+    pair = Pair()
+    conn = pair.handshake_up_to_synack()
+    assert pair.flushed[pair.client] == []  # no bare ACK right after the SYN+ACK
+    conn.send(b"GET / HTTP/1.0\r\n\r\n")  # the application writes before the loop turns
+    (request,) = pair.to_server()
+    assert request.flags & wire.ACK and request.payload == b"GET / HTTP/1.0\r\n\r\n"
+    server_conn = pair.accept()
+    assert server_conn is not None and server_conn.state == State.ESTABLISHED
+    assert server_conn.read() == b"GET / HTTP/1.0\r\n\r\n"
+    assert conn.get_timer() != 0.0  # nothing left owed at "now"
+
+
+def test_silent_client_still_acks_the_synack_at_once() -> None:
+    pair = Pair()
+    conn = pair.handshake_up_to_synack()
+    assert conn.get_timer() == pair.now  # due now, not after the delayed-ACK timer
+    (ack,) = pair.to_server()  # the driver services the due timer
+    assert ack.flags == wire.ACK and not ack.payload
+    assert pair.accept() is not None
+
+
+def test_passive_close_sends_fin_with_the_ack_of_the_peer_fin() -> None:
+    pair = Pair()
+    client, server = pair.established()
+    client.close()
+    (fin,) = pair.to_server()
+    assert fin.flags & wire.FIN
+    assert server.state == State.CLOSE_WAIT and server.eof_received
+    assert pair.flushed[pair.server] == []  # no bare ACK right after the FIN
+    server.close()  # the application closes as soon as it reads EOF
+    (fin_ack,) = pair.to_client()
+    assert fin_ack.flags == wire.FIN | wire.ACK
+    assert client.state == State.TIME_WAIT  # FIN_WAIT_1 straight to TIME_WAIT
+    (last,) = pair.to_server()
+    assert last.flags == wire.ACK
+    assert server.state == State.CLOSED
+
+
+def test_passive_close_acks_fin_at_once_when_the_application_stays_open() -> None:
+    pair = Pair()
+    client, server = pair.established()
+    client.close()
+    pair.to_server()
+    assert server.get_timer() == pair.now
+    (ack,) = pair.to_client()  # no close from the application: the ACK alone, now
+    assert ack.flags == wire.ACK and not ack.payload
+    assert client.state == State.FIN_WAIT_2
+    server.send(b"still talking")  # half-close: the other direction goes on
+    (data,) = pair.to_client()
+    assert data.payload == b"still talking"
+    assert client.read() == b"still talking"
+
+
+def test_active_closer_acks_the_last_fin_at_once() -> None:
+    pair = Pair()
+    client, server = pair.established()
+    client.close()
+    pair.to_server()
+    pair.to_client()  # ACK of the client's FIN
+    server.close()
+    pair.to_client()  # the server's FIN
+    assert client.state == State.TIME_WAIT
+    segs = pair.to_server(timers=False)  # no timer service needed for this one
+    assert [s.flags for s in segs] == [wire.ACK]
+
+
+def test_whole_exchange_takes_seven_datagrams() -> None:
+    """connect, a request, its answer, close from both sides: 4 + 3 datagrams (was 10:
+    a separate handshake ACK, a window update after the first read, a separate ACK of
+    the client's FIN)."""
+    pair = Pair()
+    client = pair.handshake_up_to_synack()
+    client.send(b"ping")
+    pair.to_server()
+    server = pair.accept()
+    assert server is not None and server.read() == b"ping"
+    server.send(b"pong")
+    pair.to_client()
+    assert client.read() == b"pong"
+    client.close()
+    pair.to_server()
+    assert server.eof_received
+    server.close()
+    pair.to_client()
+    pair.to_server()
+    pair.to_client()  # nothing more
+    assert client.state == State.TIME_WAIT and server.state == State.CLOSED
+    sent = [(tag, s.flags, len(s.payload)) for tag, s in pair.wire_log]
+    A, S, F, P = wire.ACK, wire.SYN, wire.FIN, wire.PSH
+    assert sent == [("c>s", S, 0), ("s>c", S | A, 0), ("c>s", P | A, 4), ("s>c", P | A, 4),
+                    ("c>s", F | A, 0), ("s>c", F | A, 0), ("c>s", A, 0)]
+
+
+def test_first_read_after_handshake_sends_no_window_update() -> None:
+    pair = Pair()
+    client, server = pair.established()
+    client.send(b"x" * 100)
+    pair.to_server()
+    assert server.read() == b"x" * 100
+    assert pure_acks(pair.to_client(timers=False)) == []  # the delayed ACK will carry it
+    assert server.get_timer() == pytest.approx(pair.now + CFG.ack_delay)
+
+
+def test_read_that_reopens_a_nearly_closed_window_updates_at_once() -> None:
+    """The peer is almost out of window: the update cannot wait for its next segments."""
+    cfg = Config(recv_buffer=16 * 1400, send_buffer=1 << 20, mss=1400, pmtu_probing=False)
+    server = Endpoint(cfg, SERVER[1], listening=True, rng=random.Random(1))
+    client = Endpoint(cfg, CLIENT[1], rng=random.Random(2))
+    now = 0.0
+    conn = client.connect(SERVER, now)
+
+    def move(src: Endpoint, dst: Endpoint, addr: tuple[str, int]) -> list[wire.Segment]:
+        out = src.datagrams_to_send(now)
+        deadline = src.get_timer()
+        if deadline is not None and deadline <= now:
+            src.handle_timer(now)
+            out += src.datagrams_to_send(now)
+        for d, _ in out:
+            dst.receive_datagram(d, addr, now)
+        return segments(out)
+
+    for _ in range(3):
+        move(client, server, CLIENT)
+        move(server, client, SERVER)
+    peer = server.accept()
+    assert peer is not None
+    conn.send(b"y" * (64 * 1400))
+    for _ in range(20):  # fill the server's buffer: the application does not read
+        move(client, server, CLIENT)
+        move(server, client, SERVER)
+    assert peer.readable >= 14 * 1400  # the window is (nearly) closed
+    peer.read()
+    update = pure_acks(move(server, client, SERVER))
+    assert len(update) == 1 and update[0].window > 0
