@@ -77,7 +77,7 @@ def transfer(mss: int, payload: bytes) -> Result:
         if peer is None:
             peer = server.accept()
         if peer is not None:
-            if data := peer.read():
+            while data := peer.read_pieces(1 << 20):  # as the asyncio transport reads
                 chunks.append(data)
             if peer.eof_received and not peer.readable:
                 break

@@ -43,6 +43,7 @@ PAWS_IDLE = 24 * 86400.0  # RFC 7323 §5.5: TS.Recent older than 24 days is inva
 _TS_OPTION = struct.Struct("!BBBBII")  # NOP NOP kind len TSval TSecr
 CHALLENGE_ACK_LIMIT = 100  # per second per connection (RFC 5961 §7; Linux: 1000 per host)
 MAX_WINDOW_FIELD = 0xFFFF
+_GLUE_BELOW = 16384  # read_pieces glues received pieces smaller than this into one
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,7 +132,11 @@ class Connection:
         self.rcv_nxt = 0
         self.rcv_wscale = window_scale_for(config.recv_buffer)  # our shift
         self.rcv_adv = 0             # right edge of the window we advertised
-        self._rcvbuf = bytearray()   # in-order bytes the application has not read
+        # In-order bytes the application has not read, as the pieces that arrived: each
+        # is copied once out of the datagram buffer, and a read of whole pieces hands
+        # them over as they are (a bytearray was re-grown and copied out on every read).
+        self._rcvbuf: collections.deque[bytes | memoryview] = collections.deque()
+        self._rcvbuf_len = 0
         self._ooo: list[tuple[int, bytes]] = []  # out-of-order pieces, sorted by seq
         self._ooo_bytes = 0
         self.reassembly_budget: ReassemblyBudget | None = None  # shared by an endpoint
@@ -287,20 +292,51 @@ class Connection:
 
     def read(self, max_bytes: int = -1) -> bytes:
         """Take in-order bytes the peer sent; reading reopens the advertised window."""
-        if not self._rcvbuf:
+        if not self._rcvbuf_len:
             return b""
-        if max_bytes < 0 or max_bytes >= len(self._rcvbuf):
-            data = bytes(self._rcvbuf)
-            self._rcvbuf.clear()
+        chunks = self._rcvbuf
+        if max_bytes < 0 or max_bytes >= self._rcvbuf_len:
+            data = bytes(chunks[0]) if len(chunks) == 1 else b"".join(chunks)
+            chunks.clear()
         else:
-            data = bytes(self._rcvbuf[:max_bytes])
-            del self._rcvbuf[:max_bytes]
+            data = self._take(max_bytes, glue_all=True)
+        self._rcvbuf_len -= len(data)
         self._maybe_window_update()
         return data
 
+    def read_pieces(self, max_bytes: int) -> bytes:
+        """Like `read`, but large pieces come one at a time rather than glued together:
+        the asyncio transport hands each to the protocol without a copy of its own."""
+        if not self._rcvbuf_len:
+            return b""
+        data = self._take(max_bytes, glue_all=False)
+        self._rcvbuf_len -= len(data)
+        self._maybe_window_update()
+        return data
+
+    def _take(self, max_bytes: int, glue_all: bool) -> bytes:
+        chunks = self._rcvbuf
+        parts: list[bytes | memoryview] = []
+        need = max_bytes
+        while need > 0 and chunks:
+            first = chunks[0]
+            if parts and not glue_all and len(first) >= _GLUE_BELOW:
+                break  # a large piece: the next read takes it whole
+            if len(first) <= need:
+                parts.append(chunks.popleft())
+                need -= len(first)
+            else:
+                view = first if isinstance(first, memoryview) else memoryview(first)
+                parts.append(view[:need])
+                chunks[0] = view[need:]  # the rest without a copy
+                need = 0
+            if not glue_all and len(first) >= _GLUE_BELOW:
+                break
+        return bytes(parts[0]) if len(parts) == 1 else b"".join(parts)
+
     @property
     def readable(self) -> int:
-        return len(self._rcvbuf)
+        return self._rcvbuf_len
 
     @property
     def unsent(self) -> int:
@@ -548,7 +584,8 @@ class Connection:
             self.snd_wl1, self.snd_wl2 = self.rcv_nxt, self.snd_una
             if len(payload) > self._rcv_mss:
                 self._rcv_mss = len(payload)
-            self._rcvbuf += payload
+            self._rcvbuf.append(bytes(payload))
+            self._rcvbuf_len += len(payload)
             self.rcv_nxt += len(payload)
             self.bytes_received += len(payload)
             self._unacked_segments += 1
@@ -956,7 +993,8 @@ class Connection:
         if len(payload) > self._rcv_mss:
             self._rcv_mss = len(payload)
         if seg_seq == self.rcv_nxt:
-            self._rcvbuf += payload
+            self._rcvbuf.append(bytes(payload))
+            self._rcvbuf_len += len(payload)
             self.rcv_nxt += len(payload)
             self.bytes_received += len(payload)
             if self._ooo:
@@ -1006,8 +1044,9 @@ class Connection:
                 break
             end = start + len(data)
             if end > self.rcv_nxt:
-                piece = data[self.rcv_nxt - start:]
-                self._rcvbuf += piece
+                piece = data[self.rcv_nxt - start:] if self.rcv_nxt > start else data
+                self._rcvbuf.append(piece)
+                self._rcvbuf_len += len(piece)
                 self.bytes_received += len(piece)
                 self.rcv_nxt = end
             self._ooo_bytes -= len(data)
@@ -1277,7 +1316,7 @@ class Connection:
     def _window_field(self) -> int:
         """The window to advertise, rounded up so the right edge never moves left."""
         shift = self.rcv_wscale
-        wnd = max(self.config.recv_buffer - len(self._rcvbuf), self.rcv_adv - self.rcv_nxt, 0)
+        wnd = max(self.config.recv_buffer - self._rcvbuf_len, self.rcv_adv - self.rcv_nxt, 0)
         field = min((wnd + (1 << shift) - 1) >> shift, MAX_WINDOW_FIELD)
         edge = self.rcv_nxt + (field << shift)
         if edge > self.rcv_adv:
@@ -1288,7 +1327,7 @@ class Connection:
         """Receiver SWS avoidance (RFC 9293 §3.8.6.2.2): announce only a worthwhile opening."""
         if self.state not in (State.ESTABLISHED, State.FIN_WAIT_1, State.FIN_WAIT_2):
             return
-        new_edge = self.rcv_nxt + self.config.recv_buffer - len(self._rcvbuf)
+        new_edge = self.rcv_nxt + self.config.recv_buffer - self._rcvbuf_len
         grow = new_edge - self.rcv_adv
         current = self.rcv_adv - self.rcv_nxt
         if current >= 2 * max(self.snd_mss, self._rcv_mss):

@@ -261,7 +261,7 @@ class UtcpTransport(asyncio.Transport):
                     protocol.buffer_updated(len(data))
                 else:
                     assert isinstance(protocol, asyncio.Protocol)
-                    protocol.data_received(conn.read(_READ_CHUNK))
+                    protocol.data_received(conn.read_pieces(_READ_CHUNK))
             except (SystemExit, KeyboardInterrupt):
                 raise
             except BaseException as exc:
