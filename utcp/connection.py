@@ -823,6 +823,11 @@ class Connection:
                         self.cc.on_recovery_end()
                 elif self._sack_recovery:
                     pass  # RFC 6675: the pipe-driven loop in _output decides what to send
+                elif self._probe_recovery:
+                    # the repair resent all of the probe's bytes at once: a partial ACK
+                    # is one of them arriving, and resending the next would only make
+                    # duplicates, whose ACKs look like duplicate ACKs (a false loss)
+                    pass
                 else:                              # partial ACK: step 4
                     self._retransmit_first(now)
                     self.cc.cwnd = max(self.cc.cwnd - acked + self.snd_mss, self.snd_mss)
@@ -846,7 +851,7 @@ class Connection:
             self.dup_acks_received += 1
             self._dupacks += 1
             if self._in_recovery:
-                if not self._sack_recovery:
+                if not self._sack_recovery and not self._probe_recovery:
                     self.cc.cwnd += self.snd_mss   # RFC 6582 §3.2 step 4 (inflation)
             elif self._dupacks >= self._dupack_threshold() and self.snd_una >= self._recover:
                 self._enter_recovery(now)
