@@ -32,47 +32,13 @@ def test_blocks_merge_and_trim() -> None:
     assert not sb and sb.fack == 0
 
 
-def test_lost_needs_three_segments_or_three_blocks_above() -> None:
+def test_block_of_names_the_merged_range() -> None:
     sb = sack.Scoreboard()
-    sb.add(300, 500)                             # 2 segments of 100 above the hole
-    assert not sb.is_lost(100, 100, 100)
-    sb.add(600, 700)                             # 3 segments' worth now
-    assert sb.is_lost(100, 100, 100)
-    assert not sb.is_lost(550, 100, 100)         # 1 segment above that hole
-    few = sack.Scoreboard()
-    for start in (200, 400, 600):                # three small blocks above the first hole
-        few.add(start, start + 10)
-    assert few.is_lost(100, 100, 1000)
-
-
-def test_pipe_and_next_lost_follow_rfc_6675() -> None:
-    sb = sack.Scoreboard()
-    for start in (200, 400, 600, 800):
-        sb.add(start, start + 100)
-    # holes 100-200 and 300-400 have 3+ blocks above: lost; 500-600 (2 blocks, 200
-    # bytes) and 700-800 (1) may still arrive
-    assert [h[2] for h in sb.holes(100, 100)] == [True, True, False, False]
-    assert sb.pipe(100, 1000, 100) == 100 + 200      # beyond fack, and the unlost holes
-    assert sb.next_lost(100, 100) == (100, 200)
-    sb.high_rxt = 150
-    assert sb.pipe(100, 1000, 100) == 350            # the retransmitted half is in flight
-    assert sb.next_lost(100, 100) == (150, 200)
-    sb.high_rxt = 600
-    assert sb.next_lost(100, 100) is None
-
-
-def test_a_lost_retransmission_is_found_by_later_sacks() -> None:
-    sb = sack.Scoreboard()
-    sb.add(200, 600)
-    sb.high_rxt = 200
-    sb.retransmitted(100, snd_max=1000)          # resent hole 100-200 when 1000 was sent
-    sb.add(1000, 1200)                           # data sent after it: not far enough yet
-    sb.detect_lost_retransmissions(100, 100)
-    assert sb.high_rxt == 200
-    sb.add(1200, 1400)                           # 3 segments past the mark: it was lost
-    sb.detect_lost_retransmissions(100, 100)
-    assert sb.high_rxt == 100 and sb.lost_retransmissions == 1
-    assert sb.next_lost(100, 100) == (100, 200)
+    sb.add(200, 300)
+    sb.add(300, 400)                             # adjacent: one range
+    assert sb.block_of(250) == (200, 400) and sb.block_of(399) == (200, 400)
+    assert sb.block_of(400) is None and sb.block_of(199) is None
+    assert sb.sacked(200) and not sb.sacked(400)
 
 
 def test_receiver_blocks_put_the_latest_first() -> None:

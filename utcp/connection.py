@@ -31,6 +31,7 @@ from utcp.events import (
     Terminated,
 )
 from utcp.pmtu import PmtuSearch
+from utcp.rack import SentLog
 from utcp.recovery import RttEstimator
 from utcp.state import CAN_SEND, SYNCHRONIZED, State, next_state
 from utcp.state import Event as Ev
@@ -151,6 +152,7 @@ class Connection:
         self._round_end = 0          # snd_max when the current round trip began
         self._tlp_deadline: float | None = None
         self._tlp_seq: int | None = None  # where the outstanding tail loss probe starts
+        self._reo_deadline: float | None = None  # RACK's reordering timer (RFC 8985 §6.3)
         self.tail_loss_probes = 0
         self._persist_backoff = 0
         self._keepalive_sent = 0
@@ -181,6 +183,7 @@ class Connection:
         self.paws_drops = 0
         self._latest_ooo = 0
         self.scoreboard = sack.Scoreboard()
+        self.rack = SentLog()        # segments in flight and RACK's loss detection (SACK only)
         self._sack_recovery = False
 
         # counters for Stats
@@ -334,7 +337,7 @@ class Connection:
         best: float | None = None
         for t in (self._rtx_deadline, self._persist_deadline, self._ack_deadline,
                   self._tw_deadline, self._keepalive_deadline, self._idle_deadline,
-                  self._user_deadline, self._tlp_deadline):
+                  self._user_deadline, self._tlp_deadline, self._reo_deadline):
             if t is not None and (best is None or t < best):
                 best = t
         return best
@@ -371,6 +374,8 @@ class Connection:
         if (self._rtx_deadline is not None and now >= self._rtx_deadline
                 and not self._on_retransmission_timeout(now)):
             return
+        if self._reo_deadline is not None and now >= self._reo_deadline:
+            self._on_reorder_timeout(now)
         if self._tlp_deadline is not None and now >= self._tlp_deadline:
             self._on_tail_loss_probe(now)
         if self._persist_deadline is not None and now >= self._persist_deadline:
@@ -440,6 +445,8 @@ class Connection:
         # RFC 2018 §8: after a timeout, SACK information no longer decides anything
         self.cc.on_rto(self.snd_max - self.snd_una, now)
         self.scoreboard.clear()
+        self.rack.reset()
+        self._reo_deadline = None
         self._sack_recovery = False
         self._in_recovery = False
         self._recover = self.snd_max
@@ -486,7 +493,9 @@ class Connection:
             self.snd_max = max(self.snd_max, self.snd_nxt)
         else:
             end = min(self.snd_max, data_end)
-            start = max(self.snd_una, end - room)
+            last = self.rack.last()  # the last segment as it was sent, if it fits
+            start = last.start if last is not None and last.end >= end else end - room
+            start = max(self.snd_una, start, end - room)
             if start < end:
                 self._tlp_seq = start
                 fin = self._fin_queued and self.snd_max == data_end + 1 and end == data_end
@@ -495,6 +504,18 @@ class Connection:
                 self._tlp_seq = data_end
                 self._send_data(data_end, 0, now, fin=True)
         self._rtx_deadline = now + self.rtt.rto
+
+    def _on_reorder_timeout(self, now: float) -> None:
+        """RFC 8985 §6.3: segments RACK held back for reordering are now overdue."""
+        self._reo_deadline = None
+        if self.snd_una >= self.snd_max or self.state not in SYNCHRONIZED:
+            return
+        self._rack_detect(now)
+        if not self._in_recovery and self.snd_una >= self._recover \
+                and self.rack.next_lost() is not None:
+            self._enter_recovery(now)
+        elif self._reo_deadline is None and self._tlp_deadline is None:
+            self._arm_tail_loss_probe(now)
 
     def _on_persist_timeout(self, now: float) -> None:
         # A probe one byte below snd_una is never acceptable, so the peer must answer with
@@ -627,6 +648,7 @@ class Connection:
             self.snd_nxt = ack
         if self._syn_retries == 0:
             self.rtt.sample(now - self._syn_time)
+            self.rack.on_rtt_sample(now - self._syn_time, now)
         self._rtx_deadline = None
         self._syn_retries = 0
         self._last_activity(now)
@@ -762,22 +784,31 @@ class Connection:
 
     def _process_ack(self, seg: wire.Segment, seg_seq: int, ack: int, text_len: int,
                      now: float) -> bool:
-        """RFC 9293 fifth step plus RFC 5681/6582 loss recovery; True if our FIN got acked."""
+        """RFC 9293 fifth step plus loss recovery (RFC 5681/6582; with SACK, RFC 6675 on
+        RACK's marks, RFC 8985); True if our FIN got acked."""
         fin_acked_now = False
         sb = self.scoreboard
-        new_sack = False
-        if self._sack_ok and seg.options.sack:
-            for left32, right32 in seg.options.sack:
-                left = sq.unwrap(left32, self.snd_una)
-                right = sq.unwrap(right32, left)
-                if max(ack, self.snd_una) < left < right <= self.snd_max:  # else D-SACK/bogus
-                    new_sack |= sb.add(left, right)
+        rack = self.rack
+        delivered = False
+        if self._sack_ok:
+            # what this ACK delivers, in ascending order (RFC 8985 §6.2): the cumulative
+            # part, then the new SACK blocks
+            if ack > self.snd_una:
+                delivered = rack.acked(ack, now)
+            if seg.options.sack:
+                blocks = []
+                for left32, right32 in seg.options.sack:
+                    left = sq.unwrap(left32, self.snd_una)
+                    right = sq.unwrap(right32, left)
+                    if max(ack, self.snd_una) < left < right <= self.snd_max:
+                        blocks.append((left, right))  # else a D-SACK, or bogus
+                for left, right in sorted(blocks):
+                    if sb.add(left, right):
+                        delivered |= rack.sacked(left, right, sb, now)
         if ack > self.snd_una:
             acked = ack - self.snd_una
             if sb:
                 sb.trim(ack)
-            if self._sack_recovery and new_sack:
-                sb.detect_lost_retransmissions(ack, self.snd_mss)
             data_end = self._snd_base + len(self._sndbuf)
             data_acked = min(ack, data_end) - self._snd_base
             if data_acked > 0:
@@ -803,6 +834,7 @@ class Connection:
             if self._rtt_seq is not None and ack > self._rtt_seq:
                 self.rtt.sample(now - self._rtt_time)
                 self.cc.on_rtt_sample(now - self._rtt_time, now)
+                rack.on_rtt_sample(now - self._rtt_time, now)
                 self._rtt_seq = None
             elif self.rtt.backoff and self._ts_ok and seg.options.timestamps \
                     and seg.options.timestamps[1]:
@@ -811,14 +843,14 @@ class Connection:
                 echoed = (self._ts_clock(now) - seg.options.timestamps[1]) & sq.MASK
                 if echoed < 60_000:
                     self.rtt.sample(echoed / 1000)
+                    rack.on_rtt_sample(echoed / 1000, now)
             if ack >= self._round_end:
                 self.cc.on_round(now)
                 self._round_end = self.snd_max
             if self._in_recovery:
                 if ack >= self._recover:           # full ACK: RFC 6582 §3.2 step 3
                     self._in_recovery = self._sack_recovery = False
-                    sb.high_rxt = 0
-                    sb.all_lost = False
+                    rack.recovery_ended()
                     if not self._probe_recovery:
                         self.cc.on_recovery_end()
                 elif self._sack_recovery:
@@ -843,7 +875,7 @@ class Connection:
                     self._user_deadline = now + self.config.user_timeout
                 self._arm_tail_loss_probe(now)
             else:
-                self._rtx_deadline = self._tlp_deadline = None
+                self._rtx_deadline = self._tlp_deadline = self._reo_deadline = None
             self._persist_backoff = 0
         elif (ack == self.snd_una and self.snd_una < self.snd_max and text_len == 0
               and not seg.flags & (FIN | SYN) and (seg.window << self.snd_wscale) == self.snd_wnd):
@@ -853,25 +885,34 @@ class Connection:
             if self._in_recovery:
                 if not self._sack_recovery and not self._probe_recovery:
                     self.cc.cwnd += self.snd_mss   # RFC 6582 §3.2 step 4 (inflation)
-            elif self._dupacks >= self._dupack_threshold() and self.snd_una >= self._recover:
+            elif (not self._sack_ok and self._dupacks >= self._dupack_threshold()
+                  and self.snd_una >= self._recover):
+                self._enter_recovery(now)  # with SACK, RACK decides (below)
+        if self._sack_ok:
+            if delivered:
+                self._rack_detect(now)
+            # RACK found a loss: start recovery (RFC 6675 §5, with RACK's marks for
+            # IsLost()); a loss found while a lost PMTU probe is repaired is congestion
+            if rack.next_lost() is not None and (
+                    (self._in_recovery and self._probe_recovery)
+                    or (not self._in_recovery and self.snd_una >= self._recover)):
                 self._enter_recovery(now)
-        if new_sack and self._sack_recovery and ack <= self.snd_una:
-            sb.detect_lost_retransmissions(self.snd_una, self.snd_mss)
-        if (new_sack and self._tlp_seq is not None and not self._in_recovery
-                and sb.sacked(self._tlp_seq) and self.snd_una < sb.starts[0]):
-            # the probe arrived and what was sent before it did not: lost (RFC 8985 §7.4)
-            sb.all_lost = True
-            self._tlp_seq = None
-            self._enter_recovery(now)
-        if (new_sack and not self._in_recovery and self.snd_una >= self._recover
-                and sb.is_lost(self.snd_una, self.snd_una, self.snd_mss)):
-            self._enter_recovery(now)  # RFC 6675 §5: SACKs say the first segment is lost
         self._update_window(seg, seg_seq, ack)
         return fin_acked_now
 
+    def _rack_detect(self, now: float) -> None:
+        """RFC 8985 §6.2 step 5, and the reordering timer for what is not due yet."""
+        rack = self.rack
+        _, timeout = rack.detect_loss(now, rack.reo_wnd(self._in_recovery, self.rtt.srtt))
+        if timeout > 0:
+            self._reo_deadline = now + timeout
+            self._tlp_deadline = None  # RACK will decide first (RFC 8985 §7.2)
+        else:
+            self._reo_deadline = None
+
     def _dupack_threshold(self) -> int:
-        """Three (RFC 5681), or fewer when a small flight with nothing new to send could
-        never produce three: RFC 5827's early retransmit."""
+        """Without SACK: three (RFC 5681), or fewer when a small flight with nothing new
+        to send could never produce three: RFC 5827's early retransmit."""
         if self.unsent:
             return DUPACK_THRESHOLD
         segments = -(-(self.snd_max - self.snd_una) // self.snd_mss)
@@ -887,10 +928,9 @@ class Connection:
         self._probe_recovery = pmtu is not None and pmtu.probe_seq == self.snd_una
         if not self._probe_recovery:
             self.cc.on_loss(self.snd_max - self.snd_una, now)
-            if self._sack_ok and self.scoreboard:
-                # RFC 6675 §5: the first lost range goes now; the rest as pipe allows
+            if self._sack_ok:
+                # RFC 6675 §5: the first lost segment goes now; the rest as pipe allows
                 self._sack_recovery = True
-                self.scoreboard.high_rxt = self.snd_una
                 self._send_sack_recovery(now, first=True)
             else:
                 self._retransmit_first(now)
@@ -1133,31 +1173,29 @@ class Connection:
             self._persist_deadline = now + self.rtt.rto
 
     def _send_sack_recovery(self, now: float, first: bool = False) -> None:
-        """RFC 6675 §5 steps (C)/(D): while cwnd - pipe allows, lost ranges first, then
-        new data. `first` sends one segment whatever pipe says (the fast retransmit)."""
-        sb, mss = self.scoreboard, self._payload_room()
+        """RFC 6675 §5 steps (C)/(D), with RACK's marks for IsLost() (RFC 8985): while
+        cwnd - pipe allows, lost segments first, then new data. `first` sends one
+        segment whatever pipe says (the fast retransmit)."""
+        rack, mss = self.rack, self._payload_room()
         data_end = self._snd_base + len(self._sndbuf)
-        pipe = sb.pipe(self.snd_una, self.snd_max, mss)
+        pipe = rack.pipe(self.snd_una, self.snd_max)
         while first or self.cc.cwnd - pipe >= mss:
-            lost = sb.next_lost(self.snd_una, mss)
-            if first and lost is None and sb and self.snd_una < sb.starts[0]:
-                # RFC 6675 §5 (4.3): entering recovery retransmits the first segment,
-                # whether or not IsLost() says so yet (duplicate ACKs did)
-                lost = (self.snd_una, sb.starts[0])
+            lost = rack.next_lost()
+            if first and lost is None:
+                lost = rack.first()  # RFC 6675 §5 (4.3): the first segment, lost or not
             first = False
             if lost is not None:
-                start, end = lost
-                n = min(mss, end - start, data_end - start)
-                if n > 0:
-                    self._send_data(start, n, now, fin=False)
-                    sb.retransmitted(start, self.snd_max)
-                elif self._fin_queued and start == data_end:
-                    self._send_data(start, 0, now, fin=True)
-                    n = 1
-                else:
-                    break
-                sb.high_rxt = start + n
-                pipe += n
+                # the segment as it was sent, in pieces if the room for payload shrank
+                start, end = lost.start, lost.end
+                stop = min(end, data_end)
+                seq = start
+                while seq < stop:
+                    n = min(mss, stop - seq)
+                    self._send_data(seq, n, now, fin=seq + n == data_end < end)
+                    seq += n
+                if start == data_end < end:
+                    self._send_data(start, 0, now, fin=True)  # a lone FIN
+                pipe += end - start
                 continue
             window_end = self.snd_una + min(self.snd_wnd, self.config.send_buffer)
             if self.snd_nxt < data_end:
@@ -1206,6 +1244,8 @@ class Connection:
                 self._rtt_time = now
             if self._tlp_deadline is None:
                 self._arm_tail_loss_probe(now)
+        if self._sack_ok and (n or fin):
+            self.rack.sent(seq, seq + n + (1 if fin else 0), now, retransmit)
         self._emit(seq, n, flags, payload=payload)
         if isinstance(payload, memoryview):
             payload.release()
