@@ -90,12 +90,13 @@ def test_a_duplicate_ack_carries_a_block_for_the_out_of_order_segment() -> None:
         return True
 
     net.filter = tap
-    conn.send(bytes(3000))
+    room = conn._payload_room()                 # 1000, less 12 with timestamps
+    conn.send(bytes(3 * room))
     net.run(until=net.now + 0.015)              # the data and the first answers
     sacks = [seg.options.sack for seg in seen if seg.options.sack]
     assert sacks, seen
     left, right = sacks[0][0]
-    assert (right - left) % (1 << 32) == 1000   # exactly the third segment, held aside
+    assert (right - left) % (1 << 32) == room   # exactly the third segment, held aside
 
 
 def _lossy_run(config: Config, drops: set[int]) -> tuple[Connection, float]:
@@ -151,7 +152,7 @@ def test_a_lost_tail_is_found_by_a_probe_not_by_the_timeout() -> None:
         return True
 
     net.filter = tap
-    payload = bytes(6000)
+    payload = bytes(6 * conn._payload_room())   # six full segments
     start = net.now
     conn.send(payload)
     peer = server.accept()
