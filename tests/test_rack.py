@@ -274,3 +274,52 @@ def test_a_lost_retransmission_is_resent_without_a_timeout() -> None:
     assert len(target) == 2                      # the original and the first resend
     assert stats.timeouts == 0 and conn.rack.lost_retransmissions == 1
     assert stats.segments_retransmitted == 2
+
+
+def test_a_timeout_resends_only_what_was_not_sacked() -> None:
+    """Three segments are lost again and again until the timer fires: the timeout resends
+    those three (RACK marks them lost, RFC 8985 §6.3), not the data around them that
+    the receiver holds (RFC 6675 §5.1). Go-back-N resent more with every slow-start
+    round, as the receiver's ACKs jumped over what it held."""
+    net, conn, peer = _pair()
+    targets: set[int] = set()
+    dropped = [0]
+    sent = [0]
+
+    def tap(data: bytes, src: Address, dst: Address, now: float) -> bool:
+        seg = wire.parse(data)
+        if src == CLIENT and seg.payload:
+            sent[0] += 1
+            if sent[0] in (30, 40, 50):
+                targets.add(seg.seq)
+            if seg.seq in targets and conn.timeouts == 0:
+                dropped[0] += 1
+                return False
+        return True
+
+    net.filter = tap
+    payload = bytes(200_000)
+    conn.send(payload)
+    _deliver(net, peer, payload)
+    stats = conn.stats()
+    assert stats.timeouts == 1 and len(targets) == 3 and dropped[0] > 3
+    # each dropped copy was an original or a resend that had to be made again; after
+    # the timeout one copy of each of the three went through, and nothing else
+    assert stats.segments_retransmitted == dropped[0]
+
+
+def test_the_timeout_waits_for_the_reordering_timer() -> None:
+    """RACK's reordering timer is due after the RTO would be: the RTO waits, so that
+    RACK decides first (in Linux the two share one timer slot)."""
+    _, conn, _ = _pair()
+    una, rack = conn.snd_una, conn.rack
+    rack.sent(una, una + 100, 0.5, retransmission=False)
+    rack.sent(una + 100, una + 200, 0.5, retransmission=False)
+    sb = sack.Scoreboard()
+    sb.add(una + 100, una + 200)
+    rack.sacked(una + 100, una + 200, sb, 0.9)   # the second arrives: RACK.rtt 0.4
+    # the first is late at 0.9 + reo_wnd (min_rtt / 4 = 5 ms); the RTO is due before
+    conn._rtx_deadline = 0.901
+    conn._rack_detect(0.9)
+    assert conn._reo_deadline == pytest.approx(0.5 + 0.4 + rack.reo_wnd(False, conn.rtt.srtt))
+    assert conn._reo_deadline > 0.901 and conn._rtx_deadline > conn._reo_deadline

@@ -31,7 +31,7 @@ from utcp.events import (
     Terminated,
 )
 from utcp.pmtu import PmtuSearch
-from utcp.rack import SentLog
+from utcp.rack import SACKED, SentLog
 from utcp.recovery import RttEstimator
 from utcp.state import CAN_SEND, SYNCHRONIZED, State, next_state
 from utcp.state import Event as Ev
@@ -40,6 +40,7 @@ from utcp.wire import ACK, FIN, PSH, RST, SYN
 DEFAULT_MSS = 536  # RFC 9293 §3.7.1: the send MSS when the peer sends no MSS option
 DUPACK_THRESHOLD = 3
 WORST_CASE_DELAYED_ACK = 0.2  # RFC 8985 §7.2's WCDelAckT, as Linux's TCP_RTO_MIN
+REO_BEFORE_RTO = 0.001  # an RTO due with RACK's reordering timer waits this much after it
 PAWS_IDLE = 24 * 86400.0  # RFC 7323 §5.5: TS.Recent older than 24 days is invalid
 _TS_OPTION = struct.Struct("!BBBBII")  # NOP NOP kind len TSval TSecr
 CHALLENGE_ACK_LIMIT = 100  # per second per connection (RFC 5961 §7; Linux: 1000 per host)
@@ -185,6 +186,7 @@ class Connection:
         self.scoreboard = sack.Scoreboard()
         self.rack = SentLog()        # segments in flight and RACK's loss detection (SACK only)
         self._sack_recovery = False
+        self._rto_recovery = False   # the SACK recovery is a timeout's (in slow start)
 
         # counters for Stats
         self.bytes_sent = 0
@@ -441,13 +443,29 @@ class Connection:
         if pmtu is not None and pmtu.on_rto():
             self.snd_mss = pmtu.base  # a black hole for big segments: back to the base size
             self.cc.set_mss(pmtu.base)
-        # RFC 5681 §3.1 and RFC 6582 §4: back to slow start, go back to snd_una;
-        # RFC 2018 §8: after a timeout, SACK information no longer decides anything
+        # RFC 5681 §3.1: back to slow start
         self.cc.on_rto(self.snd_max - self.snd_una, now)
+        head = self.rack.first()
+        if self._sack_ok and head is not None and head.start == self.snd_una \
+                and not head.state & SACKED:
+            # RFC 8985 §6.3 and RFC 6675 §5.1: resend what RACK now calls lost (the first
+            # segment, and all sent longer than RACK.rtt + reo_wnd ago), SACKed data
+            # not again, in slow start; RACK keeps finding lost retransmissions
+            self.rack.on_timeout(now, self.rack.reo_wnd(True, self.rtt.srtt))
+            self._reo_deadline = None
+            self._in_recovery = self._sack_recovery = self._rto_recovery = True
+            self._probe_recovery = False
+            self._recover = self.snd_max
+            self._dupacks = 0
+            self._send_sack_recovery(now, first=True)
+            self._rtx_deadline = now + self.rtt.rto
+            return True
+        # Without SACK, or if the receiver dropped data it had SACKed (the head is SACKed:
+        # it reneged): go back to snd_una and forget the SACKs (RFC 2018 §8)
         self.scoreboard.clear()
         self.rack.reset()
         self._reo_deadline = None
-        self._sack_recovery = False
+        self._sack_recovery = self._rto_recovery = False
         self._in_recovery = False
         self._recover = self.snd_max
         self._dupacks = 0
@@ -851,8 +869,13 @@ class Connection:
                 if ack >= self._recover:           # full ACK: RFC 6582 §3.2 step 3
                     self._in_recovery = self._sack_recovery = False
                     rack.recovery_ended()
-                    if not self._probe_recovery:
+                    if self._rto_recovery:
+                        self._rto_recovery = False
+                        self.cc.on_ack(acked, flight, now)  # still in slow start
+                    elif not self._probe_recovery:
                         self.cc.on_recovery_end()
+                elif self._rto_recovery:
+                    self.cc.on_ack(acked, flight, now)  # slow start (RFC 5681 §3.1)
                 elif self._sack_recovery:
                     pass  # RFC 6675: the pipe-driven loop in _output decides what to send
                 elif self._probe_recovery:
@@ -905,8 +928,12 @@ class Connection:
         rack = self.rack
         _, timeout = rack.detect_loss(now, rack.reo_wnd(self._in_recovery, self.rtt.srtt))
         if timeout > 0:
-            self._reo_deadline = now + timeout
+            self._reo_deadline = deadline = now + timeout
             self._tlp_deadline = None  # RACK will decide first (RFC 8985 §7.2)
+            if self._rtx_deadline is not None and self._rtx_deadline <= deadline:
+                # nor may the RTO come first: while RACK waits out reordering the
+                # timeout waits too (Linux's timer slot holds one or the other)
+                self._rtx_deadline = deadline + REO_BEFORE_RTO
         else:
             self._reo_deadline = None
 
@@ -923,6 +950,7 @@ class Connection:
         if log.enabled():
             log.emit("fast_retransmit", conn=self.name, snd_una=self.snd_una)
         self._in_recovery = True
+        self._rto_recovery = False
         self._recover = self.snd_max
         pmtu = self.pmtu
         self._probe_recovery = pmtu is not None and pmtu.probe_seq == self.snd_una
@@ -1187,6 +1215,10 @@ class Connection:
             if lost is not None:
                 # the segment as it was sent, in pieces if the room for payload shrank
                 start, end = lost.start, lost.end
+                if start == self.snd_una:
+                    # the timeout counts from the first segment's latest transmission
+                    # (as Linux's tcp_rearm_rto), not from an ACK that came before it
+                    self._rtx_deadline = now + self.rtt.rto
                 stop = min(end, data_end)
                 seq = start
                 while seq < stop:

@@ -351,6 +351,17 @@ class SentLog:
         seg.state = (state | LOST) & ~RETRANS
         heapq.heappush(self._lost, (seg.start, seg.order, seg))
 
+    def on_timeout(self, now: float, reo_wnd: float) -> None:
+        """RFC 8985 §6.3 (RACK_mark_losses_on_RTO): the first segment is lost, and so is
+        every other sent longer than RACK.rtt + reo_wnd ago (a walk over the flight,
+        once a timeout)."""
+        segs = self.segs
+        for i in range(self._head, len(segs)):
+            seg = segs[i]
+            if not seg.state & SACKED and (
+                    i == self._head or seg.ts + self.rtt + reo_wnd <= now):
+                self.mark_lost(seg)
+
     def next_lost(self) -> Segment | None:
         """RFC 6675 NextSeg() rule 1: the lowest segment lost and not yet resent."""
         heap = self._lost
