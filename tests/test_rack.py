@@ -69,8 +69,15 @@ def test_the_reordering_window_follows_rfc_8985() -> None:
     _sack(log, sb, 100, 200, 0.1)                # sent first, delivered last: reordering
     assert log.reordering_seen
     assert log.reo_wnd(True, 0.2) == 0.025
-    log.spurious()                               # a needless retransmission: wider
+    log.on_dsack(snd_una=100, snd_nxt=700)       # a needless retransmission: wider
     assert log.reo_wnd(True, 0.2) == 0.05
+    log.on_dsack(snd_una=100, snd_nxt=700)       # at most once a round trip
+    assert log.reo_wnd(True, 0.2) == 0.05
+    log.on_dsack(snd_una=700, snd_nxt=900)
+    assert log.reo_wnd(True, 0.2) == pytest.approx(0.075)
+    for _ in range(16):                          # back to min_rtt / 4 after 16 recoveries
+        log.recovery_ended()
+    assert log.reo_wnd(True, 0.2) == 0.025
 
 
 def test_pipe_counts_sacked_lost_and_retransmitted_bytes() -> None:

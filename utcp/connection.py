@@ -187,6 +187,19 @@ class Connection:
         self.rack = SentLog()        # segments in flight and RACK's loss detection (SACK only)
         self._sack_recovery = False
         self._rto_recovery = False   # the SACK recovery is a timeout's (in slow start)
+        self._dsack: tuple[int, int] | None = None  # a duplicate to report (RFC 2883)
+        self.dsacks_received = 0
+        # Undoing a needless loss response (DSACK-based, as Linux's undo_retrans): the
+        # window before it, and the retransmissions of this episode not yet reported
+        # as duplicates by the receiver. None when no episode is open.
+        self._undo_marker: int | None = None  # snd_una when the episode began
+        self._undo_high = 0                   # snd_max then: what it may retransmit
+        self._undo_expiry: int | None = None  # over once this is acknowledged
+        self._undo_retrans = 0
+        self._undo_fast = False               # a fast recovery (else a timeout)
+        self._undo_cwnd = 0
+        self._undo_ssthresh: int | None = None
+        self.spurious_recoveries = 0
 
         # counters for Stats
         self.bytes_sent = 0
@@ -443,6 +456,11 @@ class Connection:
         if pmtu is not None and pmtu.on_rto():
             self.snd_mss = pmtu.base  # a black hole for big segments: back to the base size
             self.cc.set_mss(pmtu.base)
+        if self._undo_marker is None or self._undo_expiry is not None:
+            self._open_undo_episode(fast=False)
+        else:  # a timeout within a recovery (or after another): one episode, one undo
+            self._undo_high = self.snd_max
+            self._undo_fast = False
         # RFC 5681 §3.1: back to slow start
         self.cc.on_rto(self.snd_max - self.snd_una, now)
         head = self.rack.first()
@@ -719,6 +737,8 @@ class Connection:
         if not ok:
             if not flags & RST:
                 self._ack_now = True
+                if payload and seg_seq + len(payload) <= self.rcv_nxt and self._sack_ok:
+                    self._dsack = (seg_seq, seg_seq + len(payload))  # RFC 2883: a duplicate
                 if self.state == State.TIME_WAIT and flags & FIN:
                     self._tw_deadline = now + 2 * self.config.msl  # RFC 9293: restart 2MSL
             self._drop("outside window")
@@ -818,10 +838,17 @@ class Connection:
                 for left32, right32 in seg.options.sack:
                     left = sq.unwrap(left32, self.snd_una)
                     right = sq.unwrap(right32, left)
-                    if max(ack, self.snd_una) < left < right <= self.snd_max:
-                        blocks.append((left, right))  # else a D-SACK, or bogus
+                    blocks.append((left, right))
+                # RFC 2883 §4: a first block below the ACK, or inside the second, reports
+                # a duplicate (D-SACK)
+                left, right = blocks[0]
+                if left < right and (right <= ack or (len(blocks) > 1 and (
+                        blocks[1][0] <= left and right <= blocks[1][1]))):
+                    self._on_dsack(left, right)
+                    del blocks[0]
+                low = max(ack, self.snd_una)
                 for left, right in sorted(blocks):
-                    if sb.add(left, right):
+                    if low < left < right <= self.snd_max and sb.add(left, right):
                         delivered |= rack.sacked(left, right, sb, now)
         if ack > self.snd_una:
             acked = ack - self.snd_una
@@ -888,6 +915,14 @@ class Connection:
                     self.cc.cwnd = max(self.cc.cwnd - acked + self.snd_mss, self.snd_mss)
             else:
                 self.cc.on_ack(acked, flight, now)
+            if self._undo_marker is not None:
+                if self._undo_expiry is None:
+                    if not self._in_recovery and ack >= self._recover:
+                        # the recovery is over; its duplicates are reported by ACKs that
+                        # come before the one for what is in flight now
+                        self._undo_expiry = self.snd_max
+                elif ack >= self._undo_expiry:
+                    self._undo_marker = None
             self._dupacks = 0
             self._rto_streak = 0
             self._user_deadline = None
@@ -937,6 +972,42 @@ class Connection:
         else:
             self._reo_deadline = None
 
+    def _open_undo_episode(self, fast: bool) -> None:
+        self._undo_marker = self.snd_una
+        self._undo_high = self.snd_max
+        self._undo_expiry = None
+        self._undo_retrans = 0
+        self._undo_fast = fast
+        self._undo_cwnd, self._undo_ssthresh = self.cc.cwnd, self.cc.ssthresh
+
+    def _on_dsack(self, left: int, right: int) -> None:
+        """The receiver got [left, right) twice (RFC 2883). When every retransmission of
+        a loss episode comes back so, nothing was lost: undo the window reduction
+        (RFC 4015's response; Linux's DSACK undo). RACK widens its reordering window."""
+        self.dsacks_received += 1
+        episode = self._undo_marker is not None and \
+            self._undo_marker <= left < right <= self._undo_high
+        if not episode or self._undo_fast:
+            # RFC 8985 §6.2 step 4; but not for the duplicates a timeout's go-back-N
+            # makes of what was SACKed before it (RFC 2018 §8 had it forget that)
+            self.rack.on_dsack(self.snd_una, self.snd_nxt)
+        if not episode or self._undo_retrans <= 0:
+            return
+        if self._undo_fast:
+            self.rack.reordering_seen = True  # the original was late, not lost
+        self._undo_retrans -= -(-(right - left) // self.snd_mss)  # segments reported
+        if self._undo_retrans > 0:
+            return
+        self.spurious_recoveries += 1
+        if log.enabled():
+            log.emit("undo", conn=self.name, cwnd=self._undo_cwnd, snd_una=self.snd_una)
+        self.cc.undo(self._undo_cwnd, self._undo_ssthresh)
+        self._undo_marker = None
+        if self._in_recovery and not self._probe_recovery:
+            self._in_recovery = self._sack_recovery = self._rto_recovery = False
+            self.rack.unmark_lost()  # what RACK thought lost was only late
+            self._recover = self.snd_una
+
     def _dupack_threshold(self) -> int:
         """Without SACK: three (RFC 5681), or fewer when a small flight with nothing new
         to send could never produce three: RFC 5827's early retransmit."""
@@ -955,6 +1026,7 @@ class Connection:
         pmtu = self.pmtu
         self._probe_recovery = pmtu is not None and pmtu.probe_seq == self.snd_una
         if not self._probe_recovery:
+            self._open_undo_episode(fast=True)
             self.cc.on_loss(self.snd_max - self.snd_una, now)
             if self._sack_ok:
                 # RFC 6675 §5: the first lost segment goes now; the rest as pipe allows
@@ -1009,6 +1081,8 @@ class Connection:
         """Take in-window text; False if its tail (and so any FIN after it) was cut off."""
         # trim to the window: what is before rcv_nxt is old, what is past rcv_adv we never offered
         if seg_seq < self.rcv_nxt:
+            if self._sack_ok:
+                self._dsack = (seg_seq, self.rcv_nxt)  # the part we had (RFC 2883)
             payload = payload[self.rcv_nxt - seg_seq:]
             seg_seq = self.rcv_nxt
         room = self.rcv_adv - seg_seq
@@ -1040,6 +1114,8 @@ class Connection:
             item = (seg_seq, bytes(payload))
             i = bisect_left(self._ooo, item)
             if i < len(self._ooo) and self._ooo[i] == item:
+                if self._sack_ok:
+                    self._dsack = (seg_seq, seg_seq + len(payload))
                 self._emit(self.snd_max, 0, ACK)
                 return complete  # a duplicate of a piece we hold
             # The cap is against floods of tiny pieces: full-sized segments are held up to
@@ -1251,8 +1327,9 @@ class Connection:
         """The MSS less the options a data segment will carry (RFC 9293 §3.7.1): SACK
         blocks ride on every segment while out-of-order data is held."""
         room = self.snd_mss - 12 if self._ts_ok else self.snd_mss
-        if self._ooo and self._sack_ok:
-            return room - 4 - 8 * min(len(self._ooo), self._sack_limit)
+        if (self._ooo or self._dsack) and self._sack_ok:
+            blocks = len(self._ooo) + (self._dsack is not None)
+            return room - 4 - 8 * min(blocks, self._sack_limit)
         return room
 
     def _send_data(self, seq: int, n: int, now: float, fin: bool) -> None:
@@ -1267,6 +1344,8 @@ class Connection:
                 self.pmtu.retransmitting(seq, n)
             self.segments_retransmitted += 1
             self.bytes_retransmitted += n
+            if self._undo_marker is not None and seq < self._undo_high:
+                self._undo_retrans += 1
             if self._rtt_seq is not None and seq <= self._rtt_seq:
                 self._rtt_seq = None  # Karn's rule
         else:
@@ -1305,8 +1384,13 @@ class Connection:
             if self._ts_ok:
                 options = _TS_OPTION.pack(1, 1, 8, 10, self._ts_clock(self._now),
                                           self._ts_recent)
-            if self._ooo and self._sack_ok:
-                blocks = sack.receiver_blocks(self._ooo, self._latest_ooo, self._sack_limit)
+            if (self._ooo or self._dsack) and self._sack_ok:
+                limit = self._sack_limit
+                blocks = sack.receiver_blocks(self._ooo, self._latest_ooo, limit) \
+                    if self._ooo else []
+                if self._dsack is not None:  # RFC 2883: first, once
+                    blocks = [self._dsack, *blocks[:limit - 1]]
+                    self._dsack = None
                 options += sack.encode_blocks([(sq.wrap(a), sq.wrap(b)) for a, b in blocks])
         self._out.append(wire.build_fast(
             self.local_port, self.remote_port, seq if raw_seq else sq.wrap(seq), ack, flags,

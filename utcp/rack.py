@@ -59,6 +59,7 @@ class SentLog:
 
     __slots__ = (
         "_by_time",
+        "_dsack_round",
         "_head",
         "_lost",
         "_min_rtt_time",
@@ -107,6 +108,7 @@ class SentLog:
         self.reordering_seen = False
         self.reo_wnd_mult = 1
         self.reo_wnd_persist = 0
+        self._dsack_round: int | None = None
 
     # ------------------------------------------------------------------ what is sent
 
@@ -291,7 +293,7 @@ class SentLog:
     # ------------------------------------------------------------------ loss
 
     def reo_wnd(self, in_recovery: bool, srtt: float | None) -> float:
-        """RFC 8985 §6.2 step 4 (RACK_update_reo_wnd, without the DSACK part)."""
+        """RFC 8985 §6.2 step 4 (RACK_update_reo_wnd; the DSACK part is on_dsack)."""
         if not self.reordering_seen and (in_recovery or self.segs_sacked >= DUP_THRESH):
             return 0.0
         if self.min_rtt is None:
@@ -299,10 +301,13 @@ class SentLog:
         wnd = self.reo_wnd_mult * self.min_rtt / 4
         return min(wnd, srtt) if srtt is not None else wnd
 
-    def spurious(self) -> None:
-        """A retransmission proved needless (reordering, not loss): widen the window
-        for the next PERSIST_ROUNDS recoveries, as RFC 8985 §6.2 does on a DSACK."""
-        self.reordering_seen = True
+    def on_dsack(self, snd_una: int, snd_nxt: int) -> None:
+        """A D-SACK (RFC 2883): a retransmission was needless. Widen the reordering
+        window by min_rtt / 4, at most once a round trip, for the next PERSIST_ROUNDS
+        recoveries (RFC 8985 §6.2 step 4)."""
+        if self._dsack_round is not None and snd_una < self._dsack_round:
+            return
+        self._dsack_round = snd_nxt
         self.reo_wnd_mult += 1
         self.reo_wnd_persist = PERSIST_ROUNDS
 
@@ -361,6 +366,16 @@ class SentLog:
             if not seg.state & SACKED and (
                     i == self._head or seg.ts + self.rtt + reo_wnd <= now):
                 self.mark_lost(seg)
+
+    def unmark_lost(self) -> None:
+        """A loss response was undone: what was marked lost and not resent was late, not
+        lost (a walk over the flight, on an undo only)."""
+        for seg in self.segs[self._head:]:
+            state = seg.state
+            if state & LOST and not state & RETRANS:
+                self.lost_out -= seg.end - seg.start
+                seg.state = state & ~LOST
+        self._lost.clear()
 
     def next_lost(self) -> Segment | None:
         """RFC 6675 NextSeg() rule 1: the lowest segment lost and not yet resent."""
