@@ -5,6 +5,8 @@ from __future__ import annotations
 import hashlib
 import random
 
+import pytest
+
 from tests.netsim import Address, LinkProfile, Network
 from utcp import sack, wire
 from utcp.config import Config
@@ -169,3 +171,36 @@ def test_a_lost_tail_is_found_by_a_probe_not_by_the_timeout() -> None:
     assert stats.timeouts == 0 and conn.tail_loss_probes == 1
     assert stats.segments_retransmitted == 2     # the probe (segment 6) and segment 5
     assert net.now - start < CFG.rto_min         # no 200 ms timeout was waited for
+
+
+def test_a_flight_from_idle_gets_a_probe_after_two_round_trips() -> None:
+    """Ten segments leave an idle connection and every one is lost: the probe timeout is
+    two round trips, armed for the whole flight. (Armed at its first segment it took
+    that for a lone one, waited for a worst-case delayed ACK on top, and came after the
+    RTO, so the loss cost a timeout.)"""
+    net, server, _, conn = _pair(CFG)
+    sent = [0]
+
+    def tap(data: bytes, src: Address, dst: Address, now: float) -> bool:
+        if src == CLIENT and wire.parse(data).payload:
+            sent[0] += 1
+            return sent[0] > 10                  # the flight is lost, the probe is not
+        return True
+
+    net.filter = tap
+    srtt = conn.rtt.srtt
+    assert srtt is not None
+    start = net.now
+    conn.send(bytes(10 * conn._payload_room()))
+    net.run(until=start + 0.01)
+    assert conn._tlp_deadline == pytest.approx(start + 2 * srtt)
+    peer = server.accept()
+    assert peer is not None
+    got = bytearray()
+
+    def done() -> bool:
+        got.extend(peer.read())
+        return len(got) == 10 * conn._payload_room()
+
+    net.run(until=net.now + 10, stop=done)
+    assert conn.tail_loss_probes == 1 and conn.stats().timeouts == 0

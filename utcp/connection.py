@@ -1236,6 +1236,7 @@ class Connection:
 
     def _send_new_data(self, now: float) -> None:
         data_end = self._snd_base + len(self._sndbuf)
+        snd_max = self.snd_max
         mss = self._payload_room()
         # RFC 3042 limited transmit: a new segment for each of the first two duplicate
         # ACKs keeps the ACK clock going, so a small window can still reach three
@@ -1271,6 +1272,10 @@ class Connection:
                 break
             if self.snd_nxt > self.snd_max:
                 self.snd_max = self.snd_nxt
+        if self.snd_max > snd_max and self._reo_deadline is None:
+            # RFC 8985 §7.2: restart the probe timer after new data, for the whole
+            # flight (armed at the burst's first segment, it took that for a lone one)
+            self._arm_tail_loss_probe(now)
         # zero window with data waiting and nothing in flight: probe until it opens
         if (self.unsent and self.snd_nxt == self.snd_una and self.snd_wnd == 0
                 and self._persist_deadline is None):

@@ -273,12 +273,13 @@ class SentLog:
         """RFC 8985 §6.2 steps 2 and 3 for one segment, taken in ascending order."""
         ts = seg.ts
         rtt = now - ts
-        if seg.state & EVER and (self.min_rtt is None or rtt < self.min_rtt):
-            # Delivered sooner than any round trip: the ACK is for an older copy, so it
-            # dates nothing. (RFC 8985 also skips a retransmission when the ACK's TSecr
-            # predates it; as Linux, we do not: a SACK echoes TS.Recent, the TSval of
-            # the last in-order segment (RFC 7323 §4.3), so that test would discard
-            # every SACKed retransmission and blind RACK to lost retransmissions.)
+        if seg.state & EVER and (self.min_rtt is None or rtt + _EPSILON < self.min_rtt):
+            # Delivered sooner than any round trip (exactly min_rtt, as on a path of
+            # constant delay, is not sooner, whatever the float rounding): the ACK is
+            # for an older copy, so it dates nothing. (RFC 8985 also skips a resend
+            # when the ACK's TSecr predates it; as Linux, we do not: a SACK echoes
+            # TS.Recent, the TSval of the last in-order segment (RFC 7323 §4.3), so that
+            # test would discard every SACKed resend and blind RACK to lost ones.)
             pass
         elif seg.order > self.xmit_order:
             self.xmit_ts = ts
