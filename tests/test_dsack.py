@@ -149,3 +149,18 @@ def test_a_fast_retransmit_caused_by_reordering_is_undone_and_the_window_widens(
     assert conn.spurious_recoveries == 1 and conn.rack.reordering_seen
     assert conn.rack.reo_wnd_mult == 2
     assert conn.cc.ssthresh is None              # undone: as if no loss had been seen
+
+
+def test_a_d_sack_for_a_needless_probe_does_not_widen_the_reordering_window() -> None:
+    """The ACKs of a flight are lost until its tail loss probe has gone: the probe resent
+    the last segment, which had arrived, and the receiver says so. That is no sign of
+    reordering (Linux's FLAG_DSACK_TLP): RACK's window stays as it was."""
+    net, conn, peer = _pair()
+    _deliver(net, conn, peer, 20_000)
+    srtt = conn.rtt.srtt
+    assert srtt is not None
+    blackout = net.now + 2.5 * srtt             # past the probe (two round trips)
+    net.filter = lambda d, src, dst, now: not (src == SERVER and now < blackout)
+    _deliver(net, conn, peer, 20_000)
+    assert conn.tail_loss_probes == 1 and conn.stats().timeouts == 0
+    assert conn.dsacks_received == 1 and conn.rack.reo_wnd_mult == 1

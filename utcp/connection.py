@@ -153,6 +153,7 @@ class Connection:
         self._round_end = 0          # snd_max when the current round trip began
         self._tlp_deadline: float | None = None
         self._tlp_seq: int | None = None  # where the outstanding tail loss probe starts
+        self._tlp_resent: tuple[int, int] | None = None  # what the last probe sent again
         self._reo_deadline: float | None = None  # RACK's reordering timer (RFC 8985 §6.3)
         self.tail_loss_probes = 0
         self._persist_backoff = 0
@@ -534,6 +535,7 @@ class Connection:
             start = max(self.snd_una, start, end - room)
             if start < end:
                 self._tlp_seq = start
+                self._tlp_resent = (start, end)
                 fin = self._fin_queued and self.snd_max == data_end + 1 and end == data_end
                 self._send_data(start, end - start, now, fin)
             elif self._fin_queued and not self._fin_acked:
@@ -985,6 +987,12 @@ class Connection:
         a loss episode comes back so, nothing was lost: undo the window reduction
         (RFC 4015's response; Linux's DSACK undo). RACK widens its reordering window."""
         self.dsacks_received += 1
+        probe = self._tlp_resent
+        if probe is not None and probe[0] <= left < right <= probe[1]:
+            # a tail loss probe that resent what had arrived (only its ACK was lost or
+            # late): that says nothing about reordering (as Linux's FLAG_DSACK_TLP)
+            self._tlp_resent = None
+            return
         episode = self._undo_marker is not None and \
             self._undo_marker <= left < right <= self._undo_high
         if not episode or self._undo_fast:
