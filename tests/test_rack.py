@@ -330,3 +330,16 @@ def test_the_timeout_waits_for_the_reordering_timer() -> None:
     conn._rack_detect(0.9)
     assert conn._reo_deadline == pytest.approx(0.5 + 0.4 + rack.reo_wnd(False, conn.rtt.srtt))
     assert conn._reo_deadline > 0.901 and conn._rtx_deadline > conn._reo_deadline
+
+
+def test_what_an_undo_unmarks_can_be_found_lost_again() -> None:
+    log = _log((100, 200, 0.0), (200, 300, 0.0), (300, 400, 0.01))
+    sb = sack.Scoreboard()
+    _sack(log, sb, 200, 300, 0.1)
+    assert log.detect_loss(0.1, 0.0)[0] == 1     # 100-200, sent before 200-300
+    log.unmark_lost()                            # the recovery proved needless
+    assert log.next_lost() is None and log.lost_out == 0
+    _sack(log, sb, 300, 400, 0.2)                # later still, 100-200 is missing
+    assert log.detect_loss(0.2, 0.0)[0] == 1
+    again = log.next_lost()
+    assert again is not None and again.start == 100

@@ -23,7 +23,7 @@ from __future__ import annotations
 import heapq
 from bisect import bisect_right
 from collections import deque
-from operator import attrgetter
+from operator import attrgetter, itemgetter
 
 from utcp.sack import Scoreboard
 
@@ -38,6 +38,7 @@ PERSIST_ROUNDS = 16     # recoveries a grown reordering window lasts (RFC 8985 Â
 _EPSILON = 1e-6         # a deadline this close is due: no timer for a rounding error
 
 _start = attrgetter("start")
+_first = itemgetter(0)
 
 
 class Segment:
@@ -370,12 +371,18 @@ class SentLog:
 
     def unmark_lost(self) -> None:
         """A loss response was undone: what was marked lost and not resent was late, not
-        lost (a walk over the flight, on an undo only)."""
+        lost, and goes back in the time-ordered queue, where RACK may find it lost again
+        (a walk over the flight, on an undo only)."""
+        live = []
         for seg in self.segs[self._head:]:
             state = seg.state
             if state & LOST and not state & RETRANS:
                 self.lost_out -= seg.end - seg.start
-                seg.state = state & ~LOST
+                seg.state = state = state & ~LOST
+            if not state & SACKED and state & (LOST | RETRANS) != LOST:
+                live.append((seg.order, seg))  # in flight: sent once, or resent
+        live.sort(key=_first)
+        self._by_time = deque(live)
         self._lost.clear()
 
     def next_lost(self) -> Segment | None:
