@@ -996,8 +996,8 @@ class Connection:
         episode = self._undo_marker is not None and \
             self._undo_marker <= left < right <= self._undo_high
         if not episode or self._undo_fast:
-            # RFC 8985 §6.2 step 4; but not for the duplicates a timeout's go-back-N
-            # makes of what was SACKed before it (RFC 2018 §8 had it forget that)
+            # RFC 8985 §6.2 step 4; but not for a timeout's needless resends: they come
+            # of lost ACKs (or go-back-N after reneging), not of reordering
             self.rack.on_dsack(self.snd_una, self.snd_nxt)
         if not episode or self._undo_retrans <= 0:
             return
