@@ -18,7 +18,7 @@ from utcp.state import State
 SERVER: Address = ("10.0.0.1", 1000)
 CLIENT: Address = ("10.0.0.2", 2000)
 CFG = Config(msl=1.0, rto_min=0.2, rto_initial=0.5, mss=1000, pmtu_probing=False,
-             timestamps=False)
+             timestamps=False)  # 1000-byte payloads: the tests count segments
 
 
 # --------------------------------------------------------------------------- SentLog
