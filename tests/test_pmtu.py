@@ -8,8 +8,12 @@ from __future__ import annotations
 
 import hashlib
 import random
+from collections.abc import Callable
+
+import pytest
 
 from tests.netsim import Address, LinkProfile, Network
+from utcp import wire
 from utcp.config import Config
 from utcp.connection import Connection
 from utcp.endpoint import Endpoint
@@ -24,8 +28,9 @@ HEADER = 20  # bytes of TCP header in a data segment (no options)
 
 def _transfer(mtu: int | None, route: int, size: int, *, config: Config = CFG,
               shrink_at: int | None = None, shrink_to: int | None = None,
+              trace: bool = False, watch: Callable[[Connection], None] | None = None,
               ) -> tuple[Connection, Connection, Network, bytes]:
-    net = Network(7, LinkProfile(delay=0.005, mtu=mtu))
+    net = Network(7, LinkProfile(delay=0.005, mtu=mtu), trace=trace)
     server = Endpoint(config, SERVER[1], listening=True, rng=random.Random(1))
     client = Endpoint(config, CLIENT[1], rng=random.Random(2))
     server.route_mss = client.route_mss = lambda peer: route
@@ -41,6 +46,8 @@ def _transfer(mtu: int | None, route: int, size: int, *, config: Config = CFG,
     shrunk = [False]
 
     def stop() -> bool:
+        if watch is not None:
+            watch(conn)
         if not peer and (accepted := server.accept()) is not None:
             peer.append(accepted)
         if peer:
@@ -79,15 +86,45 @@ def test_the_peer_mss_option_is_a_ceiling_too() -> None:
     assert conn.pmtu is not None and conn.pmtu.ceiling == 9000
 
 
-def test_search_settles_below_a_smaller_path_mtu_without_calling_it_congestion() -> None:
+@pytest.mark.parametrize("timestamps", [False, True])
+def test_search_settles_below_a_smaller_path_mtu_without_calling_it_congestion(
+        timestamps: bool) -> None:
     path = 4000  # datagrams above this vanish, as behind a router with a small MTU
-    conn, _, net, _ = _transfer(mtu=path, route=9000, size=32 << 20)  # jumbo route
+    conn, _, net, _ = _transfer(mtu=path, route=9000, size=32 << 20,  # jumbo route
+                                config=CFG.replace(timestamps=timestamps))
     mss = conn.stats().mss
     assert CFG.mss < mss <= path - HEADER
     assert mss >= path - HEADER - 2 * 64      # the binary search got close
     assert net.stats.dropped_mtu >= 2         # probes above the path MTU were lost...
     assert conn.stats().ssthresh is None      # ...and no loss counted as congestion
     assert conn.pmtu is not None and not conn.pmtu.searching
+
+
+@pytest.mark.parametrize("timestamps", [False, True])
+def test_a_lost_probe_is_resent_once(timestamps: bool) -> None:
+    """The repair of a lost probe resends exactly its bytes and leaves the window alone.
+    The partial ACKs that follow (one per repaired piece) must not resend the next piece
+    again as NewReno would: the duplicates reach a receiver that has them, each is
+    answered with a duplicate ACK, and three in a row started a fast retransmit that cut
+    the window (with timestamps on, whose 12 bytes happened to line them up)."""
+    path = 4000
+    windows: dict[int, set[int]] = {}  # repair (by its end) -> cwnd values seen during it
+
+    def watch(conn: Connection) -> None:
+        if conn._in_recovery and conn._probe_recovery:
+            windows.setdefault(conn._recover, set()).add(conn.cc.cwnd)
+
+    conn, _, net, _ = _transfer(mtu=path, route=9000, size=4 << 20, trace=True,
+                                config=CFG.replace(timestamps=timestamps), watch=watch)
+    assert net.trace is not None
+    lost_probes = [wire.parse(r.data) for r in net.trace if r.fate == "dropped_mtu"]
+    assert lost_probes and all(seg.payload for seg in lost_probes)
+    stats = conn.stats()
+    assert stats.bytes_retransmitted == sum(len(seg.payload) for seg in lost_probes)
+    assert stats.ssthresh is None and stats.fast_retransmits == len(lost_probes)
+    # no congestion, so no window change either (NewReno's inflation by the duplicate
+    # ACKs of a repair was never deflated: it grew the window for good)
+    assert windows and all(len(seen) == 1 for seen in windows.values()), windows
 
 
 def test_black_hole_falls_back_to_the_base_size() -> None:

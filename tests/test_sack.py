@@ -5,6 +5,8 @@ from __future__ import annotations
 import hashlib
 import random
 
+import pytest
+
 from tests.netsim import Address, LinkProfile, Network
 from utcp import sack, wire
 from utcp.config import Config
@@ -32,47 +34,13 @@ def test_blocks_merge_and_trim() -> None:
     assert not sb and sb.fack == 0
 
 
-def test_lost_needs_three_segments_or_three_blocks_above() -> None:
+def test_block_of_names_the_merged_range() -> None:
     sb = sack.Scoreboard()
-    sb.add(300, 500)                             # 2 segments of 100 above the hole
-    assert not sb.is_lost(100, 100, 100)
-    sb.add(600, 700)                             # 3 segments' worth now
-    assert sb.is_lost(100, 100, 100)
-    assert not sb.is_lost(550, 100, 100)         # 1 segment above that hole
-    few = sack.Scoreboard()
-    for start in (200, 400, 600):                # three small blocks above the first hole
-        few.add(start, start + 10)
-    assert few.is_lost(100, 100, 1000)
-
-
-def test_pipe_and_next_lost_follow_rfc_6675() -> None:
-    sb = sack.Scoreboard()
-    for start in (200, 400, 600, 800):
-        sb.add(start, start + 100)
-    # holes 100-200 and 300-400 have 3+ blocks above: lost; 500-600 (2 blocks, 200
-    # bytes) and 700-800 (1) may still arrive
-    assert [h[2] for h in sb.holes(100, 100)] == [True, True, False, False]
-    assert sb.pipe(100, 1000, 100) == 100 + 200      # beyond fack, and the unlost holes
-    assert sb.next_lost(100, 100) == (100, 200)
-    sb.high_rxt = 150
-    assert sb.pipe(100, 1000, 100) == 350            # the retransmitted half is in flight
-    assert sb.next_lost(100, 100) == (150, 200)
-    sb.high_rxt = 600
-    assert sb.next_lost(100, 100) is None
-
-
-def test_a_lost_retransmission_is_found_by_later_sacks() -> None:
-    sb = sack.Scoreboard()
-    sb.add(200, 600)
-    sb.high_rxt = 200
-    sb.retransmitted(100, snd_max=1000)          # resent hole 100-200 when 1000 was sent
-    sb.add(1000, 1200)                           # data sent after it: not far enough yet
-    sb.detect_lost_retransmissions(100, 100)
-    assert sb.high_rxt == 200
-    sb.add(1200, 1400)                           # 3 segments past the mark: it was lost
-    sb.detect_lost_retransmissions(100, 100)
-    assert sb.high_rxt == 100 and sb.lost_retransmissions == 1
-    assert sb.next_lost(100, 100) == (100, 200)
+    sb.add(200, 300)
+    sb.add(300, 400)                             # adjacent: one range
+    assert sb.block_of(250) == (200, 400) and sb.block_of(399) == (200, 400)
+    assert sb.block_of(400) is None and sb.block_of(199) is None
+    assert sb.sacked(200) and not sb.sacked(400)
 
 
 def test_receiver_blocks_put_the_latest_first() -> None:
@@ -124,12 +92,13 @@ def test_a_duplicate_ack_carries_a_block_for_the_out_of_order_segment() -> None:
         return True
 
     net.filter = tap
-    conn.send(bytes(3000))
+    room = conn._payload_room()                 # 1000, less 12 with timestamps
+    conn.send(bytes(3 * room))
     net.run(until=net.now + 0.015)              # the data and the first answers
     sacks = [seg.options.sack for seg in seen if seg.options.sack]
     assert sacks, seen
     left, right = sacks[0][0]
-    assert (right - left) % (1 << 32) == 1000   # exactly the third segment, held aside
+    assert (right - left) % (1 << 32) == room   # exactly the third segment, held aside
 
 
 def _lossy_run(config: Config, drops: set[int]) -> tuple[Connection, float]:
@@ -185,7 +154,7 @@ def test_a_lost_tail_is_found_by_a_probe_not_by_the_timeout() -> None:
         return True
 
     net.filter = tap
-    payload = bytes(6000)
+    payload = bytes(6 * conn._payload_room())   # six full segments
     start = net.now
     conn.send(payload)
     peer = server.accept()
@@ -202,3 +171,36 @@ def test_a_lost_tail_is_found_by_a_probe_not_by_the_timeout() -> None:
     assert stats.timeouts == 0 and conn.tail_loss_probes == 1
     assert stats.segments_retransmitted == 2     # the probe (segment 6) and segment 5
     assert net.now - start < CFG.rto_min         # no 200 ms timeout was waited for
+
+
+def test_a_flight_from_idle_gets_a_probe_after_two_round_trips() -> None:
+    """Ten segments leave an idle connection and every one is lost: the probe timeout is
+    two round trips, armed for the whole flight. (Armed at its first segment it took
+    that for a lone one, waited for a worst-case delayed ACK on top, and came after the
+    RTO, so the loss cost a timeout.)"""
+    net, server, _, conn = _pair(CFG)
+    sent = [0]
+
+    def tap(data: bytes, src: Address, dst: Address, now: float) -> bool:
+        if src == CLIENT and wire.parse(data).payload:
+            sent[0] += 1
+            return sent[0] > 10                  # the flight is lost, the probe is not
+        return True
+
+    net.filter = tap
+    srtt = conn.rtt.srtt
+    assert srtt is not None
+    start = net.now
+    conn.send(bytes(10 * conn._payload_room()))
+    net.run(until=start + 0.01)
+    assert conn._tlp_deadline == pytest.approx(start + 2 * srtt)
+    peer = server.accept()
+    assert peer is not None
+    got = bytearray()
+
+    def done() -> bool:
+        got.extend(peer.read())
+        return len(got) == 10 * conn._payload_room()
+
+    net.run(until=net.now + 10, stop=done)
+    assert conn.tail_loss_probes == 1 and conn.stats().timeouts == 0

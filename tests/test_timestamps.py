@@ -1,5 +1,5 @@
-"""RFC 7323 timestamps (opt-in: Config(timestamps=True)): negotiation, echo, PAWS, and
-RTT samples that end a timeout's backoff, which Karn's rule alone cannot."""
+"""RFC 7323 timestamps (on by default): negotiation, echo, PAWS, and RTT samples that
+end a timeout's backoff, which Karn's rule alone cannot."""
 
 from __future__ import annotations
 
@@ -51,6 +51,14 @@ def test_both_must_offer_them() -> None:
     assert synack.options.timestamps[1] == syn.options.timestamps[0]  # echoed
     _, _, conn, peer = _pair(TS, TS.replace(timestamps=False))
     assert not conn._ts_ok and not peer._ts_ok
+
+
+def test_on_by_default() -> None:
+    default = Config(msl=1.0, mss=1000, pmtu_probing=False)
+    _, _, conn, peer = _pair(default, default)
+    assert default.timestamps and conn._ts_ok and peer._ts_ok
+    syn = next(seg for src, seg in _pair.segments if seg.flags == wire.SYN)  # type: ignore[attr-defined]
+    assert syn.options.timestamps is not None
 
 
 def test_every_segment_echoes_the_latest_and_payload_makes_room() -> None:

@@ -328,10 +328,12 @@ def test_pure_ack_after_a_timeout_rewind_is_not_old() -> None:
     snd_max. With snd_nxt, a peer that had received everything dropped each such ACK as
     old (seq < rcv_nxt), ACK field and all; with both sides rewound, each retransmission
     was old for the other and each answer to it too, and the connection deadlocked
-    (seed 0 of the lossy test found it)."""
+    (seed 0 of the lossy test found it). Without SACK: with it, a timeout resends what
+    RACK calls lost and does not rewind."""
+    config = CFG.replace(sack=False)
     net = Network(0, LinkProfile(delay=0.01))
-    server_ep = Endpoint(CFG, SERVER[1], listening=True, rng=random.Random(1))
-    client_ep = Endpoint(CFG, CLIENT[1], rng=random.Random(2))
+    server_ep = Endpoint(config, SERVER[1], listening=True, rng=random.Random(1))
+    client_ep = Endpoint(config, CLIENT[1], rng=random.Random(2))
     net.add(SERVER, server_ep)
     net.add(CLIENT, client_ep)
     c = client_ep.connect(SERVER, net.now)
@@ -339,7 +341,7 @@ def test_pure_ack_after_a_timeout_rewind_is_not_old() -> None:
     s = server_ep.accept()
     assert s is not None
     # both send at once; all the data arrives, every pure ACK is lost: both RTOs rewind
-    net.filter = lambda data, src, dst, now: len(data) > wire.HEADER_LEN
+    net.filter = lambda data, src, dst, now: bool(wire.parse(data).payload)
     c.send(bytes(10 * 1400))
     s.send(bytes(10 * 1400))
     net.run(until=net.now + 1.0, stop=lambda: c.timeouts > 0 and s.timeouts > 0)

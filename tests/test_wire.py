@@ -415,3 +415,14 @@ def test_seg_len(flags: int, payload: bytes, expected: int) -> None:
     seg = Segment(1, 2, 3, 4, flags, 5, payload)
     assert seg.seg_len == expected
     assert parse(build(seg)).seg_len == expected
+
+
+def test_timestamps_alone_take_the_short_path_to_the_same_result() -> None:
+    aligned = b"\x01\x01\x08\x0a" + struct.pack("!II", 0xDEADBEEF, 7)
+    unaligned = b"\x08\x0a" + struct.pack("!II", 0xDEADBEEF, 7) + b"\x01\x00"  # NOPs after
+    for opts in (aligned, unaligned):
+        for data in (with_options(opts), memoryview(with_options(opts))):
+            assert parse(data).options == Options(timestamps=(0xDEADBEEF, 7))
+    bad = b"\x01\x01\x08\x09" + struct.pack("!II", 1, 2)  # wrong length: no short cut
+    with pytest.raises(MalformedSegment):
+        parse(with_options(bad))

@@ -31,6 +31,7 @@ from utcp.events import (
     Terminated,
 )
 from utcp.pmtu import PmtuSearch
+from utcp.rack import SACKED, SentLog
 from utcp.recovery import RttEstimator
 from utcp.state import CAN_SEND, SYNCHRONIZED, State, next_state
 from utcp.state import Event as Ev
@@ -39,6 +40,7 @@ from utcp.wire import ACK, FIN, PSH, RST, SYN
 DEFAULT_MSS = 536  # RFC 9293 §3.7.1: the send MSS when the peer sends no MSS option
 DUPACK_THRESHOLD = 3
 WORST_CASE_DELAYED_ACK = 0.2  # RFC 8985 §7.2's WCDelAckT, as Linux's TCP_RTO_MIN
+REO_BEFORE_RTO = 0.001  # an RTO due with RACK's reordering timer waits this much after it
 PAWS_IDLE = 24 * 86400.0  # RFC 7323 §5.5: TS.Recent older than 24 days is invalid
 _TS_OPTION = struct.Struct("!BBBBII")  # NOP NOP kind len TSval TSecr
 CHALLENGE_ACK_LIMIT = 100  # per second per connection (RFC 5961 §7; Linux: 1000 per host)
@@ -156,6 +158,8 @@ class Connection:
         self._round_end = 0          # snd_max when the current round trip began
         self._tlp_deadline: float | None = None
         self._tlp_seq: int | None = None  # where the outstanding tail loss probe starts
+        self._tlp_resent: tuple[int, int] | None = None  # what the last probe sent again
+        self._reo_deadline: float | None = None  # RACK's reordering timer (RFC 8985 §6.3)
         self.tail_loss_probes = 0
         self._persist_backoff = 0
         self._keepalive_sent = 0
@@ -187,7 +191,22 @@ class Connection:
         self.paws_drops = 0
         self._latest_ooo = 0
         self.scoreboard = sack.Scoreboard()
+        self.rack = SentLog()        # segments in flight and RACK's loss detection (SACK only)
         self._sack_recovery = False
+        self._rto_recovery = False   # the SACK recovery is a timeout's (in slow start)
+        self._dsack: tuple[int, int] | None = None  # a duplicate to report (RFC 2883)
+        self.dsacks_received = 0
+        # Undoing a needless loss response (DSACK-based, as Linux's undo_retrans): the
+        # window before it, and the retransmissions of this episode not yet reported
+        # as duplicates by the receiver. None when no episode is open.
+        self._undo_marker: int | None = None  # snd_una when the episode began
+        self._undo_high = 0                   # snd_max then: what it may retransmit
+        self._undo_expiry: int | None = None  # over once this is acknowledged
+        self._undo_retrans = 0
+        self._undo_fast = False               # a fast recovery (else a timeout)
+        self._undo_cwnd = 0
+        self._undo_ssthresh: int | None = None
+        self.spurious_recoveries = 0
 
         # counters for Stats
         self.bytes_sent = 0
@@ -371,7 +390,7 @@ class Connection:
         best: float | None = None
         for t in (self._rtx_deadline, self._persist_deadline, self._ack_deadline,
                   self._tw_deadline, self._keepalive_deadline, self._idle_deadline,
-                  self._user_deadline, self._tlp_deadline):
+                  self._user_deadline, self._tlp_deadline, self._reo_deadline):
             if t is not None and (best is None or t < best):
                 best = t
         return best
@@ -408,6 +427,8 @@ class Connection:
         if (self._rtx_deadline is not None and now >= self._rtx_deadline
                 and not self._on_retransmission_timeout(now)):
             return
+        if self._reo_deadline is not None and now >= self._reo_deadline:
+            self._on_reorder_timeout(now)
         if self._tlp_deadline is not None and now >= self._tlp_deadline:
             self._on_tail_loss_probe(now)
         if self._persist_deadline is not None and now >= self._persist_deadline:
@@ -473,11 +494,34 @@ class Connection:
         if pmtu is not None and pmtu.on_rto():
             self.snd_mss = pmtu.base  # a black hole for big segments: back to the base size
             self.cc.set_mss(pmtu.base)
-        # RFC 5681 §3.1 and RFC 6582 §4: back to slow start, go back to snd_una;
-        # RFC 2018 §8: after a timeout, SACK information no longer decides anything
+        if self._undo_marker is None or self._undo_expiry is not None:
+            self._open_undo_episode(fast=False)
+        else:  # a timeout within a recovery (or after another): one episode, one undo
+            self._undo_high = self.snd_max
+            self._undo_fast = False
+        # RFC 5681 §3.1: back to slow start
         self.cc.on_rto(self.snd_max - self.snd_una, now)
+        head = self.rack.first()
+        if self._sack_ok and head is not None and head.start == self.snd_una \
+                and not head.state & SACKED:
+            # RFC 8985 §6.3 and RFC 6675 §5.1: resend what RACK now calls lost (the first
+            # segment, and all sent longer than RACK.rtt + reo_wnd ago), SACKed data
+            # not again, in slow start; RACK keeps finding lost retransmissions
+            self.rack.on_timeout(now, self.rack.reo_wnd(True, self.rtt.srtt))
+            self._reo_deadline = None
+            self._in_recovery = self._sack_recovery = self._rto_recovery = True
+            self._probe_recovery = False
+            self._recover = self.snd_max
+            self._dupacks = 0
+            self._send_sack_recovery(now, first=True)
+            self._rtx_deadline = now + self.rtt.rto
+            return True
+        # Without SACK, or if the receiver dropped data it had SACKed (the head is SACKed:
+        # it reneged): go back to snd_una and forget the SACKs (RFC 2018 §8)
         self.scoreboard.clear()
-        self._sack_recovery = False
+        self.rack.reset()
+        self._reo_deadline = None
+        self._sack_recovery = self._rto_recovery = False
         self._in_recovery = False
         self._recover = self.snd_max
         self._dupacks = 0
@@ -523,15 +567,30 @@ class Connection:
             self.snd_max = max(self.snd_max, self.snd_nxt)
         else:
             end = min(self.snd_max, data_end)
-            start = max(self.snd_una, end - room)
+            last = self.rack.last()  # the last segment as it was sent, if it fits
+            start = last.start if last is not None and last.end >= end else end - room
+            start = max(self.snd_una, start, end - room)
             if start < end:
                 self._tlp_seq = start
+                self._tlp_resent = (start, end)
                 fin = self._fin_queued and self.snd_max == data_end + 1 and end == data_end
                 self._send_data(start, end - start, now, fin)
             elif self._fin_queued and not self._fin_acked:
                 self._tlp_seq = data_end
                 self._send_data(data_end, 0, now, fin=True)
         self._rtx_deadline = now + self.rtt.rto
+
+    def _on_reorder_timeout(self, now: float) -> None:
+        """RFC 8985 §6.3: segments RACK held back for reordering are now overdue."""
+        self._reo_deadline = None
+        if self.snd_una >= self.snd_max or self.state not in SYNCHRONIZED:
+            return
+        self._rack_detect(now)
+        if not self._in_recovery and self.snd_una >= self._recover \
+                and self.rack.next_lost() is not None:
+            self._enter_recovery(now)
+        elif self._reo_deadline is None and self._tlp_deadline is None:
+            self._arm_tail_loss_probe(now)
 
     def _on_persist_timeout(self, now: float) -> None:
         # A probe one byte below snd_una is never acceptable, so the peer must answer with
@@ -671,6 +730,7 @@ class Connection:
             self.snd_nxt = ack
         if self._syn_retries == 0:
             self.rtt.sample(now - self._syn_time)
+            self.rack.on_rtt_sample(now - self._syn_time, now)
         self._rtx_deadline = None
         self._syn_retries = 0
         self._last_activity(now)
@@ -723,6 +783,8 @@ class Connection:
         if not ok:
             if not flags & RST:
                 self._ack_now = True
+                if payload and seg_seq + len(payload) <= self.rcv_nxt and self._sack_ok:
+                    self._dsack = (seg_seq, seg_seq + len(payload))  # RFC 2883: a duplicate
                 if self.state == State.TIME_WAIT and flags & FIN:
                     self._tw_deadline = now + 2 * self.config.msl  # RFC 9293: restart 2MSL
             self._drop("outside window")
@@ -806,22 +868,38 @@ class Connection:
 
     def _process_ack(self, seg: wire.Segment, seg_seq: int, ack: int, text_len: int,
                      now: float) -> bool:
-        """RFC 9293 fifth step plus RFC 5681/6582 loss recovery; True if our FIN got acked."""
+        """RFC 9293 fifth step plus loss recovery (RFC 5681/6582; with SACK, RFC 6675 on
+        RACK's marks, RFC 8985); True if our FIN got acked."""
         fin_acked_now = False
         sb = self.scoreboard
-        new_sack = False
-        if self._sack_ok and seg.options.sack:
-            for left32, right32 in seg.options.sack:
-                left = sq.unwrap(left32, self.snd_una)
-                right = sq.unwrap(right32, left)
-                if max(ack, self.snd_una) < left < right <= self.snd_max:  # else D-SACK/bogus
-                    new_sack |= sb.add(left, right)
+        rack = self.rack
+        delivered = False
+        if self._sack_ok:
+            # what this ACK delivers, in ascending order (RFC 8985 §6.2): the cumulative
+            # part, then the new SACK blocks
+            if ack > self.snd_una:
+                delivered = rack.acked(ack, now)
+            if seg.options.sack:
+                blocks = []
+                for left32, right32 in seg.options.sack:
+                    left = sq.unwrap(left32, self.snd_una)
+                    right = sq.unwrap(right32, left)
+                    blocks.append((left, right))
+                # RFC 2883 §4: a first block below the ACK, or inside the second, reports
+                # a duplicate (D-SACK)
+                left, right = blocks[0]
+                if left < right and (right <= ack or (len(blocks) > 1 and (
+                        blocks[1][0] <= left and right <= blocks[1][1]))):
+                    self._on_dsack(left, right)
+                    del blocks[0]
+                low = max(ack, self.snd_una)
+                for left, right in sorted(blocks):
+                    if low < left < right <= self.snd_max and sb.add(left, right):
+                        delivered |= rack.sacked(left, right, sb, now)
         if ack > self.snd_una:
             acked = ack - self.snd_una
             if sb:
                 sb.trim(ack)
-            if self._sack_recovery and new_sack:
-                sb.detect_lost_retransmissions(ack, self.snd_mss)
             data_end = self._snd_base + len(self._sndbuf)
             data_acked = min(ack, data_end) - self._snd_base
             if data_acked > 0:
@@ -847,6 +925,7 @@ class Connection:
             if self._rtt_seq is not None and ack > self._rtt_seq:
                 self.rtt.sample(now - self._rtt_time)
                 self.cc.on_rtt_sample(now - self._rtt_time, now)
+                rack.on_rtt_sample(now - self._rtt_time, now)
                 self._rtt_seq = None
             elif self.rtt.backoff and self._ts_ok and seg.options.timestamps \
                     and seg.options.timestamps[1]:
@@ -855,23 +934,41 @@ class Connection:
                 echoed = (self._ts_clock(now) - seg.options.timestamps[1]) & sq.MASK
                 if echoed < 60_000:
                     self.rtt.sample(echoed / 1000)
+                    rack.on_rtt_sample(echoed / 1000, now)
             if ack >= self._round_end:
                 self.cc.on_round(now)
                 self._round_end = self.snd_max
             if self._in_recovery:
                 if ack >= self._recover:           # full ACK: RFC 6582 §3.2 step 3
                     self._in_recovery = self._sack_recovery = False
-                    sb.high_rxt = 0
-                    sb.all_lost = False
-                    if not self._probe_recovery:
+                    rack.recovery_ended()
+                    if self._rto_recovery:
+                        self._rto_recovery = False
+                        self.cc.on_ack(acked, flight, now)  # still in slow start
+                    elif not self._probe_recovery:
                         self.cc.on_recovery_end()
+                elif self._rto_recovery:
+                    self.cc.on_ack(acked, flight, now)  # slow start (RFC 5681 §3.1)
                 elif self._sack_recovery:
                     pass  # RFC 6675: the pipe-driven loop in _output decides what to send
+                elif self._probe_recovery:
+                    # the repair resent all of the probe's bytes at once: a partial ACK
+                    # is one of them arriving, and resending the next would only make
+                    # duplicates, whose ACKs look like duplicate ACKs (a false loss)
+                    pass
                 else:                              # partial ACK: step 4
                     self._retransmit_first(now)
                     self.cc.cwnd = max(self.cc.cwnd - acked + self.snd_mss, self.snd_mss)
             else:
                 self.cc.on_ack(acked, flight, now)
+            if self._undo_marker is not None:
+                if self._undo_expiry is None:
+                    if not self._in_recovery and ack >= self._recover:
+                        # the recovery is over; its duplicates are reported by ACKs that
+                        # come before the one for what is in flight now
+                        self._undo_expiry = self.snd_max
+                elif ack >= self._undo_expiry:
+                    self._undo_marker = None
             self._dupacks = 0
             self._rto_streak = 0
             self._user_deadline = None
@@ -882,7 +979,7 @@ class Connection:
                     self._user_deadline = now + self.config.user_timeout
                 self._arm_tail_loss_probe(now)
             else:
-                self._rtx_deadline = self._tlp_deadline = None
+                self._rtx_deadline = self._tlp_deadline = self._reo_deadline = None
             self._persist_backoff = 0
         elif (ack == self.snd_una and self.snd_una < self.snd_max and text_len == 0
               and not seg.flags & (FIN | SYN) and (seg.window << self.snd_wscale) == self.snd_wnd):
@@ -890,27 +987,82 @@ class Connection:
             self.dup_acks_received += 1
             self._dupacks += 1
             if self._in_recovery:
-                if not self._sack_recovery:
+                if not self._sack_recovery and not self._probe_recovery:
                     self.cc.cwnd += self.snd_mss   # RFC 6582 §3.2 step 4 (inflation)
-            elif self._dupacks >= self._dupack_threshold() and self.snd_una >= self._recover:
+            elif (not self._sack_ok and self._dupacks >= self._dupack_threshold()
+                  and self.snd_una >= self._recover):
+                self._enter_recovery(now)  # with SACK, RACK decides (below)
+        if self._sack_ok:
+            if delivered:
+                self._rack_detect(now)
+            # RACK found a loss: start recovery (RFC 6675 §5, with RACK's marks for
+            # IsLost()); a loss found while a lost PMTU probe is repaired is congestion
+            if rack.next_lost() is not None and (
+                    (self._in_recovery and self._probe_recovery)
+                    or (not self._in_recovery and self.snd_una >= self._recover)):
                 self._enter_recovery(now)
-        if new_sack and self._sack_recovery and ack <= self.snd_una:
-            sb.detect_lost_retransmissions(self.snd_una, self.snd_mss)
-        if (new_sack and self._tlp_seq is not None and not self._in_recovery
-                and sb.sacked(self._tlp_seq) and self.snd_una < sb.starts[0]):
-            # the probe arrived and what was sent before it did not: lost (RFC 8985 §7.4)
-            sb.all_lost = True
-            self._tlp_seq = None
-            self._enter_recovery(now)
-        if (new_sack and not self._in_recovery and self.snd_una >= self._recover
-                and sb.is_lost(self.snd_una, self.snd_una, self.snd_mss)):
-            self._enter_recovery(now)  # RFC 6675 §5: SACKs say the first segment is lost
         self._update_window(seg, seg_seq, ack)
         return fin_acked_now
 
+    def _rack_detect(self, now: float) -> None:
+        """RFC 8985 §6.2 step 5, and the reordering timer for what is not due yet."""
+        rack = self.rack
+        _, timeout = rack.detect_loss(now, rack.reo_wnd(self._in_recovery, self.rtt.srtt))
+        if timeout > 0:
+            self._reo_deadline = deadline = now + timeout
+            self._tlp_deadline = None  # RACK will decide first (RFC 8985 §7.2)
+            if self._rtx_deadline is not None and self._rtx_deadline <= deadline:
+                # nor may the RTO come first: while RACK waits out reordering the
+                # timeout waits too (Linux's timer slot holds one or the other)
+                self._rtx_deadline = deadline + REO_BEFORE_RTO
+        else:
+            self._reo_deadline = None
+
+    def _open_undo_episode(self, fast: bool) -> None:
+        self._undo_marker = self.snd_una
+        self._undo_high = self.snd_max
+        self._undo_expiry = None
+        self._undo_retrans = 0
+        self._undo_fast = fast
+        self._undo_cwnd, self._undo_ssthresh = self.cc.cwnd, self.cc.ssthresh
+
+    def _on_dsack(self, left: int, right: int) -> None:
+        """The receiver got [left, right) twice (RFC 2883). When every retransmission of
+        a loss episode comes back so, nothing was lost: undo the window reduction
+        (RFC 4015's response; Linux's DSACK undo). RACK widens its reordering window."""
+        self.dsacks_received += 1
+        probe = self._tlp_resent
+        if probe is not None and probe[0] <= left < right <= probe[1]:
+            # a tail loss probe that resent what had arrived (only its ACK was lost or
+            # late): that says nothing about reordering (as Linux's FLAG_DSACK_TLP)
+            self._tlp_resent = None
+            return
+        episode = self._undo_marker is not None and \
+            self._undo_marker <= left < right <= self._undo_high
+        if not episode or self._undo_fast:
+            # RFC 8985 §6.2 step 4; but not for a timeout's needless resends: they come
+            # of lost ACKs (or go-back-N after reneging), not of reordering
+            self.rack.on_dsack(self.snd_una, self.snd_nxt)
+        if not episode or self._undo_retrans <= 0:
+            return
+        if self._undo_fast:
+            self.rack.reordering_seen = True  # the original was late, not lost
+        self._undo_retrans -= -(-(right - left) // self.snd_mss)  # segments reported
+        if self._undo_retrans > 0:
+            return
+        self.spurious_recoveries += 1
+        if log.enabled():
+            log.emit("undo", conn=self.name, cwnd=self._undo_cwnd, snd_una=self.snd_una)
+        self.cc.undo(self._undo_cwnd, self._undo_ssthresh)
+        self._undo_marker = None
+        if self._in_recovery and not self._probe_recovery:
+            self._in_recovery = self._sack_recovery = self._rto_recovery = False
+            self.rack.unmark_lost()  # what RACK thought lost was only late
+            self._recover = self.snd_una
+
     def _dupack_threshold(self) -> int:
-        """Three (RFC 5681), or fewer when a small flight with nothing new to send could
-        never produce three: RFC 5827's early retransmit."""
+        """Without SACK: three (RFC 5681), or fewer when a small flight with nothing new
+        to send could never produce three: RFC 5827's early retransmit."""
         if self.unsent:
             return DUPACK_THRESHOLD
         segments = -(-(self.snd_max - self.snd_una) // self.snd_mss)
@@ -921,15 +1073,16 @@ class Connection:
         if log.enabled():
             log.emit("fast_retransmit", conn=self.name, snd_una=self.snd_una)
         self._in_recovery = True
+        self._rto_recovery = False
         self._recover = self.snd_max
         pmtu = self.pmtu
         self._probe_recovery = pmtu is not None and pmtu.probe_seq == self.snd_una
         if not self._probe_recovery:
+            self._open_undo_episode(fast=True)
             self.cc.on_loss(self.snd_max - self.snd_una, now)
-            if self._sack_ok and self.scoreboard:
-                # RFC 6675 §5: the first lost range goes now; the rest as pipe allows
+            if self._sack_ok:
+                # RFC 6675 §5: the first lost segment goes now; the rest as pipe allows
                 self._sack_recovery = True
-                self.scoreboard.high_rxt = self.snd_una
                 self._send_sack_recovery(now, first=True)
             else:
                 self._retransmit_first(now)
@@ -980,6 +1133,8 @@ class Connection:
         """Take in-window text; False if its tail (and so any FIN after it) was cut off."""
         # trim to the window: what is before rcv_nxt is old, what is past rcv_adv we never offered
         if seg_seq < self.rcv_nxt:
+            if self._sack_ok:
+                self._dsack = (seg_seq, self.rcv_nxt)  # the part we had (RFC 2883)
             payload = payload[self.rcv_nxt - seg_seq:]
             seg_seq = self.rcv_nxt
         room = self.rcv_adv - seg_seq
@@ -1014,6 +1169,8 @@ class Connection:
             item = (seg_seq, bytes(payload))
             i = bisect_left(self._ooo, item)
             if i < len(self._ooo) and self._ooo[i] == item:
+                if self._sack_ok:
+                    self._dsack = (seg_seq, seg_seq + len(payload))
                 self._emit(self.snd_max, 0, ACK)
                 return complete  # a duplicate of a piece we hold
             # The cap is against floods of tiny pieces: full-sized segments are held up to
@@ -1145,6 +1302,7 @@ class Connection:
 
     def _send_new_data(self, now: float) -> None:
         data_end = self._snd_base + len(self._sndbuf)
+        snd_max = self.snd_max
         mss = self._payload_room()
         # RFC 3042 limited transmit: a new segment for each of the first two duplicate
         # ACKs keeps the ACK clock going, so a small window can still reach three
@@ -1180,37 +1338,43 @@ class Connection:
                 break
             if self.snd_nxt > self.snd_max:
                 self.snd_max = self.snd_nxt
+        if self.snd_max > snd_max and self._reo_deadline is None:
+            # RFC 8985 §7.2: restart the probe timer after new data, for the whole
+            # flight (armed at the burst's first segment, it took that for a lone one)
+            self._arm_tail_loss_probe(now)
         # zero window with data waiting and nothing in flight: probe until it opens
         if (self.unsent and self.snd_nxt == self.snd_una and self.snd_wnd == 0
                 and self._persist_deadline is None):
             self._persist_deadline = now + self.rtt.rto
 
     def _send_sack_recovery(self, now: float, first: bool = False) -> None:
-        """RFC 6675 §5 steps (C)/(D): while cwnd - pipe allows, lost ranges first, then
-        new data. `first` sends one segment whatever pipe says (the fast retransmit)."""
-        sb, mss = self.scoreboard, self._payload_room()
+        """RFC 6675 §5 steps (C)/(D), with RACK's marks for IsLost() (RFC 8985): while
+        cwnd - pipe allows, lost segments first, then new data. `first` sends one
+        segment whatever pipe says (the fast retransmit)."""
+        rack, mss = self.rack, self._payload_room()
         data_end = self._snd_base + len(self._sndbuf)
-        pipe = sb.pipe(self.snd_una, self.snd_max, mss)
+        pipe = rack.pipe(self.snd_una, self.snd_max)
         while first or self.cc.cwnd - pipe >= mss:
-            lost = sb.next_lost(self.snd_una, mss)
-            if first and lost is None and sb and self.snd_una < sb.starts[0]:
-                # RFC 6675 §5 (4.3): entering recovery retransmits the first segment,
-                # whether or not IsLost() says so yet (duplicate ACKs did)
-                lost = (self.snd_una, sb.starts[0])
+            lost = rack.next_lost()
+            if first and lost is None:
+                lost = rack.first()  # RFC 6675 §5 (4.3): the first segment, lost or not
             first = False
             if lost is not None:
-                start, end = lost
-                n = min(mss, end - start, data_end - start)
-                if n > 0:
-                    self._send_data(start, n, now, fin=False)
-                    sb.retransmitted(start, self.snd_max)
-                elif self._fin_queued and start == data_end:
-                    self._send_data(start, 0, now, fin=True)
-                    n = 1
-                else:
-                    break
-                sb.high_rxt = start + n
-                pipe += n
+                # the segment as it was sent, in pieces if the room for payload shrank
+                start, end = lost.start, lost.end
+                if start == self.snd_una:
+                    # the timeout counts from the first segment's latest transmission
+                    # (as Linux's tcp_rearm_rto), not from an ACK that came before it
+                    self._rtx_deadline = now + self.rtt.rto
+                stop = min(end, data_end)
+                seq = start
+                while seq < stop:
+                    n = min(mss, stop - seq)
+                    self._send_data(seq, n, now, fin=seq + n == data_end < end)
+                    seq += n
+                if start == data_end < end:
+                    self._send_data(start, 0, now, fin=True)  # a lone FIN
+                pipe += end - start
                 continue
             window_end = self.snd_una + min(self.snd_wnd, self.config.send_buffer)
             if self.snd_nxt < data_end:
@@ -1234,8 +1398,9 @@ class Connection:
         """The MSS less the options a data segment will carry (RFC 9293 §3.7.1): SACK
         blocks ride on every segment while out-of-order data is held."""
         room = self.snd_mss - 12 if self._ts_ok else self.snd_mss
-        if self._ooo and self._sack_ok:
-            return room - 4 - 8 * min(len(self._ooo), self._sack_limit)
+        if (self._ooo or self._dsack) and self._sack_ok:
+            blocks = len(self._ooo) + (self._dsack is not None)
+            return room - 4 - 8 * min(blocks, self._sack_limit)
         return room
 
     def _send_data(self, seq: int, n: int, now: float, fin: bool) -> None:
@@ -1250,6 +1415,8 @@ class Connection:
                 self.pmtu.retransmitting(seq, n)
             self.segments_retransmitted += 1
             self.bytes_retransmitted += n
+            if self._undo_marker is not None and seq < self._undo_high:
+                self._undo_retrans += 1
             if self._rtt_seq is not None and seq <= self._rtt_seq:
                 self._rtt_seq = None  # Karn's rule
         else:
@@ -1259,6 +1426,8 @@ class Connection:
                 self._rtt_time = now
             if self._tlp_deadline is None:
                 self._arm_tail_loss_probe(now)
+        if self._sack_ok and (n or fin):
+            self.rack.sent(seq, seq + n + (1 if fin else 0), now, retransmit)
         self._emit(seq, n, flags, payload=payload)
         if isinstance(payload, memoryview):
             payload.release()
@@ -1286,8 +1455,13 @@ class Connection:
             if self._ts_ok:
                 options = _TS_OPTION.pack(1, 1, 8, 10, self._ts_clock(self._now),
                                           self._ts_recent)
-            if self._ooo and self._sack_ok:
-                blocks = sack.receiver_blocks(self._ooo, self._latest_ooo, self._sack_limit)
+            if (self._ooo or self._dsack) and self._sack_ok:
+                limit = self._sack_limit
+                blocks = sack.receiver_blocks(self._ooo, self._latest_ooo, limit) \
+                    if self._ooo else []
+                if self._dsack is not None:  # RFC 2883: first, once
+                    blocks = [self._dsack, *blocks[:limit - 1]]
+                    self._dsack = None
                 options += sack.encode_blocks([(sq.wrap(a), sq.wrap(b)) for a, b in blocks])
         self._out.append(wire.build_fast(
             self.local_port, self.remote_port, seq if raw_seq else sq.wrap(seq), ack, flags,

@@ -1,59 +1,35 @@
-"""Selective acknowledgments: the sender's scoreboard (RFC 6675) and the receiver's
-blocks (RFC 2018). Sequence numbers here are unwrapped ints, as everywhere in the core.
-
-Loss is judged as RFC 6675's IsLost() does, with DupThresh = 3: a hole is lost once at
-least three segments' worth of bytes, or three separate blocks, are SACKed above it.
+"""Selective acknowledgments: the sender's scoreboard of SACKed ranges (RFC 6675) and
+the receiver's blocks (RFC 2018). Sequence numbers here are unwrapped ints, as
+everywhere in the core. Which segments are lost is RACK's to say (utcp.rack).
 """
 
 from __future__ import annotations
 
 import struct
 from bisect import bisect_left, bisect_right
-from collections.abc import Iterator
 
-DUP_THRESH = 3
 _BLOCK = struct.Struct("!II")
 
 
 class Scoreboard:
     """SACKed ranges above snd_una, merged and sorted: `starts[i]..ends[i]`."""
 
-    __slots__ = ("all_lost", "ends", "high_rxt", "lost_retransmissions", "rxt_marks",
-                 "starts")
+    __slots__ = ("ends", "starts")
 
     def __init__(self) -> None:
         self.starts: list[int] = []
         self.ends: list[int] = []
-        self.high_rxt = 0           # RFC 6675 HighRxt: retransmitted up to here
-        # retransmitted range start -> snd_max when it was sent (RACK's idea, RFC 8985)
-        self.rxt_marks: dict[int, int] = {}
-        self.lost_retransmissions = 0
-        # set when a tail loss probe was delivered: everything sent before it and still
-        # missing is lost (RFC 8985 §7.4), however few segments are SACKed above
-        self.all_lost = False
-
-    def retransmitted(self, start: int, snd_max: int) -> None:
-        self.rxt_marks[start] = snd_max
-
-    def detect_lost_retransmissions(self, snd_una: int, mss: int) -> None:
-        """A retransmission is lost if data sent after it is SACKed well past it while
-        its own range is still missing: send it again (lower HighRxt to it). RFC 6675
-        alone would wait for the retransmission timer."""
-        if not self.rxt_marks:
-            return
-        fack = self.fack
-        for start, mark in list(self.rxt_marks.items()):
-            if start < snd_una or self.sacked(start):
-                del self.rxt_marks[start]
-            elif fack >= mark + DUP_THRESH * mss:
-                del self.rxt_marks[start]
-                self.lost_retransmissions += 1
-                if start < self.high_rxt:
-                    self.high_rxt = start
 
     def sacked(self, seq: int) -> bool:
         k = bisect_right(self.starts, seq) - 1
         return k >= 0 and seq < self.ends[k]
+
+    def block_of(self, seq: int) -> tuple[int, int] | None:
+        """The SACKed range holding seq, if any."""
+        k = bisect_right(self.starts, seq) - 1
+        if k >= 0 and seq < self.ends[k]:
+            return self.starts[k], self.ends[k]
+        return None
 
     def __bool__(self) -> bool:
         return bool(self.starts)
@@ -88,49 +64,6 @@ class Scoreboard:
     def clear(self) -> None:
         self.starts.clear()
         self.ends.clear()
-        self.rxt_marks.clear()
-        self.high_rxt = 0
-        self.all_lost = False
-
-    def holes(self, snd_una: int, mss: int) -> Iterator[tuple[int, int, bool]]:
-        """(start, end, lost) for every un-SACKed gap below the highest SACKed byte."""
-        starts, ends = self.starts, self.ends
-        sacked_above = 0
-        out: list[tuple[int, int, bool]] = []
-        for k in range(len(starts) - 1, -1, -1):
-            sacked_above += ends[k] - starts[k]
-            blocks_above = len(starts) - k
-            gap_start = ends[k - 1] if k else snd_una
-            if gap_start < starts[k]:
-                lost = (self.all_lost or sacked_above >= DUP_THRESH * mss
-                        or blocks_above >= DUP_THRESH)
-                out.append((gap_start, starts[k], lost))
-        return reversed(out)
-
-    def is_lost(self, seq: int, snd_una: int, mss: int) -> bool:
-        for start, end, lost in self.holes(snd_una, mss):
-            if start <= seq < end:
-                return lost
-        return False
-
-    def pipe(self, snd_una: int, snd_max: int, mss: int) -> int:
-        """RFC 6675 SetPipe(): bytes believed to be in the network."""
-        fack = max(self.fack, snd_una)
-        pipe = snd_max - fack
-        for start, end, lost in self.holes(snd_una, mss):
-            if not lost:
-                pipe += end - start
-            elif self.high_rxt > start:
-                pipe += min(end, self.high_rxt) - start  # retransmitted, in flight again
-        return pipe
-
-    def next_lost(self, snd_una: int, mss: int) -> tuple[int, int] | None:
-        """RFC 6675 NextSeg() rule 1: the first lost byte range not yet retransmitted."""
-        floor = max(snd_una, self.high_rxt)
-        for start, end, lost in self.holes(snd_una, mss):
-            if lost and end > floor:
-                return max(start, floor), end
-        return None
 
 
 def encode_blocks(blocks: list[tuple[int, int]]) -> bytes:

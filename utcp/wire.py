@@ -39,6 +39,8 @@ _HEADER = struct.Struct("!HHIIBBHHH")
 _U16 = struct.Struct("!H")
 _U32 = struct.Struct("!I")
 _TS = struct.Struct("!II")
+_TS_ALIGNED = b"\x01\x01\x08\x0a"  # NOP NOP kind=8 len=10
+_TS_ONLY_LEN = HEADER_LEN + 12
 _SACK_BLOCK = struct.Struct("!II")
 
 
@@ -150,7 +152,14 @@ def parse(data: bytes | bytearray | memoryview) -> Segment:
         raise MalformedSegment("bad data offset")
     if hlen > n:
         raise MalformedSegment("header past datagram")
-    options = _parse_options(data, hlen) if hlen > HEADER_LEN else Options()
+    if hlen == _TS_ONLY_LEN and data[HEADER_LEN:HEADER_LEN + 4] == _TS_ALIGNED:
+        # what nearly every segment of a connection with timestamps carries (RFC 7323
+        # appendix A's layout): skip the general option loop
+        options = Options(timestamps=_TS.unpack_from(data, HEADER_LEN + 4))
+    elif hlen > HEADER_LEN:
+        options = _parse_options(data, hlen)
+    else:
+        options = Options()
     payload = memoryview(data)[hlen:] if hlen < n else b""
     if isinstance(data, bytes) and payload:
         payload = data[hlen:]

@@ -32,6 +32,16 @@ class CongestionControl:
         """Full ACK ended fast recovery (RFC 6582 §3.2 step 3)."""
         raise NotImplementedError
 
+    def undo(self, cwnd: int, ssthresh: int | None) -> None:
+        """The last loss response was needless (every retransmission came back as a
+        duplicate): return to the window it started from (RFC 4015 §3.2, as Linux's
+        tcp_undo_cwnd_reduction)."""
+        self.cwnd = max(self.cwnd, cwnd)
+        if ssthresh is None or self.ssthresh is None:
+            self.ssthresh = ssthresh
+        else:
+            self.ssthresh = max(self.ssthresh, ssthresh)
+
     def on_rtt_sample(self, rtt: float, now: float) -> None:
         """A clean RTT sample (Karn's rule applied). Delay-aware algorithms use it."""
 
