@@ -263,7 +263,9 @@ def test_idle_timeout_is_logged(recorder: Recorder) -> None:
 async def test_real_socket_loss_is_logged(recorder: Recorder) -> None:
     from tests.test_pcap import LossyRelay
 
-    config = Config(msl=0.05, rto_initial=0.2)
+    # TIME_WAIT (2 x msl) outlasts the server's FIN retransmission timeout: when the relay
+    # drops the client's last ACK, the client is still there to answer the resent FIN
+    config = Config(msl=0.5, rto_initial=0.2)
     got = bytearray()
 
     async def sink(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

@@ -210,7 +210,9 @@ async def lossy_transfer(path: Path, nbytes: int) -> tuple[int, int, utcp.Stats,
         writer.write(digest.digest())
         writer.close()
 
-    cfg = utcp.Config(msl=0.1, rto_initial=0.2)
+    # TIME_WAIT (2 x msl) outlasts the server's FIN retransmission timeout, for when the
+    # relay drops the client's last ACK
+    cfg = utcp.Config(msl=0.5, rto_initial=0.2)
     async with asyncio.timeout(TIMEOUT):
         server = await utcp.start_server(sink, HOST, 0, config=cfg)
         relay = LossyRelay(server.sockets[0].getsockname()[1])
@@ -224,7 +226,7 @@ async def lossy_transfer(path: Path, nbytes: int) -> tuple[int, int, utcp.Stats,
             assert await reader.read() == hashlib.sha256(data).digest()
             writer.close()
             await writer.wait_closed()
-            while writer.get_extra_info("state") != utcp.State.CLOSED:  # TIME_WAIT: 0.2 s
+            while writer.get_extra_info("state") != utcp.State.CLOSED:  # TIME_WAIT: 1 s
                 await asyncio.sleep(0.02)
             stats: utcp.Stats = writer.get_extra_info("stats")
             server.close()

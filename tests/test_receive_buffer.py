@@ -13,7 +13,7 @@ CLIENT = ("127.0.0.1", 6000)
 
 
 def connected(mss: int) -> tuple[Connection, Connection, Endpoint, Endpoint]:
-    cfg = Config(mss=mss, pmtu_probing=False)
+    cfg = Config(mss=mss, pmtu_probing=False, timestamps=False)  # payload = mss
     server = Endpoint(cfg, SERVER[1], listening=True, rng=random.Random(1))
     client = Endpoint(cfg, CLIENT[1], rng=random.Random(2))
     conn = client.connect(SERVER, 0.0)

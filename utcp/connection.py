@@ -167,7 +167,6 @@ class Connection:
         # acknowledgment generation
         self._ack_now = False
         self._unacked_segments = 0  # full-sized segments received since our last ACK
-        self._rcv_mss = 0  # the largest segment payload received: the peer's segment size
 
         # recovery and congestion
         self.rtt = RttEstimator(config.rto_initial, config.rto_min, config.rto_max)
@@ -641,8 +640,6 @@ class Connection:
                 self._drop("PAWS: old timestamp")
                 return
             self.snd_wl1, self.snd_wl2 = self.rcv_nxt, self.snd_una
-            if len(payload) > self._rcv_mss:
-                self._rcv_mss = len(payload)
             self._rcvbuf.append(bytes(payload))
             self._rcvbuf_len += len(payload)
             self.rcv_nxt += len(payload)
@@ -1145,8 +1142,6 @@ class Connection:
         if not payload:
             self._ack_now = True
             return complete
-        if len(payload) > self._rcv_mss:
-            self._rcv_mss = len(payload)
         if seg_seq == self.rcv_nxt:
             self._rcvbuf.append(bytes(payload))
             self._rcvbuf_len += len(payload)
@@ -1504,11 +1499,6 @@ class Connection:
         new_edge = self.rcv_nxt + self.config.recv_buffer - self._rcvbuf_len
         grow = new_edge - self.rcv_adv
         current = self.rcv_adv - self.rcv_nxt
-        if current >= 2 * max(self.snd_mss, self._rcv_mss):
-            # The peer may still send two full segments, and the ACK they elicit carries
-            # the new window: an update now would be a datagram for nothing (after the
-            # handshake, whose window is at most 64 KiB, it was one per connection).
-            return
         if grow >= min(self.config.recv_buffer // 2, 2 * self.snd_mss) or (
                 current < self.snd_mss and grow > 0 and current + grow >= self.snd_mss):
             self._ack_now = True
