@@ -370,8 +370,18 @@ async def _tunnel(args: argparse.Namespace) -> int:
         target, kind, far = args.target, "udp (utcp)", "tcp "
     thost, tport = parse_hostport(target, default_host="127.0.0.1")
 
+    # asyncio's StreamReaderProtocol keeps a server's handler task only until the
+    # accepted connection is lost, and a client protocol holds its reader weakly: once
+    # the near side has closed, a splice still waiting for the far side's EOF is a
+    # cycle nothing else reaches, which the garbage collector destroyed mid-transfer.
+    live: set[asyncio.Task[Any]] = set()
+
     async def on_connection(reader: asyncio.StreamReader,
                             writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        if task is not None:
+            live.add(task)
+            task.add_done_callback(live.discard)
         try:
             far_reader, far_writer = await dial(thost, tport)
         except OSError as exc:
