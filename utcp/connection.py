@@ -13,6 +13,7 @@ ACK, text, FIN), and every change of state goes through `utcp.state.next_state`.
 from __future__ import annotations
 
 import collections
+import math
 import secrets
 import struct
 from bisect import bisect_left
@@ -30,6 +31,7 @@ from utcp.events import (
     StateChanged,
     Terminated,
 )
+from utcp.pacing import Pacer
 from utcp.pmtu import PmtuSearch
 from utcp.recovery import RttEstimator
 from utcp.state import CAN_SEND, SYNCHRONIZED, State, next_state
@@ -72,6 +74,7 @@ class Stats:
     dropped_segments: int
     challenge_acks: int
     congestion: str
+    pacing_rate: float | None  # bytes per second; None when not pacing
 
 
 class ReassemblyBudget:
@@ -151,6 +154,7 @@ class Connection:
         self._round_end = 0          # snd_max when the current round trip began
         self._tlp_deadline: float | None = None
         self._tlp_seq: int | None = None  # where the outstanding tail loss probe starts
+        self.pacer: Pacer | None = Pacer() if config.pacing else None
         self.tail_loss_probes = 0
         self._persist_backoff = 0
         self._keepalive_sent = 0
@@ -332,9 +336,11 @@ class Connection:
 
     def get_timer(self) -> float | None:
         best: float | None = None
+        pacer = self.pacer
         for t in (self._rtx_deadline, self._persist_deadline, self._ack_deadline,
                   self._tw_deadline, self._keepalive_deadline, self._idle_deadline,
-                  self._user_deadline, self._tlp_deadline):
+                  self._user_deadline, self._tlp_deadline,
+                  pacer.deadline if pacer is not None else None):
             if t is not None and (best is None or t < best):
                 best = t
         return best
@@ -351,7 +357,8 @@ class Connection:
             dup_acks_received=self.dup_acks_received, fast_retransmits=self.fast_retransmits,
             timeouts=self.timeouts, ooo_segments_received=self.ooo_segments_received,
             dropped_segments=self.dropped_segments, challenge_acks=self.challenge_acks,
-            congestion=self.cc.name)
+            congestion=self.cc.name,
+            pacing_rate=(self.pacer.rate or None) if self.pacer is not None else None)
 
     # --------------------------------------------------------------------- timers
 
@@ -360,6 +367,9 @@ class Connection:
             return
         self._now = now
         self._touch()
+        pacer = self.pacer
+        if pacer is not None and pacer.deadline is not None and now >= pacer.deadline:
+            pacer.deadline = None  # a paced segment's turn: _output sends it
         if self._tw_deadline is not None and now >= self._tw_deadline:
             self._tw_deadline = None
             self._set_state(Ev.TIMEOUT_2MSL)
@@ -1091,6 +1101,8 @@ class Connection:
         # RFC 3042 limited transmit: a new segment for each of the first two duplicate
         # ACKs keeps the ACK clock going, so a small window can still reach three
         bonus = self._dupacks * mss if not self._in_recovery and self._dupacks <= 2 else 0
+        pacer = self.pacer
+        credit = self._pacing_credit(now)
         while True:
             window = min(self.snd_wnd, self.cc.cwnd + bonus, self.config.send_buffer)
             usable = self.snd_una + window - self.snd_nxt
@@ -1099,6 +1111,7 @@ class Connection:
                 n = min(remaining, mss, usable)
                 if n <= 0:
                     break
+                probe = False
                 if self.pmtu is not None and not self._in_recovery \
                         and self.snd_nxt == self.snd_max:
                     size = self.pmtu.next_size()
@@ -1107,11 +1120,16 @@ class Connection:
                     if size is not None and size + 3 * mss <= remaining:
                         if size <= usable:
                             n = size  # a probe: real data, one size up (RFC 4821 §7.2)
-                            self.pmtu.sent(self.snd_nxt, n)
+                            probe = True
                         elif window >= size:
                             break  # let ACKs free room for the probe rather than fill it
                 if n < mss and n < remaining and self.snd_nxt > self.snd_una:
                     break  # sender SWS avoidance: wait for the ACK that widens the window
+                if credit < n and pacer is not None and pacer.blocks(now, credit, n):
+                    break  # the pacer's timer sends it
+                credit -= n
+                if probe and self.pmtu is not None:
+                    self.pmtu.sent(self.snd_nxt, n)
                 fin = (self._fin_queued and self.snd_nxt + n == data_end)
                 self._send_data(self.snd_nxt, n, now, fin)
                 self.snd_nxt += n + (1 if fin else 0)
@@ -1122,6 +1140,8 @@ class Connection:
                 break
             if self.snd_nxt > self.snd_max:
                 self.snd_max = self.snd_nxt
+        if pacer is not None:
+            pacer.spent(credit)
         # zero window with data waiting and nothing in flight: probe until it opens
         if (self.unsent and self.snd_nxt == self.snd_una and self.snd_wnd == 0
                 and self._persist_deadline is None):
@@ -1133,17 +1153,23 @@ class Connection:
         sb, mss = self.scoreboard, self._payload_room()
         data_end = self._snd_base + len(self._sndbuf)
         pipe = sb.pipe(self.snd_una, self.snd_max, mss)
+        pacer = self.pacer
+        credit = self._pacing_credit(now)
         while first or self.cc.cwnd - pipe >= mss:
             lost = sb.next_lost(self.snd_una, mss)
             if first and lost is None and sb and self.snd_una < sb.starts[0]:
                 # RFC 6675 §5 (4.3): entering recovery retransmits the first segment,
                 # whether or not IsLost() says so yet (duplicate ACKs did)
                 lost = (self.snd_una, sb.starts[0])
-            first = False
+            paced, first = not first, False  # the fast retransmission itself goes at once
             if lost is not None:
                 start, end = lost
                 n = min(mss, end - start, data_end - start)
                 if n > 0:
+                    if paced:
+                        if credit < n and pacer is not None and pacer.blocks(now, credit, n):
+                            break
+                        credit -= n
                     self._send_data(start, n, now, fin=False)
                     sb.retransmitted(start, self.snd_max)
                 elif self._fin_queued and start == data_end:
@@ -1159,6 +1185,10 @@ class Connection:
                 n = min(mss, data_end - self.snd_nxt, window_end - self.snd_nxt)
                 if n <= 0:
                     break
+                if paced:
+                    if credit < n and pacer is not None and pacer.blocks(now, credit, n):
+                        break
+                    credit -= n
                 fin = self._fin_queued and self.snd_nxt + n == data_end
                 self._send_data(self.snd_nxt, n, now, fin)
                 self.snd_nxt += n + (1 if fin else 0)
@@ -1170,7 +1200,17 @@ class Connection:
                 break
             self.snd_max = max(self.snd_max, self.snd_nxt)
             pipe += n
+        if pacer is not None:
+            pacer.spent(credit)
         self._rtx_deadline = self._rtx_deadline or now + self.rtt.rto
+
+    def _pacing_credit(self, now: float) -> float:
+        """Bytes the pacer lets leave now (`utcp.pacing`); inf when pacing is off."""
+        pacer = self.pacer
+        if pacer is None:
+            return math.inf
+        cc = self.cc
+        return pacer.refill(now, cc.cwnd, cc.ssthresh, self.rtt.srtt, self.snd_mss)
 
     def _payload_room(self) -> int:
         """The MSS less the options a data segment will carry (RFC 9293 §3.7.1): SACK
@@ -1300,6 +1340,8 @@ class Connection:
         self._rtx_deadline = self._persist_deadline = self._ack_deadline = None
         self._tw_deadline = self._keepalive_deadline = self._idle_deadline = None
         self._user_deadline = None
+        if self.pacer is not None:
+            self.pacer.deadline = None
         self._ack_now = False
         self._sndbuf = bytearray()
         if self.reassembly_budget is not None:
