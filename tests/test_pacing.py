@@ -322,3 +322,16 @@ def test_bucket_keeps_an_armed_deadline_while_the_rate_changes() -> None:
     credit = p.refill(first, 22 * MSS, None, 0.1, MSS)
     assert not p.blocks(first, credit, MSS)
 
+
+def test_a_window_the_pacer_spreads_out_still_counts_as_used() -> None:
+    """RFC 7661 grows cwnd only while the flight fills at least half of it. Segments
+    the pacer holds are not application-limited: an ACK that comes back before the
+    pacer has sent half the window (the path got faster than the SRTT says) must still
+    grow it. Without this, pacing kept cwnd small on the lossy link benchmark."""
+    s, conn = _established()
+    conn.send(bytes(40 * 1000))
+    assert len(_sent_at(s, s.now)) == 10
+    s.advance(0.01)  # eight more at 1.25 ms intervals, when the real RTT is 10 ms
+    assert conn.snd_max - conn.snd_una == 18 * 1000 < conn.cc.cwnd // 2
+    s.inject(".", PEER_ISN + 1, OUR_ISN + 1 + 10 * 1000)
+    assert conn.cc.cwnd == 42 * 1000  # slow start: + min(acked, 2 MSS) (RFC 3465)

@@ -837,6 +837,10 @@ class Connection:
                     self._retransmit_first(now)
                     self.cc.cwnd = max(self.cc.cwnd - acked + self.snd_mss, self.snd_mss)
             else:
+                if self.pacer is not None and self.pacer.deadline is not None:
+                    # data the pacer holds back uses the window as much as data in flight:
+                    # the flight is pacing-limited, not application-limited (RFC 7661)
+                    flight = max(flight, self.cc.cwnd)
                 self.cc.on_ack(acked, flight, now)
             self._dupacks = 0
             self._rto_streak = 0
