@@ -30,7 +30,7 @@ def test_every_field_is_covered() -> None:
     names = {f.name for f in dataclasses.fields(Config)}
     assert names == set(POSITIVE_FLOATS) | set(OPTIONAL_FLOATS) | set(INT_BOUNDS) | {
         "congestion", "pcap", "secret_key", "server_key", "allowed_keys", "pmtu_probing",
-        "sack", "timestamps"}
+        "sack", "timestamps", "pacing"}
 
 
 def test_pcap_takes_a_path_or_none(tmp_path: object) -> None:
@@ -208,3 +208,11 @@ def test_pmtu_probing_is_a_bool() -> None:
     assert Config(pmtu_probing=False).pmtu_probing is False
     with pytest.raises(TypeError):
         Config(pmtu_probing=1)  # type: ignore[arg-type]
+
+
+def test_pacing_is_a_bool_and_on_by_default() -> None:
+    assert Config().pacing is True
+    assert Config(pacing=False).pacing is False
+    for bad in (1, 0, "yes", None):
+        with pytest.raises(TypeError):
+            Config(pacing=bad)  # type: ignore[arg-type]

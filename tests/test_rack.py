@@ -236,7 +236,8 @@ def test_reordering_within_the_window_is_not_loss() -> None:
     four within RACK's window (min_rtt / 4) is waited for. Counting duplicate ACKs would
     have resent it (four SACKed above it)."""
     profile = LinkProfile(delay=0.01, bandwidth=1_000_000)  # 1 ms per 1000-byte segment
-    net, conn, peer = _pair(profile=profile)
+    # unpaced, so that segments leave back to back and the delays below are exact
+    net, conn, peer = _pair(CFG.replace(pacing=False), profile=profile)
     late = {5: 0.0015, 30: 0.0042}               # data segment -> extra delay
     sent = [0]
 

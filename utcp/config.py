@@ -30,6 +30,7 @@ class Config:
     sack: bool = True                  # selective acknowledgments (RFC 2018, RFC 6675)
     timestamps: bool = True            # RFC 7323: RTT samples, PAWS; 12 bytes a segment
     pmtu_probing: bool = True          # RFC 8899 probing up to the route's MTU; False pins mss
+    pacing: bool = True                # spread bursts at about cwnd / srtt (utcp.pacing)
     recv_buffer: int = 4 * 1024 * 1024  # receive window (bytes unread + in flight to us)
     send_buffer: int = 4 * 1024 * 1024  # bytes in flight at most
     idle_timeout: float | None = None  # close gracefully after this long with no segment
@@ -113,7 +114,8 @@ def _check(name: str, value: object) -> None:
         lo, hi = _INT_RANGES[name]
         if not lo <= value <= hi:
             raise ValueError(f"Config.{name} must be within {lo}..{hi}, not {value}")
-    elif name in ("pmtu_probing", "sack", "timestamps") and not isinstance(value, bool):
+    elif name in ("pmtu_probing", "sack", "timestamps", "pacing") and \
+            not isinstance(value, bool):
         raise TypeError(f"Config.{name} must be a bool, not {value!r}")
     elif name == "pcap" and value is not None and not isinstance(value, str | os.PathLike):
         raise TypeError(f"Config.pcap must be a file path or None, not {value!r}")

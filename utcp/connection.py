@@ -13,6 +13,7 @@ ACK, text, FIN), and every change of state goes through `utcp.state.next_state`.
 from __future__ import annotations
 
 import collections
+import math
 import secrets
 import struct
 from bisect import bisect_left
@@ -30,6 +31,7 @@ from utcp.events import (
     StateChanged,
     Terminated,
 )
+from utcp.pacing import Pacer
 from utcp.pmtu import PmtuSearch
 from utcp.rack import SACKED, SentLog
 from utcp.recovery import RttEstimator
@@ -75,6 +77,7 @@ class Stats:
     dropped_segments: int
     challenge_acks: int
     congestion: str
+    pacing_rate: float | None  # bytes per second; None when not pacing
 
 
 class ReassemblyBudget:
@@ -158,6 +161,7 @@ class Connection:
         self._round_end = 0          # snd_max when the current round trip began
         self._tlp_deadline: float | None = None
         self._tlp_seq: int | None = None  # where the outstanding tail loss probe starts
+        self.pacer: Pacer | None = Pacer() if config.pacing else None
         self._tlp_resent: tuple[int, int] | None = None  # what the last probe sent again
         self._reo_deadline: float | None = None  # RACK's reordering timer (RFC 8985 §6.3)
         self.tail_loss_probes = 0
@@ -387,9 +391,11 @@ class Connection:
 
     def get_timer(self) -> float | None:
         best: float | None = None
+        pacer = self.pacer
         for t in (self._rtx_deadline, self._persist_deadline, self._ack_deadline,
                   self._tw_deadline, self._keepalive_deadline, self._idle_deadline,
-                  self._user_deadline, self._tlp_deadline, self._reo_deadline):
+                  self._user_deadline, self._tlp_deadline, self._reo_deadline,
+                  pacer.deadline if pacer is not None else None):
             if t is not None and (best is None or t < best):
                 best = t
         return best
@@ -406,7 +412,8 @@ class Connection:
             dup_acks_received=self.dup_acks_received, fast_retransmits=self.fast_retransmits,
             timeouts=self.timeouts, ooo_segments_received=self.ooo_segments_received,
             dropped_segments=self.dropped_segments, challenge_acks=self.challenge_acks,
-            congestion=self.cc.name)
+            congestion=self.cc.name,
+            pacing_rate=(self.pacer.rate or None) if self.pacer is not None else None)
 
     # --------------------------------------------------------------------- timers
 
@@ -415,6 +422,9 @@ class Connection:
             return
         self._now = now
         self._touch()
+        pacer = self.pacer
+        if pacer is not None and pacer.deadline is not None and now >= pacer.deadline:
+            pacer.deadline = None  # a paced segment's turn: _output sends it
         if self._tw_deadline is not None and now >= self._tw_deadline:
             self._tw_deadline = None
             self._set_state(Ev.TIMEOUT_2MSL)
@@ -957,6 +967,10 @@ class Connection:
                     self._retransmit_first(now)
                     self.cc.cwnd = max(self.cc.cwnd - acked + self.snd_mss, self.snd_mss)
             else:
+                if self.pacer is not None and self.pacer.deadline is not None:
+                    # data the pacer holds back uses the window as much as data in flight:
+                    # the flight is pacing-limited, not application-limited (RFC 7661)
+                    flight = max(flight, self.cc.cwnd)
                 self.cc.on_ack(acked, flight, now)
             if self._undo_marker is not None:
                 if self._undo_expiry is None:
@@ -1302,6 +1316,8 @@ class Connection:
         # RFC 3042 limited transmit: a new segment for each of the first two duplicate
         # ACKs keeps the ACK clock going, so a small window can still reach three
         bonus = self._dupacks * mss if not self._in_recovery and self._dupacks <= 2 else 0
+        pacer = self.pacer
+        credit = self._pacing_credit(now)
         while True:
             window = min(self.snd_wnd, self.cc.cwnd + bonus, self.config.send_buffer)
             usable = self.snd_una + window - self.snd_nxt
@@ -1310,6 +1326,7 @@ class Connection:
                 n = min(remaining, mss, usable)
                 if n <= 0:
                     break
+                probe = False
                 if self.pmtu is not None and not self._in_recovery \
                         and self.snd_nxt == self.snd_max:
                     size = self.pmtu.next_size()
@@ -1318,11 +1335,16 @@ class Connection:
                     if size is not None and size + 3 * mss <= remaining:
                         if size <= usable:
                             n = size  # a probe: real data, one size up (RFC 4821 §7.2)
-                            self.pmtu.sent(self.snd_nxt, n)
+                            probe = True
                         elif window >= size:
                             break  # let ACKs free room for the probe rather than fill it
                 if n < mss and n < remaining and self.snd_nxt > self.snd_una:
                     break  # sender SWS avoidance: wait for the ACK that widens the window
+                if credit < n and pacer is not None and pacer.blocks(now, credit, n):
+                    break  # the pacer's timer sends it
+                credit -= n
+                if probe and self.pmtu is not None:
+                    self.pmtu.sent(self.snd_nxt, n)
                 fin = (self._fin_queued and self.snd_nxt + n == data_end)
                 self._send_data(self.snd_nxt, n, now, fin)
                 self.snd_nxt += n + (1 if fin else 0)
@@ -1333,6 +1355,8 @@ class Connection:
                 break
             if self.snd_nxt > self.snd_max:
                 self.snd_max = self.snd_nxt
+        if pacer is not None:
+            pacer.spent(credit)
         if self.snd_max > snd_max and self._reo_deadline is None:
             # RFC 8985 §7.2: restart the probe timer after new data, for the whole
             # flight (armed at the burst's first segment, it took that for a lone one)
@@ -1349,14 +1373,21 @@ class Connection:
         rack, mss = self.rack, self._payload_room()
         data_end = self._snd_base + len(self._sndbuf)
         pipe = rack.pipe(self.snd_una, self.snd_max)
+        pacer = self.pacer
+        credit = self._pacing_credit(now)
         while first or self.cc.cwnd - pipe >= mss:
             lost = rack.next_lost()
             if first and lost is None:
                 lost = rack.first()  # RFC 6675 §5 (4.3): the first segment, lost or not
-            first = False
+            paced, first = not first, False  # the fast retransmission itself goes at once
             if lost is not None:
                 # the segment as it was sent, in pieces if the room for payload shrank
                 start, end = lost.start, lost.end
+                if paced:
+                    n = end - start
+                    if credit < n and pacer is not None and pacer.blocks(now, credit, n):
+                        break
+                    credit -= n
                 if start == self.snd_una:
                     # the timeout counts from the first segment's latest transmission
                     # (as Linux's tcp_rearm_rto), not from an ACK that came before it
@@ -1376,6 +1407,10 @@ class Connection:
                 n = min(mss, data_end - self.snd_nxt, window_end - self.snd_nxt)
                 if n <= 0:
                     break
+                if paced:
+                    if credit < n and pacer is not None and pacer.blocks(now, credit, n):
+                        break
+                    credit -= n
                 fin = self._fin_queued and self.snd_nxt + n == data_end
                 self._send_data(self.snd_nxt, n, now, fin)
                 self.snd_nxt += n + (1 if fin else 0)
@@ -1387,7 +1422,17 @@ class Connection:
                 break
             self.snd_max = max(self.snd_max, self.snd_nxt)
             pipe += n
+        if pacer is not None:
+            pacer.spent(credit)
         self._rtx_deadline = self._rtx_deadline or now + self.rtt.rto
+
+    def _pacing_credit(self, now: float) -> float:
+        """Bytes the pacer lets leave now (`utcp.pacing`); inf when pacing is off."""
+        pacer = self.pacer
+        if pacer is None:
+            return math.inf
+        cc = self.cc
+        return pacer.refill(now, cc.cwnd, cc.ssthresh, self.rtt.srtt, self.snd_mss)
 
     def _payload_room(self) -> int:
         """The MSS less the options a data segment will carry (RFC 9293 §3.7.1): SACK
@@ -1527,6 +1572,8 @@ class Connection:
         self._rtx_deadline = self._persist_deadline = self._ack_deadline = None
         self._tw_deadline = self._keepalive_deadline = self._idle_deadline = None
         self._user_deadline = None
+        if self.pacer is not None:
+            self.pacer.deadline = None
         self._ack_now = False
         self._sndbuf = bytearray()
         if self.reassembly_budget is not None:
