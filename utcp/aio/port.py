@@ -230,7 +230,10 @@ class UdpPort:
                 break
             if self._pcap is not None:
                 self._pcap.write_received(view[:n], addr, self._local, time.time())
-            ep.receive_datagram(view[:n], addr, now)
+            try:
+                ep.receive_datagram(view[:n], addr, now)
+            except Exception as exc:  # see _bad_datagram
+                self._bad_datagram(exc, addr)
         self.process(now)
 
     def _read_gro(self, now: float) -> None:
@@ -246,13 +249,27 @@ class UdpPort:
             except OSError as exc:
                 self._on_socket_error(exc)
                 break
-            size = batch.gro_segment_size(anc) or n
-            for off in range(0, n, size):
-                piece = view[off:min(off + size, n)]
+            for begin, end in batch.gro_pieces(n, batch.gro_segment_size(anc)):
+                piece = view[begin:end]
                 if self._pcap is not None:
                     self._pcap.write_received(piece, addr, self._local, time.time())
-                ep.receive_datagram(piece, addr, now)
+                try:
+                    ep.receive_datagram(piece, addr, now)
+                except Exception as exc:  # see _bad_datagram
+                    self._bad_datagram(exc, addr)
                 received += 1
+
+    def _bad_datagram(self, exc: Exception, addr: object) -> None:
+        """A datagram the core failed on: counted and dropped, never raised.
+
+        The parser turns every malformed datagram into a counted drop already; this is
+        the second line. An exception here would abandon the rest of the batch and this
+        wake-up's flush and timer, and any sender could repeat it at will, so it must not
+        reach the loop's exception handler (issue #12: one empty datagram, one traceback).
+        """
+        self.endpoint.counters[f"dropped: {type(exc).__name__} in the core"] += 1
+        if log.enabled():
+            log.emit("drop", reason="exception", error=repr(exc), peer=str(addr))
 
     def _on_socket_error(self, exc: OSError) -> None:
         """ICMP errors reach a connected UDP socket as recv/send errors (Linux)."""
