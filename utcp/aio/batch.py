@@ -51,11 +51,28 @@ def enable_gro(sock: socket.socket) -> bool:
 
 
 def gro_segment_size(ancdata: list[tuple[int, int, bytes]]) -> int:
-    """The size the kernel glued datagrams at, or 0 when it returned just one."""
+    """The size the kernel glued datagrams at, or 0 when it returned just one.
+
+    A size that cannot be one (0 or negative) reads as 0: the caller then takes what it
+    received as a single datagram, never loops with a step of 0.
+    """
     for level, kind, data in ancdata:
         if level == SOL_UDP and kind == UDP_GRO and len(data) >= 4:
-            return int(_I32.unpack_from(data)[0])
+            return max(0, int(_I32.unpack_from(data)[0]))
     return 0
+
+
+def gro_pieces(n: int, size: int) -> Iterator[tuple[int, int]]:
+    """(begin, end) of each datagram in `n` bytes glued at `size` (0: just one).
+
+    An empty datagram (n == 0) is still one datagram, so the endpoint counts it as a
+    malformed drop: UDP allows a zero-length payload, and anyone can send one.
+    """
+    if size <= 0 or size >= n:
+        yield 0, n
+        return
+    for off in range(0, n, size):
+        yield off, min(off + size, n)
 
 
 def gso_batches(datagrams: list[tuple[bytes, Any]], start: int = 0,

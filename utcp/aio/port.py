@@ -14,9 +14,10 @@ import collections
 import contextlib
 import errno
 import socket
+import sys
 import time
 import weakref
-from collections.abc import Callable
+from collections.abc import AsyncGenerator, Callable
 from typing import TYPE_CHECKING
 
 from utcp import log, pcap
@@ -148,10 +149,98 @@ def _would_block(exc: OSError) -> bool:
     return isinstance(exc, BlockingIOError | InterruptedError) or exc.errno == errno.ENOBUFS
 
 
-def _release(sock: socket.socket, writer: pcap.PcapWriter | None, port: int) -> None:
+def _reset_connections(sock: socket.socket, endpoint: Endpoint) -> None:
+    """RST every connection the peer still believes in, straight from the socket.
+
+    When a process dies holding TCP sockets its kernel answers for it; here the process
+    is the stack, and a peer that hears nothing waits forever for data or a FIN that will
+    never come (issue #11). So whatever still holds the socket when it goes - the garbage
+    collector, interpreter exit, an overflowing TIME_WAIT table - first aborts what is
+    left (RFC 9293 §3.10.5: RST only where the peer is synchronized with us). The sends
+    do not block: a datagram the full socket buffer refuses is lost, as at any crash.
+    """
+    if not endpoint.connections or sock.fileno() < 0:
+        return
+    try:
+        for conn in list(endpoint.connections.values()):
+            conn.abort()
+        datagrams = endpoint.datagrams_to_send(time.monotonic())
+    except Exception:  # at interpreter exit, never let one endpoint stop the others
+        return
+    for data, addr in datagrams:
+        try:
+            sock.sendto(data, addr)
+        except OSError:
+            continue
+
+
+def _release(sock: socket.socket, writer: pcap.PcapWriter | None, port: int,
+             endpoint: Endpoint) -> None:
+    _reset_connections(sock, endpoint)
     sock.close()
     if writer is not None:
         pcap.release(writer, port)
+
+
+# Ports per event loop, for the RSTs when the loop shuts down (below).
+_loop_ports: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop,
+                                       weakref.WeakSet[UdpPort]] = weakref.WeakKeyDictionary()
+_SENTINEL_ATTR = "_utcp_shutdown_sentinel"
+
+
+async def _loop_shutdown_sentinel(loop_ref: weakref.ref[asyncio.AbstractEventLoop],
+                                  ) -> AsyncGenerator[None, None]:
+    """An async generator the loop tracks: `shutdown_asyncgens` closes it, which runs
+    the `finally` inside the still-running loop.
+
+    asyncio.run, asyncio.Runner and uvloop.run call `shutdown_asyncgens` just before
+    `loop.close()`, and neither loop offers any other hook there. Without it a program
+    whose `asyncio.run` returns with connections open (or that is interrupted) leaves
+    its peers waiting, since the sockets then close only when collected, if ever.
+    """
+    try:
+        yield
+    finally:
+        loop = loop_ref()
+        ports = _loop_ports.get(loop) if loop is not None else None
+        for port in list(ports or ()):
+            port.reset_connections()
+
+
+def _track(port: UdpPort) -> None:
+    loop = port.loop
+    ports = _loop_ports.get(loop)
+    if ports is None:
+        ports = _loop_ports[loop] = weakref.WeakSet()
+    ports.add(port)
+    if getattr(loop, _SENTINEL_ATTR, None) is not None:
+        return
+    # Only the running loop's own hook will do: then the loop holds the generator in its
+    # set of live ones until shutdown_asyncgens. A port made outside the running loop
+    # (or in a loop without the hooks) is reset by its finalizer alone.
+    firstiter = sys.get_asyncgen_hooks().firstiter
+    if getattr(firstiter, "__self__", None) is not loop:
+        return
+    agen = _loop_shutdown_sentinel(weakref.ref(loop))
+    try:
+        # On the loop itself, so it lives as long as the loop and no longer (the loop
+        # and the generator's finalizer hook form a cycle the collector breaks). Set
+        # before it starts: a started generator dropped at once would be closed at once.
+        setattr(loop, _SENTINEL_ATTR, agen)
+    except AttributeError:
+        return
+    with contextlib.suppress(StopIteration):
+        agen.asend(None).send(None)  # runs the firstiter hook, stops at the yield
+
+
+def _weak_route_mss(port: UdpPort) -> Callable[[Addr], int]:
+    method = weakref.WeakMethod(port._route_mss)
+    config = port.endpoint.config
+
+    def route_mss(peer: Addr) -> int:
+        found = method()
+        return found(peer) if found is not None else config.mss
+    return route_mss
 
 
 class UdpPort:
@@ -188,12 +277,16 @@ class UdpPort:
                       if endpoint.config.pcap else None)
         # If the loop is closed while a connection lingers in TIME_WAIT, the socket is
         # closed when this object goes, not left for a ResourceWarning.
-        self._finalizer = weakref.finalize(self, _release, sock, self._pcap, self._local[1])
+        # Its RSTs too (see _reset_connections), so nothing the finalizer holds may hold
+        # this object: the endpoint reaches the port only through a weak method.
+        self._finalizer = weakref.finalize(self, _release, sock, self._pcap, self._local[1],
+                                           endpoint)
         sock.setblocking(False)
         set_dont_fragment(sock)
         self._route_cache: dict[str, int | None] = {}
-        endpoint.route_mss = self._route_mss
+        endpoint.route_mss = _weak_route_mss(self)
         loop.add_reader(self._fd, self._on_readable)
+        _track(self)
 
     def _route_mss(self, peer: Addr) -> int:
         host = peer[0]
@@ -209,6 +302,14 @@ class UdpPort:
             self._route_cache[host] = found
         found = self._route_cache[host]
         return found if found is not None else self.endpoint.config.mss
+
+    def reset_connections(self) -> None:
+        """The loop is shutting down with connections open: RST them (see _track)."""
+        if self.closed or not self.endpoint.connections:
+            return
+        for conn in list(self.endpoint.connections.values()):
+            conn.abort()
+        self._send(self.endpoint.datagrams_to_send(self.loop.time()))
 
     # ------------------------------------------------------------------ input
 
@@ -230,7 +331,10 @@ class UdpPort:
                 break
             if self._pcap is not None:
                 self._pcap.write_received(view[:n], addr, self._local, time.time())
-            ep.receive_datagram(view[:n], addr, now)
+            try:
+                ep.receive_datagram(view[:n], addr, now)
+            except Exception as exc:  # see _bad_datagram
+                self._bad_datagram(exc, addr)
         self.process(now)
 
     def _read_gro(self, now: float) -> None:
@@ -246,13 +350,27 @@ class UdpPort:
             except OSError as exc:
                 self._on_socket_error(exc)
                 break
-            size = batch.gro_segment_size(anc) or n
-            for off in range(0, n, size):
-                piece = view[off:min(off + size, n)]
+            for begin, end in batch.gro_pieces(n, batch.gro_segment_size(anc)):
+                piece = view[begin:end]
                 if self._pcap is not None:
                     self._pcap.write_received(piece, addr, self._local, time.time())
-                ep.receive_datagram(piece, addr, now)
+                try:
+                    ep.receive_datagram(piece, addr, now)
+                except Exception as exc:  # see _bad_datagram
+                    self._bad_datagram(exc, addr)
                 received += 1
+
+    def _bad_datagram(self, exc: Exception, addr: object) -> None:
+        """A datagram the core failed on: counted and dropped, never raised.
+
+        The parser turns every malformed datagram into a counted drop already; this is
+        the second line. An exception here would abandon the rest of the batch and this
+        wake-up's flush and timer, and any sender could repeat it at will, so it must not
+        reach the loop's exception handler (issue #12: one empty datagram, one traceback).
+        """
+        self.endpoint.counters[f"dropped: {type(exc).__name__} in the core"] += 1
+        if log.enabled():
+            log.emit("drop", reason="exception", error=repr(exc), peer=str(addr))
 
     def _on_socket_error(self, exc: OSError) -> None:
         """ICMP errors reach a connected UDP socket as recv/send errors (Linux)."""
