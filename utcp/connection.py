@@ -645,10 +645,12 @@ class Connection:
             # Header prediction (Van Jacobson; Linux's tcp_rcv_established fast path):
             # the next bytes in order, acknowledging nothing new, window unchanged. The
             # general path would do exactly this, after many checks that cannot fail.
-            if self._ts_ok and self._paws_rejects(seg, self.rcv_nxt, now):
-                self._ack_now = True
-                self._drop("PAWS: old timestamp")
-                return
+            if self._ts_ok:
+                if self._paws_rejects(seg, now):
+                    self._ack_now = True
+                    self._drop("PAWS: old timestamp")
+                    return
+                self._take_ts_recent(seg, self.rcv_nxt, now)  # in order, exact ACK
             self.snd_wl1, self.snd_wl2 = self.rcv_nxt, self.snd_una
             self._rcvbuf.append(bytes(payload))
             self._rcvbuf_len += len(payload)
@@ -770,7 +772,8 @@ class Connection:
             self._drop("SYN in synchronized state")
             return
 
-        if self._ts_ok and self._paws_rejects(seg, seg_seq, now):
+        # RFC 7323 §5.3 R1, before the window check; TS.Recent moves only below (R3)
+        if self._ts_ok and self._paws_rejects(seg, now):
             self._ack_now = True
             self._drop("PAWS: old timestamp")
             return
@@ -841,6 +844,8 @@ class Connection:
             self._challenge_ack(now)  # RFC 5961 §5: an ACK too old to be from this peer
             self._drop("ACK too old")
             return
+        if self._ts_ok:
+            self._take_ts_recent(seg, seg_seq, now)  # RFC 7323 R3: acceptable at last
         fin_now_acked = self._process_ack(seg, seg_seq, ack, len(payload), now)
 
         # seventh: text
@@ -1511,21 +1516,33 @@ class Connection:
     def _ts_clock(self, now: float) -> int:
         return (int(now * 1000) + self._ts_offset) & sq.MASK
 
-    def _paws_rejects(self, seg: wire.Segment, seg_seq: int, now: float) -> bool:
-        """RFC 7323 §5.3: a TSval older than TS.Recent is an old duplicate (PAWS); a
-        newer one at or before Last.ACK.sent becomes TS.Recent (§4.3)."""
+    def _paws_rejects(self, seg: wire.Segment, now: float) -> bool:
+        """RFC 7323 §5.3 R1: a TSval older than TS.Recent is an old duplicate (PAWS).
+
+        Only a test: TS.Recent moves in `_take_ts_recent`, once the segment has proved
+        acceptable."""
         ts = seg.options.timestamps
         if ts is None:
             return False
-        tsval = ts[0]
-        if sq.lt(tsval, self._ts_recent) and not seg.flags & RST \
+        if sq.lt(ts[0], self._ts_recent) and not seg.flags & RST \
                 and now - self._ts_recent_time < PAWS_IDLE:
             self.paws_drops += 1
             return True
-        if sq.ge(tsval, self._ts_recent) and seg_seq <= self._last_ack_sent:
-            self._ts_recent = tsval
-            self._ts_recent_time = now
         return False
+
+    def _take_ts_recent(self, seg: wire.Segment, seg_seq: int, now: float) -> None:
+        """RFC 7323 §5.3 R3 (§4.3): a newer TSval at or before Last.ACK.sent becomes
+        TS.Recent, but only from an acceptable segment.
+
+        Called after the window check (R2) and, as Linux's tcp_replace_ts_recent from
+        tcp_ack, after RFC 5961's ACK check: a blind forgery that moved TS.Recent ahead
+        would make every genuine segment fail PAWS, stalling the connection (4 datagrams
+        did, when this ran before the window check)."""
+        ts = seg.options.timestamps
+        if ts is not None and seg_seq <= self._last_ack_sent and (
+                sq.ge(ts[0], self._ts_recent) or now - self._ts_recent_time >= PAWS_IDLE):
+            self._ts_recent = ts[0]  # §5.5: after 24 days idle, an older TSval resets it
+            self._ts_recent_time = now
 
     def _window_field(self) -> int:
         """The window to advertise, rounded up so the right edge never moves left."""
