@@ -127,3 +127,91 @@ def test_ts_recent_moves_only_for_an_acceptable_segment() -> None:
     s.inject("P.", 5001, 1001, window=1000, payload=b"good",
              options=wire.Options(timestamps=(102, 0)))
     assert conn.read() == b"good" and conn._ts_recent == 102 and conn.paws_drops == 0
+
+
+# --------------------------------------------------------------------------- blind FIN / data
+
+PLAIN_CFG = Config(msl=1.0, rto_min=0.05, rto_initial=0.2, timestamps=False)
+
+
+def _established() -> tuple[Script, Connection]:
+    """Server ISS 1000, peer ISS 5000; the peer offers 1000 << 7 = 128,000 bytes."""
+    s = Script(PLAIN_CFG, listening=True, isns=(1000,))
+    s.inject("S", 5000, options=wire.Options(mss=1400, wscale=7))
+    s.expect("S.", seq=1000, ack=5001)
+    s.inject(".", 5001, 1001, window=1000)
+    conn = s.ep.connections[PEER]
+    assert conn.state == S.ESTABLISHED and conn.max_snd_wnd == 128_000
+    return s, conn
+
+
+@pytest.mark.parametrize("flags", ["F.", "FP.", "P."])
+@pytest.mark.parametrize("ack", ["unsent", "too_old", "before_iss"])
+def test_fin_or_data_with_an_unacceptable_ack_is_challenged_and_counted(
+        flags: str, ack: str) -> None:
+    """RFC 5961 §5.2: SND.UNA - MAX.SND.WND <= SEG.ACK <= SND.NXT, else challenge ACK and
+    drop, for FIN and data as for a bare ACK. Nothing was sent but the SYN here, so no
+    ACK below ISS + 1 can be genuine, however large the peer's window (MAX.SND.WND)."""
+    s, conn = _established()
+    value = {"unsent": 1001 + 1, "too_old": 1001 - 128_000 - 1, "before_iss": 1001 - 1}[ack]
+    payload = b"forged" if "P" in flags else b""
+    for seq in (5001, 5001 + 700):  # at rcv_nxt, and out of order in the window
+        s.inject(flags, seq, value, payload=payload)
+        s.expect(".", seq=1001, ack=5001)  # the challenge ACK
+    s.expect_nothing()
+    assert conn.state == S.ESTABLISHED and conn.readable == 0 and not conn.eof_received
+    assert conn._fin_seq is None and not conn._ooo
+    assert conn.stats().challenge_acks == 2 and conn.stats().dropped_segments == 2
+    # the genuine peer is unaffected
+    s.inject("FP.", 5001, 1001, payload=b"hello")
+    assert conn.read() == b"hello" and conn.eof_received and conn.state == S.CLOSE_WAIT
+
+
+def test_forged_fin_out_of_order_is_overridden_by_the_data_past_it() -> None:
+    s, conn = _established()
+    s.inject("F.", 5001 + 700, 1001)                 # forged: accepted, held past a hole
+    assert conn._fin_seq == 5001 + 700
+    s.inject("P.", 5001 + 1000, 1001, payload=b"b" * 1000)  # genuine, out of order too
+    assert conn._fin_seq is None and conn.fins_ignored == 1
+    s.inject("P.", 5001, 1001, payload=b"a" * 1000)  # fills the hole, past the forged FIN
+    s.inject("FP.", 5001 + 2000, 1001, payload=b"c" * 10)  # the peer's own FIN is taken
+    assert conn.read() == b"a" * 1000 + b"b" * 1000 + b"c" * 10
+    assert conn.eof_received and conn.state == S.CLOSE_WAIT
+
+
+def test_forged_fin_after_data_held_is_ignored() -> None:
+    s, conn = _established()
+    s.inject("P.", 5001 + 1000, 1001, payload=b"b" * 1000)  # genuine, out of order
+    s.inject("F.", 5001 + 700, 1001)                 # forged: before data held, ignored
+    assert conn._fin_seq is None and conn.fins_ignored == 1
+    s.inject("FP.", 5001, 1001, payload=b"a" * 1000)  # a FIN at 6001 would cut the data
+    assert conn._fin_seq is None and conn.fins_ignored == 2
+    s.inject("FP.", 5001 + 2000, 1001, payload=b"c" * 10)
+    assert conn.read() == b"a" * 1000 + b"b" * 1000 + b"c" * 10
+    assert conn.eof_received and conn.state == S.CLOSE_WAIT
+
+
+def test_a_later_fin_replaces_a_forged_one_beyond_it() -> None:
+    """A forged FIN past the peer's: no data ever comes past it, but the peer's own FIN
+    (retransmitted until acknowledged) replaces it, so the close still happens."""
+    s, conn = _established()
+    s.inject("F.", 5001 + 5000, 1001)                # forged, beyond the end of the stream
+    s.inject("FP.", 5001, 1001, payload=b"a" * 100)  # the peer's data and FIN
+    assert conn.read() == b"a" * 100 and conn.eof_received and conn.state == S.CLOSE_WAIT
+    assert conn.fins_ignored == 1
+
+
+def test_data_across_a_fin_taken_resets_instead_of_wedging() -> None:
+    """A forged FIN at exactly rcv_nxt (2^32 guesses times the ACK's) is taken; the peer's
+    data across it then proves it forged: both ends are reset at once, instead of the peer
+    retransmitting bytes nobody takes until it times out."""
+    s, conn = _established()
+    s.inject("F.", 5001, 1001)                       # forged
+    assert conn.eof_received and conn.state == S.CLOSE_WAIT
+    s.expect(".", seq=1001, ack=5002)
+    s.inject("P.", 5001 + 1400, 1001, payload=b"b" * 1400)  # wholly after it: ignored
+    assert conn.state == S.CLOSE_WAIT
+    s.expect_nothing()  # RFC 9293: in CLOSE_WAIT, text is ignored
+    s.inject("P.", 5001, 1001, payload=b"a" * 1400)  # across it: reset
+    s.expect("R.", seq=1001)
+    assert conn.state == S.CLOSED and isinstance(conn.error, ConnectionResetError)

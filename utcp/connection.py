@@ -192,6 +192,7 @@ class Connection:
         self._ts_recent_time = 0.0
         self._last_ack_sent = 0      # Last.ACK.sent (RFC 7323 §4.3)
         self.paws_drops = 0
+        self.fins_ignored = 0        # FINs contradicted by data or by another FIN
         self._latest_ooo = 0
         self.scoreboard = sack.Scoreboard()
         self.rack = SentLog()        # segments in flight and RACK's loss detection (SACK only)
@@ -795,8 +796,12 @@ class Connection:
                 self._ack_now = True
                 if payload and seg_seq + len(payload) <= self.rcv_nxt and self._sack_ok:
                     self._dsack = (seg_seq, seg_seq + len(payload))  # RFC 2883: a duplicate
-                if self.state == State.TIME_WAIT and flags & FIN:
-                    self._tw_deadline = now + 2 * self.config.msl  # RFC 9293: restart 2MSL
+                if (self.state == State.TIME_WAIT and flags & FIN
+                        and seg_seq + len(payload) == self._fin_seq
+                        and self._ack_acceptable(seg)):
+                    # RFC 9293: the peer's FIN again restarts 2MSL; only that FIN, else
+                    # blind FINs at any sequence number would hold TIME_WAIT forever
+                    self._tw_deadline = now + 2 * self.config.msl
             self._drop("outside window")
             return
 
@@ -840,7 +845,7 @@ class Connection:
             self._challenge_ack(now)  # RFC 9293 / RFC 5961 §5: ACK of what was never sent
             self._drop("ACK of unsent data")
             return
-        if ack < self.snd_una - max(self.max_snd_wnd, 1):
+        if ack < self._oldest_acceptable_ack():
             self._challenge_ack(now)  # RFC 5961 §5: an ACK too old to be from this peer
             self._drop("ACK too old")
             return
@@ -850,16 +855,35 @@ class Connection:
 
         # seventh: text
         complete = True
+        fin_seq = self._fin_seq
         if payload and self.state in (State.ESTABLISHED, State.FIN_WAIT_1, State.FIN_WAIT_2):
+            if fin_seq is not None and seg_seq + len(payload) > fin_seq:
+                # Data past a FIN still waiting for the bytes before it: one of the two is
+                # not the peer's, and a blind FIN is the cheaper forgery (the data must hit
+                # the window and carry an acceptable ACK just the same, but a genuine peer
+                # never sends it). The data wins, as in Linux's out-of-order queue, and the
+                # peer's own FIN is taken when it comes; a FIN kept here would never be
+                # reached, and the connection could not close.
+                self._forget_fin(fin_seq, "data past it")
             complete = self._receive_text(seg_seq, payload)
         elif payload:
+            if (fin_seq is not None and seg_seq <= fin_seq < seg_seq + len(payload)
+                    and self.state in (State.CLOSE_WAIT, State.CLOSING, State.LAST_ACK)):
+                # Data across the FIN we took: that FIN was forged (or the peer is broken)
+                # and the stream delivered was cut short. Reset, as RFC 1122 §4.2.2.13 and
+                # Linux (TCPAbortOnData), rather than ignore the peer's bytes and leave it
+                # retransmitting them until it times out.
+                self._drop("data across the FIN taken")
+                self._fail(ConnectionResetError("data arrived past the peer's FIN"),
+                           send_rst=True)
+                return
             self._drop("data after FIN")
         elif flags & FIN and seg_seq >= self.rcv_adv:
             complete = False  # a FIN past the window we offered
 
         # eighth: FIN (possibly held until a hole before it is filled)
-        if flags & FIN and complete and self._fin_seq is None:
-            self._fin_seq = seg_seq + len(payload)
+        if flags & FIN and complete and not self._fin_received:
+            self._record_fin(seg_seq + len(payload))
         fin_in_order = (self._fin_seq is not None and not self._fin_received
                         and self.rcv_nxt == self._fin_seq)
         if flags & FIN and not payload and not fin_in_order:
@@ -1225,6 +1249,36 @@ class Connection:
                 self.reassembly_budget.used -= len(data)
             i += 1
         del ooo[:i]
+
+    def _record_fin(self, fin_at: int) -> None:
+        """Hold the peer's FIN at `fin_at` until the bytes before it are in.
+
+        A genuine peer sends one FIN, at one place; two FINs at different places, or a
+        FIN before data already held, mean one was forged. The newest FIN replaces an
+        older one (the peer retransmits its own until we acknowledge it, so a forgery
+        cannot outlast it), unless it lies before data we hold (delivered, or out of
+        order): it could never be reached, or the bytes after it never delivered. A FIN
+        at rcv_nxt is taken whatever follows it (Linux: tcp_fin drops the out-of-order
+        queue)."""
+        if fin_at == self._fin_seq:
+            return
+        if fin_at < self.rcv_nxt or (fin_at > self.rcv_nxt and any(
+                start + len(data) > fin_at for start, data in self._ooo)):
+            self.fins_ignored += 1
+            if log.enabled():
+                log.emit("drop", conn=self.name, reason="FIN before data held",
+                         state=self.state.name)
+            return
+        if self._fin_seq is not None:
+            self._forget_fin(self._fin_seq, "another FIN")
+        self._fin_seq = fin_at
+
+    def _forget_fin(self, fin_at: int, why: str) -> None:
+        self._fin_seq = None
+        self.fins_ignored += 1
+        if log.enabled():
+            log.emit("drop", conn=self.name, reason=f"FIN overridden by {why}",
+                     state=self.state.name, fin=fin_at)
 
     def _receive_fin(self, now: float, fin_now_acked: bool) -> None:
         self._fin_received = True
@@ -1599,6 +1653,22 @@ class Connection:
         self._ooo.clear()
         self._events.append(Terminated(error))
         self._touch()
+
+    def _oldest_acceptable_ack(self) -> int:
+        """RFC 5961 §5.2: SND.UNA - MAX.SND.WND <= SEG.ACK, and never below ISS + 1.
+
+        RFC 5961 allows an ACK up to the largest window the peer ever offered behind
+        SND.UNA, but a peer never acknowledges what precedes our SYN: clamping at ISS + 1
+        leaves a blind attacker on a connection that sent little (an upload's receiver)
+        a handful of acceptable values in 2^32 instead of MAX.SND.WND."""
+        return max(self.snd_una - max(self.max_snd_wnd, 1), self.iss + 1)
+
+    def _ack_acceptable(self, seg: wire.Segment) -> bool:
+        """RFC 5961 §5.2's whole test, for a segment not otherwise taken."""
+        if not seg.flags & ACK:
+            return False
+        ack = sq.unwrap(seg.ack, self.snd_una)
+        return self._oldest_acceptable_ack() <= ack <= self.snd_max
 
     def _challenge_ack(self, now: float) -> None:
         """RFC 5961 §7: answer a suspicious segment with an ACK, at most so many a second."""
