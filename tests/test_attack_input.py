@@ -215,3 +215,44 @@ def test_data_across_a_fin_taken_resets_instead_of_wedging() -> None:
     s.inject("P.", 5001, 1001, payload=b"a" * 1400)  # across it: reset
     s.expect("R.", seq=1001)
     assert conn.state == S.CLOSED and isinstance(conn.error, ConnectionResetError)
+
+
+def _time_wait() -> tuple[Script, Connection]:
+    """The server closed first and took the peer's FIN (at 5001): TIME_WAIT, 2MSL = 2 s."""
+    s, conn = _established()
+    conn.close()
+    s.app()
+    s.expect("F.", seq=1001, ack=5001)
+    s.inject("F.", 5001, 1002)
+    s.expect(".", seq=1002, ack=5002)
+    assert conn.state == S.TIME_WAIT and conn._tw_deadline == s.now + 2.0
+    return s, conn
+
+
+def test_blind_fins_do_not_hold_time_wait() -> None:
+    """RFC 9293: the peer's FIN again restarts 2MSL. A FIN at any other place, or with an
+    unacceptable ACK, is not the peer's: before, each one restarted it, so an attacker
+    knowing only the addresses kept the connection in TIME_WAIT for as long as it liked."""
+    s, conn = _time_wait()
+    rng = random.Random(5)
+    for _ in range(40):
+        s.advance(0.1)
+        seq = rng.getrandbits(32)
+        if (seq - 5001) & sq.MASK == 0:
+            continue
+        s.inject("F.", seq, rng.choice([1002, rng.getrandbits(32)]))
+        s.inject("F.", 5001, 1002 + 1 + rng.getrandbits(20))  # right place, ACK unsent
+    assert conn.state == S.CLOSED  # 2 s after the last genuine segment, not later
+    assert s.states(conn)[-2:] == [S.TIME_WAIT, S.CLOSED]
+
+
+def test_the_peers_fin_again_restarts_time_wait() -> None:
+    s, conn = _time_wait()
+    s.advance(1.5)
+    s.inject("F.", 5001, 1002)                     # our ACK of its FIN was lost
+    s.expect(".", seq=1002, ack=5002)
+    assert conn.state == S.TIME_WAIT and conn._tw_deadline == s.now + 2.0
+    s.advance(1.9)
+    assert conn.state == S.TIME_WAIT
+    s.advance(0.2)
+    assert conn.state == S.CLOSED
