@@ -256,3 +256,71 @@ def test_the_peers_fin_again_restarts_time_wait() -> None:
     assert conn.state == S.TIME_WAIT
     s.advance(0.2)
     assert conn.state == S.CLOSED
+
+
+def _lucky_fin(conn: Connection, offset: int) -> bytes:
+    """The forged FIN of an attacker whose two guesses came right: in the window at
+    `offset` past rcv_nxt, and an acceptable ACK (SND.UNA itself)."""
+    return wire.build_fast(conn.remote_port, conn.local_port, sq.wrap(conn.rcv_nxt + offset),
+                           sq.wrap(conn.snd_una), wire.ACK | wire.FIN, 0xFFFF)
+
+
+@pytest.mark.parametrize("direction", ["to_server", "to_client"])
+def test_a_forged_fin_in_the_window_is_overridden_and_the_transfer_closes(
+        direction: str) -> None:
+    """Before, the held forged FIN was never reached once real data ran past it, the
+    peer's FIN was ignored, and the connection never closed."""
+    t = make_transfer(3, LinkProfile(delay=0.005), 1 << 20, 1 << 20)
+    rng = random.Random(direction)
+    injected: list[Connection] = []
+    t.connect()
+
+    def stop() -> bool:
+        client, server = t.client, t.server
+        assert client is not None
+        if not injected and server is not None and min(
+                server.bytes_received, client.bytes_received) > 128 * KiB:
+            conn, ep, src = _target(t, direction)
+            window = conn.rcv_adv - conn.rcv_nxt
+            assert window > 64 * KiB
+            ep.receive_datagram(_lucky_fin(conn, rng.randrange(1, window // 2)), src,
+                                t.net.now)
+            assert conn._fin_seq is not None  # taken in: both guesses were right
+            injected.append(conn)
+        return t.poll()
+
+    t.net.run(until=60.0, stop=stop)
+    assert injected
+    t.check()  # byte-exact both ways, both CLOSED without error
+    assert injected[0].fins_ignored == 1
+
+
+@pytest.mark.parametrize("direction", ["to_server", "to_client"])
+def test_a_forged_fin_at_rcv_nxt_ends_in_a_reset_not_a_hang(direction: str) -> None:
+    """A FIN forged at exactly rcv_nxt is taken (nothing tells it from the peer's); the
+    peer's next bytes cross it. Both ends learn it within a round trip, from the RST:
+    before, the target ignored those bytes and the peer retransmitted them until its
+    retransmission limit, minutes later."""
+    t = make_transfer(4, LinkProfile(delay=0.005), 1 << 20, 1 << 20)
+    attack: list[float] = []
+    t.connect()
+
+    def stop() -> bool:
+        client, server = t.client, t.server
+        assert client is not None
+        if not attack and server is not None and min(
+                server.bytes_received, client.bytes_received) > 128 * KiB:
+            conn, ep, src = _target(t, direction)
+            ep.receive_datagram(_lucky_fin(conn, 0), src, t.net.now)
+            assert conn.eof_received
+            attack.append(t.net.now)
+        t.poll()
+        return t.client.state == S.CLOSED and t.server is not None \
+            and t.server.state == S.CLOSED
+
+    t.net.run(until=60.0, stop=stop)
+    assert attack and t.client is not None and t.server is not None
+    assert t.client.state == t.server.state == S.CLOSED
+    assert isinstance(t.client.error, ConnectionResetError)
+    assert isinstance(t.server.error, ConnectionResetError)
+    assert t.net.now - attack[0] < 1.0
