@@ -18,7 +18,9 @@ the RFCs say must happen:
 
 from __future__ import annotations
 
+import copy
 import random
+from collections.abc import Callable
 
 import pytest
 
@@ -324,3 +326,106 @@ def test_a_forged_fin_at_rcv_nxt_ends_in_a_reset_not_a_hang(direction: str) -> N
     assert isinstance(t.client.error, ConnectionResetError)
     assert isinstance(t.server.error, ConnectionResetError)
     assert t.net.now - attack[0] < 1.0
+
+
+# --------------------------------------------------------------------------- attacker's cost
+
+class FinProbe:
+    """Would `conn` take in a bare FIN at a 32-bit `seq` acknowledging a 32-bit `ack`?
+
+    Asked of a copy, so `conn` is left as it was; the copy is renewed only when a FIN it
+    took changed more than the FIN it holds (a refused one changes nothing that matters)."""
+
+    def __init__(self, conn: Connection, now: float) -> None:
+        self.conn, self.now = conn, now
+        self.probe = self._copy()
+
+    def _copy(self) -> Connection:
+        return copy.deepcopy(self.conn, {id(self.conn._notify): None})
+
+    def __call__(self, seq: int, ack: int) -> bool:
+        probe, conn = self.probe, self.conn
+        dropped = probe.dropped_segments
+        probe.receive(wire.Segment(conn.remote_port, conn.local_port, seq, ack,
+                                   wire.ACK | wire.FIN, conn.snd_wnd >> conn.snd_wscale),
+                      self.now)
+        if probe.dropped_segments != dropped:
+            return False
+        if all(getattr(probe, name) == getattr(conn, name) for name in (
+                "state", "snd_una", "rcv_nxt", "max_snd_wnd", "snd_wnd")):
+            probe._fin_seq = None  # only held, out of order
+        else:
+            self.probe = self._copy()
+        return True
+
+
+def _edge(taken: Callable[[int], bool], inside: int, outside: int) -> int:
+    """The last offset from `inside` towards `outside` for which `taken` holds."""
+    while abs(outside - inside) > 1:
+        mid = (inside + outside) // 2
+        if taken(mid):
+            inside = mid
+        else:
+            outside = mid
+    return inside
+
+
+def blind_fin_cost(conn: Connection, now: float, rng: random.Random,
+                   samples: int) -> dict[str, float]:
+    """What a random-guess attacker needs for one FIN to be taken, measured on `conn`:
+    the acceptable sequence numbers and ACK values found by probing (not computed from
+    its variables), checked against `samples` random guesses of each."""
+    taken = FinProbe(conn, now)
+    good_seq, good_ack = sq.wrap(conn.rcv_nxt + 1), sq.wrap(conn.snd_una)
+    assert taken(good_seq, good_ack)
+    half = 1 << 31
+    seq_lo = _edge(lambda d: taken(sq.wrap(conn.rcv_nxt + 1 - d), good_ack), 0, half)
+    seq_hi = _edge(lambda d: taken(sq.wrap(conn.rcv_nxt + 1 + d), good_ack), 0, half)
+    ack_lo = _edge(lambda d: taken(good_seq, sq.wrap(conn.snd_una - d)), 0, half)
+    ack_hi = _edge(lambda d: taken(good_seq, sq.wrap(conn.snd_una + d)), 0, half)
+    seqs, acks = seq_lo + seq_hi + 1, ack_lo + ack_hi + 1
+    # random guesses, each number alone, agree with the ranges found
+    seq_hits = sum(taken(rng.getrandbits(32), good_ack) for _ in range(samples))
+    ack_hits = sum(taken(good_seq, rng.getrandbits(32)) for _ in range(samples))
+    return {"seqs": seqs, "acks": acks, "seq_hits": seq_hits, "ack_hits": ack_hits,
+            "datagrams": (1 << 32) / seqs * (1 << 32) / acks}
+
+
+def test_a_blind_fin_must_guess_both_the_sequence_number_and_the_ack() -> None:
+    """An upload with 4 MiB windows both ways (the defaults), paused half way. RFC 5961
+    §5.2 on FIN makes a blind FIN guess both numbers: about 2^32/window * 2^32/MAX.SND.WND
+    datagrams. The uploader (which sends the data, and receives only ACKs) stays there,
+    2^20 for 4 MiB windows; the receiver of the upload has sent nothing past its SYN and a
+    short reply, and no ACK below its ISS + 1 can be genuine: 2^10 * 2^32 / 1001, 2^32
+    (it was 2^20 too, before the clamp at ISS + 1)."""
+    t = make_transfer(11, LinkProfile(delay=0.005), 8 << 20, 1000,
+                      server_cfg=Config(msl=1.0), client_cfg=Config(msl=1.0))
+    t.connect()
+
+    def half_way() -> bool:  # the applications: the server replies and both read
+        if t.server is None and (conn := t.server_ep.accept()) is not None:
+            t.server = conn
+            conn.send(t.s2c)
+        assert t.client is not None
+        t.client.read()
+        return t.server is not None and len(t.server.read()) + t.server.bytes_received \
+            > (2 << 20)
+
+    t.net.run(until=60.0, stop=half_way)
+    assert t.client is not None and t.server is not None
+    assert t.server.state == t.client.state == S.ESTABLISHED
+    rng = random.Random(1)
+    samples = 1 << 15
+    receiver = blind_fin_cost(t.server, t.net.now, rng, samples)
+    sender = blind_fin_cost(t.client, t.net.now, rng, samples)
+    print(f"\nblind FIN, upload receiver: {receiver}\nblind FIN, uploader: {sender}")
+    for cost in (receiver, sender):
+        assert cost["seqs"] >= 1 << 21  # a window of megabytes: about 1 in 2^10
+        expected = samples * cost["seqs"] / (1 << 32)  # about 2^5 hits
+        assert expected / 3 < cost["seq_hits"] < expected * 3
+    # the uploader: MAX.SND.WND (4 MiB) plus what is in flight, as RFC 5961 says
+    assert sender["acks"] >= 2 << 20 and sender["ack_hits"] > 0
+    assert sender["datagrams"] > 1 << 19
+    # the receiver: 1000 bytes of reply, its FIN not sent: ISS + 1 .. SND.NXT
+    assert receiver["acks"] <= 1001 and receiver["ack_hits"] == 0
+    assert receiver["datagrams"] > 1 << 31
