@@ -6,8 +6,10 @@ Outputs, pulled by the caller: `datagrams_to_send(now)`, `get_timer()`, `next_ev
 60-second TIME_WAIT in microseconds.
 
 Sequence numbers are kept *unwrapped* (see `utcp.seq`); only the wire sees 32 bits.
-Segment processing follows the order of RFC 9293 §3.10.7.4 (acceptability, RST, SYN,
-ACK, text, FIN), and every change of state goes through `utcp.state.next_state`.
+Segment processing follows the order of RFC 9293 §3.10.7.4 as RFC 5961 and RFC 7323
+amend it (SYN, PAWS, acceptability, RST, ACK, TS.Recent, text, FIN; see
+`_receive_synchronized` and docs/architecture.md), and every change of state goes
+through `utcp.state.next_state`.
 """
 
 from __future__ import annotations
@@ -746,6 +748,12 @@ class Connection:
         self._last_activity(now)
 
     def _receive_synchronized(self, seg: wire.Segment, now: float) -> None:
+        """RFC 9293 §3.10.7.4 with RFC 5961 and RFC 7323, in this order, each step dropping
+        what fails it: SYN (a challenge ACK, any sequence number); PAWS (R1: test only);
+        acceptability (R2); RST (exact rcv_nxt only); ACK (present, and RFC 5961 §5.2's
+        range, for data and FIN too); TS.Recent (R3: only now, from an acceptable
+        segment); the ACK's effects; text; FIN (held until in order, forgotten when data
+        or another FIN contradicts it)."""
         flags = seg.flags
         seg_seq = sq.unwrap(seg.seq, self.rcv_nxt)
         payload = seg.payload
