@@ -263,8 +263,15 @@ def test_the_peers_fin_again_restarts_time_wait() -> None:
 def _lucky_fin(conn: Connection, offset: int) -> bytes:
     """The forged FIN of an attacker whose two guesses came right: in the window at
     `offset` past rcv_nxt, and an acceptable ACK (SND.UNA itself)."""
-    return wire.build_fast(conn.remote_port, conn.local_port, sq.wrap(conn.rcv_nxt + offset),
-                           sq.wrap(conn.snd_una), wire.ACK | wire.FIN, 0xFFFF)
+    return wire.build(wire.Segment(
+        conn.remote_port, conn.local_port, sq.wrap(conn.rcv_nxt + offset),
+        sq.wrap(conn.snd_una), wire.ACK | wire.FIN, 0xFFFF, b"", _passing_ts(conn)))
+
+
+def _passing_ts(conn: Connection) -> wire.Options:
+    """A timestamp option that passes PAWS (a third guess, right half the time), if the
+    connection uses them: without one the segment is dropped (RFC 7323 §3.2)."""
+    return wire.Options(timestamps=(conn._ts_recent, 0)) if conn._ts_ok else wire.Options()
 
 
 @pytest.mark.parametrize("direction", ["to_server", "to_client"])
@@ -343,12 +350,13 @@ class FinProbe:
     def _copy(self) -> Connection:
         return copy.deepcopy(self.conn, {id(self.conn._notify): None})
 
-    def __call__(self, seq: int, ack: int) -> bool:
+    def __call__(self, seq: int, ack: int, tsval: int | None = None) -> bool:
         probe, conn = self.probe, self.conn
         dropped = probe.dropped_segments
+        options = _passing_ts(conn) if tsval is None else wire.Options(timestamps=(tsval, 0))
         probe.receive(wire.Segment(conn.remote_port, conn.local_port, seq, ack,
-                                   wire.ACK | wire.FIN, conn.snd_wnd >> conn.snd_wscale),
-                      self.now)
+                                   wire.ACK | wire.FIN, conn.snd_wnd >> conn.snd_wscale,
+                                   b"", options), self.now)
         if probe.dropped_segments != dropped:
             return False
         if all(getattr(probe, name) == getattr(conn, name) for name in (
@@ -387,8 +395,12 @@ def blind_fin_cost(conn: Connection, now: float, rng: random.Random,
     # random guesses, each number alone, agree with the ranges found
     seq_hits = sum(taken(rng.getrandbits(32), good_ack) for _ in range(samples))
     ack_hits = sum(taken(good_seq, rng.getrandbits(32)) for _ in range(samples))
+    # and with timestamps on, a TSval that passes PAWS: a third guess
+    ts_hits = sum(taken(good_seq, good_ack, rng.getrandbits(32)) for _ in range(samples)) \
+        if conn._ts_ok else samples
     return {"seqs": seqs, "acks": acks, "seq_hits": seq_hits, "ack_hits": ack_hits,
-            "datagrams": (1 << 32) / seqs * (1 << 32) / acks}
+            "ts_hits": ts_hits,
+            "datagrams": (1 << 32) / seqs * (1 << 32) / acks * samples / ts_hits}
 
 
 def test_a_blind_fin_must_guess_both_the_sequence_number_and_the_ack() -> None:
@@ -397,7 +409,8 @@ def test_a_blind_fin_must_guess_both_the_sequence_number_and_the_ack() -> None:
     datagrams. The uploader (which sends the data, and receives only ACKs) stays there,
     2^20 for 4 MiB windows; the receiver of the upload has sent nothing past its SYN and a
     short reply, and no ACK below its ISS + 1 can be genuine: 2^10 * 2^32 / 1001, 2^32
-    (it was 2^20 too, before the clamp at ISS + 1)."""
+    (it was 2^20 too, before the clamp at ISS + 1). Timestamps double both: the forgery
+    must carry a TSval that passes PAWS (RFC 7323 §3.2 drops one without the option)."""
     t = make_transfer(11, LinkProfile(delay=0.005), 8 << 20, 1000,
                       server_cfg=Config(msl=1.0), client_cfg=Config(msl=1.0))
     t.connect()
@@ -428,4 +441,20 @@ def test_a_blind_fin_must_guess_both_the_sequence_number_and_the_ack() -> None:
     assert sender["datagrams"] > 1 << 19
     # the receiver: 1000 bytes of reply, its FIN not sent: ISS + 1 .. SND.NXT
     assert receiver["acks"] <= 1001 and receiver["ack_hits"] == 0
-    assert receiver["datagrams"] > 1 << 31
+    assert receiver["datagrams"] > 1 << 32
+    # timestamps (on by default) double it: half the TSvals fail PAWS
+    for cost in (receiver, sender):
+        assert samples * 0.4 < cost["ts_hits"] < samples * 0.6
+
+
+def test_a_segment_without_the_negotiated_timestamp_option_is_dropped() -> None:
+    """RFC 7323 §3.2: once negotiated, every segment but a RST carries timestamps; one
+    without them is dropped silently (before, a blind FIN or data segment could leave the
+    option out and so never had to get past PAWS)."""
+    s, conn = _established_ts()
+    for flags, payload in (("P.", b"forged"), ("F.", b""), (".", b"")):
+        s.inject(flags, 5001, 1001, window=1000, payload=payload)  # in order, exact ACK
+    s.expect_nothing()
+    assert conn.readable == 0 and not conn.eof_received and conn.dropped_segments == 3
+    s.inject("R", 5001)  # a RST needs none (RFC 7323 §3.2): it resets
+    assert conn.state == S.CLOSED and isinstance(conn.error, ConnectionResetError)

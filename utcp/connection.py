@@ -644,7 +644,8 @@ class Connection:
                 and not (seg.seq - self.rcv_nxt) & sq.MASK
                 and not (seg.ack - self.snd_una) & sq.MASK
                 and (seg.window << self.snd_wscale) == self.snd_wnd
-                and len(payload) <= self.rcv_adv - self.rcv_nxt and not seg.options.sack):
+                and len(payload) <= self.rcv_adv - self.rcv_nxt and not seg.options.sack
+                and (seg.options.timestamps is not None or not self._ts_ok)):
             # Header prediction (Van Jacobson; Linux's tcp_rcv_established fast path):
             # the next bytes in order, acknowledging nothing new, window unchanged. The
             # general path would do exactly this, after many checks that cannot fail.
@@ -749,7 +750,8 @@ class Connection:
 
     def _receive_synchronized(self, seg: wire.Segment, now: float) -> None:
         """RFC 9293 §3.10.7.4 with RFC 5961 and RFC 7323, in this order, each step dropping
-        what fails it: SYN (a challenge ACK, any sequence number); PAWS (R1: test only);
+        what fails it: SYN (a challenge ACK, any sequence number); a missing timestamp
+        option once negotiated (RFC 7323 §3.2: silent drop); PAWS (R1: test only);
         acceptability (R2); RST (exact rcv_nxt only); ACK (present, and RFC 5961 §5.2's
         range, for data and FIN too); TS.Recent (R3: only now, from an acceptable
         segment); the ACK's effects; text; FIN (held until in order, forgotten when data
@@ -781,6 +783,12 @@ class Connection:
             self._drop("SYN in synchronized state")
             return
 
+        if self._ts_ok and seg.options.timestamps is None and not flags & RST:
+            # RFC 7323 §3.2: once negotiated, every segment but a RST carries the option
+            # (FreeBSD drops one without it too); a blind forgery must then also pick a
+            # TSval that passes PAWS, half of them
+            self._drop("no timestamp option")
+            return
         # RFC 7323 §5.3 R1, before the window check; TS.Recent moves only below (R3)
         if self._ts_ok and self._paws_rejects(seg, now):
             self._ack_now = True
