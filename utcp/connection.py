@@ -6,8 +6,10 @@ Outputs, pulled by the caller: `datagrams_to_send(now)`, `get_timer()`, `next_ev
 60-second TIME_WAIT in microseconds.
 
 Sequence numbers are kept *unwrapped* (see `utcp.seq`); only the wire sees 32 bits.
-Segment processing follows the order of RFC 9293 §3.10.7.4 (acceptability, RST, SYN,
-ACK, text, FIN), and every change of state goes through `utcp.state.next_state`.
+Segment processing follows the order of RFC 9293 §3.10.7.4 as RFC 5961 and RFC 7323
+amend it (SYN, PAWS, acceptability, RST, ACK, TS.Recent, text, FIN; see
+`_receive_synchronized` and docs/architecture.md), and every change of state goes
+through `utcp.state.next_state`.
 """
 
 from __future__ import annotations
@@ -192,6 +194,7 @@ class Connection:
         self._ts_recent_time = 0.0
         self._last_ack_sent = 0      # Last.ACK.sent (RFC 7323 §4.3)
         self.paws_drops = 0
+        self.fins_ignored = 0        # FINs contradicted by data or by another FIN
         self._latest_ooo = 0
         self.scoreboard = sack.Scoreboard()
         self.rack = SentLog()        # segments in flight and RACK's loss detection (SACK only)
@@ -641,14 +644,17 @@ class Connection:
                 and not (seg.seq - self.rcv_nxt) & sq.MASK
                 and not (seg.ack - self.snd_una) & sq.MASK
                 and (seg.window << self.snd_wscale) == self.snd_wnd
-                and len(payload) <= self.rcv_adv - self.rcv_nxt and not seg.options.sack):
+                and len(payload) <= self.rcv_adv - self.rcv_nxt and not seg.options.sack
+                and (seg.options.timestamps is not None or not self._ts_ok)):
             # Header prediction (Van Jacobson; Linux's tcp_rcv_established fast path):
             # the next bytes in order, acknowledging nothing new, window unchanged. The
             # general path would do exactly this, after many checks that cannot fail.
-            if self._ts_ok and self._paws_rejects(seg, self.rcv_nxt, now):
-                self._ack_now = True
-                self._drop("PAWS: old timestamp")
-                return
+            if self._ts_ok:
+                if self._paws_rejects(seg, now):
+                    self._ack_now = True
+                    self._drop("PAWS: old timestamp")
+                    return
+                self._take_ts_recent(seg, self.rcv_nxt, now)  # in order, exact ACK
             self.snd_wl1, self.snd_wl2 = self.rcv_nxt, self.snd_una
             self._rcvbuf.append(bytes(payload))
             self._rcvbuf_len += len(payload)
@@ -743,6 +749,13 @@ class Connection:
         self._last_activity(now)
 
     def _receive_synchronized(self, seg: wire.Segment, now: float) -> None:
+        """RFC 9293 §3.10.7.4 with RFC 5961 and RFC 7323, in this order, each step dropping
+        what fails it: SYN (a challenge ACK, any sequence number); a missing timestamp
+        option once negotiated (RFC 7323 §3.2: silent drop); PAWS (R1: test only);
+        acceptability (R2); RST (exact rcv_nxt only); ACK (present, and RFC 5961 §5.2's
+        range, for data and FIN too); TS.Recent (R3: only now, from an acceptable
+        segment); the ACK's effects; text; FIN (held until in order, forgotten when data
+        or another FIN contradicts it)."""
         flags = seg.flags
         seg_seq = sq.unwrap(seg.seq, self.rcv_nxt)
         payload = seg.payload
@@ -770,7 +783,14 @@ class Connection:
             self._drop("SYN in synchronized state")
             return
 
-        if self._ts_ok and self._paws_rejects(seg, seg_seq, now):
+        if self._ts_ok and seg.options.timestamps is None and not flags & RST:
+            # RFC 7323 §3.2: once negotiated, every segment but a RST carries the option
+            # (FreeBSD drops one without it too); a blind forgery must then also pick a
+            # TSval that passes PAWS, half of them
+            self._drop("no timestamp option")
+            return
+        # RFC 7323 §5.3 R1, before the window check; TS.Recent moves only below (R3)
+        if self._ts_ok and self._paws_rejects(seg, now):
             self._ack_now = True
             self._drop("PAWS: old timestamp")
             return
@@ -792,8 +812,12 @@ class Connection:
                 self._ack_now = True
                 if payload and seg_seq + len(payload) <= self.rcv_nxt and self._sack_ok:
                     self._dsack = (seg_seq, seg_seq + len(payload))  # RFC 2883: a duplicate
-                if self.state == State.TIME_WAIT and flags & FIN:
-                    self._tw_deadline = now + 2 * self.config.msl  # RFC 9293: restart 2MSL
+                if (self.state == State.TIME_WAIT and flags & FIN
+                        and seg_seq + len(payload) == self._fin_seq
+                        and self._ack_acceptable(seg)):
+                    # RFC 9293: the peer's FIN again restarts 2MSL; only that FIN, else
+                    # blind FINs at any sequence number would hold TIME_WAIT forever
+                    self._tw_deadline = now + 2 * self.config.msl
             self._drop("outside window")
             return
 
@@ -837,24 +861,45 @@ class Connection:
             self._challenge_ack(now)  # RFC 9293 / RFC 5961 §5: ACK of what was never sent
             self._drop("ACK of unsent data")
             return
-        if ack < self.snd_una - max(self.max_snd_wnd, 1):
+        if ack < self._oldest_acceptable_ack():
             self._challenge_ack(now)  # RFC 5961 §5: an ACK too old to be from this peer
             self._drop("ACK too old")
             return
+        if self._ts_ok:
+            self._take_ts_recent(seg, seg_seq, now)  # RFC 7323 R3: acceptable at last
         fin_now_acked = self._process_ack(seg, seg_seq, ack, len(payload), now)
 
         # seventh: text
         complete = True
+        fin_seq = self._fin_seq
         if payload and self.state in (State.ESTABLISHED, State.FIN_WAIT_1, State.FIN_WAIT_2):
+            if fin_seq is not None and seg_seq + len(payload) > fin_seq:
+                # Data past a FIN still waiting for the bytes before it: one of the two is
+                # not the peer's, and a blind FIN is the cheaper forgery (the data must hit
+                # the window and carry an acceptable ACK just the same, but a genuine peer
+                # never sends it). The data wins, as in Linux's out-of-order queue, and the
+                # peer's own FIN is taken when it comes; a FIN kept here would never be
+                # reached, and the connection could not close.
+                self._forget_fin(fin_seq, "data past it")
             complete = self._receive_text(seg_seq, payload)
         elif payload:
+            if (fin_seq is not None and seg_seq <= fin_seq < seg_seq + len(payload)
+                    and self.state in (State.CLOSE_WAIT, State.CLOSING, State.LAST_ACK)):
+                # Data across the FIN we took: that FIN was forged (or the peer is broken)
+                # and the stream delivered was cut short. Reset, as RFC 1122 §4.2.2.13 and
+                # Linux (TCPAbortOnData), rather than ignore the peer's bytes and leave it
+                # retransmitting them until it times out.
+                self._drop("data across the FIN taken")
+                self._fail(ConnectionResetError("data arrived past the peer's FIN"),
+                           send_rst=True)
+                return
             self._drop("data after FIN")
         elif flags & FIN and seg_seq >= self.rcv_adv:
             complete = False  # a FIN past the window we offered
 
         # eighth: FIN (possibly held until a hole before it is filled)
-        if flags & FIN and complete and self._fin_seq is None:
-            self._fin_seq = seg_seq + len(payload)
+        if flags & FIN and complete and not self._fin_received:
+            self._record_fin(seg_seq + len(payload))
         fin_in_order = (self._fin_seq is not None and not self._fin_received
                         and self.rcv_nxt == self._fin_seq)
         if flags & FIN and not payload and not fin_in_order:
@@ -1221,6 +1266,36 @@ class Connection:
             i += 1
         del ooo[:i]
 
+    def _record_fin(self, fin_at: int) -> None:
+        """Hold the peer's FIN at `fin_at` until the bytes before it are in.
+
+        A genuine peer sends one FIN, at one place; two FINs at different places, or a
+        FIN before data already held, mean one was forged. The newest FIN replaces an
+        older one (the peer retransmits its own until we acknowledge it, so a forgery
+        cannot outlast it), unless it lies before data we hold (delivered, or out of
+        order): it could never be reached, or the bytes after it never delivered. A FIN
+        at rcv_nxt is taken whatever follows it (Linux: tcp_fin drops the out-of-order
+        queue)."""
+        if fin_at == self._fin_seq:
+            return
+        if fin_at < self.rcv_nxt or (fin_at > self.rcv_nxt and any(
+                start + len(data) > fin_at for start, data in self._ooo)):
+            self.fins_ignored += 1
+            if log.enabled():
+                log.emit("drop", conn=self.name, reason="FIN before data held",
+                         state=self.state.name)
+            return
+        if self._fin_seq is not None:
+            self._forget_fin(self._fin_seq, "another FIN")
+        self._fin_seq = fin_at
+
+    def _forget_fin(self, fin_at: int, why: str) -> None:
+        self._fin_seq = None
+        self.fins_ignored += 1
+        if log.enabled():
+            log.emit("drop", conn=self.name, reason=f"FIN overridden by {why}",
+                     state=self.state.name, fin=fin_at)
+
     def _receive_fin(self, now: float, fin_now_acked: bool) -> None:
         self._fin_received = True
         self.rcv_nxt += 1
@@ -1511,21 +1586,33 @@ class Connection:
     def _ts_clock(self, now: float) -> int:
         return (int(now * 1000) + self._ts_offset) & sq.MASK
 
-    def _paws_rejects(self, seg: wire.Segment, seg_seq: int, now: float) -> bool:
-        """RFC 7323 §5.3: a TSval older than TS.Recent is an old duplicate (PAWS); a
-        newer one at or before Last.ACK.sent becomes TS.Recent (§4.3)."""
+    def _paws_rejects(self, seg: wire.Segment, now: float) -> bool:
+        """RFC 7323 §5.3 R1: a TSval older than TS.Recent is an old duplicate (PAWS).
+
+        Only a test: TS.Recent moves in `_take_ts_recent`, once the segment has proved
+        acceptable."""
         ts = seg.options.timestamps
         if ts is None:
             return False
-        tsval = ts[0]
-        if sq.lt(tsval, self._ts_recent) and not seg.flags & RST \
+        if sq.lt(ts[0], self._ts_recent) and not seg.flags & RST \
                 and now - self._ts_recent_time < PAWS_IDLE:
             self.paws_drops += 1
             return True
-        if sq.ge(tsval, self._ts_recent) and seg_seq <= self._last_ack_sent:
-            self._ts_recent = tsval
-            self._ts_recent_time = now
         return False
+
+    def _take_ts_recent(self, seg: wire.Segment, seg_seq: int, now: float) -> None:
+        """RFC 7323 §5.3 R3 (§4.3): a newer TSval at or before Last.ACK.sent becomes
+        TS.Recent, but only from an acceptable segment.
+
+        Called after the window check (R2) and, as Linux's tcp_replace_ts_recent from
+        tcp_ack, after RFC 5961's ACK check: a blind forgery that moved TS.Recent ahead
+        would make every genuine segment fail PAWS, stalling the connection (4 datagrams
+        did, when this ran before the window check)."""
+        ts = seg.options.timestamps
+        if ts is not None and seg_seq <= self._last_ack_sent and (
+                sq.ge(ts[0], self._ts_recent) or now - self._ts_recent_time >= PAWS_IDLE):
+            self._ts_recent = ts[0]  # §5.5: after 24 days idle, an older TSval resets it
+            self._ts_recent_time = now
 
     def _window_field(self) -> int:
         """The window to advertise, rounded up so the right edge never moves left."""
@@ -1582,6 +1669,22 @@ class Connection:
         self._ooo.clear()
         self._events.append(Terminated(error))
         self._touch()
+
+    def _oldest_acceptable_ack(self) -> int:
+        """RFC 5961 §5.2: SND.UNA - MAX.SND.WND <= SEG.ACK, and never below ISS + 1.
+
+        RFC 5961 allows an ACK up to the largest window the peer ever offered behind
+        SND.UNA, but a peer never acknowledges what precedes our SYN: clamping at ISS + 1
+        leaves a blind attacker on a connection that sent little (an upload's receiver)
+        a handful of acceptable values in 2^32 instead of MAX.SND.WND."""
+        return max(self.snd_una - max(self.max_snd_wnd, 1), self.iss + 1)
+
+    def _ack_acceptable(self, seg: wire.Segment) -> bool:
+        """RFC 5961 §5.2's whole test, for a segment not otherwise taken."""
+        if not seg.flags & ACK:
+            return False
+        ack = sq.unwrap(seg.ack, self.snd_una)
+        return self._oldest_acceptable_ack() <= ack <= self.snd_max
 
     def _challenge_ack(self, now: float) -> None:
         """RFC 5961 §7: answer a suspicious segment with an ACK, at most so many a second."""
