@@ -47,6 +47,9 @@ PAWS_IDLE = 24 * 86400.0  # RFC 7323 §5.5: TS.Recent older than 24 days is inva
 _TS_OPTION = struct.Struct("!BBBBII")  # NOP NOP kind len TSval TSecr
 CHALLENGE_ACK_LIMIT = 100  # per second per connection (RFC 5961 §7; Linux: 1000 per host)
 MAX_WINDOW_FIELD = 0xFFFF
+# Linux's tcp_orphan_retries (0 there means 8): zero-window probes an orphan sends
+# without the window opening before it is given up, however the peer answers
+ORPHAN_PROBES = 8
 _GLUE_BELOW = 16384  # read_pieces glues received pieces smaller than this into one
 
 
@@ -166,7 +169,13 @@ class Connection:
         self._reo_deadline: float | None = None  # RACK's reordering timer (RFC 8985 §6.3)
         self.tail_loss_probes = 0
         self._persist_backoff = 0
+        self._probes_out = 0         # zero-window probes the peer has not answered
+        self._persist_since: float | None = None  # when the window shut (no progress since)
         self._keepalive_sent = 0
+        # The application closed the transport and will never read or write again
+        # (set by the I/O layer; a bare close() is also asyncio's write_eof): a shut
+        # window then pins memory nobody will use, so it is bounded (ORPHAN_PROBES)
+        self.orphaned = False
 
         # acknowledgment generation
         self._ack_now = False
@@ -431,7 +440,9 @@ class Connection:
             self._terminate(None)
             return
         if self._user_deadline is not None and now >= self._user_deadline:
-            self._fail(TimeoutError("no acknowledgment within user_timeout"), send_rst=True)
+            self._fail(TimeoutError("the peer's window stayed shut for user_timeout"
+                                    if self._persist_since is not None else
+                                    "no acknowledgment within user_timeout"), send_rst=True)
             return
         if (self._rtx_deadline is not None and now >= self._rtx_deadline
                 and not self._on_retransmission_timeout(now)):
@@ -440,17 +451,22 @@ class Connection:
             self._on_reorder_timeout(now)
         if self._tlp_deadline is not None and now >= self._tlp_deadline:
             self._on_tail_loss_probe(now)
-        if self._persist_deadline is not None and now >= self._persist_deadline:
-            self._on_persist_timeout(now)
+        if (self._persist_deadline is not None and now >= self._persist_deadline
+                and not self._on_persist_timeout(now)):
+            return
         if self._ack_deadline is not None and now >= self._ack_deadline:
             self._ack_deadline = None
             self._ack_now = True
-        if self._idle_deadline is not None and now >= self._idle_deadline:
+        idle = self.config.idle_timeout
+        if self._idle_deadline is not None and now >= self._idle_deadline and idle is not None:
             self._idle_deadline = None
             if self.state in (State.ESTABLISHED, State.CLOSE_WAIT):
                 if log.enabled():
                     log.emit("idle_timeout", conn=self.name)
                 self.close()
+                # the FIN may be unable to leave (a shut window holds back the data before
+                # it): one more idle_timeout without a segment ends the connection
+                self._idle_deadline = now + idle
             elif self.state in (State.FIN_WAIT_1, State.FIN_WAIT_2, State.CLOSING,
                                 State.LAST_ACK):
                 # we have closed and the peer has gone quiet: nothing graceful is left
@@ -601,15 +617,35 @@ class Connection:
         elif self._reo_deadline is None and self._tlp_deadline is None:
             self._arm_tail_loss_probe(now)
 
-    def _on_persist_timeout(self, now: float) -> None:
+    def _on_persist_timeout(self, now: float) -> bool:
+        """A zero-window probe; False when the connection is over."""
+        self._persist_deadline = None
+        if not self.unsent or self.snd_nxt != self.snd_una:
+            return True
+        if self.snd_wnd:
+            return True
+        # RFC 1122 §4.2.2.17 keeps a connection whose peer answers probes; one that does
+        # not is gone, as after unanswered retransmissions (Linux's tcp_probe_timer
+        # counts icsk_probes_out against tcp_retries2 and resets it on any ACK)
+        if self._probes_out >= self.config.max_retransmissions:
+            self._fail(TimeoutError(f"zero-window probes unanswered after {self._probes_out}"
+                                    " probes"), send_rst=True)
+            return False
+        # An orphan has nobody to read what it holds: answered probes do not save it once
+        # the probes have backed off ORPHAN_PROBES times without progress (Linux's
+        # tcp_orphan_retries; the backoff restarts only when data is acknowledged)
+        if self.orphaned and self._persist_backoff >= ORPHAN_PROBES:
+            self._fail(TimeoutError(f"orphaned connection: the peer's window stayed shut"
+                                    f" for {ORPHAN_PROBES} probes"), send_rst=True)
+            return False
         # A probe one byte below snd_una is never acceptable, so the peer must answer with
         # an ACK carrying its current window (what Linux does; RFC 9293 §3.8.6.1).
-        self._persist_deadline = None
-        if self.snd_wnd == 0 and self.unsent and self.snd_nxt == self.snd_una:
-            self._emit(self.snd_una - 1, 0, ACK)
-            self._persist_backoff = min(self._persist_backoff + 1, 16)
-            self._persist_deadline = now + min(self.rtt.rto * (1 << self._persist_backoff),
-                                               self.config.rto_max)
+        self._emit(self.snd_una - 1, 0, ACK)
+        self._probes_out += 1
+        self._persist_backoff = min(self._persist_backoff + 1, 16)
+        self._persist_deadline = now + min(self.rtt.rto * (1 << self._persist_backoff),
+                                           self.config.rto_max)
+        return True
 
     def _on_keepalive(self, now: float) -> None:
         self._keepalive_deadline = None
@@ -1137,6 +1173,7 @@ class Connection:
             self.snd_wl2 = ack
             if self.snd_wnd > self.max_snd_wnd:
                 self.max_snd_wnd = self.snd_wnd
+            self._probes_out = 0  # the peer answers (a probe, or anything newer)
             if self.snd_wnd:
                 self._persist_deadline = None
 
@@ -1310,6 +1347,11 @@ class Connection:
             self._rtx_deadline = now + self.rtt.rto
 
     def _send_new_data(self, now: float) -> None:
+        if self._persist_since is not None and self.snd_wnd:
+            # the window opened: progress, so what goes now gets a fresh user_timeout
+            self._persist_since = None
+            if self.snd_una == self.snd_max:
+                self._user_deadline = None
         data_end = self._snd_base + len(self._sndbuf)
         snd_max = self.snd_max
         mss = self._payload_room()
@@ -1365,6 +1407,14 @@ class Connection:
         if (self.unsent and self.snd_nxt == self.snd_una and self.snd_wnd == 0
                 and self._persist_deadline is None):
             self._persist_deadline = now + self.rtt.rto
+            if self._persist_since is None:
+                # the last progress was now (the ACK that shut the window, or the
+                # application's data meeting a shut one): TCP_USER_TIMEOUT counts from
+                # here whether or not the peer answers the probes (Linux 5.11's
+                # icsk_probes_tstamp)
+                self._persist_since = now
+                if self.config.user_timeout is not None and self._user_deadline is None:
+                    self._user_deadline = now + self.config.user_timeout
 
     def _send_sack_recovery(self, now: float, first: bool = False) -> None:
         """RFC 6675 §5 steps (C)/(D), with RACK's marks for IsLost() (RFC 8985): while
