@@ -47,6 +47,10 @@ PAWS_IDLE = 24 * 86400.0  # RFC 7323 §5.5: TS.Recent older than 24 days is inva
 _TS_OPTION = struct.Struct("!BBBBII")  # NOP NOP kind len TSval TSecr
 CHALLENGE_ACK_LIMIT = 100  # per second per connection (RFC 5961 §7; Linux: 1000 per host)
 MAX_WINDOW_FIELD = 0xFFFF
+# RFC 1122 §4.2.3.4: the override of sender SWS avoidance fires within 0.1-1.0 s; it
+# shares the persist timer (as RFC 1122 suggests and Linux's probe0 timer does) at one RTO
+SWS_OVERRIDE_MAX = 1.0
+MIN_SEGMENT = 36  # Linux's floor for a segment bounded by half the window (68 - 32)
 # Linux's tcp_orphan_retries (0 there means 8): zero-window probes an orphan sends
 # without the window opening before it is given up, however the peer answers
 ORPHAN_PROBES = 8
@@ -171,6 +175,7 @@ class Connection:
         self._persist_backoff = 0
         self._probes_out = 0         # zero-window probes the peer has not answered
         self._persist_since: float | None = None  # when the window shut (no progress since)
+        self._sws_override = False   # the override timer fired: send what the window allows
         self._keepalive_sent = 0
         # The application closed the transport and will never read or write again
         # (set by the I/O layer; a bare close() is also asyncio's write_eof): a shut
@@ -618,12 +623,18 @@ class Connection:
             self._arm_tail_loss_probe(now)
 
     def _on_persist_timeout(self, now: float) -> bool:
-        """A zero-window probe; False when the connection is over."""
+        """A zero-window probe, or the override of sender SWS avoidance when the window
+        is open but small; False when the connection is over."""
         self._persist_deadline = None
         if not self.unsent or self.snd_nxt != self.snd_una:
             return True
         if self.snd_wnd:
+            # RFC 9293 §3.8.6.2.1: sender SWS avoidance held back a segment smaller than
+            # the window would have taken; nothing is in flight to bring an ACK that
+            # widens it, so the override sends what the window allows now
+            self._sws_override = True
             return True
+        self._sws_override = False
         # RFC 1122 §4.2.2.17 keeps a connection whose peer answers probes; one that does
         # not is gone, as after unanswered retransmissions (Linux's tcp_probe_timer
         # counts icsk_probes_out against tcp_retries2 and resets it on any ACK)
@@ -1360,6 +1371,7 @@ class Connection:
         bonus = self._dupacks * mss if not self._in_recovery and self._dupacks <= 2 else 0
         pacer = self.pacer
         credit = self._pacing_credit(now)
+        sws_held = False
         while True:
             window = min(self.snd_wnd, self.cc.cwnd + bonus, self.config.send_buffer)
             usable = self.snd_una + window - self.snd_nxt
@@ -1380,8 +1392,20 @@ class Connection:
                             probe = True
                         elif window >= size:
                             break  # let ACKs free room for the probe rather than fill it
-                if n < mss and n < remaining and self.snd_nxt > self.snd_una:
-                    break  # sender SWS avoidance: wait for the ACK that widens the window
+                if n < mss and n < remaining:
+                    if n >= self.snd_una + self.snd_wnd - self.snd_nxt:
+                        # RFC 9293 §3.8.6.2.1 sender SWS avoidance: the peer's window is
+                        # the limit. Less than a full segment (bounded by half the window:
+                        # _payload_room) and not all that is queued goes if it is at
+                        # least half the largest window the peer offered (Fs = 1/2), or
+                        # when the override timer fired; else an ACK, or the timer
+                        # when nothing is in flight, brings the rest
+                        if 2 * n < self.max_snd_wnd and not self._sws_override:
+                            sws_held = True
+                            break
+                    elif self.snd_nxt > self.snd_una:
+                        break  # cwnd or send_buffer: the ACK in flight makes room
+                    self._sws_override = False
                 if credit < n and pacer is not None and pacer.blocks(now, credit, n):
                     break  # the pacer's timer sends it
                 credit -= n
@@ -1403,6 +1427,8 @@ class Connection:
             # RFC 8985 §7.2: restart the probe timer after new data, for the whole
             # flight (armed at the burst's first segment, it took that for a lone one)
             self._arm_tail_loss_probe(now)
+        if sws_held and self.snd_nxt == self.snd_una and self._persist_deadline is None:
+            self._persist_deadline = now + min(self.rtt.rto, SWS_OVERRIDE_MAX)
         # zero window with data waiting and nothing in flight: probe until it opens
         if (self.unsent and self.snd_nxt == self.snd_una and self.snd_wnd == 0
                 and self._persist_deadline is None):
@@ -1490,7 +1516,15 @@ class Connection:
         room = self.snd_mss - 12 if self._ts_ok else self.snd_mss
         if (self._ooo or self._dsack) and self._sack_ok:
             blocks = len(self._ooo) + (self._dsack is not None)
-            return room - 4 - 8 * min(blocks, self._sack_limit)
+            room -= 4 + 8 * min(blocks, self._sack_limit)
+        # A peer that never offered two segments' worth gets segments of half its largest
+        # window (Linux's tcp_bound_to_half_wnd; RFC 9293 §3.8.6.2.1's Fs = 1/2): a
+        # 2,000-byte window takes two 1,000-byte segments at once, where full-sized
+        # ones would leave the rest waiting a round trip (or the override timer)
+        wnd = self.max_snd_wnd
+        cutoff = wnd >> 1 if wnd > DEFAULT_MSS else wnd
+        if 0 < cutoff < room:
+            return min(room, max(cutoff, MIN_SEGMENT))
         return room
 
     def _send_data(self, seq: int, n: int, now: float, fin: bool) -> None:
