@@ -64,7 +64,7 @@ def zero_window_client(cfg: Config = CFG, *, sent: int = 2000,
 def probe_times(s: Script, conn: Connection, until: float, *, answer: bool) -> list[float]:
     """Advance to `until`; each zero-window probe is popped (and answered with a zero
     window when `answer`). Returns when the probes went out."""
-    times = []
+    times: list[float] = []
     while s.now < until and conn.state is not S.CLOSED:
         deadline = s.ep.get_timer()
         if deadline is None or deadline > until:

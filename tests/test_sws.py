@@ -99,7 +99,7 @@ def test_a_small_usable_window_waits_for_the_ack_in_flight() -> None:
     s.expect_nothing()
     assert conn._persist_deadline is None  # no override timer: an ACK will come
     rto_at = s.ep.get_timer()
-    assert rto_at == conn._rtx_deadline
+    assert rto_at is not None and rto_at == conn._rtx_deadline
     s.advance_to(rto_at)
     assert conn.stats().timeouts == 1  # the RTO resends the head; no sliver ever went
     s.expect(ANY, OUR_ISN + 1401, length=1400)

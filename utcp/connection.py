@@ -1385,8 +1385,10 @@ class Connection:
                         and self.snd_nxt == self.snd_max:
                     size = self.pmtu.next_size()
                     # three segments behind the probe, so its loss shows as duplicate
-                    # ACKs (fast) rather than a timeout
-                    if size is not None and size + 3 * mss <= remaining:
+                    # ACKs (fast) rather than a timeout; a peer window that never held
+                    # that much has no room for it (and gets half-window segments)
+                    if size is not None and size + 3 * mss <= min(remaining,
+                                                                  self.max_snd_wnd):
                         if size <= usable:
                             n = size  # a probe: real data, one size up (RFC 4821 §7.2)
                             probe = True
