@@ -161,3 +161,22 @@ def test_override_timer_meets_a_shut_window_and_probes() -> None:
     s.expect_nothing()
     ack(s, 1400, 1000)
     s.expect(ANY, OUR_ISN + 1401, length=1000)  # all that is queued fits
+
+
+def test_no_path_mtu_probe_into_a_window_that_cannot_hold_it() -> None:
+    """A PMTU probe (a bigger segment with three behind it, RFC 8899) does not fit a
+    2,000-byte window: half-window segments go, not a probe and a held-back rest."""
+    cfg = CFG.replace(mss=1000, pmtu_probing=True)
+    s = Script(cfg, port=40000, isns=(OUR_ISN,), peer=SERVER)
+    conn = s.connect()
+    conn.max_mss = 1460  # the route would carry bigger segments: probing is on
+    s.expect("S", OUR_ISN)
+    s.advance(0.125)
+    s.inject("S.", PEER_ISN, OUR_ISN + 1, window=2000, options=wire.Options(mss=1460))
+    s.expect(".", OUR_ISN + 1, PEER_ISN + 1)
+    assert conn.pmtu is not None
+    conn.send(bytes(20_000))
+    s.app()
+    s.expect(ANY, OUR_ISN + 1, length=1000)
+    s.expect(ANY, OUR_ISN + 1001, length=1000)
+    s.expect_nothing()
