@@ -180,3 +180,21 @@ def test_no_path_mtu_probe_into_a_window_that_cannot_hold_it() -> None:
     s.expect(ANY, OUR_ISN + 1, length=1000)
     s.expect(ANY, OUR_ISN + 1001, length=1000)
     s.expect_nothing()
+
+
+def test_a_resend_after_a_timeout_is_not_held_back() -> None:
+    """SWS avoidance is for new data: after an RTO the head goes again at once into
+    whatever window the peer now offers (it shrank it to 500 bytes), as before."""
+    s, conn = client(CFG, peer_window=65535)
+    conn.send(bytes(4200))
+    s.app()
+    for i in range(3):
+        s.expect(ANY, OUR_ISN + 1 + 1400 * i, length=1400)
+    s.advance(0.05)
+    ack(s, 0, 500)  # nothing acknowledged; the window shrinks
+    s.expect_nothing()
+    rto_at = s.ep.get_timer()
+    assert rto_at is not None and rto_at == conn._rtx_deadline
+    s.advance_to(rto_at)
+    s.expect(ANY, OUR_ISN + 1, length=500, at=rto_at)
+    s.expect_nothing()

@@ -1395,7 +1395,8 @@ class Connection:
                         elif window >= size:
                             break  # let ACKs free room for the probe rather than fill it
                 if n < mss and n < remaining:
-                    if n >= self.snd_una + self.snd_wnd - self.snd_nxt:
+                    if self.snd_nxt >= self.snd_max and \
+                            n >= self.snd_una + self.snd_wnd - self.snd_nxt:
                         # RFC 9293 §3.8.6.2.1 sender SWS avoidance: the peer's window is
                         # the limit. Less than a full segment (bounded by half the window:
                         # _payload_room) and not all that is queued goes if it is at
@@ -1406,7 +1407,7 @@ class Connection:
                             sws_held = True
                             break
                     elif self.snd_nxt > self.snd_una:
-                        break  # cwnd or send_buffer: the ACK in flight makes room
+                        break  # cwnd, send_buffer or a resend: the ACK in flight makes room
                     self._sws_override = False
                 if credit < n and pacer is not None and pacer.blocks(now, credit, n):
                     break  # the pacer's timer sends it
