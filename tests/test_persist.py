@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.script import Script
+from tests.script import ANY, Script
 from utcp import wire
 from utcp.config import Config
 from utcp.connection import ORPHAN_PROBES, Connection
@@ -52,7 +52,7 @@ def zero_window_client(cfg: Config = CFG, *, sent: int = 2000,
     conn.send(bytes(queued))
     s.app()
     for i in range(0, sent, 1000):
-        s.expect(".", OUR_ISN + 1 + i, length=1000, at=1.0)
+        s.expect(ANY, OUR_ISN + 1 + i, length=1000, at=1.0)
     s.expect_nothing()
     s.advance_to(1.125)
     s.inject(".", PEER_ISN + 1, OUR_ISN + 1 + sent, window=0)
@@ -197,3 +197,34 @@ def test_a_half_closed_connection_is_not_an_orphan() -> None:
     assert len(times) > 2 * ORPHAN_PROBES
     assert conn.state is S.FIN_WAIT_1
     assert not [ev for ev in s.events_of(conn, Terminated)]
+
+
+def test_idle_timeout_is_not_postponed_by_our_own_retransmissions() -> None:
+    """CLOSING with a peer gone quiet: our FIN is resent every few seconds, and each
+    resend used to count as activity, so idle_timeout never came (only the
+    max_retransmissions budget, backed off, ended it). Now it ends idle_timeout after the
+    peer's last segment."""
+    idle = 10.0
+    cfg = CFG.replace(idle_timeout=idle, max_retransmissions=255)
+    s, conn, _ = zero_window_client(cfg, sent=2000, queued=2000)
+    conn.close()
+    s.app()
+    s.expect("F.", OUR_ISN + 2001)
+    s.advance(0.125)
+    s.inject("F.", PEER_ISN + 1, OUR_ISN + 2001, window=0)  # its FIN, not acking ours
+    s.expect(".", OUR_ISN + 2002, PEER_ISN + 2)
+    assert conn.state is S.CLOSING
+    last_heard = s.now
+    resends = 0
+    while conn.state is not S.CLOSED and s.now < last_heard + 600.0:
+        deadline = s.ep.get_timer()
+        assert deadline is not None
+        s.advance_to(deadline)
+        while s.sent and not s.sent[0].seg.flags & wire.RST:
+            s.expect("F.", OUR_ISN + 2001)
+            resends += 1
+    assert resends >= 3  # resends went out, and did not postpone the end
+    s.expect("R.")
+    assert conn.state is S.CLOSED and s.now == last_heard + idle
+    err = the_error(s, conn)
+    assert isinstance(err, TimeoutError) and "idle" in str(err)

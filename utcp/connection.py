@@ -1563,7 +1563,13 @@ class Connection:
             if self.config.user_timeout is not None and self._user_deadline is None:
                 self._user_deadline = now + self.config.user_timeout
         if n or fin:
+            idle = self._idle_deadline
             self._last_activity(now)
+            if retransmit and idle is not None:
+                # resending to a peer that has gone quiet is no activity: idle_timeout
+                # still ends it (in FIN_WAIT_1, CLOSING, LAST_ACK too), not only
+                # max_retransmissions backed off to rto_max
+                self._idle_deadline = idle
 
     def _emit(self, seq: int, n: int, flags: int, payload: bytes | memoryview = b"",
               raw_seq: bool = False) -> None:
