@@ -228,3 +228,34 @@ def test_idle_timeout_is_not_postponed_by_our_own_retransmissions() -> None:
     assert conn.state is S.CLOSED and s.now == last_heard + idle
     err = the_error(s, conn)
     assert isinstance(err, TimeoutError) and "idle" in str(err)
+
+
+def test_acknowledged_resends_are_activity() -> None:
+    """A long recovery in which every segment we send is a resend is not idle while the
+    peer acknowledges them: idle_timeout (2 s here) does not end a connection whose
+    resends keep being acknowledged for 8 s."""
+    cfg = CFG.replace(idle_timeout=2.0, max_retransmissions=255, rto_max=1.0)
+    s = Script(cfg, port=40000, isns=(OUR_ISN,), peer=SERVER)
+    conn = s.connect()
+    s.expect("S", OUR_ISN)
+    s.advance(0.125)
+    s.inject("S.", PEER_ISN, OUR_ISN + 1, window=64000, options=PEER_OPTS)
+    s.expect(".", OUR_ISN + 1, PEER_ISN + 1)
+    conn.send(bytes(10_000))
+    s.app()
+    while s.sent:
+        s.sent.popleft()  # all of it lost
+    acked = 0
+    while acked < 10_000:
+        deadline = s.ep.get_timer()
+        assert deadline is not None
+        s.advance_to(deadline)  # the RTO: go back to snd_una and resend
+        assert conn.state is S.ESTABLISHED, s.terminated(conn)
+        seg = s.expect(ANY, OUR_ISN + 1 + acked, length=1000)
+        while s.sent:
+            s.sent.popleft()  # the rest lost again
+        acked += len(seg.payload)
+        s.advance(0.05)
+        s.inject(".", PEER_ISN + 1, OUR_ISN + 1 + acked, window=64000)
+    assert s.now > 4 * cfg.idle_timeout
+    assert conn.state is S.ESTABLISHED and conn.queued == 0

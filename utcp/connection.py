@@ -1030,6 +1030,7 @@ class Connection:
             self._dupacks = 0
             self._rto_streak = 0
             self._user_deadline = None
+            self._last_activity(now)  # progress: not idle, even if all we send is resends
             self._tlp_seq = None  # progress ends a probe episode
             if self.snd_una < self.snd_max:
                 self._rtx_deadline = now + self.rtt.rto  # RFC 6298 §5.3
