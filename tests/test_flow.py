@@ -174,8 +174,10 @@ def test_window_closes_when_the_application_stops_reading() -> None:
 
 
 def test_zero_window_probe_recovers_a_lost_window_update() -> None:
-    # user_timeout is on too: a window held shut by a live peer is not a dead peer
-    p = establish(client_cfg=CFG.replace(user_timeout=1.0),
+    # user_timeout is on too, and longer than the window stays shut here: answered probes
+    # do not end the connection before it (a window shut longer than user_timeout does,
+    # as Linux's TCP_USER_TIMEOUT: tests/test_persist.py)
+    p = establish(client_cfg=CFG.replace(user_timeout=60.0),
                   server_cfg=CFG.replace(recv_buffer=RCVBUF))
     data = fill_window(p, 60_000)
     assert p.c.snd_wnd == 0 and p.s.readable == RCVBUF

@@ -49,6 +49,13 @@ PAWS_IDLE = 24 * 86400.0  # RFC 7323 §5.5: TS.Recent older than 24 days is inva
 _TS_OPTION = struct.Struct("!BBBBII")  # NOP NOP kind len TSval TSecr
 CHALLENGE_ACK_LIMIT = 100  # per second per connection (RFC 5961 §7; Linux: 1000 per host)
 MAX_WINDOW_FIELD = 0xFFFF
+# RFC 1122 §4.2.3.4: the override of sender SWS avoidance fires within 0.1-1.0 s; it
+# shares the persist timer (as RFC 1122 suggests and Linux's probe0 timer does) at one RTO
+SWS_OVERRIDE_MAX = 1.0
+MIN_SEGMENT = 36  # Linux's floor for a segment bounded by half the window (68 - 32)
+# Linux's tcp_orphan_retries (0 there means 8): zero-window probes an orphan sends
+# without the window opening before it is given up, however the peer answers
+ORPHAN_PROBES = 8
 _GLUE_BELOW = 16384  # read_pieces glues received pieces smaller than this into one
 
 
@@ -168,7 +175,14 @@ class Connection:
         self._reo_deadline: float | None = None  # RACK's reordering timer (RFC 8985 §6.3)
         self.tail_loss_probes = 0
         self._persist_backoff = 0
+        self._probes_out = 0         # zero-window probes the peer has not answered
+        self._persist_since: float | None = None  # when the window shut (no progress since)
+        self._sws_override = False   # the override timer fired: send what the window allows
         self._keepalive_sent = 0
+        # The application closed the transport and will never read or write again
+        # (set by the I/O layer; a bare close() is also asyncio's write_eof): a shut
+        # window then pins memory nobody will use, so it is bounded (ORPHAN_PROBES)
+        self.orphaned = False
 
         # acknowledgment generation
         self._ack_now = False
@@ -434,7 +448,9 @@ class Connection:
             self._terminate(None)
             return
         if self._user_deadline is not None and now >= self._user_deadline:
-            self._fail(TimeoutError("no acknowledgment within user_timeout"), send_rst=True)
+            self._fail(TimeoutError("the peer's window stayed shut for user_timeout"
+                                    if self._persist_since is not None else
+                                    "no acknowledgment within user_timeout"), send_rst=True)
             return
         if (self._rtx_deadline is not None and now >= self._rtx_deadline
                 and not self._on_retransmission_timeout(now)):
@@ -443,17 +459,22 @@ class Connection:
             self._on_reorder_timeout(now)
         if self._tlp_deadline is not None and now >= self._tlp_deadline:
             self._on_tail_loss_probe(now)
-        if self._persist_deadline is not None and now >= self._persist_deadline:
-            self._on_persist_timeout(now)
+        if (self._persist_deadline is not None and now >= self._persist_deadline
+                and not self._on_persist_timeout(now)):
+            return
         if self._ack_deadline is not None and now >= self._ack_deadline:
             self._ack_deadline = None
             self._ack_now = True
-        if self._idle_deadline is not None and now >= self._idle_deadline:
+        idle = self.config.idle_timeout
+        if self._idle_deadline is not None and now >= self._idle_deadline and idle is not None:
             self._idle_deadline = None
             if self.state in (State.ESTABLISHED, State.CLOSE_WAIT):
                 if log.enabled():
                     log.emit("idle_timeout", conn=self.name)
                 self.close()
+                # the FIN may be unable to leave (a shut window holds back the data before
+                # it): one more idle_timeout without a segment ends the connection
+                self._idle_deadline = now + idle
             elif self.state in (State.FIN_WAIT_1, State.FIN_WAIT_2, State.CLOSING,
                                 State.LAST_ACK):
                 # we have closed and the peer has gone quiet: nothing graceful is left
@@ -604,15 +625,41 @@ class Connection:
         elif self._reo_deadline is None and self._tlp_deadline is None:
             self._arm_tail_loss_probe(now)
 
-    def _on_persist_timeout(self, now: float) -> None:
+    def _on_persist_timeout(self, now: float) -> bool:
+        """A zero-window probe, or the override of sender SWS avoidance when the window
+        is open but small; False when the connection is over."""
+        self._persist_deadline = None
+        if not self.unsent or self.snd_nxt != self.snd_una:
+            return True
+        if self.snd_wnd:
+            # RFC 9293 §3.8.6.2.1: sender SWS avoidance held back a segment smaller than
+            # the window would have taken; nothing is in flight to bring an ACK that
+            # widens it, so the override sends what the window allows now
+            self._sws_override = True
+            return True
+        self._sws_override = False
+        # RFC 1122 §4.2.2.17 keeps a connection whose peer answers probes; one that does
+        # not is gone, as after unanswered retransmissions (Linux's tcp_probe_timer
+        # counts icsk_probes_out against tcp_retries2 and resets it on any ACK)
+        if self._probes_out >= self.config.max_retransmissions:
+            self._fail(TimeoutError(f"zero-window probes unanswered after {self._probes_out}"
+                                    " probes"), send_rst=True)
+            return False
+        # An orphan has nobody to read what it holds: answered probes do not save it once
+        # the probes have backed off ORPHAN_PROBES times without progress (Linux's
+        # tcp_orphan_retries; the backoff restarts only when data is acknowledged)
+        if self.orphaned and self._persist_backoff >= ORPHAN_PROBES:
+            self._fail(TimeoutError(f"orphaned connection: the peer's window stayed shut"
+                                    f" for {ORPHAN_PROBES} probes"), send_rst=True)
+            return False
         # A probe one byte below snd_una is never acceptable, so the peer must answer with
         # an ACK carrying its current window (what Linux does; RFC 9293 §3.8.6.1).
-        self._persist_deadline = None
-        if self.snd_wnd == 0 and self.unsent and self.snd_nxt == self.snd_una:
-            self._emit(self.snd_una - 1, 0, ACK)
-            self._persist_backoff = min(self._persist_backoff + 1, 16)
-            self._persist_deadline = now + min(self.rtt.rto * (1 << self._persist_backoff),
-                                               self.config.rto_max)
+        self._emit(self.snd_una - 1, 0, ACK)
+        self._probes_out += 1
+        self._persist_backoff = min(self._persist_backoff + 1, 16)
+        self._persist_deadline = now + min(self.rtt.rto * (1 << self._persist_backoff),
+                                           self.config.rto_max)
+        return True
 
     def _on_keepalive(self, now: float) -> None:
         self._keepalive_deadline = None
@@ -1028,6 +1075,7 @@ class Connection:
             self._dupacks = 0
             self._rto_streak = 0
             self._user_deadline = None
+            self._last_activity(now)  # progress: not idle, even if all we send is resends
             self._tlp_seq = None  # progress ends a probe episode
             if self.snd_una < self.snd_max:
                 self._rtx_deadline = now + self.rtt.rto  # RFC 6298 §5.3
@@ -1182,6 +1230,7 @@ class Connection:
             self.snd_wl2 = ack
             if self.snd_wnd > self.max_snd_wnd:
                 self.max_snd_wnd = self.snd_wnd
+            self._probes_out = 0  # the peer answers (a probe, or anything newer)
             if self.snd_wnd:
                 self._persist_deadline = None
 
@@ -1385,6 +1434,11 @@ class Connection:
             self._rtx_deadline = now + self.rtt.rto
 
     def _send_new_data(self, now: float) -> None:
+        if self._persist_since is not None and self.snd_wnd:
+            # the window opened: progress, so what goes now gets a fresh user_timeout
+            self._persist_since = None
+            if self.snd_una == self.snd_max:
+                self._user_deadline = None
         data_end = self._snd_base + len(self._sndbuf)
         snd_max = self.snd_max
         mss = self._payload_room()
@@ -1393,6 +1447,7 @@ class Connection:
         bonus = self._dupacks * mss if not self._in_recovery and self._dupacks <= 2 else 0
         pacer = self.pacer
         credit = self._pacing_credit(now)
+        sws_held = False
         while True:
             window = min(self.snd_wnd, self.cc.cwnd + bonus, self.config.send_buffer)
             usable = self.snd_una + window - self.snd_nxt
@@ -1406,15 +1461,30 @@ class Connection:
                         and self.snd_nxt == self.snd_max:
                     size = self.pmtu.next_size()
                     # three segments behind the probe, so its loss shows as duplicate
-                    # ACKs (fast) rather than a timeout
-                    if size is not None and size + 3 * mss <= remaining:
+                    # ACKs (fast) rather than a timeout; a peer window that never held
+                    # that much has no room for it (and gets half-window segments)
+                    if size is not None and size + 3 * mss <= min(remaining,
+                                                                  self.max_snd_wnd):
                         if size <= usable:
                             n = size  # a probe: real data, one size up (RFC 4821 §7.2)
                             probe = True
                         elif window >= size:
                             break  # let ACKs free room for the probe rather than fill it
-                if n < mss and n < remaining and self.snd_nxt > self.snd_una:
-                    break  # sender SWS avoidance: wait for the ACK that widens the window
+                if n < mss and n < remaining:
+                    if self.snd_nxt >= self.snd_max and \
+                            n >= self.snd_una + self.snd_wnd - self.snd_nxt:
+                        # RFC 9293 §3.8.6.2.1 sender SWS avoidance: the peer's window is
+                        # the limit. Less than a full segment (bounded by half the window:
+                        # _payload_room) and not all that is queued goes if it is at
+                        # least half the largest window the peer offered (Fs = 1/2), or
+                        # when the override timer fired; else an ACK, or the timer
+                        # when nothing is in flight, brings the rest
+                        if 2 * n < self.max_snd_wnd and not self._sws_override:
+                            sws_held = True
+                            break
+                    elif self.snd_nxt > self.snd_una:
+                        break  # cwnd, send_buffer or a resend: the ACK in flight makes room
+                    self._sws_override = False
                 if credit < n and pacer is not None and pacer.blocks(now, credit, n):
                     break  # the pacer's timer sends it
                 credit -= n
@@ -1436,10 +1506,20 @@ class Connection:
             # RFC 8985 §7.2: restart the probe timer after new data, for the whole
             # flight (armed at the burst's first segment, it took that for a lone one)
             self._arm_tail_loss_probe(now)
+        if sws_held and self.snd_nxt == self.snd_una and self._persist_deadline is None:
+            self._persist_deadline = now + min(self.rtt.rto, SWS_OVERRIDE_MAX)
         # zero window with data waiting and nothing in flight: probe until it opens
         if (self.unsent and self.snd_nxt == self.snd_una and self.snd_wnd == 0
                 and self._persist_deadline is None):
             self._persist_deadline = now + self.rtt.rto
+            if self._persist_since is None:
+                # the last progress was now (the ACK that shut the window, or the
+                # application's data meeting a shut one): TCP_USER_TIMEOUT counts from
+                # here whether or not the peer answers the probes (Linux 5.11's
+                # icsk_probes_tstamp)
+                self._persist_since = now
+                if self.config.user_timeout is not None and self._user_deadline is None:
+                    self._user_deadline = now + self.config.user_timeout
 
     def _send_sack_recovery(self, now: float, first: bool = False) -> None:
         """RFC 6675 §5 steps (C)/(D), with RACK's marks for IsLost() (RFC 8985): while
@@ -1515,7 +1595,15 @@ class Connection:
         room = self.snd_mss - 12 if self._ts_ok else self.snd_mss
         if (self._ooo or self._dsack) and self._sack_ok:
             blocks = len(self._ooo) + (self._dsack is not None)
-            return room - 4 - 8 * min(blocks, self._sack_limit)
+            room -= 4 + 8 * min(blocks, self._sack_limit)
+        # A peer that never offered two segments' worth gets segments of half its largest
+        # window (Linux's tcp_bound_to_half_wnd; RFC 9293 §3.8.6.2.1's Fs = 1/2): a
+        # 2,000-byte window takes two 1,000-byte segments at once, where full-sized
+        # ones would leave the rest waiting a round trip (or the override timer)
+        wnd = self.max_snd_wnd
+        cutoff = wnd >> 1 if wnd > DEFAULT_MSS else wnd
+        if 0 < cutoff < room:
+            return min(room, max(cutoff, MIN_SEGMENT))
         return room
 
     def _send_data(self, seq: int, n: int, now: float, fin: bool) -> None:
@@ -1551,7 +1639,13 @@ class Connection:
             if self.config.user_timeout is not None and self._user_deadline is None:
                 self._user_deadline = now + self.config.user_timeout
         if n or fin:
+            idle = self._idle_deadline
             self._last_activity(now)
+            if retransmit and idle is not None:
+                # resending to a peer that has gone quiet is no activity: idle_timeout
+                # still ends it (in FIN_WAIT_1, CLOSING, LAST_ACK too), not only
+                # max_retransmissions backed off to rto_max
+                self._idle_deadline = idle
 
     def _emit(self, seq: int, n: int, flags: int, payload: bytes | memoryview = b"",
               raw_seq: bool = False) -> None:
