@@ -249,20 +249,30 @@ class Connection:
         self._touch()
 
     def accept_cookie(self, ack: wire.Segment, mss: int, peer_wscale: int | None,
-                      now: float) -> None:
+                      now: float, *, sack: bool = False, timestamps: bool = False) -> None:
         """A SYN cookie (RFC 4987) came back: rebuild what the SYN told us, then take the ACK.
 
         The listener answered that SYN statelessly with ISN = the cookie (our `iss`), so
         the SYN+ACK counts as sent, with the window it advertised, and it gives no RTT.
+        With timestamps, the SYN+ACK's TSval (echoed in the ACK's TSecr) was the
+        listener's, not our clock: ours starts from it, so the peer's PAWS (RFC 7323
+        §5) never sees our TSval go back.
         """
         self.passive = True
         self.state = State.LISTEN
+        ts = ack.options.timestamps if timestamps else None
         syn = wire.Segment(ack.src_port, ack.dst_port, (ack.seq - 1) & sq.MASK, 0, SYN,
-                           ack.window, options=wire.Options(mss=mss, wscale=peer_wscale))
+                           ack.window, options=wire.Options(
+                               mss=mss, wscale=peer_wscale, sack_permitted=sack,
+                               timestamps=(ts[0], 0) if ts is not None else None))
+        self._now = now
         self._take_syn(syn)
+        if ts is not None:
+            self._ts_offset = (ts[1] - int(now * 1000)) & sq.MASK
         self._set_state(Ev.PASSIVE_OPEN)
         self.snd_nxt = self.snd_max = self.iss + 1
         self.rcv_adv = self.rcv_nxt + min(self.config.recv_buffer, MAX_WINDOW_FIELD)
+        self._last_ack_sent = self.rcv_nxt  # what the SYN+ACK acknowledged
         self._syn_retries = 1
         self._last_activity(now)
         self._touch()

@@ -193,30 +193,46 @@ class Endpoint:
     def _send_cookie(self, seg: wire.Segment, key: Addr, now: float) -> None:
         opts = seg.options
         peer_mss = opts.mss if opts.mss else 536
-        cookie = self._secrets.make_cookie(key, self.port, seg.seq, peer_mss, opts.wscale, now)
-        our_wscale = window_scale_for(self.config.recv_buffer) if opts.wscale is not None \
-            else None
+        ts = self.config.timestamps and opts.timestamps is not None
+        sack = ts and self.config.sack and opts.sack_permitted
+        cookie, tsval = self._secrets.make_cookie(key, self.port, seg.seq, peer_mss,
+                                                  opts.wscale, now, sack=sack, timestamps=ts)
+        # Window scaling needs the peer's shift back, which only the timestamp's bits
+        # have room for: without them neither side scales (RFC 7323 §2.2), as Linux.
+        our_wscale = window_scale_for(self.config.recv_buffer) \
+            if ts and opts.wscale is not None else None
         synack = wire.Segment(self.port, key[1], cookie, sq.wrap(seg.seq + 1),
                               wire.SYN | wire.ACK, min(self.config.recv_buffer, 0xFFFF),
-                              options=wire.Options(mss=self.config.mss, wscale=our_wscale))
+                              options=wire.Options(
+                                  mss=self.config.mss, wscale=our_wscale, sack_permitted=sack,
+                                  timestamps=(tsval, opts.timestamps[0])
+                                  if tsval is not None and opts.timestamps else None))
         self._out.append((wire.build(synack), key))
         self.counters["SYN cookies sent"] += 1
-        self._cookies_until = now + 128.0  # check_cookie takes them for about two minutes
+        # Only while cookies are out is an ACK for no connection checked as one (Linux's
+        # tcp_synq_no_recent_overflow): otherwise a blind attacker could try the MAC at
+        # leisure with ACKs alone, no SYN flood needed to open the door.
+        self._cookies_until = now + crypto.COOKIE_LIFETIME
 
     def _accept_cookie(self, seg: wire.Segment, key: Addr, now: float) -> bool:
         """An ACK for no connection may return one of our cookies: then it is a connection."""
+        if now >= self._cookies_until:
+            return False  # none sent within a cookie's lifetime: nothing to check
         if len(self.accept_queue) >= self.backlog or len(self.connections) >= \
                 self.config.max_connections:
             return False
+        self.counters["SYN cookies checked"] += 1
         cookie = (seg.ack - 1) & sq.MASK
+        ts = seg.options.timestamps if self.config.timestamps else None
         facts = self._secrets.check_cookie(key, self.port, (seg.seq - 1) & sq.MASK, cookie,
-                                           now)
+                                           now, None if ts is None else ts[1])
         if facts is None:
             return False
         self.counters["SYN cookies accepted"] += 1
         conn = self._new_connection(key, now, iss=cookie)
         self.syn_queue.add(conn)  # moves to the accept queue when serviced
-        conn.accept_cookie(seg, facts[0], facts[1], now)
+        conn.accept_cookie(seg, facts.mss, facts.wscale, now, sack=facts.sack,
+                           timestamps=facts.timestamps)
         return True
 
     def _refuse(self, data: bytes | bytearray | memoryview, key: Addr) -> None:
