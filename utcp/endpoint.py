@@ -22,7 +22,7 @@ from collections.abc import Callable
 from utcp import crypto, log, secure, wire
 from utcp import seq as sq
 from utcp.config import Config
-from utcp.connection import Connection, ReassemblyBudget, window_scale_for
+from utcp.connection import Connection, MemoryBudget, ReassemblyBudget, window_scale_for
 from utcp.state import State
 
 Addr = tuple[str, int]
@@ -56,6 +56,12 @@ class Endpoint:
         self._secrets = crypto.HandshakeSecrets()
         self._cookies_until = float("-inf")  # a cookie sent before this may still come back
         self.reassembly = ReassemblyBudget(config.max_reassembly_bytes)
+        self.memory = MemoryBudget(config.max_buffer_memory)
+        # Connections that may be evicted to make room for a new one, longest idle first:
+        # those in TIME_WAIT, and those established that never carried a byte either way
+        # (what a flood of completed but idle handshakes leaves behind).
+        self._evictable: collections.OrderedDict[Connection, None] = \
+            collections.OrderedDict()
         # Set by the I/O layer: the largest segment payload the route to a peer carries.
         self.route_mss: Callable[[Addr], int] | None = None
         self._secure = secure.SecureLayer(config, self.counters) if config.secure else None
@@ -73,7 +79,7 @@ class Endpoint:
         elif old is not None:
             raise OSError(98, f"a connection to {key[0]}:{key[1]} exists"
                               f" (state {old.state.name})")
-        if len(self.connections) >= self.config.max_connections:
+        if len(self.connections) >= self.config.max_connections and not self._make_room():
             raise OSError(105, f"endpoint full: {len(self.connections)} connections"
                                " (Config.max_connections)")
         conn = self._new_connection(key, now)
@@ -99,6 +105,7 @@ class Endpoint:
         conn.peer = key
         conn._notify = self._touch
         conn.reassembly_budget = self.reassembly
+        conn.memory_budget = self.memory
         if self.route_mss is not None and self.config.pmtu_probing:
             conn.max_mss = max(self.config.mss, self.route_mss(key))
         self.connections[key] = conn
@@ -150,7 +157,10 @@ class Endpoint:
             budget = self._unvalidated.get(conn)
             if budget is not None:
                 budget[0] += size
+            if conn in self._evictable:
+                self._evictable.move_to_end(conn)  # idle no more
             conn.receive(seg, now)
+            conn.recharge()
             return
         flags = seg.flags
         if flags & wire.RST:
@@ -218,8 +228,7 @@ class Endpoint:
         """An ACK for no connection may return one of our cookies: then it is a connection."""
         if now >= self._cookies_until:
             return False  # none sent within a cookie's lifetime: nothing to check
-        if len(self.accept_queue) >= self.backlog or len(self.connections) >= \
-                self.config.max_connections:
+        if len(self.accept_queue) >= self.backlog:
             return False
         self.counters["SYN cookies checked"] += 1
         cookie = (seg.ack - 1) & sq.MASK
@@ -228,12 +237,38 @@ class Endpoint:
                                            now, None if ts is None else ts[1])
         if facts is None:
             return False
+        if len(self.connections) >= self.config.max_connections and not self._make_room():
+            self.counters["SYN cookie dropped: endpoint full"] += 1
+            return True  # nothing evictable: as a full accept queue, the client retries
         self.counters["SYN cookies accepted"] += 1
         conn = self._new_connection(key, now, iss=cookie)
         self.syn_queue.add(conn)  # moves to the accept queue when serviced
         conn.accept_cookie(seg, facts.mss, facts.wscale, now, sack=facts.sack,
                            timestamps=facts.timestamps)
+        conn.recharge()
         return True
+
+    def _make_room(self) -> bool:
+        """Evict the longest-idle evictable connection; False if there is none.
+
+        Only a client whose address is validated gets here (a cookie came back, or our
+        own connect), so spoofed SYNs cannot evict anyone. An established connection is
+        told with RST and its application sees ConnectionResetError; one in TIME_WAIT
+        goes silently, as Linux recycles TIME_WAIT buckets when it must.
+        """
+        while self._evictable:
+            conn, _ = self._evictable.popitem(last=False)
+            if self.connections.get(conn.peer) is not conn or conn.state == State.CLOSED:
+                continue
+            if conn.state == State.TIME_WAIT:
+                conn._fail(None, send_rst=False)
+            else:
+                conn._fail(ConnectionResetError("evicted: the endpoint is full"
+                                                " (Config.max_connections)"), send_rst=True)
+            self._forget(conn)
+            self.counters["evicted idle connections"] += 1
+            return True
+        return False
 
     def _refuse(self, data: bytes | bytearray | memoryview, key: Addr) -> None:
         try:
@@ -306,10 +341,17 @@ class Endpoint:
         for datagram in datagrams:
             out.append((datagram, peer))
         self._touched[conn] = None
+        conn.recharge()
         state = conn.state
         if state == State.CLOSED:
             self._forget(conn)
             return
+        if state == State.TIME_WAIT or (state == State.ESTABLISHED and not conn.bytes_sent
+                                        and not conn.bytes_received and not conn.queued):
+            if conn not in self._evictable:
+                self._evictable[conn] = None
+        elif conn in self._evictable:
+            del self._evictable[conn]
         if conn in self.syn_queue and state not in (State.SYN_RCVD, State.LISTEN):
             self.syn_queue.discard(conn)
             self.accept_queue.append(conn)
@@ -337,6 +379,7 @@ class Endpoint:
         self.syn_queue.discard(conn)
         self._armed.pop(conn, None)
         self._unvalidated.pop(conn, None)
+        self._evictable.pop(conn, None)
         if self._secure is not None:
             self._secure.forget(conn)
 
