@@ -252,3 +252,31 @@ def test_default_limits_fit_a_24_gib_machine() -> None:
              + cfg.max_buffer_memory + cfg.max_reassembly_bytes)
     assert per_conn < 16 * 1024, per_conn
     assert worst < 12 * (1 << 30), f"{worst / (1 << 30):.1f} GiB"  # half of 24 GiB
+
+
+def test_a_connection_in_time_wait_is_evicted_silently() -> None:
+    """TIME_WAIT holds a slot for 2 x MSL; a validated newcomer may take it (as Linux
+    recycles TIME_WAIT buckets), with no RST: the old peer has closed already."""
+    ep = Endpoint(Config(max_connections=1), 80, listening=True, rng=random.Random(8))
+    old = ("10.0.6.1", 6001)
+    ack, conn = _established(ep, old)
+    _data(ep, old, ack, 0, b"request")
+    conn.read()
+    conn.close()  # we close first: FIN, then the peer's ACK and FIN put us in TIME_WAIT
+    fin = [wire.parse(d) for d, a in ep.datagrams_to_send(0.1) if a == old][-1]
+    assert fin.flags & wire.FIN
+    ep.receive_datagram(wire.build_fast(old[1], 80, PEER_ISN + 1 + 7, (fin.seq + 1) & 0xFFFFFFFF,
+                                        wire.ACK | wire.FIN, 65535), old, 0.2)
+    ep.datagrams_to_send(0.2)
+    assert conn.state is State.TIME_WAIT
+    newcomer = ("10.0.6.9", 6009)
+    ep.receive_datagram(wire.build(wire.Segment(6009, 80, 777, 0, wire.SYN, 65535)),
+                        newcomer, 1.0)
+    (synack_raw, _), = [d for d in ep.datagrams_to_send(1.0) if d[1] == newcomer]
+    ep.receive_datagram(wire.build_fast(6009, 80, 778, (wire.parse(synack_raw).seq + 1)
+                                        & 0xFFFFFFFF, wire.ACK, 65535), newcomer, 1.5)
+    out = ep.datagrams_to_send(1.5)
+    assert ep.connections[newcomer].state is State.ESTABLISHED
+    assert conn.state is State.CLOSED and conn.error is None and old not in ep.connections
+    assert not [d for d, a in out if a == old]
+    assert ep.counters["evicted idle connections"] == 1
