@@ -320,6 +320,7 @@ class Connection:
                                   + (" after close" if self._fin_queued else ""))
         if data:
             self._sndbuf += data
+            self.recharge()
             self._touch()
 
     def close(self) -> None:
@@ -1614,8 +1615,10 @@ class Connection:
     def recharge(self) -> None:
         """Bring the endpoint's memory account up to what this connection holds now."""
         budget = self.memory_budget
-        if budget is not None:
-            mem = self.memory_in_use()
+        if budget is not None:  # memory_in_use() inlined: this runs once per datagram
+            mem = (self._rcvbuf_len + RCV_PIECE_OVERHEAD * len(self._rcvbuf)
+                   + self._ooo_bytes + OOO_PIECE_OVERHEAD * len(self._ooo)
+                   + len(self._sndbuf))
             budget.used += mem - self._mem
             self._mem = mem
 

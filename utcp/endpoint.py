@@ -341,7 +341,6 @@ class Endpoint:
         for datagram in datagrams:
             out.append((datagram, peer))
         self._touched[conn] = None
-        conn.recharge()
         state = conn.state
         if state == State.CLOSED:
             self._forget(conn)
