@@ -189,41 +189,80 @@ def test_cookie_connection_end_to_end_keeps_mss_and_window_scale() -> None:
 
 
 def cookie_script(mss: int = 1220, wscale: int | None = 7,
-                  config: Config = CFG) -> tuple[Script, int]:
-    """A listener with backlog 1 whose SYN queue is full; PEER's SYN gets a cookie."""
+                  config: Config = CFG, ts: bool = False) -> tuple[Script, int]:
+    """A listener with backlog 1 whose SYN queue is full; PEER's SYN gets a cookie.
+
+    With `ts` the SYN offers timestamps and SACK: the cookie keeps the window scale and
+    SACK in its SYN+ACK's TSval, echoed by `cookie_ts(s)`. Without, it keeps the MSS only.
+    """
     s = Script(config, listening=True, backlog=1, seed=5)
     other = ("10.9.9.9", 5555)
     s.inject("S", 1000, options=wire.Options(mss=1400), peer=other)
     s.expect("S.", ack=1001, peer=other)
-    s.inject("S", 5000, options=wire.Options(mss=mss, wscale=wscale))
+    s.inject("S", 5000, options=wire.Options(mss=mss, wscale=wscale, sack_permitted=ts,
+                                             timestamps=(777, 0) if ts else None))
     synack = s.expect("S.", ack=5001, mss=config.mss,
-                      wscale=window_scale_for(config.recv_buffer) if wscale is not None
-                      else None)
+                      wscale=window_scale_for(config.recv_buffer)
+                      if wscale is not None and ts else None)
     assert s.ep.counters["SYN cookies sent"] == 1
     assert PEER not in s.ep.connections and len(s.ep.syn_queue) == 1  # no state for it
+    if ts:
+        assert synack.options.timestamps is not None and synack.options.sack_permitted
+        assert synack.options.timestamps[1] == 777
     return s, synack.seq
 
 
+def cookie_ts(s: Script, tsval: int = 778) -> wire.Options:
+    """The options of the client's ACK that returns a cookie made with timestamps."""
+    assert s.last_sent is not None
+    synack_ts = s.last_sent.seg.options.timestamps
+    assert synack_ts is not None
+    return wire.Options(timestamps=(tsval, synack_ts[0]))
+
+
 def test_cookie_handshake_keeps_mss_and_window_scale() -> None:
-    s, cookie = cookie_script(mss=1220, wscale=7)
-    s.inject(".", 5001, cookie + 1, window=100)
+    s, cookie = cookie_script(mss=1220, wscale=7, ts=True)
+    opts = cookie_ts(s)
+    s.inject(".", 5001, cookie + 1, window=100, options=opts)
     conn = s.ep.connections[PEER]
     assert conn.state == S.ESTABLISHED and conn.iss == cookie
     assert conn.snd_mss == 1220 and conn.snd_wscale == 7
     assert conn.snd_wnd == 100 << 7
     assert conn.rcv_wscale == window_scale_for(CFG.recv_buffer)
+    assert conn._sack_ok and conn._ts_ok
     assert s.ep.accept() is conn
     # data both ways over the cookie connection
-    s.inject("P.", 5001, cookie + 1, window=1000, payload=b"hello cookie")
+    s.inject("P.", 5001, cookie + 1, window=1000, payload=b"hello cookie",
+             options=wire.Options(timestamps=(779, opts.timestamps[1])))  # type: ignore[index]
     assert conn.read() == b"hello cookie"
     conn.send(bytes(3000))
     s.app()
-    first = s.expect(ANY, seq=cookie + 1, ack=5013, length=1220)
-    second = s.expect(ANY, seq=cookie + 1221, length=1220)
-    third = s.expect(ANY, seq=cookie + 2441, length=560)
+    first = s.expect(ANY, seq=cookie + 1, ack=5013, length=1208)
+    # our TSval carries on from the cookie's, never below it (the peer's PAWS)
+    assert opts.timestamps is not None and first.options.timestamps is not None
+    assert sq.ge(first.options.timestamps[0], opts.timestamps[1])
+    second = s.expect(ANY, seq=cookie + 1209, length=1208)
+    third = s.expect(ANY, seq=cookie + 2417, length=584)
     assert first.flags & wire.ACK and second.flags & wire.ACK and third.flags & wire.PSH
-    s.inject(".", 5013, cookie + 3001, window=1000)
+    s.inject(".", 5013, cookie + 3001, window=1000,
+             options=wire.Options(timestamps=(780, first.options.timestamps[0])))
     assert conn.snd_una == conn.snd_max and conn.queued == 0
+
+
+def test_cookie_without_timestamps_keeps_mss_but_not_window_scale() -> None:
+    """No timestamp option: no room to remember the peer's shift, so neither side
+    scales (as Linux); the 64 KiB window still works."""
+    s, cookie = cookie_script(mss=1220, wscale=7)
+    s.inject(".", 5001, cookie + 1, window=100)
+    conn = s.ep.connections[PEER]
+    assert conn.state == S.ESTABLISHED and conn.iss == cookie
+    assert conn.snd_mss == 1220 and conn.snd_wscale == 0 and conn.rcv_wscale == 0
+    assert conn.snd_wnd == 100
+    s.inject("P.", 5001, cookie + 1, window=5000, payload=b"hello cookie")
+    assert conn.read() == b"hello cookie"
+    conn.send(bytes(3000))
+    s.app()
+    s.expect(ANY, seq=cookie + 1, ack=5013, length=1220)
 
 
 def test_cookie_mss_table_and_no_window_scale() -> None:

@@ -23,6 +23,7 @@ INT_BOUNDS = {
     "max_ooo_segments": (1, 1 << 20),
     "max_connections": (1, 1 << 24),
     "max_reassembly_bytes": (0, 1 << 40),
+    "max_buffer_memory": (1 << 20, 1 << 44),
 }
 
 

@@ -9,6 +9,7 @@ import pytest
 
 from utcp import wire
 from utcp.config import Config
+from utcp.connection import OOO_PIECE_OVERHEAD
 from utcp.endpoint import Endpoint
 from utcp.state import State
 
@@ -36,21 +37,22 @@ def _data(ep: Endpoint, peer: tuple[str, int], ack: int, offset: int, n: int) ->
 
 
 def test_out_of_order_bytes_are_bounded_across_connections() -> None:
-    ep = Endpoint(Config(max_reassembly_bytes=5000), 80, listening=True,
+    piece = 1000 + OOO_PIECE_OVERHEAD  # charged as real memory, not payload bytes
+    ep = Endpoint(Config(max_reassembly_bytes=5 * piece), 80, listening=True,
                   rng=random.Random(1))
     a, b = ("10.0.0.1", 1001), ("10.0.0.2", 1002)
     ack_a, conn_a = _established(ep, a)
     ack_b, conn_b = _established(ep, b)
     for i in range(1, 5):          # a holds 4 x 1000 out-of-order bytes (offset 0 missing)
         _data(ep, a, ack_a, i * 1000, 1000)
-    assert ep.reassembly.used == 4000
-    _data(ep, b, ack_b, 1000, 1000)   # b's first hole-piece fits: 5000 in all
+    assert ep.reassembly.used == 4 * piece
+    _data(ep, b, ack_b, 1000, 1000)   # b's first hole-piece fits: 5 pieces in all
     _data(ep, b, ack_b, 2000, 1000)   # this one does not
-    assert ep.reassembly.used == 5000
+    assert ep.reassembly.used == 5 * piece
     assert conn_b.stats().dropped_segments >= 1  # type: ignore[attr-defined]
     _data(ep, a, ack_a, 0, 1000)      # a's hole fills: its pieces drain, the budget frees
     assert conn_a.readable == 5000  # type: ignore[attr-defined]
-    assert ep.reassembly.used == 1000
+    assert ep.reassembly.used == piece
     conn_b.abort()  # type: ignore[attr-defined]
     ep.datagrams_to_send(0.03)
     assert ep.reassembly.used == 0
@@ -58,8 +60,9 @@ def test_out_of_order_bytes_are_bounded_across_connections() -> None:
 
 def test_connection_limit_refuses_connect_and_answers_syns_with_cookies() -> None:
     ep = Endpoint(Config(max_connections=2), 80, listening=True, rng=random.Random(2))
-    _established(ep, ("10.0.0.1", 1))
-    _established(ep, ("10.0.0.2", 2))
+    for peer in (("10.0.0.1", 1), ("10.0.0.2", 2)):
+        ack, _ = _established(ep, peer)
+        _data(ep, peer, ack, 0, 10)  # busy connections: not evicted for a newcomer
     peer = ("10.0.0.3", 3)
     ep.receive_datagram(wire.build(wire.Segment(3, 80, 1, 0, wire.SYN, 1000)), peer, 1.0)
     out = ep.datagrams_to_send(1.0)

@@ -49,7 +49,10 @@ class Config:
     allowed_keys: tuple[str, ...] | None = None  # server: accept only these client keys
     # bounded resources (per endpoint, i.e. per UDP socket)
     max_connections: int = 100_000     # connections of every state, TIME_WAIT included
-    max_reassembly_bytes: int = 64 * 1024 * 1024  # out-of-order bytes held in all
+    max_reassembly_bytes: int = 64 * 1024 * 1024  # out-of-order pieces held in all,
+    #   as real memory (payload + ~160 bytes a piece)
+    max_buffer_memory: int = 1024 * 1024 * 1024  # send + receive buffers of all
+    #   connections, as real memory; under pressure (2/3) windows shrink, at it data drops
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
@@ -85,6 +88,7 @@ _INT_RANGES = {
     "max_ooo_segments": (1, 1 << 20),
     "max_connections": (1, 1 << 24),
     "max_reassembly_bytes": (0, 1 << 40),
+    "max_buffer_memory": (1 << 20, 1 << 44),
 }
 
 

