@@ -159,6 +159,18 @@ def one_error_line(result: subprocess.CompletedProcess[bytes], command: str) -> 
     return lines[0]
 
 
+def usage_error(result: subprocess.CompletedProcess[bytes], command: str) -> str:
+    """A bad command line: exit 2, argparse's usage and one error line, no traceback."""
+    err = result.stderr.decode()
+    assert result.returncode == 2, (result.returncode, err)
+    assert "Traceback" not in err, err
+    assert err.startswith(f"usage: utcp {command}"), err
+    last = err.splitlines()[-1]
+    assert last.startswith(f"utcp {command}: error: "), err
+    assert result.stdout == b""
+    return last
+
+
 def sha256_file(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
@@ -291,8 +303,8 @@ def test_secure_server_and_clients() -> None:
 
 
 def test_bad_key_is_one_line() -> None:
-    line = one_error_line(run_utcp("perf", "--server-key", "garbage", "-n", "1"), "perf")
-    assert line.startswith("utcp perf: Config.server_key:"), line
+    line = usage_error(run_utcp("perf", "--server-key", "garbage", "-n", "1"), "perf")
+    assert line.startswith("utcp perf: error: Config.server_key:"), line
 
 
 # ---------------------------------------------------------------------- tunnel
@@ -433,11 +445,17 @@ def test_connection_refused_is_one_line() -> None:
     (["tunnel", "--listen", ":0", "--target", "127.0.0.1:800000"], "the port must be 0-65535"),
     (["tunnel", "--listen", ":0"], "give exactly one of --remote"),
     (["perf", "-c", "127.0.0.1", "-p", "70000"], "the port must be 0-65535"),
+], ids=["cat-port-range", "cat-port-name", "tunnel-port", "tunnel-target-range",
+        "tunnel-neither", "perf-port"])
+def test_bad_address(args: list[str], message: str) -> None:
+    assert message in usage_error(run_utcp(*args), args[0])
+
+
+@pytest.mark.parametrize(("args", "message"), [
     (["perf", "-c", "no-such-host.invalid", "-p", "5201", "-t", "1"], "cannot resolve address"),
     (["cat", "no-such-host.invalid", "5201"], "cannot resolve address"),
-], ids=["cat-port-range", "cat-port-name", "tunnel-port", "tunnel-target-range",
-        "tunnel-neither", "perf-port", "perf-unresolvable", "cat-unresolvable"])
-def test_bad_address(args: list[str], message: str) -> None:
+], ids=["perf-unresolvable", "cat-unresolvable"])
+def test_unresolvable_address(args: list[str], message: str) -> None:
     assert message in one_error_line(run_utcp(*args), args[0])
 
 
@@ -467,8 +485,8 @@ def test_port_in_use_by_another_utcp_server() -> None:
 
 @pytest.mark.parametrize("value", ["0", "-3"])
 def test_bad_parallel_count(value: str) -> None:
-    assert one_error_line(run_utcp("perf", "-P", value), "perf") == (
-        "utcp: -P must be at least 1")
+    assert usage_error(run_utcp("perf", "-P", value), "perf") == (
+        f"utcp perf: error: argument -P/--parallel: must be 1-128, not '{value}'")
 
 
 def test_parallel_count_not_a_number_is_a_usage_error() -> None:

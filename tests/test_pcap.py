@@ -77,7 +77,7 @@ def test_ipv4_header_checksum_known_value() -> None:
 def test_tcp_checksum_matches_independent_implementation(payload_len: int, src: str,
                                                          dst: str) -> None:
     seg = some_segment(payload_len, seed=payload_len)
-    assert seg[16:18] == b"\0\0"  # utcp sends 0 (DESIGN §2)
+    assert seg[16:18] == b"\0\0"  # utcp sends 0 (docs/protocol.md §2)
     expected = reference_checksum(reference_pseudo_header(src, dst, len(seg)) + seg)
     got = pcap.tcp_checksum(seg, ipaddress.ip_address(src).packed,
                             ipaddress.ip_address(dst).packed)

@@ -2,7 +2,7 @@
 
 Each test plays the remote peer by hand against one sans-IO `Endpoint` (see
 `tests/script.py`) on a fake clock, and names in its title the states the connection
-under test passes through. The items of DESIGN §4 come in order, then the RST rules
+under test passes through. The items of docs/protocol.md §4 come in order, then the RST rules
 and the details of reliable transfer (RFC 6298 timers, fast retransmit and NewReno,
 delayed ACKs, zero windows), then a few regressions. ISNs sit just below 2**32 so
 that SYN, data and FIN sequence numbers cross the 32-bit wrap.

@@ -15,7 +15,7 @@ What this file shows, each point a test (or a parametrized family):
 - NAT rebinding: an authenticated segment from a new address moves the connection, an
   unauthenticated one never does.
 
-One field is exempt from the bit flips, by design: the TCP checksum (bytes 16-17). DESIGN §2
+One field is exempt from the bit flips, by design: the TCP checksum (bytes 16-17). protocol.md §2
 says it is 0 when sent and ignored when received, and secure mode zeroes it in the
 associated data because a middlebox (e.g. the UDP<->TUN bridge of tests/interop) may fill
 it in. `test_checksum_field_may_be_rewritten_on_the_way` pins that down.
@@ -565,7 +565,7 @@ def test_flipped_bits_in_a_lossy_run_never_corrupt() -> None:
 
 
 def test_checksum_field_may_be_rewritten_on_the_way() -> None:
-    """DESIGN §2: the checksum is ignored on receipt; a data segment whose checksum a
+    """docs/protocol.md §2: the checksum is ignored on receipt; a data segment whose checksum a
     middlebox filled in still authenticates, and its data arrives."""
     pair = Pair(c2s=b"x" * 3000, s2c=b"y" * 10)
     rewritten = collections.Counter[str]()

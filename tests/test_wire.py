@@ -1,4 +1,4 @@
-"""Tests for utcp.wire: the DESIGN §2 segment layout, option codec and parse errors."""
+"""Tests for utcp.wire: the docs/protocol.md §2 segment layout, option codec and parse errors."""
 
 from __future__ import annotations
 

@@ -2,7 +2,7 @@
 
 `utcp.open_connection` / `utcp.start_server` / `utcp.create_connection` /
 `utcp.create_server` take the place of asyncio's; the public API is this module's
-names only (DESIGN §1).
+names only (docs/protocol.md §1).
 """
 
 from utcp.aio.api import (

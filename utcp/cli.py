@@ -1,7 +1,10 @@
 """`utcp` on the command line: perf (iperf3-like), tunnel (TCP over utcp), cat (netcat-like).
 
-Every failure a user can cause (a bad address, a port in use, a peer that is gone)
-prints one line on stderr and exits non-zero; a traceback means a bug in utcp.
+Every failure a user can cause prints one line on stderr and no traceback (a traceback
+means a bug in utcp): exit status 2 for a bad command line (argparse's convention, which
+iperf3 and netcat follow too: found before anything is sent), 1 for what goes wrong at
+run time (a host that does not resolve, a refused connection, a port in use, a file that
+cannot be written).
 """
 
 from __future__ import annotations
@@ -13,25 +16,45 @@ import contextlib
 import functools
 import json
 import logging
+import math
 import os
+import signal
 import socket
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import utcp
 from utcp import log
+from utcp.config import CONGESTION_ALGORITHMS
 
 PERF_MAGIC = b"UTCPPERF1 "
 PERF_PORT = 5201
 CHUNK = 128 * 1024
+KEY_ENV = "UTCP_KEY"
+MAX_PARALLEL = 128  # iperf3's limit too: more flows measure the scheduler, not the path
 
 
 class CliError(Exception):
     """A user-facing error: printed as one line, exit status 1."""
+
+
+class StdoutClosed(Exception):
+    """The reader of our stdout has gone (`utcp keygen | head -1`): end quietly.
+
+    Not a `BrokenPipeError`: that is a `ConnectionError`, which the commands read as a
+    failure of the utcp connection.
+    """
+
+
+def _say(out: Any, text: str = "", *, end: str = "\n", flush: bool = False) -> None:
+    try:
+        print(text, file=out, end=end, flush=flush)
+    except BrokenPipeError:
+        raise StdoutClosed from None
 
 
 def parse_hostport(text: str, *, default_host: str = "0.0.0.0") -> tuple[str, int]:
@@ -49,23 +72,95 @@ def parse_hostport(text: str, *, default_host: str = "0.0.0.0") -> tuple[str, in
     return host, number
 
 
+class UsageError(Exception):
+    """A bad command line found after parsing: argparse's one line and exit status 2."""
+
+
+def _serves(args: argparse.Namespace) -> bool:
+    """Whether this command accepts utcp connections (and so may take a server key)."""
+    return bool((args.command == "perf" and args.server)
+                or (args.command == "tunnel" and args.target is not None)
+                or (args.command == "cat" and args.listen is not None))
+
+
+def _private_key(args: argparse.Namespace) -> str | None:
+    """--key, else --key-file, else $UTCP_KEY (only where a private key has a use).
+
+    A key on the command line is visible to every local user (ps, /proc/PID/cmdline) and
+    lands in shell history; a file readable by its owner only, or the environment
+    (/proc/PID/environ is private to the user), keeps it out of sight.
+    """
+    if args.key is not None and args.key_file is not None:
+        raise UsageError("give the private key once: --key or --key-file, not both")
+    if args.key is not None:
+        return str(args.key)
+    if args.key_file is not None:
+        try:
+            with open(args.key_file, encoding="utf-8") as f:
+                text = f.read(64 * 1024)
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) else "not a text file"
+            raise CliError(f"cannot read key file {args.key_file!r}: {reason}") from None
+        return _key_from_text(text, args.key_file)
+    # the environment is everybody's, the shell's included: a client that pins no server
+    # key has no use for a private key, and giving it one would turn secure mode on
+    env = os.environ.get(KEY_ENV, "").strip()
+    if env and (_serves(args) or args.server_key is not None):
+        return env
+    return None
+
+
+def _key_from_text(text: str, name: str) -> str:
+    """The key alone, or `utcp keygen`'s output (the 'private:' line; comments skipped)."""
+    lines = [line.strip() for line in text.splitlines()]
+    lines = [line for line in lines if line and not line.startswith("#")]
+    for line in lines:
+        label, sep, value = line.partition(":")
+        if sep and label.strip().lower() == "private":
+            return value.strip()
+    if len(lines) == 1 and ":" not in lines[0]:
+        return lines[0]
+    raise CliError(f"key file {name!r}: expected one base64 private key, or the "
+                   "'private: ...' line that utcp keygen prints")
+
+
 def _config(args: argparse.Namespace) -> utcp.Config:
     kwargs: dict[str, Any] = {}
-    if getattr(args, "mss", None):
+    if args.mss is not None:
         kwargs["mss"] = args.mss
         kwargs["pmtu_probing"] = False  # an explicit size is pinned, not a starting point
-    if getattr(args, "pcap", None):
+    if args.pcap:
         kwargs["pcap"] = args.pcap
-    if getattr(args, "key", None):
-        kwargs["secret_key"] = args.key
-    if getattr(args, "server_key", None):
+    if args.congestion is not None:
+        kwargs["congestion"] = args.congestion
+    key = _private_key(args)
+    if key is not None:
+        kwargs["secret_key"] = key
+    if args.server_key is not None:
         kwargs["server_key"] = args.server_key
-    if getattr(args, "allow", None):
+    if args.allow:
         kwargs["allowed_keys"] = tuple(args.allow)
     try:
-        return utcp.Config(**kwargs)
+        config = utcp.Config(**kwargs)
     except (TypeError, ValueError) as exc:
-        raise CliError(str(exc)) from None
+        raise UsageError(str(exc)) from None
+    if config.pcap:
+        _check_writable(config.pcap)
+    return config
+
+
+def _check_writable(path: str) -> None:
+    """Fail before the first packet: the capture is opened when the first socket is.
+
+    That happens inside the server task of an in-process `perf` run, whose failure
+    nothing awaited, so an unwritable path hung the command. Appending (not truncating)
+    leaves an existing capture alone should the run fail before it starts.
+    """
+    try:
+        with open(path, "ab"):
+            pass
+    except OSError as exc:
+        raise CliError(f"cannot write pcap file {path!r}: {exc.strerror or exc}") from None
 
 
 # ---------------------------------------------------------------------- perf
@@ -130,12 +225,14 @@ async def _perf_serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter
 
 
 async def _perf_source(writer: asyncio.StreamWriter, duration: float | None,
-                       nbytes: int | None, counter: Flow | None = None) -> int:
+                       nbytes: int | None, counter: Flow | None = None,
+                       stop: asyncio.Event | None = None) -> int:
+    """Send for `duration` seconds or `nbytes` bytes; neither: until `stop` (or forever)."""
     block = os.urandom(CHUNK)
     view = memoryview(block)
     sent = 0
-    deadline = time.monotonic() + (duration if duration else 1e18)
-    while time.monotonic() < deadline:
+    deadline = time.monotonic() + duration if duration else math.inf
+    while time.monotonic() < deadline and not (stop is not None and stop.is_set()):
         n = CHUNK if nbytes is None else min(CHUNK, nbytes - sent)
         if n <= 0:
             break
@@ -147,9 +244,40 @@ async def _perf_source(writer: asyncio.StreamWriter, duration: float | None,
     return sent
 
 
+def _interrupt_handlers(stop: asyncio.Event) -> contextlib.AbstractContextManager[None]:
+    """Ctrl-C or SIGTERM ends an open-ended run (`-t 0`) with its report, as in iperf3.
+
+    The handler goes at the first signal: a second Ctrl-C interrupts at once (exit 130)
+    should the orderly end itself hang.
+    """
+    loop = asyncio.get_running_loop()
+    signals = (signal.SIGINT, signal.SIGTERM)
+
+    def on_signal() -> None:
+        stop.set()
+        for sig in signals:
+            loop.remove_signal_handler(sig)
+
+    @contextlib.contextmanager
+    def installed() -> Iterator[None]:
+        for sig in signals:
+            loop.add_signal_handler(sig, on_signal)
+        try:
+            yield
+        finally:
+            for sig in signals:
+                loop.remove_signal_handler(sig)
+
+    return installed()
+
+
 async def perf_client(host: str, port: int, *, duration: float | None, nbytes: int | None,
-                      parallel: int, reverse: bool, interval: float, as_json: bool,
+                      parallel: int, reverse: bool, interval: float | None, as_json: bool,
                       config: utcp.Config, out: Any = None) -> dict[str, Any]:
+    """Run the client side; `duration` and `nbytes` both None: until SIGINT or SIGTERM.
+
+    `interval` None (or 0) prints no interval reports, only the summary.
+    """
     out = out or sys.stdout
     flows: list[Flow] = []
     try:
@@ -160,19 +288,37 @@ async def perf_client(host: str, port: int, *, duration: float | None, nbytes: i
         for flow in flows:
             flow.writer.transport.abort()
         raise CliError(f"cannot connect to {host}:{port}: {_describe(exc)}") from None
+    try:
+        return await _perf_run(flows, host, port, duration=duration, nbytes=nbytes,
+                               reverse=reverse, interval=interval or None, as_json=as_json,
+                               out=out)
+    except BaseException:
+        for flow in flows:
+            flow.writer.transport.abort()
+        raise
+
+
+async def _perf_run(flows: list[Flow], host: str, port: int, *, duration: float | None,
+                    nbytes: int | None, reverse: bool, interval: float | None,
+                    as_json: bool, out: Any) -> dict[str, Any]:
+    parallel = len(flows)
     # -n is the total: split it so the flows add up to exactly that many bytes
     share: list[int | None] = ([None] * parallel if nbytes is None else
                                [nbytes // parallel + (i < nbytes % parallel)
                                 for i in range(parallel)])
+    open_ended = duration is None and nbytes is None
+    stop = asyncio.Event()
     peer = flows[0].writer.get_extra_info("peername")
     if not as_json:
-        print(f"Connecting to host {host}, port {port} over utcp"
-              f"{' (reverse: server sends)' if reverse else ''}", file=out)
+        _say(out, f"Connecting to host {host}, port {port} over utcp"
+                  f"{' (reverse: server sends)' if reverse else ''}"
+                  f"{' until interrupted' if open_ended else ''}")
         for flow in flows:
             sock = flow.writer.get_extra_info("sockname")
-            print(f"[{flow.ident:3d}] local {sock[0]} port {sock[1]} connected to "
-                  f"{peer[0]} port {peer[1]}", file=out)
-        print("[ ID] Interval           Transfer     Bitrate         Retr  Cwnd", file=out)
+            _say(out, f"[{flow.ident:3d}] local {sock[0]} port {sock[1]} connected to "
+                      f"{peer[0]} port {peer[1]}")
+        _say(out, "[ ID] Interval           Transfer     Bitrate         Retr  Cwnd",
+             flush=True)
 
     async def run_flow(flow: Flow) -> None:
         flow_bytes = share[flow.ident - 1]
@@ -183,7 +329,7 @@ async def perf_client(host: str, port: int, *, duration: float | None, nbytes: i
                 flow.bytes += len(data)
             flow.writer.write_eof()
         else:
-            await _perf_source(flow.writer, duration, flow_bytes, flow)
+            await _perf_source(flow.writer, duration, flow_bytes, flow, stop)
             flow.writer.write_eof()
             line = await flow.reader.readline()
             if line:
@@ -195,26 +341,40 @@ async def perf_client(host: str, port: int, *, duration: float | None, nbytes: i
     intervals: list[dict[str, Any]] = []
     start = time.monotonic()
     tasks = [asyncio.create_task(run_flow(f)) for f in flows]
+    stopped = asyncio.create_task(stop.wait())
     last = start
+    every = interval if interval is not None else math.inf
     try:
-        while not all(t.done() for t in tasks):
-            await asyncio.wait(tasks, timeout=interval)
-            now = time.monotonic()
-            finished = all(t.done() for t in tasks)
-            if (now - last < interval * 0.5 and not finished) or (
-                    finished and now - last < interval * 0.05):
-                continue  # a sliver of an interval at the end is noise, not a report
-            intervals.append(_report_interval(flows, last - start, now - start, as_json, out))
-            last = now
+        with _interrupt_handlers(stop) if open_ended else contextlib.nullcontext():
+            while not all(t.done() for t in tasks):
+                await asyncio.wait([*tasks, stopped], timeout=interval,
+                                   return_when=asyncio.FIRST_COMPLETED)
+                if stop.is_set() and reverse:
+                    # the server sends until we go: what arrived so far is the result,
+                    # and a reset (as iperf3 closes) stops the server's sending at once
+                    for t in tasks:
+                        t.cancel()
+                    await asyncio.gather(*tasks, return_exceptions=True)
+                    for flow in flows:
+                        flow.writer.transport.abort()
+                now = time.monotonic()
+                finished = all(t.done() for t in tasks)
+                if interval is None or (now - last < every * 0.5 and not finished) or (
+                        finished and now - last < every * 0.05):
+                    continue  # a sliver of an interval at the end is noise, not a report
+                intervals.append(_report_interval(flows, last - start, now - start,
+                                                  as_json, out))
+                last = now
         for t in tasks:
-            t.result()
+            if not t.cancelled():
+                t.result()
     except (ConnectionError, TimeoutError, asyncio.IncompleteReadError) as exc:
         for t in tasks:
             t.cancel()
-        for flow in flows:
-            flow.writer.transport.abort()
         raise CliError(f"connection to {host}:{port} failed: {_describe(exc)}") from None
-    elapsed = time.monotonic() - start
+    finally:
+        stopped.cancel()
+    elapsed = max(time.monotonic() - start, 1e-9)
     total = sum(f.bytes for f in flows)
     retrans = sum(f.stats().segments_retransmitted for f in flows)
     received = (sum(f.server_result.get("bytes_received", 0) for f in flows)
@@ -225,30 +385,45 @@ async def perf_client(host: str, port: int, *, duration: float | None, nbytes: i
         "intervals": intervals,
         "end": {"seconds": elapsed, "bytes": total, "bits_per_second": total * 8 / elapsed,
                 "bytes_received": received, "retransmits": retrans,
-                "streams": [_flow_summary(f, elapsed) for f in flows]},
+                "interrupted": stop.is_set(),
+                "streams": [_flow_summary(f, elapsed, reverse) for f in flows]},
     }
     if as_json:
-        print(json.dumps(summary, indent=2), file=out)
+        _say(out, json.dumps(summary, indent=2))
+        return summary
+    # as iperf3: each stream's sender and receiver rows, then their sums
+    _say(out, "- - - - - - - - - - - - - - - - - - - - - - - - -")
+    rows: list[tuple[str, int, int | None, str]] = []
+    for flow in flows:
+        s = flow.stats()
+        if reverse:
+            rows.append((f"[{flow.ident:3d}]", flow.bytes, None, "receiver"))
+        else:
+            rows.append((f"[{flow.ident:3d}]", flow.bytes, s.segments_retransmitted, "sender"))
+            rows.append((f"[{flow.ident:3d}]", flow.server_result.get("bytes_received", 0),
+                         None, "receiver"))
+    if reverse:
+        rows.append(("[SUM]", total, None, "receiver"))
     else:
-        print("- - - - - - - - - - - - - - - - - - - - - - - - -", file=out)
-        role = "receiver" if reverse else "sender"
-        print(f"[SUM]   0.00-{elapsed:<6.2f} sec  {_fmt_bytes(total):>11}  "
-              f"{_fmt_rate(total * 8 / elapsed):>15}  {retrans:4d}        {role}", file=out)
-        if not reverse:
-            print(f"[SUM]   0.00-{elapsed:<6.2f} sec  {_fmt_bytes(received):>11}  "
-                  f"{_fmt_rate(received * 8 / elapsed):>15}              receiver", file=out)
-        s = flows[0].stats()
-        srtt = f"{s.srtt * 1e6:.0f} us" if s.srtt is not None else "-"
-        print(f"stats (stream 1): mss {s.mss}, srtt {srtt}, rto {s.rto * 1e3:.0f} ms, "
+        rows += [("[SUM]", total, retrans, "sender"), ("[SUM]", received, None, "receiver")]
+    for label, nbytes_, retr, role in rows:
+        column = f"{retr:4d}" if retr is not None else "    "
+        _say(out, f"{label:5} {0:6.2f}-{elapsed:<6.2f} sec  {_fmt_bytes(nbytes_):>11}  "
+                  f"{_fmt_rate(nbytes_ * 8 / elapsed):>15}  {column}        {role}")
+    s = flows[0].stats()
+    srtt = f"{s.srtt * 1e6:.0f} us" if s.srtt is not None else "-"
+    _say(out, f"stats (stream 1): mss {s.mss}, srtt {srtt}, rto {s.rto * 1e3:.0f} ms, "
               f"cwnd {s.cwnd}, ssthresh {s.ssthresh}, segments sent {s.segments_sent}, "
               f"received {s.segments_received}, retransmitted {s.segments_retransmitted}",
-              file=out)
+         flush=True)
     return summary
 
 
-def _flow_summary(flow: Flow, elapsed: float) -> dict[str, Any]:
+def _flow_summary(flow: Flow, elapsed: float, reverse: bool) -> dict[str, Any]:
     s = flow.stats()
+    received = flow.bytes if reverse else flow.server_result.get("bytes_received", 0)
     return {"id": flow.ident, "bytes": flow.bytes, "bits_per_second": flow.bytes * 8 / elapsed,
+            "bytes_received": received,
             "retransmits": s.segments_retransmitted, "srtt": s.srtt, "rto": s.rto,
             "cwnd": s.cwnd, "ssthresh": s.ssthresh, "mss": s.mss,
             "segments_sent": s.segments_sent, "segments_received": s.segments_received}
@@ -266,14 +441,14 @@ def _report_interval(flows: list[Flow], t0: float, t1: float, as_json: bool,
         rows.append({"id": flow.ident, "start": t0, "end": t1, "bytes": delta,
                      "bits_per_second": delta * 8 / dt, "retransmits": retr, "cwnd": s.cwnd})
         if not as_json:
-            print(f"[{flow.ident:3d}] {t0:6.2f}-{t1:<6.2f} sec  {_fmt_bytes(delta):>11}  "
-                  f"{_fmt_rate(delta * 8 / dt):>15}  {retr:4d}  {_fmt_bytes(s.cwnd):>11}",
-                  file=out)
+            _say(out, f"[{flow.ident:3d}] {t0:6.2f}-{t1:<6.2f} sec  {_fmt_bytes(delta):>11}  "
+                      f"{_fmt_rate(delta * 8 / dt):>15}  {retr:4d}  {_fmt_bytes(s.cwnd):>11}")
     if len(flows) > 1 and not as_json:
         total = sum(r["bytes"] for r in rows)
-        print(f"[SUM] {t0:6.2f}-{t1:<6.2f} sec  {_fmt_bytes(total):>11}  "
-              f"{_fmt_rate(total * 8 / dt):>15}  {sum(r['retransmits'] for r in rows):4d}",
-              file=out)
+        _say(out, f"[SUM] {t0:6.2f}-{t1:<6.2f} sec  {_fmt_bytes(total):>11}  "
+                  f"{_fmt_rate(total * 8 / dt):>15}  {sum(r['retransmits'] for r in rows):4d}")
+    if not as_json:
+        _say(out, end="", flush=True)  # a live report, also through a pipe
     return {"start": t0, "end": t1, "streams": rows}
 
 
@@ -287,14 +462,14 @@ async def perf_server(host: str, port: int, config: utcp.Config, *,
     if ready is not None:
         ready.set_result(bound)
     if not quiet:
-        print(f"Server listening on udp {host} port {bound} (utcp)", flush=True)
+        _say(sys.stdout, f"Server listening on udp {host} port {bound} (utcp)", flush=True)
     async with server:
         await server.serve_forever()
 
 
-async def _perf(args: argparse.Namespace) -> int:
-    config = _config(args)
-    duration = None if args.bytes is not None else args.time
+async def _perf(args: argparse.Namespace, config: utcp.Config) -> int:
+    # -t 0: no deadline, as iperf3; the run ends at Ctrl-C, with its report
+    duration = None if args.bytes is not None else (args.time or None)
     if args.server:
         await perf_server(args.bind or "0.0.0.0", args.port, config)
         return 0
@@ -316,7 +491,14 @@ async def _perf(args: argparse.Namespace) -> int:
     server_task = asyncio.create_task(perf_server("127.0.0.1", 0, server_config, ready=ready,
                                                   quiet=True))
     try:
-        port = await ready
+        # the server task may fail before it is ready (a socket it cannot open): that
+        # error is the command's, where waiting for `ready` alone would wait forever
+        waiting: list[asyncio.Future[Any]] = [ready, server_task]
+        await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+        if not ready.done():
+            server_task.result()
+            raise CliError("the in-process server ended before it was ready")
+        port = ready.result()
         await perf_client("127.0.0.1", port, duration=duration, nbytes=args.bytes,
                           parallel=args.parallel, reverse=args.reverse,
                           interval=args.interval, as_json=args.json, config=client_config)
@@ -353,22 +535,17 @@ async def _splice(r1: asyncio.StreamReader, w1: asyncio.StreamWriter,
                 await w.wait_closed()
 
 
-async def _tunnel(args: argparse.Namespace) -> int:
-    config = _config(args)
-    host, port = parse_hostport(args.listen)
-    if (args.remote is None) == (args.target is None):
-        raise CliError("give exactly one of --remote (TCP in, utcp out) "
-                       "or --target (utcp in, TCP out)")
+async def _tunnel(args: argparse.Namespace, config: utcp.Config) -> int:
+    host, port = args.listen
     # TCP in, utcp out (--remote) or utcp in, TCP out (--target): the same splice
     if args.remote is not None:
         listen: Any = asyncio.start_server
         dial: Any = functools.partial(utcp.open_connection, config=config)
-        target, kind, far = args.remote, "tcp", ""
+        (thost, tport), kind, far = args.remote, "tcp", ""
     else:
         listen = functools.partial(utcp.start_server, config=config)
         dial = asyncio.open_connection
-        target, kind, far = args.target, "udp (utcp)", "tcp "
-    thost, tport = parse_hostport(target, default_host="127.0.0.1")
+        (thost, tport), kind, far = args.target, "udp (utcp)", "tcp "
 
     # asyncio's StreamReaderProtocol keeps a server's handler task only until the
     # accepted connection is lost, and a client protocol holds its reader weakly: once
@@ -396,14 +573,13 @@ async def _tunnel(args: argparse.Namespace) -> int:
     except OSError as exc:
         raise CliError(f"cannot listen on {kind} {host}:{port}: {_describe(exc)}") from None
     bound = server.sockets[0].getsockname()[1]
-    print(f"utcp tunnel: listening on {kind} {host} port {bound}", flush=True)
+    _say(sys.stdout, f"utcp tunnel: listening on {kind} {host} port {bound}", flush=True)
     async with server:
         await server.serve_forever()
     return 0
 
 
-async def _cat(args: argparse.Namespace) -> int:
-    config = _config(args)
+async def _cat(args: argparse.Namespace, config: utcp.Config) -> int:
     loop = asyncio.get_running_loop()
     done: asyncio.Future[None] = loop.create_future()
 
@@ -417,11 +593,17 @@ async def _cat(args: argparse.Namespace) -> int:
             if not done.done():
                 done.set_exception(CliError(f"connection lost: {_describe(exc)}"))
             return
+        except StdoutClosed as exc:
+            # nobody reads what arrives any more: a reset tells the peer so at once
+            writer.transport.abort()
+            if not done.done():
+                done.set_exception(exc)
+            return
         if not done.done():
             done.set_result(None)
 
     if args.listen:
-        host, port = parse_hostport(args.listen)
+        host, port = args.listen
         try:
             server = await utcp.start_server(session, host, port, config=config)
         except OSError as exc:
@@ -434,8 +616,6 @@ async def _cat(args: argparse.Namespace) -> int:
         finally:
             server.close()
         return 0
-    if args.host is None or args.port is None:
-        raise CliError("usage: utcp cat HOST PORT, or utcp cat -l [HOST:]PORT")
     try:
         reader, writer = await utcp.open_connection(args.host, args.port, config=config)
     except OSError as exc:
@@ -477,8 +657,11 @@ async def _stdin_to(writer: asyncio.StreamWriter) -> None:
 async def _to_stdout(reader: asyncio.StreamReader) -> None:
     out = sys.stdout.buffer
     while data := await reader.read(CHUNK):
-        out.write(data)
-        out.flush()
+        try:
+            out.write(data)
+            out.flush()
+        except BrokenPipeError:
+            raise StdoutClosed from None
 
 
 # ---------------------------------------------------------------------- entry point
@@ -497,19 +680,86 @@ def _describe(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
 
 
+def _version() -> str:
+    """The installed distribution's version; the package's own when run from a checkout."""
+    from importlib import metadata
+
+    try:
+        return metadata.version("utcp")
+    except metadata.PackageNotFoundError:
+        return utcp.__version__
+
+
+def _type(convert: Any, check: Any, message: str, name: str) -> Any:
+    """An argparse type: convert, then check; a failure is a usage error naming the value."""
+    def parse(text: str) -> Any:
+        try:
+            value = convert(text)
+        except (ValueError, CliError):
+            raise argparse.ArgumentTypeError(f"invalid {name} value: {text!r}") from None
+        if not check(value):
+            raise argparse.ArgumentTypeError(f"{message}, not {text!r}")
+        return value
+    parse.__name__ = name  # argparse names the type in its messages
+    return parse
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(text)
+    return value
+
+
+_port = _type(int, lambda v: 0 <= v <= 65535, "the port must be 0-65535", "port")
+_parallel = _type(int, lambda v: 1 <= v <= MAX_PARALLEL,
+                  f"must be 1-{MAX_PARALLEL}", "int")
+_seconds = _type(_finite_float, lambda v: v >= 0, "must be 0 or more seconds", "float")
+_bytes = _type(lambda text: _size(text), lambda v: v >= 1, "must be at least 1 byte", "size")
+
+
+def _mss(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid int value: {text!r}") from None
+    try:
+        utcp.Config(mss=value)  # the range is Config's, stated once
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return value
+
+
+def _address(default_host: str) -> Any:
+    def parse(text: str) -> tuple[str, int]:
+        try:
+            return parse_hostport(text, default_host=default_host)
+        except CliError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+    parse.__name__ = "address"
+    return parse
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="utcp", description=(
         "TCP's reliable byte streams over UDP: measure, tunnel, and pipe."))
+    parser.add_argument("--version", action="version", version=f"utcp {_version()}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log protocol events")
     parser.add_argument("--log-json", action="store_true", help="log events as JSON lines")
     sub = parser.add_subparsers(dest="command", required=True)
 
     def common(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--mss", type=int,
+        p.set_defaults(parser=p)
+        p.add_argument("--mss", type=_mss,
                        help="pin the segment payload to this many bytes (no PMTU probing)")
-        p.add_argument("--pcap", help="write every segment to this pcap file")
+        p.add_argument("-C", "--congestion", choices=CONGESTION_ALGORITHMS,
+                       help="congestion control algorithm (default: newreno)")
+        p.add_argument("--pcap", metavar="FILE", help="write every segment to this pcap file")
         p.add_argument("--key", metavar="PRIVATE", help="secure mode: our private key "
-                       "(a server needs one; see utcp keygen)")
+                       "(visible to other local users: prefer --key-file or $UTCP_KEY)")
+        p.add_argument("--key-file", metavar="FILE",
+                       help="secure mode: read our private key from FILE (the key alone, "
+                            "or utcp keygen's output)")
         p.add_argument("--server-key", metavar="PUBLIC",
                        help="secure mode: the server's public key, pinned by a client")
         p.add_argument("--allow", metavar="PUBLIC", action="append",
@@ -521,17 +771,23 @@ def build_parser() -> argparse.ArgumentParser:
 
     perf = sub.add_parser("perf", help="iperf3-like throughput test",
                           description="With neither -s nor -c: a client against an "
-                                      "in-process server on loopback.")
+                                      "in-process server on loopback.",
+                          epilog=f"A server's private key may also come from ${KEY_ENV}.")
     mode = perf.add_mutually_exclusive_group()
     mode.add_argument("-s", "--server", action="store_true", help="run as server")
     mode.add_argument("-c", "--client", metavar="HOST", help="run as client to HOST")
-    perf.add_argument("-p", "--port", type=int, default=PERF_PORT)
+    perf.add_argument("-p", "--port", type=_port, default=PERF_PORT,
+                      help=f"server port (default {PERF_PORT})")
     perf.add_argument("-B", "--bind", help="server address to bind")
-    perf.add_argument("-t", "--time", type=float, default=3.0, help="seconds (default 3)")
-    perf.add_argument("-n", "--bytes", type=_size, help="bytes to send instead of -t")
-    perf.add_argument("-P", "--parallel", type=int, default=1)
+    perf.add_argument("-t", "--time", type=_seconds, default=3.0,
+                      help="seconds to send (default 3; 0 = until interrupted)")
+    perf.add_argument("-n", "--bytes", type=_bytes, help="bytes to send instead of -t "
+                      "(suffixes K, M, G)")
+    perf.add_argument("-P", "--parallel", type=_parallel, default=1,
+                      help=f"parallel connections (default 1, at most {MAX_PARALLEL})")
     perf.add_argument("-R", "--reverse", action="store_true", help="server sends")
-    perf.add_argument("-i", "--interval", type=float, default=1.0)
+    perf.add_argument("-i", "--interval", type=_seconds, default=1.0,
+                      help="seconds between reports (default 1; 0 = none)")
     perf.add_argument("--json", action="store_true")
     perf.add_argument("--secure", action="store_true",
                       help="in-process run: secure mode with a fresh key pair")
@@ -540,21 +796,30 @@ def build_parser() -> argparse.ArgumentParser:
     tunnel = sub.add_parser("tunnel", help="forward TCP over utcp",
                             description="Client side: --listen 127.0.0.1:8080 --remote "
                                         "HOST:PORT. Server side: --listen :PORT --target "
-                                        "127.0.0.1:80.")
-    tunnel.add_argument("--listen", required=True, metavar="[HOST]:PORT")
-    tunnel.add_argument("--remote", metavar="HOST:PORT", help="the utcp tunnel server")
-    tunnel.add_argument("--target", metavar="HOST:PORT", help="the TCP service to reach")
+                                        "127.0.0.1:80.",
+                            epilog=f"The exit side's private key may also come from "
+                                   f"${KEY_ENV}.")
+    tunnel.add_argument("--listen", required=True, metavar="[HOST]:PORT",
+                        type=_address("0.0.0.0"))
+    tunnel.add_argument("--remote", metavar="HOST:PORT", type=_address("127.0.0.1"),
+                        help="the utcp tunnel server")
+    tunnel.add_argument("--target", metavar="HOST:PORT", type=_address("127.0.0.1"),
+                        help="the TCP service to reach")
     common(tunnel)
 
-    sub.add_parser("keygen", help="print a new secure-mode key pair",
-                   description="Prints 'private: ...' and 'public: ...'. Give the private "
-                               "key to the server (--key), the public one to clients "
-                               "(--server-key).")
+    keygen = sub.add_parser("keygen", help="print a new secure-mode key pair",
+                            description="Prints 'private: ...' and 'public: ...'. Give the "
+                                        "private key to the server (--key-file, $UTCP_KEY "
+                                        "or --key), the public one to clients "
+                                        "(--server-key).")
+    keygen.set_defaults(parser=keygen)
 
-    cat = sub.add_parser("cat", help="netcat over utcp")
-    cat.add_argument("-l", "--listen", metavar="[HOST:]PORT", help="wait for one connection")
+    cat = sub.add_parser("cat", help="netcat over utcp",
+                         epilog=f"A listener's private key may also come from ${KEY_ENV}.")
+    cat.add_argument("-l", "--listen", metavar="[HOST:]PORT", type=_address("0.0.0.0"),
+                     help="wait for one connection")
     cat.add_argument("host", nargs="?")
-    cat.add_argument("port", nargs="?", type=int)
+    cat.add_argument("port", nargs="?", type=_port)
     common(cat)
     return parser
 
@@ -565,30 +830,56 @@ def _size(text: str) -> int:
         if text and text[-1].upper() in scale:
             return int(float(text[:-1]) * scale[text[-1].upper()])
         return int(text)
-    except ValueError:
+    except (ValueError, OverflowError):
         raise argparse.ArgumentTypeError(f"not a size: {text!r}") from None
 
 
+def _check_usage(args: argparse.Namespace) -> None:
+    """What argparse cannot say alone: options that only make sense together."""
+    if args.command == "tunnel" and (args.remote is None) == (args.target is None):
+        raise UsageError("give exactly one of --remote (TCP in, utcp out) "
+                         "or --target (utcp in, TCP out)")
+    if args.command == "cat" and args.listen is None and (args.host is None
+                                                          or args.port is None):
+        raise UsageError("give HOST PORT to connect, or -l [HOST:]PORT to listen")
+    if args.command == "cat" and args.listen is not None and args.host is not None:
+        raise UsageError("give either HOST PORT or -l [HOST:]PORT, not both")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    try:
+        return _main(argv)
+    except (StdoutClosed, BrokenPipeError):
+        # the reader of stdout is gone (`| head`): end quietly, as a C program killed by
+        # SIGPIPE would, and keep the interpreter's final flush from raising again
+        with contextlib.suppress(OSError):
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+        return 1
+
+
+def _main(argv: Sequence[str] | None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
     if args.verbose or args.log_json:
         log.configure(json=args.log_json, level=logging.INFO)
-    if args.command == "perf":
-        if args.parallel < 1:
-            print("utcp: -P must be at least 1", file=sys.stderr)
-            return 1
-        if not 0 <= args.port <= 65535:
-            print("utcp: the port must be 0-65535", file=sys.stderr)
-            return 1
     if args.command == "keygen":
         from utcp import crypto
 
         private, public = crypto.generate_keypair()
-        print(f"private: {private}\npublic: {public}")
+        _say(sys.stdout, f"private: {private}\npublic: {public}", flush=True)
         return 0
+    try:
+        _check_usage(args)
+        config = _config(args)
+    except UsageError as exc:
+        args.parser.error(str(exc))  # exits with status 2
+    except CliError as exc:
+        print(f"utcp {args.command}: {exc}", file=sys.stderr)
+        return 1
     runner = {"perf": _perf, "tunnel": _tunnel, "cat": _cat}[args.command]
     try:
-        return asyncio.run(runner(args))
+        return asyncio.run(runner(args, config))
     except CliError as exc:
         print(f"utcp {args.command}: {exc}", file=sys.stderr)
         return 1

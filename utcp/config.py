@@ -1,4 +1,4 @@
-"""`utcp.Config`: every tunable in one frozen, validated dataclass (DESIGN §1)."""
+"""`utcp.Config`: every tunable in one frozen, validated dataclass (docs/protocol.md §1)."""
 
 from __future__ import annotations
 

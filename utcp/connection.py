@@ -61,7 +61,7 @@ _GLUE_BELOW = 16384  # read_pieces glues received pieces smaller than this into 
 
 @dataclass(frozen=True, slots=True)
 class Stats:
-    """A snapshot in the spirit of Linux's TCP_INFO (DESIGN §1)."""
+    """A snapshot in the spirit of Linux's TCP_INFO (docs/protocol.md §1)."""
 
     state: State
     mss: int

@@ -1,9 +1,9 @@
 """A sans-IO endpoint: every connection that shares one UDP socket.
 
 Connections are found by the peer's UDP address, which is what a NAT leaves intact
-(DESIGN §2: never by the header's source port). A listening endpoint keeps the SYN
+(docs/protocol.md §2: never by the header's source port). A listening endpoint keeps the SYN
 queue (half-open connections) and the accept queue, both bounded by `backlog`
-(DESIGN §4.6). Connections in TIME_WAIT stay in the table until 2 x MSL has passed,
+(docs/protocol.md §4.6). Connections in TIME_WAIT stay in the table until 2 x MSL has passed,
 so the same peer cannot start a new connection over a lingering old one (§4.4).
 
 The caller drives it like a connection: `receive_datagram`, `handle_timer`, then

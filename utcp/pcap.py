@@ -1,6 +1,6 @@
 """Write what a UDP port sends and receives as a pcap of ordinary TCP/IP packets.
 
-Each datagram already is a TCP segment (DESIGN §2); adding an IPv4 or IPv6 header made
+Each datagram already is a TCP segment (docs/protocol.md §2); adding an IPv4 or IPv6 header made
 from the UDP addresses, and filling in the TCP checksum that utcp sends as 0, gives
 packets that Wireshark and tshark dissect as plain TCP (LINKTYPE_RAW, so no link layer
 needs inventing). The TCP ports written are the UDP ports too: through a NAT the

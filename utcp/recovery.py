@@ -19,7 +19,8 @@ class RttEstimator:
         self.latest: float | None = None
         self.rto_min = rto_min
         self.rto_max = rto_max
-        # the first SYN waits exactly rto_initial (DESIGN §1); rto_min bounds measured RTOs
+        # the first SYN waits exactly rto_initial (docs/protocol.md §5); rto_min bounds
+        # measured RTOs
         self._base_rto = min(rto_initial, rto_max)
         self.backoff = 0  # exponent of the doubling since the last clean sample (§5.5)
 

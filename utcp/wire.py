@@ -1,4 +1,4 @@
-"""The wire format of DESIGN §2: one UDP datagram carries one RFC 9293 TCP segment.
+"""The wire format of docs/protocol.md §2: one UDP datagram carries one RFC 9293 TCP segment.
 
 Parsing never raises anything but `MalformedSegment`, whose `reason` is a short
 stable string the endpoint counts drops by. Building is the inverse; a segment
@@ -123,7 +123,7 @@ class Segment:
 
 
 def build(seg: Segment) -> bytes:
-    """Encode a segment; the checksum is sent as 0 (DESIGN §2: UDP's covers it)."""
+    """Encode a segment; the checksum is sent as 0 (docs/protocol.md §2: UDP's covers it)."""
     opts = seg.options.encode() if seg.options is not NO_OPTIONS else b""
     header = _HEADER.pack(seg.src_port, seg.dst_port, seg.seq, seg.ack,
                           ((HEADER_LEN + len(opts)) // 4) << 4, seg.flags,

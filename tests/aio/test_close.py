@@ -1,5 +1,5 @@
 """Ending connections over real sockets: who closes first and the states on the way
-(DESIGN §4.2-4.4, 4.7), TIME_WAIT's 2 x MSL, abort, idle timeout, user_timeout and
+(docs/protocol.md §4.2-4.4, 4.7), TIME_WAIT's 2 x MSL, abort, idle timeout, user_timeout and
 keepalive on a path that dies, and an event loop that ends cleanly.
 
 States are read live through `transport.get_extra_info("state")` and, for the whole
@@ -203,7 +203,7 @@ async def test_abort_resets_the_peer(state_log: StateLog, aborting: str) -> None
 async def test_time_wait_keeps_the_same_connection_from_being_reused(
         state_log: StateLog) -> None:
     """While the server's side lingers in TIME_WAIT, a new SYN from the same peer address
-    gets no SYN+ACK; it connects only once 2 x MSL have passed (DESIGN §4.4)."""
+    gets no SYN+ACK; it connects only once 2 x MSL have passed (docs/protocol.md §4.4)."""
     client_port = free_udp_port()
     config = utcp.Config(msl=MSL, rto_initial=0.1)
     server_name = f"{HOST}:{client_port}"  # the server's name for this peer

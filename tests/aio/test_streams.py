@@ -358,7 +358,7 @@ async def test_simultaneous_open_through_a_path_with_latency(state_log: StateLog
     """The two SYNs cross on the wire: both sides go SYN_SENT -> SYN_RCVD -> ESTABLISHED.
 
     The path is a relay holding the first datagram of each peer until both have sent
-    one, as any distance between the peers does (DESIGN §4.3, RFC 9293 figure 8).
+    one, as any distance between the peers does (docs/protocol.md §4.3, RFC 9293 figure 8).
     """
     pa, pb = free_udp_port(), free_udp_port()
     relay = Relay(pa, pb, hold_first=True)

@@ -1,4 +1,4 @@
-"""DESIGN §4.4 on the client side: a fixed local port cannot reopen a pair in TIME_WAIT."""
+"""docs/protocol.md §4.4, client side: a fixed local port cannot reopen a pair in TIME_WAIT."""
 
 from __future__ import annotations
 

@@ -11,7 +11,7 @@ port, or up front with `expose(K)` for a kernel listener):
 
 The TCP segment itself passes unchanged but for the ports (the destination becomes K
 towards the kernel; the source becomes the bridge socket's UDP port towards utcp, the
-way a NAT rewrites it: DESIGN §2) and the checksum (computed over the pseudo-header
+way a NAT rewrites it: docs/protocol.md §2) and the checksum (computed over the pseudo-header
 towards the kernel, which checks it; sent as 0 towards utcp, as utcp sends it).
 
 Every segment either way is recorded as a `Seen` (options parsed here, independently
@@ -274,7 +274,7 @@ class Bridge:
             return
         sock = self._socket_for(kport)
         seg[0:2] = _PORT.pack(self._udp_port[kport])
-        seg[16:18] = b"\0\0"  # DESIGN §2: utcp sends and expects 0
+        seg[16:18] = b"\0\0"  # docs/protocol.md §2: utcp sends and expects 0
         try:
             sock.sendto(seg, ("127.0.0.1", uport))
         except OSError as exc:

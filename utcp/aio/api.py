@@ -1,4 +1,4 @@
-"""The four public calls of DESIGN §1, shaped like asyncio's, and the `Server` object."""
+"""The four public calls of docs/protocol.md §1, shaped like asyncio's, and the `Server` object."""
 
 from __future__ import annotations
 
@@ -151,8 +151,8 @@ async def _resolve(loop: asyncio.AbstractEventLoop, host: str | None, port: int 
 
 
 # Client sockets bound to a fixed port (local_addr) by the pair of addresses they join:
-# a new connection over a pair whose old one lingers in TIME_WAIT is refused (DESIGN
-# §4.4), as the kernel refuses a second bind of the same TCP 4-tuple.
+# a new connection over a pair whose old one lingers in TIME_WAIT is refused
+# (docs/protocol.md §4.4), as the kernel refuses a second bind of the same TCP 4-tuple.
 _fixed_port_pairs: weakref.WeakValueDictionary[tuple[Any, Any], UdpPort] = (
     weakref.WeakValueDictionary())
 

@@ -2,7 +2,7 @@
 
 asyncio's own datagram transport reads one datagram per loop iteration into a fresh
 256 KiB buffer; here every readable wake-up drains the socket into one preallocated
-buffer, feeds the endpoint, and then flushes its output once (DESIGN §3). Writes from
+buffer, feeds the endpoint, and then flushes its output once (docs/architecture.md). Writes from
 the application are coalesced into one flush per loop iteration (`call_soon`), and the
 endpoint's earliest deadline is one `call_at` handle, re-armed only when it changes.
 """
