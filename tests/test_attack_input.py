@@ -219,6 +219,18 @@ def test_data_across_a_fin_taken_resets_instead_of_wedging() -> None:
     assert conn.state == S.CLOSED and isinstance(conn.error, ConnectionResetError)
 
 
+def test_data_right_after_a_fin_taken_resets() -> None:
+    """Our ACK of the forged FIN told the peer its byte there arrived, so it resends from
+    the next one, at rcv_nxt: that too proves the FIN forged (exactly rcv_nxt, as hard to
+    guess as a RST). Before, those bytes were ignored until the peer gave up."""
+    s, conn = _established()
+    s.inject("F.", 5001, 1001)                       # forged
+    s.expect(".", seq=1001, ack=5002)
+    s.inject("P.", 5002, 1001, payload=b"a" * 1399)
+    s.expect("R.", seq=1001)
+    assert conn.state == S.CLOSED and isinstance(conn.error, ConnectionResetError)
+
+
 def _time_wait() -> tuple[Script, Connection]:
     """The server closed first and took the peer's FIN (at 5001): TIME_WAIT, 2MSL = 2 s."""
     s, conn = _established()

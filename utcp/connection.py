@@ -980,12 +980,15 @@ class Connection:
                 self._forget_fin(fin_seq, "data past it")
             complete = self._receive_text(seg_seq, payload)
         elif payload:
-            if (fin_seq is not None and seg_seq <= fin_seq < seg_seq + len(payload)
+            if (fin_seq is not None and seg_seq <= self.rcv_nxt
+                    and seg_seq + len(payload) > fin_seq
                     and self.state in (State.CLOSE_WAIT, State.CLOSING, State.LAST_ACK)):
-                # Data across the FIN we took: that FIN was forged (or the peer is broken)
-                # and the stream delivered was cut short. Reset, as RFC 1122 §4.2.2.13 and
-                # Linux (TCPAbortOnData), rather than ignore the peer's bytes and leave it
-                # retransmitting them until it times out.
+                # Data across the FIN we took, or right after it (the peer, told by our ACK
+                # that its byte there arrived, resends from the next): that FIN was forged
+                # (or the peer is broken) and the stream delivered was cut short. Reset, as
+                # RFC 1122 §4.2.2.13 and Linux (TCPAbortOnData), rather than ignore the
+                # peer's bytes and leave it retransmitting them until it times out. Data
+                # further on is only ignored: a blind guess in the window must not reset.
                 self._drop("data across the FIN taken")
                 self._fail(ConnectionResetError("data arrived past the peer's FIN"),
                            send_rst=True)
