@@ -715,6 +715,10 @@ _port = _type(int, lambda v: 0 <= v <= 65535, "the port must be 0-65535", "port"
 _parallel = _type(int, lambda v: 1 <= v <= MAX_PARALLEL,
                   f"must be 1-{MAX_PARALLEL}", "int")
 _seconds = _type(_finite_float, lambda v: v >= 0, "must be 0 or more seconds", "float")
+# as iperf3: shorter intervals report the scheduler's jitter and flood the terminal
+MIN_INTERVAL = 0.1
+_interval = _type(_finite_float, lambda v: v == 0 or v >= MIN_INTERVAL,
+                  f"must be 0 (no interval reports) or at least {MIN_INTERVAL} s", "float")
 _bytes = _type(lambda text: _size(text), lambda v: v >= 1, "must be at least 1 byte", "size")
 
 
@@ -786,7 +790,7 @@ def build_parser() -> argparse.ArgumentParser:
     perf.add_argument("-P", "--parallel", type=_parallel, default=1,
                       help=f"parallel connections (default 1, at most {MAX_PARALLEL})")
     perf.add_argument("-R", "--reverse", action="store_true", help="server sends")
-    perf.add_argument("-i", "--interval", type=_seconds, default=1.0,
+    perf.add_argument("-i", "--interval", type=_interval, default=1.0,
                       help="seconds between reports (default 1; 0 = none)")
     perf.add_argument("--json", action="store_true")
     perf.add_argument("--secure", action="store_true",
