@@ -45,10 +45,15 @@ from utcp import cli, congestion, crypto
     (["perf", "-C", "bbr"], "argument -C/--congestion: invalid choice: 'bbr'"),
     (["perf", "--key", "x", "--key-file", "y"], "--key or --key-file, not both"),
     (["cat"], "give HOST PORT to connect, or -l [HOST:]PORT to listen"),
+    (["perf", "-n", "1", "--key", "cPdIXmwXU6dD1M7UOcHVMDEq7QNz+YHK5Pa6wGG1bkY="],
+     "a client's private key (--key, --key-file) needs --server-key"),
+    (["cat", HOST, "9", "--key", "cPdIXmwXU6dD1M7UOcHVMDEq7QNz+YHK5Pa6wGG1bkY="],
+     "a client's private key (--key, --key-file) needs --server-key"),
 ], ids=["cat-port-high", "cat-port-negative", "mss-0", "mss-negative", "time-negative",
         "time-infinite", "bytes-0", "bytes-negative", "interval-negative", "interval-tiny",
         "parallel-huge",
-        "congestion-unknown", "two-keys", "cat-nothing"])
+        "congestion-unknown", "two-keys", "cat-nothing", "client-key-alone",
+        "cat-client-key-alone"])
 def test_bad_arguments_are_usage_errors(args: list[str], message: str) -> None:
     line = usage_error(run_utcp(*args), args[0])
     assert message in line, line

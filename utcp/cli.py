@@ -134,6 +134,14 @@ def _config(args: argparse.Namespace) -> utcp.Config:
     if args.congestion is not None:
         kwargs["congestion"] = args.congestion
     key = _private_key(args)
+    in_process_secure = args.command == "perf" and getattr(args, "secure", False) and \
+        not args.server and not args.client
+    if key is not None and not _serves(args) and args.server_key is None \
+            and not in_process_secure:
+        # a client proves who it is with its key only inside the handshake that pins the
+        # server's: without --server-key the key has no use (and utcp would refuse it)
+        raise UsageError("a client's private key (--key, --key-file) needs --server-key, "
+                         "the server's public key")
     if key is not None:
         kwargs["secret_key"] = key
     if args.server_key is not None:
