@@ -39,14 +39,21 @@ from utcp import cli, congestion, crypto
     (["perf", "-t", "inf"], "argument -t/--time: invalid float value: 'inf'"),
     (["perf", "-n", "0"], "argument -n/--bytes: must be at least 1 byte"),
     (["perf", "--bytes=-5M"], "argument -n/--bytes: must be at least 1 byte"),
-    (["perf", "-i", "-1"], "argument -i/--interval: must be 0 or more seconds"),
+    (["perf", "-i", "-1"], "argument -i/--interval: must be 0 (no interval reports) or"),
+    (["perf", "-i", "0.001"], "argument -i/--interval: must be 0 (no interval reports) or"),
     (["perf", "-P", "100000"], "argument -P/--parallel: must be 1-128"),
     (["perf", "-C", "bbr"], "argument -C/--congestion: invalid choice: 'bbr'"),
     (["perf", "--key", "x", "--key-file", "y"], "--key or --key-file, not both"),
     (["cat"], "give HOST PORT to connect, or -l [HOST:]PORT to listen"),
+    (["perf", "-n", "1", "--key", "cPdIXmwXU6dD1M7UOcHVMDEq7QNz+YHK5Pa6wGG1bkY="],
+     "a client's private key (--key, --key-file) needs --server-key"),
+    (["cat", HOST, "9", "--key", "cPdIXmwXU6dD1M7UOcHVMDEq7QNz+YHK5Pa6wGG1bkY="],
+     "a client's private key (--key, --key-file) needs --server-key"),
 ], ids=["cat-port-high", "cat-port-negative", "mss-0", "mss-negative", "time-negative",
-        "time-infinite", "bytes-0", "bytes-negative", "interval-negative", "parallel-huge",
-        "congestion-unknown", "two-keys", "cat-nothing"])
+        "time-infinite", "bytes-0", "bytes-negative", "interval-negative", "interval-tiny",
+        "parallel-huge",
+        "congestion-unknown", "two-keys", "cat-nothing", "client-key-alone",
+        "cat-client-key-alone"])
 def test_bad_arguments_are_usage_errors(args: list[str], message: str) -> None:
     line = usage_error(run_utcp(*args), args[0])
     assert message in line, line

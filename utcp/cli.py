@@ -134,6 +134,14 @@ def _config(args: argparse.Namespace) -> utcp.Config:
     if args.congestion is not None:
         kwargs["congestion"] = args.congestion
     key = _private_key(args)
+    in_process_secure = args.command == "perf" and getattr(args, "secure", False) and \
+        not args.server and not args.client
+    if key is not None and not _serves(args) and args.server_key is None \
+            and not in_process_secure:
+        # a client proves who it is with its key only inside the handshake that pins the
+        # server's: without --server-key the key has no use (and utcp would refuse it)
+        raise UsageError("a client's private key (--key, --key-file) needs --server-key, "
+                         "the server's public key")
     if key is not None:
         kwargs["secret_key"] = key
     if args.server_key is not None:
@@ -715,6 +723,10 @@ _port = _type(int, lambda v: 0 <= v <= 65535, "the port must be 0-65535", "port"
 _parallel = _type(int, lambda v: 1 <= v <= MAX_PARALLEL,
                   f"must be 1-{MAX_PARALLEL}", "int")
 _seconds = _type(_finite_float, lambda v: v >= 0, "must be 0 or more seconds", "float")
+# as iperf3: shorter intervals report the scheduler's jitter and flood the terminal
+MIN_INTERVAL = 0.1
+_interval = _type(_finite_float, lambda v: v == 0 or v >= MIN_INTERVAL,
+                  f"must be 0 (no interval reports) or at least {MIN_INTERVAL} s", "float")
 _bytes = _type(lambda text: _size(text), lambda v: v >= 1, "must be at least 1 byte", "size")
 
 
@@ -786,7 +798,7 @@ def build_parser() -> argparse.ArgumentParser:
     perf.add_argument("-P", "--parallel", type=_parallel, default=1,
                       help=f"parallel connections (default 1, at most {MAX_PARALLEL})")
     perf.add_argument("-R", "--reverse", action="store_true", help="server sends")
-    perf.add_argument("-i", "--interval", type=_seconds, default=1.0,
+    perf.add_argument("-i", "--interval", type=_interval, default=1.0,
                       help="seconds between reports (default 1; 0 = none)")
     perf.add_argument("--json", action="store_true")
     perf.add_argument("--secure", action="store_true",
