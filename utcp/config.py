@@ -56,6 +56,11 @@ class Config:
             _check(f.name, getattr(self, f.name))
         if self.allowed_keys is not None and not isinstance(self.allowed_keys, tuple):
             object.__setattr__(self, "allowed_keys", tuple(self.allowed_keys))
+        if self.allowed_keys is not None and self.secret_key is None:
+            # else the endpoint would not be in secure mode at all: a plaintext server
+            # that accepts everyone, the opposite of what the allow list asks for
+            raise ValueError("Config.allowed_keys needs Config.secret_key (the server's"
+                             " private key): without it the server is not in secure mode")
         if self.rto_min > self.rto_max:
             raise ValueError("rto_min must not exceed rto_max")
         if self.congestion not in CONGESTION_ALGORITHMS:

@@ -1,0 +1,333 @@
+"""Attacks on secure mode (issue #12 items 7, 8, 9) and its footguns (issue #11 item 7).
+
+Each test mounts the attack on the fake clock, with endpoints driven by hand: the
+attacker's datagrams are built or captured exactly as an attacker on (or off) the path
+would, and delivered between the genuine ones.
+
+- SYN_SENT (item 9): one forged RST or bare SYN+ACK, even with the right ACK, does not
+  end a secure connect; the genuine, authenticated SYN+ACK still completes it. A forged
+  answer without the right ACK is not even taken as a hint.
+- Handshake replay (item 7): a captured SYN of an allowed client replayed at 500 a second
+  from random ports, blind (it never sees the cookie replies) or echoing the cookies
+  from its own address; the allowed client still connects, within a few round trips,
+  and the replays create no half-open connection.
+- Path validation (item 8): tests below.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import random
+from collections.abc import Callable
+
+import pytest
+
+from tests.netsim import Address
+from utcp import crypto, secure, wire
+from utcp.config import Config
+from utcp.connection import Connection
+from utcp.endpoint import Endpoint
+from utcp.state import State
+
+S = State
+SERVER: Address = ("10.0.0.1", 1000)
+ALICE: Address = ("10.0.0.2", 2000)
+ATTACKER_IP = "203.0.113.66"
+
+
+def keypair(name: str) -> tuple[str, str]:
+    private = base64.b64encode(hashlib.sha256(b"utcp attack key " + name.encode()).digest())
+    return private.decode(), crypto.public_key_of(private.decode())
+
+
+SERVER_PRIV, SERVER_PUB = keypair("server")
+ALICE_PRIV, ALICE_PUB = keypair("alice")
+BASE = Config(msl=1.0, rto_min=0.05, rto_initial=0.2)
+SERVER_CFG = BASE.replace(secret_key=SERVER_PRIV, allowed_keys=(ALICE_PUB,))
+ALICE_CFG = BASE.replace(server_key=SERVER_PUB, secret_key=ALICE_PRIV)
+
+
+def flags_of(data: bytes) -> int:
+    return data[13]
+
+
+def hlen(data: bytes) -> int:
+    return (data[12] >> 4) * 4
+
+
+# --------------------------------------------------------------------------- item 9
+
+def client_syn() -> tuple[Endpoint, Connection, bytes]:
+    client = Endpoint(ALICE_CFG, ALICE[1], rng=random.Random(2))
+    conn = client.connect(SERVER, 0.0)
+    (syn, dst), = client.datagrams_to_send(0.0)
+    assert dst == SERVER and conn.state == S.SYN_SENT
+    return client, conn, syn
+
+
+def forged_answer(syn: bytes, kind: str, ack_delta: int = 1) -> bytes:
+    """What anyone who saw (or guessed) our SYN can send: a RST+ACK or a bare SYN+ACK
+    that acknowledges it, with no handshake."""
+    isn = int.from_bytes(syn[4:8], "big")
+    ack = (isn + ack_delta) & 0xFFFFFFFF
+    if kind == "RST":
+        return wire.build_fast(SERVER[1], ALICE[1], 0, ack, wire.RST | wire.ACK, 0)
+    return wire.build_fast(SERVER[1], ALICE[1], 777, ack, wire.SYN | wire.ACK, 1024,
+                           wire.Options(mss=1400).encode())
+
+
+@pytest.mark.parametrize("kind", ["RST", "SYN+ACK"])
+def test_one_forged_answer_does_not_end_a_secure_connect(kind: str) -> None:
+    """Before the fix the forged datagram failed the connect at once with
+    ConnectionRefusedError. Now it is counted and remembered, and the genuine SYN+ACK
+    that comes after it completes the handshake."""
+    server = Endpoint(SERVER_CFG, SERVER[1], listening=True, rng=random.Random(1))
+    client, conn, syn = client_syn()
+    client.receive_datagram(forged_answer(syn, kind), SERVER, 0.001)
+    assert client.datagrams_to_send(0.001) == []
+    assert conn.state == S.SYN_SENT and conn.error is None
+    assert client.counters["secure: unauthenticated refusals while connecting"] == 1
+    server.receive_datagram(syn, ALICE, 0.002)
+    (synack, _), = server.datagrams_to_send(0.002)
+    client.receive_datagram(synack, SERVER, 0.003)
+    assert conn.state == S.ESTABLISHED and conn.error is None
+    # and the connection carries data: the handshake's ACK and a request reach the server
+    conn.send(b"request")
+    client.handle_timer(0.003)
+    for data, _ in client.datagrams_to_send(0.003):
+        server.receive_datagram(data, ALICE, 0.004)
+    server.datagrams_to_send(0.004)
+    accepted = server.accept()
+    assert accepted is not None and accepted.read() == b"request"
+
+
+@pytest.mark.parametrize("kind", ["RST", "SYN+ACK"])
+def test_forged_answer_with_a_wrong_ack_is_not_even_a_hint(kind: str) -> None:
+    """A blind forger that does not know our ISN: dropped, not remembered, so the
+    connect that then times out says so, not "refused"."""
+    client, conn, syn = client_syn()
+    for delta in (0, 2 + crypto.MSG1_LEN, 1 << 31):
+        client.receive_datagram(forged_answer(syn, kind, delta), SERVER, 0.001)
+    assert client.counters["secure: refusal that does not acknowledge our SYN"] == 3
+    assert conn.refusal_hint is None and conn.state == S.SYN_SENT
+    now = 0.0
+    while conn.state != S.CLOSED and (t := client.get_timer()) is not None and now < 300:
+        now = t
+        client.handle_timer(now)
+        client.datagrams_to_send(now)
+    assert isinstance(conn.error, TimeoutError), conn.error
+
+
+def test_forged_answers_to_every_syn_while_the_server_is_silent() -> None:
+    """The most a forger achieves: where the server does not answer anyway, the connect
+    fails at the first resent SYN (not after all of them), as refused, with the hint."""
+    client, conn, syn = client_syn()
+    client.receive_datagram(forged_answer(syn, "RST"), SERVER, 0.01)
+    assert conn.state == S.SYN_SENT
+    t = client.get_timer()
+    assert t is not None
+    client.handle_timer(t)
+    (again, _), = client.datagrams_to_send(t)
+    assert again == syn  # the same SYN, byte for byte
+    client.receive_datagram(forged_answer(syn, "RST"), SERVER, t + 0.01)
+    assert conn.state == S.CLOSED
+    assert isinstance(conn.error, ConnectionRefusedError)
+    assert "server_key" in str(conn.error)
+
+
+# --------------------------------------------------------------------------- issue 11 item 7
+
+def test_allowed_keys_without_secret_key_is_an_error() -> None:
+    """It used to make a plaintext server that accepts everyone."""
+    with pytest.raises(ValueError, match="secret_key"):
+        Config(allowed_keys=(ALICE_PUB,))
+    Config(allowed_keys=(ALICE_PUB,), secret_key=SERVER_PRIV)  # the right way
+
+
+def test_server_with_only_a_server_key_is_an_error() -> None:
+    """It used to listen with a random key no client could pin."""
+    with pytest.raises(ValueError, match="secret_key"):
+        Endpoint(Config(server_key=SERVER_PUB), SERVER[1], listening=True)
+    with pytest.raises(ValueError, match="not the public key"):
+        Endpoint(Config(server_key=ALICE_PUB, secret_key=SERVER_PRIV), SERVER[1],
+                 listening=True)
+    Endpoint(Config(server_key=SERVER_PUB, secret_key=SERVER_PRIV), SERVER[1],
+             listening=True)
+    Endpoint(Config(server_key=SERVER_PUB), ALICE[1])  # a client: fine
+
+
+_P = 2 ** 255 - 19
+LOW_ORDER = [0, 1, _P - 1, _P, _P + 1,
+             325606250916557431795983626356110631294008115727848805560023387167927233504,
+             39382357235489614581723060781553021112529911719440698176882885853963445705823]
+
+
+@pytest.mark.parametrize("u", LOW_ORDER, ids=range(len(LOW_ORDER)))
+@pytest.mark.parametrize("field", ["server_key", "allowed_keys"])
+def test_low_order_public_keys_are_refused(u: int, field: str) -> None:
+    """RFC 7748 6.1: with these the shared secret is all zeros, known to everyone."""
+    key = base64.b64encode(u.to_bytes(32, "little")).decode()
+    value: object = key if field == "server_key" else (key,)
+    extra = {} if field == "server_key" else {"secret_key": SERVER_PRIV}
+    with pytest.raises(ValueError, match="low-order"):
+        Config(**{field: value}, **extra)  # type: ignore[arg-type]
+
+
+def test_plaintext_client_is_told_the_server_is_secure() -> None:
+    server = Endpoint(SERVER_CFG, SERVER[1], listening=True, rng=random.Random(1))
+    client = Endpoint(BASE, ALICE[1], rng=random.Random(2))
+    conn = client.connect(SERVER, 0.0)
+    (syn, _), = client.datagrams_to_send(0.0)
+    server.receive_datagram(syn, ALICE, 0.0)
+    (rst, _), = server.datagrams_to_send(0.0)
+    assert flags_of(rst) & wire.RST
+    client.receive_datagram(rst, SERVER, 0.0)
+    assert isinstance(conn.error, ConnectionRefusedError)
+    assert "secure mode" in str(conn.error) and "server_key" in str(conn.error)
+    assert server.connections == {}
+
+
+# --------------------------------------------------------------------------- item 7
+
+class Harness:
+    """The server, the allowed client Alice, and an attacker, on one fake clock.
+
+    Whatever the server sends to an address other than Alice's goes to the attacker:
+    `echo` says whether the attacker uses it (a non-spoofing attacker at its own
+    address gets its cookie replies) or not (a blind one spoofing source ports)."""
+
+    def __init__(self, echo: bool, backlog: int = 100) -> None:
+        self.now = 0.0
+        self.server = Endpoint(SERVER_CFG, SERVER[1], listening=True, backlog=backlog)
+        self.alice = Endpoint(ALICE_CFG, ALICE[1])
+        self.echo = echo
+        self.to_attacker = 0
+        self.echoed = 0
+
+    def pump(self) -> None:
+        for _ in range(100):
+            moved = False
+            for data, dst in self.alice.datagrams_to_send(self.now):
+                assert dst == SERVER
+                self.server.receive_datagram(data, ALICE, self.now)
+                moved = True
+            for data, dst in self.server.datagrams_to_send(self.now):
+                moved = True
+                if dst == ALICE:
+                    self.alice.receive_datagram(data, SERVER, self.now)
+                else:
+                    self.to_attacker += 1
+                    if self.echo:
+                        self.attacker_got(data, dst)
+            if not moved:
+                return
+
+    def attacker_got(self, data: bytes, dst: Address) -> None:
+        """Echo a cookie reply: the replayed SYN again, with the cookie, from `dst`."""
+        if hlen(data) == 20 + crypto.COOKIE_OPTION_LEN and flags_of(data) & wire.RST:
+            cookie = data[24:24 + crypto.COOKIE_LEN]
+            resend = secure._with_cookie(self.syn_header, cookie)
+            assert resend is not None
+            self.echoed += 1
+            self.server.receive_datagram(resend + self.msg1, dst, self.now)
+
+    def timers(self) -> None:
+        for ep in (self.alice, self.server):
+            t = ep.get_timer()
+            if t is not None and t <= self.now:
+                ep.handle_timer(self.now)
+
+    def first_connection(self) -> bytes:
+        """Alice connects, says hello, closes; what an attacker captured: her SYN."""
+        conn = self.alice.connect(SERVER, self.now)
+        (syn, _), = self.alice.datagrams_to_send(self.now)
+        self.server.receive_datagram(syn, ALICE, self.now)
+        self.pump()
+        self.timers()  # the handshake's last ACK is a timer due at this instant
+        self.pump()
+        assert conn.state == S.ESTABLISHED
+        server_conn = self.server.accept()
+        assert server_conn is not None
+        conn.close()
+        server_conn.close()
+        self.run_until(lambda: conn.state == S.CLOSED and server_conn.state == S.CLOSED, 10)
+        self.syn_header = syn[:hlen(syn)]
+        self.msg1 = syn[hlen(syn):]
+        return syn
+
+    def run_until(self, stop: Callable[[], bool], seconds: float,
+                  replay: bytes | None = None, rng: random.Random | None = None,
+                  rate: int = 500) -> None:
+        end = self.now + seconds
+        step = 1.0 / rate
+        while not stop() and self.now < end:
+            if replay is not None:
+                assert rng is not None
+                src = (ATTACKER_IP, rng.randrange(1024, 65536))
+                self.server.receive_datagram(replay, src, self.now)
+                self.replays += 1
+            self.pump()
+            self.timers()
+            self.pump()
+            self.now = round(self.now + step, 9)
+
+    replays = 0
+
+
+@pytest.mark.parametrize("echo", [False, True], ids=["blind", "echoing cookies"])
+def test_replayed_handshake_does_not_lock_out_the_allowed_client(echo: bool) -> None:
+    """Issue #12 item 7 as measured: a captured SYN replayed at 500/s from random ports.
+    On main the 100-slot SYN queue filled within a quarter second and stayed full, and
+    Alice's new connect timed out. Now the blind replays get cookie replies (no DH work
+    and no state); those that echo the cookie pass it and are then dropped as stale
+    (their timestamp is not newer), still with no state. Alice connects at once."""
+    h = Harness(echo)
+    syn = h.first_connection()
+    rng = random.Random(7)
+    h.run_until(lambda: False, 5.0, replay=syn, rng=rng)   # the flood runs alone
+    assert len(h.server.syn_queue) == 0 and h.server.connections == {}
+    conn = h.alice.connect(SERVER, h.now)
+    started = h.now
+    h.run_until(lambda: conn.state != S.SYN_SENT, 20.0, replay=syn, rng=rng)
+    assert conn.state == S.ESTABLISHED, (conn.state, conn.error, h.server.counters)
+    took = h.now - started
+    h.run_until(lambda: False, 2.0, replay=syn, rng=rng)   # and after
+    c = h.server.counters
+    assert h.replays >= 3500
+    assert took < 0.1, took       # one cookie round trip on the fake clock, no retransmission
+    assert c["secure: handshakes accepted"] == 2    # Alice, twice; no replay
+    assert len(h.server.syn_queue) == 0 and h.server.accept() is not None
+    stale = c["secure: replayed handshake: timestamp not newer"]
+    cookies = c["secure: cookie replies sent"]
+    seconds = int(h.now) + 1
+    # the first LOAD_SYNS_PER_SECOND SYNs of each second go straight to the DH work
+    if echo:
+        assert h.echoed == cookies > 3000
+        assert stale == h.replays       # every replay, echoed or not, met its timestamp
+    else:
+        assert stale + cookies == h.replays
+        assert stale <= secure.LOAD_SYNS_PER_SECOND * seconds
+
+
+def test_slow_replay_below_the_load_threshold_is_dropped_by_its_timestamp() -> None:
+    """Replays too slow to put the server under load reach the DH work, and their
+    timestamp stops them: 50/s for 10 s would have kept 350 half-open entries on main."""
+    h = Harness(echo=False)
+    syn = h.first_connection()
+    rng = random.Random(8)
+    h.run_until(lambda: False, 10.0, replay=syn, rng=rng, rate=50)
+    c = h.server.counters
+    assert c["secure: replayed handshake: timestamp not newer"] == h.replays == 500
+    assert c["secure: cookie replies sent"] == 0
+    assert h.server.connections == {} and len(h.server.syn_queue) == 0
+
+
+def test_cookie_is_bound_to_the_address_and_expires() -> None:
+    cookies = crypto.RetryCookies(b"s" * 32)
+    c = cookies.make(ALICE, 100.0)
+    assert cookies.check(ALICE, c, 100.0) and cookies.check(ALICE, c, 115.0)
+    assert not cookies.check(ALICE, c, 125.0)
+    assert not cookies.check((ALICE[0], ALICE[1] + 1), c, 100.0)
+    assert not cookies.check(("10.0.0.3", ALICE[1]), c, 100.0)
+    assert not cookies.check(ALICE, bytes(len(c)), 100.0)
