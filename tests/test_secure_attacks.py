@@ -11,12 +11,15 @@ would, and delivered between the genuine ones.
   from random ports, blind (it never sees the cookie replies) or echoing the cookies
   from its own address; the allowed client still connects, within a few round trips,
   and the replays create no half-open connection.
-- Path validation (item 8): tests below.
+- Path validation (item 8): one authentic datagram relayed from a third address gets
+  that address at most 3x its size, while the client talks on or goes silent; a real
+  NAT change is validated by a challenge and then runs unlimited.
 """
 
 from __future__ import annotations
 
 import base64
+import collections
 import hashlib
 import random
 from collections.abc import Callable
@@ -24,10 +27,13 @@ from collections.abc import Callable
 import pytest
 
 from tests.netsim import Address
+from tests.test_secure import CLIENT as CLIENT_T
+from tests.test_secure import SERVER as SERVER_T
+from tests.test_secure import Pair
 from utcp import crypto, secure, wire
 from utcp.config import Config
 from utcp.connection import Connection
-from utcp.endpoint import Endpoint
+from utcp.endpoint import Endpoint, peer_key
 from utcp.state import State
 
 S = State
@@ -299,7 +305,7 @@ def test_replayed_handshake_does_not_lock_out_the_allowed_client(echo: bool) -> 
     assert c["secure: handshakes accepted"] == 2    # Alice, twice; no replay
     assert len(h.server.syn_queue) == 0 and h.server.accept() is not None
     stale = c["secure: replayed handshake: timestamp not newer"]
-    cookies = c["secure: cookie replies sent"]
+    cookies = c["secure mode: cookie replies sent"]
     seconds = int(h.now) + 1
     # the first LOAD_SYNS_PER_SECOND SYNs of each second go straight to the DH work
     if echo:
@@ -319,7 +325,7 @@ def test_slow_replay_below_the_load_threshold_is_dropped_by_its_timestamp() -> N
     h.run_until(lambda: False, 10.0, replay=syn, rng=rng, rate=50)
     c = h.server.counters
     assert c["secure: replayed handshake: timestamp not newer"] == h.replays == 500
-    assert c["secure: cookie replies sent"] == 0
+    assert c["secure mode: cookie replies sent"] == 0
     assert h.server.connections == {} and len(h.server.syn_queue) == 0
 
 
@@ -331,3 +337,98 @@ def test_cookie_is_bound_to_the_address_and_expires() -> None:
     assert not cookies.check((ALICE[0], ALICE[1] + 1), c, 100.0)
     assert not cookies.check(("10.0.0.3", ALICE[1]), c, 100.0)
     assert not cookies.check(ALICE, bytes(len(c)), 100.0)
+
+
+# --------------------------------------------------------------------------- item 8
+
+VICTIM: Address = ("198.51.100.77", 5555)
+
+
+class CountingPair(Pair):
+    """tests/test_secure.py's Pair, counting the bytes the server sends to each address
+    (datagrams to an address that is not the client's are lost, as there)."""
+
+    def __init__(self, **kwargs: object) -> None:
+        super().__init__(**kwargs)  # type: ignore[arg-type]
+        self.sent_to: collections.Counter[Address] = collections.Counter()
+
+    def collect(self) -> None:
+        for data, dst in self.client.datagrams_to_send(self.now):
+            self.wire.append((bytes(data), self.client_addr, peer_key(dst)))
+        for data, dst in self.server.datagrams_to_send(self.now):
+            self.sent_to[peer_key(dst)] += len(data)
+            self.wire.append((bytes(data), SERVER_T, peer_key(dst)))
+
+
+def established_counting(s2c: int, c2s: int = 0) -> CountingPair:
+    rng = random.Random(21)
+    pair = CountingPair(c2s=rng.randbytes(c2s), s2c=rng.randbytes(s2c))
+    pair.client_app.close_first = pair.server_app.close_first = False
+    client = pair.start()
+    pair.run(stop=lambda: pair.server_app.conn is not None and client.state == S.ESTABLISHED)
+    return pair
+
+
+def relay_one(pair: CountingPair) -> bytes:
+    """The attacker on the path copies the client's next datagram and delivers the copy
+    from VICTIM's address before the original arrives."""
+    i = next(i for i, (_, src, dst) in enumerate(pair.wire)
+             if src == pair.client_addr and dst == SERVER_T)
+    data = pair.wire[i][0]
+    pair.server.receive_datagram(data, VICTIM, pair.now)
+    pair.collect()
+    return data
+
+
+@pytest.mark.parametrize("outage", [0.0, 2.0], ids=["client keeps talking", "client silent 2 s"])
+def test_relayed_datagram_gets_its_address_at_most_3x(outage: float) -> None:
+    """Issue #12 item 8: one authentic datagram relayed from a third address moved the
+    connection there, and the server sent that address many times what it got (on main:
+    97x here while the client keeps talking, 241x if the client is silent for 2 s, the
+    RTO retransmissions all going to the victim). Now the victim gets at most 3x; in
+    fact only the 64-byte challenge it cannot answer (1.1x), and the connection moves
+    back when the client's next datagram comes from its proved address."""
+    pair = established_counting(2 * 1024 * 1024)
+    pair.run(stop=lambda: len(pair.client_app.got) >= 300_000)
+    server_conn = pair.server_app.conn
+    assert server_conn is not None
+    relayed = relay_one(pair)
+    assert server_conn.peer == VICTIM  # it moved (the datagram is authentic)
+    if outage:
+        # the client's datagrams are lost for a while: only the server's timers run
+        end = pair.now + outage
+        while pair.now < end:
+            pair.wire = type(pair.wire)(w for w in pair.wire if w[1] != pair.client_addr)
+            t = pair.server.get_timer()
+            if t is None or t > end:
+                break
+            pair.now = t
+            pair.server.handle_timer(t)
+            pair.collect()
+            pair.wire = type(pair.wire)(w for w in pair.wire if w[2] != VICTIM)
+    ratio = pair.sent_to[VICTIM] / len(relayed)
+    pair.run(stop=lambda: len(pair.client_app.got) == len(pair.server_app.data))
+    assert server_conn.peer == CLIENT_T
+    assert pair.sent_to[VICTIM] <= 3 * len(relayed), (pair.sent_to[VICTIM], len(relayed), ratio)
+    assert pair.server.counters["secure mode: path challenges sent"] >= 1
+    assert pair.server.counters["secure mode: paths validated"] == 0
+    pair.check_complete()
+
+
+def test_genuine_rebinding_is_validated_and_then_unlimited() -> None:
+    """A real NAT change: the server challenges the new address, the client answers from
+    it, and the transfer goes on there at full speed."""
+    pair = established_counting(1024 * 1024, 1024 * 1024)
+    server_conn = pair.server_app.conn
+    assert server_conn is not None
+    pair.run(stop=lambda: len(pair.client_app.got) >= 200_000)  # the client talks too
+    new = ("192.0.2.99", 41000)
+    pair.client_addr = new
+    pair.run(stop=lambda: pair.server.counters["secure mode: paths validated"] == 1)
+    assert server_conn.peer == new
+    before = pair.sent_to[new]
+    pair.run(stop=lambda: len(pair.client_app.got) == len(pair.server_app.data)
+             and len(pair.server_app.got) == len(pair.client_app.data))
+    assert pair.sent_to[new] - before > 500_000
+    assert pair.server.counters["secure mode: path challenges sent"] == 1
+    pair.check_complete()

@@ -136,7 +136,10 @@ class Endpoint:
             elif not data[13] & wire.SYN:
                 moved = self._secure.rebind(self.connections, data, key)
                 if moved is not None:
-                    conn, data = moved
+                    conn, opened = moved
+                    if opened is None:
+                        return  # a path validation segment, consumed
+                    data = opened
             if conn is None and handshake is None:
                 # neither a connection's segment nor a handshake that authenticates: what
                 # follows (a RST, or nothing) is what plaintext TCP would do, but count it

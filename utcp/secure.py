@@ -9,6 +9,7 @@ See docs/secure-mode.md for the design and the threat model.
 from __future__ import annotations
 
 import collections
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -25,8 +26,35 @@ if TYPE_CHECKING:
 Addr = tuple[str, int]
 LOAD_SYNS_PER_SECOND = 64   # new handshakes a second before SYNs need a cookie
 LATEST_KEYS = 65_536        # client keys whose last timestamp is kept (~10 MB at most)
+AMPLIFICATION = 3           # RFC 9000 8: bytes sent to an unproved address per byte received
+VALIDATED_KEEP = 4          # proved addresses remembered per connection
+_PATH_OPTION_LEN = 4 + 1 + 8   # kind, len, ExID, type, 8 random bytes
+_PATH_CHALLENGE, _PATH_RESPONSE = 2, 3
 _SYN, _ACK, _RST = wire.SYN, wire.ACK, wire.RST
 _COOKIE_TAG = bytes((254, crypto.COOKIE_OPTION_LEN)) + crypto.EXID.to_bytes(2, "big")
+_PATH_TAG = bytes((254, _PATH_OPTION_LEN)) + crypto.EXID.to_bytes(2, "big")
+
+
+def _path_option(header: bytes | bytearray) -> tuple[int, bytes] | None:
+    """(type, token) of a path challenge or response option in a sealed segment's
+    (authenticated) header, else None. Most headers lack the tag: one find, no loop."""
+    if header.find(_PATH_TAG, 20) < 0:
+        return None
+    i, hlen = 20, (header[12] >> 4) * 4
+    while i < hlen:
+        kind = header[i]
+        if kind == 0:
+            return None
+        if kind == 1:
+            i += 1
+            continue
+        if i + 1 >= hlen or header[i + 1] < 2:
+            return None
+        length = header[i + 1]
+        if kind == 254 and length == _PATH_OPTION_LEN and header[i:i + 4] == _PATH_TAG:
+            return header[i + 4], bytes(header[i + 5:i + length])
+        i += length
+    return None
 
 
 def _hlen(data: bytes | bytearray | memoryview) -> int:
@@ -68,6 +96,18 @@ class _Connecting:
     cookie_for: int = -1           # `syns` when we resent for a cookie reply
 
 
+@dataclass(slots=True)
+class _Path:
+    """A new address a connection moved to, not yet proved: QUIC's anti-amplification
+    until the peer echoes `challenge` from it (RFC 9000 8.2, 21.5.4)."""
+
+    addr: Addr
+    challenge: bytes
+    received: int                  # bytes that came from `addr` since the move
+    sent: int = 0                  # bytes sent to `addr` since; at most 3 * received
+    since_challenge: int = 0       # datagrams from `addr` since the last challenge
+
+
 class SecureLayer:
     """Per endpoint: the static key, and per connection its handshake and session."""
 
@@ -97,6 +137,10 @@ class SecureLayer:
         self.ports_of: dict[Connection, tuple[int, int]] = {}
         self.peer_keys: dict[Connection, bytes] = {}
         self.connecting: dict[Connection, _Connecting] = {}
+        # path validation (RFC 9000 8.2): addresses each connection has proved, and the
+        # one it was moved to and is being challenged, if any
+        self.validated: dict[Connection, list[Addr]] = {}
+        self.paths: dict[Connection, _Path] = {}
         self._send = send if send is not None else (lambda data, addr: None)
         self.cookies = crypto.RetryCookies()
         # per client static key, the newest msg1 timestamp accepted (bounded, oldest out)
@@ -115,6 +159,7 @@ class SecureLayer:
         if self.server_public is None:
             raise ValueError("a secure client needs Config.server_key")
         self.initiators[conn] = crypto.Initiator(self.static, self.server_public)
+        self.validated[conn] = [conn.peer]
 
     def read_syn(self, data: bytes | bytearray | memoryview, key: Addr, now: float,
                  room: int, backlog: int) -> tuple[bytes, crypto.Responder] | None:
@@ -180,7 +225,7 @@ class SecureLayer:
         cookie = self.cookies.make(key, now)
         option = bytes((254, crypto.COOKIE_OPTION_LEN)) + crypto.EXID.to_bytes(2, "big")
         self._send(self._rst_for(header, option + cookie), key)
-        self.counters["secure: cookie replies sent"] += 1
+        self.counters["secure mode: cookie replies sent"] += 1
 
     def _reset(self, header: bytes, key: Addr, *, plaintext_peer: bool = False) -> None:
         """RFC 9293 3.10.7.1's RST for a SYN; a plaintext client's says we need secure
@@ -202,6 +247,7 @@ class SecureLayer:
         self.responders[conn] = responder
         self.handshake_payload[conn] = _sans_checksum(syn) + msg1
         self.peer_keys[conn] = responder.client_public
+        self.validated[conn] = [conn.peer]  # once the handshake completes (endpoint's 3x)
         ports = (int.from_bytes(syn[0:2], "big"), int.from_bytes(syn[2:4], "big"))
         self.by_ports.setdefault(ports, set()).add(conn)
         self.ports_of[conn] = ports
@@ -219,10 +265,17 @@ class SecureLayer:
             return self._handshake_again(conn, data)
         if session is not None:
             try:
-                return session.open(data)
+                opened = session.open(data)
             except crypto.SecureError as exc:
                 self._drop(exc.reason)
                 return None
+            path = self.paths.get(conn)
+            if path is not None and path.addr == conn.peer:
+                path.received += len(data)
+                path.since_challenge += 1
+                if path.since_challenge >= 8:  # the challenge or its answer was lost
+                    self._challenge(conn, path)
+            return self._path_control(conn, opened)
         if flags & _RST and conn.state == State.SYN_SENT and len(data) == _hlen(data):
             if _hlen(data) == 20 + crypto.COOKIE_OPTION_LEN and \
                     bytes(data[20:24]) == _COOKIE_TAG:
@@ -257,7 +310,7 @@ class SecureLayer:
             return
         pending.syns += 1
         pending.cookie_for = pending.syns
-        self.counters["secure: cookie replies answered"] += 1
+        self.counters["secure mode: cookie replies answered"] += 1
         self._send(resend + pending.syn[1], conn.peer)
 
     def _unauthenticated_refusal(self, conn: Connection,
@@ -322,8 +375,11 @@ class SecureLayer:
 
     def rebind(self, connections: dict[Addr, Connection],
                data: bytes | bytearray | memoryview, key: Addr,
-               ) -> tuple[Connection, bytes] | None:
-        """An authenticated segment from a new address moves its connection there."""
+               ) -> tuple[Connection, bytes | None] | None:
+        """An authenticated segment from a new address moves its connection there.
+
+        Returns the connection and the plaintext, None as plaintext if it was a path
+        control segment (consumed here), or None if no connection's session opens it."""
         if len(data) < 20 or data[13] & _SYN:
             return None
         ports = (int.from_bytes(data[0:2], "big"), int.from_bytes(data[2:4], "big"))
@@ -340,7 +396,7 @@ class SecureLayer:
                 # authentic but older than what the current address sent (a late,
                 # reordered datagram from a previous address): deliver, do not move back
                 self.counters["secure: late segment from a previous address"] += 1
-                return conn, plaintext
+                return conn, self._path_control(conn, plaintext)
             old = conn.peer
             if connections.get(old) is conn:
                 del connections[old]
@@ -350,7 +406,50 @@ class SecureLayer:
             self.counters["secure: connections moved to a new address"] += 1
             if log.enabled():
                 log.emit("rebind", conn=conn.name, old=str(old), new=str(key))
-            return conn, plaintext
+            if key in self.validated.get(conn, ()):
+                self.paths.pop(conn, None)  # back to an address it has proved
+            else:
+                # RFC 9000 8.2 / 9.3: authentic, but maybe relayed by someone who wants
+                # our traffic sent to a victim there. Send it at most 3x what came from
+                # it until the peer answers a challenge from it.
+                path = _Path(key, os.urandom(8), len(data))
+                self.paths[conn] = path
+                self._challenge(conn, path)
+            return conn, self._path_control(conn, plaintext)
+        return None
+
+    def _challenge(self, conn: Connection, path: _Path) -> None:
+        path.since_challenge = 0
+        self.counters["secure mode: path challenges sent"] += 1
+        self._send_control(conn, _PATH_CHALLENGE, path.challenge)
+
+    def _send_control(self, conn: Connection, kind: int, token: bytes) -> None:
+        """A sealed segment of our own that the peer's secure layer consumes: the
+        connection never sees it, so its ACK fields cannot count as duplicate ACKs."""
+        option = _PATH_TAG + bytes((kind,)) + token + b"\x01\x01\x01"
+        header = wire.build_fast(conn.local_port, conn.remote_port,
+                                 conn.snd_max & 0xFFFFFFFF, conn.rcv_nxt & 0xFFFFFFFF,
+                                 _ACK, 0, option)
+        sealed = self.seal(conn, header)
+        if sealed is not None:
+            self._send(sealed, conn.peer)
+
+    def _path_control(self, conn: Connection, opened: bytes) -> bytes | None:
+        """Consume a path challenge (answer it) or response (prove the path)."""
+        found = _path_option(opened)
+        if found is None:
+            return opened
+        kind, token = found
+        if kind == _PATH_CHALLENGE:
+            self._send_control(conn, _PATH_RESPONSE, token)
+        elif kind == _PATH_RESPONSE:
+            path = self.paths.get(conn)
+            if path is not None and path.addr == conn.peer and token == path.challenge:
+                del self.paths[conn]
+                proved = self.validated.setdefault(conn, [])
+                proved.append(path.addr)
+                del proved[:-VALIDATED_KEEP]
+                self.counters["secure mode: paths validated"] += 1
         return None
 
     # ------------------------------------------------------------------ outbound
@@ -384,15 +483,26 @@ class SecureLayer:
         if session is None:
             self._drop("no session to seal with")
             return None
+        path = self.paths.get(conn)
+        if path is not None and path.addr == conn.peer and path.sent + len(datagram) \
+                + crypto.COUNTER_OPTION_LEN + crypto.TAGLEN > AMPLIFICATION * path.received:
+            # as if lost: the connection retransmits once the path is proved
+            self.counters["secure mode: unproved path: 3x limit"] += 1
+            return None
         try:
-            return session.seal(datagram)
+            sealed = session.seal(datagram)
         except crypto.SecureError as exc:
             self._drop(exc.reason)
             return None
+        if path is not None and path.addr == conn.peer:
+            path.sent += len(sealed)
+        return sealed
 
     def forget(self, conn: Connection) -> None:
         self.initiators.pop(conn, None)
         self.connecting.pop(conn, None)
+        self.validated.pop(conn, None)
+        self.paths.pop(conn, None)
         self.responders.pop(conn, None)
         self.sessions.pop(conn, None)
         self.handshake_payload.pop(conn, None)
