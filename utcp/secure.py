@@ -35,12 +35,14 @@ _COOKIE_TAG = bytes((254, crypto.COOKIE_OPTION_LEN)) + crypto.EXID.to_bytes(2, "
 _PATH_TAG = bytes((254, _PATH_OPTION_LEN)) + crypto.EXID.to_bytes(2, "big")
 
 
-def _path_option(header: bytes | bytearray) -> tuple[int, bytes] | None:
-    """(type, token) of a path challenge or response option in a sealed segment's
+def _path_option(segment: bytes) -> tuple[int, bytes] | None:
+    """(type, token) of a path challenge or response option in an opened segment's
     (authenticated) header, else None. Most headers lack the tag: one find, no loop."""
-    if header.find(_PATH_TAG, 20) < 0:
+    header = segment
+    hlen = (header[12] >> 4) * 4
+    if header.find(_PATH_TAG, 20, hlen) < 0:
         return None
-    i, hlen = 20, (header[12] >> 4) * 4
+    i = 20
     while i < hlen:
         kind = header[i]
         if kind == 0:
@@ -184,6 +186,7 @@ class SecureLayer:
             self._drop("SYN dropped before DH work: queue full")
             return None
         if loaded and (cookie is None or not self.cookies.check(key, cookie, now)):
+            self._drop("SYN under load without a valid cookie")  # answered statelessly
             self._send_cookie(header, key, now)
             return None
         responder = crypto.Responder(self.static)
