@@ -11,6 +11,8 @@ would, and delivered between the genuine ones.
   from random ports, blind (it never sees the cookie replies) or echoing the cookies
   from its own address; the allowed client still connects, within a few round trips,
   and the replays create no half-open connection.
+- Real sockets: a burst of 200 secure clients over loopback puts the server under load;
+  the ones past the threshold pass the cookie check and every one connects.
 - Path validation (item 8): one authentic datagram relayed from a third address gets
   that address at most 3x its size, while the client talks on or goes silent; a real
   NAT change is validated by a challenge and then runs unlimited.
@@ -18,6 +20,7 @@ would, and delivered between the genuine ones.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import collections
 import hashlib
@@ -25,7 +28,9 @@ import random
 from collections.abc import Callable
 
 import pytest
+import uvloop
 
+import utcp
 from tests.netsim import Address
 from tests.test_secure import CLIENT as CLIENT_T
 from tests.test_secure import SERVER as SERVER_T
@@ -436,3 +441,43 @@ def test_genuine_rebinding_is_validated_and_then_unlimited() -> None:
     assert pair.sent_to[new] - before > 500_000
     assert pair.server.counters["secure mode: path challenges sent"] == 1
     pair.check_complete()
+
+
+# --------------------------------------------------------------------------- real sockets
+
+async def _many_clients(n: int) -> collections.Counter[str]:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(await reader.readexactly(5))
+        await writer.drain()
+        writer.close()
+
+    server = await utcp.start_server(handler, "127.0.0.1", 0, backlog=n,
+                                     config=Config(secret_key=SERVER_PRIV))
+    port = server.sockets[0].getsockname()[1]
+
+    async def client(i: int) -> bytes:
+        reader, writer = await utcp.open_connection(
+            "127.0.0.1", port, config=Config(server_key=SERVER_PUB))
+        writer.write(b"%05d" % i)
+        got = await reader.readexactly(5)
+        writer.close()
+        return got
+
+    try:
+        got = await asyncio.wait_for(asyncio.gather(*(client(i) for i in range(n))), 120)
+        assert got == [b"%05d" % i for i in range(n)]
+        return server._ports[0].endpoint.counters
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_a_burst_of_clients_over_loopback_passes_the_cookie_check(loop: str) -> None:
+    """Real sockets: 200 secure clients at once put the server under load (more than
+    64 new handshakes in a second); those past the threshold get cookie replies, resend
+    their SYN with the cookie, and every one connects."""
+    run = uvloop.run if loop == "uvloop" else asyncio.run
+    counters = run(_many_clients(200))
+    assert counters["secure mode: cookie replies sent"] > 0, counters
+    assert counters["secure: handshakes accepted"] == 200, counters
