@@ -147,6 +147,37 @@ def test_forged_answers_to_every_syn_while_the_server_is_silent() -> None:
     assert "server_key" in str(conn.error)
 
 
+def forged_cookie_reply(syn: bytes, ack_delta: int = 1) -> bytes:
+    isn = int.from_bytes(syn[4:8], "big")
+    option = bytes((254, crypto.COOKIE_OPTION_LEN)) + crypto.EXID.to_bytes(2, "big")
+    return wire.build_fast(SERVER[1], ALICE[1], 0, (isn + ack_delta) & 0xFFFFFFFF,
+                           wire.RST | wire.ACK, 0, option + b"forged cooki")
+
+
+def test_forged_cookie_replies_cost_one_resend_and_nothing_more() -> None:
+    """A cookie reply is not authenticated either: with the right ACK it earns one
+    resend of the SYN (with the junk cookie), a second one for the same SYN earns
+    nothing, and one with a wrong ACK nothing at all. The server, not under load,
+    ignores the junk cookie and the connect completes."""
+    server = Endpoint(SERVER_CFG, SERVER[1], listening=True, rng=random.Random(1))
+    client, conn, syn = client_syn()
+    client.receive_datagram(forged_cookie_reply(syn, 2), SERVER, 0.001)
+    assert client.datagrams_to_send(0.001) == []
+    client.receive_datagram(forged_cookie_reply(syn), SERVER, 0.001)
+    (resent, _), = client.datagrams_to_send(0.001)
+    assert hlen(resent) == hlen(syn) + crypto.COOKIE_OPTION_LEN
+    assert resent[hlen(resent):] == syn[hlen(syn):]  # the same msg1
+    client.receive_datagram(forged_cookie_reply(syn), SERVER, 0.002)
+    assert client.datagrams_to_send(0.002) == []
+    assert client.counters["secure: second cookie reply for one SYN"] == 1
+    assert client.counters["secure: cookie reply that does not acknowledge our SYN"] == 1
+    assert conn.state == S.SYN_SENT and conn.error is None
+    server.receive_datagram(resent, ALICE, 0.003)
+    (synack, _), = server.datagrams_to_send(0.003)
+    client.receive_datagram(synack, SERVER, 0.004)
+    assert conn.state == S.ESTABLISHED and conn.error is None
+
+
 # --------------------------------------------------------------------------- issue 11 item 7
 
 def test_allowed_keys_without_secret_key_is_an_error() -> None:

@@ -296,11 +296,11 @@ class SecureLayer:
         """The server is under load and wants proof of our address: resend the SYN at
         once with the cookie, and every later SYN too. Unauthenticated like any answer
         before msg2, so it must acknowledge our SYN, and it earns one resend per SYN we
-        sent: a forger can cost us a round trip, never end the connect or make us flood."""
+        sent: a forger can cost us a round trip, never end the connect or make us flood.
+        Only a secure server sends one, and it acknowledges exactly the SYN (ISN + 1)."""
         pending = self.connecting.get(conn)
         ack = int.from_bytes(data[8:12], "big")
-        if pending is None or pending.syn is None or \
-                not 1 <= (ack - pending.isn) & 0xFFFFFFFF <= 1 + crypto.MSG1_LEN:
+        if pending is None or pending.syn is None or ack != (pending.isn + 1) & 0xFFFFFFFF:
             self._drop("cookie reply that does not acknowledge our SYN")
             return
         if pending.cookie_for == pending.syns:
@@ -323,7 +323,8 @@ class SecureLayer:
         Nothing authenticates it, so on its own it must not end the connect: anyone who
         sees the SYN (or guesses it) could send it, and the genuine SYN+ACK may be on
         its way. It must acknowledge our SYN (RFC 9293 3.10.7.3, RFC 5961 3: a blind
-        attacker has to guess the keyed ISN); then it is remembered as the likely cause.
+        attacker has to guess the keyed ISN; a plaintext peer may acknowledge msg1 as
+        SYN data too, hence the range); then it is remembered as the likely cause.
         If a SYN we resent after it is answered the same way, with no authenticated
         SYN+ACK in between, the connect fails with it: a genuine answer to the first SYN
         would have come in the retransmission timeout that passed, so a forger only wins
