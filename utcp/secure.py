@@ -35,10 +35,9 @@ _COOKIE_TAG = bytes((254, crypto.COOKIE_OPTION_LEN)) + crypto.EXID.to_bytes(2, "
 _PATH_TAG = bytes((254, _PATH_OPTION_LEN)) + crypto.EXID.to_bytes(2, "big")
 
 
-def _path_option(segment: bytes) -> tuple[int, bytes] | None:
+def _path_option(header: bytes) -> tuple[int, bytes] | None:
     """(type, token) of a path challenge or response option in an opened segment's
     (authenticated) header, else None. Most headers lack the tag: one find, no loop."""
-    header = segment
     hlen = (header[12] >> 4) * 4
     if header.find(_PATH_TAG, 20, hlen) < 0:
         return None
