@@ -11,6 +11,8 @@ would, and delivered between the genuine ones.
   from random ports, blind (it never sees the cookie replies) or echoing the cookies
   from its own address; the allowed client still connects, within a few round trips,
   and the replays create no half-open connection.
+- Real sockets: an injector on the path (a UDP relay on loopback) answers each SYN with
+  a forged RST and/or bare SYN+ACK ahead of the server; the secure connect completes.
 - Real sockets: a burst of 200 secure clients over loopback puts the server under load;
   the ones past the threshold pass the cookie check and every one connects.
 - Path validation (item 8): one authentic datagram relayed from a third address gets
@@ -26,6 +28,7 @@ import collections
 import hashlib
 import random
 from collections.abc import Callable
+from typing import cast
 
 import pytest
 import uvloop
@@ -512,3 +515,86 @@ def test_a_burst_of_clients_over_loopback_passes_the_cookie_check(loop: str) -> 
     counters = run(_many_clients(200))
     assert counters["secure mode: cookie replies sent"] > 0, counters
     assert counters["secure: handshakes accepted"] == 200, counters
+
+
+class _InjectingRelay(asyncio.DatagramProtocol):
+    """An on-path attacker over real sockets: it forwards everything between the client
+    and the server, and answers each SYN it sees with a forged RST+ACK (the right ACK)
+    and, if asked, a bare SYN+ACK, both sent before it forwards the SYN."""
+
+    def __init__(self, server: tuple[str, int], forge: tuple[str, ...]) -> None:
+        self.server, self.forge = server, forge
+        self.client: tuple[str, int] | None = None
+        self.forged = 0
+        self.front: asyncio.DatagramTransport | None = None
+        self.back: asyncio.DatagramTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.front = cast(asyncio.DatagramTransport, transport)
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        assert self.front is not None and self.back is not None
+        self.client = addr
+        if len(data) >= 20 and data[13] & wire.SYN and not data[13] & wire.ACK:
+            ack = (int.from_bytes(data[4:8], "big") + 1) & 0xFFFFFFFF
+            sport, dport = int.from_bytes(data[0:2], "big"), int.from_bytes(data[2:4], "big")
+            if "RST" in self.forge:
+                self.front.sendto(wire.build_fast(dport, sport, 0, ack, wire.RST | wire.ACK,
+                                                  0), addr)
+            if "SYN+ACK" in self.forge:
+                self.front.sendto(wire.build_fast(dport, sport, 4242, ack,
+                                                  wire.SYN | wire.ACK, 1024), addr)
+            self.forged += 1
+        self.back.sendto(data, self.server)
+
+    def from_server(self, data: bytes) -> None:
+        if self.front is not None and self.client is not None:
+            self.front.sendto(data, self.client)
+
+
+class _Back(asyncio.DatagramProtocol):
+    def __init__(self, relay: _InjectingRelay) -> None:
+        self.relay = relay
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        self.relay.from_server(data)
+
+
+async def _connect_through_injector(forge: tuple[str, ...]) -> tuple[bytes, int]:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"pong:" + await reader.readexactly(4))
+        await writer.drain()
+        writer.close()
+
+    loop = asyncio.get_running_loop()
+    server = await utcp.start_server(handler, "127.0.0.1", 0,
+                                     config=Config(msl=0.2, secret_key=SERVER_PRIV))
+    relay = _InjectingRelay(server.sockets[0].getsockname()[:2], forge)
+    front, _ = await loop.create_datagram_endpoint(lambda: relay, local_addr=("127.0.0.1", 0))
+    back, _ = await loop.create_datagram_endpoint(lambda: _Back(relay),
+                                                  local_addr=("127.0.0.1", 0))
+    relay.back = back
+    try:
+        port = front.get_extra_info("sockname")[1]
+        reader, writer = await asyncio.wait_for(utcp.open_connection(
+            "127.0.0.1", port, config=Config(msl=0.2, server_key=SERVER_PUB)), 30)
+        writer.write(b"ping")
+        got = await asyncio.wait_for(reader.readexactly(9), 30)
+        writer.close()
+        return got, relay.forged
+    finally:
+        server.close()
+        await asyncio.wait_for(server.wait_closed(), 30)
+        front.close()
+        back.close()
+
+
+@pytest.mark.parametrize("forge", [("RST",), ("SYN+ACK",), ("RST", "SYN+ACK")])
+def test_injected_answers_over_loopback_do_not_stop_a_secure_connect(
+        forge: tuple[str, ...]) -> None:
+    """Issue #12 item 9 over real sockets: an injector on the path answers the SYN with
+    a forged RST and/or bare SYN+ACK that acknowledge it, ahead of the server. On main
+    the connect failed at once with ConnectionRefusedError; now the server's
+    authenticated SYN+ACK, a moment later, completes it."""
+    got, forged = asyncio.run(_connect_through_injector(forge))
+    assert got == b"pong:ping" and forged >= 1
