@@ -708,19 +708,27 @@ def test_handshake_message_under_a_forged_header_is_dropped() -> None:
 
 def test_replayed_syn_after_the_connection_is_gone_creates_no_connection() -> None:
     """A whole SYN replayed later: its msg1's timestamp is not newer than the last one
-    the server accepted from that client key, so it is dropped and counted, with no
-    half-open entry and nothing sent (before issue #12 item 7 the server redid msg2
-    and kept a half-open entry for each replay)."""
+    the server accepted from that client key, so from any other address or port it is
+    dropped and counted, with no half-open entry and nothing sent (before issue #12
+    item 7 the server redid msg2 and kept a half-open entry for each replay)."""
     pair = Pair(c2s=b"hello", s2c=b"world")
     pair.start()
     pair.check_complete()
     syn = next(d for d, _, who in pair.delivered if who == "server" and kind_of(d) == "SYN")
-    for port in (CLIENT[1], 3000, 3001):
-        pair.server.receive_datagram(syn, (CLIENT[0], port), pair.now)
+    for src in ((CLIENT[0], 3000), (CLIENT[0], 3001), ("203.0.113.9", CLIENT[1])):
+        pair.server.receive_datagram(syn, src, pair.now)
         assert pair.server.datagrams_to_send(pair.now) == []
     assert pair.server.connections == {} and not pair.server.syn_queue
     assert pair.server.counters["secure: replayed handshake: timestamp not newer"] == 3
     assert pair.server.counters["secure: handshakes accepted"] == 1
+    # from the client's own address and port it passes for the client's resend after
+    # the half-open entry expired: one entry, whose SYN+ACK goes to the genuine client
+    for _ in range(3):
+        pair.server.receive_datagram(syn, CLIENT, pair.now)
+    sent = pair.server.datagrams_to_send(pair.now)
+    assert [kind_of(d) for d, _ in sent] == ["SYN+ACK"]
+    assert all(dst == CLIENT for _, dst in sent)
+    assert list(pair.server.connections) == [CLIENT] and len(pair.server.syn_queue) == 1
 
 
 def test_replay_window_unit() -> None:

@@ -359,6 +359,34 @@ def test_replayed_handshake_does_not_lock_out_the_allowed_client(echo: bool) -> 
         assert stale <= secure.LOAD_SYNS_PER_SECOND * seconds
 
 
+def test_syn_resent_after_the_half_open_entry_expired_still_connects() -> None:
+    """The timestamp check must not cost robustness: every SYN+ACK is lost for 10 s, so
+    the server's half-open entry expires (7 s, the default schedule) while the client
+    still resends the same SYN (same msg1, same timestamp). From the same address and
+    port it is accepted again, and the connect completes when the path heals."""
+    server = Endpoint(SERVER_CFG.replace(rto_initial=1.0), SERVER[1], listening=True)
+    client = Endpoint(ALICE_CFG.replace(rto_initial=1.0), ALICE[1])
+    conn = client.connect(SERVER, 0.0)
+    now = 0.0
+    for _ in range(1000):
+        for data, _ in client.datagrams_to_send(now):
+            server.receive_datagram(data, ALICE, now)
+        for data, _ in server.datagrams_to_send(now):
+            if now >= 10.0:
+                client.receive_datagram(data, SERVER, now)
+        if conn.state != S.SYN_SENT:
+            break
+        now = min(t for t in (client.get_timer(), server.get_timer()) if t is not None)
+        client.handle_timer(now)
+        server.handle_timer(now)
+    assert conn.state == S.ESTABLISHED, (conn.state, conn.error, server.counters)
+    # the SYN resent at 7 s met no entry (it expired then) and was taken again; that
+    # entry's SYN+ACK resent at 10 s is the first to get through
+    assert now == 10.0
+    assert server.counters["secure: handshakes accepted"] == 2
+    assert server.counters["secure: replayed handshake: timestamp not newer"] == 0
+
+
 def test_slow_replay_below_the_load_threshold_is_dropped_by_its_timestamp() -> None:
     """Replays too slow to put the server under load reach the DH work, and their
     timestamp stops them: 50/s for 10 s would have kept 350 half-open entries on main."""

@@ -144,8 +144,10 @@ class SecureLayer:
         self.paths: dict[Connection, _Path] = {}
         self._send = send if send is not None else (lambda data, addr: None)
         self.cookies = crypto.RetryCookies()
-        # per client static key, the newest msg1 timestamp accepted (bounded, oldest out)
-        self.latest: collections.OrderedDict[bytes, bytes] = collections.OrderedDict()
+        # per client static key, the newest msg1 timestamp accepted and where it came
+        # from (bounded, the oldest forgotten first)
+        self.latest: collections.OrderedDict[bytes, tuple[bytes, Addr]] = \
+            collections.OrderedDict()
         self._window_start = float("-inf")
         self._syns_in_window = 0
 
@@ -200,11 +202,16 @@ class SecureLayer:
             self._reset(header, key)
             return None
         last = self.latest.get(client_key)
-        if last is not None and responder.timestamp <= last:
-            # answered by nothing: the genuine client has this handshake's answer already
+        if last is not None and (responder.timestamp < last[0] or (
+                responder.timestamp == last[0] and last[1] != key)):
+            # answered by nothing: the genuine client has this handshake's answer already.
+            # The same msg1 from the same address and port is let through: the client
+            # resending its SYN after our half-open entry expired (all its SYN+ACKs lost).
+            # A replay can do that too, but only there, where one connection at a time
+            # exists and our SYN+ACK goes to the genuine client.
             self._drop("replayed handshake: timestamp not newer")
             return None
-        self.latest[client_key] = responder.timestamp
+        self.latest[client_key] = (responder.timestamp, key)
         self.latest.move_to_end(client_key)
         while len(self.latest) > LATEST_KEYS:
             self.latest.popitem(last=False)
