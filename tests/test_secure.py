@@ -421,7 +421,7 @@ REFUSALS = {
     "key not allowed": (Config(secret_key=SERVER_PRIV, allowed_keys=(ALICE_PUB,)),
                         Config(server_key=SERVER_PUB, secret_key=BOB_PRIV,
                                **SLOW_TIMEOUT),
-                        ("secure handshake", "allowed_keys")),
+                        ("does not allow our key", "allowed_keys")),
 }
 
 
@@ -443,7 +443,8 @@ def test_allowed_key_is_admitted_over_loopback() -> None:
 @pytest.mark.parametrize("case", list(REFUSALS))
 def test_refusals_on_the_fake_clock(case: str) -> None:
     """The same refusals, deterministic. A plaintext client believes the RST at once
-    (t=0). A secure client cannot authenticate it, so it fails when its resent SYN is
+    (t=0), and so does a client whose key is not allowed (the RST carries msg2). Other
+    refusals a secure client cannot authenticate, so it fails when its resent SYN is
     answered the same way (t = rto_initial, two SYNs); the server keeps nothing."""
     server_cfg, client_cfg, words = REFUSALS[case]
     pair = Pair(server_cfg.replace(msl=1.0), client_cfg)
@@ -452,14 +453,17 @@ def test_refusals_on_the_fake_clock(case: str) -> None:
     assert isinstance(conn.error, ConnectionRefusedError), conn.error
     for word in words:
         assert word in str(conn.error), conn.error
-    syns = 1 if case == "plaintext client" else 2
+    # the plaintext client believes its RST; the refusal of a key not allowed carries
+    # msg2, so it authenticates; the others need a resent SYN answered the same way
+    syns = 1 if case in ("plaintext client", "key not allowed") else 2
     assert conn.state == S.CLOSED and pair.now == (syns - 1) * client_cfg.rto_initial
     assert [kind_of(d) for d, _, who in pair.delivered if who == "server"] == ["SYN"] * syns
     if case != "plaintext server":
         assert pair.server.connections == {} and not pair.server.syn_queue
         assert secure_drops(pair.server) == syns, pair.server.counters
     if case == "key not allowed":
-        assert pair.server.counters["secure: client key not allowed"] == 2
+        assert pair.server.counters["secure: client key not allowed"] == 1
+        assert pair.client.counters["secure mode: authenticated refusals"] == 1
 
 
 def test_allowed_key_is_admitted_and_recorded() -> None:

@@ -181,6 +181,32 @@ def test_forged_cookie_replies_cost_one_resend_and_nothing_more() -> None:
     assert conn.state == S.ESTABLISHED and conn.error is None
 
 
+def test_refusal_of_a_key_not_allowed_is_authenticated_and_cannot_be_forged() -> None:
+    """The server that refuses a client key proves it is the server: its RST carries
+    msg2, hashed with the RST's header. A RST with any other 48 bytes, or with the msg2
+    of a genuine SYN+ACK moved under a RST header, is dropped and not even a hint."""
+    client, conn, syn = client_syn()
+    accepting = Endpoint(SERVER_CFG, SERVER[1], listening=True)
+    accepting.receive_datagram(syn, ALICE, 0.0)
+    (synack, _), = accepting.datagrams_to_send(0.0)
+    msg2 = synack[hlen(synack):]
+    rst = forged_answer(syn, "RST")
+    for payload in (bytes(crypto.MSG2_LEN), random.Random(4).randbytes(crypto.MSG2_LEN),
+                    msg2):
+        client.receive_datagram(rst + payload, SERVER, 0.001)
+        assert conn.state == S.SYN_SENT and conn.refusal_hint is None
+    assert client.counters["secure: refusal: bad public key"] == 1  # the zero point
+    assert client.counters["secure: refusal: handshake does not authenticate"] == 2
+    refusing = Endpoint(SERVER_CFG.replace(allowed_keys=(SERVER_PUB,)), SERVER[1],
+                        listening=True)
+    refusing.receive_datagram(syn, ALICE, 0.0)
+    (refusal, _), = refusing.datagrams_to_send(0.0)
+    assert flags_of(refusal) & wire.RST and len(refusal) == 20 + crypto.MSG2_LEN
+    client.receive_datagram(refusal, SERVER, 0.002)
+    assert isinstance(conn.error, ConnectionRefusedError)
+    assert "allowed_keys" in str(conn.error)
+
+
 # --------------------------------------------------------------------------- issue 11 item 7
 
 def test_allowed_keys_without_secret_key_is_an_error() -> None:

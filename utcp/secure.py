@@ -199,7 +199,13 @@ class SecureLayer:
             return None
         if self.allowed is not None and client_key not in self.allowed:
             self._drop("client key not allowed")
-            self._reset(header, key)
+            # msg1 authenticated, so we can prove the refusal is ours: msg2 under the
+            # RST's header (which it hashes, so it cannot pass for a SYN+ACK's). The
+            # client then fails at once; two more X25519 operations, behind the same
+            # cheap checks as any handshake.
+            rst = self._rst_for(header, b"")
+            self._send(rst + responder.write_msg2(rst), key)
+            self.counters["RST sent for no connection"] += 1
             return None
         last = self.latest.get(client_key)
         if last is not None and (responder.timestamp < last[0] or (
@@ -285,6 +291,10 @@ class SecureLayer:
                 if path.since_challenge >= 8:  # the challenge or its answer was lost
                     self._challenge(conn, path)
             return self._path_control(conn, opened)
+        if flags & _RST and conn.state == State.SYN_SENT and \
+                len(data) == _hlen(data) + crypto.MSG2_LEN:
+            self._authenticated_refusal(conn, data)
+            return None
         if flags & _RST and conn.state == State.SYN_SENT and len(data) == _hlen(data):
             if _hlen(data) == 20 + crypto.COOKIE_OPTION_LEN and \
                     bytes(data[20:24]) == _COOKIE_TAG:
@@ -321,6 +331,23 @@ class SecureLayer:
         pending.cookie_for = pending.syns
         self.counters["secure mode: cookie replies answered"] += 1
         self._send(resend + pending.syn[1], conn.peer)
+
+    def _authenticated_refusal(self, conn: Connection,
+                               data: bytes | bytearray | memoryview) -> None:
+        """A RST carrying msg2: the server read our msg1, and it refuses our key."""
+        initiator = self.initiators.get(conn)
+        hlen = _hlen(data)
+        if initiator is None:
+            self._drop("refusal with a handshake while not connecting")
+            return
+        try:
+            initiator.read_msg2(bytes(data[:hlen]), bytes(data[hlen:]))  # on a copy
+        except crypto.SecureError as exc:
+            self._drop(f"refusal: {exc.reason}")
+            return
+        self.counters["secure mode: authenticated refusals"] += 1
+        conn.refuse("connection refused: the server does not allow our key (it is not"
+                    " among its Config.allowed_keys)")
 
     def _unauthenticated_refusal(self, conn: Connection,
                                  data: bytes | bytearray | memoryview, message: str) -> None:
