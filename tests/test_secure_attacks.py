@@ -228,6 +228,22 @@ def test_server_with_only_a_server_key_is_an_error() -> None:
     Endpoint(Config(server_key=SERVER_PUB), ALICE[1])  # a client: fine
 
 
+@pytest.mark.parametrize("config", [Config(server_key=SERVER_PUB),
+                                    Config(server_key=ALICE_PUB, secret_key=SERVER_PRIV)],
+                         ids=["server_key only", "mismatched keys"])
+def test_start_server_refuses_a_server_that_could_not_be_reached(config: Config) -> None:
+    """The same through the asyncio API (its endpoints start listening later): before,
+    `start_server` listened, with a random key no client pins."""
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.close()
+
+    async def main() -> None:
+        with pytest.raises(ValueError, match="secret_key"):
+            await utcp.start_server(handler, "127.0.0.1", 0, config=config)
+
+    asyncio.run(main())
+
+
 _P = 2 ** 255 - 19
 LOW_ORDER = [0, 1, _P - 1, _P, _P + 1,
              325606250916557431795983626356110631294008115727848805560023387167927233504,

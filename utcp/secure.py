@@ -115,13 +115,8 @@ class SecureLayer:
     def __init__(self, config: Config, counters: collections.Counter[str], *,
                  listening: bool = False,
                  send: Callable[[bytes, Addr], None] | None = None) -> None:
-        if listening and config.secret_key is None:
-            raise ValueError("a secure server needs Config.secret_key (its private key);"
-                             " Config.server_key is what clients pin")
-        if listening and config.server_key is not None and config.secret_key is not None \
-                and crypto.public_key_of(config.secret_key) != config.server_key:
-            raise ValueError("Config.server_key is not the public key of Config.secret_key:"
-                             " clients pinning it could not connect to this server")
+        if listening:
+            config.check_server()
         self.static = (crypto.load_private(config.secret_key) if config.secret_key
                        else X25519PrivateKey.generate())  # an anonymous client
         self.server_public = crypto.load_public(config.server_key) if config.server_key else None
