@@ -26,7 +26,10 @@ import asyncio
 import base64
 import collections
 import hashlib
+import pathlib
 import random
+import subprocess
+import sys
 from collections.abc import Callable
 from typing import cast
 
@@ -242,6 +245,20 @@ def test_start_server_refuses_a_server_that_could_not_be_reached(config: Config)
             await utcp.start_server(handler, "127.0.0.1", 0, config=config)
 
     asyncio.run(main())
+
+
+@pytest.mark.parametrize("argv", [["perf", "-s", "-p", "0"], ["cat", "-l", "127.0.0.1:0"],
+                                  ["tunnel", "--listen", "127.0.0.1:0", "--target",
+                                   "127.0.0.1:1"]], ids=["perf", "cat", "tunnel"])
+def test_cli_server_with_only_a_server_key_is_one_error_line(argv: list[str]) -> None:
+    repo = pathlib.Path(__file__).resolve().parent.parent
+    result = subprocess.run([sys.executable, "-m", "utcp", *argv, "--server-key", SERVER_PUB],
+                            cwd=repo, capture_output=True, stdin=subprocess.DEVNULL,
+                            timeout=60)
+    err = result.stderr.decode()
+    assert result.returncode == 1, err
+    assert err == f"utcp {argv[0]}: a secure server needs Config.secret_key (its private" \
+                  " key); Config.server_key is what clients pin\n", err
 
 
 _P = 2 ** 255 - 19

@@ -49,6 +49,15 @@ def parse_hostport(text: str, *, default_host: str = "0.0.0.0") -> tuple[str, in
     return host, number
 
 
+def _as_server(config: utcp.Config) -> utcp.Config:
+    """Secure mode's server footguns (Config.check_server) as a one-line error."""
+    try:
+        config.check_server()
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
+    return config
+
+
 def _config(args: argparse.Namespace) -> utcp.Config:
     kwargs: dict[str, Any] = {}
     if getattr(args, "mss", None):
@@ -296,7 +305,7 @@ async def _perf(args: argparse.Namespace) -> int:
     config = _config(args)
     duration = None if args.bytes is not None else args.time
     if args.server:
-        await perf_server(args.bind or "0.0.0.0", args.port, config)
+        await perf_server(args.bind or "0.0.0.0", args.port, _as_server(config))
         return 0
     if args.client:
         await perf_client(args.client, args.port, duration=duration, nbytes=args.bytes,
@@ -365,7 +374,7 @@ async def _tunnel(args: argparse.Namespace) -> int:
         dial: Any = functools.partial(utcp.open_connection, config=config)
         target, kind, far = args.remote, "tcp", ""
     else:
-        listen = functools.partial(utcp.start_server, config=config)
+        listen = functools.partial(utcp.start_server, config=_as_server(config))
         dial = asyncio.open_connection
         target, kind, far = args.target, "udp (utcp)", "tcp "
     thost, tport = parse_hostport(target, default_host="127.0.0.1")
@@ -423,7 +432,7 @@ async def _cat(args: argparse.Namespace) -> int:
     if args.listen:
         host, port = parse_hostport(args.listen)
         try:
-            server = await utcp.start_server(session, host, port, config=config)
+            server = await utcp.start_server(session, host, port, config=_as_server(config))
         except OSError as exc:
             raise CliError(f"cannot listen on udp {host}:{port}: {_describe(exc)}") from None
         if args.verbose:
