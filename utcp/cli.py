@@ -123,6 +123,14 @@ def _key_from_text(text: str, name: str) -> str:
     raise CliError(f"key file {name!r}: expected one base64 private key, or the "
                    "'private: ...' line that utcp keygen prints")
 
+def _as_server(config: utcp.Config) -> utcp.Config:
+    """Secure mode's server footguns (Config.check_server) as a one-line error."""
+    try:
+        config.check_server()
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
+    return config
+
 
 def _config(args: argparse.Namespace) -> utcp.Config:
     kwargs: dict[str, Any] = {}
@@ -479,7 +487,7 @@ async def _perf(args: argparse.Namespace, config: utcp.Config) -> int:
     # -t 0: no deadline, as iperf3; the run ends at Ctrl-C, with its report
     duration = None if args.bytes is not None else (args.time or None)
     if args.server:
-        await perf_server(args.bind or "0.0.0.0", args.port, config)
+        await perf_server(args.bind or "0.0.0.0", args.port, _as_server(config))
         return 0
     if args.client:
         await perf_client(args.client, args.port, duration=duration, nbytes=args.bytes,
@@ -551,7 +559,7 @@ async def _tunnel(args: argparse.Namespace, config: utcp.Config) -> int:
         dial: Any = functools.partial(utcp.open_connection, config=config)
         (thost, tport), kind, far = args.remote, "tcp", ""
     else:
-        listen = functools.partial(utcp.start_server, config=config)
+        listen = functools.partial(utcp.start_server, config=_as_server(config))
         dial = asyncio.open_connection
         (thost, tport), kind, far = args.target, "udp (utcp)", "tcp "
 
@@ -613,7 +621,7 @@ async def _cat(args: argparse.Namespace, config: utcp.Config) -> int:
     if args.listen:
         host, port = args.listen
         try:
-            server = await utcp.start_server(session, host, port, config=config)
+            server = await utcp.start_server(session, host, port, config=_as_server(config))
         except OSError as exc:
             raise CliError(f"cannot listen on udp {host}:{port}: {_describe(exc)}") from None
         if args.verbose:

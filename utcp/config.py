@@ -59,6 +59,11 @@ class Config:
             _check(f.name, getattr(self, f.name))
         if self.allowed_keys is not None and not isinstance(self.allowed_keys, tuple):
             object.__setattr__(self, "allowed_keys", tuple(self.allowed_keys))
+        if self.allowed_keys is not None and self.secret_key is None:
+            # else the endpoint would not be in secure mode at all: a plaintext server
+            # that accepts everyone, the opposite of what the allow list asks for
+            raise ValueError("Config.allowed_keys needs Config.secret_key (the server's"
+                             " private key): without it the server is not in secure mode")
         if self.rto_min > self.rto_max:
             raise ValueError("rto_min must not exceed rto_max")
         if self.congestion not in CONGESTION_ALGORITHMS:
@@ -69,6 +74,24 @@ class Config:
     def secure(self) -> bool:
         """Secure mode: a client that pins a server key, or a server that has a key."""
         return self.server_key is not None or self.secret_key is not None
+
+    def check_server(self) -> None:
+        """Raise ValueError if a server (listening endpoint) with this config would not
+        be the secure server it looks like: `server_key` alone would listen with a
+        random key no client pins, and a `server_key` that is not `secret_key`'s public
+        key would be pinned by clients that then cannot connect."""
+        if not self.secure:
+            return
+        if self.secret_key is None:
+            raise ValueError("a secure server needs Config.secret_key (its private key);"
+                             " Config.server_key is what clients pin")
+        if self.server_key is not None:
+            from utcp import crypto  # late: crypto pulls in the cryptography package
+
+            if crypto.public_key_of(self.secret_key) != self.server_key:
+                raise ValueError("Config.server_key is not the public key of"
+                                 " Config.secret_key: clients pinning it could not connect"
+                                 " to this server")
 
     def replace(self, **changes: object) -> Config:
         return dataclasses.replace(self, **changes)  # type: ignore[arg-type]

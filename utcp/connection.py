@@ -41,6 +41,11 @@ from utcp.state import CAN_SEND, SYNCHRONIZED, State, next_state
 from utcp.state import Event as Ev
 from utcp.wire import ACK, FIN, PSH, RST, SYN
 
+# RFC 6994 option 254, ExID "ut" (utcp.crypto.EXID), data 0x01: a secure-mode server
+# sends it in the RST that refuses a SYN without a handshake, so that a plaintext client
+# can say why it was refused (docs/secure-mode.md)
+SECURE_REQUIRED = (0x7574, b"\x01")
+
 DEFAULT_MSS = 536  # RFC 9293 §3.7.1: the send MSS when the peer sends no MSS option
 DUPACK_THRESHOLD = 3
 WORST_CASE_DELAYED_ACK = 0.2  # RFC 8985 §7.2's WCDelAckT, as Linux's TCP_RTO_MIN
@@ -201,6 +206,9 @@ class Connection:
         self._idle_deadline: float | None = None
         self._user_deadline: float | None = None
         self._syn_retries = 0
+        # set by secure mode: an unauthenticated refusal came (it may be forged, so it
+        # does not end the connect); if the SYNs then run out, this is the error
+        self.refusal_hint: str | None = None
         self._rto_streak = 0         # data/FIN timeouts in a row without progress
         self._round_end = 0          # snd_max when the current round trip began
         self._tlp_deadline: float | None = None
@@ -540,6 +548,7 @@ class Connection:
             limit = (self.config.synack_retries if self.passive else self.config.syn_retries)
             if self._syn_retries >= limit:
                 err = (None if self.passive else
+                       ConnectionRefusedError(self.refusal_hint) if self.refusal_hint else
                        TimeoutError(f"no answer to SYN after {limit} retransmissions"))
                 if log.enabled():
                     log.emit("handshake_failed", conn=self.name, retries=limit)
@@ -782,7 +791,11 @@ class Connection:
             ack_ok = True
         if flags & RST:
             if ack_ok:
-                self._fail(ConnectionRefusedError("connection refused by peer"), send_rst=False)
+                why = ("connection refused: the server is in secure mode; set"
+                       " Config.server_key to its public key"
+                       if SECURE_REQUIRED in seg.options.experimental
+                       else "connection refused by peer")
+                self._fail(ConnectionRefusedError(why), send_rst=False)
             else:
                 self._drop("RST without ACK in SYN_SENT")
             return

@@ -3,7 +3,8 @@
 The pattern is Noise_IK_25519_ChaChaPoly_SHA256 (noiseprotocol.org, rev. 34), the one
 WireGuard builds on: the client knows the server's static key in advance, so
 
-    SYN      payload = msg1: e, es, s, ss   (client ephemeral, client static encrypted)
+    SYN      payload = msg1: e, es, s, ss   (client ephemeral, client static encrypted,
+                                     then a TAI64N timestamp as the encrypted payload)
     SYN+ACK  payload = msg2: e, ee, se      (server ephemeral)
 
 and both sides hold transport keys after those two messages: no extra round trip.
@@ -26,6 +27,7 @@ import binascii
 import dataclasses
 import hashlib
 import struct
+import time
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes, serialization
@@ -34,11 +36,12 @@ from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 PROTOCOL_NAME = b"Noise_IK_25519_ChaChaPoly_SHA256"
-PROLOGUE = b"utcp secure mode v1"
+PROLOGUE = b"utcp secure mode v2"   # v2: msg1 carries a timestamp (v1 peers fail msg1)
 EXID = 0x7574          # RFC 6994 experiment ID carried in option 254 ("ut")
 DHLEN = 32
 TAGLEN = 16
-MSG1_LEN = DHLEN + (DHLEN + TAGLEN) + TAGLEN   # e, enc(s), enc(empty payload)
+TIMESTAMP_LEN = 12                             # TAI64N, as WireGuard's handshake
+MSG1_LEN = DHLEN + (DHLEN + TAGLEN) + TIMESTAMP_LEN + TAGLEN  # e, enc(s), enc(timestamp)
 MSG2_LEN = DHLEN + TAGLEN                      # e, enc(empty payload)
 COUNTER_OPTION_LEN = 12                        # kind, len, ExID, 64-bit counter
 REPLAY_WINDOW = 4096
@@ -77,8 +80,20 @@ def load_private(text: str) -> X25519PrivateKey:
 
 def load_public(text: str) -> bytes:
     raw = _decode_key(text, "public")
-    X25519PublicKey.from_public_bytes(raw)  # validates the length
+    check_public(raw)
     return raw
+
+
+def check_public(raw: bytes) -> None:
+    """Refuse a public key whose DH result is all zeros: the all-zero key and the other
+    low-order points (RFC 7748 6.1). Any handshake with one has a shared secret every
+    attacker knows. Rather than list the points, ask the primitive: X25519 with a
+    clamped scalar maps every point of order dividing 8 (on the curve or its twist, in
+    any encoding) to zero, and `cryptography` refuses a zero result."""
+    try:
+        X25519PrivateKey.generate().exchange(X25519PublicKey.from_public_bytes(raw))
+    except ValueError:
+        raise ValueError("a low-order public key (its DH result is all zeros)") from None
 
 
 def _decode_key(text: str, kind: str) -> bytes:
@@ -169,6 +184,23 @@ def _header_for_hash(header: bytes) -> bytes:
 
 # ---------------------------------------------------------------------- handshake
 
+_last_timestamp = 0
+
+
+def tai64n() -> bytes:
+    """Now as TAI64N (WireGuard's handshake timestamp): 8 bytes of 2**62 + seconds, 4 of
+    nanoseconds, big-endian, so newer compares greater as bytes. The responder keeps
+    the greatest it has seen per client key and drops a msg1 that is not newer: a
+    replayed SYN. Strictly increasing within the process, so two connects in the same
+    nanosecond (or a clock step back) still give fresh handshakes; across restarts the
+    wall clock must not go back, as for WireGuard."""
+    global _last_timestamp
+    now = max(time.time_ns(), _last_timestamp + 1)
+    _last_timestamp = now
+    seconds, nanos = divmod(now, 1_000_000_000)
+    return struct.pack("!QI", (1 << 62) + seconds, nanos)
+
+
 class Initiator:
     """The client's side. `server_public` is pinned: any other server fails msg2."""
 
@@ -190,7 +222,7 @@ class Initiator:
         s_pub = self._s.public_key().public_bytes(_RAW, _PUB_RAW)
         enc_s = ss.encrypt_and_hash(s_pub)                    # s
         ss.mix_key(_dh(self._s, self._rs))                    # ss
-        self._msg1 = e_pub + enc_s + ss.encrypt_and_hash(b"")
+        self._msg1 = e_pub + enc_s + ss.encrypt_and_hash(tai64n())
         return self._msg1
 
     def read_msg2(self, synack_header: bytes, msg2: bytes) -> Session:
@@ -219,6 +251,7 @@ class Responder:
         self._ss = _start(self._s_pub)
         self._re = b""
         self.client_public = b""
+        self.timestamp = b""    # msg1's TAI64N: newer than the last one from this key?
         self._msg2: bytes | None = None
         self.session: Session | None = None
 
@@ -233,7 +266,7 @@ class Responder:
         ss.mix_key(_dh(self._s, self._re))                    # es
         self.client_public = ss.decrypt_and_hash(msg1[DHLEN:DHLEN + DHLEN + TAGLEN])  # s
         ss.mix_key(_dh(self._s, self.client_public))          # ss
-        ss.decrypt_and_hash(msg1[DHLEN + DHLEN + TAGLEN:])
+        self.timestamp = ss.decrypt_and_hash(msg1[DHLEN + DHLEN + TAGLEN:])
         return self.client_public
 
     def write_msg2(self, synack_header: bytes) -> bytes:
@@ -249,6 +282,47 @@ class Responder:
         k_recv, k_send = ss.split()
         self.session = Session(k_send, k_recv)
         return self._msg2
+
+
+# ---------------------------------------------------------------------- retry cookies
+
+COOKIE_LEN = 12            # 96-bit MAC: an online forgery needs ~2**95 tries
+COOKIE_OPTION_LEN = 4 + COOKIE_LEN   # kind, len, ExID, cookie: 16, unlike the counter's 12
+_RETRY_PERIOD = 10.0       # seconds per secret epoch; a cookie lives 10 to 20 s
+
+
+class RetryCookies:
+    """Stateless proof that a SYN's source address receives what is sent to it.
+
+    Under load a secure server answers a SYN with a cookie instead of doing the two
+    X25519 operations msg1 costs (WireGuard's cookie reply, QUIC's Retry, RFC 9000
+    8.1.2): cookie = HMAC-SHA256(secret, epoch, address, port)[:12]. The client repeats
+    its SYN with the cookie; a flood from spoofed addresses never sees one. It is
+    bound to the address and not to the SYN, so a client may resend the same msg1.
+    """
+
+    def __init__(self, secret: bytes | None = None) -> None:
+        import os
+
+        self._secret = secret if secret is not None else os.urandom(32)
+
+    def _mac(self, epoch: int, addr: tuple[str, int]) -> bytes:
+        from cryptography.hazmat.primitives import hmac
+
+        mac = hmac.HMAC(self._secret, hashes.SHA256())
+        mac.update(struct.pack("!QH", epoch & 0xFFFFFFFFFFFFFFFF, addr[1] & 0xFFFF))
+        mac.update(addr[0].encode())
+        return mac.finalize()[:COOKIE_LEN]
+
+    def make(self, addr: tuple[str, int], now: float) -> bytes:
+        return self._mac(int(now // _RETRY_PERIOD), addr)
+
+    def check(self, addr: tuple[str, int], cookie: bytes, now: float) -> bool:
+        import hmac as std_hmac  # constant-time comparison only
+
+        epoch = int(now // _RETRY_PERIOD)
+        return any(std_hmac.compare_digest(self._mac(e, addr), cookie)
+                   for e in (epoch, epoch - 1))
 
 
 # ---------------------------------------------------------------------- transport

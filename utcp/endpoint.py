@@ -64,7 +64,9 @@ class Endpoint:
             collections.OrderedDict()
         # Set by the I/O layer: the largest segment payload the route to a peer carries.
         self.route_mss: Callable[[Addr], int] | None = None
-        self._secure = secure.SecureLayer(config, self.counters) if config.secure else None
+        self._secure = (secure.SecureLayer(config, self.counters, listening=listening,
+                                           send=self._send_raw)
+                        if config.secure else None)
         # anti-amplification: bytes received from / sent to each unvalidated address
         self._unvalidated: dict[Connection, list[int]] = {}
 
@@ -131,17 +133,20 @@ class Endpoint:
                 data = opened
             elif data[13] & wire.SYN and not data[13] & (wire.ACK | wire.RST):
                 if self.listening:
-                    got = self._secure.read_syn(data)
+                    got = self._secure.read_syn(data, key, now, self._syn_room(),
+                                                self.backlog)
                     if got is None:
-                        self._refuse(data, key)  # fail the client fast and clearly
-                        return
+                        return  # counted, and answered if it is to be
                     hlen = (data[12] >> 4) * 4
                     handshake = (got[0], got[1], bytes(data[hlen:]))
                     data = got[0]
             elif not data[13] & wire.SYN:
                 moved = self._secure.rebind(self.connections, data, key)
                 if moved is not None:
-                    conn, data = moved
+                    conn, opened = moved
+                    if opened is None:
+                        return  # a path validation segment, consumed
+                    data = opened
             if conn is None and handshake is None:
                 # neither a connection's segment nor a handshake that authenticates: what
                 # follows (a RST, or nothing) is what plaintext TCP would do, but count it
@@ -270,12 +275,15 @@ class Endpoint:
             return True
         return False
 
-    def _refuse(self, data: bytes | bytearray | memoryview, key: Addr) -> None:
-        try:
-            seg = wire.parse(data[:(data[12] >> 4) * 4])
-        except wire.MalformedSegment:
-            return
-        self._reset_for(seg, key)
+    def _syn_room(self) -> int:
+        """How many more half-open connections _on_syn would take now."""
+        if len(self.accept_queue) >= self.backlog:
+            return 0
+        return min(self.backlog - len(self.syn_queue),
+                   self.config.max_connections - len(self.connections))
+
+    def _send_raw(self, data: bytes, addr: Addr) -> None:
+        self._out.append((data, addr))
 
     def _reset_for(self, seg: wire.Segment, key: Addr) -> None:
         """RFC 9293 §3.10.7.1: answer a segment for no connection with RST."""

@@ -364,6 +364,7 @@ async def create_server(
 ) -> Server:
     """`loop.create_server` over utcp: one UDP socket per local address serves them all."""
     cfg = _check_config(config)
+    cfg.check_server()  # secure mode's footguns (docs/secure-mode.md), before any bind
     checked_port = _check_port(port, allow_none=True) or 0
     context = _ssl_context(ssl, server_side=True)
     if context is None and ssl_handshake_timeout is not None:
