@@ -1783,7 +1783,11 @@ class Connection:
     def _window_field(self) -> int:
         """The window to advertise, rounded up so the right edge never moves left."""
         shift = self.rcv_wscale
-        wnd = max(self._rcv_space(), self.rcv_adv - self.rcv_nxt, 0)
+        space = self.config.recv_buffer - self._rcvbuf_len
+        budget = self.memory_budget
+        if budget is not None and budget.used >= budget.pressure:
+            space = self._rcv_space()  # the rare case: out of line
+        wnd = max(space, self.rcv_adv - self.rcv_nxt, 0)
         field = min((wnd + (1 << shift) - 1) >> shift, MAX_WINDOW_FIELD)
         edge = self.rcv_nxt + (field << shift)
         if edge > self.rcv_adv:

@@ -164,8 +164,7 @@ class Endpoint:
                 budget[0] += size
             if conn in self._evictable:
                 self._evictable.move_to_end(conn)  # idle no more
-            conn.receive(seg, now)
-            conn.recharge()
+            conn.receive(seg, now)  # its memory is recharged when it is serviced
             return
         flags = seg.flags
         if flags & wire.RST:
@@ -349,6 +348,10 @@ class Endpoint:
         for datagram in datagrams:
             out.append((datagram, peer))
         self._touched[conn] = None
+        # Once per connection per batch of datagrams, not per datagram: admission control
+        # (Connection._mem_admit) counts the connection's own growth since exactly, and
+        # other connections' growth within one batch is small.
+        conn.recharge()
         state = conn.state
         if state == State.CLOSED:
             self._forget(conn)
