@@ -299,13 +299,31 @@ class Connection:
         self._set_state(Ev.ABORT)
         self._terminate(None)
 
-    def icmp_unreachable(self) -> None:
+    def icmp_unreachable(self, seq: int | None = None) -> bool:
         """The network says nothing listens at the peer's port (ICMP port unreachable).
 
-        Only a connection still waiting for its SYN to be answered gives up on it (a hard
-        error, like Linux's); later it is a soft error that retransmission rides out.
+        Over UDP that is what a peer whose process died leaves behind: no kernel answers
+        for its connections, so the ICMP is the RST it cannot send, and it ends the
+        connection in any state but TIME_WAIT (a connect with ConnectionRefusedError,
+        later ConnectionResetError). `seq` is the sequence number of the segment the
+        ICMP quotes: as Linux does (RFC 5927 §4.1), only one we sent and have not had
+        acknowledged is believed (or snd_una - 1, our keepalive and window probes'), so a
+        blind attacker must guess it as for an RST. True if the connection ended.
         """
-        self.refuse("connection refused (port unreachable)")
+        if seq is not None:
+            quoted = sq.unwrap(seq, self.snd_una)
+            if not self.snd_una - 1 <= quoted <= self.snd_max:
+                self._drop("ICMP quoting a sequence number we have not sent")
+                return False
+        if self.state == State.SYN_SENT:
+            self.refuse("connection refused (port unreachable)")
+            return True
+        if self.state in (State.CLOSED, State.LISTEN, State.TIME_WAIT):
+            return False
+        self._fail(ConnectionResetError("connection reset: the peer's port is unreachable"
+                                        " (ICMP), its process has likely exited"),
+                   send_rst=False)
+        return True
 
     def refuse(self, message: str) -> None:
         """The layer below knows the connect cannot succeed: fail it with this message."""

@@ -14,6 +14,7 @@ import collections
 import contextlib
 import errno
 import socket
+import struct
 import sys
 import time
 import weakref
@@ -22,7 +23,8 @@ from typing import TYPE_CHECKING
 
 from utcp import log, pcap
 from utcp.aio import batch
-from utcp.endpoint import Addr, Endpoint
+from utcp.endpoint import Addr, Endpoint, peer_key
+from utcp.state import State
 
 if TYPE_CHECKING:
     from utcp.aio.transport import UtcpTransport
@@ -64,6 +66,39 @@ def set_dont_fragment(sock: socket.socket) -> None:
             sock.setsockopt(socket.IPPROTO_IP, IP_MTU_DISCOVER, IP_PMTUDISC_PROBE)
     except OSError:
         pass
+
+
+IP_RECVERR, IPV6_RECVERR = 11, 25                               # Linux <linux/in.h>, in6.h
+MSG_ERRQUEUE = getattr(socket, "MSG_ERRQUEUE", 0x2000)
+SO_EE_ORIGIN_ICMP, SO_EE_ORIGIN_ICMP6 = 2, 3                    # <linux/errqueue.h>
+_EXTENDED_ERR = struct.Struct("=IBBBBII")   # struct sock_extended_err, then the offender
+_RECVERR_KINDS = {(socket.IPPROTO_IP, IP_RECVERR), (socket.IPPROTO_IPV6, IPV6_RECVERR)}
+ERRQUEUE_READS = 64     # error-queue entries read per call at most
+ERRQUEUE_QUOTE = 64     # bytes of the quoted datagram kept: our header's ports and seq
+# What a queued ICMP error also leaves in sk_err, for the next socket call to report once.
+_ICMP_ERRNOS = frozenset({errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH,
+                          errno.EHOSTDOWN, errno.EPROTO, errno.EMSGSIZE,
+                          getattr(errno, "ENONET", 64)})
+
+
+def enable_recverr(sock: socket.socket) -> bool:
+    """Ask Linux to queue ICMP errors on this socket with the address they concern.
+
+    Without it an unconnected (server) socket never hears that a peer's port is gone,
+    and a connected one hears only "refused" with nothing to check it against. With it
+    each error comes with the datagram it answers, so one peer's ICMP ends only that
+    peer's connection, and only if it quotes a sequence number we sent (RFC 5927).
+    """
+    try:
+        if sock.family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, IPV6_RECVERR, 1)
+            with contextlib.suppress(OSError):  # IPv4-mapped peers of a dual-stack socket
+                sock.setsockopt(socket.IPPROTO_IP, IP_RECVERR, 1)
+        else:
+            sock.setsockopt(socket.IPPROTO_IP, IP_RECVERR, 1)
+    except OSError:
+        return False
+    return True
 
 
 def route_mss(family: int, host: str) -> int | None:
@@ -272,6 +307,7 @@ class UdpPort:
         self._local = sock.getsockname()
         self._gso = batch.probe_gso(sock)
         self._gro = batch.enable_gro(sock)
+        self._recverr = enable_recverr(sock)
         self.gso_sends = 0
         self._pcap = (pcap.acquire(endpoint.config.pcap, self._local[1])
                       if endpoint.config.pcap else None)
@@ -318,13 +354,16 @@ class UdpPort:
         now = self.loop.time()
         recv = sock.recvfrom_into
         if self._gro:
-            self._read_gro(now)
+            if not self._read_gro(now):
+                self._woken_for_nothing()
             self.process(now)
             return
-        for _ in range(RECV_BATCH):
+        for i in range(RECV_BATCH):
             try:
                 n, addr = recv(self._buf)
             except (BlockingIOError, InterruptedError):
+                if i == 0:
+                    self._woken_for_nothing()
                 break
             except OSError as exc:
                 self._on_socket_error(exc)
@@ -337,11 +376,12 @@ class UdpPort:
                 self._bad_datagram(exc, addr)
         self.process(now)
 
-    def _read_gro(self, now: float) -> None:
-        """Like the plain loop, but one recvmsg may carry many datagrams of one size."""
+    def _read_gro(self, now: float) -> int:
+        """Like the plain loop, but one recvmsg may carry many datagrams of one size.
+        Returns how many recvmsg calls succeeded or failed (0: nothing to read)."""
         sock, view, ep, buf = self.sock, self._view, self.endpoint, self._buf
         recv = sock.recvmsg_into
-        received = 0
+        received = calls = 0
         while received < RECV_BATCH:
             try:
                 n, anc, _flags, addr = recv([buf], batch.GRO_CMSG_SPACE)
@@ -349,7 +389,8 @@ class UdpPort:
                 break
             except OSError as exc:
                 self._on_socket_error(exc)
-                break
+                return calls + 1
+            calls += 1
             for begin, end in batch.gro_pieces(n, batch.gro_segment_size(anc)):
                 piece = view[begin:end]
                 if self._pcap is not None:
@@ -359,6 +400,7 @@ class UdpPort:
                 except Exception as exc:  # see _bad_datagram
                     self._bad_datagram(exc, addr)
                 received += 1
+        return calls
 
     def _bad_datagram(self, exc: Exception, addr: object) -> None:
         """A datagram the core failed on: counted and dropped, never raised.
@@ -373,18 +415,75 @@ class UdpPort:
             log.emit("drop", reason="exception", error=repr(exc), peer=str(addr))
 
     def _on_socket_error(self, exc: OSError) -> None:
-        """ICMP errors reach a connected UDP socket as recv/send errors (Linux)."""
+        """ICMP errors reach a UDP socket as recv/send errors (Linux): on a connected
+        socket always, on any socket with IP_RECVERR, which also queues their details."""
         self.send_errors[errno.errorcode.get(exc.errno or 0, str(exc.errno))] += 1
+        self._poll_again()
+        if self._recverr:
+            self._read_error_queue()
+        elif isinstance(exc, ConnectionRefusedError) and self.connected:
+            # No error queue (not Linux): the kernel matched the connected socket's pair
+            # of addresses, which is all there is to check.
+            for conn in list(self.endpoint.connections.values()):
+                if self.icmp_refuses or conn.state != State.SYN_SENT:
+                    conn.icmp_unreachable()
+        elif log.enabled():
+            log.emit("socket_error", error=str(exc))
+
+    def _poll_again(self) -> None:
         # libuv (uvloop) stops polling a socket that reported POLLERR, which a pending
         # ICMP error is: register the reader again so the connection keeps hearing.
         if not self.closed:
             self.loop.remove_reader(self._fd)
             self.loop.add_reader(self._fd, self._on_readable)
-        if isinstance(exc, ConnectionRefusedError) and self.connected and self.icmp_refuses:
-            for conn in list(self.endpoint.connections.values()):
-                conn.icmp_unreachable()
-        elif log.enabled():
-            log.emit("socket_error", error=str(exc))
+
+    def _woken_for_nothing(self) -> None:
+        """Readable, yet nothing to read: POLLERR for an error queued without sk_err
+        (a local EMSGSIZE, say). Unread it would wake the loop again at once (asyncio)
+        or silence the socket for good (libuv)."""
+        if self._recverr and self._read_error_queue():
+            self._poll_again()
+
+    def _read_error_queue(self) -> int:
+        """Act on the ICMP errors Linux queued (IP_RECVERR); returns how many were read.
+
+        The address recvmsg gives is the one the failed datagram was sent to, so on a
+        server's shared socket the error finds its one connection; the datagram it
+        quotes (as much as the ICMP carried) holds our header's sequence number.
+        """
+        read = 0
+        recvmsg = self.sock.recvmsg
+        for _ in range(ERRQUEUE_READS):
+            try:
+                quoted, ancdata, _flags, addr = recvmsg(ERRQUEUE_QUOTE, 512, MSG_ERRQUEUE)
+            except OSError:  # EAGAIN: the queue is empty
+                break
+            read += 1
+            for level, kind, raw in ancdata:
+                if (level, kind) not in _RECVERR_KINDS or len(raw) < _EXTENDED_ERR.size:
+                    continue
+                ee_errno, origin = _EXTENDED_ERR.unpack_from(raw)[:2]
+                if ee_errno == errno.ECONNREFUSED and origin in (SO_EE_ORIGIN_ICMP,
+                                                                 SO_EE_ORIGIN_ICMP6):
+                    self._port_unreachable(addr, quoted)
+        return read
+
+    def _port_unreachable(self, addr: tuple[object, ...], quoted: bytes) -> None:
+        counters = self.endpoint.counters
+        conn = self.endpoint.connections.get(peer_key(addr)) if addr else None
+        if conn is None:
+            counters["ICMP port unreachable for no connection"] += 1
+            return
+        if len(quoted) < 8:
+            counters["ICMP port unreachable quoting too little to check"] += 1
+            return
+        if conn.state == State.SYN_SENT and not self.icmp_refuses:
+            return  # a peer-to-peer connect rides it out: the peer may not be up yet
+        if conn.icmp_unreachable(int.from_bytes(quoted[4:8], "big")):
+            counters["ICMP port unreachable: connection ended"] += 1
+            self.schedule_flush()
+        else:
+            counters["ICMP port unreachable ignored"] += 1
 
     # ------------------------------------------------------------------ processing
 
@@ -489,6 +588,18 @@ class UdpPort:
                 self._on_socket_error(exc)
 
     def _send_one(self, data: bytes, addr: Addr) -> None:
+        try:
+            self._send_raw(data, addr)
+        except OSError as exc:
+            if not self._recverr or exc.errno not in _ICMP_ERRNOS:
+                raise
+            # With IP_RECVERR an ICMP error about some earlier datagram, to any peer, is
+            # also reported once by the next socket call, and a send that reports it has
+            # sent nothing: read the queue, then send this datagram after all.
+            self._on_socket_error(exc)
+            self._send_raw(data, addr)
+
+    def _send_raw(self, data: bytes, addr: Addr) -> None:
         if self.connected:
             self.sock.send(data)
         else:
@@ -504,10 +615,19 @@ class UdpPort:
                     self._send_one(data, addr)
                 else:
                     joined = [b"".join([d for d, _ in datagrams[begin:end]])]
-                    if connected:
-                        sock.sendmsg(joined, batch.gso_control(size))
-                    else:
-                        sock.sendmsg(joined, batch.gso_control(size), 0, addr)
+                    try:
+                        if connected:
+                            sock.sendmsg(joined, batch.gso_control(size))
+                        else:
+                            sock.sendmsg(joined, batch.gso_control(size), 0, addr)
+                    except OSError as exc:
+                        if not self._recverr or exc.errno not in _ICMP_ERRNOS:
+                            raise
+                        self._on_socket_error(exc)  # as in _send_one: not this batch's
+                        if connected:
+                            sock.sendmsg(joined, batch.gso_control(size))
+                        else:
+                            sock.sendmsg(joined, batch.gso_control(size), 0, addr)
                     self.gso_sends += 1
             except OSError as exc:
                 if _would_block(exc):
