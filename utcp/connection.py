@@ -634,12 +634,20 @@ class Connection:
         interval = self.config.keepalive_interval
         if interval is None or self.state not in SYNCHRONIZED or self.state == State.TIME_WAIT:
             return
+        if self.snd_max != self.snd_una or self.unsent:
+            # Data to deliver: the retransmission and persist timers judge the peer (as
+            # Linux's tcp_keepalive_timer), and a path that is down for a minute while
+            # they back off must not end the connection sooner than they would.
+            self._keepalive_deadline = now + interval
+            return
         if self._keepalive_sent >= self.config.keepalive_probes:
             self._fail(TimeoutError("keepalive probes unanswered"), send_rst=True)
             return
         self._keepalive_sent += 1
         self._emit(self.snd_una - 1, 0, ACK)
-        self._keepalive_deadline = now + interval
+        # TCP_KEEPINTVL after TCP_KEEPIDLE: probes close together once one goes
+        # unanswered, so a dead peer is noticed soon after the idle time, not probes x it
+        self._keepalive_deadline = now + min(interval, self.config.keepalive_probe_interval)
 
     # --------------------------------------------------------------------- input
 
