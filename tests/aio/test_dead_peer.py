@@ -45,6 +45,14 @@ if mode == "run":      # asyncio.run's loop closes with the connection open; we 
     (uvloop.run if loop_name == "uvloop" else asyncio.run)(main())
     print("loop closed", flush=True)
     sys.stdin.read()
+elif mode == "closed":   # closes without waiting, and asyncio.run ends at once
+    async def main():
+        reader, writer = await connect()
+        writer.write(bytes(range(256)) * 1000)
+        writer.close()
+    (uvloop.run if loop_name == "uvloop" else asyncio.run)(main())
+    print("loop closed", flush=True)
+    sys.stdin.read()
 elif mode == "exit":   # the interpreter exits with the loop (and connection) still open
     loop = (uvloop.new_event_loop if loop_name == "uvloop" else asyncio.new_event_loop)()
     keep.append(loop.run_until_complete(connect()))
@@ -128,6 +136,19 @@ async def test_peer_leaving_with_connection_open_resets_it(mode: str, child_loop
             assert isinstance(outcome, ConnectionResetError), outcome
             if mode == "run":
                 assert proc.poll() is None  # the loop closed, not the process
+
+
+@pytest.mark.parametrize("child_loop", ["asyncio", "uvloop"])
+async def test_peer_closing_as_its_loop_ends_still_delivers(child_loop: str) -> None:
+    """`write(); close()` and the loop ends: as with kernel TCP the data and the EOF
+    arrive (the loop's shutdown waits for the FIN's ACK), and no reset follows."""
+    async with watching_server() as (server, outcomes):
+        with child(CHILD_CLIENT, "closed", child_loop, str(port_of(server))) as proc:
+            await read_line(proc)
+            async with asyncio.timeout(PROMPT):
+                outcome = await outcomes.get()
+            assert outcome == bytes(range(256)) * 1000
+            assert proc.poll() is None
 
 
 @pytest.mark.parametrize("child_loop", ["asyncio", "uvloop"])

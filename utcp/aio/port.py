@@ -198,7 +198,7 @@ def _reset_connections(sock: socket.socket, endpoint: Endpoint) -> None:
         return
     try:
         for conn in list(endpoint.connections.values()):
-            conn.abort()
+            _abandon(conn, closing_too=True)
         datagrams = endpoint.datagrams_to_send(time.monotonic())
     except Exception:  # at interpreter exit, never let one endpoint stop the others
         return
@@ -207,6 +207,28 @@ def _reset_connections(sock: socket.socket, endpoint: Endpoint) -> None:
             sock.sendto(data, addr)
         except OSError:
             continue
+
+
+# The application closed, and its FIN waits for an ACK: what the kernel would go on
+# sending as an orphan after the process is gone.
+_FIN_UNACKED = frozenset({State.FIN_WAIT_1, State.CLOSING, State.LAST_ACK})
+SHUTDOWN_LINGER_IDLE = 1.0   # a loop shutting down waits for closing connections while
+SHUTDOWN_LINGER_MAX = 10.0   # their ACKs keep coming, this long without one at most
+
+
+def _abandon(conn: Connection, *, closing_too: bool) -> None:
+    """What the kernel would do with `conn` when its process goes, as far as we can.
+
+    One the application never closed is reset (an abortive close: the peer learns at
+    once). One whose FIN the peer has acknowledged (FIN_WAIT_2) is left alone: the
+    peer has every byte and our EOF, and a RST could still cost it data it has not yet
+    read (asyncio's StreamReader raises the reset before buffered data); should it
+    write, its datagrams draw ICMP port unreachable, which resets its side. A FIN not
+    yet acknowledged (`closing_too`) is reset too, since nothing will resend it.
+    """
+    if conn.state is State.FIN_WAIT_2 or (not closing_too and conn.state in _FIN_UNACKED):
+        return
+    conn.abort()
 
 
 def _release(sock: socket.socket, writer: pcap.PcapWriter | None, port: int,
@@ -237,9 +259,36 @@ async def _loop_shutdown_sentinel(loop_ref: weakref.ref[asyncio.AbstractEventLoo
         yield
     finally:
         loop = loop_ref()
-        ports = _loop_ports.get(loop) if loop is not None else None
-        for port in list(ports or ()):
-            port.reset_connections()
+        found = _loop_ports.get(loop) if loop is not None else None
+        ports = [port for port in found or () if not port.closed]
+        for port in ports:
+            port.reset_connections(closing_too=False)
+        if loop is not None and ports:
+            await _linger_for_fins(loop, ports)
+        for port in ports:
+            port.reset_connections(closing_too=True)
+
+
+async def _linger_for_fins(loop: asyncio.AbstractEventLoop, ports: list[UdpPort]) -> None:
+    """Let closed connections deliver what they still have and their FIN, while their
+    peers keep acknowledging: `writer.write(data); writer.close()` at the end of
+    `asyncio.run` delivers `data` with kernel TCP, whose orphan sockets outlive the
+    process. Bounded, since a dead peer must not hold up the program's exit."""
+    def progress() -> tuple[int, int] | None:
+        closing = [conn for port in ports for conn in port.endpoint.connections.values()
+                   if conn.state in _FIN_UNACKED]
+        return (len(closing), sum(c.bytes_acked for c in closing)) if closing else None
+
+    start = last_progress = loop.time()
+    seen = progress()
+    while seen is not None:
+        now = loop.time()
+        if now - last_progress > SHUTDOWN_LINGER_IDLE or now - start > SHUTDOWN_LINGER_MAX:
+            return
+        await asyncio.sleep(0.01)
+        now_seen = progress()
+        if now_seen != seen:
+            seen, last_progress = now_seen, loop.time()
 
 
 def _track(port: UdpPort) -> None:
@@ -339,12 +388,12 @@ class UdpPort:
         found = self._route_cache[host]
         return found if found is not None else self.endpoint.config.mss
 
-    def reset_connections(self) -> None:
-        """The loop is shutting down with connections open: RST them (see _track)."""
+    def reset_connections(self, *, closing_too: bool) -> None:
+        """The loop is shutting down with connections open: RST them (see _abandon)."""
         if self.closed or not self.endpoint.connections:
             return
         for conn in list(self.endpoint.connections.values()):
-            conn.abort()
+            _abandon(conn, closing_too=closing_too)
         self._send(self.endpoint.datagrams_to_send(self.loop.time()))
 
     # ------------------------------------------------------------------ input
