@@ -638,7 +638,10 @@ class UdpPort:
 
     def _send_one(self, data: bytes, addr: Addr) -> None:
         try:
-            self._send_raw(data, addr)
+            if self.connected:
+                self.sock.send(data)
+            else:
+                self.sock.sendto(data, addr)
         except OSError as exc:
             if not self._recverr or exc.errno not in _ICMP_ERRNOS:
                 raise
