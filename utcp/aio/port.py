@@ -185,14 +185,15 @@ def _would_block(exc: OSError) -> bool:
 
 
 def _reset_connections(sock: socket.socket, endpoint: Endpoint) -> None:
-    """RST every connection the peer still believes in, straight from the socket.
+    """RST the connections the peer still believes open, straight from the socket.
 
     When a process dies holding TCP sockets its kernel answers for it; here the process
     is the stack, and a peer that hears nothing waits forever for data or a FIN that will
-    never come (issue #11). So whatever still holds the socket when it goes - the garbage
-    collector, interpreter exit, an overflowing TIME_WAIT table - first aborts what is
-    left (RFC 9293 §3.10.5: RST only where the peer is synchronized with us). The sends
-    do not block: a datagram the full socket buffer refuses is lost, as at any crash.
+    never come (issue #11). So whatever closes the socket with connections left - the
+    garbage collector, interpreter exit, an overflowing TIME_WAIT table - first abandons
+    them as `_abandon` says. Nothing can wait for ACKs here (no loop may be running);
+    the sends do not block: a datagram a full socket buffer refuses is lost, as at any
+    crash.
     """
     if not endpoint.connections or sock.fileno() < 0:
         return
