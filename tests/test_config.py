@@ -9,7 +9,8 @@ import pytest
 
 from utcp.config import Config
 
-POSITIVE_FLOATS = ["msl", "rto_initial", "rto_min", "rto_max", "ack_delay"]
+POSITIVE_FLOATS = ["msl", "rto_initial", "rto_min", "rto_max", "ack_delay",
+                   "keepalive_probe_interval"]
 OPTIONAL_FLOATS = ["idle_timeout", "keepalive_interval", "user_timeout"]
 INT_BOUNDS = {
     "syn_retries": (0, 255),
@@ -53,8 +54,9 @@ def test_defaults() -> None:
     assert c.recv_buffer == 4 * 1024 * 1024
     assert c.send_buffer == 4 * 1024 * 1024
     assert c.idle_timeout is None
-    assert c.keepalive_interval is None
-    assert c.keepalive_probes == 9
+    assert c.keepalive_interval == 25.0
+    assert c.keepalive_probe_interval == 5.0
+    assert c.keepalive_probes == 6
     assert c.user_timeout is None
     assert c.congestion == "newreno"
     assert c.ack_delay == 0.04

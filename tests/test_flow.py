@@ -256,7 +256,8 @@ def test_keepalive_probes_an_idle_connection_and_detects_a_dead_peer() -> None:
 
 
 def test_keepalive_off_sends_nothing_on_an_idle_connection() -> None:
-    p = establish()
+    off = CFG.replace(keepalive_interval=None)  # on by default
+    p = establish(client_cfg=off, server_cfg=off)
     t_idle = p.net.now + 1.0
     p.net.run(until=t_idle + 60.0)
     assert p.tap.sent_by(CLIENT, since=t_idle) == []

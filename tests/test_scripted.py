@@ -35,7 +35,8 @@ CLIENT: tuple[str, int] = PEER               # the peer when the script is a ser
 # (tests/test_timestamps.py covers RFC 7323, on by default).
 CFG = Config(mss=1000, recv_buffer=64000, send_buffer=1 << 20, rto_initial=1.0,
              rto_min=0.2, rto_max=60.0, msl=0.75, ack_delay=0.0625,
-             syn_retries=3, synack_retries=2, timestamps=False)
+             syn_retries=3, synack_retries=2, timestamps=False,
+             keepalive_interval=None)  # the scripted peer answers no probe unless told
 OUR_SYN_OPTS = wire.Options(mss=1000, wscale=0, sack_permitted=True)  # CFG's SYN
 OUR_SYNACK_OPTS = wire.Options(mss=1000, wscale=0)  # answering a SYN without SACK
 PEER_OPTS = wire.Options(mss=1000, wscale=0)

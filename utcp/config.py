@@ -34,8 +34,11 @@ class Config:
     recv_buffer: int = 4 * 1024 * 1024  # receive window (bytes unread + in flight to us)
     send_buffer: int = 4 * 1024 * 1024  # bytes in flight at most
     idle_timeout: float | None = None  # close gracefully after this long with no segment
-    keepalive_interval: float | None = None  # probe an idle connection this often
-    keepalive_probes: int = 9          # unanswered probes before the connection is dropped
+    keepalive_interval: float | None = 25.0  # idle this long (nothing heard) -> probe;
+    #   under the ~30 s after which many NATs forget a quiet UDP mapping. None = off
+    keepalive_probe_interval: float = 5.0  # then between unanswered probes (at most the
+    #   above): with 6 probes a silent dead peer is noticed after 25 + 6 x 5 = 55 s
+    keepalive_probes: int = 6          # unanswered probes before the connection is dropped
     user_timeout: float | None = None  # unacknowledged data this old ends the connection
     congestion: str = "newreno"
     ack_delay: float = 0.04            # delayed-ACK timer (RFC 9293 §3.8.6.3: < 0.5 s)
@@ -97,7 +100,8 @@ class Config:
         return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
 
 
-_FLOAT_POSITIVE = {"msl", "rto_initial", "rto_min", "rto_max", "ack_delay"}
+_FLOAT_POSITIVE = {"msl", "rto_initial", "rto_min", "rto_max", "ack_delay",
+                   "keepalive_probe_interval"}
 _FLOAT_OPTIONAL = {"idle_timeout", "keepalive_interval", "user_timeout"}
 _INT_RANGES = {
     "syn_retries": (0, 255),

@@ -370,13 +370,31 @@ class Connection:
         self._set_state(Ev.ABORT)
         self._terminate(None)
 
-    def icmp_unreachable(self) -> None:
+    def icmp_unreachable(self, seq: int | None = None) -> bool:
         """The network says nothing listens at the peer's port (ICMP port unreachable).
 
-        Only a connection still waiting for its SYN to be answered gives up on it (a hard
-        error, like Linux's); later it is a soft error that retransmission rides out.
+        Over UDP that is what a peer whose process died leaves behind: no kernel answers
+        for its connections, so the ICMP is the RST it cannot send, and it ends the
+        connection in any state but TIME_WAIT (a connect with ConnectionRefusedError,
+        later ConnectionResetError). `seq` is the sequence number of the segment the
+        ICMP quotes: as Linux does (RFC 5927 §4.1), only one we sent and have not had
+        acknowledged is believed (or snd_una - 1, our keepalive and window probes'), so a
+        blind attacker must guess it as for an RST. True if the connection ended.
         """
-        self.refuse("connection refused (port unreachable)")
+        if seq is not None:
+            quoted = sq.unwrap(seq, self.snd_una)
+            if not self.snd_una - 1 <= quoted <= self.snd_max:
+                self._drop("ICMP quoting a sequence number we have not sent")
+                return False
+        if self.state == State.SYN_SENT:
+            self.refuse("connection refused (port unreachable)")
+            return True
+        if self.state in (State.CLOSED, State.LISTEN, State.TIME_WAIT):
+            return False
+        self._fail(ConnectionResetError("connection reset: the peer's port is unreachable"
+                                        " (ICMP), its process has likely exited"),
+                   send_rst=False)
+        return True
 
     def refuse(self, message: str) -> None:
         """The layer below knows the connect cannot succeed: fail it with this message."""
@@ -723,12 +741,20 @@ class Connection:
         interval = self.config.keepalive_interval
         if interval is None or self.state not in SYNCHRONIZED or self.state == State.TIME_WAIT:
             return
+        if self.snd_max != self.snd_una or self.unsent:
+            # Data to deliver: the retransmission and persist timers judge the peer (as
+            # Linux's tcp_keepalive_timer), and a path that is down for a minute while
+            # they back off must not end the connection sooner than they would.
+            self._keepalive_deadline = now + interval
+            return
         if self._keepalive_sent >= self.config.keepalive_probes:
             self._fail(TimeoutError("keepalive probes unanswered"), send_rst=True)
             return
         self._keepalive_sent += 1
         self._emit(self.snd_una - 1, 0, ACK)
-        self._keepalive_deadline = now + interval
+        # TCP_KEEPINTVL after TCP_KEEPIDLE: probes close together once one goes
+        # unanswered, so a dead peer is noticed soon after the idle time, not probes x it
+        self._keepalive_deadline = now + min(interval, self.config.keepalive_probe_interval)
 
     # --------------------------------------------------------------------- input
 

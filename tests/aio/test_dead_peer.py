@@ -13,6 +13,8 @@ import asyncio
 import contextlib
 import os
 import signal
+import socket
+import struct
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator
@@ -21,7 +23,7 @@ from pathlib import Path
 import pytest
 
 import utcp
-from tests.aio.util import FAST, HOST, TIMEOUT, port_of
+from tests.aio.util import FAST, HOST, TIMEOUT, port_of, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 PROMPT = 10.0   # "promptly": far below what keepalive would take, generous under load
@@ -40,6 +42,14 @@ keep = []
 if mode == "run":      # asyncio.run's loop closes with the connection open; we live on
     async def main():
         keep.append(await connect())
+    (uvloop.run if loop_name == "uvloop" else asyncio.run)(main())
+    print("loop closed", flush=True)
+    sys.stdin.read()
+elif mode == "closed":   # closes without waiting, and asyncio.run ends at once
+    async def main():
+        reader, writer = await connect()
+        writer.write(bytes(range(256)) * 1000)
+        writer.close()
     (uvloop.run if loop_name == "uvloop" else asyncio.run)(main())
     print("loop closed", flush=True)
     sys.stdin.read()
@@ -129,6 +139,19 @@ async def test_peer_leaving_with_connection_open_resets_it(mode: str, child_loop
 
 
 @pytest.mark.parametrize("child_loop", ["asyncio", "uvloop"])
+async def test_peer_closing_as_its_loop_ends_still_delivers(child_loop: str) -> None:
+    """`write(); close()` and the loop ends: as with kernel TCP the data and the EOF
+    arrive (the loop's shutdown waits for the FIN's ACK), and no reset follows."""
+    async with watching_server() as (server, outcomes):
+        with child(CHILD_CLIENT, "closed", child_loop, str(port_of(server))) as proc:
+            await read_line(proc)
+            async with asyncio.timeout(PROMPT):
+                outcome = await outcomes.get()
+            assert outcome == bytes(range(256)) * 1000
+            assert proc.poll() is None
+
+
+@pytest.mark.parametrize("child_loop", ["asyncio", "uvloop"])
 async def test_killed_client_is_noticed_by_server_icmp(child_loop: str) -> None:
     """The server's socket is unconnected: the ICMP comes through its error queue."""
     async with watching_server() as (server, outcomes):
@@ -160,4 +183,57 @@ async def test_killed_server_is_noticed_by_client_icmp(child_loop: str) -> None:
         with pytest.raises(ConnectionResetError):
             async with asyncio.timeout(PROMPT):
                 await reader.read()
+        writer.close()
+
+
+def _checksum(data: bytes) -> int:
+    if len(data) % 2:
+        data += b"\0"
+    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    while total >> 16:
+        total = (total & 0xFFFF) + (total >> 16)
+    return int(~total & 0xFFFF)
+
+
+def forge_port_unreachable(victim: tuple[str, int], peer: tuple[str, int], seq: int) -> None:
+    """An ICMP port unreachable as the peer's host would send it, quoting a datagram
+    the victim sent to the peer: an IP header, the UDP header, our TCP header."""
+    tcp = struct.pack("!HHIIBBHHH", victim[1], peer[1], seq, 0, 5 << 4, 0x10, 100, 0, 0)
+    udp = struct.pack("!HHHH", victim[1], peer[1], 8 + len(tcp), 0)
+    ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp) + len(tcp), 0, 0x4000, 64, 17,
+                     0, socket.inet_aton(victim[0]), socket.inet_aton(peer[0]))
+    body = ip + udp + tcp
+    icmp = struct.pack("!BBHI", 3, 3, 0, 0) + body
+    icmp = icmp[:2] + struct.pack("!H", _checksum(icmp)) + icmp[4:]
+    with socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP) as raw:
+        raw.sendto(icmp, (victim[0], 0))
+
+
+async def test_forged_icmp_must_quote_a_sequence_number_in_flight() -> None:
+    """RFC 5927 §4.1: a blind attacker's ICMP quoting a guessed sequence number does
+    nothing; one quoting what the victim sent (as the peer's own host would) resets."""
+    try:
+        socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP).close()
+    except PermissionError:
+        pytest.skip("forging ICMP needs CAP_NET_RAW")
+    async with watching_server() as (server, outcomes):
+        reader, writer = await utcp.open_connection(HOST, port_of(server), config=FAST)
+        writer.write(b"hello")
+        async with asyncio.timeout(TIMEOUT):
+            assert await reader.readexactly(2) == b"ok"
+        (victim_transport,) = server._active
+        conn = victim_transport.get_extra_info("connection")
+        counters = server._ports[0].endpoint.counters
+        victim = (HOST, port_of(server))
+        peer = writer.get_extra_info("sockname")
+        for guess in (conn.snd_una + (1 << 31), conn.snd_una + 100_000, conn.snd_una - 2):
+            forge_port_unreachable(victim, peer, guess & 0xFFFFFFFF)
+        await wait_until(lambda: counters["ICMP port unreachable ignored"] >= 3,
+                         what="the forged ICMPs to be read and ignored")
+        assert outcomes.empty()
+        assert server._ports[0].endpoint.connections  # the connection lives on
+        forge_port_unreachable(victim, peer, conn.snd_una & 0xFFFFFFFF)
+        async with asyncio.timeout(PROMPT):
+            outcome = await outcomes.get()
+        assert isinstance(outcome, ConnectionResetError), outcome
         writer.close()

@@ -14,6 +14,7 @@ import collections
 import contextlib
 import errno
 import socket
+import struct
 import sys
 import time
 import weakref
@@ -22,7 +23,8 @@ from typing import TYPE_CHECKING
 
 from utcp import log, pcap
 from utcp.aio import batch
-from utcp.endpoint import Addr, Endpoint
+from utcp.endpoint import Addr, Endpoint, peer_key
+from utcp.state import State
 
 if TYPE_CHECKING:
     from utcp.aio.transport import UtcpTransport
@@ -64,6 +66,39 @@ def set_dont_fragment(sock: socket.socket) -> None:
             sock.setsockopt(socket.IPPROTO_IP, IP_MTU_DISCOVER, IP_PMTUDISC_PROBE)
     except OSError:
         pass
+
+
+IP_RECVERR, IPV6_RECVERR = 11, 25                               # Linux <linux/in.h>, in6.h
+MSG_ERRQUEUE = getattr(socket, "MSG_ERRQUEUE", 0x2000)
+SO_EE_ORIGIN_ICMP, SO_EE_ORIGIN_ICMP6 = 2, 3                    # <linux/errqueue.h>
+_EXTENDED_ERR = struct.Struct("=IBBBBII")   # struct sock_extended_err, then the offender
+_RECVERR_KINDS = {(socket.IPPROTO_IP, IP_RECVERR), (socket.IPPROTO_IPV6, IPV6_RECVERR)}
+ERRQUEUE_READS = 64     # error-queue entries read per call at most
+ERRQUEUE_QUOTE = 64     # bytes of the quoted datagram kept: our header's ports and seq
+# What a queued ICMP error also leaves in sk_err, for the next socket call to report once.
+_ICMP_ERRNOS = frozenset({errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH,
+                          errno.EHOSTDOWN, errno.EPROTO, errno.EMSGSIZE,
+                          getattr(errno, "ENONET", 64)})
+
+
+def enable_recverr(sock: socket.socket) -> bool:
+    """Ask Linux to queue ICMP errors on this socket with the address they concern.
+
+    Without it an unconnected (server) socket never hears that a peer's port is gone,
+    and a connected one hears only "refused" with nothing to check it against. With it
+    each error comes with the datagram it answers, so one peer's ICMP ends only that
+    peer's connection, and only if it quotes a sequence number we sent (RFC 5927).
+    """
+    try:
+        if sock.family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, IPV6_RECVERR, 1)
+            with contextlib.suppress(OSError):  # IPv4-mapped peers of a dual-stack socket
+                sock.setsockopt(socket.IPPROTO_IP, IP_RECVERR, 1)
+        else:
+            sock.setsockopt(socket.IPPROTO_IP, IP_RECVERR, 1)
+    except OSError:
+        return False
+    return True
 
 
 def route_mss(family: int, host: str) -> int | None:
@@ -150,20 +185,21 @@ def _would_block(exc: OSError) -> bool:
 
 
 def _reset_connections(sock: socket.socket, endpoint: Endpoint) -> None:
-    """RST every connection the peer still believes in, straight from the socket.
+    """RST the connections the peer still believes open, straight from the socket.
 
     When a process dies holding TCP sockets its kernel answers for it; here the process
     is the stack, and a peer that hears nothing waits forever for data or a FIN that will
-    never come (issue #11). So whatever still holds the socket when it goes - the garbage
-    collector, interpreter exit, an overflowing TIME_WAIT table - first aborts what is
-    left (RFC 9293 §3.10.5: RST only where the peer is synchronized with us). The sends
-    do not block: a datagram the full socket buffer refuses is lost, as at any crash.
+    never come (issue #11). So whatever closes the socket with connections left - the
+    garbage collector, interpreter exit, an overflowing TIME_WAIT table - first abandons
+    them as `_abandon` says. Nothing can wait for ACKs here (no loop may be running);
+    the sends do not block: a datagram a full socket buffer refuses is lost, as at any
+    crash.
     """
     if not endpoint.connections or sock.fileno() < 0:
         return
     try:
         for conn in list(endpoint.connections.values()):
-            conn.abort()
+            _abandon(conn, closing_too=True)
         datagrams = endpoint.datagrams_to_send(time.monotonic())
     except Exception:  # at interpreter exit, never let one endpoint stop the others
         return
@@ -172,6 +208,28 @@ def _reset_connections(sock: socket.socket, endpoint: Endpoint) -> None:
             sock.sendto(data, addr)
         except OSError:
             continue
+
+
+# The application closed, and its FIN waits for an ACK: what the kernel would go on
+# sending as an orphan after the process is gone.
+_FIN_UNACKED = frozenset({State.FIN_WAIT_1, State.CLOSING, State.LAST_ACK})
+SHUTDOWN_LINGER_IDLE = 1.0   # a loop shutting down waits for closing connections while
+SHUTDOWN_LINGER_MAX = 10.0   # their ACKs keep coming, this long without one at most
+
+
+def _abandon(conn: Connection, *, closing_too: bool) -> None:
+    """What the kernel would do with `conn` when its process goes, as far as we can.
+
+    One the application never closed is reset (an abortive close: the peer learns at
+    once). One whose FIN the peer has acknowledged (FIN_WAIT_2) is left alone: the
+    peer has every byte and our EOF, and a RST could still cost it data it has not yet
+    read (asyncio's StreamReader raises the reset before buffered data); should it
+    write, its datagrams draw ICMP port unreachable, which resets its side. A FIN not
+    yet acknowledged (`closing_too`) is reset too, since nothing will resend it.
+    """
+    if conn.state is State.FIN_WAIT_2 or (not closing_too and conn.state in _FIN_UNACKED):
+        return
+    conn.abort()
 
 
 def _release(sock: socket.socket, writer: pcap.PcapWriter | None, port: int,
@@ -202,9 +260,36 @@ async def _loop_shutdown_sentinel(loop_ref: weakref.ref[asyncio.AbstractEventLoo
         yield
     finally:
         loop = loop_ref()
-        ports = _loop_ports.get(loop) if loop is not None else None
-        for port in list(ports or ()):
-            port.reset_connections()
+        found = _loop_ports.get(loop) if loop is not None else None
+        ports = [port for port in found or () if not port.closed]
+        for port in ports:
+            port.reset_connections(closing_too=False)
+        if loop is not None and ports:
+            await _linger_for_fins(loop, ports)
+        for port in ports:
+            port.reset_connections(closing_too=True)
+
+
+async def _linger_for_fins(loop: asyncio.AbstractEventLoop, ports: list[UdpPort]) -> None:
+    """Let closed connections deliver what they still have and their FIN, while their
+    peers keep acknowledging: `writer.write(data); writer.close()` at the end of
+    `asyncio.run` delivers `data` with kernel TCP, whose orphan sockets outlive the
+    process. Bounded, since a dead peer must not hold up the program's exit."""
+    def progress() -> tuple[int, int] | None:
+        closing = [conn for port in ports for conn in port.endpoint.connections.values()
+                   if conn.state in _FIN_UNACKED]
+        return (len(closing), sum(c.bytes_acked for c in closing)) if closing else None
+
+    start = last_progress = loop.time()
+    seen = progress()
+    while seen is not None:
+        now = loop.time()
+        if now - last_progress > SHUTDOWN_LINGER_IDLE or now - start > SHUTDOWN_LINGER_MAX:
+            return
+        await asyncio.sleep(0.01)
+        now_seen = progress()
+        if now_seen != seen:
+            seen, last_progress = now_seen, loop.time()
 
 
 def _track(port: UdpPort) -> None:
@@ -272,6 +357,7 @@ class UdpPort:
         self._local = sock.getsockname()
         self._gso = batch.probe_gso(sock)
         self._gro = batch.enable_gro(sock)
+        self._recverr = enable_recverr(sock)
         self.gso_sends = 0
         self._pcap = (pcap.acquire(endpoint.config.pcap, self._local[1])
                       if endpoint.config.pcap else None)
@@ -303,12 +389,12 @@ class UdpPort:
         found = self._route_cache[host]
         return found if found is not None else self.endpoint.config.mss
 
-    def reset_connections(self) -> None:
-        """The loop is shutting down with connections open: RST them (see _track)."""
+    def reset_connections(self, *, closing_too: bool) -> None:
+        """The loop is shutting down with connections open: RST them (see _abandon)."""
         if self.closed or not self.endpoint.connections:
             return
         for conn in list(self.endpoint.connections.values()):
-            conn.abort()
+            _abandon(conn, closing_too=closing_too)
         self._send(self.endpoint.datagrams_to_send(self.loop.time()))
 
     # ------------------------------------------------------------------ input
@@ -318,13 +404,16 @@ class UdpPort:
         now = self.loop.time()
         recv = sock.recvfrom_into
         if self._gro:
-            self._read_gro(now)
+            if not self._read_gro(now):
+                self._woken_for_nothing()
             self.process(now)
             return
-        for _ in range(RECV_BATCH):
+        for i in range(RECV_BATCH):
             try:
                 n, addr = recv(self._buf)
             except (BlockingIOError, InterruptedError):
+                if i == 0:
+                    self._woken_for_nothing()
                 break
             except OSError as exc:
                 self._on_socket_error(exc)
@@ -337,11 +426,12 @@ class UdpPort:
                 self._bad_datagram(exc, addr)
         self.process(now)
 
-    def _read_gro(self, now: float) -> None:
-        """Like the plain loop, but one recvmsg may carry many datagrams of one size."""
+    def _read_gro(self, now: float) -> int:
+        """Like the plain loop, but one recvmsg may carry many datagrams of one size.
+        Returns how many recvmsg calls succeeded or failed (0: nothing to read)."""
         sock, view, ep, buf = self.sock, self._view, self.endpoint, self._buf
         recv = sock.recvmsg_into
-        received = 0
+        received = calls = 0
         while received < RECV_BATCH:
             try:
                 n, anc, _flags, addr = recv([buf], batch.GRO_CMSG_SPACE)
@@ -349,7 +439,8 @@ class UdpPort:
                 break
             except OSError as exc:
                 self._on_socket_error(exc)
-                break
+                return calls + 1
+            calls += 1
             for begin, end in batch.gro_pieces(n, batch.gro_segment_size(anc)):
                 piece = view[begin:end]
                 if self._pcap is not None:
@@ -359,6 +450,7 @@ class UdpPort:
                 except Exception as exc:  # see _bad_datagram
                     self._bad_datagram(exc, addr)
                 received += 1
+        return calls
 
     def _bad_datagram(self, exc: Exception, addr: object) -> None:
         """A datagram the core failed on: counted and dropped, never raised.
@@ -373,18 +465,75 @@ class UdpPort:
             log.emit("drop", reason="exception", error=repr(exc), peer=str(addr))
 
     def _on_socket_error(self, exc: OSError) -> None:
-        """ICMP errors reach a connected UDP socket as recv/send errors (Linux)."""
+        """ICMP errors reach a UDP socket as recv/send errors (Linux): on a connected
+        socket always, on any socket with IP_RECVERR, which also queues their details."""
         self.send_errors[errno.errorcode.get(exc.errno or 0, str(exc.errno))] += 1
+        self._poll_again()
+        if self._recverr:
+            self._read_error_queue()
+        elif isinstance(exc, ConnectionRefusedError) and self.connected:
+            # No error queue (not Linux): the kernel matched the connected socket's pair
+            # of addresses, which is all there is to check.
+            for conn in list(self.endpoint.connections.values()):
+                if self.icmp_refuses or conn.state != State.SYN_SENT:
+                    conn.icmp_unreachable()
+        elif log.enabled():
+            log.emit("socket_error", error=str(exc))
+
+    def _poll_again(self) -> None:
         # libuv (uvloop) stops polling a socket that reported POLLERR, which a pending
         # ICMP error is: register the reader again so the connection keeps hearing.
         if not self.closed:
             self.loop.remove_reader(self._fd)
             self.loop.add_reader(self._fd, self._on_readable)
-        if isinstance(exc, ConnectionRefusedError) and self.connected and self.icmp_refuses:
-            for conn in list(self.endpoint.connections.values()):
-                conn.icmp_unreachable()
-        elif log.enabled():
-            log.emit("socket_error", error=str(exc))
+
+    def _woken_for_nothing(self) -> None:
+        """Readable, yet nothing to read: POLLERR for an error queued without sk_err
+        (a local EMSGSIZE, say). Unread it would wake the loop again at once (asyncio)
+        or silence the socket for good (libuv)."""
+        if self._recverr and self._read_error_queue():
+            self._poll_again()
+
+    def _read_error_queue(self) -> int:
+        """Act on the ICMP errors Linux queued (IP_RECVERR); returns how many were read.
+
+        The address recvmsg gives is the one the failed datagram was sent to, so on a
+        server's shared socket the error finds its one connection; the datagram it
+        quotes (as much as the ICMP carried) holds our header's sequence number.
+        """
+        read = 0
+        recvmsg = self.sock.recvmsg
+        for _ in range(ERRQUEUE_READS):
+            try:
+                quoted, ancdata, _flags, addr = recvmsg(ERRQUEUE_QUOTE, 512, MSG_ERRQUEUE)
+            except OSError:  # EAGAIN: the queue is empty
+                break
+            read += 1
+            for level, kind, raw in ancdata:
+                if (level, kind) not in _RECVERR_KINDS or len(raw) < _EXTENDED_ERR.size:
+                    continue
+                ee_errno, origin = _EXTENDED_ERR.unpack_from(raw)[:2]
+                if ee_errno == errno.ECONNREFUSED and origin in (SO_EE_ORIGIN_ICMP,
+                                                                 SO_EE_ORIGIN_ICMP6):
+                    self._port_unreachable(addr, quoted)
+        return read
+
+    def _port_unreachable(self, addr: tuple[object, ...], quoted: bytes) -> None:
+        counters = self.endpoint.counters
+        conn = self.endpoint.connections.get(peer_key(addr)) if addr else None
+        if conn is None:
+            counters["ICMP port unreachable for no connection"] += 1
+            return
+        if len(quoted) < 8:
+            counters["ICMP port unreachable quoting too little to check"] += 1
+            return
+        if conn.state == State.SYN_SENT and not self.icmp_refuses:
+            return  # a peer-to-peer connect rides it out: the peer may not be up yet
+        if conn.icmp_unreachable(int.from_bytes(quoted[4:8], "big")):
+            counters["ICMP port unreachable: connection ended"] += 1
+            self.schedule_flush()
+        else:
+            counters["ICMP port unreachable ignored"] += 1
 
     # ------------------------------------------------------------------ processing
 
@@ -489,6 +638,21 @@ class UdpPort:
                 self._on_socket_error(exc)
 
     def _send_one(self, data: bytes, addr: Addr) -> None:
+        try:
+            if self.connected:
+                self.sock.send(data)
+            else:
+                self.sock.sendto(data, addr)
+        except OSError as exc:
+            if not self._recverr or exc.errno not in _ICMP_ERRNOS:
+                raise
+            # With IP_RECVERR an ICMP error about some earlier datagram, to any peer, is
+            # also reported once by the next socket call, and a send that reports it has
+            # sent nothing: read the queue, then send this datagram after all.
+            self._on_socket_error(exc)
+            self._send_raw(data, addr)
+
+    def _send_raw(self, data: bytes, addr: Addr) -> None:
         if self.connected:
             self.sock.send(data)
         else:
@@ -504,10 +668,19 @@ class UdpPort:
                     self._send_one(data, addr)
                 else:
                     joined = [b"".join([d for d, _ in datagrams[begin:end]])]
-                    if connected:
-                        sock.sendmsg(joined, batch.gso_control(size))
-                    else:
-                        sock.sendmsg(joined, batch.gso_control(size), 0, addr)
+                    try:
+                        if connected:
+                            sock.sendmsg(joined, batch.gso_control(size))
+                        else:
+                            sock.sendmsg(joined, batch.gso_control(size), 0, addr)
+                    except OSError as exc:
+                        if not self._recverr or exc.errno not in _ICMP_ERRNOS:
+                            raise
+                        self._on_socket_error(exc)  # as in _send_one: not this batch's
+                        if connected:
+                            sock.sendmsg(joined, batch.gso_control(size))
+                        else:
+                            sock.sendmsg(joined, batch.gso_control(size), 0, addr)
                     self.gso_sends += 1
             except OSError as exc:
                 if _would_block(exc):
