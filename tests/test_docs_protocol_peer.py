@@ -3,7 +3,10 @@
 A client built only from what docs/protocol.md states (raw bytes on a plain UDP socket,
 Noise IK and ChaCha20-Poly1305 from `cryptography`, nothing imported from utcp's wire
 or crypto code) connects to a real utcp echo server on loopback, sends a line, reads
-it back and closes; once in plaintext and once in secure mode. If the page and the code
+it back and closes: in plaintext; in secure mode (§3: msg1 with its timestamp); in
+secure mode with the server under load, so that the connect needs its retry cookie
+(§3.4); and in secure mode moving to a new UDP port mid-connection, so that the server
+challenges the new address and the peer must answer (§3.6). If the page and the code
 part ways, this fails.
 """
 
@@ -16,6 +19,7 @@ import hmac
 import os
 import socket
 import struct
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
@@ -63,9 +67,9 @@ def parse(data: bytes) -> Seg:
                data[:hlen])
 
 
-def option_kinds(options: bytes) -> dict[int, bytes]:
+def option_list(options: bytes) -> list[tuple[int, bytes]]:
     """§2.4: kind, length, data; NOP is one byte, EOL ends the list."""
-    found: dict[int, bytes] = {}
+    found: list[tuple[int, bytes]] = []
     i = 0
     while i < len(options):
         kind = options[i]
@@ -75,9 +79,18 @@ def option_kinds(options: bytes) -> dict[int, bytes]:
             i += 1
             continue
         length = options[i + 1]
-        found[kind] = options[i + 2:i + length]
+        found.append((kind, options[i + 2:i + length]))
         i += length
     return found
+
+
+def option_kinds(options: bytes) -> dict[int, bytes]:
+    return dict(option_list(options))
+
+
+def exids(options: bytes) -> dict[int, bytes]:
+    """Option 254 (§3.7) by length: ExID and data."""
+    return {len(data) + 2: data for kind, data in option_list(options) if kind == 254}
 
 
 # ---------------------------------------------------------------------- §3: Noise IK
@@ -109,7 +122,7 @@ class Noise:
         self.h = self.ck = name
         self.k = b""
         self.n = 0
-        self.mix_hash(b"utcp secure mode v1")
+        self.mix_hash(b"utcp secure mode v2")
         self.mix_hash(server_public)
 
     def mix_hash(self, data: bytes) -> None:
@@ -132,6 +145,23 @@ class Noise:
         return out
 
 
+def tai64n() -> bytes:
+    """§3.1: 2**62 + Unix seconds, then nanoseconds, both big-endian."""
+    seconds, nanos = divmod(time.time_ns(), 1_000_000_000)
+    return struct.pack("!QI", (1 << 62) + seconds, nanos)
+
+
+COOKIE_TAG = bytes((254, 16)) + b"\x75\x74"
+PATH_TAG = bytes((254, 13)) + b"\x75\x74"
+
+
+def with_offset(header: bytes) -> bytes:
+    """The header with its data offset set to its length (§2.1)."""
+    out = bytearray(header)
+    out[12] = (len(out) // 4) << 4
+    return bytes(out)
+
+
 class Sealer:
     """§3.3: the counter option after the other options; header as associated data."""
 
@@ -150,25 +180,34 @@ class Sealer:
 
     def open(self, datagram: bytes) -> bytes:
         seg = parse(datagram)
-        counter = struct.unpack("!Q", option_kinds(seg.options)[254][2:])[0]
-        assert option_kinds(seg.options)[254][:2] == b"\x75\x74"
+        option = exids(seg.options)[12]  # §3.5: the counter option
+        assert option[:2] == b"\x75\x74"
+        counter = struct.unpack("!Q", option[2:])[0]
         plaintext = self.recv.decrypt(_nonce(counter), seg.payload, _sans_checksum(seg.header))
         return seg.header + plaintext
 
 
 # ---------------------------------------------------------------------- the peer
 
+def udp_socket() -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.setblocking(False)
+    sock.bind(("127.0.0.1", 0))
+    return sock
+
+
 class Peer:
     def __init__(self, server: tuple[str, int], server_public: bytes | None) -> None:
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.sock.setblocking(False)
-        self.sock.bind(("127.0.0.1", 0))
-        self.port = self.sock.getsockname()[1]
+        self.sock = udp_socket()
+        self.port = self.sock.getsockname()[1]  # the header's source port, for good (§3.6)
         self.server = server
         self.server_public = server_public
         self.sealer: Sealer | None = None
         self.isn = int.from_bytes(os.urandom(4), "big")
         self.seen: list[Seg] = []
+        self.cookie_replies = 0
+        self.challenges = 0
+        self.snd = self.rcv = 0
 
     async def send(self, datagram: bytes) -> None:
         if self.sealer is not None:
@@ -176,22 +215,34 @@ class Peer:
         await asyncio.get_running_loop().sock_sendto(self.sock, datagram, self.server)
 
     async def receive(self) -> Seg:
+        """The next segment for TCP; path challenges are answered on the way (§3.6)."""
         loop = asyncio.get_running_loop()
-        data, addr = await asyncio.wait_for(loop.sock_recvfrom(self.sock, 70000), TIMEOUT)
-        assert addr == self.server
-        if self.sealer is not None:
-            data = self.sealer.open(data)
-        seg = parse(data)
-        # §2.2 and §2.3: our UDP port in the destination port, checksum 0
-        assert (seg.src, seg.dst, seg.checksum) == (self.server[1], self.port, 0), seg
-        self.seen.append(seg)
-        return seg
+        for _ in range(100):  # a bounded number of datagrams
+            data, addr = await asyncio.wait_for(loop.sock_recvfrom(self.sock, 70000), TIMEOUT)
+            assert addr == self.server
+            if self.sealer is not None:
+                data = self.sealer.open(data)
+            seg = parse(data)
+            # §2.2 and §2.3: our UDP port in the destination port, checksum 0
+            assert (seg.src, seg.dst, seg.checksum) == \
+                (self.server[1], self.sock.getsockname()[1], 0), seg
+            if self.sealer is not None and 13 in exids(seg.options):
+                path = exids(seg.options)[13]  # ExID, type, 8-byte token
+                assert path[:3] == b"\x75\x74\x02" and len(path) == 11, seg  # a challenge
+                self.challenges += 1
+                response = PATH_TAG + b"\x03" + path[3:] + b"\x01\x01\x01"
+                await self.send(build(self.port, self.server[1], self.snd, self.rcv, ACK,
+                                      response, window=0))
+                continue  # the secure layer's own: not TCP's
+            self.seen.append(seg)
+            return seg
+        raise AssertionError("only path challenges came")
 
-    async def exchange(self, message: bytes) -> bytes:
-        """Handshake, one request, read the echo until the server's FIN, close."""
+    async def handshake(self) -> None:
         mss = struct.pack("!BBH", 2, 4, 1400)  # §2.4: MSS, and nothing else offered
         syn = build(self.port, self.server[1], self.isn, 0, SYN, mss)
         noise = e = static = None
+        msg1 = b""
         if self.server_public is not None:  # §3.1: message 1 in the SYN's payload
             noise, e, static = Noise(self.server_public), X25519PrivateKey.generate(), \
                 X25519PrivateKey.generate()
@@ -201,12 +252,20 @@ class Peer:
             noise.mix_key(e.exchange(rs))
             msg1 = _raw(e.public_key()) + noise.encrypt_and_hash(_raw(static.public_key()))
             noise.mix_key(static.exchange(rs))
-            msg1 += noise.encrypt_and_hash(b"")
-            assert len(msg1) == 96
-            syn += msg1
-        await self.send(syn)
+            msg1 += noise.encrypt_and_hash(tai64n())
+            assert len(msg1) == 108
+        await self.send(syn + msg1)
         synack = await self.receive()
-        assert synack.flags & (SYN | ACK) == SYN | ACK and synack.ack == self.isn + 1
+        if synack.flags & RST and synack.payload == b"" and len(synack.header) == 36 \
+                and synack.options[:4] == COOKIE_TAG:
+            # §3.4: a cookie reply; it must acknowledge exactly our SYN
+            assert noise is not None and synack.flags & ACK and synack.ack == self.isn + 1
+            self.seen.remove(synack)
+            self.cookie_replies += 1
+            # the same SYN and message 1, the cookie option appended last
+            await self.send(with_offset(syn + synack.options) + msg1)
+            synack = await self.receive()
+        assert synack.flags & (SYN | ACK) == SYN | ACK and synack.ack == self.isn + 1, synack
         kinds = option_kinds(synack.options)
         assert 2 in kinds and not {3, 4, 8} & set(kinds)  # §2.4: only what the SYN offered
         if noise is not None and e is not None and static is not None:  # §3.2: message 2
@@ -221,27 +280,39 @@ class Peer:
             self.sealer = Sealer(*_hkdf2(noise.ck, b""))
         else:
             assert synack.payload == b""
-        snd = self.isn + 1
-        rcv = synack.seq + 1
+        self.snd = self.isn + 1
+        self.rcv = synack.seq + 1
+
+    async def exchange(self, message: bytes, *, move: bool = False) -> bytes:
+        """Handshake, one request, read the echo until the server's FIN, close.
+
+        With `move`, the FIN goes from a new UDP socket, as after a NAT rebinding (§3.6)."""
+        await self.handshake()
         # §4.1: the handshake's last ACK carries the first data
-        await self.send(build(self.port, self.server[1], snd, rcv, ACK | PSH, b"", message))
-        snd += len(message)
-        await self.send(build(self.port, self.server[1], snd, rcv, ACK | FIN))  # §4.2
-        snd += 1
+        await self.send(build(self.port, self.server[1], self.snd, self.rcv, ACK | PSH, b"",
+                              message))
+        self.snd += len(message)
+        if move:
+            ack = await self.receive()  # the data is in before we move
+            assert ack.ack == self.snd, ack
+            self.sock.close()
+            self.sock = udp_socket()
+        await self.send(build(self.port, self.server[1], self.snd, self.rcv, ACK | FIN))  # §4.2
+        self.snd += 1
         echoed = b""
         fin_seen = False
         for _ in range(100):  # a bounded number of datagrams
             seg = await self.receive()
             assert not seg.flags & RST, seg
-            if seg.payload and seg.seq == rcv:
+            if seg.payload and seg.seq == self.rcv:
                 echoed += seg.payload
-                rcv += len(seg.payload)
-            if seg.flags & FIN and seg.seq + len(seg.payload) == rcv:
-                rcv += 1
+                self.rcv += len(seg.payload)
+            if seg.flags & FIN and seg.seq + len(seg.payload) == self.rcv:
+                self.rcv += 1
                 fin_seen = True
             if fin_seen or seg.payload:
-                await self.send(build(self.port, self.server[1], snd, rcv, ACK))
-            if fin_seen and seg.ack == snd:  # our FIN acknowledged too: TIME_WAIT is ours
+                await self.send(build(self.port, self.server[1], self.snd, self.rcv, ACK))
+            if fin_seen and seg.ack == self.snd:  # our FIN acknowledged: TIME_WAIT is ours
                 break
         assert fin_seen
         return echoed
@@ -256,34 +327,48 @@ async def _echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> N
     writer.close()
 
 
+MODES = ["plaintext", "secure", "secure under load", "secure, moving"]
+
+
 @pytest.fixture
 async def server_and_key(request: pytest.FixtureRequest
                          ) -> AsyncIterator[tuple[tuple[str, int], bytes | None]]:
     public: bytes | None = None
     config = utcp.Config(pmtu_probing=False)
-    if request.param:
+    if request.param != "plaintext":
         private = X25519PrivateKey.generate()
         secret = private.private_bytes(serialization.Encoding.Raw,
                                        serialization.PrivateFormat.Raw,
                                        serialization.NoEncryption())
         public = _raw(private.public_key())
         config = config.replace(secret_key=base64.b64encode(secret).decode())  # §3
-    server = await utcp.start_server(_echo, "127.0.0.1", 0, config=config)
+    # a small backlog: one half-open handshake is then a quarter of the SYN queue,
+    # "under load" (secure-mode.md), so that a SYN needs a retry cookie (§3.4)
+    server = await utcp.start_server(_echo, "127.0.0.1", 0, config=config, backlog=4)
     try:
         yield ("127.0.0.1", server.sockets[0].getsockname()[1]), public
     finally:
         server.close()
 
 
-@pytest.mark.parametrize("server_and_key", [False, True], ids=["plaintext", "secure"],
-                         indirect=True)
+@pytest.mark.parametrize("server_and_key", MODES, ids=MODES, indirect=True)
 async def test_a_peer_written_from_the_docs_talks_to_utcp(
-        server_and_key: tuple[tuple[str, int], bytes | None]) -> None:
+        server_and_key: tuple[tuple[str, int], bytes | None],
+        request: pytest.FixtureRequest) -> None:
     address, public = server_and_key
+    mode = request.node.callspec.params["server_and_key"]
+    decoy = Peer(address, public)
     peer = Peer(address, public)
     try:
-        assert await peer.exchange(MESSAGE) == MESSAGE
+        if mode == "secure under load":
+            # a handshake left half-open (its SYN+ACK seen, never acknowledged) puts the
+            # server under load for the SYN+ACK's retransmissions, some 7 s
+            await decoy.handshake()
+        assert await peer.exchange(MESSAGE, move=mode == "secure, moving") == MESSAGE
     finally:
         peer.close()
+        decoy.close()
     # nothing but what the page describes came back: SYN+ACK, ACKs, data, FIN
     assert all(seg.flags & ~(SYN | ACK | FIN | PSH) == 0 for seg in peer.seen), peer.seen
+    assert peer.cookie_replies == (mode == "secure under load")
+    assert (peer.challenges >= 1) == (mode == "secure, moving")
