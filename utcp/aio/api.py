@@ -67,9 +67,7 @@ async def _wrap_tls(loop: asyncio.AbstractEventLoop, transport: UtcpTransport,
     tls = sslproto.SSLProtocol(loop, app_protocol, context, waiter, server_side,
                                server_hostname,
                                ssl_handshake_timeout=handshake_timeout)  # type: ignore[arg-type]
-    transport.set_protocol(tls)
-    tls.connection_made(transport)
-    transport._deliver()
+    transport._attach(tls)
     try:
         await waiter
     except BaseException:
@@ -124,9 +122,7 @@ async def create_connection(
         raise
     app_protocol = protocol_factory()
     if context is None:
-        transport.set_protocol(app_protocol)
-        app_protocol.connection_made(transport)
-        transport._deliver()
+        transport._attach(app_protocol)
         return transport, app_protocol
     hostname = server_hostname if server_hostname is not None else host
     app_transport = await _wrap_tls(loop, transport, app_protocol, context, server_side=False,
@@ -329,13 +325,7 @@ class Server(asyncio.AbstractServer):
             transport.abort()
             return
         if self._ssl is None:
-            transport.set_protocol(protocol)
-            try:
-                protocol.connection_made(transport)
-            except Exception as exc:
-                transport._fatal_error(exc, "protocol.connection_made() failed")
-                return
-            transport._deliver()
+            transport._attach(protocol)
             return
         task = self._loop.create_task(self._accept_tls(transport, protocol))
         self._tls_tasks.add(task)
