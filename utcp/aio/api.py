@@ -8,7 +8,7 @@ import socket
 import ssl as ssl_module
 import weakref
 from asyncio import sslproto
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from typing import Any
 
 from utcp.aio.port import UdpPort, set_socket_buffers
@@ -292,11 +292,13 @@ class Server(asyncio.AbstractServer):
         try:
             await self._serving_forever
         except asyncio.CancelledError:
-            try:
-                self.close()
-                await self.wait_closed()
-            finally:
-                raise
+            # Stop accepting, as asyncio 3.11 does, without waiting for the connections:
+            # asyncio.run cancels this on the first Ctrl-C, and a client that stays
+            # connected must not keep the program alive (3.12's wait here is CPython
+            # issue gh-123720). The connections go on until their handlers end;
+            # close_clients()/abort_clients() end them sooner.
+            self.close()
+            raise
         finally:
             self._serving_forever = None
 
@@ -305,7 +307,20 @@ class Server(asyncio.AbstractServer):
 
     async def __aexit__(self, *exc: object) -> None:
         self.close()
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            return  # the first Ctrl-C under asyncio.run: see serve_forever
         await self.wait_closed()
+
+    def close_clients(self) -> None:
+        """Close every connection the server accepted (asyncio 3.13): buffered data, FIN."""
+        for transport in list(self._active):
+            transport.close()
+
+    def abort_clients(self) -> None:
+        """Abort every connection the server accepted (asyncio 3.13): RST, at once."""
+        for transport in list(self._active):
+            transport.abort()
 
     # -------------------------------------------------------------- accepting
 
@@ -412,9 +427,28 @@ async def start_server(client_connected_cb: ClientConnectedCb,
     """`asyncio.start_server` over utcp."""
     loop = asyncio.get_running_loop()
 
+    def connected(reader: asyncio.StreamReader,
+                  writer: asyncio.StreamWriter) -> Awaitable[None] | None:
+        result = client_connected_cb(reader, writer)
+        if asyncio.iscoroutine(result):
+            return _run_handler(result, writer)
+        return result
+
     def factory() -> asyncio.StreamReaderProtocol:
         reader = asyncio.StreamReader(limit=limit, loop=loop)
-        return asyncio.StreamReaderProtocol(reader, client_connected_cb,
-                                            loop=loop)
+        return asyncio.StreamReaderProtocol(reader, connected, loop=loop)
 
     return await create_server(factory, host, port, **kwds)
+
+
+async def _run_handler(handler: Coroutine[Any, Any, None], writer: asyncio.StreamWriter) -> None:
+    """A start_server handler, ended as asyncio 3.12 ends it when cancelled (asyncio.run
+    cancels every task on Ctrl-C): its connection is closed rather than left open to a
+    peer that would wait forever. The cancellation stops here, in the task's outermost
+    frame, which nobody awaits: 3.11's StreamReaderProtocol asks a cancelled handler
+    task for its exception and logs the CancelledError that raises. (A handler that
+    fails is reported and its connection closed by StreamReaderProtocol itself.)"""
+    try:
+        await handler
+    except asyncio.CancelledError:
+        writer.transport.close()
