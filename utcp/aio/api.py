@@ -39,6 +39,15 @@ def _check_port(port: object, *, allow_none: bool = False) -> int | None:
         return None
     if isinstance(port, str) and port.isdigit():
         port = int(port)
+    elif isinstance(port, str):
+        # A service name, looked up as TCP's: utcp carries TCP, and /etc/services often
+        # lists a service ("http") for tcp only, so a SOCK_DGRAM lookup would miss it.
+        try:
+            port = socket.getservbyname(port, "tcp")
+        except OSError:
+            raise socket.gaierror(socket.EAI_SERVICE,
+                                  f"Servname not supported for ai_socktype: {port!r}"
+                                  ) from None
     if isinstance(port, bool) or not isinstance(port, int):
         raise TypeError(f"port must be an int, not {type(port).__name__}")
     if not 0 <= port <= 65535:
@@ -79,7 +88,8 @@ async def _wrap_tls(loop: asyncio.AbstractEventLoop, transport: UtcpTransport,
 # ---------------------------------------------------------------------- client
 
 async def create_connection(
-        protocol_factory: ProtocolFactory, host: str | None = None, port: int | None = None, *,
+        protocol_factory: ProtocolFactory, host: str | None = None,
+        port: int | str | None = None, *,
         config: Config | None = None, ssl: Any = None, family: int = 0, proto: int = 0,
         flags: int = 0, sock: Any = None, local_addr: tuple[str, int] | None = None,
         server_hostname: str | None = None, ssl_handshake_timeout: float | None = None,
@@ -103,10 +113,19 @@ async def create_connection(
     if not infos:
         raise OSError(f"getaddrinfo({host!r}) returned an empty list")
     errors: list[OSError] = []
+    # Each address in turn until one connects, as asyncio does: a refusal from the
+    # first ("localhost" is ::1 first on many systems) moves on to the next.
     for fam, typ, pro, _canon, addr in infos:
         try:
             transport, waiter = await _open(loop, fam, typ, pro, addr, cfg, local_addr)
+            try:
+                await waiter
+            except BaseException:
+                transport.abort()
+                raise
             break
+        except ConnectionRefusedError as exc:
+            errors.append(_refused(addr, exc))
         except OSError as exc:
             errors.append(exc)
     else:
@@ -115,11 +134,6 @@ async def create_connection(
         if all_errors:
             raise ExceptionGroup("create_connection failed", errors)
         raise OSError("Multiple exceptions: " + ", ".join(str(e) for e in errors))
-    try:
-        await waiter
-    except BaseException:
-        transport.abort()
-        raise
     app_protocol = protocol_factory()
     if context is None:
         transport._attach(app_protocol)
@@ -129,6 +143,17 @@ async def create_connection(
                                     server_hostname=hostname or None,
                                     handshake_timeout=ssl_handshake_timeout)
     return app_transport, app_protocol
+
+
+def _refused(addr: Any, exc: ConnectionRefusedError) -> ConnectionRefusedError:
+    """The refusal as asyncio words it ("[Errno 111] Connect call failed ('h', p)"),
+    with the core's reason after it (port unreachable, a secure-mode mismatch...); the
+    core's own exception stays as the cause."""
+    if exc.errno is not None:
+        return exc
+    refused = ConnectionRefusedError(errno.ECONNREFUSED, f"Connect call failed {addr}: {exc}")
+    refused.__cause__ = exc
+    return refused
 
 
 async def _resolve(loop: asyncio.AbstractEventLoop, host: str | None, port: int | None,
@@ -156,6 +181,10 @@ _fixed_port_pairs: weakref.WeakValueDictionary[tuple[Any, Any], UdpPort] = (
 async def _open(loop: asyncio.AbstractEventLoop, family: int, type_: int, proto: int,
                 addr: Any, config: Config, local_addr: tuple[str, int] | None,
                 ) -> tuple[UtcpTransport, asyncio.Future[None]]:
+    if addr[1] == 0:
+        # Linux answers a TCP connect to port 0 with RST, as to any closed port; a UDP
+        # connect() to port 0 would instead disconnect the socket.
+        raise ConnectionRefusedError(errno.ECONNREFUSED, f"Connect call failed {addr}")
     sock = socket.socket(family, type_, proto)
     try:
         sock.setblocking(False)
@@ -189,7 +218,7 @@ async def _open(loop: asyncio.AbstractEventLoop, family: int, type_: int, proto:
     return transport, waiter
 
 
-async def open_connection(host: str | None = None, port: int | None = None, *,
+async def open_connection(host: str | None = None, port: int | str | None = None, *,
                           limit: int = 2 ** 16, **kwds: Any,
                           ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
     """`asyncio.open_connection` over utcp: asyncio's own StreamReader/StreamWriter."""
@@ -330,7 +359,10 @@ class Server(asyncio.AbstractServer):
         return accept
 
     def _accept(self, port: UdpPort, conn: Connection) -> None:
-        transport = UtcpTransport(port, conn, conn.peer, on_lost=self._on_lost)
+        peername: Any = conn.peer
+        if port.sock.family == socket.AF_INET6:
+            peername = _ipv6_sockaddr(conn.peer)
+        transport = UtcpTransport(port, conn, peername, on_lost=self._on_lost)
         self._active.add(transport)
         try:
             protocol = self._protocol_factory()
@@ -359,9 +391,21 @@ class Server(asyncio.AbstractServer):
             transport.abort()
 
 
+def _ipv6_sockaddr(peer: tuple[str, int]) -> tuple[str, int, int, int]:
+    """(host, port, flowinfo, scope_id), as an IPv6 TCP socket's getpeername() gives it;
+    the endpoint keys connections by (host, port) only. Numeric: no lookup is made."""
+    try:
+        found = socket.getaddrinfo(peer[0], peer[1], socket.AF_INET6, socket.SOCK_DGRAM, 0,
+                                   socket.AI_NUMERICHOST | socket.AI_NUMERICSERV)
+        sockaddr: tuple[Any, ...] = found[0][4]
+        return (peer[0], peer[1], int(sockaddr[2]), int(sockaddr[3]))
+    except (OSError, IndexError, UnicodeError):
+        return (peer[0], peer[1], 0, 0)
+
+
 async def create_server(
         protocol_factory: ProtocolFactory, host: str | Iterable[str] | None = None,
-        port: int | None = None, *, config: Config | None = None, family: int = 0,
+        port: int | str | None = None, *, config: Config | None = None, family: int = 0,
         flags: int = socket.AI_PASSIVE, sock: Any = None, backlog: int = 100, ssl: Any = None,
         reuse_address: bool | None = None, reuse_port: bool | None = None,
         ssl_handshake_timeout: float | None = None, ssl_shutdown_timeout: float | None = None,
@@ -422,7 +466,7 @@ async def create_server(
 
 async def start_server(client_connected_cb: ClientConnectedCb,
                        host: str | Iterable[str] | None = None,
-                       port: int | None = None, *, limit: int = 2 ** 16,
+                       port: int | str | None = None, *, limit: int = 2 ** 16,
                        **kwds: Any) -> Server:
     """`asyncio.start_server` over utcp."""
     loop = asyncio.get_running_loop()

@@ -42,7 +42,8 @@ class UtcpTransport(asyncio.Transport):
         self._buffered = False
         self._waiter = waiter           # completes when the handshake does (client side)
         self._closing = False           # close() or abort() called, or the connection died
-        self._eof_written = False
+        self._eof_written = False       # FIN queued, by write_eof() or close()
+        self._write_eof_called = False  # by write_eof(): then write() is an error
         self._reading_paused = False
         self._protocol_paused = False   # pause_writing() called on the protocol
         self._eof_pending = False
@@ -168,10 +169,10 @@ class UtcpTransport(asyncio.Transport):
         if not isinstance(data, bytes | bytearray | memoryview):
             raise TypeError(f"data argument must be a bytes-like object, "
                             f"not {type(data).__name__!r}")
-        if self._eof_written:
+        if self._write_eof_called:
             raise RuntimeError("Cannot call write() after write_eof()")
-        if not data or self._lost or self._conn.state == State.CLOSED:
-            return
+        if not data or self._closing or self._conn.state == State.CLOSED:
+            return  # after close() or abort(), or once the connection died: asyncio drops
         idle = self._conn.unsent == 0
         try:
             self._conn.send(data)
@@ -189,7 +190,7 @@ class UtcpTransport(asyncio.Transport):
     def write_eof(self) -> None:
         if self._closing or self._eof_written:
             return
-        self._eof_written = True
+        self._eof_written = self._write_eof_called = True
         if self._conn.state != State.CLOSED:
             self._conn.close()
             self._port.schedule_flush()

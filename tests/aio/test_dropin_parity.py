@@ -1,0 +1,151 @@
+"""Issue #11 item 4: details where utcp's calls now answer as asyncio's TCP ones do."""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import socket
+from typing import Any
+
+import pytest
+
+import utcp
+from tests.aio.util import FAST, HOST, TIMEOUT, close_writer, echo_server, free_udp_port, port_of
+
+
+def has_ipv6() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as s:
+            s.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
+
+
+# ---------------------------------------------------------------------- write after close
+
+async def test_write_after_close_is_dropped_silently() -> None:
+    async with echo_server() as server:
+        async with asyncio.timeout(TIMEOUT):
+            reader, writer = await utcp.open_connection(HOST, port_of(server), config=FAST)
+            writer.write(b"before")
+            assert await reader.readexactly(6) == b"before"
+            writer.close()
+            writer.write(b"after close")  # asyncio drops it; it used to raise RuntimeError
+            writer.transport.writelines([b"and", b"more"])
+            assert await reader.read() == b""  # nothing was sent after the FIN
+            await close_writer(writer)
+
+
+async def test_write_after_abort_is_dropped_silently() -> None:
+    async with echo_server() as server:
+        async with asyncio.timeout(TIMEOUT):
+            _, writer = await utcp.open_connection(HOST, port_of(server), config=FAST)
+            writer.transport.abort()
+            writer.write(b"after abort")
+
+
+async def test_write_after_write_eof_still_raises() -> None:
+    """As asyncio's: a half-closed stream refuses more data loudly (close() does not)."""
+    async with echo_server() as server:
+        async with asyncio.timeout(TIMEOUT):
+            reader, writer = await utcp.open_connection(HOST, port_of(server), config=FAST)
+            writer.write_eof()
+            with pytest.raises(RuntimeError, match="write_eof"):
+                writer.write(b"x")
+            writer.close()
+            with pytest.raises(RuntimeError, match="write_eof"):
+                writer.write(b"x")  # asyncio checks write_eof first, so does utcp
+            assert await reader.read() == b""
+            await close_writer(writer)
+
+
+# ---------------------------------------------------------------------- refusals
+
+async def test_refused_carries_errno_and_the_address() -> None:
+    port = free_udp_port()
+    async with asyncio.timeout(TIMEOUT):
+        with pytest.raises(ConnectionRefusedError) as info:
+            await utcp.open_connection(HOST, port, config=FAST)
+    exc = info.value
+    assert exc.errno == errno.ECONNREFUSED
+    assert f"Connect call failed ('{HOST}', {port})" in str(exc), str(exc)
+    assert "port unreachable" in str(exc), str(exc)  # utcp's reason stays in the message
+    assert isinstance(exc.__cause__, ConnectionRefusedError)
+
+
+async def test_port_zero_is_refused_as_asyncio_refuses_it() -> None:
+    async with asyncio.timeout(TIMEOUT):
+        with pytest.raises(OSError) as tcp:
+            await asyncio.open_connection(HOST, 0)
+        with pytest.raises(OSError) as ours:
+            await utcp.open_connection(HOST, 0, config=FAST)
+    assert type(ours.value) is type(tcp.value) is ConnectionRefusedError
+    assert ours.value.errno == tcp.value.errno == errno.ECONNREFUSED
+    assert f"('{HOST}', 0)" in str(ours.value)  # as the default loop words it
+
+
+# ---------------------------------------------------------------------- service names
+
+async def test_a_service_name_is_a_port() -> None:
+    http = socket.getservbyname("http", "tcp")
+    async with asyncio.timeout(TIMEOUT):
+        with pytest.raises(ConnectionRefusedError) as info:  # nothing serves utcp on 80
+            await utcp.open_connection(HOST, "http", config=FAST)
+    assert f"('{HOST}', {http})" in str(info.value), str(info.value)
+    async with asyncio.timeout(TIMEOUT):
+        with pytest.raises(socket.gaierror) as gai:
+            await utcp.open_connection(HOST, "no-such-service-here", config=FAST)
+    assert gai.value.errno == socket.EAI_SERVICE
+
+
+async def test_a_numeric_string_is_a_port_still() -> None:
+    async with echo_server() as server:
+        async with asyncio.timeout(TIMEOUT):
+            reader, writer = await utcp.open_connection(HOST, str(port_of(server)),
+                                                        config=FAST)
+            writer.write(b"hi")
+            assert await reader.readexactly(2) == b"hi"
+            await close_writer(writer)
+
+
+# ---------------------------------------------------------------------- addresses
+
+@pytest.mark.skipif(not has_ipv6(), reason="no IPv6 loopback")
+async def test_server_side_ipv6_peername_is_a_4_tuple() -> None:
+    loop = asyncio.get_running_loop()
+    seen: asyncio.Future[Any] = loop.create_future()
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        seen.set_result(writer.get_extra_info("peername"))
+        writer.close()
+
+    server = await utcp.start_server(handler, "::1", 0, config=FAST)
+    try:
+        async with asyncio.timeout(TIMEOUT):
+            reader, writer = await utcp.open_connection("::1", port_of(server), config=FAST)
+            peername = await seen
+            assert peername == writer.get_extra_info("sockname")  # ('::1', port, 0, 0)
+            assert len(peername) == 4
+            assert await reader.read() == b""
+            await close_writer(writer)
+    finally:
+        server.close()
+        async with asyncio.timeout(TIMEOUT):
+            await server.wait_closed()
+
+
+@pytest.mark.parametrize("host", ["localhost", None])
+async def test_server_binds_the_addresses_asyncio_binds(host: str | None) -> None:
+    """The same (family, address) set as asyncio.start_server; each its own port, as
+    asyncio gives each socket its own when asked for port 0."""
+    tcp = await asyncio.start_server(lambda r, w: None, host, 0)
+    ours = await utcp.start_server(lambda r, w: None, host, 0, config=FAST)
+    try:
+        def addresses(server: Any) -> set[tuple[int, str]]:
+            return {(s.family, s.getsockname()[0]) for s in server.sockets}
+
+        assert addresses(ours) == addresses(tcp)
+    finally:
+        tcp.close()
+        ours.close()
