@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import socket
+import ssl
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 import utcp
+from tests.aio.test_streams import _self_signed
 from tests.aio.util import FAST, HOST, TIMEOUT, close_writer, echo_server, free_udp_port, port_of
 
 
@@ -149,3 +153,43 @@ async def test_server_binds_the_addresses_asyncio_binds(host: str | None) -> Non
     finally:
         tcp.close()
         ours.close()
+
+
+# ---------------------------------------------------------------------- STARTTLS
+
+async def test_writer_start_tls_upgrades_both_sides(tmp_path: Path) -> None:
+    """STARTTLS, as SMTP or IMAP do it: plain text first, then writer.start_tls() on
+    both sides. uvloop's loop.start_tls refused utcp's transport (TypeError)."""
+    cert_file, key_file, cert_pem = _self_signed(tmp_path)
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_ctx.load_cert_chain(cert_file, key_file)
+    client_ctx = ssl.create_default_context(cadata=cert_pem)
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        assert await reader.readline() == b"STARTTLS\n"
+        writer.write(b"go ahead\n")
+        await writer.start_tls(server_ctx)
+        assert writer.get_extra_info("ssl_object") is not None
+        line = await reader.readline()
+        writer.write(b"over tls: " + line)
+        await writer.drain()
+        writer.close()
+
+    server = await utcp.start_server(handler, HOST, 0, config=FAST)
+    try:
+        async with asyncio.timeout(TIMEOUT):
+            reader, writer = await utcp.open_connection(HOST, port_of(server), config=FAST)
+            writer.write(b"STARTTLS\n")
+            assert await reader.readline() == b"go ahead\n"
+            await writer.start_tls(client_ctx, server_hostname="localhost")
+            assert writer.get_extra_info("peercert")["subject"] == (
+                (("commonName", "localhost"),),)
+            writer.write(b"secret\n")
+            assert await reader.readline() == b"over tls: secret\n"
+            writer.close()
+            with contextlib.suppress(ConnectionError, ssl.SSLError):
+                await writer.wait_closed()
+    finally:
+        server.close()
+        async with asyncio.timeout(TIMEOUT):
+            await server.wait_closed()

@@ -85,6 +85,54 @@ async def _wrap_tls(loop: asyncio.AbstractEventLoop, transport: UtcpTransport,
     return tls._app_transport
 
 
+async def _start_tls(transport: UtcpTransport, protocol: asyncio.BaseProtocol,
+                     sslcontext: ssl_module.SSLContext, *, server_side: bool,
+                     server_hostname: str | None, ssl_handshake_timeout: float | None,
+                     ) -> asyncio.Transport:
+    """`loop.start_tls` on any loop: uvloop's accepts only its own transports
+    (TypeError), so this is asyncio's (base_events.BaseEventLoop.start_tls) run here."""
+    loop = asyncio.get_running_loop()
+    waiter: asyncio.Future[None] = loop.create_future()
+    tls = sslproto.SSLProtocol(loop, protocol, sslcontext, waiter,
+                               server_side, server_hostname,
+                               ssl_handshake_timeout=ssl_handshake_timeout,  # type: ignore[arg-type]
+                               call_connection_made=False)
+    # paused until the TLS protocol has seen connection_made, as in asyncio
+    transport.pause_reading()
+    transport.set_protocol(tls)
+    made = loop.call_soon(tls.connection_made, transport)
+    resumed = loop.call_soon(transport.resume_reading)
+    try:
+        await waiter
+    except BaseException:
+        transport.close()
+        made.cancel()
+        resumed.cancel()
+        raise
+    return tls._app_transport
+
+
+class _StreamWriter(asyncio.StreamWriter):
+    """asyncio's StreamWriter, whose start_tls works over utcp on every loop."""
+
+    async def start_tls(self, sslcontext: ssl_module.SSLContext, *,
+                        server_hostname: str | None = None,
+                        ssl_handshake_timeout: float | None = None) -> None:
+        transport = self.transport
+        if not isinstance(transport, UtcpTransport):  # already TLS: let asyncio say no
+            await super().start_tls(sslcontext, server_hostname=server_hostname,
+                                    ssl_handshake_timeout=ssl_handshake_timeout)
+            return
+        # What asyncio.StreamWriter.start_tls does, with _start_tls for loop.start_tls.
+        protocol: Any = self._protocol  # type: ignore[attr-defined]
+        server_side = protocol._client_connected_cb is not None
+        await self.drain()
+        self._transport = await _start_tls(
+            transport, protocol, sslcontext, server_side=server_side,
+            server_hostname=server_hostname, ssl_handshake_timeout=ssl_handshake_timeout)
+        protocol._replace_writer(self)
+
+
 # ---------------------------------------------------------------------- client
 
 async def create_connection(
@@ -226,7 +274,7 @@ async def open_connection(host: str | None = None, port: int | str | None = None
     reader = asyncio.StreamReader(limit=limit, loop=loop)
     protocol = asyncio.StreamReaderProtocol(reader, loop=loop)
     transport, _ = await create_connection(lambda: protocol, host, port, **kwds)
-    writer = asyncio.StreamWriter(transport, protocol, reader, loop)  # type: ignore[arg-type]
+    writer = _StreamWriter(transport, protocol, reader, loop)  # type: ignore[arg-type]
     return reader, writer
 
 
@@ -473,6 +521,9 @@ async def start_server(client_connected_cb: ClientConnectedCb,
 
     def connected(reader: asyncio.StreamReader,
                   writer: asyncio.StreamWriter) -> Awaitable[None] | None:
+        # StreamReaderProtocol made an asyncio.StreamWriter; the subclass adds only a
+        # start_tls that works on uvloop (same attributes, so the class can change)
+        writer.__class__ = _StreamWriter
         result = client_connected_cb(reader, writer)
         if asyncio.iscoroutine(result):
             return _run_handler(result, writer)
