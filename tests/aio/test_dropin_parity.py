@@ -193,3 +193,92 @@ async def test_writer_start_tls_upgrades_both_sides(tmp_path: Path) -> None:
         server.close()
         async with asyncio.timeout(TIMEOUT):
             await server.wait_closed()
+
+
+# ---------------------------------------------------------------------- sock=
+
+def bound_udp(host: str = HOST) -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind((host, 0))
+    return sock
+
+
+async def test_open_connection_over_the_applications_own_socket() -> None:
+    async with echo_server() as server:
+        async with asyncio.timeout(TIMEOUT):
+            sock = bound_udp()
+            local = sock.getsockname()
+            reader, writer = await utcp.open_connection(HOST, port_of(server), sock=sock,
+                                                        config=FAST)
+            assert writer.get_extra_info("sockname") == local
+            assert writer.get_extra_info("socket") is sock
+            writer.write(b"own socket")
+            assert await reader.readexactly(10) == b"own socket"
+            await close_writer(writer)
+
+
+async def test_create_connection_over_a_connected_socket_without_host_and_port() -> None:
+    server = await utcp.create_server(asyncio.Protocol, HOST, 0, config=FAST)
+    try:
+        async with asyncio.timeout(TIMEOUT):
+            sock = bound_udp()
+            sock.connect((HOST, port_of(server)))
+            transport, _ = await utcp.create_connection(asyncio.Protocol, sock=sock,
+                                                        config=FAST)
+            assert transport.get_extra_info("peername")[:2] == (HOST, port_of(server))
+            assert transport.get_extra_info("socket") is sock
+            transport.close()
+    finally:
+        server.close()
+        async with asyncio.timeout(TIMEOUT):
+            await server.wait_closed()
+
+
+async def test_sock_is_checked_as_asyncio_checks_it() -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
+        with pytest.raises(ValueError, match="SOCK_DGRAM"):
+            await utcp.open_connection(HOST, 9, sock=tcp)
+        with pytest.raises(ValueError, match="SOCK_DGRAM"):
+            await utcp.start_server(lambda r, w: None, sock=tcp)
+    with bound_udp() as udp:
+        with pytest.raises(ValueError, match="not connected"):
+            await utcp.open_connection(sock=udp)
+        with pytest.raises(ValueError, match="local_addr"):
+            await utcp.open_connection(HOST, 9, sock=udp, local_addr=(HOST, 0))
+        with pytest.raises(ValueError, match="host/port"):
+            await utcp.start_server(lambda r, w: None, HOST, 0, sock=udp)
+    with (socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as unbound,
+          pytest.raises(ValueError, match="bound")):
+        await utcp.start_server(lambda r, w: None, sock=unbound)
+
+
+async def test_start_server_on_the_applications_own_socket() -> None:
+    sock = bound_udp()
+    port = sock.getsockname()[1]
+    server = await utcp.create_server(asyncio.Protocol, sock=sock, config=FAST)
+    try:
+        assert server.sockets == (sock,)
+        async with asyncio.timeout(TIMEOUT):
+            transport, _ = await utcp.create_connection(asyncio.Protocol, HOST, port,
+                                                        config=FAST)
+            transport.close()
+    finally:
+        server.close()
+        async with asyncio.timeout(TIMEOUT):
+            await server.wait_closed()
+
+
+async def test_hole_punching_peers_connect_over_their_own_sockets() -> None:
+    """Two peers that each punched a hole with a socket of their own (here: just bound
+    it) connect towards each other from it at once: a simultaneous open."""
+    a, b = bound_udp(), bound_udp()
+    a_port, b_port = a.getsockname()[1], b.getsockname()[1]
+    async with asyncio.timeout(TIMEOUT):
+        (ra, wa), (rb, wb) = await asyncio.gather(
+            utcp.open_connection(HOST, b_port, sock=a, config=FAST),
+            utcp.open_connection(HOST, a_port, sock=b, config=FAST))
+        wa.write(b"from a")
+        wb.write(b"from b")
+        assert await rb.readexactly(6) == b"from a"
+        assert await ra.readexactly(6) == b"from b"
+        await asyncio.gather(close_writer(wa), close_writer(wb))

@@ -146,18 +146,33 @@ async def create_connection(
 ) -> tuple[asyncio.BaseTransport, asyncio.BaseProtocol]:
     """Connect over utcp; the same signature and errors as `loop.create_connection`."""
     cfg = _check_config(config)
-    checked_port = _check_port(port)
+    peer_given = sock is None or host is not None or port is not None
+    checked_port = _check_port(port) if peer_given else None
     context = _ssl_context(ssl, server_side=False)
     if context is None and server_hostname is not None:
         raise ValueError("server_hostname is only meaningful with ssl")
     if context is None and ssl_handshake_timeout is not None:
         raise ValueError("ssl_handshake_timeout is only meaningful with ssl")
     if sock is not None:
-        raise ValueError("utcp creates its own UDP socket; sock= is not supported")
+        _check_udp_socket(sock)
+        if local_addr is not None:
+            raise ValueError("local_addr and sock can not be specified at the same time")
     if local_addr is not None:
         _check_port(local_addr[1])
     loop = asyncio.get_running_loop()
-    infos = await _resolve(loop, host, checked_port, family, proto, flags)
+    if sock is not None and not peer_given:
+        # as asyncio's sock=: connected already, to the peer
+        try:
+            peer = sock.getpeername()
+        except OSError:
+            raise ValueError("host and port were not specified, and sock is not connected"
+                             ) from None
+        infos: list[Any] = [(sock.family, sock.type, sock.proto, "", peer)]
+    else:
+        infos = await _resolve(loop, host, checked_port,
+                               sock.family if sock is not None else family, proto, flags)
+        if sock is not None:
+            infos = infos[:1]  # one socket, one attempt: it closes with its connection
     if not infos:
         raise OSError(f"getaddrinfo({host!r}) returned an empty list")
     errors: list[OSError] = []
@@ -165,7 +180,8 @@ async def create_connection(
     # first ("localhost" is ::1 first on many systems) moves on to the next.
     for fam, typ, pro, _canon, addr in infos:
         try:
-            transport, waiter = await _open(loop, fam, typ, pro, addr, cfg, local_addr)
+            transport, waiter = await _open(loop, fam, typ, pro, addr, cfg, local_addr,
+                                            sock)
             try:
                 await waiter
             except BaseException:
@@ -226,14 +242,23 @@ _fixed_port_pairs: weakref.WeakValueDictionary[tuple[Any, Any], UdpPort] = (
     weakref.WeakValueDictionary())
 
 
+def _check_udp_socket(sock: object) -> None:
+    if not isinstance(sock, socket.socket) or sock.type != socket.SOCK_DGRAM:
+        raise ValueError(f"a UDP (SOCK_DGRAM) socket was expected, got {sock!r}")
+
+
 async def _open(loop: asyncio.AbstractEventLoop, family: int, type_: int, proto: int,
                 addr: Any, config: Config, local_addr: tuple[str, int] | None,
+                user_sock: socket.socket | None = None,
                 ) -> tuple[UtcpTransport, asyncio.Future[None]]:
     if addr[1] == 0:
         # Linux answers a TCP connect to port 0 with RST, as to any closed port; a UDP
         # connect() to port 0 would instead disconnect the socket.
         raise ConnectionRefusedError(errno.ECONNREFUSED, f"Connect call failed {addr}")
-    sock = socket.socket(family, type_, proto)
+    # A port the application chose (local_addr, or its own socket, as after punching a
+    # hole through a NAT with it) is a peer-to-peer connect: see UdpPort.icmp_refuses.
+    fixed = local_addr is not None or user_sock is not None
+    sock = user_sock if user_sock is not None else socket.socket(family, type_, proto)
     try:
         sock.setblocking(False)
         if local_addr is not None:
@@ -241,21 +266,24 @@ async def _open(loop: asyncio.AbstractEventLoop, family: int, type_: int, proto:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             sock.bind(local_addr)
         set_socket_buffers(sock)
-        sock.connect(addr)  # a connected UDP socket hears ICMP port-unreachable
+        if user_sock is None or _peer_of(sock) != addr[:2]:
+            sock.connect(addr)  # a connected UDP socket hears ICMP port-unreachable
     except BaseException:
-        sock.close()
+        if user_sock is None:
+            sock.close()
         raise
     local_port = sock.getsockname()[1]
     pair = (tuple(sock.getsockname()[:2]), tuple(sock.getpeername()[:2]))
     old = _fixed_port_pairs.get(pair)
     if old is not None and not old.closed and old.endpoint.connections:
-        sock.close()
+        if user_sock is None:
+            sock.close()
         state = next(iter(old.endpoint.connections.values())).state.name
         raise OSError(errno.EADDRINUSE, f"the connection {pair[0]} -> {pair[1]} still"
                                         f" exists ({state}); TIME_WAIT lasts 2 x msl")
     endpoint = Endpoint(config, local_port)
-    port = UdpPort(loop, sock, endpoint, connected=True, icmp_refuses=local_addr is None)
-    if local_addr is not None:
+    port = UdpPort(loop, sock, endpoint, connected=True, icmp_refuses=not fixed)
+    if fixed:
         _fixed_port_pairs[pair] = port
     port.close_when_idle = True
     now = loop.time()
@@ -264,6 +292,13 @@ async def _open(loop: asyncio.AbstractEventLoop, family: int, type_: int, proto:
     transport = UtcpTransport(port, conn, addr, waiter=waiter)
     port.process(now)
     return transport, waiter
+
+
+def _peer_of(sock: socket.socket) -> tuple[Any, ...] | None:
+    try:
+        return tuple(sock.getpeername()[:2])
+    except OSError:
+        return None
 
 
 async def open_connection(host: str | None = None, port: int | str | None = None, *,
@@ -466,10 +501,24 @@ async def create_server(
     if context is None and ssl_handshake_timeout is not None:
         raise ValueError("ssl_handshake_timeout is only meaningful with ssl")
     if sock is not None:
-        raise ValueError("utcp creates its own UDP sockets; sock= is not supported")
+        _check_udp_socket(sock)
+        if host is not None or port is not None:
+            raise ValueError("host/port and sock can not be specified at the same time")
+        if sock.getsockname()[1] == 0:
+            raise ValueError(f"sock must be bound to an address: {sock!r}")
     if isinstance(backlog, bool) or not isinstance(backlog, int):
         raise TypeError("backlog must be an int")
     loop = asyncio.get_running_loop()
+    if sock is not None:
+        # the application's own socket, bound as it chose; the server owns it from now
+        set_socket_buffers(sock)
+        endpoint = Endpoint(cfg, sock.getsockname()[1], listening=False, backlog=backlog)
+        server = Server(loop, [UdpPort(loop, sock, endpoint)], protocol_factory, context,
+                        ssl_handshake_timeout)
+        if start_serving:
+            server._start()
+            await asyncio.sleep(0)
+        return server
     hosts: list[str | None] = ([host] if host is None or isinstance(host, str)
                                else list(host))
     infos: list[Any] = []
