@@ -392,7 +392,7 @@ def test_soak_many_injections(seed: int) -> None:
 
 def test_harness_without_injections() -> None:
     """The harness itself: with nothing injected, the transfer and close pass every check."""
-    run_fuzzed([])
+    assert run_fuzzed([]) == 0
 
 
 def test_every_mutation_kind_once() -> None:
@@ -423,4 +423,4 @@ def test_every_mutation_kind_once() -> None:
                                                     wire.RST, 0, 0, 0))),
             (1, target, Garbage(False, bytes(range(40)))),
         ]
-    run_fuzzed(plan)
+    assert run_fuzzed(plan) == len(plan)  # each one reached the transfer mid-flight

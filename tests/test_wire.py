@@ -307,7 +307,8 @@ def test_mutations_only_raise_malformed(data: bytes) -> None:
         except MalformedSegment as exc:
             assert exc.reason
         else:
-            assert isinstance(seg, Segment)
+            # what parse accepted is a segment it can read back the same from its encoding
+            assert parse(build(seg)) == seg
 
 
 @settings(max_examples=300, deadline=None)
@@ -320,6 +321,10 @@ def test_arbitrary_bytes_only_raise_malformed(data: bytes) -> None:
     else:
         assert len(data) >= 20
         assert seg.src_port == int.from_bytes(data[0:2], "big")
+        assert (seg.seq, seg.ack) == (int.from_bytes(data[4:8], "big"),
+                                      int.from_bytes(data[8:12], "big"))
+        assert bytes(seg.payload) == data[(data[12] >> 4) * 4:]
+        assert parse(build(seg)) == seg
 
 
 @settings(max_examples=300, deadline=None)

@@ -264,7 +264,7 @@ async def test_write_buffer_limits_pause_and_resume_the_protocol() -> None:
             assert client2.calls[-1] == "pause"
             transport2.close()
             assert await client2.lost is None
-            assert client2.calls[-2:] == ["resume", "lost"] or client2.calls[-1] == "lost"
+            assert client2.calls[-2:] == ["resume", "lost"]  # drained below low water, then gone
             assert await sinks[1].eof == data
 
 
@@ -315,8 +315,8 @@ async def test_get_extra_info() -> None:
                 assert stats.state is State.ESTABLISHED
                 assert stats.mss == FAST.mss
                 # measured (uvloop's clock ticks in milliseconds: 0.0 is possible here)
-                assert isinstance(stats.srtt, float) and stats.srtt >= 0
-                assert isinstance(stats.rttvar, float) and stats.rttvar >= 0
+                assert isinstance(stats.srtt, float) and 0 <= stats.srtt < 1  # loopback
+                assert isinstance(stats.rttvar, float) and 0 <= stats.rttvar < 1
                 assert isinstance(stats.rto, float) and stats.rto >= FAST.rto_min
                 assert isinstance(stats.cwnd, int) and stats.cwnd >= stats.mss
                 assert stats.ssthresh is None or isinstance(stats.ssthresh, int)
@@ -324,7 +324,7 @@ async def test_get_extra_info() -> None:
                 assert stats.bytes_received == len(received)
                 assert stats.segments_sent >= len(sent) // stats.mss
                 assert stats.segments_received >= len(received) // stats.mss
-                assert stats.segments_retransmitted >= 0
+                assert 0 <= stats.segments_retransmitted < stats.segments_sent
                 with pytest.raises(dataclasses.FrozenInstanceError):
                     stats.cwnd = 1  # type: ignore[misc]
             done.set()
