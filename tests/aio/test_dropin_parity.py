@@ -282,3 +282,26 @@ async def test_hole_punching_peers_connect_over_their_own_sockets() -> None:
         assert await rb.readexactly(6) == b"from a"
         assert await ra.readexactly(6) == b"from b"
         await asyncio.gather(close_writer(wa), close_writer(wb))
+
+
+@pytest.mark.skipif(not has_ipv6(), reason="no IPv6 loopback")
+async def test_a_refused_address_moves_on_to_the_next(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A name with ::1 first and 127.0.0.1 next ("localhost" on many systems), served on
+    127.0.0.1 only: as asyncio, the refusal from ::1 is not the answer."""
+    from utcp.aio import api
+
+    async with echo_server() as server:
+        port = port_of(server)
+        infos = (socket.getaddrinfo("::1", port, type=socket.SOCK_DGRAM)
+                 + socket.getaddrinfo(HOST, port, type=socket.SOCK_DGRAM))
+
+        async def resolve(*args: Any) -> list[Any]:
+            return infos
+
+        monkeypatch.setattr(api, "_resolve", resolve)
+        async with asyncio.timeout(TIMEOUT):
+            reader, writer = await utcp.open_connection("dual-stack-name", port, config=FAST)
+            assert writer.get_extra_info("peername") == (HOST, port)
+            writer.write(b"v4")
+            assert await reader.readexactly(2) == b"v4"
+            await close_writer(writer)
