@@ -686,6 +686,8 @@ def _describe(exc: BaseException) -> str:
     if isinstance(exc, socket.gaierror):
         return f"cannot resolve address ({exc.strerror})"
     if isinstance(exc, ConnectionRefusedError):
+        if isinstance(exc.__cause__, ConnectionRefusedError):
+            exc = exc.__cause__  # the reason under asyncio's "Connect call failed" wording
         # utcp's own refusals say why (port unreachable, a secure-mode mismatch); the OS's
         # errno-carrying ones ("[Errno 111] Connect call failed ...") do not
         return str(exc) if exc.errno is None and str(exc) else "connection refused"

@@ -373,7 +373,7 @@ def _no_new_sockets(before: set[str]) -> bool:
 
 
 @pytest.mark.parametrize(("port", "error"), [
-    (70000, OverflowError), (-1, OverflowError), ("abc", TypeError), (1.5, TypeError),
+    (70000, OverflowError), (-1, OverflowError), ("abc", socket.gaierror), (1.5, TypeError),
     (b"80", TypeError),
 ])
 async def test_bad_port_raises_before_anything_is_opened(port: Any, error: type) -> None:

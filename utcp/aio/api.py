@@ -8,7 +8,7 @@ import socket
 import ssl as ssl_module
 import weakref
 from asyncio import sslproto
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from typing import Any
 
 from utcp.aio.port import UdpPort, set_socket_buffers
@@ -39,6 +39,15 @@ def _check_port(port: object, *, allow_none: bool = False) -> int | None:
         return None
     if isinstance(port, str) and port.isdigit():
         port = int(port)
+    elif isinstance(port, str):
+        # A service name, looked up as TCP's: utcp carries TCP, and /etc/services often
+        # lists a service ("http") for tcp only, so a SOCK_DGRAM lookup would miss it.
+        try:
+            port = socket.getservbyname(port, "tcp")
+        except OSError:
+            raise socket.gaierror(socket.EAI_SERVICE,
+                                  f"Servname not supported for ai_socktype: {port!r}"
+                                  ) from None
     if isinstance(port, bool) or not isinstance(port, int):
         raise TypeError(f"port must be an int, not {type(port).__name__}")
     if not 0 <= port <= 65535:
@@ -67,9 +76,7 @@ async def _wrap_tls(loop: asyncio.AbstractEventLoop, transport: UtcpTransport,
     tls = sslproto.SSLProtocol(loop, app_protocol, context, waiter, server_side,
                                server_hostname,
                                ssl_handshake_timeout=handshake_timeout)  # type: ignore[arg-type]
-    transport.set_protocol(tls)
-    tls.connection_made(transport)
-    transport._deliver()
+    transport._attach(tls)
     try:
         await waiter
     except BaseException:
@@ -78,10 +85,59 @@ async def _wrap_tls(loop: asyncio.AbstractEventLoop, transport: UtcpTransport,
     return tls._app_transport
 
 
+async def _start_tls(transport: UtcpTransport, protocol: asyncio.BaseProtocol,
+                     sslcontext: ssl_module.SSLContext, *, server_side: bool,
+                     server_hostname: str | None, ssl_handshake_timeout: float | None,
+                     ) -> asyncio.Transport:
+    """`loop.start_tls` on any loop: uvloop's accepts only its own transports
+    (TypeError), so this is asyncio's (base_events.BaseEventLoop.start_tls) run here."""
+    loop = asyncio.get_running_loop()
+    waiter: asyncio.Future[None] = loop.create_future()
+    tls = sslproto.SSLProtocol(loop, protocol, sslcontext, waiter,
+                               server_side, server_hostname,
+                               ssl_handshake_timeout=ssl_handshake_timeout,  # type: ignore[arg-type]
+                               call_connection_made=False)
+    # paused until the TLS protocol has seen connection_made, as in asyncio
+    transport.pause_reading()
+    transport.set_protocol(tls)
+    made = loop.call_soon(tls.connection_made, transport)
+    resumed = loop.call_soon(transport.resume_reading)
+    try:
+        await waiter
+    except BaseException:
+        transport.close()
+        made.cancel()
+        resumed.cancel()
+        raise
+    return tls._app_transport
+
+
+class _StreamWriter(asyncio.StreamWriter):
+    """asyncio's StreamWriter, whose start_tls works over utcp on every loop."""
+
+    async def start_tls(self, sslcontext: ssl_module.SSLContext, *,
+                        server_hostname: str | None = None,
+                        ssl_handshake_timeout: float | None = None) -> None:
+        transport = self.transport
+        if not isinstance(transport, UtcpTransport):  # already TLS: let asyncio say no
+            await super().start_tls(sslcontext, server_hostname=server_hostname,
+                                    ssl_handshake_timeout=ssl_handshake_timeout)
+            return
+        # What asyncio.StreamWriter.start_tls does, with _start_tls for loop.start_tls.
+        protocol: Any = self._protocol  # type: ignore[attr-defined]
+        server_side = protocol._client_connected_cb is not None
+        await self.drain()
+        self._transport = await _start_tls(
+            transport, protocol, sslcontext, server_side=server_side,
+            server_hostname=server_hostname, ssl_handshake_timeout=ssl_handshake_timeout)
+        protocol._replace_writer(self)
+
+
 # ---------------------------------------------------------------------- client
 
 async def create_connection(
-        protocol_factory: ProtocolFactory, host: str | None = None, port: int | None = None, *,
+        protocol_factory: ProtocolFactory, host: str | None = None,
+        port: int | str | None = None, *,
         config: Config | None = None, ssl: Any = None, family: int = 0, proto: int = 0,
         flags: int = 0, sock: Any = None, local_addr: tuple[str, int] | None = None,
         server_hostname: str | None = None, ssl_handshake_timeout: float | None = None,
@@ -90,25 +146,50 @@ async def create_connection(
 ) -> tuple[asyncio.BaseTransport, asyncio.BaseProtocol]:
     """Connect over utcp; the same signature and errors as `loop.create_connection`."""
     cfg = _check_config(config)
-    checked_port = _check_port(port)
+    peer_given = sock is None or host is not None or port is not None
+    checked_port = _check_port(port) if peer_given else None
     context = _ssl_context(ssl, server_side=False)
     if context is None and server_hostname is not None:
         raise ValueError("server_hostname is only meaningful with ssl")
     if context is None and ssl_handshake_timeout is not None:
         raise ValueError("ssl_handshake_timeout is only meaningful with ssl")
     if sock is not None:
-        raise ValueError("utcp creates its own UDP socket; sock= is not supported")
+        _check_udp_socket(sock)
+        if local_addr is not None:
+            raise ValueError("local_addr and sock can not be specified at the same time")
     if local_addr is not None:
         _check_port(local_addr[1])
     loop = asyncio.get_running_loop()
-    infos = await _resolve(loop, host, checked_port, family, proto, flags)
+    if sock is not None and not peer_given:
+        # as asyncio's sock=: connected already, to the peer
+        try:
+            peer = sock.getpeername()
+        except OSError:
+            raise ValueError("host and port were not specified, and sock is not connected"
+                             ) from None
+        infos: list[Any] = [(sock.family, sock.type, sock.proto, "", peer)]
+    else:
+        infos = await _resolve(loop, host, checked_port,
+                               sock.family if sock is not None else family, proto, flags)
+        if sock is not None:
+            infos = infos[:1]  # one socket, one attempt: it closes with its connection
     if not infos:
         raise OSError(f"getaddrinfo({host!r}) returned an empty list")
     errors: list[OSError] = []
+    # Each address in turn until one connects, as asyncio does: a refusal from the
+    # first ("localhost" is ::1 first on many systems) moves on to the next.
     for fam, typ, pro, _canon, addr in infos:
         try:
-            transport, waiter = await _open(loop, fam, typ, pro, addr, cfg, local_addr)
+            transport, waiter = await _open(loop, fam, typ, pro, addr, cfg, local_addr,
+                                            sock)
+            try:
+                await waiter
+            except BaseException:
+                transport.abort()
+                raise
             break
+        except ConnectionRefusedError as exc:
+            errors.append(_refused(addr, exc))
         except OSError as exc:
             errors.append(exc)
     else:
@@ -117,22 +198,26 @@ async def create_connection(
         if all_errors:
             raise ExceptionGroup("create_connection failed", errors)
         raise OSError("Multiple exceptions: " + ", ".join(str(e) for e in errors))
-    try:
-        await waiter
-    except BaseException:
-        transport.abort()
-        raise
     app_protocol = protocol_factory()
     if context is None:
-        transport.set_protocol(app_protocol)
-        app_protocol.connection_made(transport)
-        transport._deliver()
+        transport._attach(app_protocol)
         return transport, app_protocol
     hostname = server_hostname if server_hostname is not None else host
     app_transport = await _wrap_tls(loop, transport, app_protocol, context, server_side=False,
                                     server_hostname=hostname or None,
                                     handshake_timeout=ssl_handshake_timeout)
     return app_transport, app_protocol
+
+
+def _refused(addr: Any, exc: ConnectionRefusedError) -> ConnectionRefusedError:
+    """The refusal as asyncio words it ("[Errno 111] Connect call failed ('h', p)"),
+    with the core's reason after it (port unreachable, a secure-mode mismatch...); the
+    core's own exception stays as the cause."""
+    if exc.errno is not None:
+        return exc
+    refused = ConnectionRefusedError(errno.ECONNREFUSED, f"Connect call failed {addr}: {exc}")
+    refused.__cause__ = exc
+    return refused
 
 
 async def _resolve(loop: asyncio.AbstractEventLoop, host: str | None, port: int | None,
@@ -157,10 +242,23 @@ _fixed_port_pairs: weakref.WeakValueDictionary[tuple[Any, Any], UdpPort] = (
     weakref.WeakValueDictionary())
 
 
+def _check_udp_socket(sock: object) -> None:
+    if not isinstance(sock, socket.socket) or sock.type != socket.SOCK_DGRAM:
+        raise ValueError(f"a UDP (SOCK_DGRAM) socket was expected, got {sock!r}")
+
+
 async def _open(loop: asyncio.AbstractEventLoop, family: int, type_: int, proto: int,
                 addr: Any, config: Config, local_addr: tuple[str, int] | None,
+                user_sock: socket.socket | None = None,
                 ) -> tuple[UtcpTransport, asyncio.Future[None]]:
-    sock = socket.socket(family, type_, proto)
+    if addr[1] == 0:
+        # Linux answers a TCP connect to port 0 with RST, as to any closed port; a UDP
+        # connect() to port 0 would instead disconnect the socket.
+        raise ConnectionRefusedError(errno.ECONNREFUSED, f"Connect call failed {addr}")
+    # A port the application chose (local_addr, or its own socket, as after punching a
+    # hole through a NAT with it) is a peer-to-peer connect: see UdpPort.icmp_refuses.
+    fixed = local_addr is not None or user_sock is not None
+    sock = user_sock if user_sock is not None else socket.socket(family, type_, proto)
     try:
         sock.setblocking(False)
         if local_addr is not None:
@@ -168,21 +266,24 @@ async def _open(loop: asyncio.AbstractEventLoop, family: int, type_: int, proto:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             sock.bind(local_addr)
         set_socket_buffers(sock)
-        sock.connect(addr)  # a connected UDP socket hears ICMP port-unreachable
+        if user_sock is None or _peer_of(sock) != addr[:2]:
+            sock.connect(addr)  # a connected UDP socket hears ICMP port-unreachable
     except BaseException:
-        sock.close()
+        if user_sock is None:
+            sock.close()
         raise
     local_port = sock.getsockname()[1]
     pair = (tuple(sock.getsockname()[:2]), tuple(sock.getpeername()[:2]))
     old = _fixed_port_pairs.get(pair)
     if old is not None and not old.closed and old.endpoint.connections:
-        sock.close()
+        if user_sock is None:
+            sock.close()
         state = next(iter(old.endpoint.connections.values())).state.name
         raise OSError(errno.EADDRINUSE, f"the connection {pair[0]} -> {pair[1]} still"
                                         f" exists ({state}); TIME_WAIT lasts 2 x msl")
     endpoint = Endpoint(config, local_port)
-    port = UdpPort(loop, sock, endpoint, connected=True, icmp_refuses=local_addr is None)
-    if local_addr is not None:
+    port = UdpPort(loop, sock, endpoint, connected=True, icmp_refuses=not fixed)
+    if fixed:
         _fixed_port_pairs[pair] = port
     port.close_when_idle = True
     now = loop.time()
@@ -193,7 +294,14 @@ async def _open(loop: asyncio.AbstractEventLoop, family: int, type_: int, proto:
     return transport, waiter
 
 
-async def open_connection(host: str | None = None, port: int | None = None, *,
+def _peer_of(sock: socket.socket) -> tuple[Any, ...] | None:
+    try:
+        return tuple(sock.getpeername()[:2])
+    except OSError:
+        return None
+
+
+async def open_connection(host: str | None = None, port: int | str | None = None, *,
                           limit: int = 2 ** 16, **kwds: Any,
                           ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
     """`asyncio.open_connection` over utcp: asyncio's own StreamReader/StreamWriter."""
@@ -201,7 +309,7 @@ async def open_connection(host: str | None = None, port: int | None = None, *,
     reader = asyncio.StreamReader(limit=limit, loop=loop)
     protocol = asyncio.StreamReaderProtocol(reader, loop=loop)
     transport, _ = await create_connection(lambda: protocol, host, port, **kwds)
-    writer = asyncio.StreamWriter(transport, protocol, reader, loop)  # type: ignore[arg-type]
+    writer = _StreamWriter(transport, protocol, reader, loop)  # type: ignore[arg-type]
     return reader, writer
 
 
@@ -296,11 +404,13 @@ class Server(asyncio.AbstractServer):
         try:
             await self._serving_forever
         except asyncio.CancelledError:
-            try:
-                self.close()
-                await self.wait_closed()
-            finally:
-                raise
+            # Stop accepting, as asyncio 3.11 does, without waiting for the connections:
+            # asyncio.run cancels this on the first Ctrl-C, and a client that stays
+            # connected must not keep the program alive (3.12's wait here is CPython
+            # issue gh-123720). The connections go on until their handlers end;
+            # close_clients()/abort_clients() end them sooner.
+            self.close()
+            raise
         finally:
             self._serving_forever = None
 
@@ -309,7 +419,20 @@ class Server(asyncio.AbstractServer):
 
     async def __aexit__(self, *exc: object) -> None:
         self.close()
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            return  # the first Ctrl-C under asyncio.run: see serve_forever
         await self.wait_closed()
+
+    def close_clients(self) -> None:
+        """Close every connection the server accepted (asyncio 3.13): buffered data, FIN."""
+        for transport in list(self._active):
+            transport.close()
+
+    def abort_clients(self) -> None:
+        """Abort every connection the server accepted (asyncio 3.13): RST, at once."""
+        for transport in list(self._active):
+            transport.abort()
 
     # -------------------------------------------------------------- accepting
 
@@ -319,7 +442,10 @@ class Server(asyncio.AbstractServer):
         return accept
 
     def _accept(self, port: UdpPort, conn: Connection) -> None:
-        transport = UtcpTransport(port, conn, conn.peer, on_lost=self._on_lost)
+        peername: Any = conn.peer
+        if port.sock.family == socket.AF_INET6:
+            peername = _ipv6_sockaddr(conn.peer)
+        transport = UtcpTransport(port, conn, peername, on_lost=self._on_lost)
         self._active.add(transport)
         try:
             protocol = self._protocol_factory()
@@ -329,13 +455,7 @@ class Server(asyncio.AbstractServer):
             transport.abort()
             return
         if self._ssl is None:
-            transport.set_protocol(protocol)
-            try:
-                protocol.connection_made(transport)
-            except Exception as exc:
-                transport._fatal_error(exc, "protocol.connection_made() failed")
-                return
-            transport._deliver()
+            transport._attach(protocol)
             return
         task = self._loop.create_task(self._accept_tls(transport, protocol))
         self._tls_tasks.add(task)
@@ -354,9 +474,21 @@ class Server(asyncio.AbstractServer):
             transport.abort()
 
 
+def _ipv6_sockaddr(peer: tuple[str, int]) -> tuple[str, int, int, int]:
+    """(host, port, flowinfo, scope_id), as an IPv6 TCP socket's getpeername() gives it;
+    the endpoint keys connections by (host, port) only. Numeric: no lookup is made."""
+    try:
+        found = socket.getaddrinfo(peer[0], peer[1], socket.AF_INET6, socket.SOCK_DGRAM, 0,
+                                   socket.AI_NUMERICHOST | socket.AI_NUMERICSERV)
+        sockaddr: tuple[Any, ...] = found[0][4]
+        return (peer[0], peer[1], int(sockaddr[2]), int(sockaddr[3]))
+    except (OSError, IndexError, UnicodeError):
+        return (peer[0], peer[1], 0, 0)
+
+
 async def create_server(
         protocol_factory: ProtocolFactory, host: str | Iterable[str] | None = None,
-        port: int | None = None, *, config: Config | None = None, family: int = 0,
+        port: int | str | None = None, *, config: Config | None = None, family: int = 0,
         flags: int = socket.AI_PASSIVE, sock: Any = None, backlog: int = 100, ssl: Any = None,
         reuse_address: bool | None = None, reuse_port: bool | None = None,
         ssl_handshake_timeout: float | None = None, ssl_shutdown_timeout: float | None = None,
@@ -370,10 +502,24 @@ async def create_server(
     if context is None and ssl_handshake_timeout is not None:
         raise ValueError("ssl_handshake_timeout is only meaningful with ssl")
     if sock is not None:
-        raise ValueError("utcp creates its own UDP sockets; sock= is not supported")
+        _check_udp_socket(sock)
+        if host is not None or port is not None:
+            raise ValueError("host/port and sock can not be specified at the same time")
+        if sock.getsockname()[1] == 0:
+            raise ValueError(f"sock must be bound to an address: {sock!r}")
     if isinstance(backlog, bool) or not isinstance(backlog, int):
         raise TypeError("backlog must be an int")
     loop = asyncio.get_running_loop()
+    if sock is not None:
+        # the application's own socket, bound as it chose; the server owns it from now
+        set_socket_buffers(sock)
+        endpoint = Endpoint(cfg, sock.getsockname()[1], listening=False, backlog=backlog)
+        server = Server(loop, [UdpPort(loop, sock, endpoint)], protocol_factory, context,
+                        ssl_handshake_timeout)
+        if start_serving:
+            server._start()
+            await asyncio.sleep(0)
+        return server
     hosts: list[str | None] = ([host] if host is None or isinstance(host, str)
                                else list(host))
     infos: list[Any] = []
@@ -418,14 +564,36 @@ async def create_server(
 
 async def start_server(client_connected_cb: ClientConnectedCb,
                        host: str | Iterable[str] | None = None,
-                       port: int | None = None, *, limit: int = 2 ** 16,
+                       port: int | str | None = None, *, limit: int = 2 ** 16,
                        **kwds: Any) -> Server:
     """`asyncio.start_server` over utcp."""
     loop = asyncio.get_running_loop()
 
+    def connected(reader: asyncio.StreamReader,
+                  writer: asyncio.StreamWriter) -> Awaitable[None] | None:
+        # StreamReaderProtocol made an asyncio.StreamWriter; the subclass adds only a
+        # start_tls that works on uvloop (same attributes, so the class can change)
+        writer.__class__ = _StreamWriter
+        result = client_connected_cb(reader, writer)
+        if asyncio.iscoroutine(result):
+            return _run_handler(result, writer)
+        return result
+
     def factory() -> asyncio.StreamReaderProtocol:
         reader = asyncio.StreamReader(limit=limit, loop=loop)
-        return asyncio.StreamReaderProtocol(reader, client_connected_cb,
-                                            loop=loop)
+        return asyncio.StreamReaderProtocol(reader, connected, loop=loop)
 
     return await create_server(factory, host, port, **kwds)
+
+
+async def _run_handler(handler: Coroutine[Any, Any, None], writer: asyncio.StreamWriter) -> None:
+    """A start_server handler, ended as asyncio 3.12 ends it when cancelled (asyncio.run
+    cancels every task on Ctrl-C): its connection is closed rather than left open to a
+    peer that would wait forever. The cancellation stops here, in the task's outermost
+    frame, which nobody awaits: 3.11's StreamReaderProtocol asks a cancelled handler
+    task for its exception and logs the CancelledError that raises. (A handler that
+    fails is reported and its connection closed by StreamReaderProtocol itself.)"""
+    try:
+        await handler
+    except asyncio.CancelledError:
+        writer.transport.close()

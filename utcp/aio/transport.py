@@ -42,13 +42,16 @@ class UtcpTransport(asyncio.Transport):
         self._buffered = False
         self._waiter = waiter           # completes when the handshake does (client side)
         self._closing = False           # close() or abort() called, or the connection died
-        self._eof_written = False
+        self._eof_written = False       # FIN queued, by write_eof() or close()
+        self._write_eof_called = False  # by write_eof(): then write() is an error
         self._reading_paused = False
         self._protocol_paused = False   # pause_writing() called on the protocol
         self._eof_pending = False
         self._eof_delivered = False
         self._send_closed = False
         self._lost = False              # connection_lost scheduled
+        # The connection ended before there was a protocol to tell: (exc,) for `_attach`.
+        self._loss_pending: tuple[Exception | None] | None = None
         self._on_lost = on_lost         # the server's bookkeeping of live connections
         self._high = DEFAULT_HIGH_WATER
         self._low = DEFAULT_HIGH_WATER // 4
@@ -102,6 +105,25 @@ class UtcpTransport(asyncio.Transport):
         self._protocol = protocol
         self._buffered = isinstance(protocol, asyncio.BufferedProtocol)
 
+    def _attach(self, protocol: asyncio.BaseProtocol) -> None:
+        """Give the transport its first protocol: connection_made, then, in the order
+        they happened, whatever the core queued while there was none (bytes, the peer's
+        FIN, a reset). A client's handshake completes, and a server's connection waits
+        in the accept queue, before any protocol exists; the peer may have sent all it
+        will send by then (a short request and its FIN), and no later datagram comes
+        to trigger another pass over the events (issue #11)."""
+        self.set_protocol(protocol)
+        try:
+            protocol.connection_made(self)
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException as exc:
+            self._fatal_error(exc, "protocol.connection_made() failed")
+            return
+        self._process_events()
+        if self._loss_pending is not None and not self._lost:
+            self._connection_lost(self._loss_pending[0])
+
     def get_protocol(self) -> asyncio.BaseProtocol:
         assert self._protocol is not None
         return self._protocol
@@ -148,10 +170,10 @@ class UtcpTransport(asyncio.Transport):
         if not isinstance(data, bytes | bytearray | memoryview):
             raise TypeError(f"data argument must be a bytes-like object, "
                             f"not {type(data).__name__!r}")
-        if self._eof_written:
+        if self._write_eof_called:
             raise RuntimeError("Cannot call write() after write_eof()")
-        if not data or self._lost or self._conn.state == State.CLOSED:
-            return
+        if not data or self._closing or self._conn.state == State.CLOSED:
+            return  # after close() or abort(), or once the connection died: asyncio drops
         idle = self._conn.unsent == 0
         try:
             self._conn.send(data)
@@ -169,7 +191,7 @@ class UtcpTransport(asyncio.Transport):
     def write_eof(self) -> None:
         if self._closing or self._eof_written:
             return
-        self._eof_written = True
+        self._eof_written = self._write_eof_called = True
         if self._conn.state != State.CLOSED:
             self._conn.close()
             self._port.schedule_flush()
@@ -309,13 +331,21 @@ class UtcpTransport(asyncio.Transport):
     def _connection_lost(self, exc: Exception | None) -> None:
         if self._lost:
             return
-        self._lost = True
         self._closing = True
-        self._port.detach(self._conn)
-        if self._protocol is not None:
-            self._loop.call_soon(self._call_connection_lost, exc)
-        if self._on_lost is not None:
-            self._on_lost(self)
+        if self._protocol is None:
+            # Nobody to tell yet: `_attach` delivers what arrived first, then this.
+            if self._loss_pending is None:
+                self._loss_pending = (exc,)
+                self._port.detach(self._conn)
+                if self._on_lost is not None:
+                    self._on_lost(self)
+            return
+        self._lost = True
+        if self._loss_pending is None:
+            self._port.detach(self._conn)
+            if self._on_lost is not None:
+                self._on_lost(self)
+        self._loop.call_soon(self._call_connection_lost, exc)
 
     def _call_connection_lost(self, exc: Exception | None) -> None:
         protocol = self._protocol
