@@ -28,4 +28,4 @@ __all__ = [
     "open_connection",
     "start_server",
 ]
-__version__ = "0.1.0"
+__version__ = "0.2.0.dev0"  # PEP 440; the one version source (pyproject reads it)

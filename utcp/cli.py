@@ -699,13 +699,10 @@ def _describe(exc: BaseException) -> str:
 
 
 def _version() -> str:
-    """The installed distribution's version; the package's own when run from a checkout."""
-    from importlib import metadata
-
-    try:
-        return metadata.version("utcp")
-    except metadata.PackageNotFoundError:
-        return utcp.__version__
+    """The version of the code that runs: `utcp.__version__`, the one source the wheel's
+    metadata is built from. The installed distribution's metadata can be stale (a checkout
+    run with `python -m utcp`, an editable install made before the version changed)."""
+    return utcp.__version__
 
 
 def _type(convert: Any, check: Any, message: str, name: str) -> Any:
