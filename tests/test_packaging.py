@@ -6,11 +6,12 @@ benchmarks, README, CHANGELOG and LICENSE in the sdist). Then the README's own i
 puts the wheel in a fresh venv (no system site-packages, so nothing of this checkout or of the
 developer's environment can stand in for what the wheel lacks), and a smoke test runs there:
 a loopback echo through `utcp.start_server` / `utcp.open_connection`, `utcp --version` and
-`python -m utcp perf -n 1M` against its in-process server. `python -m build` builds the wheel
-from the sdist, so a wheel that works also shows the sdist builds.
+`python -m utcp perf -n 1M` against its in-process server; mypy checks user code against the
+installed wheel's annotations. `python -m build` builds the wheel from the sdist, so a wheel
+that works also shows the sdist builds.
 
-The dependencies come from the registry through pip's cache (a warm cache makes the install
-take seconds); the whole module takes ~25 s on an idle 2-core machine.
+The build backend and the dependencies come from the registry through pip's cache (a warm
+cache makes each step take seconds); the whole module takes ~30 s on a 2-core machine.
 """
 
 from __future__ import annotations
@@ -217,6 +218,30 @@ def test_wheel_in_fresh_venv(venv: dict[str, str], tmp_path: Path) -> None:
     assert lines[0] == f"utcp {utcp.__version__}"
     assert re.search(r"1\.00 MBytes .* receiver", result.stdout), result.stdout
     _run(["python", "-m", "pip", "check"], cwd=tmp_path, env=venv)
+
+
+def test_type_checkers_read_the_installed_wheel(venv: dict[str, str], tmp_path: Path) -> None:
+    """PEP 561: with `py.typed` installed, mypy checks a user's calls against utcp's own
+    annotations; without it, mypy skips the package and every utcp name is `Any`."""
+    if importlib.util.find_spec("mypy") is None:
+        pytest.skip("mypy is not installed (it is in the dev extra: pip install -e '.[dev]')")
+    # an empty directory, so that mypy can only find utcp where the venv installed it
+    (tmp_path / "user_code.py").write_text(textwrap.dedent('''
+        import utcp
+
+        reveal_type(utcp.open_connection)
+        wrong: int = utcp.Config()
+    '''))
+    python = Path(venv["VIRTUAL_ENV"]) / "bin" / "python"
+    result = subprocess.run(
+        [sys.executable, "-m", "mypy", "--strict", "--python-executable", str(python),
+         "--cache-dir", str(tmp_path / "cache"), "user_code.py"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=STEP_TIMEOUT)
+    assert "py.typed" not in result.stdout, result.stdout
+    assert re.search(r"Revealed type is .*StreamReader.*StreamWriter", result.stdout), \
+        result.stdout
+    assert 'expression has type "Config", variable has type "int"' in result.stdout, \
+        result.stdout
 
 
 def test_one_version_source() -> None:
