@@ -22,6 +22,7 @@ import asyncio
 import bisect
 import contextlib
 import ipaddress
+import math
 import os
 import struct
 import time
@@ -236,8 +237,10 @@ def analyse(conv: Conversation, sender: Address | None = None) -> Series:
     """The time-sequence series of `conv`'s data direction (the one with more payload).
 
     RTT samples follow Karn's rule (RFC 6298 §3): only a segment sent once is timed,
-    from its send to the first ACK that covers it; on a capture taken at the receiver
-    they measure the receiver's share of the path only, as tcptrace's do.
+    from its send to the first ACK or SACK block (RFC 2018) that covers it, so a
+    segment held behind a hole is timed by its SACK, not by the repair's ACK. On a
+    capture taken at the receiver they measure the receiver's share of the path only,
+    as tcptrace's do.
     """
     if sender is None:
         sender = conv.a if conv.payload(conv.a) >= conv.payload(conv.b) else conv.b
@@ -261,7 +264,8 @@ def analyse(conv: Conversation, sender: Address | None = None) -> Series:
         shift = min(their_syn.wscale, 14)
     snd_max: int | None = None
     highest_ack = 0
-    timed: list[tuple[int, float]] = []  # (end, t sent) of segments sent once, by end
+    # (end, t sent, first) of segments sent once and not yet acknowledged, by end
+    timed: list[tuple[int, float, int]] = []
     for p in conv.packets:
         t = p.time - start
         if p.src == sender:
@@ -274,9 +278,9 @@ def analyse(conv: Conversation, sender: Address | None = None) -> Series:
             series.segments.append((t, lo, hi))
             series.retransmitted.append(resent)
             if resent:  # Karn: what this resends may no longer be timed
-                timed = [(end, sent) for end, sent in timed if end <= lo]
+                timed = [x for x in timed if x[0] <= lo or x[2] >= hi]
             else:
-                timed.append((hi, t))
+                timed.append((hi, t, lo))
             snd_max = hi if snd_max is None else max(snd_max, hi)
             series.in_flight.append((t, max(0, snd_max - max(highest_ack, 0))))
         elif p.flags & wire.ACK:
@@ -285,12 +289,17 @@ def analyse(conv: Conversation, sender: Address | None = None) -> Series:
             window = p.window << (0 if p.flags & wire.SYN else shift)
             series.window.append((t, ack + window))
             for left, right in p.sack:
-                series.sacks.append((t, rel_ack(left), rel_ack(right)))
+                lo, hi = rel_ack(left), rel_ack(right)
                 rel_ack.last = ack  # a SACK block must not move the unwrapping point
+                series.sacks.append((t, lo, hi))
+                inside = [x for x in timed if x[2] >= lo and x[0] <= hi]
+                if inside:
+                    series.rtt.append((t, t - inside[-1][1]))
+                    timed = [x for x in timed if not (x[2] >= lo and x[0] <= hi)]
             if ack > highest_ack:
                 # every timed segment this ACK covers gives one sample, the newest the
                 # best: older ones waited for the delayed ACK of a later segment
-                i = bisect.bisect_right(timed, (ack, float("inf")))
+                i = bisect.bisect_right(timed, (ack, math.inf, 0))
                 if i:
                     series.rtt.append((t, t - timed[i - 1][1]))
                     del timed[:i]
