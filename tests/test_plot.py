@@ -45,27 +45,27 @@ def _write(writer: pcap.PcapWriter, src: tuple[str, int], dst: tuple[str, int], 
     writer.write(wire.build(seg), src, dst, t)
 
 
-def handmade(path: Path) -> None:
+def handmade(path: Path, a: tuple[str, int] = A, b: tuple[str, int] = B) -> None:
     """SYN lost and resent, three 1000-byte segments, the second lost and resent, FIN."""
     w = pcap.PcapWriter(path)
     syn_opts = wire.Options(mss=1000, wscale=7)
-    _write(w, A, B, 100.0, ISN, 0, wire.SYN, 65535, options=syn_opts)
-    _write(w, A, B, 101.0, ISN, 0, wire.SYN, 65535, options=syn_opts)  # RTO: resent
-    _write(w, B, A, 101.1, IRS, ISN + 1, wire.SYN | wire.ACK, 65535,
+    _write(w, a, b, 100.0, ISN, 0, wire.SYN, 65535, options=syn_opts)
+    _write(w, a, b, 101.0, ISN, 0, wire.SYN, 65535, options=syn_opts)  # RTO: resent
+    _write(w, b, a, 101.1, IRS, ISN + 1, wire.SYN | wire.ACK, 65535,
            options=wire.Options(mss=1000, wscale=2))
-    _write(w, A, B, 101.2, ISN + 1, IRS + 1, wire.ACK, 500)
+    _write(w, a, b, 101.2, ISN + 1, IRS + 1, wire.ACK, 500)
     d = ISN + 1
-    _write(w, A, B, 101.2, d, IRS + 1, wire.ACK, 500, payload=1000)
-    _write(w, A, B, 101.2, d + 1000, IRS + 1, wire.ACK, 500, payload=1000)  # lost
-    _write(w, A, B, 101.2, d + 2000, IRS + 1, wire.ACK, 500, payload=1000)
-    _write(w, B, A, 101.3, IRS + 1, d + 1000, wire.ACK, 1000)
-    _write(w, B, A, 101.3, IRS + 1, d + 1000, wire.ACK, 1000,
+    _write(w, a, b, 101.2, d, IRS + 1, wire.ACK, 500, payload=1000)
+    _write(w, a, b, 101.2, d + 1000, IRS + 1, wire.ACK, 500, payload=1000)  # lost
+    _write(w, a, b, 101.2, d + 2000, IRS + 1, wire.ACK, 500, payload=1000)
+    _write(w, b, a, 101.3, IRS + 1, d + 1000, wire.ACK, 1000)
+    _write(w, b, a, 101.3, IRS + 1, d + 1000, wire.ACK, 1000,
            options=wire.Options(sack=(((d + 2000) % (1 << 32), (d + 3000) % (1 << 32)),)))
-    _write(w, A, B, 101.35, d + 1000, IRS + 1, wire.ACK, 500, payload=1000)  # resent
-    _write(w, B, A, 101.45, IRS + 1, d + 3000, wire.ACK, 1000)
-    _write(w, A, B, 101.5, d + 3000, IRS + 1, wire.ACK | wire.FIN, 500)
-    _write(w, B, A, 101.6, IRS + 1, d + 3001, wire.ACK | wire.FIN, 1000)
-    _write(w, A, B, 101.7, d + 3001, IRS + 2, wire.ACK, 500)
+    _write(w, a, b, 101.35, d + 1000, IRS + 1, wire.ACK, 500, payload=1000)  # resent
+    _write(w, b, a, 101.45, IRS + 1, d + 3000, wire.ACK, 1000)
+    _write(w, a, b, 101.5, d + 3000, IRS + 1, wire.ACK | wire.FIN, 500)
+    _write(w, b, a, 101.6, IRS + 1, d + 3001, wire.ACK | wire.FIN, 1000)
+    _write(w, a, b, 101.7, d + 3001, IRS + 2, wire.ACK, 500)
     w.close()
 
 
@@ -113,6 +113,55 @@ def test_throughput_intervals(tmp_path: Path) -> None:
     assert [r[0] for r in rows] == [0.0, 0.5, 1.0, 1.5]
     assert [r[1] * 0.5 / 8 for r in rows] == [1, 0, 1 + 3000 + 1000, 1]
     assert sum(r[2] * 0.5 / 8 for r in rows) == 3001  # acknowledged: everything, once
+
+
+def _relink(path: Path, linktype: int, header: bytes, order: str = "<") -> bytes:
+    """The capture again with another link type, `header` before each IP packet."""
+    data = path.read_bytes()
+    out = bytearray(data[:20] + struct.pack(order + "I", linktype))
+    if order == ">":  # the whole global header in the other byte order
+        fields = (*struct.unpack("<IHHiIII", data[:24])[:-1], linktype)
+        out = bytearray(struct.pack(">IHHiIII", *fields))
+    pos = 24
+    while pos < len(data):
+        sec, usec, incl, _ = struct.unpack("<IIII", data[pos:pos + 16])
+        frame = header + data[pos + 16:pos + 16 + incl]
+        out += struct.pack(order + "IIII", sec, usec, len(frame), len(frame)) + frame
+        pos += 16 + incl
+    return bytes(out)
+
+
+@pytest.mark.parametrize(("linktype", "header", "order"), [
+    (1, bytes(12) + b"\x08\x00", "<"),  # Ethernet, IPv4
+    (1, bytes(12) + b"\x81\x00\x00\x05\x08\x00", "<"),  # Ethernet, one VLAN tag
+    (113, bytes(14) + b"\x08\x00", ">"),  # Linux cooked, big-endian file
+    (228, b"", "<"),  # LINKTYPE_IPV4
+])
+def test_other_link_types(tmp_path: Path, linktype: int, header: bytes, order: str) -> None:
+    path = tmp_path / "hand.pcap"
+    handmade(path)
+    other = tmp_path / "other.pcap"
+    other.write_bytes(_relink(path, linktype, header, order))
+    capture = plotdata.read_pcap(other)
+    assert len(capture.packets) == 14 and capture.skipped == 0
+    s = plotdata.analyse(plotdata.conversations(capture)[0])
+    assert s.retransmissions == 2 and s.start == 100.0
+
+
+def test_ipv6_capture(tmp_path: Path) -> None:
+    path = tmp_path / "v6.pcap"
+    handmade(path, ("2001:db8::1", 40000), ("2001:db8::2", 5201))
+    s = plotdata.analyse(plotdata.conversations(plotdata.read_pcap(path))[0])
+    assert s.sender == ("2001:db8::1", 40000) and s.receiver == ("2001:db8::2", 5201)
+    assert s.retransmitted == [False, True, False, False, False, True, False]
+
+
+def test_thinning_keeps_ends_and_marked() -> None:
+    assert plotdata.thin(10, 20) == list(range(10))
+    chosen = plotdata.thin(100_000, 1000, lambda i: i % 997 == 5)
+    assert 1000 <= len(chosen) <= 1000 + 101
+    assert chosen[0] == 0 and chosen[-1] == 99_999 and chosen == sorted(set(chosen))
+    assert all(i in chosen for i in range(5, 100_000, 997))
 
 
 def test_bad_files_are_refused_or_skipped(tmp_path: Path) -> None:
