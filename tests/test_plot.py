@@ -148,6 +148,27 @@ def test_other_link_types(tmp_path: Path, linktype: int, header: bytes, order: s
     assert s.retransmissions == 2 and s.start == 100.0
 
 
+def test_snap_length_capture(tmp_path: Path) -> None:
+    """tcpdump -s 64: payloads cut off, their lengths still read from the IP header."""
+    path = tmp_path / "hand.pcap"
+    handmade(path)
+    data = path.read_bytes()
+    out = bytearray(data[:24])
+    pos = 24
+    while pos < len(data):
+        sec, usec, incl, orig = struct.unpack("<IIII", data[pos:pos + 16])
+        keep = min(incl, 64)
+        out += struct.pack("<IIII", sec, usec, keep, orig) + data[pos + 16:pos + 16 + keep]
+        pos += 16 + incl
+    cut = tmp_path / "cut.pcap"
+    cut.write_bytes(bytes(out))
+    assert len(out) < len(data) - 3000
+    full = plotdata.analyse(plotdata.conversations(plotdata.read_pcap(path))[0])
+    snapped = plotdata.analyse(plotdata.conversations(plotdata.read_pcap(cut))[0])
+    assert snapped.segments == full.segments and snapped.acks == full.acks
+    assert snapped.retransmitted == full.retransmitted and snapped.rtt == full.rtt
+
+
 def test_ipv6_capture(tmp_path: Path) -> None:
     path = tmp_path / "v6.pcap"
     handmade(path, ("2001:db8::1", 40000), ("2001:db8::2", 5201))

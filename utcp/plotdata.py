@@ -28,7 +28,7 @@ import struct
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, BinaryIO
 
 from utcp import wire
 
@@ -70,9 +70,17 @@ class Capture:
 
 
 def read_pcap(path: str | os.PathLike[str]) -> Capture:
-    """Every TCP segment in the file, in file order; anything else is skipped and counted."""
+    """Every TCP segment in the file, in file order; anything else is skipped and counted.
+
+    Read record by record: a long run's capture holds every byte sent (gigabytes), of
+    which only the headers are kept.
+    """
     with open(path, "rb") as f:
-        data = f.read()
+        return _read(f)
+
+
+def _read(f: BinaryIO) -> Capture:
+    data = f.read(_GLOBAL.size)
     if len(data) < _GLOBAL.size:
         raise CaptureError("too short for a pcap file")
     magic = int.from_bytes(data[:4], "little")
@@ -92,16 +100,16 @@ def read_pcap(path: str | os.PathLike[str]) -> Capture:
     link = _LINK_HEADER[linktype]
     record = struct.Struct(order + _RECORD.format)
     capture = Capture([])
-    pos = _GLOBAL.size
-    while pos + record.size <= len(data):
-        sec, frac, incl, _orig = record.unpack_from(data, pos)
-        pos += record.size
+    while len(head := f.read(record.size)) == record.size:
+        sec, frac, incl, _orig = record.unpack(head)
         if incl > _MAX_RECORD:
             capture.skipped += 1
             break  # the rest cannot be framed
-        frame = memoryview(data)[pos:pos + incl]
-        pos += incl
-        packet = _packet(frame, link, linktype, sec + frac * scale)
+        frame = f.read(incl)
+        if len(frame) < incl:
+            capture.skipped += 1
+            break  # the file ends inside this record (a capture still being written)
+        packet = _packet(memoryview(frame), link, linktype, sec + frac * scale)
         if packet is None:
             capture.skipped += 1
         else:
@@ -125,21 +133,28 @@ def _packet(frame: memoryview, link: int, linktype: int, when: float) -> Packet 
             return None  # not TCP, or a later fragment
         src = str(ipaddress.IPv4Address(bytes(ip[12:16])))
         dst = str(ipaddress.IPv4Address(bytes(ip[16:20])))
-        tcp = ip[ihl:max(ihl, min(total, len(ip)))]
+        claimed = total - ihl
     elif version == 6 and len(ip) >= 40:
         if ip[6] != 6:
             return None  # extension headers: not what utcp or Linux puts before TCP
         src = str(ipaddress.IPv6Address(bytes(ip[8:24])))
         dst = str(ipaddress.IPv6Address(bytes(ip[24:40])))
-        tcp = ip[40:40 + int.from_bytes(ip[4:6], "big")]
+        claimed = int.from_bytes(ip[4:6], "big")
+        ihl = 40
     else:
         return None
+    # The IP header's length, not the bytes captured, says how long the segment was: a
+    # capture cut at a snap length (tcpdump -s 128) keeps the headers and counts right.
+    tcp = ip[ihl:ihl + max(claimed, 0)]
+    hlen = (tcp[12] >> 4) * 4 if len(tcp) > 12 else 0
+    if claimed < hlen or len(tcp) < hlen:
+        return None
     try:
-        seg = wire.parse(tcp)
+        seg = wire.parse(tcp[:hlen])
     except (wire.MalformedSegment, ValueError, struct.error):
         return None
     return Packet(when, (src, seg.src_port), (dst, seg.dst_port), seg.seq, seg.ack,
-                  seg.flags, seg.window, len(seg.payload), seg.options.wscale,
+                  seg.flags, seg.window, claimed - hlen, seg.options.wscale,
                   seg.options.sack)
 
 
