@@ -29,9 +29,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import utcp
-from utcp import log
+from utcp import log, plotdata
 from utcp.config import CONGESTION_ALGORITHMS
-from utcp.plotdata import StatsSample, StatsSampler
 
 PERF_MAGIC = b"UTCPPERF1 "
 PERF_PORT = 5201
@@ -292,7 +291,7 @@ def _interrupt_handlers(stop: asyncio.Event) -> contextlib.AbstractContextManage
 async def perf_client(host: str, port: int, *, duration: float | None, nbytes: int | None,
                       parallel: int, reverse: bool, interval: float | None, as_json: bool,
                       config: utcp.Config, out: Any = None,
-                      sampler: StatsSampler | None = None) -> dict[str, Any]:
+                      sampler: plotdata.StatsSampler | None = None) -> dict[str, Any]:
     """Run the client side; `duration` and `nbytes` both None: until SIGINT or SIGTERM.
 
     `interval` None (or 0) prints no interval reports, only the summary. `sampler`
@@ -491,8 +490,8 @@ async def perf_server(host: str, port: int, config: utcp.Config, *,
 
 
 async def _perf(args: argparse.Namespace, config: utcp.Config) -> int:
-    if args.plot and not hasattr(args, "sampler"):
-        return await _perf_plotted(args, config)
+    if args.plot and getattr(args, "sampler", None) is None:
+        return await _perf_plotted(args, config)  # which comes back, with a sampler
     # -t 0: no deadline, as iperf3; the run ends at Ctrl-C, with its report
     duration = None if args.bytes is not None else (args.time or None)
     if args.server:
@@ -541,8 +540,6 @@ async def _perf(args: argparse.Namespace, config: utcp.Config) -> int:
 async def _perf_plotted(args: argparse.Namespace, config: utcp.Config) -> int:
     """`perf --plot`: run with a capture (--pcap's, or a temporary one) and a stats
     sampler, then draw stream 1's connection from both."""
-    from utcp import plotdata
-
     with tempfile.TemporaryDirectory(prefix="utcp-plot-") as tmp:
         capture = config.pcap or os.path.join(tmp, "perf.pcap")
         sampler = args.sampler = plotdata.StatsSampler()
@@ -563,8 +560,8 @@ async def _perf_plotted(args: argparse.Namespace, config: utcp.Config) -> int:
 
 
 def _draw(capture: str, output: str, port: int | None,
-          samples: Sequence[StatsSample] = ()) -> Any:
-    from utcp import plot, plotdata
+          samples: Sequence[plotdata.StatsSample] = ()) -> Any:
+    from utcp import plot
 
     try:
         return plot.plot_capture(capture, output, port=port, samples=samples)
