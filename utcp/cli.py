@@ -21,6 +21,7 @@ import os
 import signal
 import socket
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -28,7 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import utcp
-from utcp import log
+from utcp import log, plotdata
 from utcp.config import CONGESTION_ALGORITHMS
 
 PERF_MAGIC = b"UTCPPERF1 "
@@ -289,10 +290,12 @@ def _interrupt_handlers(stop: asyncio.Event) -> contextlib.AbstractContextManage
 
 async def perf_client(host: str, port: int, *, duration: float | None, nbytes: int | None,
                       parallel: int, reverse: bool, interval: float | None, as_json: bool,
-                      config: utcp.Config, out: Any = None) -> dict[str, Any]:
+                      config: utcp.Config, out: Any = None,
+                      sampler: plotdata.StatsSampler | None = None) -> dict[str, Any]:
     """Run the client side; `duration` and `nbytes` both None: until SIGINT or SIGTERM.
 
-    `interval` None (or 0) prints no interval reports, only the summary.
+    `interval` None (or 0) prints no interval reports, only the summary. `sampler`
+    (--plot) is told of every flow, to sample its stats while it runs.
     """
     out = out or sys.stdout
     flows: list[Flow] = []
@@ -304,6 +307,9 @@ async def perf_client(host: str, port: int, *, duration: float | None, nbytes: i
         for flow in flows:
             flow.writer.transport.abort()
         raise CliError(f"cannot connect to {host}:{port}: {_describe(exc)}") from None
+    if sampler is not None:
+        for flow in flows:
+            sampler.watch(flow.ident, flow.stats, flow.writer.get_extra_info("sockname")[1])
     try:
         return await _perf_run(flows, host, port, duration=duration, nbytes=nbytes,
                                reverse=reverse, interval=interval or None, as_json=as_json,
@@ -484,6 +490,8 @@ async def perf_server(host: str, port: int, config: utcp.Config, *,
 
 
 async def _perf(args: argparse.Namespace, config: utcp.Config) -> int:
+    if args.plot and getattr(args, "sampler", None) is None:
+        return await _perf_plotted(args, config)  # which comes back, with a sampler
     # -t 0: no deadline, as iperf3; the run ends at Ctrl-C, with its report
     duration = None if args.bytes is not None else (args.time or None)
     if args.server:
@@ -492,7 +500,8 @@ async def _perf(args: argparse.Namespace, config: utcp.Config) -> int:
     if args.client:
         await perf_client(args.client, args.port, duration=duration, nbytes=args.bytes,
                           parallel=args.parallel, reverse=args.reverse,
-                          interval=args.interval, as_json=args.json, config=config)
+                          interval=args.interval, as_json=args.json, config=config,
+                          sampler=getattr(args, "sampler", None))
         return 0
     # neither: a client against an in-process server on loopback
     server_config = client_config = config
@@ -517,12 +526,74 @@ async def _perf(args: argparse.Namespace, config: utcp.Config) -> int:
         port = ready.result()
         await perf_client("127.0.0.1", port, duration=duration, nbytes=args.bytes,
                           parallel=args.parallel, reverse=args.reverse,
-                          interval=args.interval, as_json=args.json, config=client_config)
+                          interval=args.interval, as_json=args.json, config=client_config,
+                          sampler=getattr(args, "sampler", None))
     finally:
         server_task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await server_task
     return 0
+
+
+# ---------------------------------------------------------------------- pictures
+
+async def _perf_plotted(args: argparse.Namespace, config: utcp.Config) -> int:
+    """`perf --plot`: run with a capture (--pcap's, or a temporary one) and a stats
+    sampler, then draw stream 1's connection from both."""
+    with tempfile.TemporaryDirectory(prefix="utcp-plot-") as tmp:
+        capture = config.pcap or os.path.join(tmp, "perf.pcap")
+        sampler = args.sampler = plotdata.StatsSampler()
+        task = asyncio.create_task(sampler.run())
+        try:
+            status = await _perf(args, config.replace(pcap=capture))
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        plotdata.flush_pcap(capture)
+        samples = [] if args.reverse else list(sampler.of(1))  # a receiver has no cwnd
+        # drawing takes seconds for a long run: off the loop, which may still be closing
+        await asyncio.to_thread(_draw, capture, args.plot, sampler.ports.get(1), samples)
+    if not args.json:
+        _say(sys.stdout, f"plot (stream 1) written to {args.plot}", flush=True)
+    return status
+
+
+def _draw(capture: str, output: str, port: int | None,
+          samples: Sequence[plotdata.StatsSample] = ()) -> Any:
+    from utcp import plot
+
+    try:
+        return plot.plot_capture(capture, output, port=port, samples=samples)
+    except (plot.PlotUnavailable, plotdata.CaptureError) as exc:
+        raise CliError(str(exc)) from None
+    except OSError as exc:
+        raise CliError(f"cannot draw {output!r}: {_describe(exc)}") from None
+
+
+async def _plot(args: argparse.Namespace, config: utcp.Config) -> int:
+    output = args.output or os.path.splitext(args.capture)[0] + ".png"
+    series = await asyncio.to_thread(_draw, args.capture, output, args.port)
+    _say(sys.stdout, f"{output}: {series.sender[0]} port {series.sender[1]} -> "
+                     f"{series.receiver[0]} port {series.receiver[1]}, "
+                     f"{len(series.segments)} segments, {series.retransmissions} "
+                     f"retransmitted, {series.duration:.3f} s", flush=True)
+    return 0
+
+
+def _check_plot_output(args: argparse.Namespace) -> None:
+    """Before any run: a run of minutes is not to end in 'matplotlib is missing'."""
+    from utcp import plot
+
+    output = args.plot if args.command == "perf" else args.output
+    if output is None:
+        return
+    if args.command == "perf" and args.server:
+        raise UsageError("--plot draws a client's run: give -c HOST, or neither -s nor -c")
+    try:
+        plot.check_output(output)
+    except plot.PlotUnavailable as exc:
+        raise CliError(str(exc)) from None
 
 
 # ---------------------------------------------------------------------- tunnel and cat
@@ -810,6 +881,9 @@ def build_parser() -> argparse.ArgumentParser:
     perf.add_argument("--json", action="store_true")
     perf.add_argument("--secure", action="store_true",
                       help="in-process run: secure mode with a fresh key pair")
+    perf.add_argument("--plot", metavar="FILE.png|svg",
+                      help="draw stream 1 (time-sequence graph, cwnd, RTT, throughput); "
+                           "needs matplotlib: pip install 'utcp[plot]'")
     common(perf)
 
     tunnel = sub.add_parser("tunnel", help="forward TCP over utcp",
@@ -840,6 +914,19 @@ def build_parser() -> argparse.ArgumentParser:
     cat.add_argument("host", nargs="?")
     cat.add_argument("port", nargs="?", type=_port)
     common(cat)
+
+    plot = sub.add_parser("plot", help="draw a pcap's connection (needs utcp[plot])",
+                          description="The time-sequence graph of the capture's busiest TCP "
+                                      "connection (tcptrace style: segments, ACK line, "
+                                      "receive window, retransmissions marked), bytes in "
+                                      "flight, RTT and throughput over time.")
+    plot.set_defaults(parser=plot)
+    plot.add_argument("capture", metavar="CAPTURE.pcap",
+                      help="a pcap file, as written by --pcap or tcpdump")
+    plot.add_argument("-o", "--output", metavar="FILE.png|svg",
+                      help="where to draw (default: CAPTURE with .png)")
+    plot.add_argument("-p", "--port", type=_port,
+                      help="the connection using this port (default: the busiest)")
     return parser
 
 
@@ -863,6 +950,8 @@ def _check_usage(args: argparse.Namespace) -> None:
         raise UsageError("give HOST PORT to connect, or -l [HOST:]PORT to listen")
     if args.command == "cat" and args.listen is not None and args.host is not None:
         raise UsageError("give either HOST PORT or -l [HOST:]PORT, not both")
+    if args.command in ("perf", "plot"):
+        _check_plot_output(args)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -890,13 +979,13 @@ def _main(argv: Sequence[str] | None) -> int:
         return 0
     try:
         _check_usage(args)
-        config = _config(args)
+        config = _config(args) if args.command != "plot" else utcp.Config()
     except UsageError as exc:
         args.parser.error(str(exc))  # exits with status 2
     except CliError as exc:
         print(f"utcp {args.command}: {exc}", file=sys.stderr)
         return 1
-    runner = {"perf": _perf, "tunnel": _tunnel, "cat": _cat}[args.command]
+    runner = {"perf": _perf, "tunnel": _tunnel, "cat": _cat, "plot": _plot}[args.command]
     try:
         return asyncio.run(runner(args, config))
     except CliError as exc:
