@@ -1,0 +1,248 @@
+"""Several processes serving one UDP port with SO_REUSEPORT (utcp.workers).
+
+The worker group runs in a subprocess (`python -c` calling `serve_echo` below), since
+run_workers forks and a pytest process should not; the test is its client, on loopback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+import utcp
+from utcp import workers
+
+ROOT = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"),
+                                reason="SO_REUSEPORT groups and CBPF as Linux has them")
+
+
+# ---------------------------------------------------------------------- the server side
+
+def serve_echo(count: int, steer: bool, secure_key: str | None = None) -> None:
+    """An echo server in `count` workers on a free port; prints 'ready PORT PIDS' then,
+    at SIGTERM, one 'worker I (pid P): served N' line per worker."""
+    config = utcp.Config(secret_key=secure_key) if secure_key else utcp.Config()
+
+    async def main(worker: workers.Worker) -> None:
+        served = 0
+
+        async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            nonlocal served
+            served += 1
+            try:
+                while data := await reader.read(65536):
+                    writer.write(data)
+                    await writer.drain()
+                writer.close()
+                await writer.wait_closed()
+            except ConnectionError:
+                writer.transport.abort()
+
+        server = await utcp.start_server(echo, worker.host, worker.port, config=config,
+                                         reuse_port=True, backlog=1024)
+        workers.reuse_port_sockets(server.sockets, worker.count, steer=steer)
+        worker.ready(server.sockets[0].getsockname()[1])
+        try:
+            await server.serve_forever()
+        finally:
+            worker.say(f"served {served}")
+
+    def on_ready(port: int, pids: list[int]) -> None:
+        print(f"ready {port} {' '.join(map(str, pids))}", flush=True)
+
+    sys.exit(workers.run_workers(count, main, host="127.0.0.1", port=0, on_ready=on_ready))
+
+
+class Group:
+    def __init__(self, count: int, *, steer: bool, secure_key: str | None = None) -> None:
+        code = (f"from tests.test_workers import serve_echo; "
+                f"serve_echo({count}, {steer}, {secure_key!r})")
+        self.proc = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT,
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                     text=True)
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        match = re.fullmatch(r"ready (\d+) ([\d ]+)\n", line)
+        if match is None:
+            self.proc.kill()
+            raise AssertionError(f"no ready line: {line!r} {self.proc.stderr.read()!r}")
+        self.port = int(match[1])
+        self.pids = [int(p) for p in match[2].split()]
+
+    def stop(self) -> tuple[int, str, str]:
+        self.proc.send_signal(signal.SIGTERM)
+        out, err = self.proc.communicate(timeout=60)
+        return self.proc.returncode, out, err
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        for pid in self.pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+
+def served_counts(out: str) -> dict[int, int]:
+    return {int(m[1]): int(m[2]) for m in re.finditer(r"worker (\d+) \(pid \d+\): served (\d+)",
+                                                      out)}
+
+
+async def echo_many(port: int, total: int, tasks: int, config: utcp.Config | None = None,
+                    ) -> list[int]:
+    """`total` short connections from `tasks` concurrent tasks; each sends bytes of its
+    own and checks they come back intact. Returns the clients' local ports."""
+    ports: list[int] = []
+    queue = list(range(total))
+
+    async def client() -> None:
+        while queue:
+            n = queue.pop()
+            payload = hashlib.sha256(str(n).encode()).digest() * (1 + n % 64)
+            reader, writer = await utcp.open_connection("127.0.0.1", port, config=config)
+            ports.append(writer.get_extra_info("sockname")[1])
+            writer.write(payload)
+            writer.write_eof()
+            back = await reader.read()
+            assert back == payload, f"connection {n}: {len(back)} of {len(payload)} bytes"
+            writer.close()
+            await writer.wait_closed()
+
+    await asyncio.wait_for(asyncio.gather(*(client() for _ in range(tasks))), 240)
+    return ports
+
+
+# ---------------------------------------------------------------------- tests
+
+async def test_create_server_reuse_port_sets_so_reuseport() -> None:
+    server = await utcp.start_server(lambda r, w: None, "127.0.0.1", 0, reuse_port=True)
+    second = None
+    try:
+        sock = server.sockets[0]
+        assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT) == 1
+        # and a second server joins the group on the same port instead of failing
+        port = sock.getsockname()[1]
+        second = await utcp.start_server(lambda r, w: None, "127.0.0.1", port,
+                                         reuse_port=True)
+        assert second.sockets[0].getsockname()[1] == port
+    finally:
+        server.close()
+        if second is not None:
+            second.close()
+    plain = await utcp.start_server(lambda r, w: None, "127.0.0.1", 0)
+    try:
+        assert plain.sockets[0].getsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT) == 0
+        with pytest.raises(OSError, match="SO_REUSEPORT"):
+            workers.reuse_port_sockets(plain.sockets, 2, steer=False)
+    finally:
+        plain.close()
+
+
+def _group_of(count: int, steer: bool) -> tuple[list[socket.socket], int]:
+    first = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    first.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    first.bind(("127.0.0.1", 0))
+    port = first.getsockname()[1]
+    group = [first]
+    for _ in range(count - 1):
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        s.bind(("127.0.0.1", port))
+        group.append(s)
+    if steer:
+        workers.steer_by_client_port(first, count)
+    for s in group:
+        s.settimeout(5)
+    return group, port
+
+
+def _landing(group: list[socket.socket], port: int, sender: socket.socket,
+             payload: bytes) -> int:
+    sender.sendto(payload, ("127.0.0.1", port))
+    import select
+    readable, _, _ = select.select(group, [], [], 5)
+    assert len(readable) == 1, readable
+    readable[0].recv(2048)
+    return group.index(readable[0])
+
+
+def test_a_4_tuple_always_lands_on_the_same_socket() -> None:
+    group, port = _group_of(4, steer=False)
+    senders = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(16)]
+    try:
+        landed: dict[int, set[int]] = {}
+        for _ in range(5):
+            for i, s in enumerate(senders):
+                landed.setdefault(i, set()).add(_landing(group, port, s, b"x" * 20))
+        assert all(len(v) == 1 for v in landed.values()), landed
+        assert len({next(iter(v)) for v in landed.values()}) > 1  # spread, too
+    finally:
+        for s in group + senders:
+            s.close()
+
+
+def test_steering_follows_the_tcp_header_port_not_the_udp_address() -> None:
+    """The CBPF program picks socket (header source port % N): a connection whose UDP
+    address changes (NAT rebinding) still reaches its worker."""
+    group, port = _group_of(4, steer=True)
+    senders = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(8)]
+    try:
+        for header_port in (5000, 5001, 5002, 5003, 40001, 65535):
+            segment = header_port.to_bytes(2, "big") + port.to_bytes(2, "big") + bytes(16)
+            # the same header port from 8 different UDP source ports: one socket, the
+            # one the program names (sockets are numbered in the order they joined)
+            assert {_landing(group, port, s, segment) for s in senders} == {header_port % 4}
+    finally:
+        for s in group + senders:
+            s.close()
+
+
+def test_1000_connections_over_4_workers() -> None:
+    group = Group(4, steer=True)
+    try:
+        ports = asyncio.run(echo_many(group.port, 1000, 8))
+        status, out, err = group.stop()
+    finally:
+        group.kill()
+    assert status == 0, err
+    counts = served_counts(out)
+    assert sorted(counts) == [0, 1, 2, 3], out
+    assert sum(counts.values()) == 1000, counts
+    assert sum(1 for n in counts.values() if n >= 100) >= 3, counts  # spread over workers
+    # steered by the client's port: worker i served exactly the clients with port % 4 == i
+    # (worker i's socket joined the group i-th only by luck of scheduling, so compare
+    # the multiset of counts)
+    by_port = [sum(1 for p in ports if p % 4 == i) for i in range(4)]
+    assert sorted(by_port) == sorted(counts.values())
+    assert "died" not in err, err
+
+
+def test_sigterm_stops_every_worker_and_a_dead_one_is_reported() -> None:
+    group = Group(2, steer=False)
+    try:
+        os.kill(group.pids[1], signal.SIGKILL)
+        time.sleep(0.5)
+        asyncio.run(echo_many(group.port, 20, 2))  # the survivor serves everyone
+        status, out, err = group.stop()
+    finally:
+        group.kill()
+    assert re.search(rf"worker 1 \(pid {group.pids[1]}\) died: killed by SIGKILL; "
+                     r"1 of 2 still serving", err), err
+    assert status == 1
+    assert served_counts(out) == {0: 20}
+    for pid in group.pids:
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+
