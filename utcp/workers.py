@@ -102,7 +102,12 @@ class Worker:
             self._ready_fd = -1
 
     def say(self, text: str) -> None:
-        print(f"worker {self.index} (pid {os.getpid()}): {text}", flush=True)
+        """One line on stdout in one write(): the workers share the pipe, and a line of
+        at most PIPE_BUF bytes written at once is never interleaved with another's."""
+        sys.stdout.flush()
+        line = f"worker {self.index} (pid {os.getpid()}): {text}\n".encode()
+        with contextlib.suppress(OSError):
+            os.write(sys.stdout.fileno(), line)
 
 
 WorkerMain = Callable[[Worker], Coroutine[Any, Any, None]]
