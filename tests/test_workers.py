@@ -17,6 +17,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -246,3 +247,110 @@ def test_sigterm_stops_every_worker_and_a_dead_one_is_reported() -> None:
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
 
+
+
+# ---------------------------------------------------------------------- NAT rebinding
+
+class _Nat:
+    """A NAT on loopback for one client: forwards its datagrams to the server from an
+    outside port of its own, and `rebind()` moves to a new outside port (as a NAT whose
+    mapping expired), forgetting the old one."""
+
+    def __init__(self, server_port: int) -> None:
+        self.server = ("127.0.0.1", server_port)
+        self.client: Any = None
+        self.front: asyncio.DatagramTransport | None = None
+        self.back: asyncio.DatagramTransport | None = None
+
+    async def start(self) -> int:
+        loop = asyncio.get_running_loop()
+        nat = self
+
+        class Front(asyncio.DatagramProtocol):
+            def datagram_received(self, data: bytes, addr: Any) -> None:
+                nat.client = addr
+                if nat.back is not None:
+                    nat.back.sendto(data)
+
+        self.front, _ = await loop.create_datagram_endpoint(
+            Front, local_addr=("127.0.0.1", 0))
+        await self.rebind()
+        return int(self.front.get_extra_info("sockname")[1])
+
+    async def rebind(self) -> None:
+        loop = asyncio.get_running_loop()
+        nat = self
+
+        class Back(asyncio.DatagramProtocol):
+            def datagram_received(self, data: bytes, addr: Any) -> None:
+                if nat.front is not None and nat.client is not None:
+                    nat.front.sendto(data, nat.client)
+
+        old = self.back
+        self.back, _ = await loop.create_datagram_endpoint(Back, remote_addr=self.server)
+        if old is not None:
+            old.close()
+
+    def close(self) -> None:
+        for t in (self.front, self.back):
+            if t is not None:
+                t.close()
+
+
+async def _rebinding_echo(server_port: int, config: utcp.Config, n: int) -> list[bool]:
+    """n secure connections, each through a NAT that rebinds in the middle of it."""
+
+    async def one(i: int) -> bool:
+        nat = _Nat(server_port)
+        port = await nat.start()
+        try:
+            reader, writer = await asyncio.wait_for(
+                utcp.open_connection("127.0.0.1", port, config=config), 30)
+            first, second = os.urandom(20000), os.urandom(20000)
+            writer.write(first)
+            assert await asyncio.wait_for(reader.readexactly(len(first)), 30) == first
+            await nat.rebind()  # the server now sees the connection from a new 4-tuple
+            writer.write(second)
+            writer.write_eof()
+            try:
+                back = await asyncio.wait_for(reader.read(), 8)
+            except (TimeoutError, ConnectionError):
+                writer.transport.abort()
+                return False
+            writer.close()
+            return back == second
+        finally:
+            nat.close()
+
+    return list(await asyncio.gather(*(one(i) for i in range(n))))
+
+
+def test_secure_nat_rebinding_stays_on_its_worker_when_steered() -> None:
+    from utcp import crypto
+
+    private, public = crypto.generate_keypair()
+    client = utcp.Config(server_key=public)
+    group = Group(4, steer=True, secure_key=private)
+    try:
+        results = asyncio.run(_rebinding_echo(group.port, client, 12))
+        status, out, err = group.stop()
+    finally:
+        group.kill()
+    assert results == [True] * 12
+    assert status == 0, err
+    assert sum(served_counts(out).values()) == 12
+
+
+def test_secure_nat_rebinding_may_reach_another_worker_without_steering() -> None:
+    """The limit steering removes: by the kernel's 4-tuple hash, a rebound connection
+    lands on a random worker, which knows it not; 3 of 4 times with 4 workers."""
+    from utcp import crypto
+
+    private, public = crypto.generate_keypair()
+    client = utcp.Config(server_key=public)
+    group = Group(4, steer=False, secure_key=private)
+    try:
+        results = asyncio.run(_rebinding_echo(group.port, client, 12))
+    finally:
+        group.kill()
+    assert False in results  # all 12 staying on their worker: odds of 1 in 4**12
