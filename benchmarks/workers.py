@@ -65,6 +65,9 @@ def _measure(workers: int, clients: int, parallel: int, seconds: float,
             if p.returncode != 0:
                 raise RuntimeError(f"client failed: {err.strip()}")
             end = json.loads(out)["end"]
+            if not reverse and end["bytes_received"] != end["bytes"]:
+                raise RuntimeError(f"the server read {end['bytes_received']} of the "
+                                   f"{end['bytes']} bytes sent")
             total += end["bytes_received"] * 8 / end["seconds"]
     finally:
         server.send_signal(signal.SIGTERM)

@@ -158,3 +158,15 @@ def test_a_port_in_use_fails_every_worker_and_the_command() -> None:
     assert done.returncode == 1
     assert "utcp perf: cannot listen on 127.0.0.1" in done.stderr
     assert "only 0 of 2 workers started" in done.stderr
+
+
+def test_workers_benchmark_runs() -> None:
+    done = subprocess.run([sys.executable, "-m", "benchmarks.workers", "--reps", "1",
+                           "-t", "0.5", "--clients", "1", "-P", "2"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stderr
+    rows = re.findall(r"^\| (\d) \| ([\d.]+) \| ([\d.]+)x \| ([\d.]+) \| (.*) \|$",
+                      done.stdout, re.M)
+    assert [r[0] for r in rows] == ["1", "2"], done.stdout
+    assert float(rows[0][1]) > 0 and rows[0][2] == "1.00"
+    assert sum(int(n) for n in re.findall(r"\d+", rows[1][4])) == 2  # both connections
