@@ -142,6 +142,14 @@ async def test_create_server_reuse_port_sets_so_reuseport() -> None:
         server.close()
         if second is not None:
             second.close()
+    # every socket of a server on all addresses (0.0.0.0 and ::, each its own port)
+    every = await utcp.start_server(lambda r, w: None, None, 0, reuse_port=True)
+    try:
+        assert every.sockets
+        for sock in every.sockets:
+            assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT) == 1
+    finally:
+        every.close()
     plain = await utcp.start_server(lambda r, w: None, "127.0.0.1", 0)
     try:
         assert plain.sockets[0].getsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT) == 0
@@ -151,16 +159,18 @@ async def test_create_server_reuse_port_sets_so_reuseport() -> None:
         plain.close()
 
 
-def _group_of(count: int, steer: bool) -> tuple[list[socket.socket], int]:
-    first = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+def _group_of(count: int, steer: bool, host: str = "127.0.0.1",
+              ) -> tuple[list[socket.socket], int]:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    first = socket.socket(family, socket.SOCK_DGRAM)
     first.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    first.bind(("127.0.0.1", 0))
+    first.bind((host, 0))
     port = first.getsockname()[1]
     group = [first]
     for _ in range(count - 1):
-        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        s = socket.socket(family, socket.SOCK_DGRAM)
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        s.bind(("127.0.0.1", port))
+        s.bind((host, port))
         group.append(s)
     if steer:
         workers.steer_by_client_port(first, count)
@@ -171,7 +181,7 @@ def _group_of(count: int, steer: bool) -> tuple[list[socket.socket], int]:
 
 def _landing(group: list[socket.socket], port: int, sender: socket.socket,
              payload: bytes) -> int:
-    sender.sendto(payload, ("127.0.0.1", port))
+    sender.sendto(payload, (group[0].getsockname()[0], port))
     import select
     readable, _, _ = select.select(group, [], [], 5)
     assert len(readable) == 1, readable
@@ -194,11 +204,25 @@ def test_a_4_tuple_always_lands_on_the_same_socket() -> None:
             s.close()
 
 
-def test_steering_follows_the_tcp_header_port_not_the_udp_address() -> None:
+def _has_ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as s:
+            s.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
+
+
+@pytest.mark.parametrize("host", [
+    "127.0.0.1",
+    pytest.param("::1", marks=pytest.mark.skipif(not _has_ipv6_loopback(),
+                                                 reason="no IPv6 loopback")),
+])
+def test_steering_follows_the_tcp_header_port_not_the_udp_address(host: str) -> None:
     """The CBPF program picks socket (header source port % N): a connection whose UDP
     address changes (NAT rebinding) still reaches its worker."""
-    group, port = _group_of(4, steer=True)
-    senders = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(8)]
+    group, port = _group_of(4, steer=True, host=host)
+    senders = [socket.socket(group[0].family, socket.SOCK_DGRAM) for _ in range(8)]
     try:
         for header_port in (5000, 5001, 5002, 5003, 40001, 65535):
             segment = header_port.to_bytes(2, "big") + port.to_bytes(2, "big") + bytes(16)

@@ -191,6 +191,8 @@ def run_workers(count: int, main: WorkerMain, *, host: str, port: int,
         sys.stdout.flush()
         sys.stderr.flush()
         for index in range(count):
+            if stopping:
+                break  # a signal during startup: start no more
             pid = os.fork()
             if pid == 0:  # the worker
                 status = 1
@@ -225,7 +227,10 @@ def run_workers(count: int, main: WorkerMain, *, host: str, port: int,
             if pid not in pids:
                 continue
             index = pids.pop(pid)
-            clean = os.WIFEXITED(status) and os.waitstatus_to_exitcode(status) == 0
+            # stopped before its loop had a handler in place: SIGTERM's default, no failure
+            clean = os.waitstatus_to_exitcode(status) == 0 or (
+                stopping and os.WIFSIGNALED(status)
+                and os.WTERMSIG(status) in (signal.SIGTERM, signal.SIGINT))
             if not clean or not stopping:
                 failed = True
                 print(f"utcp: worker {index} (pid {pid}) died: {_describe_status(status)}"
