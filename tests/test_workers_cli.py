@@ -170,3 +170,49 @@ def test_workers_benchmark_runs() -> None:
     assert [r[0] for r in rows] == ["1", "2"], done.stdout
     assert float(rows[0][1]) > 0 and rows[0][2] == "1.00"
     assert sum(int(n) for n in re.findall(r"\d+", rows[1][4])) == 2  # both connections
+
+
+def test_tunnel_entry_in_two_workers() -> None:
+    """--remote side: the TCP listener is the one shared (SO_REUSEPORT on TCP)."""
+
+    async def tcp_echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while data := await reader.read(65536):
+            writer.write(data)
+            await writer.drain()
+        writer.close()
+
+    async def run() -> tuple[int, str, str, Served]:
+        target = await asyncio.start_server(tcp_echo, "127.0.0.1", 0)
+        tport = target.sockets[0].getsockname()[1]
+        exit_side = subprocess.Popen(
+            [sys.executable, "-m", "utcp", "tunnel", "--listen", "127.0.0.1:0", "--target",
+             f"127.0.0.1:{tport}"], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+        entry = None
+        try:
+            assert exit_side.stdout is not None
+            line = await asyncio.to_thread(exit_side.stdout.readline)
+            uport = int(line.split()[-1])
+            entry = await asyncio.to_thread(Served, "tunnel", "--listen", "127.0.0.1:0",
+                                            "--remote", f"127.0.0.1:{uport}",
+                                            "--workers", "2")
+            for i in range(20):
+                reader, writer = await asyncio.wait_for(
+                    asyncio.open_connection("127.0.0.1", entry.port), 30)
+                payload = f"through {i} ".encode() * 50
+                writer.write(payload)
+                writer.write_eof()
+                assert await asyncio.wait_for(reader.read(), 30) == payload
+                writer.close()
+            status, out, err = await asyncio.to_thread(entry.stop)
+        finally:
+            if entry is not None:
+                entry.cleanup()
+            exit_side.kill()
+            exit_side.communicate()
+            target.close()
+        return status, out, err, entry
+
+    status, out, err, entry = asyncio.run(run())
+    assert entry.line.startswith("utcp tunnel: listening on tcp 127.0.0.1 port")
+    assert status == 0, err
+    assert sum(served(out).values()) == 20 and sorted(served(out)) == [0, 1], out
