@@ -128,6 +128,8 @@ def _child(worker: Worker, main: WorkerMain) -> int:
         asyncio.run(run())
     except SystemExit as exc:
         return exc.code if isinstance(exc.code, int) else 1
+    except KeyboardInterrupt:
+        return 0  # Ctrl-C before the loop's handler was in place: a stop all the same
     except BaseException as exc:  # reported, then the process ends
         print(f"utcp: worker {worker.index} (pid {os.getpid()}) failed: "
               f"{type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
