@@ -7,7 +7,8 @@ that arrives. By default it hashes the 4-tuple, so a peer's datagrams keep reach
 same process as long as the peer's address and the group stay the same; each worker
 knows only its own connections and answers a segment for any other with RST
 (RFC 9293 §3.10.7.1), so a datagram that reached the wrong worker would reset a
-connection living in another.
+connection living in another (in secure mode that RST is not authenticated and the
+client ignores it: the connection stalls until it times out instead).
 
 Two things change which socket the kernel picks:
 
@@ -211,6 +212,7 @@ def run_workers(count: int, main: WorkerMain, *, host: str, port: int,
                     os._exit(status)
             pids[pid] = index
         os.close(write_fd)
+        write_fd = -1
         ready = _wait_ready(read_fd, count, ready_timeout)
         if placeholder is not None:
             placeholder.close()
@@ -242,6 +244,8 @@ def run_workers(count: int, main: WorkerMain, *, host: str, port: int,
         if placeholder is not None:
             placeholder.close()
         os.close(read_fd)
+        if write_fd >= 0:
+            os.close(write_fd)
         for sig, handler in old.items():
             signal.signal(sig, handler)
         for pid in pids:  # only if this function itself failed: leave no orphans
