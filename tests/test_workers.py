@@ -378,3 +378,30 @@ def test_secure_nat_rebinding_may_reach_another_worker_without_steering() -> Non
     finally:
         group.kill()
     assert False in results  # all 12 staying on their worker: odds of 1 in 4**12
+
+
+def test_workers_end_when_their_parent_is_killed() -> None:
+    """SIGKILL forwards nothing: the workers must not serve on as orphans."""
+    group = Group(2, steer=False)
+    try:
+        group.proc.kill()
+        group.proc.wait()
+        deadline = time.monotonic() + 30
+        alive = list(group.pids)
+        while alive and time.monotonic() < deadline:
+            alive = [pid for pid in alive if _alive(pid)]
+            time.sleep(0.05)
+        assert alive == []
+    finally:
+        group.kill()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # an orphan's zombie is reaped by init: until then it is dead, not serving
+    with contextlib.suppress(OSError), open(f"/proc/{pid}/stat") as f:
+        return f.read().split(")")[-1].split()[0] != "Z"
+    return False

@@ -138,6 +138,21 @@ def _child(worker: Worker, main: WorkerMain) -> int:
     return 0
 
 
+def _end_with_parent(parent: int) -> None:
+    """A parent killed outright (SIGKILL, OOM) forwards nothing: without this its workers
+    would serve on as orphans, holding the port. Linux's PR_SET_PDEATHSIG sends them
+    SIGTERM, which stops them as the parent's forwarded signal would."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGTERM, 0, 0, 0)  # PR_SET_PDEATHSIG = 1
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:  # it died before prctl took effect
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
 def _describe_status(status: int) -> str:
     if os.WIFSIGNALED(status):
         sig = os.WTERMSIG(status)
@@ -178,6 +193,7 @@ def run_workers(count: int, main: WorkerMain, *, host: str, port: int,
     if placeholder is not None:
         port = placeholder.getsockname()[1]
     read_fd, write_fd = os.pipe()
+    parent = os.getpid()
     pids: dict[int, int] = {}  # pid -> worker index
     stopping = False
 
@@ -202,6 +218,7 @@ def run_workers(count: int, main: WorkerMain, *, host: str, port: int,
                 try:
                     for sig, handler in old.items():
                         signal.signal(sig, handler)
+                    _end_with_parent(parent)
                     os.close(read_fd)
                     if placeholder is not None:
                         placeholder.close()  # the child's copy would keep it in the group
