@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import utcp
-from utcp import log, plotdata
+from utcp import log, plotdata, workers
 from utcp.config import CONGESTION_ALGORITHMS
 
 PERF_MAGIC = b"UTCPPERF1 "
@@ -475,18 +475,33 @@ def _report_interval(flows: list[Flow], t0: float, t1: float, as_json: bool,
 
 
 async def perf_server(host: str, port: int, config: utcp.Config, *,
-                      ready: asyncio.Future[int] | None = None, quiet: bool = False) -> None:
+                      ready: asyncio.Future[int] | None = None, quiet: bool = False,
+                      worker: workers.Worker | None = None) -> None:
+    served = 0
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal served
+        served += 1
+        await _perf_serve(reader, writer)
+
     try:
-        server = await utcp.start_server(_perf_serve, host, port, config=config)
+        server = await utcp.start_server(serve, host, port, config=config,
+                                         reuse_port=worker is not None)
+        if worker is not None:
+            _join_group(server.sockets, worker)
     except OSError as exc:
         raise CliError(f"cannot listen on {host}:{port}: {_describe(exc)}") from None
     bound = server.sockets[0].getsockname()[1]
     if ready is not None:
         ready.set_result(bound)
-    if not quiet:
+    if not quiet and worker is None:
         _say(sys.stdout, f"Server listening on udp {host} port {bound} (utcp)", flush=True)
-    async with server:
-        await server.serve_forever()
+    try:
+        async with server:
+            await server.serve_forever()
+    finally:
+        if worker is not None:
+            worker.say(f"served {served} connections")
 
 
 async def _perf(args: argparse.Namespace, config: utcp.Config) -> int:
@@ -595,6 +610,51 @@ def _check_plot_output(args: argparse.Namespace) -> None:
     except plot.PlotUnavailable as exc:
         raise CliError(str(exc)) from None
 
+# ---------------------------------------------------------------------- --workers
+
+def _join_group(sockets: Any, worker: workers.Worker, *, udp: bool = True) -> None:
+    """A worker's server is bound: steer the group by the client's port (see
+    utcp.workers: a secure connection that moves to a new address stays on its worker),
+    then tell the parent."""
+    if udp:
+        try:
+            workers.reuse_port_sockets(sockets, worker.count, steer=True)
+        except OSError as exc:
+            if worker.index == 0:
+                print(f"utcp: cannot steer by client port ({_describe(exc)}); the kernel's "
+                      "4-tuple hash spreads connections, and one that moves to a new "
+                      "address may reach another worker", file=sys.stderr, flush=True)
+    worker.ready(sockets[0].getsockname()[1])
+
+
+def _serve_in_workers(args: argparse.Namespace, config: utcp.Config) -> int:
+    """`perf -s` or `tunnel` in args.workers processes sharing the port (SO_REUSEPORT)."""
+    if args.command == "perf":
+        host, port = args.bind or "0.0.0.0", args.port
+        what = f"Server listening on udp {host} port {{port}} (utcp"
+    else:
+        host, port = args.listen
+        kind = "udp (utcp)" if args.target is not None else "tcp"
+        what = f"utcp tunnel: listening on {kind} {host} port {{port}} ("
+    server_config = _as_server(config) if _serves(args) else config
+
+    async def main(worker: workers.Worker) -> None:
+        try:
+            if args.command == "perf":
+                await perf_server(host, worker.port, server_config, worker=worker)
+            else:
+                await _tunnel(args, config, worker)
+        except CliError as exc:
+            print(f"utcp {args.command}: {exc}", file=sys.stderr, flush=True)
+            raise SystemExit(1) from None
+
+    def on_ready(bound: int, pids: list[int]) -> None:
+        head = what.format(port=bound)
+        _say(sys.stdout, f"{head}{', ' if args.command == 'perf' else ''}{args.workers} "
+                         f"worker processes: pids {' '.join(map(str, pids))})", flush=True)
+
+    return workers.run_workers(args.workers, main, host=host, port=port, on_ready=on_ready)
+
 
 # ---------------------------------------------------------------------- tunnel and cat
 
@@ -622,8 +682,12 @@ async def _splice(r1: asyncio.StreamReader, w1: asyncio.StreamWriter,
                 await w.wait_closed()
 
 
-async def _tunnel(args: argparse.Namespace, config: utcp.Config) -> int:
+async def _tunnel(args: argparse.Namespace, config: utcp.Config,
+                  worker: workers.Worker | None = None) -> int:
     host, port = args.listen
+    if worker is not None:
+        port = worker.port  # the group's, chosen by the parent when --listen says :0
+    served = 0
     # TCP in, utcp out (--remote) or utcp in, TCP out (--target): the same splice
     if args.remote is not None:
         listen: Any = asyncio.start_server
@@ -642,6 +706,8 @@ async def _tunnel(args: argparse.Namespace, config: utcp.Config) -> int:
 
     async def on_connection(reader: asyncio.StreamReader,
                             writer: asyncio.StreamWriter) -> None:
+        nonlocal served
+        served += 1
         task = asyncio.current_task()
         if task is not None:
             live.add(task)
@@ -656,13 +722,23 @@ async def _tunnel(args: argparse.Namespace, config: utcp.Config) -> int:
         await _splice(reader, writer, far_reader, far_writer)
 
     try:
-        server = await listen(on_connection, host, port)
+        if worker is None:
+            server = await listen(on_connection, host, port)
+        else:
+            server = await listen(on_connection, host, port, reuse_port=True)
+            # the TCP side (--remote) is the kernel's own: its 4-tuples never change
+            _join_group(server.sockets, worker, udp=args.target is not None)
     except OSError as exc:
         raise CliError(f"cannot listen on {kind} {host}:{port}: {_describe(exc)}") from None
     bound = server.sockets[0].getsockname()[1]
-    _say(sys.stdout, f"utcp tunnel: listening on {kind} {host} port {bound}", flush=True)
-    async with server:
-        await server.serve_forever()
+    if worker is None:
+        _say(sys.stdout, f"utcp tunnel: listening on {kind} {host} port {bound}", flush=True)
+    try:
+        async with server:
+            await server.serve_forever()
+    finally:
+        if worker is not None:
+            worker.say(f"served {served} connections")
     return 0
 
 
@@ -805,6 +881,8 @@ _seconds = _type(_finite_float, lambda v: v >= 0, "must be 0 or more seconds", "
 MIN_INTERVAL = 0.1
 _interval = _type(_finite_float, lambda v: v == 0 or v >= MIN_INTERVAL,
                   f"must be 0 (no interval reports) or at least {MIN_INTERVAL} s", "float")
+_workers = _type(int, lambda v: 1 <= v <= workers.MAX_WORKERS,
+                 f"must be 1-{workers.MAX_WORKERS}", "int")
 _bytes = _type(lambda text: _size(text), lambda v: v >= 1, "must be at least 1 byte", "size")
 
 
@@ -879,6 +957,9 @@ def build_parser() -> argparse.ArgumentParser:
     perf.add_argument("-i", "--interval", type=_interval, default=1.0,
                       help="seconds between reports (default 1; 0 = none)")
     perf.add_argument("--json", action="store_true")
+    perf.add_argument("--workers", type=_workers, default=1, metavar="N",
+                      help="server: N processes share the port (SO_REUSEPORT), "
+                           "one core each (default 1)")
     perf.add_argument("--secure", action="store_true",
                       help="in-process run: secure mode with a fresh key pair")
     perf.add_argument("--plot", metavar="FILE.png|svg",
@@ -898,6 +979,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="the utcp tunnel server")
     tunnel.add_argument("--target", metavar="HOST:PORT", type=_address("127.0.0.1"),
                         help="the TCP service to reach")
+    tunnel.add_argument("--workers", type=_workers, default=1, metavar="N",
+                        help="N processes share the listening port (SO_REUSEPORT), "
+                             "one core each (default 1)")
     common(tunnel)
 
     keygen = sub.add_parser("keygen", help="print a new secure-mode key pair",
@@ -952,6 +1036,11 @@ def _check_usage(args: argparse.Namespace) -> None:
         raise UsageError("give either HOST PORT or -l [HOST:]PORT, not both")
     if args.command in ("perf", "plot"):
         _check_plot_output(args)
+    if getattr(args, "workers", 1) > 1:
+        if args.command == "perf" and not args.server:
+            raise UsageError("--workers is for the server (-s)")
+        if args.pcap:
+            raise UsageError("--pcap with --workers: every worker would write the one file")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -986,6 +1075,13 @@ def _main(argv: Sequence[str] | None) -> int:
         print(f"utcp {args.command}: {exc}", file=sys.stderr)
         return 1
     runner = {"perf": _perf, "tunnel": _tunnel, "cat": _cat, "plot": _plot}[args.command]
+    if getattr(args, "workers", 1) > 1:
+        # forked before any event loop exists: one loop, server and core per worker
+        try:
+            return _serve_in_workers(args, config)
+        except CliError as exc:
+            print(f"utcp {args.command}: {exc}", file=sys.stderr)
+            return 1
     try:
         return asyncio.run(runner(args, config))
     except CliError as exc:
