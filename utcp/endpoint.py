@@ -133,8 +133,9 @@ class Endpoint:
                 data = opened
             elif data[13] & wire.SYN and not data[13] & (wire.ACK | wire.RST):
                 if self.listening:
-                    got = self._secure.read_syn(data, key, now, self._syn_room(),
-                                                self.backlog)
+                    room = self._syn_room()
+                    got = self._secure.read_syn(data, key, now, room, self.backlog,
+                                                evict=room <= 0 and self._may_evict())
                     if got is None:
                         return  # counted, and answered if it is to be
                     hlen = (data[12] >> 4) * 4
@@ -193,9 +194,14 @@ class Endpoint:
                 self.config.max_connections:
             if self._secure is None:
                 self._send_cookie(seg, key, now)  # RFC 4987: no state for this SYN
-            else:
+                return
+            # read_syn let this SYN through a full table only with a retry cookie (its
+            # address proven) and an authentic msg1: as a returning SYN cookie, it may
+            # take an idle connection's place
+            if not (handshake is not None and len(self.syn_queue) < self.backlog
+                    and self._make_room()):
                 self.counters["SYN dropped: queue full"] += 1
-            return
+                return
         conn = self._new_connection(key, now)
         self.syn_queue.add(conn)
         self._unvalidated[conn] = [size, 0]
@@ -273,6 +279,11 @@ class Endpoint:
             self.counters["evicted idle connections"] += 1
             return True
         return False
+
+    def _may_evict(self) -> bool:
+        """Whether only the connection table is full, with someone evictable in it."""
+        return (len(self.accept_queue) < self.backlog and len(self.syn_queue) < self.backlog
+                and bool(self._evictable))
 
     def _syn_room(self) -> int:
         """How many more half-open connections _on_syn would take now."""

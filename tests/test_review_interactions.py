@@ -1,0 +1,95 @@
+"""Defects found reviewing how this session's changes interact (issues 11 and 12).
+
+Each test mounts the case on the fake clock (sans-IO endpoints shuttled by hand) and
+failed before its fix.
+"""
+
+from __future__ import annotations
+
+from tests.test_secure import SERVER_PRIV, SERVER_PUB
+from utcp.config import Config
+from utcp.connection import Connection
+from utcp.endpoint import Endpoint
+from utcp.state import State
+
+Address = tuple[str, int]
+SADDR: Address = ("10.0.0.1", 80)
+
+
+class Hub:
+    """One listening endpoint and any number of client endpoints, each at its own
+    address; `pump` runs timers due and delivers every datagram until all is quiet."""
+
+    def __init__(self, server_cfg: Config) -> None:
+        self.server = Endpoint(server_cfg, SADDR[1], listening=True)
+        self.clients: dict[Address, Endpoint] = {}
+        self.to_server: list[tuple[bytes, Address]] = []  # what the server received
+
+    def connect(self, addr: Address, cfg: Config, now: float) -> Connection:
+        ep = self.clients[addr] = Endpoint(cfg, addr[1])
+        conn = ep.connect(SADDR, now)
+        self.pump(now)
+        return conn
+
+    def pump(self, now: float) -> None:
+        for _ in range(100):
+            moved = False
+            for ep in (self.server, *self.clients.values()):
+                deadline = ep.get_timer()
+                if deadline is not None and deadline <= now:
+                    ep.handle_timer(now)
+                    moved = True
+            for data, addr in self.server.datagrams_to_send(now):
+                if addr in self.clients:
+                    self.clients[addr].receive_datagram(data, SADDR, now)
+                    moved = True
+            for addr, ep in self.clients.items():
+                for data, _ in ep.datagrams_to_send(now):
+                    self.to_server.append((data, addr))
+                    self.server.receive_datagram(data, addr, now)
+                    moved = True
+            if not moved:
+                return
+        raise AssertionError("the endpoints never went quiet")
+
+
+def test_a_full_secure_table_evicts_an_idle_connection_for_a_proven_client() -> None:
+    """Issue 12 item 6 is for both modes: a full table must still let a new legitimate
+    client in, the longest-idle connection that never carried data making room. A
+    plaintext endpoint did (SYN cookie, then eviction); a secure one dropped every SYN
+    "before DH work: queue full" for as long as the idle connections stayed, so 4 idle
+    handshakes here (100,000 with the defaults) locked everyone out. The newcomer must
+    first prove its address with a retry cookie: nothing is evicted before that."""
+    hub = Hub(Config(max_connections=4, secret_key=SERVER_PRIV))
+    client_cfg = Config(server_key=SERVER_PUB)
+    idle = [hub.connect((f"10.0.1.{i}", 5000 + i), client_cfg, float(i)) for i in range(4)]
+    assert [c.state for c in idle] == [State.ESTABLISHED] * 4
+    while hub.server.accept() is not None:
+        pass
+    newcomer = hub.connect(("10.0.1.99", 5099), client_cfg, 10.0)
+    assert newcomer.state is State.ESTABLISHED, dict(hub.server.counters)
+    assert hub.server.counters["evicted idle connections"] == 1
+    assert hub.server.counters["secure mode: cookie replies sent"] >= 1
+    assert len(hub.server.connections) == 4
+    assert ("10.0.1.0", 5000) not in hub.server.connections  # the longest idle went
+
+
+def test_a_full_secure_table_is_not_emptied_by_a_client_that_cannot_prove_its_address(
+) -> None:
+    """The eviction needs the retry cookie: a SYN whose sender never sees the cookie
+    reply (a spoofed source) evicts nobody and costs no DH work."""
+    hub = Hub(Config(max_connections=2, secret_key=SERVER_PRIV))
+    client_cfg = Config(server_key=SERVER_PUB)
+    idle = [hub.connect((f"10.0.2.{i}", 6000 + i), client_cfg, float(i)) for i in range(2)]
+    while hub.server.accept() is not None:
+        pass
+    spoofer = Endpoint(client_cfg, 6099)
+    spoofer.connect(SADDR, 5.0)
+    (syn, _), = spoofer.datagrams_to_send(5.0)
+    before = hub.server.counters["secure: handshakes accepted"]
+    for i in range(10):  # from addresses that never receive the cookie reply
+        hub.server.receive_datagram(syn, (f"10.9.9.{i}", 6099), 5.0 + i / 10)
+    hub.server.datagrams_to_send(6.0)
+    assert hub.server.counters["evicted idle connections"] == 0
+    assert hub.server.counters["secure: handshakes accepted"] == before  # no DH work
+    assert [c.state for c in idle] == [State.ESTABLISHED] * 2
