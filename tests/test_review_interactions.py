@@ -74,6 +74,23 @@ def test_a_full_secure_table_evicts_an_idle_connection_for_a_proven_client() -> 
     assert ("10.0.1.0", 5000) not in hub.server.connections  # the longest idle went
 
 
+def test_an_evicted_secure_peer_is_told_with_an_authenticated_rst() -> None:
+    """Eviction sends the evicted peer a RST (its application sees ConnectionResetError
+    at once rather than after keepalive's 55 s). In secure mode the RST was built, but
+    the connection's session was forgotten before it was sealed, so it was dropped
+    ("no session to seal with") and the peer never heard."""
+    hub = Hub(Config(max_connections=2, secret_key=SERVER_PRIV))
+    client_cfg = Config(server_key=SERVER_PUB)
+    idle = [hub.connect((f"10.0.3.{i}", 7000 + i), client_cfg, float(i)) for i in range(2)]
+    while hub.server.accept() is not None:
+        pass
+    newcomer = hub.connect(("10.0.3.99", 7099), client_cfg, 10.0)
+    assert newcomer.state is State.ESTABLISHED
+    assert hub.server.counters["secure: no session to seal with"] == 0
+    assert idle[0].state is State.CLOSED and isinstance(idle[0].error, ConnectionResetError)
+    assert idle[1].state is State.ESTABLISHED
+
+
 def test_a_full_secure_table_is_not_emptied_by_a_client_that_cannot_prove_its_address(
 ) -> None:
     """The eviction needs the retry cookie: a SYN whose sender never sees the cookie

@@ -81,7 +81,8 @@ class Endpoint:
         elif old is not None:
             raise OSError(98, f"a connection to {key[0]}:{key[1]} exists"
                               f" (state {old.state.name})")
-        if len(self.connections) >= self.config.max_connections and not self._make_room():
+        if len(self.connections) >= self.config.max_connections and \
+                not self._make_room(now):
             raise OSError(105, f"endpoint full: {len(self.connections)} connections"
                                " (Config.max_connections)")
         conn = self._new_connection(key, now)
@@ -199,7 +200,7 @@ class Endpoint:
             # address proven) and an authentic msg1: as a returning SYN cookie, it may
             # take an idle connection's place
             if not (handshake is not None and len(self.syn_queue) < self.backlog
-                    and self._make_room()):
+                    and self._make_room(now)):
                 self.counters["SYN dropped: queue full"] += 1
                 return
         conn = self._new_connection(key, now)
@@ -247,7 +248,8 @@ class Endpoint:
                                            now, None if ts is None else ts[1])
         if facts is None:
             return False
-        if len(self.connections) >= self.config.max_connections and not self._make_room():
+        if len(self.connections) >= self.config.max_connections and \
+                not self._make_room(now):
             self.counters["SYN cookie dropped: endpoint full"] += 1
             return True  # nothing evictable: as a full accept queue, the client retries
         self.counters["SYN cookies accepted"] += 1
@@ -258,7 +260,7 @@ class Endpoint:
         conn.recharge()
         return True
 
-    def _make_room(self) -> bool:
+    def _make_room(self, now: float) -> bool:
         """Evict the longest-idle evictable connection; False if there is none.
 
         Only a client whose address is validated gets here (a cookie came back, or our
@@ -275,7 +277,9 @@ class Endpoint:
             else:
                 conn._fail(ConnectionResetError("evicted: the endpoint is full"
                                                 " (Config.max_connections)"), send_rst=True)
-            self._forget(conn)
+            # out now, then forgotten: secure mode seals the RST with the session that
+            # forgetting drops (it was lost, and the peer waited for keepalive)
+            self._service(conn, now, self._out)
             self.counters["evicted idle connections"] += 1
             return True
         return False
