@@ -110,3 +110,43 @@ def test_a_full_secure_table_is_not_emptied_by_a_client_that_cannot_prove_its_ad
     assert hub.server.counters["evicted idle connections"] == 0
     assert hub.server.counters["secure: handshakes accepted"] == before  # no DH work
     assert [c.state for c in idle] == [State.ESTABLISHED] * 2
+
+
+def _bulk_client(hub: Hub, addr: Address, cfg: Config) -> Connection:
+    """An established client with ten segments in flight, none acknowledged."""
+    conn = hub.connect(addr, cfg, 0.0)
+    assert conn.state is State.ESTABLISHED
+    conn.send(bytes(64 * 1024))
+    hub.clients[addr].datagrams_to_send(1.0)  # sent, never delivered
+    assert conn.snd_max - conn.snd_una >= 10 * 1000
+    return conn
+
+
+def test_icmp_quoting_any_byte_in_flight_does_not_reset() -> None:
+    """An ICMP port unreachable is unauthenticated. It ended an open connection if it
+    quoted any sequence number from snd_una - 1 to snd_max, so a blind attacker who
+    knows the addresses hit with probability flight / 2**32 per datagram: about 1 in
+    1,024 against a 4 MiB flight (the default send_buffer), far cheaper than the RST it
+    stands for (RFC 5961: the exact sequence number), and in secure mode the one
+    unauthenticated datagram that could end a connection. The datagrams a dead peer's
+    host answers and that we send whatever the flight are the ones believed: the head's
+    retransmission (snd_una), a keepalive or window probe (snd_una - 1), a pure ACK
+    (snd_max), so a dead peer is still noticed by the next timeout at the latest."""
+    hub = Hub(Config())
+    conn = _bulk_client(hub, ("10.0.4.1", 8001), Config())
+    for inside in (conn.snd_una + 1, conn.snd_una + 5000, conn.snd_max - 1):
+        assert not conn.icmp_unreachable(inside & 0xFFFFFFFF)
+        assert conn.state is State.ESTABLISHED
+    assert conn.icmp_unreachable(conn.snd_una & 0xFFFFFFFF)
+    assert conn.state is State.CLOSED and isinstance(conn.error, ConnectionResetError)
+
+
+def test_icmp_quoting_what_a_dead_peer_draws_resets() -> None:
+    """The datagrams that reach a dead peer's host whatever was in flight: a probe
+    (snd_una - 1), a pure ACK (snd_max), the head's retransmission (snd_una)."""
+    for quoted in ("probe", "ack", "head"):
+        hub = Hub(Config())
+        conn = _bulk_client(hub, ("10.0.4.2", 8002), Config())
+        seq = {"probe": conn.snd_una - 1, "ack": conn.snd_max, "head": conn.snd_una}[quoted]
+        assert conn.icmp_unreachable(seq & 0xFFFFFFFF), quoted
+        assert isinstance(conn.error, ConnectionResetError)

@@ -377,13 +377,17 @@ class Connection:
         for its connections, so the ICMP is the RST it cannot send, and it ends the
         connection in any state but TIME_WAIT (a connect with ConnectionRefusedError,
         later ConnectionResetError). `seq` is the sequence number of the segment the
-        ICMP quotes: as Linux does (RFC 5927 §4.1), only one we sent and have not had
-        acknowledged is believed (or snd_una - 1, our keepalive and window probes'), so a
-        blind attacker must guess it as for an RST. True if the connection ended.
+        ICMP quotes (RFC 5927 §4.1). Not any byte in flight, as Linux's range for TCP's
+        soft errors: a blind attacker would hit that with probability flight / 2**32
+        (1 in 1,024 against 4 MiB), where an RST needs the exact number (RFC 5961). Only
+        what we send to a dead peer whatever the flight is believed: the head's
+        retransmission (snd_una), a keepalive or window probe (snd_una - 1), a pure ACK
+        (snd_max); so a dead peer is noticed by the next timeout at the latest, and a
+        blind attacker must guess one of three numbers. True if the connection ended.
         """
         if seq is not None:
             quoted = sq.unwrap(seq, self.snd_una)
-            if not self.snd_una - 1 <= quoted <= self.snd_max:
+            if quoted not in (self.snd_una - 1, self.snd_una, self.snd_max):
                 self._drop("ICMP quoting a sequence number we have not sent")
                 return False
         if self.state == State.SYN_SENT:
