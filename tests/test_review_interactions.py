@@ -7,6 +7,7 @@ failed before its fix.
 from __future__ import annotations
 
 from tests.test_secure import SERVER_PRIV, SERVER_PUB
+from utcp import wire
 from utcp.config import Config
 from utcp.connection import Connection
 from utcp.endpoint import Endpoint
@@ -150,3 +151,32 @@ def test_icmp_quoting_what_a_dead_peer_draws_resets() -> None:
         seq = {"probe": conn.snd_una - 1, "ack": conn.snd_max, "head": conn.snd_una}[quoted]
         assert conn.icmp_unreachable(seq & 0xFFFFFFFF), quoted
         assert isinstance(conn.error, ConnectionResetError)
+
+
+def test_blind_datagrams_do_not_keep_a_dead_peers_connection_alive() -> None:
+    """Keepalive (on by default) must notice a silent dead peer within about a minute
+    (issue 11). Every datagram for the connection restarted it and cleared the count of
+    unanswered probes, acceptable or not: one blind datagram every 20 s (any sequence
+    number, a RST or a stale segment would do) kept a dead peer's connection and its
+    buffers forever. As Linux (rcv_tstamp moves in tcp_ack, after the checks), only a
+    segment that passes the window and ACK checks counts as hearing from the peer."""
+    hub = Hub(Config())
+    addr: Address = ("10.0.6.1", 9101)
+    client = hub.connect(addr, Config(), 0.0)
+    hub.pump(1.0)
+    server_conn = hub.server.accept()
+    assert server_conn is not None and server_conn.state is State.ESTABLISHED
+    del hub.clients[addr]  # the peer's process dies: nothing more from it
+    stale = wire.build_fast(addr[1], SADDR[1], (server_conn.rcv_nxt + (1 << 30)) & 0xFFFFFFFF,
+                            server_conn.snd_nxt & 0xFFFFFFFF, wire.ACK, 1000,
+                            b"", b"blind")
+    now = 1.0
+    while now < 300.0 and server_conn.state is not State.CLOSED:
+        now += 20.0
+        hub.server.receive_datagram(stale, addr, now)  # the blind attacker's datagram
+        for t in range(20):
+            hub.pump(now + t)
+    assert server_conn.state is State.CLOSED, f"still {server_conn.state.name} at {now} s"
+    assert isinstance(server_conn.error, TimeoutError)
+    assert now <= 100.0
+    del client
