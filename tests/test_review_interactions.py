@@ -180,3 +180,49 @@ def test_blind_datagrams_do_not_keep_a_dead_peers_connection_alive() -> None:
     assert isinstance(server_conn.error, TimeoutError)
     assert now <= 100.0
     del client
+
+
+def test_a_returning_syn_cookie_is_dropped_not_reset_while_the_accept_queue_is_full(
+) -> None:
+    """A client answered with a SYN cookie is ESTABLISHED once it sends its ACK. If by
+    then the accept queue has filled (the application is slow to take connections),
+    Linux drops the ACK (listen overflow, tcp_abort_on_overflow = 0) and the client's
+    next segment gets in once there is room. Here the bare ACK drew a RST and the client
+    failed with ConnectionResetError: a burst of connects to a busy server reset the
+    clients past the backlog instead of making them wait."""
+    server = Endpoint(Config(), SADDR[1], listening=True, backlog=1)
+    a_addr, b_addr = ("10.0.7.1", 9201), ("10.0.7.2", 9202)
+    a, b = Endpoint(Config(), a_addr[1]), Endpoint(Config(), b_addr[1])
+    a.connect(SADDR, 0.0)
+
+    def deliver(src: Endpoint, src_addr: Address, now: float) -> None:
+        out = src.datagrams_to_send(now)
+        src.handle_timer(now)  # the handshake's last ACK waits for the timer
+        for data, _ in out + src.datagrams_to_send(now):
+            server.receive_datagram(data, src_addr, now)
+
+    def answer(dst: Endpoint, dst_addr: Address, now: float) -> None:
+        for data, addr in server.datagrams_to_send(now):
+            assert addr == dst_addr
+            dst.receive_datagram(data, SADDR, now)
+
+    deliver(a, a_addr, 0.0)            # A's SYN: the SYN queue's one place
+    answer(a, a_addr, 0.0)
+    b_conn = b.connect(SADDR, 0.1)
+    deliver(b, b_addr, 0.1)            # B's SYN: a cookie
+    answer(b, b_addr, 0.1)
+    assert server.counters["SYN cookies sent"] == 1 and b_conn.state is State.ESTABLISHED
+    deliver(a, a_addr, 0.2)            # A completes: the accept queue is full
+    server.datagrams_to_send(0.2)
+    assert len(server.accept_queue) == 1
+    deliver(b, b_addr, 0.3)            # B's bare ACK, with the cookie
+    answer(b, b_addr, 0.3)
+    assert b_conn.state is State.ESTABLISHED, b_conn.error
+    assert b_addr not in server.connections
+    # the application takes A: B's first data segment (its cookie again) gets in
+    assert server.accept() is not None
+    b_conn.send(b"request")
+    deliver(b, b_addr, 0.4)
+    server.datagrams_to_send(0.4)
+    conn = server.accept()
+    assert conn is not None and conn.peer == b_addr and conn.read() == b"request"

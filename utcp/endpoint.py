@@ -239,8 +239,6 @@ class Endpoint:
         """An ACK for no connection may return one of our cookies: then it is a connection."""
         if now >= self._cookies_until:
             return False  # none sent within a cookie's lifetime: nothing to check
-        if len(self.accept_queue) >= self.backlog:
-            return False
         self.counters["SYN cookies checked"] += 1
         cookie = (seg.ack - 1) & sq.MASK
         ts = seg.options.timestamps if self.config.timestamps else None
@@ -248,6 +246,11 @@ class Endpoint:
                                            now, None if ts is None else ts[1])
         if facts is None:
             return False
+        if len(self.accept_queue) >= self.backlog:
+            # Linux's listen overflow: the client is ESTABLISHED, so a RST would reset it;
+            # dropped, its next segment brings the cookie again once there is room
+            self.counters["SYN cookie dropped: accept queue full"] += 1
+            return True
         if len(self.connections) >= self.config.max_connections and \
                 not self._make_room(now):
             self.counters["SYN cookie dropped: endpoint full"] += 1
