@@ -226,3 +226,18 @@ def test_a_returning_syn_cookie_is_dropped_not_reset_while_the_accept_queue_is_f
     server.datagrams_to_send(0.4)
     conn = server.accept()
     assert conn is not None and conn.peer == b_addr and conn.read() == b"request"
+
+
+def test_no_timer_is_left_armed_once_a_connection_is_closed() -> None:
+    """The sans-IO contract: `get_timer()` names when `handle_timer` has work. A
+    connection that ended with a tail loss probe (or RACK's reordering timer) armed
+    kept that deadline: `handle_timer` returns at once for a CLOSED connection, so a
+    caller driving it by its timer would spin on a deadline in the past forever."""
+    hub = Hub(Config())
+    conn = hub.connect(("10.0.8.1", 9301), Config(), 0.0)
+    conn.send(bytes(5000))
+    hub.clients[("10.0.8.1", 9301)].datagrams_to_send(1.0)  # in flight, never delivered
+    assert conn._tlp_deadline is not None
+    conn.abort()
+    assert conn.state is State.CLOSED
+    assert conn.get_timer() is None

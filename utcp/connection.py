@@ -1905,7 +1905,7 @@ class Connection:
         self.error = error
         self._rtx_deadline = self._persist_deadline = self._ack_deadline = None
         self._tw_deadline = self._keepalive_deadline = self._idle_deadline = None
-        self._user_deadline = None
+        self._user_deadline = self._tlp_deadline = self._reo_deadline = None
         if self.pacer is not None:
             self.pacer.deadline = None
         self._ack_now = False
