@@ -377,13 +377,17 @@ class Connection:
         for its connections, so the ICMP is the RST it cannot send, and it ends the
         connection in any state but TIME_WAIT (a connect with ConnectionRefusedError,
         later ConnectionResetError). `seq` is the sequence number of the segment the
-        ICMP quotes: as Linux does (RFC 5927 §4.1), only one we sent and have not had
-        acknowledged is believed (or snd_una - 1, our keepalive and window probes'), so a
-        blind attacker must guess it as for an RST. True if the connection ended.
+        ICMP quotes (RFC 5927 §4.1). Not any byte in flight, as Linux's range for TCP's
+        soft errors: a blind attacker would hit that with probability flight / 2**32
+        (1 in 1,024 against 4 MiB), where an RST needs the exact number (RFC 5961). Only
+        what we send to a dead peer whatever the flight is believed: the head's
+        retransmission (snd_una), a keepalive or window probe (snd_una - 1), a pure ACK
+        (snd_max); so a dead peer is noticed by the next timeout at the latest, and a
+        blind attacker must guess one of three numbers. True if the connection ended.
         """
         if seq is not None:
             quoted = sq.unwrap(seq, self.snd_una)
-            if not self.snd_una - 1 <= quoted <= self.snd_max:
+            if quoted not in (self.snd_una - 1, self.snd_una, self.snd_max):
                 self._drop("ICMP quoting a sequence number we have not sent")
                 return False
         if self.state == State.SYN_SENT:
@@ -765,9 +769,6 @@ class Connection:
         self._now = now
         self.segments_received += 1
         self._touch()
-        self._keepalive_sent = 0
-        if self.config.keepalive_interval is not None:
-            self._keepalive_deadline = now + self.config.keepalive_interval
         payload = seg.payload
         if (self.state is State.ESTABLISHED and (seg.flags | PSH) == ACK | PSH and payload
                 and not self._ooo and self._fin_seq is None
@@ -787,6 +788,7 @@ class Connection:
                     self._drop("PAWS: old timestamp")
                     return
                 self._take_ts_recent(seg, self.rcv_nxt, now)  # in order, exact ACK
+            self._heard(now)
             self.snd_wl1, self.snd_wl2 = self.rcv_nxt, self.snd_una
             self._rcvbuf.append(bytes(payload))
             self._rcvbuf_len += len(payload)
@@ -833,6 +835,7 @@ class Connection:
             self._handshake_acked(sq.unwrap(seg.ack, self.snd_una), now)
             self._update_window(seg, self.rcv_nxt - 1, self.snd_una, force=True)
             self._set_state(Ev.RCV_SYN_ACK)
+            self._heard(now)  # synchronized only now: _handshake_acked could not arm it
             self._events.append(HandshakeCompleted())
             # The handshake's last ACK waits for the next timer service at this same
             # instant: an application that writes as soon as it is connected (a request,
@@ -908,6 +911,7 @@ class Connection:
                         self._handshake_acked(ack, now)
                         self._update_window(seg, seg_seq, ack, force=True)
                         self._set_state(Ev.RCV_ACK_OF_SYN)
+                        self._heard(now)
                         self._events.append(HandshakeCompleted())
                         self._ack_now = True
                         return
@@ -1003,6 +1007,7 @@ class Connection:
             return
         if self._ts_ok:
             self._take_ts_recent(seg, seg_seq, now)  # RFC 7323 R3: acceptable at last
+        self._heard(now)
         fin_now_acked = self._process_ack(seg, seg_seq, ack, len(payload), now)
 
         # seventh: text
@@ -1900,7 +1905,7 @@ class Connection:
         self.error = error
         self._rtx_deadline = self._persist_deadline = self._ack_deadline = None
         self._tw_deadline = self._keepalive_deadline = self._idle_deadline = None
-        self._user_deadline = None
+        self._user_deadline = self._tlp_deadline = self._reo_deadline = None
         if self.pacer is not None:
             self.pacer.deadline = None
         self._ack_now = False
@@ -1955,6 +1960,14 @@ class Connection:
                 State.TIME_WAIT, State.CLOSED):
             self._idle_deadline = now + self.config.idle_timeout
         if self.config.keepalive_interval is not None and self.state in SYNCHRONIZED:
+            self._keepalive_deadline = now + self.config.keepalive_interval
+
+    def _heard(self, now: float) -> None:
+        """The peer is alive: a segment passed the window and ACK checks. Keepalive
+        restarts only here (as Linux's rcv_tstamp, set in tcp_ack), else any datagram,
+        even a blind one out of the window, kept a dead peer's connection forever."""
+        self._keepalive_sent = 0
+        if self.config.keepalive_interval is not None:
             self._keepalive_deadline = now + self.config.keepalive_interval
 
     def _touch(self) -> None:

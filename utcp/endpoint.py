@@ -81,7 +81,8 @@ class Endpoint:
         elif old is not None:
             raise OSError(98, f"a connection to {key[0]}:{key[1]} exists"
                               f" (state {old.state.name})")
-        if len(self.connections) >= self.config.max_connections and not self._make_room():
+        if len(self.connections) >= self.config.max_connections and \
+                not self._make_room(now):
             raise OSError(105, f"endpoint full: {len(self.connections)} connections"
                                " (Config.max_connections)")
         conn = self._new_connection(key, now)
@@ -133,8 +134,9 @@ class Endpoint:
                 data = opened
             elif data[13] & wire.SYN and not data[13] & (wire.ACK | wire.RST):
                 if self.listening:
-                    got = self._secure.read_syn(data, key, now, self._syn_room(),
-                                                self.backlog)
+                    room = self._syn_room()
+                    got = self._secure.read_syn(data, key, now, room, self.backlog,
+                                                evict=room <= 0 and self._may_evict())
                     if got is None:
                         return  # counted, and answered if it is to be
                     hlen = (data[12] >> 4) * 4
@@ -193,9 +195,14 @@ class Endpoint:
                 self.config.max_connections:
             if self._secure is None:
                 self._send_cookie(seg, key, now)  # RFC 4987: no state for this SYN
-            else:
+                return
+            # read_syn let this SYN through a full table only with a retry cookie (its
+            # address proven) and an authentic msg1: as a returning SYN cookie, it may
+            # take an idle connection's place
+            if not (handshake is not None and len(self.syn_queue) < self.backlog
+                    and self._make_room(now)):
                 self.counters["SYN dropped: queue full"] += 1
-            return
+                return
         conn = self._new_connection(key, now)
         self.syn_queue.add(conn)
         self._unvalidated[conn] = [size, 0]
@@ -232,8 +239,6 @@ class Endpoint:
         """An ACK for no connection may return one of our cookies: then it is a connection."""
         if now >= self._cookies_until:
             return False  # none sent within a cookie's lifetime: nothing to check
-        if len(self.accept_queue) >= self.backlog:
-            return False
         self.counters["SYN cookies checked"] += 1
         cookie = (seg.ack - 1) & sq.MASK
         ts = seg.options.timestamps if self.config.timestamps else None
@@ -241,7 +246,13 @@ class Endpoint:
                                            now, None if ts is None else ts[1])
         if facts is None:
             return False
-        if len(self.connections) >= self.config.max_connections and not self._make_room():
+        if len(self.accept_queue) >= self.backlog:
+            # Linux's listen overflow: the client is ESTABLISHED, so a RST would reset it;
+            # dropped, its next segment brings the cookie again once there is room
+            self.counters["SYN cookie dropped: accept queue full"] += 1
+            return True
+        if len(self.connections) >= self.config.max_connections and \
+                not self._make_room(now):
             self.counters["SYN cookie dropped: endpoint full"] += 1
             return True  # nothing evictable: as a full accept queue, the client retries
         self.counters["SYN cookies accepted"] += 1
@@ -252,7 +263,7 @@ class Endpoint:
         conn.recharge()
         return True
 
-    def _make_room(self) -> bool:
+    def _make_room(self, now: float) -> bool:
         """Evict the longest-idle evictable connection; False if there is none.
 
         Only a client whose address is validated gets here (a cookie came back, or our
@@ -269,10 +280,17 @@ class Endpoint:
             else:
                 conn._fail(ConnectionResetError("evicted: the endpoint is full"
                                                 " (Config.max_connections)"), send_rst=True)
-            self._forget(conn)
+            # out now, then forgotten: secure mode seals the RST with the session that
+            # forgetting drops (it was lost, and the peer waited for keepalive)
+            self._service(conn, now, self._out)
             self.counters["evicted idle connections"] += 1
             return True
         return False
+
+    def _may_evict(self) -> bool:
+        """Whether only the connection table is full, with someone evictable in it."""
+        return (len(self.accept_queue) < self.backlog and len(self.syn_queue) < self.backlog
+                and bool(self._evictable))
 
     def _syn_room(self) -> int:
         """How many more half-open connections _on_syn would take now."""

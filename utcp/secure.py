@@ -160,7 +160,8 @@ class SecureLayer:
         self.validated[conn] = [conn.peer]
 
     def read_syn(self, data: bytes | bytearray | memoryview, key: Addr, now: float,
-                 room: int, backlog: int) -> tuple[bytes, crypto.Responder] | None:
+                 room: int, backlog: int, *, evict: bool = False,
+                 ) -> tuple[bytes, crypto.Responder] | None:
         """A SYN for a new connection: its header (cookie stripped) if msg1 authenticates
         and is fresh, else None (counted, and answered here if it is to be answered).
 
@@ -169,6 +170,8 @@ class SecureLayer:
         under load, a cookie that proves the source address (else a cookie reply). Only
         then msg1's two X25519 operations, the allow list, and its timestamp: a msg1 not
         newer than the last one accepted from the same client key is a replay.
+        `evict`: the table is full but an idle connection may make room, for a client
+        that proves its address (a full table counts as load: the cookie is required).
         """
         hlen = _hlen(data)
         header, cookie = _strip_cookie(bytes(data[:hlen]))
@@ -178,7 +181,7 @@ class SecureLayer:
             self._reset(header, key, plaintext_peer=not msg1)
             return None
         loaded = self._under_load(now, room, backlog)
-        if room <= 0:
+        if room <= 0 and not evict:
             self._drop("SYN dropped before DH work: queue full")
             return None
         if loaded and (cookie is None or not self.cookies.check(key, cookie, now)):
