@@ -156,6 +156,9 @@ def _config(args: argparse.Namespace) -> utcp.Config:
         kwargs["server_key"] = args.server_key
     if args.allow:
         kwargs["allowed_keys"] = tuple(args.allow)
+    if getattr(args, "window", None) is not None:
+        # iperf3's -w sets SO_SNDBUF and SO_RCVBUF: utcp's two buffers are the same bounds
+        kwargs["recv_buffer"] = kwargs["send_buffer"] = args.window
     try:
         config = utcp.Config(**kwargs)
     except (TypeError, ValueError) as exc:
@@ -183,7 +186,7 @@ def _check_writable(path: str) -> None:
 
 @dataclass
 class Flow:
-    """One perf connection as the client sees it."""
+    """One perf connection as the client (or, counting what it serves, the server) sees it."""
 
     ident: int
     reader: asyncio.StreamReader
@@ -191,10 +194,27 @@ class Flow:
     bytes: int = 0
     last_bytes: int = 0
     last_retrans: int = 0
+    # what the omitted start (-O) had moved by its end: the totals leave it out
+    omit_bytes: int = 0
+    omit_retrans: int = 0
     server_result: dict[str, Any] = field(default_factory=dict)
 
     def stats(self) -> utcp.Stats:
         return self.writer.get_extra_info("stats")  # type: ignore[no-any-return]
+
+    def mark_omitted(self) -> None:
+        self.omit_bytes = self.bytes
+        self.omit_retrans = self.stats().segments_retransmitted
+
+
+@dataclass(frozen=True)
+class PerfOptions:
+    """The iperf3-style knobs of a client run, beside where and how much."""
+
+    rate: float | None = None       # -b: bits/s per stream, paced by the writer
+    omit: float = 0.0               # -O: seconds at the start left out of the totals
+    server_output: bool = False     # --get-server-output
+    cport: int | None = None        # --cport: the first stream's local port
 
 
 def _fmt_bytes(n: float) -> str:
@@ -211,45 +231,181 @@ def _fmt_rate(bits_per_s: float) -> str:
     return f"{bits_per_s:.0f} bits/sec"
 
 
-async def _perf_serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+def _summary_row(label: str, t1: float, nbytes: int, retr: int | None, role: str) -> str:
+    column = f"{retr:4d}" if retr is not None else "    "
+    return (f"{label:5} {0:6.2f}-{t1:<6.2f} sec  {_fmt_bytes(nbytes):>11}  "
+            f"{_fmt_rate(nbytes * 8 / max(t1, 1e-9)):>15}  {column}        {role}")
+
+
+@dataclass
+class _ClientTest:
+    """The streams of one client's test on the server, grouped by the client's cookie.
+
+    There is no control connection as in iperf3: each stream names its test (a random
+    cookie) and how many streams it has, so that the server can print one report per
+    client and hand it to a `--get-server-output` client when the last stream ends.
+    """
+
+    streams: int
+    results: list[dict[str, Any]] = field(default_factory=list)
+    done: asyncio.Event = field(default_factory=asyncio.Event)
+    report: dict[str, Any] = field(default_factory=dict)
+
+
+class _PerfServerState:
+    # finished tests are kept a while for a report connection that arrives late (its
+    # datagrams may lose a race with the streams'); bounded, so a client cannot grow it
+    KEEP_FINISHED = 256
+
+    def __init__(self, out: Any, quiet: bool) -> None:
+        self.out = out
+        self.quiet = quiet
+        self.tests: dict[str, _ClientTest] = {}
+        self.finished: dict[str, _ClientTest] = {}
+
+    def test(self, cookie: str, streams: int) -> _ClientTest:
+        found = self.tests.get(cookie) or self.finished.get(cookie)
+        if found is None:
+            found = self.tests[cookie] = _ClientTest(max(1, min(streams, MAX_PARALLEL)))
+        return found
+
+    def add(self, cookie: str, streams: int, result: dict[str, Any]) -> None:
+        test = self.test(cookie, streams)
+        test.results.append(result)
+        if len(test.results) < test.streams or test.done.is_set():
+            return
+        test.report = self._report(test.results)
+        test.done.set()
+        self.tests.pop(cookie, None)
+        self.finished[cookie] = test
+        while len(self.finished) > self.KEEP_FINISHED:
+            del self.finished[next(iter(self.finished))]
+        if not self.quiet:
+            _say(self.out, test.report["text"], flush=True)
+
+    @staticmethod
+    def _report(results: list[dict[str, Any]]) -> dict[str, Any]:
+        """The server's per-client report, as iperf3's server prints after each test."""
+        results = sorted(results, key=lambda r: r["id"])
+        first = results[0]
+        lines = [f"Accepted connection from {first['remote_host']}, port "
+                 f"{first['remote_port']}"]
+        for r in results:
+            lines.append(f"[{r['id']:3d}] local {r['local_host']} port {r['local_port']} "
+                         f"connected to {r['remote_host']} port {r['remote_port']}")
+        lines.append("[ ID] Interval           Transfer     Bitrate         Retr")
+        seconds = max(r["seconds"] for r in results)
+        for r in results:
+            role = "sender" if r["sender"] else "receiver"
+            lines.append(_summary_row(f"[{r['id']:3d}]", r["seconds"], r["bytes"],
+                                      r["retransmits"] if r["sender"] else None, role))
+        if len(results) > 1:
+            role = "sender" if first["sender"] else "receiver"
+            retr = sum(r["retransmits"] for r in results) if first["sender"] else None
+            lines.append(_summary_row("[SUM]", seconds, sum(r["bytes"] for r in results),
+                                      retr, role))
+        return {"text": "\n".join(lines), "streams": results}
+
+
+async def _perf_serve(state: _PerfServerState, reader: asyncio.StreamReader,
+                      writer: asyncio.StreamWriter) -> None:
     try:
         line = await reader.readline()
         if not line.startswith(PERF_MAGIC):
             writer.close()
             return
         spec = json.loads(line[len(PERF_MAGIC):])
+        if not isinstance(spec, dict):
+            raise ValueError("not a perf request")
+        cookie = str(spec.get("cookie") or id(writer))
+        streams = int(spec.get("streams") or 1)
+        if spec.get("report"):
+            await _perf_send_report(state.test(cookie, streams), reader, writer)
+            return
+        omit = float(spec.get("omit") or 0)
+        rate = spec.get("rate")
+        flow = Flow(int(spec.get("stream") or 1), reader, writer)
+        loop = asyncio.get_running_loop()
+        omitted = loop.call_later(omit, flow.mark_omitted) if omit > 0 else None
         start = time.monotonic()
         received = 0
         if spec.get("reverse"):
-            await _perf_source(writer, spec.get("duration"), spec.get("bytes"))
+            await _perf_source(writer, spec.get("duration"), spec.get("bytes"), flow,
+                               rate=float(rate) if rate else None)
             writer.write_eof()
             while data := await reader.read(CHUNK):
                 received += len(data)
         else:
             while data := await reader.read(CHUNK):
                 received += len(data)
+                flow.bytes = received
         elapsed = time.monotonic() - start
-        stats = writer.get_extra_info("stats")
-        result = {"bytes_received": received, "seconds": elapsed,
+        if omitted is not None:
+            omitted.cancel()
+        stats = flow.stats()
+        result = {"bytes_received": received - flow.omit_bytes,
+                  "seconds": max(elapsed - omit, 0.0),
                   "segments_retransmitted": stats.segments_retransmitted}
         if not spec.get("reverse"):
             writer.write(json.dumps(result).encode() + b"\n")
+        local, peer = writer.get_extra_info("sockname"), writer.get_extra_info("peername")
+        state.add(cookie, streams, {
+            "id": flow.ident, "sender": bool(spec.get("reverse")),
+            "bytes": flow.bytes - flow.omit_bytes, "seconds": result["seconds"],
+            "retransmits": stats.segments_retransmitted - flow.omit_retrans,
+            "local_host": local[0], "local_port": local[1],
+            "remote_host": peer[0], "remote_port": peer[1]})
         writer.close()
         await writer.wait_closed()
-    except (ConnectionError, TimeoutError, asyncio.IncompleteReadError, ValueError):
+    except (ConnectionError, TimeoutError, asyncio.IncompleteReadError, ValueError,
+            TypeError):
         writer.transport.abort()
+
+
+async def _perf_send_report(test: _ClientTest, reader: asyncio.StreamReader,
+                            writer: asyncio.StreamWriter) -> None:
+    """--get-server-output: the report once the client's streams are done.
+
+    The client keeps this connection open until it has the report: its end (EOF or a
+    reset) means nobody waits any more, so no timer bounds the wait.
+    """
+    ready = asyncio.create_task(test.done.wait())
+    gone = asyncio.create_task(reader.read(1))
+    try:
+        await asyncio.wait([ready, gone], return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        ready.cancel()
+        gone.cancel()
+    if test.done.is_set():
+        writer.write(json.dumps(test.report).encode() + b"\n")
+    writer.close()
+    with contextlib.suppress(ConnectionError, TimeoutError):
+        await writer.wait_closed()
 
 
 async def _perf_source(writer: asyncio.StreamWriter, duration: float | None,
                        nbytes: int | None, counter: Flow | None = None,
-                       stop: asyncio.Event | None = None) -> int:
-    """Send for `duration` seconds or `nbytes` bytes; neither: until `stop` (or forever)."""
-    block = os.urandom(CHUNK)
+                       stop: asyncio.Event | None = None, *,
+                       rate: float | None = None) -> int:
+    """Send for `duration` seconds or `nbytes` bytes; neither: until `stop` (or forever).
+
+    `rate` (bits/s) paces the writes as iperf3's -b does for TCP: the application holds
+    back, the transport's own pacing and congestion control are untouched. Writes are
+    cut to about 10 ms of data so that a low rate is smooth rather than bursty.
+    """
+    chunk = CHUNK if not rate else int(min(CHUNK, max(1024, rate / 8 / 100)))
+    block = os.urandom(chunk)
     view = memoryview(block)
     sent = 0
-    deadline = time.monotonic() + duration if duration else math.inf
+    begin = time.monotonic()
+    deadline = begin + duration if duration else math.inf
     while time.monotonic() < deadline and not (stop is not None and stop.is_set()):
-        n = CHUNK if nbytes is None else min(CHUNK, nbytes - sent)
+        if rate:
+            ahead = begin + sent * 8 / rate - time.monotonic()
+            if ahead > 0:
+                await asyncio.sleep(min(ahead, max(deadline - time.monotonic(), 0.0)))
+                continue
+        n = chunk if nbytes is None else min(chunk, nbytes - sent)
         if n <= 0:
             break
         writer.write(view[:n])
@@ -287,44 +443,98 @@ def _interrupt_handlers(stop: asyncio.Event) -> contextlib.AbstractContextManage
     return installed()
 
 
+def _any_address(host: str) -> str:
+    return "::" if ":" in host else "0.0.0.0"
+
+
 async def perf_client(host: str, port: int, *, duration: float | None, nbytes: int | None,
                       parallel: int, reverse: bool, interval: float | None, as_json: bool,
-                      config: utcp.Config, out: Any = None) -> dict[str, Any]:
+                      config: utcp.Config, out: Any = None,
+                      options: PerfOptions = PerfOptions()) -> dict[str, Any]:
     """Run the client side; `duration` and `nbytes` both None: until SIGINT or SIGTERM.
 
     `interval` None (or 0) prints no interval reports, only the summary.
     """
     out = out or sys.stdout
     flows: list[Flow] = []
+    control: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
+    cookie = os.urandom(12).hex()
     try:
+        if options.server_output:
+            # opened first, so the server knows of the test before its streams end
+            control = await utcp.open_connection(host, port, config=config)
+            control[1].write(PERF_MAGIC + json.dumps(
+                {"cookie": cookie, "streams": parallel, "report": True}).encode() + b"\n")
         for i in range(parallel):
-            reader, writer = await utcp.open_connection(host, port, config=config)
+            local = None
+            if options.cport is not None:
+                # iperf3 gives the streams consecutive ports from --cport
+                local = (_any_address(host), options.cport + i)
+            reader, writer = await utcp.open_connection(host, port, config=config,
+                                                        local_addr=local)
             flows.append(Flow(i + 1, reader, writer))
-    except OSError as exc:
+    except (OSError, OverflowError) as exc:
         for flow in flows:
             flow.writer.transport.abort()
+        if control is not None:
+            control[1].transport.abort()
         raise CliError(f"cannot connect to {host}:{port}: {_describe(exc)}") from None
     try:
         return await _perf_run(flows, host, port, duration=duration, nbytes=nbytes,
                                reverse=reverse, interval=interval or None, as_json=as_json,
-                               out=out)
+                               out=out, options=options, cookie=cookie, control=control,
+                               config=config)
     except BaseException:
         for flow in flows:
             flow.writer.transport.abort()
+        if control is not None:
+            control[1].transport.abort()
         raise
+
+
+async def _server_output(control: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None,
+                         ) -> dict[str, Any] | None:
+    if control is None:
+        return None
+    reader, writer = control
+    try:
+        # the server answers when its side of every stream has ended; a server that
+        # does not know the request (an older utcp) never answers
+        line = await asyncio.wait_for(reader.readline(), 30.0)
+        report = json.loads(line) if line else None
+    except (ConnectionError, TimeoutError, ValueError):
+        report = None
+    writer.transport.abort() if report is None else writer.close()
+    if not isinstance(report, dict):
+        print("utcp perf: the server sent no report (--get-server-output)", file=sys.stderr)
+        return None
+    return report
 
 
 async def _perf_run(flows: list[Flow], host: str, port: int, *, duration: float | None,
                     nbytes: int | None, reverse: bool, interval: float | None,
-                    as_json: bool, out: Any) -> dict[str, Any]:
+                    as_json: bool, out: Any, options: PerfOptions = PerfOptions(),
+                    cookie: str = "", config: utcp.Config | None = None,
+                    control: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None,
+                    ) -> dict[str, Any]:
     parallel = len(flows)
+    omit = options.omit
     # -n is the total: split it so the flows add up to exactly that many bytes
     share: list[int | None] = ([None] * parallel if nbytes is None else
                                [nbytes // parallel + (i < nbytes % parallel)
                                 for i in range(parallel)])
     open_ended = duration is None and nbytes is None
+    # as iperf3, -O comes before -t: the run lasts both, the totals cover -t only
+    send_for = duration + omit if duration is not None else None
     stop = asyncio.Event()
     peer = flows[0].writer.get_extra_info("peername")
+    connected = []  # taken now: a closed connection no longer names its addresses
+    for flow in flows:
+        local = flow.writer.get_extra_info("sockname")
+        remote = flow.writer.get_extra_info("peername")
+        connected.append({"socket": flow.ident, "local_host": local[0],
+                          "local_port": local[1], "remote_host": remote[0],
+                          "remote_port": remote[1]})
     if not as_json:
         _say(out, f"Connecting to host {host}, port {port} over utcp"
                   f"{' (reverse: server sends)' if reverse else ''}"
@@ -333,19 +543,24 @@ async def _perf_run(flows: list[Flow], host: str, port: int, *, duration: float 
             sock = flow.writer.get_extra_info("sockname")
             _say(out, f"[{flow.ident:3d}] local {sock[0]} port {sock[1]} connected to "
                       f"{peer[0]} port {peer[1]}")
+        if omit:
+            _say(out, f"Omitting the first {omit:g} s from the totals")
         _say(out, "[ ID] Interval           Transfer     Bitrate         Retr  Cwnd",
              flush=True)
 
     async def run_flow(flow: Flow) -> None:
         flow_bytes = share[flow.ident - 1]
-        spec = {"reverse": reverse, "duration": duration, "bytes": flow_bytes}
+        spec = {"reverse": reverse, "duration": send_for, "bytes": flow_bytes,
+                "omit": omit, "rate": options.rate, "cookie": cookie,
+                "streams": parallel, "stream": flow.ident}
         flow.writer.write(PERF_MAGIC + json.dumps(spec).encode() + b"\n")
         if reverse:
             while data := await flow.reader.read(CHUNK):
                 flow.bytes += len(data)
             flow.writer.write_eof()
         else:
-            await _perf_source(flow.writer, duration, flow_bytes, flow, stop)
+            await _perf_source(flow.writer, send_for, flow_bytes, flow, stop,
+                               rate=options.rate)
             flow.writer.write_eof()
             line = await flow.reader.readline()
             if line:
@@ -358,12 +573,16 @@ async def _perf_run(flows: list[Flow], host: str, port: int, *, duration: float 
     start = time.monotonic()
     tasks = [asyncio.create_task(run_flow(f)) for f in flows]
     stopped = asyncio.create_task(stop.wait())
-    last = start
+    last = base = start  # base: where the measured (not omitted) part began
+    omitting = omit > 0
     every = interval if interval is not None else math.inf
+    measured = 0  # interval rows printed after the omitted start
     try:
         with _interrupt_handlers(stop) if open_ended else contextlib.nullcontext():
             while not all(t.done() for t in tasks):
-                await asyncio.wait([*tasks, stopped], timeout=interval,
+                wake = min(last + every, start + omit) if omitting else last + every
+                timeout = None if wake == math.inf else max(wake - time.monotonic(), 0.0)
+                await asyncio.wait([*tasks, stopped], timeout=timeout,
                                    return_when=asyncio.FIRST_COMPLETED)
                 if stop.is_set() and reverse:
                     # the server sends until we go: what arrived so far is the result,
@@ -375,11 +594,25 @@ async def _perf_run(flows: list[Flow], host: str, port: int, *, duration: float 
                         flow.writer.transport.abort()
                 now = time.monotonic()
                 finished = all(t.done() for t in tasks)
+                if omitting and (now >= start + omit - 0.001 or finished):
+                    if interval is not None:
+                        intervals.append(_report_interval(flows, last - start, now - start,
+                                                          as_json, out, omitted=True,
+                                                          reverse=reverse))
+                    for flow in flows:
+                        flow.mark_omitted()
+                        flow.last_bytes = flow.bytes
+                        flow.last_retrans = flow.stats().segments_retransmitted
+                    omitting, last, base = False, now, now
+                    continue
                 if interval is None or (now - last < every * 0.5 and not finished) or (
-                        finished and now - last < every * 0.05):
-                    continue  # a sliver of an interval at the end is noise, not a report
-                intervals.append(_report_interval(flows, last - start, now - start,
-                                                  as_json, out))
+                        finished and measured and now - last < every * 0.05):
+                    # a sliver of an interval at the end is noise, not a report; but a
+                    # run shorter than -i gets its one partial row, as iperf3 prints
+                    continue
+                intervals.append(_report_interval(flows, last - base, now - base,
+                                                  as_json, out, reverse=reverse))
+                measured += 1
                 last = now
         for t in tasks:
             if not t.cancelled():
@@ -390,20 +623,19 @@ async def _perf_run(flows: list[Flow], host: str, port: int, *, duration: float 
         raise CliError(f"connection to {host}:{port} failed: {_describe(exc)}") from None
     finally:
         stopped.cancel()
-    elapsed = max(time.monotonic() - start, 1e-9)
-    total = sum(f.bytes for f in flows)
-    retrans = sum(f.stats().segments_retransmitted for f in flows)
+    elapsed = max(time.monotonic() - base, 1e-9)
+    total = sum(f.bytes - f.omit_bytes for f in flows)
+    retrans = sum(f.stats().segments_retransmitted - f.omit_retrans for f in flows)
     received = (sum(f.server_result.get("bytes_received", 0) for f in flows)
                 if not reverse else total)
-    summary = {
-        "start": {"host": host, "port": port, "parallel": parallel, "reverse": reverse,
-                  "duration": duration, "bytes": nbytes},
-        "intervals": intervals,
-        "end": {"seconds": elapsed, "bytes": total, "bits_per_second": total * 8 / elapsed,
-                "bytes_received": received, "retransmits": retrans,
-                "interrupted": stop.is_set(),
-                "streams": [_flow_summary(f, elapsed, reverse) for f in flows]},
-    }
+    server_report = await _server_output(control)
+    summary = _perf_json(flows, connected, host, port, duration=duration, nbytes=nbytes,
+                         reverse=reverse, options=options, cookie=cookie, config=config,
+                         intervals=intervals, elapsed=elapsed, total=total,
+                         retrans=retrans, received=received, interrupted=stop.is_set())
+    if server_report is not None:
+        summary["server_output_text"] = server_report.get("text", "")
+        summary["server_output_json"] = server_report
     if as_json:
         _say(out, json.dumps(summary, indent=2))
         return summary
@@ -413,9 +645,11 @@ async def _perf_run(flows: list[Flow], host: str, port: int, *, duration: float 
     for flow in flows:
         s = flow.stats()
         if reverse:
-            rows.append((f"[{flow.ident:3d}]", flow.bytes, None, "receiver"))
+            rows.append((f"[{flow.ident:3d}]", flow.bytes - flow.omit_bytes, None,
+                         "receiver"))
         else:
-            rows.append((f"[{flow.ident:3d}]", flow.bytes, s.segments_retransmitted, "sender"))
+            rows.append((f"[{flow.ident:3d}]", flow.bytes - flow.omit_bytes,
+                         s.segments_retransmitted - flow.omit_retrans, "sender"))
             rows.append((f"[{flow.ident:3d}]", flow.server_result.get("bytes_received", 0),
                          None, "receiver"))
     if reverse:
@@ -423,55 +657,129 @@ async def _perf_run(flows: list[Flow], host: str, port: int, *, duration: float 
     else:
         rows += [("[SUM]", total, retrans, "sender"), ("[SUM]", received, None, "receiver")]
     for label, nbytes_, retr, role in rows:
-        column = f"{retr:4d}" if retr is not None else "    "
-        _say(out, f"{label:5} {0:6.2f}-{elapsed:<6.2f} sec  {_fmt_bytes(nbytes_):>11}  "
-                  f"{_fmt_rate(nbytes_ * 8 / elapsed):>15}  {column}        {role}")
+        _say(out, _summary_row(label, elapsed, nbytes_, retr, role))
     s = flows[0].stats()
     srtt = f"{s.srtt * 1e6:.0f} us" if s.srtt is not None else "-"
     _say(out, f"stats (stream 1): mss {s.mss}, srtt {srtt}, rto {s.rto * 1e3:.0f} ms, "
               f"cwnd {s.cwnd}, ssthresh {s.ssthresh}, segments sent {s.segments_sent}, "
               f"received {s.segments_received}, retransmitted {s.segments_retransmitted}",
          flush=True)
+    if server_report is not None:
+        _say(out, "\nServer output:\n" + str(server_report.get("text", "")), flush=True)
     return summary
 
 
-def _flow_summary(flow: Flow, elapsed: float, reverse: bool) -> dict[str, Any]:
-    s = flow.stats()
-    received = flow.bytes if reverse else flow.server_result.get("bytes_received", 0)
-    return {"id": flow.ident, "bytes": flow.bytes, "bits_per_second": flow.bytes * 8 / elapsed,
-            "bytes_received": received,
-            "retransmits": s.segments_retransmitted, "srtt": s.srtt, "rto": s.rto,
-            "cwnd": s.cwnd, "ssthresh": s.ssthresh, "mss": s.mss,
-            "segments_sent": s.segments_sent, "segments_received": s.segments_received}
+def _perf_json(flows: list[Flow], connected: list[dict[str, Any]], host: str, port: int,
+               *, duration: float | None, nbytes: int | None, reverse: bool,
+               options: PerfOptions, cookie: str,
+               config: utcp.Config | None, intervals: list[dict[str, Any]],
+               elapsed: float, total: int, retrans: int, received: int,
+               interrupted: bool) -> dict[str, Any]:
+    """The run as iperf3 -J shapes it, so tools that read iperf3's JSON read ours.
+
+    iperf3's keys (start.connected, start.test_start, intervals[].streams/sum,
+    end.streams[].sender/receiver, end.sum_sent/sum_received) sit beside the keys this
+    command printed before it had -J, which stay for the scripts that read them. The
+    protocol is "TCP": the service is TCP's, and readers pick their fields by it.
+    """
+    parallel = len(flows)
+    stats = [f.stats() for f in flows]
+    now = time.time()
+    congestion = stats[0].congestion
+    start = {
+        "connected": connected,
+        "version": f"utcp {_version()}",
+        "system_info": " ".join(os.uname()),
+        "timestamp": {"time": time.strftime("%a, %d %b %Y %H:%M:%S GMT", time.gmtime(now)),
+                      "timesecs": int(now)},
+        "connecting_to": {"host": host, "port": port},
+        "cookie": cookie,
+        "tcp_mss_default": stats[0].mss,
+        "sock_bufsize": config.recv_buffer if config is not None else 0,
+        "test_start": {"protocol": "TCP", "num_streams": parallel, "blksize": CHUNK,
+                       "omit": options.omit, "duration": duration or 0,
+                       "bytes": nbytes or 0, "blocks": 0, "reverse": int(reverse),
+                       "tos": 0, "target_bitrate": int(options.rate or 0)},
+        "transport": "utcp over UDP",
+        "host": host, "port": port, "parallel": parallel, "reverse": reverse,
+        "duration": duration, "bytes": nbytes,
+    }
+    streams = []
+    for flow, s in zip(flows, stats, strict=True):
+        sent = flow.bytes - flow.omit_bytes
+        got = sent if reverse else int(flow.server_result.get("bytes_received", 0))
+        # with -R the server sent what we read: a stream that ended with the server's
+        # FIN delivered every byte it carried, so the counts agree
+        retr = 0 if reverse else s.segments_retransmitted - flow.omit_retrans
+        side = {"socket": flow.ident, "start": 0, "end": elapsed, "seconds": elapsed,
+                "sender": not reverse}
+        streams.append({
+            "sender": {**side, "bytes": sent, "bits_per_second": sent * 8 / elapsed,
+                       "retransmits": retr, "max_snd_cwnd": s.cwnd,
+                       "mean_rtt": round(s.srtt * 1e6) if s.srtt is not None else 0},
+            "receiver": {**side, "bytes": got, "bits_per_second": got * 8 / elapsed},
+            "id": flow.ident, "bytes": sent, "bits_per_second": sent * 8 / elapsed,
+            "bytes_received": got if not reverse else sent,
+            "retransmits": s.segments_retransmitted - flow.omit_retrans, "srtt": s.srtt,
+            "rto": s.rto, "cwnd": s.cwnd, "ssthresh": s.ssthresh, "mss": s.mss,
+            "segments_sent": s.segments_sent, "segments_received": s.segments_received})
+    sums = {"start": 0, "end": elapsed, "seconds": elapsed, "sender": not reverse}
+    end = {
+        "streams": streams,
+        "sum_sent": {**sums, "bytes": total, "bits_per_second": total * 8 / elapsed,
+                     "retransmits": 0 if reverse else retrans},
+        "sum_received": {**sums, "bytes": received,
+                         "bits_per_second": received * 8 / elapsed},
+        "sender_tcp_congestion": congestion if not reverse else "",
+        "receiver_tcp_congestion": congestion if reverse else "",
+        "seconds": elapsed, "bytes": total, "bits_per_second": total * 8 / elapsed,
+        "bytes_received": received, "retransmits": retrans, "interrupted": interrupted,
+    }
+    return {"start": start, "intervals": intervals, "end": end}
 
 
 def _report_interval(flows: list[Flow], t0: float, t1: float, as_json: bool,
-                     out: Any) -> dict[str, Any]:
+                     out: Any, *, omitted: bool = False,
+                     reverse: bool = False) -> dict[str, Any]:
     dt = max(t1 - t0, 1e-9)
     rows = []
+    tag = "  (omitted)" if omitted else ""
     for flow in flows:
         s = flow.stats()
         delta = flow.bytes - flow.last_bytes
         retr = s.segments_retransmitted - flow.last_retrans
         flow.last_bytes, flow.last_retrans = flow.bytes, s.segments_retransmitted
-        rows.append({"id": flow.ident, "start": t0, "end": t1, "bytes": delta,
-                     "bits_per_second": delta * 8 / dt, "retransmits": retr, "cwnd": s.cwnd})
+        rows.append({"socket": flow.ident, "start": t0, "end": t1, "seconds": dt,
+                     "bytes": delta, "bits_per_second": delta * 8 / dt,
+                     "retransmits": retr, "snd_cwnd": s.cwnd,
+                     "rtt": round(s.srtt * 1e6) if s.srtt is not None else 0,
+                     "rttvar": round(s.rttvar * 1e6) if s.rttvar is not None else 0,
+                     "pmtu": s.mss, "omitted": omitted, "sender": not reverse,
+                     "id": flow.ident, "cwnd": s.cwnd})
         if not as_json:
             _say(out, f"[{flow.ident:3d}] {t0:6.2f}-{t1:<6.2f} sec  {_fmt_bytes(delta):>11}  "
-                      f"{_fmt_rate(delta * 8 / dt):>15}  {retr:4d}  {_fmt_bytes(s.cwnd):>11}")
+                      f"{_fmt_rate(delta * 8 / dt):>15}  {retr:4d}  {_fmt_bytes(s.cwnd):>11}"
+                      f"{tag}")
+    total = sum(r["bytes"] for r in rows)
+    retr_sum = sum(r["retransmits"] for r in rows)
     if len(flows) > 1 and not as_json:
-        total = sum(r["bytes"] for r in rows)
         _say(out, f"[SUM] {t0:6.2f}-{t1:<6.2f} sec  {_fmt_bytes(total):>11}  "
-                  f"{_fmt_rate(total * 8 / dt):>15}  {sum(r['retransmits'] for r in rows):4d}")
+                  f"{_fmt_rate(total * 8 / dt):>15}  {retr_sum:4d}{tag}")
     if not as_json:
         _say(out, end="", flush=True)  # a live report, also through a pipe
-    return {"start": t0, "end": t1, "streams": rows}
+    return {"streams": rows,
+            "sum": {"start": t0, "end": t1, "seconds": dt, "bytes": total,
+                    "bits_per_second": total * 8 / dt, "retransmits": retr_sum,
+                    "omitted": omitted, "sender": not reverse},
+            "start": t0, "end": t1}
 
 
 async def perf_server(host: str, port: int, config: utcp.Config, *,
                       ready: asyncio.Future[int] | None = None, quiet: bool = False) -> None:
+    state = _PerfServerState(sys.stdout, quiet)
     try:
-        server = await utcp.start_server(_perf_serve, host, port, config=config)
+        server = await utcp.start_server(functools.partial(_perf_serve, state), host, port,
+                                         config=config)
     except OSError as exc:
         raise CliError(f"cannot listen on {host}:{port}: {_describe(exc)}") from None
     bound = server.sockets[0].getsockname()[1]
@@ -486,13 +794,16 @@ async def perf_server(host: str, port: int, config: utcp.Config, *,
 async def _perf(args: argparse.Namespace, config: utcp.Config) -> int:
     # -t 0: no deadline, as iperf3; the run ends at Ctrl-C, with its report
     duration = None if args.bytes is not None else (args.time or None)
+    options = PerfOptions(rate=args.bitrate or None, omit=args.omit,
+                          server_output=args.get_server_output, cport=args.cport)
     if args.server:
         await perf_server(args.bind or "0.0.0.0", args.port, _as_server(config))
         return 0
     if args.client:
         await perf_client(args.client, args.port, duration=duration, nbytes=args.bytes,
                           parallel=args.parallel, reverse=args.reverse,
-                          interval=args.interval, as_json=args.json, config=config)
+                          interval=args.interval, as_json=args.json, config=config,
+                          options=options)
         return 0
     # neither: a client against an in-process server on loopback
     server_config = client_config = config
@@ -517,7 +828,8 @@ async def _perf(args: argparse.Namespace, config: utcp.Config) -> int:
         port = ready.result()
         await perf_client("127.0.0.1", port, duration=duration, nbytes=args.bytes,
                           parallel=args.parallel, reverse=args.reverse,
-                          interval=args.interval, as_json=args.json, config=client_config)
+                          interval=args.interval, as_json=args.json, config=client_config,
+                          options=options)
     finally:
         server_task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
@@ -740,6 +1052,18 @@ _interval = _type(_finite_float, lambda v: v == 0 or v >= MIN_INTERVAL,
 _bytes = _type(lambda text: _size(text), lambda v: v >= 1, "must be at least 1 byte", "size")
 
 
+def _rate_value(text: str) -> float:
+    """iperf3's rate syntax: bits/s with an optional K, M, G or T, powers of 1000."""
+    scale = {"K": 1e3, "M": 1e6, "G": 1e9, "T": 1e12}
+    factor = scale.get(text[-1:].upper(), 1.0)
+    return _finite_float(text[:-1] if factor != 1.0 else text) * factor
+
+
+# a rate below 8 kbit/s would take minutes to send one write: surely a typo
+_rate = _type(_rate_value, lambda v: v == 0 or v >= 8000,
+              "must be 0 (unlimited) or at least 8K bits/sec", "rate")
+
+
 def _mss(text: str) -> int:
     try:
         value = int(text)
@@ -810,7 +1134,20 @@ def build_parser() -> argparse.ArgumentParser:
     perf.add_argument("-R", "--reverse", action="store_true", help="server sends")
     perf.add_argument("-i", "--interval", type=_interval, default=1.0,
                       help="seconds between reports (default 1; 0 = none)")
-    perf.add_argument("--json", action="store_true")
+    perf.add_argument("-J", "--json", action="store_true",
+                      help="one JSON document at the end, shaped like iperf3 -J's")
+    perf.add_argument("-b", "--bitrate", type=_rate, metavar="RATE",
+                      help="target bits/sec per stream, paced by the sender (suffixes "
+                           "K, M, G: powers of 1000, as iperf3; 0 = unlimited, the default)")
+    perf.add_argument("-O", "--omit", type=_seconds, default=0.0, metavar="N",
+                      help="leave the first N seconds out of the totals (slow start)")
+    perf.add_argument("-w", "--window", type=_bytes, metavar="SIZE",
+                      help="this side's receive and send buffers (Config.recv_buffer, "
+                           "send_buffer; suffixes K, M, G)")
+    perf.add_argument("--cport", type=_port, metavar="PORT",
+                      help="client's local port (stream i uses PORT + i - 1)")
+    perf.add_argument("--get-server-output", action="store_true",
+                      help="print the server's report of this test too")
     perf.add_argument("--secure", action="store_true",
                       help="in-process run: secure mode with a fresh key pair")
     common(perf)
@@ -861,6 +1198,18 @@ def _check_usage(args: argparse.Namespace) -> None:
     if args.command == "tunnel" and (args.remote is None) == (args.target is None):
         raise UsageError("give exactly one of --remote (TCP in, utcp out) "
                          "or --target (utcp in, TCP out)")
+    if args.command == "perf":
+        client_only = [name for name, given in (
+            ("--cport", args.cport is not None), ("-b", args.bitrate is not None),
+            ("-O", bool(args.omit)), ("--get-server-output", args.get_server_output))
+            if given]
+        if args.server and client_only:
+            raise UsageError(f"{', '.join(client_only)}: client options, the client tells "
+                             "the server")
+        if args.cport is not None and args.cport + args.parallel - 1 > 65535:
+            raise UsageError("--cport PORT + -P streams must stay within 65535")
+        if args.cport == 0:
+            raise UsageError("--cport must be a port, 1-65535")
     if args.command == "cat" and args.listen is None and (args.host is None
                                                           or args.port is None):
         raise UsageError("give HOST PORT to connect, or -l [HOST:]PORT to listen")
