@@ -751,7 +751,7 @@ def _report_interval(flows: list[Flow], t0: float, t1: float, as_json: bool,
         flow.last_bytes, flow.last_retrans = flow.bytes, s.segments_retransmitted
         rows.append({"socket": flow.ident, "start": t0, "end": t1, "seconds": dt,
                      "bytes": delta, "bits_per_second": delta * 8 / dt,
-                     "retransmits": retr, "snd_cwnd": s.cwnd,
+                     "retransmits": retr, "snd_cwnd": s.cwnd, "snd_wnd": s.snd_wnd,
                      "rtt": round(s.srtt * 1e6) if s.srtt is not None else 0,
                      "rttvar": round(s.rttvar * 1e6) if s.rttvar is not None else 0,
                      "pmtu": s.mss, "omitted": omitted, "sender": not reverse,
