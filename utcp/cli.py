@@ -910,25 +910,68 @@ async def _tunnel(args: argparse.Namespace, config: utcp.Config) -> int:
 async def _cat(args: argparse.Namespace, config: utcp.Config) -> int:
     loop = asyncio.get_running_loop()
     done: asyncio.Future[None] = loop.create_future()
+    stdin = _Stdin()
+    keep = bool(args.listen and args.keep_open)
+    one_at_a_time = asyncio.Lock()
+
+    async def sending(writer: asyncio.StreamWriter) -> None:
+        if args.recv_only:
+            writer.write_eof()  # -U: nothing of ours goes out, and the peer is told so
+        else:
+            await _stdin_to(writer, stdin)
+
+    async def receiving(reader: asyncio.StreamReader) -> None:
+        if args.send_only:
+            # -u, as socat's: what arrives is read (so the peer is never stalled) and
+            # dropped; the peer's FIN still ends the receiving direction
+            while await reader.read(CHUNK):
+                pass
+        else:
+            await _to_stdout(reader)
+
+    async def exchange(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if not keep:
+            await asyncio.gather(sending(writer), receiving(reader))
+            return
+        # -k: the client leaving (its FIN) ends the session, so that the next one is
+        # served even while stdin (a terminal, say) stays open; what stdin holds then
+        # goes to the next client
+        out = asyncio.create_task(sending(writer))
+        try:
+            await receiving(reader)
+        finally:
+            if not out.done():
+                out.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await out
 
     async def session(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            await asyncio.gather(_stdin_to(writer), _to_stdout(reader))
-            writer.close()
-            with contextlib.suppress(ConnectionError):
-                await writer.wait_closed()
-        except (ConnectionError, TimeoutError) as exc:
-            if not done.done():
-                done.set_exception(CliError(f"connection lost: {_describe(exc)}"))
-            return
-        except StdoutClosed as exc:
-            # nobody reads what arrives any more: a reset tells the peer so at once
-            writer.transport.abort()
-            if not done.done():
-                done.set_exception(exc)
-            return
-        if not done.done():
-            done.set_result(None)
+        async with one_at_a_time if keep else contextlib.nullcontext():
+            if done.done():
+                writer.transport.abort()
+                return
+            try:
+                await exchange(reader, writer)
+                writer.close()
+                with contextlib.suppress(ConnectionError, TimeoutError):
+                    await writer.wait_closed()
+            except (ConnectionError, TimeoutError) as exc:
+                if keep:
+                    # one client's failure is not the listener's: say so, serve the next
+                    print(f"utcp cat: connection lost: {_describe(exc)}", file=sys.stderr,
+                          flush=True)
+                    writer.transport.abort()
+                elif not done.done():
+                    done.set_exception(CliError(f"connection lost: {_describe(exc)}"))
+                return
+            except StdoutClosed as exc:
+                # nobody reads what arrives any more: a reset tells the peer so at once
+                writer.transport.abort()
+                if not done.done():
+                    done.set_exception(exc)
+                return
+            if not done.done() and not keep:
+                done.set_result(None)
 
     if args.listen:
         host, port = args.listen
@@ -940,13 +983,14 @@ async def _cat(args: argparse.Namespace, config: utcp.Config) -> int:
             print(f"listening on udp {host} port {server.sockets[0].getsockname()[1]}",
                   file=sys.stderr, flush=True)
         try:
-            await done  # one session, like nc -l
+            await done  # one session, like nc -l; with -k, until interrupted
         finally:
             server.close()
         return 0
     try:
-        reader, writer = await utcp.open_connection(args.host, args.port, config=config)
-    except OSError as exc:
+        reader, writer = await utcp.open_connection(args.host, args.port, config=config,
+                                                    local_addr=args.bind)
+    except (OSError, OverflowError) as exc:
         raise CliError(f"cannot connect to {args.host}:{args.port}: {_describe(exc)}") from None
     await session(reader, writer)
     await done
@@ -972,11 +1016,33 @@ def _read_stdin(loop: asyncio.AbstractEventLoop, chunks: asyncio.Queue[bytes], f
         return  # the loop is closed or closing: the command is over
 
 
-async def _stdin_to(writer: asyncio.StreamWriter) -> None:
-    chunks: asyncio.Queue[bytes] = asyncio.Queue(maxsize=2)
-    threading.Thread(target=_read_stdin, daemon=True, name="utcp-stdin",
-                     args=(asyncio.get_running_loop(), chunks, sys.stdin.fileno())).start()
-    while data := await chunks.get():
+class _Stdin:
+    """The command's stdin, read by one thread for all the sessions of a `-k` listener.
+
+    A chunk is taken off the queue only by the session that sends it: one cancelled
+    while waiting (its client left) leaves the next chunk for the next client.
+    """
+
+    def __init__(self) -> None:
+        self._chunks: asyncio.Queue[bytes] | None = None
+        self.ended = False
+
+    async def read(self) -> bytes:
+        if self.ended:
+            return b""
+        if self._chunks is None:
+            self._chunks = asyncio.Queue(maxsize=2)
+            threading.Thread(target=_read_stdin, daemon=True, name="utcp-stdin",
+                             args=(asyncio.get_running_loop(), self._chunks,
+                                   sys.stdin.fileno())).start()
+        data = await self._chunks.get()
+        self.ended = not data
+        return data
+
+
+async def _stdin_to(writer: asyncio.StreamWriter, stdin: _Stdin | None = None) -> None:
+    stdin = stdin or _Stdin()
+    while data := await stdin.read():
         writer.write(data)
         await writer.drain()
     writer.write_eof()
@@ -1177,6 +1243,19 @@ def build_parser() -> argparse.ArgumentParser:
                          epilog=f"A listener's private key may also come from ${KEY_ENV}.")
     cat.add_argument("-l", "--listen", metavar="[HOST:]PORT", type=_address("0.0.0.0"),
                      help="wait for one connection")
+    cat.add_argument("-k", "--keep-open", action="store_true",
+                     help="with -l: serve the next client after one leaves, until "
+                          "interrupted")
+    cat.add_argument("--bind", metavar="[HOST:]PORT", type=_address(""),
+                     help="connect from this local port (peer to peer: both sides bind "
+                          "and connect to each other)")
+    direction = cat.add_mutually_exclusive_group()
+    direction.add_argument("-u", "--send-only", action="store_true",
+                           help="one direction, as socat -u: stdin to the connection; "
+                                "what arrives is dropped")
+    direction.add_argument("-U", "--recv-only", action="store_true",
+                           help="the other direction: the connection to stdout; stdin "
+                                "is not read")
     cat.add_argument("host", nargs="?")
     cat.add_argument("port", nargs="?", type=_port)
     common(cat)
@@ -1215,6 +1294,11 @@ def _check_usage(args: argparse.Namespace) -> None:
         raise UsageError("give HOST PORT to connect, or -l [HOST:]PORT to listen")
     if args.command == "cat" and args.listen is not None and args.host is not None:
         raise UsageError("give either HOST PORT or -l [HOST:]PORT, not both")
+    if args.command == "cat" and args.keep_open and args.listen is None:
+        raise UsageError("-k keeps a listener open: it needs -l [HOST:]PORT")
+    if args.command == "cat" and args.bind is not None and args.listen is not None:
+        raise UsageError("--bind is the local port of a connecting cat; -l takes a "
+                         "listener's address")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
