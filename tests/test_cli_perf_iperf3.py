@@ -8,12 +8,21 @@ from __future__ import annotations
 
 import json
 import re
+import signal
 import socket
 from typing import Any
 
 import pytest
 
-from tests.test_cli import HOST, background, free_port, run_utcp, usage_error, utcp_argv
+from tests.test_cli import (
+    HOST,
+    TIMEOUT,
+    background,
+    free_port,
+    run_utcp,
+    usage_error,
+    utcp_argv,
+)
 from utcp import cli
 
 
@@ -222,3 +231,21 @@ def test_server_prints_a_report_per_client_and_sends_it_back() -> None:
         assert len(accepted) == 2, server.output()
         assert server.popen.poll() is None
     assert not any("Traceback" in line for line in server.lines["stderr"])
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+def test_interrupted_run_still_gets_the_servers_report(reverse: bool) -> None:
+    """Ctrl-C on `-t 0 --get-server-output`: with -R the streams are reset, and the
+    server's report of what it sent until then still comes back."""
+    argv = utcp_argv("perf", "-t", "0", "-i", "0.2", "--get-server-output",
+                     *(["-R"] if reverse else []))
+    with background(argv) as proc:
+        proc.wait_for(r"^\[  1\]\s+\d+\.\d+-\d+\.\d+\s+sec\s+[\d.]+ \w?Bytes")
+        proc.popen.send_signal(signal.SIGINT)
+        assert proc.wait(TIMEOUT) == 0, proc.output()
+    out = "\n".join(proc.lines["stdout"])
+    assert "no report" not in "\n".join(proc.lines["stderr"]), proc.output()
+    server_part = out.split("\nServer output:\n", 1)[-1]
+    role = "sender" if reverse else "receiver"
+    assert "Server output:" in out and re.search(rf"^\[  1\].*Bytes.*{role}$", server_part,
+                                                 re.M), out

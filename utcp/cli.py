@@ -263,16 +263,23 @@ class _PerfServerState:
         self.tests: dict[str, _ClientTest] = {}
         self.finished: dict[str, _ClientTest] = {}
 
+    # tests under way: a client that names streams it never opens leaves one behind
+    KEEP_OPEN = 4096
+
     def test(self, cookie: str, streams: int) -> _ClientTest:
         found = self.tests.get(cookie) or self.finished.get(cookie)
         if found is None:
             found = self.tests[cookie] = _ClientTest(max(1, min(streams, MAX_PARALLEL)))
+            while len(self.tests) > self.KEEP_OPEN:
+                del self.tests[next(iter(self.tests))]
         return found
 
     def add(self, cookie: str, streams: int, result: dict[str, Any]) -> None:
         test = self.test(cookie, streams)
+        if test.done.is_set():
+            return
         test.results.append(result)
-        if len(test.results) < test.streams or test.done.is_set():
+        if len(test.results) < test.streams:
             return
         test.report = self._report(test.results)
         test.done.set()
@@ -307,8 +314,16 @@ class _PerfServerState:
         return {"text": "\n".join(lines), "streams": results}
 
 
+def _spec_number(value: Any) -> float:
+    """A number from a client's request, or 0: the request is the peer's, not ours."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return 0.0
+    return float(value) if math.isfinite(value) and value > 0 else 0.0
+
+
 async def _perf_serve(state: _PerfServerState, reader: asyncio.StreamReader,
                       writer: asyncio.StreamWriter) -> None:
+    flow: Flow | None = None
     try:
         line = await reader.readline()
         if not line.startswith(PERF_MAGIC):
@@ -318,43 +333,51 @@ async def _perf_serve(state: _PerfServerState, reader: asyncio.StreamReader,
         if not isinstance(spec, dict):
             raise ValueError("not a perf request")
         cookie = str(spec.get("cookie") or id(writer))
-        streams = int(spec.get("streams") or 1)
+        streams = int(_spec_number(spec.get("streams")) or 1)
         if spec.get("report"):
             await _perf_send_report(state.test(cookie, streams), reader, writer)
             return
-        omit = float(spec.get("omit") or 0)
-        rate = spec.get("rate")
-        flow = Flow(int(spec.get("stream") or 1), reader, writer)
+        omit = _spec_number(spec.get("omit"))
+        rate = _spec_number(spec.get("rate")) or None
+        reverse = bool(spec.get("reverse"))
+        flow = Flow(int(_spec_number(spec.get("stream")) or 1), reader, writer)
+        local, peer = writer.get_extra_info("sockname"), writer.get_extra_info("peername")
         loop = asyncio.get_running_loop()
         omitted = loop.call_later(omit, flow.mark_omitted) if omit > 0 else None
         start = time.monotonic()
-        received = 0
-        if spec.get("reverse"):
-            await _perf_source(writer, spec.get("duration"), spec.get("bytes"), flow,
-                               rate=float(rate) if rate else None)
-            writer.write_eof()
-            while data := await reader.read(CHUNK):
-                received += len(data)
-        else:
-            while data := await reader.read(CHUNK):
-                received += len(data)
-                flow.bytes = received
-        elapsed = time.monotonic() - start
-        if omitted is not None:
-            omitted.cancel()
-        stats = flow.stats()
-        result = {"bytes_received": received - flow.omit_bytes,
-                  "seconds": max(elapsed - omit, 0.0),
-                  "segments_retransmitted": stats.segments_retransmitted}
-        if not spec.get("reverse"):
-            writer.write(json.dumps(result).encode() + b"\n")
-        local, peer = writer.get_extra_info("sockname"), writer.get_extra_info("peername")
-        state.add(cookie, streams, {
-            "id": flow.ident, "sender": bool(spec.get("reverse")),
-            "bytes": flow.bytes - flow.omit_bytes, "seconds": result["seconds"],
-            "retransmits": stats.segments_retransmitted - flow.omit_retrans,
-            "local_host": local[0], "local_port": local[1],
-            "remote_host": peer[0], "remote_port": peer[1]})
+
+        def result() -> dict[str, Any]:
+            if omitted is not None:
+                omitted.cancel()
+            assert flow is not None
+            return {"id": flow.ident, "sender": reverse, "bytes": flow.bytes - flow.omit_bytes,
+                    "seconds": max(time.monotonic() - start - omit, 0.0),
+                    "retransmits": flow.stats().segments_retransmitted - flow.omit_retrans,
+                    "local_host": local[0], "local_port": local[1],
+                    "remote_host": peer[0], "remote_port": peer[1]}
+
+        try:
+            if reverse:
+                await _perf_source(writer, spec.get("duration"), spec.get("bytes"), flow,
+                                   rate=rate)
+                writer.write_eof()
+                while await reader.read(CHUNK):
+                    pass
+            else:
+                while data := await reader.read(CHUNK):
+                    flow.bytes += len(data)
+        except (ConnectionError, TimeoutError):
+            # a client ended by Ctrl-C resets its streams (-R): what moved until then
+            # is still this client's report, which its report connection waits for
+            state.add(cookie, streams, result())
+            raise
+        mine = result()
+        if not reverse:
+            writer.write(json.dumps({"bytes_received": mine["bytes"],
+                                     "seconds": mine["seconds"],
+                                     "segments_retransmitted": mine["retransmits"],
+                                     }).encode() + b"\n")
+        state.add(cookie, streams, mine)
         writer.close()
         await writer.wait_closed()
     except (ConnectionError, TimeoutError, asyncio.IncompleteReadError, ValueError,
