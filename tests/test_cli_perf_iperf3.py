@@ -249,3 +249,13 @@ def test_interrupted_run_still_gets_the_servers_report(reverse: bool) -> None:
     role = "sender" if reverse else "receiver"
     assert "Server output:" in out and re.search(rf"^\[  1\].*Bytes.*{role}$", server_part,
                                                  re.M), out
+
+
+def test_omit_with_bytes_counts_n_bytes_after_the_omitted_start() -> None:
+    """-n with -O: as iperf3 resets its counters after -O, -n bytes follow it."""
+    report = perf_json("-n", "4M", "-O", "0.5", "-P", "2", "-J")
+    sent = report["end"]["sum_sent"]
+    assert sent["bytes"] == 4 << 20, sent
+    assert sent["seconds"] > 0
+    assert all(s["sender"]["bytes"] == 2 << 20 for s in report["end"]["streams"])
+    assert any(i["sum"]["omitted"] and i["sum"]["bytes"] > 0 for i in report["intervals"])

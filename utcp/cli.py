@@ -202,9 +202,14 @@ class Flow:
     def stats(self) -> utcp.Stats:
         return self.writer.get_extra_info("stats")  # type: ignore[no-any-return]
 
+    omit_marked: bool = False
+
     def mark_omitted(self) -> None:
-        self.omit_bytes = self.bytes
-        self.omit_retrans = self.stats().segments_retransmitted
+        """The end of -O's period; once: the sender and the reporter both mark it."""
+        if not self.omit_marked:
+            self.omit_marked = True
+            self.omit_bytes = self.bytes
+            self.omit_retrans = self.stats().segments_retransmitted
 
 
 @dataclass(frozen=True)
@@ -359,7 +364,7 @@ async def _perf_serve(state: _PerfServerState, reader: asyncio.StreamReader,
         try:
             if reverse:
                 await _perf_source(writer, spec.get("duration"), spec.get("bytes"), flow,
-                                   rate=rate)
+                                   rate=rate, omit=omit)
                 writer.write_eof()
                 while await reader.read(CHUNK):
                     pass
@@ -409,12 +414,14 @@ async def _perf_send_report(test: _ClientTest, reader: asyncio.StreamReader,
 async def _perf_source(writer: asyncio.StreamWriter, duration: float | None,
                        nbytes: int | None, counter: Flow | None = None,
                        stop: asyncio.Event | None = None, *,
-                       rate: float | None = None) -> int:
+                       rate: float | None = None, omit: float = 0.0) -> int:
     """Send for `duration` seconds or `nbytes` bytes; neither: until `stop` (or forever).
 
     `rate` (bits/s) paces the writes as iperf3's -b does for TCP: the application holds
     back, the transport's own pacing and congestion control are untouched. Writes are
     cut to about 10 ms of data so that a low rate is smooth rather than bursty.
+    `omit` seconds at the start do not count toward `nbytes` (iperf3 resets its
+    counters after -O), so -n still measures that many bytes.
     """
     chunk = CHUNK if not rate else int(min(CHUNK, max(1024, rate / 8 / 100)))
     block = os.urandom(chunk)
@@ -428,7 +435,15 @@ async def _perf_source(writer: asyncio.StreamWriter, duration: float | None,
             if ahead > 0:
                 await asyncio.sleep(min(ahead, max(deadline - time.monotonic(), 0.0)))
                 continue
-        n = chunk if nbytes is None else min(chunk, nbytes - sent)
+        if nbytes is None:
+            n = chunk
+        elif counter is None or not omit:
+            n = min(chunk, nbytes - sent)
+        elif time.monotonic() < begin + omit:
+            n = chunk  # the omitted start: -n counts from its end
+        else:
+            counter.mark_omitted()
+            n = min(chunk, nbytes - (counter.bytes - counter.omit_bytes))
         if n <= 0:
             break
         writer.write(view[:n])
@@ -583,7 +598,7 @@ async def _perf_run(flows: list[Flow], host: str, port: int, *, duration: float 
             flow.writer.write_eof()
         else:
             await _perf_source(flow.writer, send_for, flow_bytes, flow, stop,
-                               rate=options.rate)
+                               rate=options.rate, omit=omit)
             flow.writer.write_eof()
             line = await flow.reader.readline()
             if line:
