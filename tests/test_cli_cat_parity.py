@@ -161,3 +161,19 @@ def test_recv_only_does_not_wait_for_stdin(tmp_path: Path) -> None:
                                   ["-u", "-U", HOST, "9"]])
 def test_cat_option_misuse_is_a_usage_error(args: list[str]) -> None:
     usage_error(run_utcp("cat", *args), "cat")
+
+
+def test_one_way_pair_ends_with_a_terminal_on_the_listeners_stdin(tmp_path: Path) -> None:
+    """The documented pair: `cat -U -l PORT > file` and `cat -u HOST PORT < file` both
+    end when the data is across, though the listener's stdin never ends."""
+    port = free_port()
+    payload = os.urandom(512 << 10)
+    got = tmp_path / "got.bin"
+    with got.open("wb") as sink, background(
+            utcp_argv("cat", "-v", "-U", "-l", f"{HOST}:{port}"),
+            stdin=subprocess.PIPE, stdout=sink) as listener:
+        listener.wait_for(rf"listening on udp 127\.0\.0\.1 port {port}", stream="stderr")
+        sender = run_utcp("cat", "-u", HOST, str(port), input=payload)
+        assert sender.returncode == 0, sender.stderr.decode()
+        assert listener.wait() == 0, listener.output()
+    assert got.read_bytes() == payload

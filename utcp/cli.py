@@ -792,7 +792,7 @@ def _report_interval(flows: list[Flow], t0: float, t1: float, as_json: bool,
                      "retransmits": retr, "snd_cwnd": s.cwnd, "snd_wnd": s.snd_wnd,
                      "rtt": round(s.srtt * 1e6) if s.srtt is not None else 0,
                      "rttvar": round(s.rttvar * 1e6) if s.rttvar is not None else 0,
-                     "pmtu": s.mss, "omitted": omitted, "sender": not reverse,
+                     "omitted": omitted, "sender": not reverse,
                      "id": flow.ident, "cwnd": s.cwnd})
         if not as_json:
             _say(out, f"[{flow.ident:3d}] {t0:6.2f}-{t1:<6.2f} sec  {_fmt_bytes(delta):>11}  "
