@@ -131,6 +131,11 @@ def test_omit_leaves_the_first_seconds_out() -> None:
     measured = [i for i in report["intervals"] if not i["sum"]["omitted"]]
     assert omitted and measured
     assert all(s["omitted"] for i in omitted for s in i["streams"])
+    # every interval of the first second is marked, then none: 0-0.5 and 0.5-1 omitted
+    flags = [i["sum"]["omitted"] for i in report["intervals"]]
+    assert flags == sorted(flags, reverse=True), flags
+    assert len(omitted) == 2, [(i["sum"]["start"], i["sum"]["end"], i["sum"]["omitted"])
+                               for i in report["intervals"]]
     assert omitted[-1]["sum"]["end"] == pytest.approx(1.0, abs=0.3)
     # iperf3 starts the clock again after the omitted seconds
     assert measured[0]["sum"]["start"] == 0

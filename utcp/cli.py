@@ -648,9 +648,11 @@ async def _perf_run(flows: list[Flow], host: str, port: int, *, duration: float 
                     # a sliver of an interval at the end is noise, not a report; but a
                     # run shorter than -i gets its one partial row, as iperf3 prints
                     continue
+                # within the omitted start, base is still start: its rows are marked
                 intervals.append(_report_interval(flows, last - base, now - base,
-                                                  as_json, out, reverse=reverse))
-                measured += 1
+                                                  as_json, out, omitted=omitting,
+                                                  reverse=reverse))
+                measured += not omitting
                 last = now
         for t in tasks:
             if not t.cancelled():
