@@ -74,6 +74,25 @@ def test_json_is_shaped_like_iperf3s() -> None:
     assert sum(s["sender"]["bytes"] for s in end["streams"]) == 2 << 20
 
 
+def test_json_has_what_iperf3_python_reads() -> None:
+    """The keys iperf3-python's TestResult reads for a TCP test (a KeyError otherwise)."""
+    report = perf_json("-n", "8M", "-J")
+    start, end = report["start"], report["end"]
+    assert start["version"].startswith("utcp ")
+    for key in ("local_host", "local_port", "remote_host", "remote_port"):
+        assert start["connected"][0][key]
+    assert start["tcp_mss_default"] > 0
+    for key in ("protocol", "num_streams", "blksize", "omit", "duration"):
+        assert key in start["test_start"]
+    cpu = end["cpu_utilization_percent"]
+    for key in ("host_total", "host_user", "host_system", "remote_total", "remote_user",
+                "remote_system"):
+        assert isinstance(cpu[key], float)
+    assert cpu["host_total"] > 0  # moving 8 MiB takes more than the clock's 10 ms tick
+    assert end["sum_sent"]["bits_per_second"] > 0
+    assert end["sum_received"]["bits_per_second"] > 0
+
+
 def test_json_keeps_the_keys_it_had_before() -> None:
     """--json is -J's long name; the keys the earlier document had are still there."""
     report = perf_json("-n", "1M", "--json")

@@ -608,6 +608,7 @@ async def _perf_run(flows: list[Flow], host: str, port: int, *, duration: float 
             await flow.writer.wait_closed()
 
     intervals: list[dict[str, Any]] = []
+    cpu_start = os.times()
     start = time.monotonic()
     tasks = [asyncio.create_task(run_flow(f)) for f in flows]
     stopped = asyncio.create_task(stop.wait())
@@ -668,11 +669,13 @@ async def _perf_run(flows: list[Flow], host: str, port: int, *, duration: float 
     retrans = sum(f.stats().segments_retransmitted - f.omit_retrans for f in flows)
     received = (sum(f.server_result.get("bytes_received", 0) for f in flows)
                 if not reverse else total)
+    cpu = _cpu_percent(cpu_start, time.monotonic() - start)
     server_report = await _server_output(control)
     summary = _perf_json(flows, connected, host, port, duration=duration, nbytes=nbytes,
                          reverse=reverse, options=options, cookie=cookie, config=config,
                          intervals=intervals, elapsed=elapsed, total=total,
-                         retrans=retrans, received=received, interrupted=stop.is_set())
+                         retrans=retrans, received=received, interrupted=stop.is_set(),
+                         cpu=cpu)
     if server_report is not None:
         summary["server_output_text"] = server_report.get("text", "")
         summary["server_output_json"] = server_report
@@ -709,12 +712,23 @@ async def _perf_run(flows: list[Flow], host: str, port: int, *, duration: float 
     return summary
 
 
+def _cpu_percent(before: os.times_result, wall: float) -> dict[str, float]:
+    """iperf3's end.cpu_utilization_percent for this process; the server's is not known
+    to the client (iperf3 learns it over its control connection), so remote_* are 0."""
+    after = os.times()
+    wall = max(wall, 1e-9)
+    user = (after.user - before.user) / wall * 100
+    system = (after.system - before.system) / wall * 100
+    return {"host_total": user + system, "host_user": user, "host_system": system,
+            "remote_total": 0.0, "remote_user": 0.0, "remote_system": 0.0}
+
+
 def _perf_json(flows: list[Flow], connected: list[dict[str, Any]], host: str, port: int,
                *, duration: float | None, nbytes: int | None, reverse: bool,
                options: PerfOptions, cookie: str,
                config: utcp.Config | None, intervals: list[dict[str, Any]],
                elapsed: float, total: int, retrans: int, received: int,
-               interrupted: bool) -> dict[str, Any]:
+               interrupted: bool, cpu: dict[str, float]) -> dict[str, Any]:
     """The run as iperf3 -J shapes it, so tools that read iperf3's JSON read ours.
 
     iperf3's keys (start.connected, start.test_start, intervals[].streams/sum,
@@ -770,6 +784,7 @@ def _perf_json(flows: list[Flow], connected: list[dict[str, Any]], host: str, po
                      "retransmits": 0 if reverse else retrans},
         "sum_received": {**sums, "bytes": received,
                          "bits_per_second": received * 8 / elapsed},
+        "cpu_utilization_percent": cpu,
         "sender_tcp_congestion": congestion if not reverse else "",
         "receiver_tcp_congestion": congestion if reverse else "",
         "seconds": elapsed, "bytes": total, "bits_per_second": total * 8 / elapsed,
