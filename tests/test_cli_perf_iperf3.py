@@ -7,6 +7,7 @@ Subprocesses on loopback, as tests/test_cli.py. Timing is only a loose sanity ch
 from __future__ import annotations
 
 import json
+import os
 import re
 import signal
 import socket
@@ -283,3 +284,33 @@ def test_omit_with_bytes_counts_n_bytes_after_the_omitted_start() -> None:
     assert sent["seconds"] > 0
     assert all(s["sender"]["bytes"] == 2 << 20 for s in report["end"]["streams"])
     assert any(i["sum"]["omitted"] and i["sum"]["bytes"] > 0 for i in report["intervals"])
+
+
+def test_server_whose_stdout_closes_keeps_serving() -> None:
+    """`utcp perf -s | head -1`: the reports have no reader any more; no traceback, and
+    the next clients are served (their --get-server-output reports still come)."""
+    port = free_port()
+    read_end, write_end = os.pipe()
+    try:
+        with background(utcp_argv("perf", "-s", "-B", HOST, "-p", str(port)),
+                        stdout=write_end) as server:
+            os.close(write_end)
+            write_end = -1
+            first = b""
+            while not first.endswith(b"\n"):  # head -1: one line, then it goes
+                chunk = os.read(read_end, 1)
+                assert chunk, server.output()
+                first += chunk
+            assert b"Server listening" in first
+            os.close(read_end)
+            read_end = -1
+            for _ in range(2):
+                report = perf_json("-c", HOST, "-p", str(port), "-n", "256K", "-J",
+                                   "--get-server-output")
+                assert report["server_output_json"]["streams"][0]["bytes"] == 256 << 10
+            assert server.popen.poll() is None, server.output()
+    finally:
+        for fd in (read_end, write_end):
+            if fd >= 0:
+                os.close(fd)
+    assert not any("Traceback" in line for line in server.lines["stderr"]), server.output()

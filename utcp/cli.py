@@ -293,7 +293,12 @@ class _PerfServerState:
         while len(self.finished) > self.KEEP_FINISHED:
             del self.finished[next(iter(self.finished))]
         if not self.quiet:
-            _say(self.out, test.report["text"], flush=True)
+            try:
+                _say(self.out, test.report["text"], flush=True)
+            except StdoutClosed:
+                # `utcp perf -s | head`: the reader is gone, not the clients; serving
+                # goes on, the reports (and --get-server-output) with it
+                self.quiet = True
 
     @staticmethod
     def _report(results: list[dict[str, Any]]) -> dict[str, Any]:
