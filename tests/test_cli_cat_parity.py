@@ -110,6 +110,8 @@ def test_bind_lets_two_peers_connect_to_each_other(tmp_path: Path) -> None:
 def test_bind_port_only_binds_every_address() -> None:
     """--bind PORT (no host) binds the port on all addresses, like nc -p."""
     port, local = free_port(), free_port()
+    while local == port:
+        local = free_port()
     with background(utcp_argv("cat", "-v", "-l", f"{HOST}:{port}")) as listener:
         listener.wait_for(rf"listening on udp 127\.0\.0\.1 port {port}", stream="stderr")
         client = run_utcp("cat", "--bind", str(local), HOST, str(port), input=b"hi")

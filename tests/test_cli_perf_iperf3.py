@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import re
 import signal
 import socket
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -203,14 +205,20 @@ def test_bad_window_is_a_usage_error() -> None:
 
 
 def _two_free_ports() -> int:
-    """A port P with P and P + 1 both free at the time of asking."""
-    for _ in range(50):
-        port = free_port()
-        if port >= 65535:
-            continue
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+    """A port P with P and P + 1 both free, below the kernel's ephemeral range.
+
+    Not a port 0 binding hands out: the in-process server's own port 0 could then be
+    given the same number once the probe socket is closed.
+    """
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    rng = random.Random()
+    for _ in range(200):
+        port = rng.randrange(max(1024, low - 12000), low - 2)
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as a, \
+                socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as b:
             try:
-                s.bind((HOST, port + 1))
+                a.bind(("0.0.0.0", port))
+                b.bind(("0.0.0.0", port + 1))
             except OSError:
                 continue
         return port
