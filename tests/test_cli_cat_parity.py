@@ -6,6 +6,7 @@ Subprocesses on loopback, as tests/test_cli.py; every wait has a generous timeou
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 from pathlib import Path
 
@@ -109,9 +110,14 @@ def test_bind_lets_two_peers_connect_to_each_other(tmp_path: Path) -> None:
 
 def test_bind_port_only_binds_every_address() -> None:
     """--bind PORT (no host) binds the port on all addresses, like nc -p."""
-    port, local = free_port(), free_port()
+    port = free_port()
+    # free on every address (wildcard bind), not only 127.0.0.1: other loopback
+    # addresses (127.0.0.x) may hold the same number
+    local = port
     while local == port:
-        local = free_port()
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+            probe.bind(("0.0.0.0", 0))
+            local = probe.getsockname()[1]
     with background(utcp_argv("cat", "-v", "-l", f"{HOST}:{port}")) as listener:
         listener.wait_for(rf"listening on udp 127\.0\.0\.1 port {port}", stream="stderr")
         client = run_utcp("cat", "--bind", str(local), HOST, str(port), input=b"hi")
