@@ -157,6 +157,9 @@ def _config(args: argparse.Namespace) -> utcp.Config:
         kwargs["server_key"] = args.server_key
     if args.allow:
         kwargs["allowed_keys"] = tuple(args.allow)
+    if getattr(args, "window", None) is not None:
+        # iperf3's -w sets SO_SNDBUF and SO_RCVBUF: utcp's two buffers are the same bounds
+        kwargs["recv_buffer"] = kwargs["send_buffer"] = args.window
     try:
         config = utcp.Config(**kwargs)
     except (TypeError, ValueError) as exc:
@@ -184,7 +187,7 @@ def _check_writable(path: str) -> None:
 
 @dataclass
 class Flow:
-    """One perf connection as the client sees it."""
+    """One perf connection as the client (or, counting what it serves, the server) sees it."""
 
     ident: int
     reader: asyncio.StreamReader
@@ -192,10 +195,32 @@ class Flow:
     bytes: int = 0
     last_bytes: int = 0
     last_retrans: int = 0
+    # what the omitted start (-O) had moved by its end: the totals leave it out
+    omit_bytes: int = 0
+    omit_retrans: int = 0
     server_result: dict[str, Any] = field(default_factory=dict)
 
     def stats(self) -> utcp.Stats:
         return self.writer.get_extra_info("stats")  # type: ignore[no-any-return]
+
+    omit_marked: bool = False
+
+    def mark_omitted(self) -> None:
+        """The end of -O's period; once: the sender and the reporter both mark it."""
+        if not self.omit_marked:
+            self.omit_marked = True
+            self.omit_bytes = self.bytes
+            self.omit_retrans = self.stats().segments_retransmitted
+
+
+@dataclass(frozen=True)
+class PerfOptions:
+    """The iperf3-style knobs of a client run, beside where and how much."""
+
+    rate: float | None = None       # -b: bits/s per stream, paced by the writer
+    omit: float = 0.0               # -O: seconds at the start left out of the totals
+    server_output: bool = False     # --get-server-output
+    cport: int | None = None        # --cport: the first stream's local port
 
 
 def _fmt_bytes(n: float) -> str:
@@ -212,45 +237,219 @@ def _fmt_rate(bits_per_s: float) -> str:
     return f"{bits_per_s:.0f} bits/sec"
 
 
-async def _perf_serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+def _summary_row(label: str, t1: float, nbytes: int, retr: int | None, role: str) -> str:
+    column = f"{retr:4d}" if retr is not None else "    "
+    return (f"{label:5} {0:6.2f}-{t1:<6.2f} sec  {_fmt_bytes(nbytes):>11}  "
+            f"{_fmt_rate(nbytes * 8 / max(t1, 1e-9)):>15}  {column}        {role}")
+
+
+@dataclass
+class _ClientTest:
+    """The streams of one client's test on the server, grouped by the client's cookie.
+
+    There is no control connection as in iperf3: each stream names its test (a random
+    cookie) and how many streams it has, so that the server can print one report per
+    client and hand it to a `--get-server-output` client when the last stream ends.
+    """
+
+    streams: int
+    results: list[dict[str, Any]] = field(default_factory=list)
+    done: asyncio.Event = field(default_factory=asyncio.Event)
+    report: dict[str, Any] = field(default_factory=dict)
+
+
+class _PerfServerState:
+    # finished tests are kept a while for a report connection that arrives late (its
+    # datagrams may lose a race with the streams'); bounded, so a client cannot grow it
+    KEEP_FINISHED = 256
+
+    def __init__(self, out: Any, quiet: bool) -> None:
+        self.out = out
+        self.quiet = quiet
+        self.tests: dict[str, _ClientTest] = {}
+        self.finished: dict[str, _ClientTest] = {}
+
+    # tests under way: a client that names streams it never opens leaves one behind
+    KEEP_OPEN = 4096
+
+    def test(self, cookie: str, streams: int) -> _ClientTest:
+        found = self.tests.get(cookie) or self.finished.get(cookie)
+        if found is None:
+            found = self.tests[cookie] = _ClientTest(max(1, min(streams, MAX_PARALLEL)))
+            while len(self.tests) > self.KEEP_OPEN:
+                del self.tests[next(iter(self.tests))]
+        return found
+
+    def add(self, cookie: str, streams: int, result: dict[str, Any]) -> None:
+        test = self.test(cookie, streams)
+        if test.done.is_set():
+            return
+        test.results.append(result)
+        if len(test.results) < test.streams:
+            return
+        test.report = self._report(test.results)
+        test.done.set()
+        self.tests.pop(cookie, None)
+        self.finished[cookie] = test
+        while len(self.finished) > self.KEEP_FINISHED:
+            del self.finished[next(iter(self.finished))]
+        if not self.quiet:
+            try:
+                _say(self.out, test.report["text"], flush=True)
+            except StdoutClosed:
+                # `utcp perf -s | head`: the reader is gone, not the clients; serving
+                # goes on, the reports (and --get-server-output) with it
+                self.quiet = True
+
+    @staticmethod
+    def _report(results: list[dict[str, Any]]) -> dict[str, Any]:
+        """The server's per-client report, as iperf3's server prints after each test."""
+        results = sorted(results, key=lambda r: r["id"])
+        first = results[0]
+        lines = [f"Accepted connection from {first['remote_host']}, port "
+                 f"{first['remote_port']}"]
+        for r in results:
+            lines.append(f"[{r['id']:3d}] local {r['local_host']} port {r['local_port']} "
+                         f"connected to {r['remote_host']} port {r['remote_port']}")
+        lines.append("[ ID] Interval           Transfer     Bitrate         Retr")
+        seconds = max(r["seconds"] for r in results)
+        for r in results:
+            role = "sender" if r["sender"] else "receiver"
+            lines.append(_summary_row(f"[{r['id']:3d}]", r["seconds"], r["bytes"],
+                                      r["retransmits"] if r["sender"] else None, role))
+        if len(results) > 1:
+            role = "sender" if first["sender"] else "receiver"
+            retr = sum(r["retransmits"] for r in results) if first["sender"] else None
+            lines.append(_summary_row("[SUM]", seconds, sum(r["bytes"] for r in results),
+                                      retr, role))
+        return {"text": "\n".join(lines), "streams": results}
+
+
+def _spec_number(value: Any) -> float:
+    """A number from a client's request, or 0: the request is the peer's, not ours."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return 0.0
+    return float(value) if math.isfinite(value) and value > 0 else 0.0
+
+
+async def _perf_serve(state: _PerfServerState, reader: asyncio.StreamReader,
+                      writer: asyncio.StreamWriter) -> None:
+    flow: Flow | None = None
     try:
         line = await reader.readline()
         if not line.startswith(PERF_MAGIC):
             writer.close()
             return
         spec = json.loads(line[len(PERF_MAGIC):])
+        if not isinstance(spec, dict):
+            raise ValueError("not a perf request")
+        cookie = str(spec.get("cookie") or id(writer))
+        streams = int(_spec_number(spec.get("streams")) or 1)
+        if spec.get("report"):
+            await _perf_send_report(state.test(cookie, streams), reader, writer)
+            return
+        omit = _spec_number(spec.get("omit"))
+        rate = _spec_number(spec.get("rate")) or None
+        reverse = bool(spec.get("reverse"))
+        flow = Flow(int(_spec_number(spec.get("stream")) or 1), reader, writer)
+        local, peer = writer.get_extra_info("sockname"), writer.get_extra_info("peername")
+        loop = asyncio.get_running_loop()
+        omitted = loop.call_later(omit, flow.mark_omitted) if omit > 0 else None
         start = time.monotonic()
-        received = 0
-        if spec.get("reverse"):
-            await _perf_source(writer, spec.get("duration"), spec.get("bytes"))
-            writer.write_eof()
-            while data := await reader.read(CHUNK):
-                received += len(data)
-        else:
-            while data := await reader.read(CHUNK):
-                received += len(data)
-        elapsed = time.monotonic() - start
-        stats = writer.get_extra_info("stats")
-        result = {"bytes_received": received, "seconds": elapsed,
-                  "segments_retransmitted": stats.segments_retransmitted}
-        if not spec.get("reverse"):
-            writer.write(json.dumps(result).encode() + b"\n")
+
+        def result() -> dict[str, Any]:
+            if omitted is not None:
+                omitted.cancel()
+            assert flow is not None
+            return {"id": flow.ident, "sender": reverse, "bytes": flow.bytes - flow.omit_bytes,
+                    "seconds": max(time.monotonic() - start - omit, 0.0),
+                    "retransmits": flow.stats().segments_retransmitted - flow.omit_retrans,
+                    "local_host": local[0], "local_port": local[1],
+                    "remote_host": peer[0], "remote_port": peer[1]}
+
+        try:
+            if reverse:
+                await _perf_source(writer, spec.get("duration"), spec.get("bytes"), flow,
+                                   rate=rate, omit=omit)
+                writer.write_eof()
+                while await reader.read(CHUNK):
+                    pass
+            else:
+                while data := await reader.read(CHUNK):
+                    flow.bytes += len(data)
+        except (ConnectionError, TimeoutError):
+            # a client ended by Ctrl-C resets its streams (-R): what moved until then
+            # is still this client's report, which its report connection waits for
+            state.add(cookie, streams, result())
+            raise
+        mine = result()
+        if not reverse:
+            writer.write(json.dumps({"bytes_received": mine["bytes"],
+                                     "seconds": mine["seconds"],
+                                     "segments_retransmitted": mine["retransmits"],
+                                     }).encode() + b"\n")
+        state.add(cookie, streams, mine)
         writer.close()
         await writer.wait_closed()
-    except (ConnectionError, TimeoutError, asyncio.IncompleteReadError, ValueError):
+    except (ConnectionError, TimeoutError, asyncio.IncompleteReadError, ValueError,
+            TypeError):
         writer.transport.abort()
+
+
+async def _perf_send_report(test: _ClientTest, reader: asyncio.StreamReader,
+                            writer: asyncio.StreamWriter) -> None:
+    """--get-server-output: the report once the client's streams are done.
+
+    The client keeps this connection open until it has the report: its end (EOF or a
+    reset) means nobody waits any more, so no timer bounds the wait.
+    """
+    ready = asyncio.create_task(test.done.wait())
+    gone = asyncio.create_task(reader.read(1))
+    try:
+        await asyncio.wait([ready, gone], return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        ready.cancel()
+        gone.cancel()
+    if test.done.is_set():
+        writer.write(json.dumps(test.report).encode() + b"\n")
+    writer.close()
+    with contextlib.suppress(ConnectionError, TimeoutError):
+        await writer.wait_closed()
 
 
 async def _perf_source(writer: asyncio.StreamWriter, duration: float | None,
                        nbytes: int | None, counter: Flow | None = None,
-                       stop: asyncio.Event | None = None) -> int:
-    """Send for `duration` seconds or `nbytes` bytes; neither: until `stop` (or forever)."""
-    block = os.urandom(CHUNK)
+                       stop: asyncio.Event | None = None, *,
+                       rate: float | None = None, omit: float = 0.0) -> int:
+    """Send for `duration` seconds or `nbytes` bytes; neither: until `stop` (or forever).
+
+    `rate` (bits/s) paces the writes as iperf3's -b does for TCP: the application holds
+    back, the transport's own pacing and congestion control are untouched. Writes are
+    cut to about 10 ms of data so that a low rate is smooth rather than bursty.
+    `omit` seconds at the start do not count toward `nbytes` (iperf3 resets its
+    counters after -O), so -n still measures that many bytes.
+    """
+    chunk = CHUNK if not rate else int(min(CHUNK, max(1024, rate / 8 / 100)))
+    block = os.urandom(chunk)
     view = memoryview(block)
     sent = 0
-    deadline = time.monotonic() + duration if duration else math.inf
+    begin = time.monotonic()
+    deadline = begin + duration if duration else math.inf
     while time.monotonic() < deadline and not (stop is not None and stop.is_set()):
-        n = CHUNK if nbytes is None else min(CHUNK, nbytes - sent)
+        if rate:
+            ahead = begin + sent * 8 / rate - time.monotonic()
+            if ahead > 0:
+                await asyncio.sleep(min(ahead, max(deadline - time.monotonic(), 0.0)))
+                continue
+        if nbytes is None:
+            n = chunk
+        elif counter is None or not omit:
+            n = min(chunk, nbytes - sent)
+        elif time.monotonic() < begin + omit:
+            n = chunk  # the omitted start: -n counts from its end
+        else:
+            counter.mark_omitted()
+            n = min(chunk, nbytes - (counter.bytes - counter.omit_bytes))
         if n <= 0:
             break
         writer.write(view[:n])
@@ -288,10 +487,15 @@ def _interrupt_handlers(stop: asyncio.Event) -> contextlib.AbstractContextManage
     return installed()
 
 
+def _any_address(host: str) -> str:
+    return "::" if ":" in host else "0.0.0.0"
+
+
 async def perf_client(host: str, port: int, *, duration: float | None, nbytes: int | None,
                       parallel: int, reverse: bool, interval: float | None, as_json: bool,
                       config: utcp.Config, out: Any = None,
-                      sampler: plotdata.StatsSampler | None = None) -> dict[str, Any]:
+                      sampler: plotdata.StatsSampler | None = None,
+                      options: PerfOptions = PerfOptions()) -> dict[str, Any]:
     """Run the client side; `duration` and `nbytes` both None: until SIGINT or SIGTERM.
 
     `interval` None (or 0) prints no interval reports, only the summary. `sampler`
@@ -299,13 +503,27 @@ async def perf_client(host: str, port: int, *, duration: float | None, nbytes: i
     """
     out = out or sys.stdout
     flows: list[Flow] = []
+    control: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
+    cookie = os.urandom(12).hex()
     try:
+        if options.server_output:
+            # opened first, so the server knows of the test before its streams end
+            control = await utcp.open_connection(host, port, config=config)
+            control[1].write(PERF_MAGIC + json.dumps(
+                {"cookie": cookie, "streams": parallel, "report": True}).encode() + b"\n")
         for i in range(parallel):
-            reader, writer = await utcp.open_connection(host, port, config=config)
+            local = None
+            if options.cport is not None:
+                # iperf3 gives the streams consecutive ports from --cport
+                local = (_any_address(host), options.cport + i)
+            reader, writer = await utcp.open_connection(host, port, config=config,
+                                                        local_addr=local)
             flows.append(Flow(i + 1, reader, writer))
-    except OSError as exc:
+    except (OSError, OverflowError) as exc:
         for flow in flows:
             flow.writer.transport.abort()
+        if control is not None:
+            control[1].transport.abort()
         raise CliError(f"cannot connect to {host}:{port}: {_describe(exc)}") from None
     if sampler is not None:
         for flow in flows:
@@ -313,24 +531,59 @@ async def perf_client(host: str, port: int, *, duration: float | None, nbytes: i
     try:
         return await _perf_run(flows, host, port, duration=duration, nbytes=nbytes,
                                reverse=reverse, interval=interval or None, as_json=as_json,
-                               out=out)
+                               out=out, options=options, cookie=cookie, control=control,
+                               config=config)
     except BaseException:
         for flow in flows:
             flow.writer.transport.abort()
+        if control is not None:
+            control[1].transport.abort()
         raise
+
+
+async def _server_output(control: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None,
+                         ) -> dict[str, Any] | None:
+    if control is None:
+        return None
+    reader, writer = control
+    try:
+        # the server answers when its side of every stream has ended; a server that
+        # does not know the request (an older utcp) never answers
+        line = await asyncio.wait_for(reader.readline(), 30.0)
+        report = json.loads(line) if line else None
+    except (ConnectionError, TimeoutError, ValueError):
+        report = None
+    writer.transport.abort() if report is None else writer.close()
+    if not isinstance(report, dict):
+        print("utcp perf: the server sent no report (--get-server-output)", file=sys.stderr)
+        return None
+    return report
 
 
 async def _perf_run(flows: list[Flow], host: str, port: int, *, duration: float | None,
                     nbytes: int | None, reverse: bool, interval: float | None,
-                    as_json: bool, out: Any) -> dict[str, Any]:
+                    as_json: bool, out: Any, options: PerfOptions = PerfOptions(),
+                    cookie: str = "", config: utcp.Config | None = None,
+                    control: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None,
+                    ) -> dict[str, Any]:
     parallel = len(flows)
+    omit = options.omit
     # -n is the total: split it so the flows add up to exactly that many bytes
     share: list[int | None] = ([None] * parallel if nbytes is None else
                                [nbytes // parallel + (i < nbytes % parallel)
                                 for i in range(parallel)])
     open_ended = duration is None and nbytes is None
+    # as iperf3, -O comes before -t: the run lasts both, the totals cover -t only
+    send_for = duration + omit if duration is not None else None
     stop = asyncio.Event()
     peer = flows[0].writer.get_extra_info("peername")
+    connected = []  # taken now: a closed connection no longer names its addresses
+    for flow in flows:
+        local = flow.writer.get_extra_info("sockname")
+        remote = flow.writer.get_extra_info("peername")
+        connected.append({"socket": flow.ident, "local_host": local[0],
+                          "local_port": local[1], "remote_host": remote[0],
+                          "remote_port": remote[1]})
     if not as_json:
         _say(out, f"Connecting to host {host}, port {port} over utcp"
                   f"{' (reverse: server sends)' if reverse else ''}"
@@ -339,19 +592,24 @@ async def _perf_run(flows: list[Flow], host: str, port: int, *, duration: float 
             sock = flow.writer.get_extra_info("sockname")
             _say(out, f"[{flow.ident:3d}] local {sock[0]} port {sock[1]} connected to "
                       f"{peer[0]} port {peer[1]}")
+        if omit:
+            _say(out, f"Omitting the first {omit:g} s from the totals")
         _say(out, "[ ID] Interval           Transfer     Bitrate         Retr  Cwnd",
              flush=True)
 
     async def run_flow(flow: Flow) -> None:
         flow_bytes = share[flow.ident - 1]
-        spec = {"reverse": reverse, "duration": duration, "bytes": flow_bytes}
+        spec = {"reverse": reverse, "duration": send_for, "bytes": flow_bytes,
+                "omit": omit, "rate": options.rate, "cookie": cookie,
+                "streams": parallel, "stream": flow.ident}
         flow.writer.write(PERF_MAGIC + json.dumps(spec).encode() + b"\n")
         if reverse:
             while data := await flow.reader.read(CHUNK):
                 flow.bytes += len(data)
             flow.writer.write_eof()
         else:
-            await _perf_source(flow.writer, duration, flow_bytes, flow, stop)
+            await _perf_source(flow.writer, send_for, flow_bytes, flow, stop,
+                               rate=options.rate, omit=omit)
             flow.writer.write_eof()
             line = await flow.reader.readline()
             if line:
@@ -361,15 +619,20 @@ async def _perf_run(flows: list[Flow], host: str, port: int, *, duration: float 
             await flow.writer.wait_closed()
 
     intervals: list[dict[str, Any]] = []
+    cpu_start = os.times()
     start = time.monotonic()
     tasks = [asyncio.create_task(run_flow(f)) for f in flows]
     stopped = asyncio.create_task(stop.wait())
-    last = start
+    last = base = start  # base: where the measured (not omitted) part began
+    omitting = omit > 0
     every = interval if interval is not None else math.inf
+    measured = 0  # interval rows printed after the omitted start
     try:
         with _interrupt_handlers(stop) if open_ended else contextlib.nullcontext():
             while not all(t.done() for t in tasks):
-                await asyncio.wait([*tasks, stopped], timeout=interval,
+                wake = min(last + every, start + omit) if omitting else last + every
+                timeout = None if wake == math.inf else max(wake - time.monotonic(), 0.0)
+                await asyncio.wait([*tasks, stopped], timeout=timeout,
                                    return_when=asyncio.FIRST_COMPLETED)
                 if stop.is_set() and reverse:
                     # the server sends until we go: what arrived so far is the result,
@@ -381,11 +644,27 @@ async def _perf_run(flows: list[Flow], host: str, port: int, *, duration: float 
                         flow.writer.transport.abort()
                 now = time.monotonic()
                 finished = all(t.done() for t in tasks)
+                if omitting and (now >= start + omit - 0.001 or finished):
+                    if interval is not None:
+                        intervals.append(_report_interval(flows, last - start, now - start,
+                                                          as_json, out, omitted=True,
+                                                          reverse=reverse))
+                    for flow in flows:
+                        flow.mark_omitted()
+                        flow.last_bytes = flow.bytes
+                        flow.last_retrans = flow.stats().segments_retransmitted
+                    omitting, last, base = False, now, now
+                    continue
                 if interval is None or (now - last < every * 0.5 and not finished) or (
-                        finished and now - last < every * 0.05):
-                    continue  # a sliver of an interval at the end is noise, not a report
-                intervals.append(_report_interval(flows, last - start, now - start,
-                                                  as_json, out))
+                        finished and measured and now - last < every * 0.05):
+                    # a sliver of an interval at the end is noise, not a report; but a
+                    # run shorter than -i gets its one partial row, as iperf3 prints
+                    continue
+                # within the omitted start, base is still start: its rows are marked
+                intervals.append(_report_interval(flows, last - base, now - base,
+                                                  as_json, out, omitted=omitting,
+                                                  reverse=reverse))
+                measured += not omitting
                 last = now
         for t in tasks:
             if not t.cancelled():
@@ -396,20 +675,21 @@ async def _perf_run(flows: list[Flow], host: str, port: int, *, duration: float 
         raise CliError(f"connection to {host}:{port} failed: {_describe(exc)}") from None
     finally:
         stopped.cancel()
-    elapsed = max(time.monotonic() - start, 1e-9)
-    total = sum(f.bytes for f in flows)
-    retrans = sum(f.stats().segments_retransmitted for f in flows)
+    elapsed = max(time.monotonic() - base, 1e-9)
+    total = sum(f.bytes - f.omit_bytes for f in flows)
+    retrans = sum(f.stats().segments_retransmitted - f.omit_retrans for f in flows)
     received = (sum(f.server_result.get("bytes_received", 0) for f in flows)
                 if not reverse else total)
-    summary = {
-        "start": {"host": host, "port": port, "parallel": parallel, "reverse": reverse,
-                  "duration": duration, "bytes": nbytes},
-        "intervals": intervals,
-        "end": {"seconds": elapsed, "bytes": total, "bits_per_second": total * 8 / elapsed,
-                "bytes_received": received, "retransmits": retrans,
-                "interrupted": stop.is_set(),
-                "streams": [_flow_summary(f, elapsed, reverse) for f in flows]},
-    }
+    cpu = _cpu_percent(cpu_start, time.monotonic() - start)
+    server_report = await _server_output(control)
+    summary = _perf_json(flows, connected, host, port, duration=duration, nbytes=nbytes,
+                         reverse=reverse, options=options, cookie=cookie, config=config,
+                         intervals=intervals, elapsed=elapsed, total=total,
+                         retrans=retrans, received=received, interrupted=stop.is_set(),
+                         cpu=cpu)
+    if server_report is not None:
+        summary["server_output_text"] = server_report.get("text", "")
+        summary["server_output_json"] = server_report
     if as_json:
         _say(out, json.dumps(summary, indent=2))
         return summary
@@ -419,9 +699,11 @@ async def _perf_run(flows: list[Flow], host: str, port: int, *, duration: float 
     for flow in flows:
         s = flow.stats()
         if reverse:
-            rows.append((f"[{flow.ident:3d}]", flow.bytes, None, "receiver"))
+            rows.append((f"[{flow.ident:3d}]", flow.bytes - flow.omit_bytes, None,
+                         "receiver"))
         else:
-            rows.append((f"[{flow.ident:3d}]", flow.bytes, s.segments_retransmitted, "sender"))
+            rows.append((f"[{flow.ident:3d}]", flow.bytes - flow.omit_bytes,
+                         s.segments_retransmitted - flow.omit_retrans, "sender"))
             rows.append((f"[{flow.ident:3d}]", flow.server_result.get("bytes_received", 0),
                          None, "receiver"))
     if reverse:
@@ -429,60 +711,145 @@ async def _perf_run(flows: list[Flow], host: str, port: int, *, duration: float 
     else:
         rows += [("[SUM]", total, retrans, "sender"), ("[SUM]", received, None, "receiver")]
     for label, nbytes_, retr, role in rows:
-        column = f"{retr:4d}" if retr is not None else "    "
-        _say(out, f"{label:5} {0:6.2f}-{elapsed:<6.2f} sec  {_fmt_bytes(nbytes_):>11}  "
-                  f"{_fmt_rate(nbytes_ * 8 / elapsed):>15}  {column}        {role}")
+        _say(out, _summary_row(label, elapsed, nbytes_, retr, role))
     s = flows[0].stats()
     srtt = f"{s.srtt * 1e6:.0f} us" if s.srtt is not None else "-"
     _say(out, f"stats (stream 1): mss {s.mss}, srtt {srtt}, rto {s.rto * 1e3:.0f} ms, "
               f"cwnd {s.cwnd}, ssthresh {s.ssthresh}, segments sent {s.segments_sent}, "
               f"received {s.segments_received}, retransmitted {s.segments_retransmitted}",
          flush=True)
+    if server_report is not None:
+        _say(out, "\nServer output:\n" + str(server_report.get("text", "")), flush=True)
     return summary
 
 
-def _flow_summary(flow: Flow, elapsed: float, reverse: bool) -> dict[str, Any]:
-    s = flow.stats()
-    received = flow.bytes if reverse else flow.server_result.get("bytes_received", 0)
-    return {"id": flow.ident, "bytes": flow.bytes, "bits_per_second": flow.bytes * 8 / elapsed,
-            "bytes_received": received,
-            "retransmits": s.segments_retransmitted, "srtt": s.srtt, "rto": s.rto,
-            "cwnd": s.cwnd, "ssthresh": s.ssthresh, "mss": s.mss,
-            "segments_sent": s.segments_sent, "segments_received": s.segments_received}
+def _cpu_percent(before: os.times_result, wall: float) -> dict[str, float]:
+    """iperf3's end.cpu_utilization_percent for this process; the server's is not known
+    to the client (iperf3 learns it over its control connection), so remote_* are 0."""
+    after = os.times()
+    wall = max(wall, 1e-9)
+    user = (after.user - before.user) / wall * 100
+    system = (after.system - before.system) / wall * 100
+    return {"host_total": user + system, "host_user": user, "host_system": system,
+            "remote_total": 0.0, "remote_user": 0.0, "remote_system": 0.0}
+
+
+def _perf_json(flows: list[Flow], connected: list[dict[str, Any]], host: str, port: int,
+               *, duration: float | None, nbytes: int | None, reverse: bool,
+               options: PerfOptions, cookie: str,
+               config: utcp.Config | None, intervals: list[dict[str, Any]],
+               elapsed: float, total: int, retrans: int, received: int,
+               interrupted: bool, cpu: dict[str, float]) -> dict[str, Any]:
+    """The run as iperf3 -J shapes it, so tools that read iperf3's JSON read ours.
+
+    iperf3's keys (start.connected, start.test_start, intervals[].streams/sum,
+    end.streams[].sender/receiver, end.sum_sent/sum_received) sit beside the keys this
+    command printed before it had -J, which stay for the scripts that read them. The
+    protocol is "TCP": the service is TCP's, and readers pick their fields by it.
+    """
+    parallel = len(flows)
+    stats = [f.stats() for f in flows]
+    now = time.time()
+    congestion = stats[0].congestion
+    start = {
+        "connected": connected,
+        "version": f"utcp {_version()}",
+        "system_info": " ".join(os.uname()),
+        "timestamp": {"time": time.strftime("%a, %d %b %Y %H:%M:%S GMT", time.gmtime(now)),
+                      "timesecs": int(now)},
+        "connecting_to": {"host": host, "port": port},
+        "cookie": cookie,
+        "tcp_mss_default": stats[0].mss,
+        "sock_bufsize": config.recv_buffer if config is not None else 0,
+        "test_start": {"protocol": "TCP", "num_streams": parallel, "blksize": CHUNK,
+                       "omit": options.omit, "duration": duration or 0,
+                       "bytes": nbytes or 0, "blocks": 0, "reverse": int(reverse),
+                       "tos": 0, "target_bitrate": int(options.rate or 0)},
+        "transport": "utcp over UDP",
+        "host": host, "port": port, "parallel": parallel, "reverse": reverse,
+        "duration": duration, "bytes": nbytes,
+    }
+    streams = []
+    for flow, s in zip(flows, stats, strict=True):
+        sent = flow.bytes - flow.omit_bytes
+        got = sent if reverse else int(flow.server_result.get("bytes_received", 0))
+        # with -R the server sent what we read: a stream that ended with the server's
+        # FIN delivered every byte it carried, so the counts agree
+        retr = 0 if reverse else s.segments_retransmitted - flow.omit_retrans
+        side = {"socket": flow.ident, "start": 0, "end": elapsed, "seconds": elapsed,
+                "sender": not reverse}
+        streams.append({
+            "sender": {**side, "bytes": sent, "bits_per_second": sent * 8 / elapsed,
+                       "retransmits": retr, "max_snd_cwnd": s.cwnd,
+                       "mean_rtt": round(s.srtt * 1e6) if s.srtt is not None else 0},
+            "receiver": {**side, "bytes": got, "bits_per_second": got * 8 / elapsed},
+            "id": flow.ident, "bytes": sent, "bits_per_second": sent * 8 / elapsed,
+            "bytes_received": got if not reverse else sent,
+            "retransmits": s.segments_retransmitted - flow.omit_retrans, "srtt": s.srtt,
+            "rto": s.rto, "cwnd": s.cwnd, "ssthresh": s.ssthresh, "mss": s.mss,
+            "segments_sent": s.segments_sent, "segments_received": s.segments_received})
+    sums = {"start": 0, "end": elapsed, "seconds": elapsed, "sender": not reverse}
+    end = {
+        "streams": streams,
+        "sum_sent": {**sums, "bytes": total, "bits_per_second": total * 8 / elapsed,
+                     "retransmits": 0 if reverse else retrans},
+        "sum_received": {**sums, "bytes": received,
+                         "bits_per_second": received * 8 / elapsed},
+        "cpu_utilization_percent": cpu,
+        "sender_tcp_congestion": congestion if not reverse else "",
+        "receiver_tcp_congestion": congestion if reverse else "",
+        "seconds": elapsed, "bytes": total, "bits_per_second": total * 8 / elapsed,
+        "bytes_received": received, "retransmits": retrans, "interrupted": interrupted,
+    }
+    return {"start": start, "intervals": intervals, "end": end}
 
 
 def _report_interval(flows: list[Flow], t0: float, t1: float, as_json: bool,
-                     out: Any) -> dict[str, Any]:
+                     out: Any, *, omitted: bool = False,
+                     reverse: bool = False) -> dict[str, Any]:
     dt = max(t1 - t0, 1e-9)
     rows = []
+    tag = "  (omitted)" if omitted else ""
     for flow in flows:
         s = flow.stats()
         delta = flow.bytes - flow.last_bytes
         retr = s.segments_retransmitted - flow.last_retrans
         flow.last_bytes, flow.last_retrans = flow.bytes, s.segments_retransmitted
-        rows.append({"id": flow.ident, "start": t0, "end": t1, "bytes": delta,
-                     "bits_per_second": delta * 8 / dt, "retransmits": retr, "cwnd": s.cwnd})
+        rows.append({"socket": flow.ident, "start": t0, "end": t1, "seconds": dt,
+                     "bytes": delta, "bits_per_second": delta * 8 / dt,
+                     "retransmits": retr, "snd_cwnd": s.cwnd, "snd_wnd": s.snd_wnd,
+                     "rtt": round(s.srtt * 1e6) if s.srtt is not None else 0,
+                     "rttvar": round(s.rttvar * 1e6) if s.rttvar is not None else 0,
+                     "omitted": omitted, "sender": not reverse,
+                     "id": flow.ident, "cwnd": s.cwnd})
         if not as_json:
             _say(out, f"[{flow.ident:3d}] {t0:6.2f}-{t1:<6.2f} sec  {_fmt_bytes(delta):>11}  "
-                      f"{_fmt_rate(delta * 8 / dt):>15}  {retr:4d}  {_fmt_bytes(s.cwnd):>11}")
+                      f"{_fmt_rate(delta * 8 / dt):>15}  {retr:4d}  {_fmt_bytes(s.cwnd):>11}"
+                      f"{tag}")
+    total = sum(r["bytes"] for r in rows)
+    retr_sum = sum(r["retransmits"] for r in rows)
     if len(flows) > 1 and not as_json:
-        total = sum(r["bytes"] for r in rows)
         _say(out, f"[SUM] {t0:6.2f}-{t1:<6.2f} sec  {_fmt_bytes(total):>11}  "
-                  f"{_fmt_rate(total * 8 / dt):>15}  {sum(r['retransmits'] for r in rows):4d}")
+                  f"{_fmt_rate(total * 8 / dt):>15}  {retr_sum:4d}{tag}")
     if not as_json:
         _say(out, end="", flush=True)  # a live report, also through a pipe
-    return {"start": t0, "end": t1, "streams": rows}
+    return {"streams": rows,
+            "sum": {"start": t0, "end": t1, "seconds": dt, "bytes": total,
+                    "bits_per_second": total * 8 / dt, "retransmits": retr_sum,
+                    "omitted": omitted, "sender": not reverse},
+            "start": t0, "end": t1}
 
 
 async def perf_server(host: str, port: int, config: utcp.Config, *,
                       ready: asyncio.Future[int] | None = None, quiet: bool = False,
                       worker: workers.Worker | None = None) -> None:
+    state = _PerfServerState(sys.stdout, quiet)
     served = 0
 
     async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         nonlocal served
         served += 1
-        await _perf_serve(reader, writer)
+        await _perf_serve(state, reader, writer)
 
     try:
         server = await utcp.start_server(serve, host, port, config=config,
@@ -509,6 +876,8 @@ async def _perf(args: argparse.Namespace, config: utcp.Config) -> int:
         return await _perf_plotted(args, config)  # which comes back, with a sampler
     # -t 0: no deadline, as iperf3; the run ends at Ctrl-C, with its report
     duration = None if args.bytes is not None else (args.time or None)
+    options = PerfOptions(rate=args.bitrate or None, omit=args.omit,
+                          server_output=args.get_server_output, cport=args.cport)
     if args.server:
         await perf_server(args.bind or "0.0.0.0", args.port, _as_server(config))
         return 0
@@ -516,7 +885,8 @@ async def _perf(args: argparse.Namespace, config: utcp.Config) -> int:
         await perf_client(args.client, args.port, duration=duration, nbytes=args.bytes,
                           parallel=args.parallel, reverse=args.reverse,
                           interval=args.interval, as_json=args.json, config=config,
-                          sampler=getattr(args, "sampler", None))
+                          sampler=getattr(args, "sampler", None),
+                          options=options)
         return 0
     # neither: a client against an in-process server on loopback
     server_config = client_config = config
@@ -542,7 +912,8 @@ async def _perf(args: argparse.Namespace, config: utcp.Config) -> int:
         await perf_client("127.0.0.1", port, duration=duration, nbytes=args.bytes,
                           parallel=args.parallel, reverse=args.reverse,
                           interval=args.interval, as_json=args.json, config=client_config,
-                          sampler=getattr(args, "sampler", None))
+                          sampler=getattr(args, "sampler", None),
+                          options=options)
     finally:
         server_task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
@@ -745,25 +1116,68 @@ async def _tunnel(args: argparse.Namespace, config: utcp.Config,
 async def _cat(args: argparse.Namespace, config: utcp.Config) -> int:
     loop = asyncio.get_running_loop()
     done: asyncio.Future[None] = loop.create_future()
+    stdin = _Stdin()
+    keep = bool(args.listen and args.keep_open)
+    one_at_a_time = asyncio.Lock()
+
+    async def sending(writer: asyncio.StreamWriter) -> None:
+        if args.recv_only:
+            writer.write_eof()  # -U: nothing of ours goes out, and the peer is told so
+        else:
+            await _stdin_to(writer, stdin)
+
+    async def receiving(reader: asyncio.StreamReader) -> None:
+        if args.send_only:
+            # -u, as socat's: what arrives is read (so the peer is never stalled) and
+            # dropped; the peer's FIN still ends the receiving direction
+            while await reader.read(CHUNK):
+                pass
+        else:
+            await _to_stdout(reader)
+
+    async def exchange(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if not keep:
+            await asyncio.gather(sending(writer), receiving(reader))
+            return
+        # -k: the client leaving (its FIN) ends the session, so that the next one is
+        # served even while stdin (a terminal, say) stays open; what stdin holds then
+        # goes to the next client
+        out = asyncio.create_task(sending(writer))
+        try:
+            await receiving(reader)
+        finally:
+            if not out.done():
+                out.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await out
 
     async def session(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            await asyncio.gather(_stdin_to(writer), _to_stdout(reader))
-            writer.close()
-            with contextlib.suppress(ConnectionError):
-                await writer.wait_closed()
-        except (ConnectionError, TimeoutError) as exc:
-            if not done.done():
-                done.set_exception(CliError(f"connection lost: {_describe(exc)}"))
-            return
-        except StdoutClosed as exc:
-            # nobody reads what arrives any more: a reset tells the peer so at once
-            writer.transport.abort()
-            if not done.done():
-                done.set_exception(exc)
-            return
-        if not done.done():
-            done.set_result(None)
+        async with one_at_a_time if keep else contextlib.nullcontext():
+            if done.done():
+                writer.transport.abort()
+                return
+            try:
+                await exchange(reader, writer)
+                writer.close()
+                with contextlib.suppress(ConnectionError, TimeoutError):
+                    await writer.wait_closed()
+            except (ConnectionError, TimeoutError) as exc:
+                if keep:
+                    # one client's failure is not the listener's: say so, serve the next
+                    print(f"utcp cat: connection lost: {_describe(exc)}", file=sys.stderr,
+                          flush=True)
+                    writer.transport.abort()
+                elif not done.done():
+                    done.set_exception(CliError(f"connection lost: {_describe(exc)}"))
+                return
+            except StdoutClosed as exc:
+                # nobody reads what arrives any more: a reset tells the peer so at once
+                writer.transport.abort()
+                if not done.done():
+                    done.set_exception(exc)
+                return
+            if not done.done() and not keep:
+                done.set_result(None)
 
     if args.listen:
         host, port = args.listen
@@ -775,13 +1189,14 @@ async def _cat(args: argparse.Namespace, config: utcp.Config) -> int:
             print(f"listening on udp {host} port {server.sockets[0].getsockname()[1]}",
                   file=sys.stderr, flush=True)
         try:
-            await done  # one session, like nc -l
+            await done  # one session, like nc -l; with -k, until interrupted
         finally:
             server.close()
         return 0
     try:
-        reader, writer = await utcp.open_connection(args.host, args.port, config=config)
-    except OSError as exc:
+        reader, writer = await utcp.open_connection(args.host, args.port, config=config,
+                                                    local_addr=args.bind)
+    except (OSError, OverflowError) as exc:
         raise CliError(f"cannot connect to {args.host}:{args.port}: {_describe(exc)}") from None
     await session(reader, writer)
     await done
@@ -807,11 +1222,33 @@ def _read_stdin(loop: asyncio.AbstractEventLoop, chunks: asyncio.Queue[bytes], f
         return  # the loop is closed or closing: the command is over
 
 
-async def _stdin_to(writer: asyncio.StreamWriter) -> None:
-    chunks: asyncio.Queue[bytes] = asyncio.Queue(maxsize=2)
-    threading.Thread(target=_read_stdin, daemon=True, name="utcp-stdin",
-                     args=(asyncio.get_running_loop(), chunks, sys.stdin.fileno())).start()
-    while data := await chunks.get():
+class _Stdin:
+    """The command's stdin, read by one thread for all the sessions of a `-k` listener.
+
+    A chunk is taken off the queue only by the session that sends it: one cancelled
+    while waiting (its client left) leaves the next chunk for the next client.
+    """
+
+    def __init__(self) -> None:
+        self._chunks: asyncio.Queue[bytes] | None = None
+        self.ended = False
+
+    async def read(self) -> bytes:
+        if self.ended:
+            return b""
+        if self._chunks is None:
+            self._chunks = asyncio.Queue(maxsize=2)
+            threading.Thread(target=_read_stdin, daemon=True, name="utcp-stdin",
+                             args=(asyncio.get_running_loop(), self._chunks,
+                                   sys.stdin.fileno())).start()
+        data = await self._chunks.get()
+        self.ended = not data
+        return data
+
+
+async def _stdin_to(writer: asyncio.StreamWriter, stdin: _Stdin | None = None) -> None:
+    stdin = stdin or _Stdin()
+    while data := await stdin.read():
         writer.write(data)
         await writer.drain()
     writer.write_eof()
@@ -886,6 +1323,18 @@ _workers = _type(int, lambda v: 1 <= v <= workers.MAX_WORKERS,
 _bytes = _type(lambda text: _size(text), lambda v: v >= 1, "must be at least 1 byte", "size")
 
 
+def _rate_value(text: str) -> float:
+    """iperf3's rate syntax: bits/s with an optional K, M, G or T, powers of 1000."""
+    scale = {"K": 1e3, "M": 1e6, "G": 1e9, "T": 1e12}
+    factor = scale.get(text[-1:].upper(), 1.0)
+    return _finite_float(text[:-1] if factor != 1.0 else text) * factor
+
+
+# a rate below 8 kbit/s would take minutes to send one write: surely a typo
+_rate = _type(_rate_value, lambda v: v == 0 or v >= 8000,
+              "must be 0 (unlimited) or at least 8K bits/sec", "rate")
+
+
 def _mss(text: str) -> int:
     try:
         value = int(text)
@@ -956,7 +1405,20 @@ def build_parser() -> argparse.ArgumentParser:
     perf.add_argument("-R", "--reverse", action="store_true", help="server sends")
     perf.add_argument("-i", "--interval", type=_interval, default=1.0,
                       help="seconds between reports (default 1; 0 = none)")
-    perf.add_argument("--json", action="store_true")
+    perf.add_argument("-J", "--json", action="store_true",
+                      help="one JSON document at the end, shaped like iperf3 -J's")
+    perf.add_argument("-b", "--bitrate", type=_rate, metavar="RATE",
+                      help="target bits/sec per stream, paced by the sender (suffixes "
+                           "K, M, G: powers of 1000, as iperf3; 0 = unlimited, the default)")
+    perf.add_argument("-O", "--omit", type=_seconds, default=0.0, metavar="N",
+                      help="leave the first N seconds out of the totals (slow start)")
+    perf.add_argument("-w", "--window", type=_bytes, metavar="SIZE",
+                      help="this side's receive and send buffers (Config.recv_buffer, "
+                           "send_buffer; suffixes K, M, G)")
+    perf.add_argument("--cport", type=_port, metavar="PORT",
+                      help="client's local port (stream i uses PORT + i - 1)")
+    perf.add_argument("--get-server-output", action="store_true",
+                      help="print the server's report of this test too")
     perf.add_argument("--workers", type=_workers, default=1, metavar="N",
                       help="server: N processes share the port (SO_REUSEPORT), "
                            "one core each (default 1)")
@@ -995,6 +1457,19 @@ def build_parser() -> argparse.ArgumentParser:
                          epilog=f"A listener's private key may also come from ${KEY_ENV}.")
     cat.add_argument("-l", "--listen", metavar="[HOST:]PORT", type=_address("0.0.0.0"),
                      help="wait for one connection")
+    cat.add_argument("-k", "--keep-open", action="store_true",
+                     help="with -l: serve the next client after one leaves, until "
+                          "interrupted")
+    cat.add_argument("--bind", metavar="[HOST:]PORT", type=_address(""),
+                     help="connect from this local port (peer to peer: both sides bind "
+                          "and connect to each other)")
+    direction = cat.add_mutually_exclusive_group()
+    direction.add_argument("-u", "--send-only", action="store_true",
+                           help="one direction, as socat -u: stdin to the connection; "
+                                "what arrives is dropped")
+    direction.add_argument("-U", "--recv-only", action="store_true",
+                           help="the other direction: the connection to stdout; stdin "
+                                "is not read")
     cat.add_argument("host", nargs="?")
     cat.add_argument("port", nargs="?", type=_port)
     common(cat)
@@ -1029,6 +1504,18 @@ def _check_usage(args: argparse.Namespace) -> None:
     if args.command == "tunnel" and (args.remote is None) == (args.target is None):
         raise UsageError("give exactly one of --remote (TCP in, utcp out) "
                          "or --target (utcp in, TCP out)")
+    if args.command == "perf":
+        client_only = [name for name, given in (
+            ("--cport", args.cport is not None), ("-b", args.bitrate is not None),
+            ("-O", bool(args.omit)), ("--get-server-output", args.get_server_output))
+            if given]
+        if args.server and client_only:
+            raise UsageError(f"{', '.join(client_only)}: client options, the client tells "
+                             "the server")
+        if args.cport is not None and args.cport + args.parallel - 1 > 65535:
+            raise UsageError("--cport PORT + -P streams must stay within 65535")
+        if args.cport == 0:
+            raise UsageError("--cport must be a port, 1-65535")
     if args.command == "cat" and args.listen is None and (args.host is None
                                                           or args.port is None):
         raise UsageError("give HOST PORT to connect, or -l [HOST:]PORT to listen")
@@ -1041,6 +1528,11 @@ def _check_usage(args: argparse.Namespace) -> None:
             raise UsageError("--workers is for the server (-s)")
         if args.pcap:
             raise UsageError("--pcap with --workers: every worker would write the one file")
+    if args.command == "cat" and args.keep_open and args.listen is None:
+        raise UsageError("-k keeps a listener open: it needs -l [HOST:]PORT")
+    if args.command == "cat" and args.bind is not None and args.listen is not None:
+        raise UsageError("--bind is the local port of a connecting cat; -l takes a "
+                         "listener's address")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
