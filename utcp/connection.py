@@ -137,6 +137,19 @@ class MemoryBudget:
         self.drops = 0
 
 
+class _NoPieces(collections.deque[bytes | memoryview]):
+    """The receive buffer of every connection that holds no piece: a deque, even empty,
+    keeps a 528-byte block, and an idle connection has nothing to keep in it (issue #14:
+    100,000 idle connections). Appends go to a fresh deque (`_rcv_queue`); one here
+    would be a bug, so it fails loudly instead of sharing bytes between connections."""
+
+    def append(self, piece: bytes | memoryview, /) -> None:
+        raise RuntimeError("append to the shared empty receive buffer")
+
+
+_NO_PIECES = _NoPieces()
+
+
 def window_scale_for(buffer: int) -> int:
     """The smallest shift that lets a 16-bit field describe the whole buffer (RFC 7323)."""
     shift = 0
@@ -146,6 +159,133 @@ def window_scale_for(buffer: int) -> int:
 
 
 class Connection:
+    # Slots, not a __dict__: with more than 30 attributes CPython 3.11 gives each
+    # instance a dict of its own (no key sharing), 3.3 KiB per connection, most of an
+    # idle connection's memory (issue #14: 100,000 connections at <= 8 KiB each).
+    # "__dict__" stays as a fallback, created only when an attribute missing here is
+    # set (tests/test_memory_idle.py notices the cost); "__weakref__" as before.
+    __slots__ = (
+        "__dict__",
+        "__weakref__",
+        "_ack_deadline",
+        "_ack_now",
+        "_challenge_window_start",
+        "_challenges_in_window",
+        "_dsack",
+        "_dupacks",
+        "_events",
+        "_fin_acked",
+        "_fin_queued",
+        "_fin_received",
+        "_fin_seq",
+        "_idle_deadline",
+        "_in_recovery",
+        "_keepalive_deadline",
+        "_keepalive_sent",
+        "_last_ack_sent",
+        "_latest_ooo",
+        "_mem",
+        "_notify",
+        "_now",
+        "_ooo",
+        "_ooo_bytes",
+        "_out",
+        "_persist_backoff",
+        "_persist_deadline",
+        "_persist_since",
+        "_probe_recovery",
+        "_probes_out",
+        "_rcvbuf",
+        "_rcvbuf_len",
+        "_recover",
+        "_reo_deadline",
+        "_round_end",
+        "_rto_recovery",
+        "_rto_streak",
+        "_rtt_seq",
+        "_rtt_time",
+        "_rtx_deadline",
+        "_sack_limit",
+        "_sack_ok",
+        "_sack_recovery",
+        "_snd_base",
+        "_sndbuf",
+        "_sws_override",
+        "_syn_retries",
+        "_syn_time",
+        "_syn_tsval",
+        "_tlp_deadline",
+        "_tlp_resent",
+        "_tlp_seq",
+        "_ts_offset",
+        "_ts_ok",
+        "_ts_recent",
+        "_ts_recent_time",
+        "_tw_deadline",
+        "_unacked_segments",
+        "_undo_cwnd",
+        "_undo_expiry",
+        "_undo_fast",
+        "_undo_high",
+        "_undo_marker",
+        "_undo_retrans",
+        "_undo_ssthresh",
+        "_user_deadline",
+        "_wscale_ok",
+        "bytes_acked",
+        "bytes_received",
+        "bytes_retransmitted",
+        "bytes_sent",
+        "cc",
+        "challenge_acks",
+        "challenge_acks_suppressed",
+        "config",
+        "dropped_segments",
+        "dsacks_received",
+        "dup_acks_received",
+        "error",
+        "fast_retransmits",
+        "fins_ignored",
+        "irs",
+        "iss",
+        "local_port",
+        "max_mss",
+        "max_snd_wnd",
+        "memory_budget",
+        "name",
+        "ooo_segments_received",
+        "orphaned",
+        "pacer",
+        "passive",
+        "paws_drops",
+        "peer",
+        "pmtu",
+        "rack",
+        "rcv_adv",
+        "rcv_nxt",
+        "rcv_wscale",
+        "reassembly_budget",
+        "refusal_hint",
+        "remote_port",
+        "rtt",
+        "scoreboard",
+        "segments_received",
+        "segments_retransmitted",
+        "segments_sent",
+        "snd_max",
+        "snd_mss",
+        "snd_nxt",
+        "snd_una",
+        "snd_wl1",
+        "snd_wl2",
+        "snd_wnd",
+        "snd_wscale",
+        "spurious_recoveries",
+        "state",
+        "tail_loss_probes",
+        "timeouts",
+    )
+
     def __init__(self, config: Config, *, local_port: int, remote_port: int,
                  iss: int | None = None, name: str = "") -> None:
         self.config = config
@@ -156,9 +296,15 @@ class Connection:
         self.state = State.CLOSED
         self.passive = False
         self._notify: Callable[[Connection], None] | None = None
-        self._events: collections.deque[Event] = collections.deque()
+        # A list, not a deque: an empty deque is 760 bytes (a whole block), and a
+        # connection rarely holds more than a few events between two polls.
+        self._events: list[Event] = []
         self._out: list[bytes] = []
         self.error: Exception | None = None
+        self._now = 0.0
+        self._syn_time = 0.0
+        self._syn_tsval: int | None = None
+        self._wscale_ok = False
 
         # send sequence space (unwrapped)
         self.iss = secrets.randbits(32) if iss is None else iss & sq.MASK
@@ -187,7 +333,7 @@ class Connection:
         # In-order bytes the application has not read, as the pieces that arrived: each
         # is copied once out of the datagram buffer, and a read of whole pieces hands
         # them over as they are (a bytearray was re-grown and copied out on every read).
-        self._rcvbuf: collections.deque[bytes | memoryview] = collections.deque()
+        self._rcvbuf: collections.deque[bytes | memoryview] = _NO_PIECES
         self._rcvbuf_len = 0
         self._ooo: list[tuple[int, bytes]] = []  # out-of-order pieces, sorted by seq
         self._ooo_bytes = 0
@@ -412,7 +558,7 @@ class Connection:
         chunks = self._rcvbuf
         if max_bytes < 0 or max_bytes >= self._rcvbuf_len:
             data = bytes(chunks[0]) if len(chunks) == 1 else b"".join(chunks)
-            chunks.clear()
+            self._rcvbuf = _NO_PIECES
         else:
             data = self._take(max_bytes, glue_all=True)
         self._rcvbuf_len -= len(data)
@@ -449,7 +595,14 @@ class Connection:
                 need = 0
             if not glue_all and len(first) >= _GLUE_BELOW:
                 break
+        if not chunks:
+            self._rcvbuf = _NO_PIECES
         return bytes(parts[0]) if len(parts) == 1 else b"".join(parts)
+
+    def _rcv_queue(self) -> collections.deque[bytes | memoryview]:
+        """A deque of its own for the receive buffer, which was the shared empty one."""
+        self._rcvbuf = collections.deque()
+        return self._rcvbuf
 
     @property
     def readable(self) -> int:
@@ -476,7 +629,7 @@ class Connection:
     # --------------------------------------------------------------------- outputs
 
     def next_event(self) -> Event | None:
-        return self._events.popleft() if self._events else None
+        return self._events.pop(0) if self._events else None
 
     def datagrams_to_send(self, now: float) -> list[bytes]:
         if self.state != State.CLOSED:
@@ -790,7 +943,7 @@ class Connection:
                 self._take_ts_recent(seg, self.rcv_nxt, now)  # in order, exact ACK
             self._heard(now)
             self.snd_wl1, self.snd_wl2 = self.rcv_nxt, self.snd_una
-            self._rcvbuf.append(bytes(payload))
+            (self._rcvbuf or self._rcv_queue()).append(bytes(payload))
             self._rcvbuf_len += len(payload)
             self.rcv_nxt += len(payload)
             self.bytes_received += len(payload)
@@ -1350,7 +1503,7 @@ class Connection:
         if seg_seq == self.rcv_nxt:
             if not self._mem_admit(len(payload) + RCV_PIECE_OVERHEAD):
                 return False
-            self._rcvbuf.append(bytes(payload))
+            (self._rcvbuf or self._rcv_queue()).append(bytes(payload))
             self._rcvbuf_len += len(payload)
             self.rcv_nxt += len(payload)
             self.bytes_received += len(payload)
@@ -1407,7 +1560,7 @@ class Connection:
             end = start + len(data)
             if end > self.rcv_nxt:
                 piece = data[self.rcv_nxt - start:] if self.rcv_nxt > start else data
-                self._rcvbuf.append(piece)
+                (self._rcvbuf or self._rcv_queue()).append(piece)
                 self._rcvbuf_len += len(piece)
                 self.bytes_received += len(piece)
                 self.rcv_nxt = end
@@ -1973,8 +2126,3 @@ class Connection:
     def _touch(self) -> None:
         if self._notify is not None:
             self._notify(self)
-
-    _now = 0.0
-    _syn_time = 0.0
-    _syn_tsval: int | None = None
-    _wscale_ok = False

@@ -55,6 +55,16 @@ class Segment:
         return f"<Segment {self.start}-{self.end} ts={self.ts} state={self.state}>"
 
 
+class _NothingSent(deque[tuple[int, "Segment"]]):
+    """The time queue of every log with nothing in it; appending here is a bug."""
+
+    def append(self, item: tuple[int, Segment], /) -> None:
+        raise RuntimeError("append to the shared empty time queue")
+
+
+_NOTHING_SENT = _NothingSent()
+
+
 class SentLog:
     """The sender's segments in flight and RACK's state (RFC 8985 §6.1's RACK.*)."""
 
@@ -85,7 +95,9 @@ class SentLog:
     def __init__(self) -> None:
         self.segs: list[Segment] = []      # by sequence number; segs[_head:] are live
         self._head = 0
-        self._by_time: deque[tuple[int, Segment]] = deque()  # (order, segment)
+        # (order, segment); the shared empty deque while nothing is in flight (as
+        # _NO_PIECES in connection.py: an idle connection keeps no 760-byte deque)
+        self._by_time: deque[tuple[int, Segment]] = _NOTHING_SENT
         self._lost: list[tuple[int, int, Segment]] = []  # heap: lost, not yet resent
         self._sent = 0                     # transmissions so far: the next one's order
         # bytes of live segments in each state, for pipe (RFC 6675 SetPipe())
@@ -130,7 +142,7 @@ class SentLog:
             seg = Segment(start, end, now, self._sent, EVER if retransmission else 0)
             self._sent += 1
             segs.append(seg)
-            self._by_time.append((seg.order, seg))
+            (self._by_time or self._queue()).append((seg.order, seg))
             return
         i = self._index(start)
         n = len(segs)
@@ -146,12 +158,12 @@ class SentLog:
             seg.ts = now
             seg.order = self._sent
             self._sent += 1
-            self._by_time.append((seg.order, seg))
+            (self._by_time or self._queue()).append((seg.order, seg))
         if end > segs[-1].end:  # past what was logged (only after a timeout's rewind)
             seg = Segment(segs[-1].end, end, now, self._sent, EVER)
             self._sent += 1
             segs.append(seg)
-            self._by_time.append((seg.order, seg))
+            (self._by_time or self._queue()).append((seg.order, seg))
 
     def _index(self, seq: int) -> int:
         """The index of the live segment holding seq, or of the first one after it."""
@@ -165,7 +177,7 @@ class SentLog:
         """A retransmission timeout: everything will be sent again from snd_una."""
         self.segs.clear()
         self._head = 0
-        self._by_time.clear()
+        self._by_time = _NOTHING_SENT
         self._lost.clear()
         self.sacked_out = self.lost_out = self.retrans_out = self.segs_sacked = 0
 
@@ -221,10 +233,21 @@ class SentLog:
             self.end_seq = newest.end
             self.rtt = now - newest.ts
         self._head = i
-        if i > 64 and 2 * i > n:
+        if i == n and n:
+            # All delivered: whatever the time queue still names is GONE (detect_loss
+            # would skip it), so both go, and an idle connection holds neither.
+            segs.clear()
+            self._head = 0
+            self._by_time = _NOTHING_SENT
+        elif i > 64 and 2 * i > n:
             del segs[:i]
             self._head = 0
         return delivered
+
+    def _queue(self) -> deque[tuple[int, Segment]]:
+        """A time queue of its own, in place of the shared empty one."""
+        self._by_time = deque()
+        return self._by_time
 
     def _forget(self, seg: Segment, size: int) -> None:
         state = seg.state
