@@ -422,3 +422,42 @@ def test_cli_md_json_example_has_the_keys_the_command_prints() -> None:
                             check=False)
     assert result.returncode == 0, result.stderr
     assert _keys(json.loads(result.stdout)) == _keys(json.loads(body))
+
+
+# ---------------------------------------------------------------------- user-guide.md
+
+def test_user_guide_packet_capture_commands(tmp_path: Path) -> None:
+    """The capture recipe of docs/user-guide.md: a perf self-test, then tshark reads it."""
+    text = (ROOT / "docs" / "user-guide.md").read_text()
+    section = text[text.index("## Packet captures"):]
+    block = next(body for lang, body in code_blocks(section) if lang == "sh")
+    commands = [line for line in block.splitlines() if line.strip()]
+    assert commands[0].startswith("utcp perf ") and "--pcap" in commands[0]
+    if any(c.startswith("tshark") for c in commands) and not shutil.which("tshark"):
+        pytest.skip("tshark is not installed")
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    (bindir / "utcp").write_text(f'#!/bin/sh\nexec "{sys.executable}" -m utcp "$@"\n')
+    (bindir / "utcp").chmod(0o755)
+    # the capture's path as written is in /tmp, shared with any other run: use our own
+    pcap = re.search(r"--pcap (\S+)", commands[0])
+    assert pcap
+    outputs = []
+    for command in commands:
+        result = subprocess.run(["bash", "-c", command.replace(pcap[1], str(tmp_path / "x.pcap"))],
+                                cwd=tmp_path, env=_env(bindir), capture_output=True, text=True,
+                                timeout=TIMEOUT, check=False)
+        assert result.returncode == 0, (command, result.stdout, result.stderr)
+        outputs.append(result.stdout)
+    assert "sender" in outputs[0]
+    # -z conv,tcp: one TCP conversation, between two loopback ports
+    assert re.search(r"127\.0\.0\.1:\d+\s+<->\s+127\.0\.0\.1:\d+", outputs[1]), outputs[1]
+
+
+# ---------------------------------------------------------------------- examples/
+
+def test_every_example_is_run_by_test_examples() -> None:
+    """A program added to examples/ gets run (as its docstring says) in test_examples.py."""
+    tests = (ROOT / "tests" / "test_examples.py").read_text()
+    for program in sorted((ROOT / "examples").glob("*.py")):
+        assert f'"{program.name}"' in tests, f"{program.name} is not run by test_examples.py"
