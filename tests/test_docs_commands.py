@@ -6,11 +6,11 @@ one (or a CLI change that breaks the doc) fails here.
 
 docs/cli.md's blocks follow the convention stated at the top of that file: each `sh` and
 `console` block runs line by line in a network namespace of its own (the doc's fixed
-ports, 5201, 80, 9000, are then free whatever else runs on the machine), a line ending in
-`&` is a server started in the background, a comment saying `Ctrl-C` means SIGINT after
-2 s, and a `console` command's output is compared with the lines under it by shape
-(numbers, units and keys may differ). The namespace needs root and unshare; without
-them those tests skip and say why.
+ports, 5201, 80, 9000, are then free whatever else runs on the machine), a line ending
+in `&` is a server started in the background, a comment saying `Ctrl-C` means SIGINT 2 s
+after the first line it prints, and a `console` command's output is compared with the
+lines under it by shape (numbers, units and keys may differ). The namespace needs root
+and unshare; without them those tests skip and say why.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ import signal
 import subprocess
 import sys
 import tarfile
+import threading
 import time
 import tomllib
 from collections.abc import Iterator
@@ -37,7 +38,7 @@ from tests.test_cli import ROOT, TIMEOUT, free_port
 
 README = ROOT / "README.md"
 CLI_MD = ROOT / "docs" / "cli.md"
-CTRL_C_AFTER = 2.0  # seconds a `Ctrl-C` line runs before its SIGINT
+CTRL_C_AFTER = 2.0  # seconds a `Ctrl-C` line runs, from its first line out, before SIGINT
 KEY_RE = re.compile(r"[A-Za-z0-9+/]{43}=")
 
 
@@ -248,8 +249,18 @@ class Namespace:
 
     def run(self, command: str, ctrl_c: bool = False) -> tuple[int, str]:
         proc = self.start(command)
+        first: list[str] = []
         try:
             if ctrl_c:
+                # counted from its first line, so that a slow start on a loaded machine
+                # is not interrupted before it is under way
+                assert proc.stdout is not None
+                stdout = proc.stdout
+                reader = threading.Thread(target=lambda: first.append(stdout.readline()),
+                                          daemon=True)
+                reader.start()
+                reader.join(TIMEOUT)
+                assert first and first[0], f"{command!r} printed nothing"
                 with contextlib.suppress(subprocess.TimeoutExpired):
                     proc.wait(CTRL_C_AFTER)
                     raise AssertionError(f"{command!r} ended before its Ctrl-C")
@@ -257,7 +268,7 @@ class Namespace:
             out, _ = proc.communicate(timeout=TIMEOUT)
         finally:
             self._kill(proc)
-        return proc.returncode, out
+        return proc.returncode, "".join(first) + out
 
     def serve(self, command: str) -> None:
         proc = self.start(command)
