@@ -221,6 +221,13 @@ def _listening(pid: int) -> bool:
     return False
 
 
+def _default_sigint() -> None:
+    """Ctrl-C as in a terminal, even under a runner that ignores SIGINT (a background job
+    of a script does): an ignored signal stays ignored across exec, and a shell cannot
+    reset it."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 class Namespace:
     """A network namespace with only loopback, and the processes started in it."""
 
@@ -245,7 +252,7 @@ class Namespace:
             ["nsenter", f"--net=/proc/{self.holder.pid}/ns/net", "bash", "-c", command],
             cwd=self.workdir, env=_env(self.bindir), stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-            start_new_session=True)
+            start_new_session=True, preexec_fn=_default_sigint)
 
     def run(self, command: str, ctrl_c: bool = False) -> tuple[int, str]:
         proc = self.start(command)
