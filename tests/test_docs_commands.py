@@ -272,7 +272,12 @@ class Namespace:
                     proc.wait(CTRL_C_AFTER)
                     raise AssertionError(f"{command!r} ended before its Ctrl-C")
                 os.killpg(proc.pid, signal.SIGINT)
-            out, _ = proc.communicate(timeout=TIMEOUT)
+            try:
+                out, _ = proc.communicate(timeout=TIMEOUT)
+            except subprocess.TimeoutExpired:
+                raise AssertionError(
+                    f"{command!r} still runs after {TIMEOUT} s: if it is a server, end its "
+                    "line with & (see the top of docs/cli.md)") from None
         finally:
             self._kill(proc)
         return proc.returncode, "".join(first) + out
