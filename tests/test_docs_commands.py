@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import ast
 import contextlib
+import importlib.util
 import json
 import os
 import re
@@ -347,6 +348,24 @@ def _cli_blocks(lang: str) -> list[str]:
     return [body for kind, body in code_blocks(CLI_MD.read_text()) if kind == lang]
 
 
+def _params(lang: str) -> list[Any]:
+    """The blocks as test cases, with the marks docs/cli.md declares before a block:
+    `<!-- not run: REASON -->` skips it, `<!-- needs: MODULE -->` skips it when the
+    optional MODULE is not installed."""
+    params = []
+    text = CLI_MD.read_text()
+    for body, ident in zip(_cli_blocks(lang), _ids(_cli_blocks(lang)), strict=True):
+        before = text[:text.index(f"```{lang}\n{body}")].rstrip().rsplit("\n", 1)[-1]
+        marks: list[Any] = []
+        if m := re.fullmatch(r"<!-- not run: (.*) -->", before):
+            marks.append(pytest.mark.skip(reason=f"docs/cli.md: not run: {m[1]}"))
+        elif m := re.fullmatch(r"<!-- needs: ([\w.]+) -->", before):
+            missing = importlib.util.find_spec(m[1]) is None
+            marks.append(pytest.mark.skipif(missing, reason=f"{m[1]} is not installed"))
+        params.append(pytest.param(body, marks=marks, id=ident))
+    return params
+
+
 def _needs(command: str) -> None:
     for program in re.findall(r"(?:^|[|;(&]\s*)([\w.-]+)", command):
         if program not in {"utcp", "python3", "umask"} and not shutil.which(program):
@@ -368,7 +387,7 @@ def test_cli_md_has_the_blocks_these_tests_run() -> None:
     assert any("&" in block for block in SH_BLOCKS)
 
 
-@pytest.mark.parametrize("block", SH_BLOCKS, ids=_ids(SH_BLOCKS))
+@pytest.mark.parametrize("block", _params("sh"))
 def test_cli_md_sh_block_runs_as_written(block: str, tmp_path: Path) -> None:
     steps = []
     for raw in block.splitlines():
@@ -401,7 +420,7 @@ def test_cli_md_sh_block_runs_as_written(block: str, tmp_path: Path) -> None:
                 assert member.read() == (ns.workdir / "somedir" / "notes.txt").read_bytes()
 
 
-@pytest.mark.parametrize("block", CONSOLE_BLOCKS, ids=_ids(CONSOLE_BLOCKS))
+@pytest.mark.parametrize("block", _params("console"))
 def test_cli_md_console_block_prints_what_it_shows(block: str, tmp_path: Path) -> None:
     steps: list[tuple[str, str, list[str]]] = []
     for raw in block.splitlines():
