@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import sys
 import threading
 
@@ -17,9 +18,15 @@ import utcp
 
 
 def read_stdin(loop: asyncio.AbstractEventLoop, lines: asyncio.Queue[bytes]) -> None:
-    """A daemon thread: blocking reads work for a terminal, a pipe and a file alike."""
-    for line in iter(sys.stdin.buffer.readline, b""):
-        loop.call_soon_threadsafe(lines.put_nowait, line)
+    """A daemon thread: blocking reads work for a terminal, a pipe and a file alike.
+
+    It reads the file descriptor with os.read, not sys.stdin.buffer: when the server
+    goes away first, the program exits with this thread still blocked in a read, and a
+    thread blocked inside a buffered reader holds its lock, which the interpreter's
+    shutdown then needs ("Fatal Python error: _enter_buffered_busy", an abort).
+    """
+    while chunk := os.read(sys.stdin.fileno(), 65536):
+        loop.call_soon_threadsafe(lines.put_nowait, chunk)
     loop.call_soon_threadsafe(lines.put_nowait, b"")  # EOF
 
 

@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -108,6 +109,26 @@ def test_chat() -> None:
         assert not any(line.startswith("alice:") for line in alice.lines["stdout"])
         assert not any(line.startswith("bob:") for line in bob.lines["stdout"])
     no_traceback(server, alice, bob)
+
+
+def test_chat_client_ends_cleanly_when_the_server_is_stopped() -> None:
+    """Ctrl-C on the server with a client connected and typing nothing: the client reads
+    EOF and exits 0, its stdin thread still blocked in a read (it used to abort the
+    interpreter at exit: "Fatal Python error: _enter_buffered_busy")."""
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:  # inherited by the server
+        pytest.skip("SIGINT is ignored in this process (a background job?): no Ctrl-C")
+    port = free_port()
+    with contextlib.ExitStack() as stack:
+        server = stack.enter_context(background(example("chat_server.py", str(port))))
+        server.wait_for(rf"chat server on udp 127\.0\.0\.1 port {port}")
+        client = stack.enter_context(background(example("chat_client.py", str(port), "zed"),
+                                                stdin=subprocess.PIPE))
+        client.wait_for(r"^\* welcome zed; here: nobody yet$")
+        server.popen.send_signal(signal.SIGINT)
+        assert server.wait() == 0, server.output()
+        assert client.wait() == 0, client.output()
+        assert not any("Fatal Python error" in line for line in client.lines["stderr"])
+    no_traceback(server, client)
 
 
 # ---------------------------------------------------------------------- file transfer
