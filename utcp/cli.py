@@ -24,7 +24,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -840,6 +840,17 @@ def _report_interval(flows: list[Flow], t0: float, t1: float, as_json: bool,
             "start": t0, "end": t1}
 
 
+async def _serve_until_stopped(server: Any, worker: workers.Worker | None,
+                               served: Callable[[], int]) -> None:
+    """Serve until cancelled; a worker then tells its parent how much it did."""
+    try:
+        async with server:
+            await server.serve_forever()
+    finally:
+        if worker is not None:
+            worker.say(f"served {served()} connections")
+
+
 async def perf_server(host: str, port: int, config: utcp.Config, *,
                       ready: asyncio.Future[int] | None = None, quiet: bool = False,
                       worker: workers.Worker | None = None) -> None:
@@ -863,12 +874,7 @@ async def perf_server(host: str, port: int, config: utcp.Config, *,
         ready.set_result(bound)
     if not quiet and worker is None:
         _say(sys.stdout, f"Server listening on udp {host} port {bound} (utcp)", flush=True)
-    try:
-        async with server:
-            await server.serve_forever()
-    finally:
-        if worker is not None:
-            worker.say(f"served {served} connections")
+    await _serve_until_stopped(server, worker, lambda: served)
 
 
 async def _perf(args: argparse.Namespace, config: utcp.Config) -> int:
@@ -1104,12 +1110,7 @@ async def _tunnel(args: argparse.Namespace, config: utcp.Config,
     bound = server.sockets[0].getsockname()[1]
     if worker is None:
         _say(sys.stdout, f"utcp tunnel: listening on {kind} {host} port {bound}", flush=True)
-    try:
-        async with server:
-            await server.serve_forever()
-    finally:
-        if worker is not None:
-            worker.say(f"served {served} connections")
+    await _serve_until_stopped(server, worker, lambda: served)
     return 0
 
 
