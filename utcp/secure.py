@@ -236,8 +236,7 @@ class SecureLayer:
         """Stateless: a RST+ACK acknowledging the SYN, with option 254 carrying the
         cookie. Smaller than the SYN, so no amplification."""
         cookie = self.cookies.make(key, now)
-        option = bytes((254, crypto.COOKIE_OPTION_LEN)) + crypto.EXID.to_bytes(2, "big")
-        self._send(self._rst_for(header, option + cookie), key)
+        self._send(self._rst_for(header, _COOKIE_TAG + cookie), key)
         self.counters["secure mode: cookie replies sent"] += 1
 
     def _reset(self, header: bytes, key: Addr, *, plaintext_peer: bool = False) -> None:
