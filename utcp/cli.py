@@ -632,8 +632,10 @@ async def _perf_run(flows: list[Flow], host: str, port: int, *, duration: float 
             while not all(t.done() for t in tasks):
                 wake = min(last + every, start + omit) if omitting else last + every
                 timeout = None if wake == math.inf else max(wake - time.monotonic(), 0.0)
-                await asyncio.wait([*tasks, stopped], timeout=timeout,
-                                   return_when=asyncio.FIRST_COMPLETED)
+                # once stopped, `stopped` is done for good: waiting on it again would
+                # return at once and spin while the flows finish
+                await asyncio.wait([*tasks] if stop.is_set() else [*tasks, stopped],
+                                   timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
                 if stop.is_set() and reverse:
                     # the server sends until we go: what arrived so far is the result,
                     # and a reset (as iperf3 closes) stops the server's sending at once
@@ -993,9 +995,11 @@ def _join_group(sockets: Any, worker: workers.Worker, *, udp: bool = True) -> No
     """A worker's server is bound: steer the group by the client's port (see
     utcp.workers: a secure connection that moves to a new address stays on its worker),
     then tell the parent."""
-    if udp:
+    workers.reuse_port_sockets(sockets, worker.count, steer=False)  # raises if unshared
+    if udp and worker.count > 1:
         try:
-            workers.reuse_port_sockets(sockets, worker.count, steer=True)
+            for sock in sockets:
+                workers.steer_by_client_port(sock, worker.count)
         except OSError as exc:
             if worker.index == 0:
                 print(f"utcp: cannot steer by client port ({_describe(exc)}); the kernel's "

@@ -128,7 +128,8 @@ def _child(worker: Worker, main: WorkerMain) -> int:
     try:
         asyncio.run(run())
     except SystemExit as exc:
-        return exc.code if isinstance(exc.code, int) else 1
+        # sys.exit() and sys.exit(0) are success, as for any Python program
+        return 0 if exc.code is None else exc.code if isinstance(exc.code, int) else 1
     except KeyboardInterrupt:
         return 0  # Ctrl-C before the loop's handler was in place: a stop all the same
     except BaseException as exc:  # reported, then the process ends
