@@ -123,7 +123,8 @@ def test_user_timeout_counts_from_the_last_progress_through_answered_probes() ->
     every probe is answered (Linux 5.11's fix; before it utcp kept it forever)."""
     cfg = CFG.replace(user_timeout=10.0)
     s, conn, t0 = zero_window_client(cfg)
-    probe_times(s, conn, until=t0 + 10.0 - 1e-6, answer=True)
+    probes = probe_times(s, conn, until=t0 + 10.0 - 1e-6, answer=True)
+    assert len(probes) == 5, probes  # answered, and the timeout fires all the same
     assert conn.state is S.ESTABLISHED
     probe_times(s, conn, until=t0 + 10.0, answer=True)
     s.expect("R.", seq=conn.snd_max)

@@ -105,9 +105,12 @@ def test_a_full_secure_table_is_not_emptied_by_a_client_that_cannot_prove_its_ad
     spoofer.connect(SADDR, 5.0)
     (syn, _), = spoofer.datagrams_to_send(5.0)
     before = hub.server.counters["secure: handshakes accepted"]
+    cookies = hub.server.counters["secure mode: cookie replies sent"]
     for i in range(10):  # from addresses that never receive the cookie reply
         hub.server.receive_datagram(syn, (f"10.9.9.{i}", 6099), 5.0 + i / 10)
     hub.server.datagrams_to_send(6.0)
+    # each was answered with a cookie (not dropped as "queue full", the old lock-out)
+    assert hub.server.counters["secure mode: cookie replies sent"] == cookies + 10
     assert hub.server.counters["evicted idle connections"] == 0
     assert hub.server.counters["secure: handshakes accepted"] == before  # no DH work
     assert [c.state for c in idle] == [State.ESTABLISHED] * 2
@@ -176,6 +179,7 @@ def test_blind_datagrams_do_not_keep_a_dead_peers_connection_alive() -> None:
         hub.server.receive_datagram(stale, addr, now)  # the blind attacker's datagram
         for t in range(20):
             hub.pump(now + t)
+    assert server_conn.dropped_segments >= 1  # the blind datagrams reached it, refused
     assert server_conn.state is State.CLOSED, f"still {server_conn.state.name} at {now} s"
     assert isinstance(server_conn.error, TimeoutError)
     assert now <= 100.0

@@ -175,11 +175,13 @@ def test_no_path_mtu_probe_into_a_window_that_cannot_hold_it() -> None:
     s.inject("S.", PEER_ISN, OUR_ISN + 1, window=2000, options=wire.Options(mss=1460))
     s.expect(".", OUR_ISN + 1, PEER_ISN + 1)
     assert conn.pmtu is not None
+    assert conn.pmtu.next_size() == 1460  # a probe is wanted: only the window stops it
     conn.send(bytes(20_000))
     s.app()
     s.expect(ANY, OUR_ISN + 1, length=1000)
     s.expect(ANY, OUR_ISN + 1001, length=1000)
     s.expect_nothing()
+    assert conn.pmtu.probes_sent == 0
 
 
 def test_a_resend_after_a_timeout_is_not_held_back() -> None:

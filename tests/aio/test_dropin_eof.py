@@ -136,6 +136,10 @@ async def test_data_then_eof_written_at_once_reach_the_server(size: int, mode: s
                 assert await made[0].eof == data
                 await made[0].lost
                 check_order(made[0].calls, size)
+                if mode == "buffered" and size:
+                    # the last piece came through get_buffer(), not data_received alone
+                    last = [c[1] for c in made[0].calls if c[0] == "data"][-1]
+                    assert bytes(made[0].buf[:last]) == data[-last:]
                 assert client is not None
                 await client.eof  # the server closed after its EOF: the client hears it
                 await client.lost
