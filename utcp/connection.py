@@ -39,6 +39,8 @@ from utcp.rack import SACKED, SentLog
 from utcp.recovery import RttEstimator
 from utcp.state import CAN_SEND, SYNCHRONIZED, State, next_state
 from utcp.state import Event as Ev
+from utcp.timers import Timer as T
+from utcp.timers import Timers
 from utcp.wire import ACK, FIN, PSH, RST, SYN
 
 # RFC 6994 option 254, ExID "ut" (utcp.crypto.EXID), data 0x01: a secure-mode server
@@ -148,6 +150,7 @@ class _NoPieces(collections.deque[bytes | memoryview]):
 
 
 _NO_PIECES = _NoPieces()
+_TIMER_ORDER = tuple(T)  # priority order (utcp.timers)
 
 
 def window_scale_for(buffer: int) -> int:
@@ -167,7 +170,6 @@ class Connection:
     __slots__ = (
         "__dict__",
         "__weakref__",
-        "_ack_deadline",
         "_ack_now",
         "_challenge_window_start",
         "_challenges_in_window",
@@ -178,9 +180,7 @@ class Connection:
         "_fin_queued",
         "_fin_received",
         "_fin_seq",
-        "_idle_deadline",
         "_in_recovery",
-        "_keepalive_deadline",
         "_keepalive_sent",
         "_last_ack_sent",
         "_latest_ooo",
@@ -191,20 +191,17 @@ class Connection:
         "_ooo_bytes",
         "_out",
         "_persist_backoff",
-        "_persist_deadline",
         "_persist_since",
         "_probe_recovery",
         "_probes_out",
         "_rcvbuf",
         "_rcvbuf_len",
         "_recover",
-        "_reo_deadline",
         "_round_end",
         "_rto_recovery",
         "_rto_streak",
         "_rtt_seq",
         "_rtt_time",
-        "_rtx_deadline",
         "_sack_limit",
         "_sack_ok",
         "_sack_recovery",
@@ -214,14 +211,12 @@ class Connection:
         "_syn_retries",
         "_syn_time",
         "_syn_tsval",
-        "_tlp_deadline",
         "_tlp_resent",
         "_tlp_seq",
         "_ts_offset",
         "_ts_ok",
         "_ts_recent",
         "_ts_recent_time",
-        "_tw_deadline",
         "_unacked_segments",
         "_undo_cwnd",
         "_undo_expiry",
@@ -230,7 +225,6 @@ class Connection:
         "_undo_marker",
         "_undo_retrans",
         "_undo_ssthresh",
-        "_user_deadline",
         "_wscale_ok",
         "bytes_acked",
         "bytes_received",
@@ -284,6 +278,7 @@ class Connection:
         "state",
         "tail_loss_probes",
         "timeouts",
+        "timers",
     )
 
     def __init__(self, config: Config, *, local_port: int, remote_port: int,
@@ -344,24 +339,16 @@ class Connection:
         self._fin_received = False
 
         # timers (absolute deadlines on the caller's clock)
-        self._rtx_deadline: float | None = None
-        self._persist_deadline: float | None = None
-        self._ack_deadline: float | None = None
-        self._tw_deadline: float | None = None
-        self._keepalive_deadline: float | None = None
-        self._idle_deadline: float | None = None
-        self._user_deadline: float | None = None
+        self.timers = Timers()
         self._syn_retries = 0
         # set by secure mode: an unauthenticated refusal came (it may be forged, so it
         # does not end the connect); if the SYNs then run out, this is the error
         self.refusal_hint: str | None = None
         self._rto_streak = 0         # data/FIN timeouts in a row without progress
         self._round_end = 0          # snd_max when the current round trip began
-        self._tlp_deadline: float | None = None
         self._tlp_seq: int | None = None  # where the outstanding tail loss probe starts
         self.pacer: Pacer | None = Pacer() if config.pacing else None
         self._tlp_resent: tuple[int, int] | None = None  # what the last probe sent again
-        self._reo_deadline: float | None = None  # RACK's reordering timer (RFC 8985 §6.3)
         self.tail_loss_probes = 0
         self._persist_backoff = 0
         self._probes_out = 0         # zero-window probes the peer has not answered
@@ -440,7 +427,7 @@ class Connection:
     def connect(self, now: float) -> None:
         """Active open: send SYN (RFC 9293 §3.10.1)."""
         self._set_state(Ev.ACTIVE_OPEN)
-        self._rtx_deadline = now + self.rtt.rto
+        self.timers.arm(T.RTX, now + self.rtt.rto)
         self._touch()
 
     def accept_syn(self, segment: wire.Segment, now: float) -> None:
@@ -450,7 +437,7 @@ class Connection:
         self._now = now
         self._take_syn(segment)
         self._set_state(Ev.PASSIVE_OPEN)
-        self._rtx_deadline = now + self.rtt.rto
+        self.timers.arm(T.RTX, now + self.rtt.rto)
         self._last_activity(now)
         self._touch()
 
@@ -638,14 +625,11 @@ class Connection:
         return out
 
     def get_timer(self) -> float | None:
-        best: float | None = None
+        best = self.timers.earliest()
         pacer = self.pacer
-        for t in (self._rtx_deadline, self._persist_deadline, self._ack_deadline,
-                  self._tw_deadline, self._keepalive_deadline, self._idle_deadline,
-                  self._user_deadline, self._tlp_deadline, self._reo_deadline,
-                  pacer.deadline if pacer is not None else None):
-            if t is not None and (best is None or t < best):
-                best = t
+        if pacer is not None and pacer.deadline is not None and (
+                best is None or pacer.deadline < best):
+            return pacer.deadline
         return best
 
     def stats(self) -> Stats:
@@ -666,6 +650,7 @@ class Connection:
     # --------------------------------------------------------------------- timers
 
     def handle_timer(self, now: float) -> None:
+        """Serve every due timer, in `Timer` order, until one ends the connection."""
         if self.state == State.CLOSED:
             return
         self._now = now
@@ -673,46 +658,55 @@ class Connection:
         pacer = self.pacer
         if pacer is not None and pacer.deadline is not None and now >= pacer.deadline:
             pacer.deadline = None  # a paced segment's turn: _output sends it
-        if self._tw_deadline is not None and now >= self._tw_deadline:
-            self._tw_deadline = None
+        timers = self.timers
+        for timer in _TIMER_ORDER:
+            if timers.due(timer, now) and not self._fire(timer, now):
+                return
+
+    def _fire(self, timer: T, now: float) -> bool:
+        """One due timer's action (each handler disarms or re-arms its own timer);
+        False once the connection is over."""
+        if timer is T.TIME_WAIT:
+            self.timers.cancel(T.TIME_WAIT)
             self._set_state(Ev.TIMEOUT_2MSL)
             self._terminate(None)
-            return
-        if self._user_deadline is not None and now >= self._user_deadline:
+        elif timer is T.USER:
             self._fail(TimeoutError("the peer's window stayed shut for user_timeout"
                                     if self._persist_since is not None else
                                     "no acknowledgment within user_timeout"), send_rst=True)
-            return
-        if (self._rtx_deadline is not None and now >= self._rtx_deadline
-                and not self._on_retransmission_timeout(now)):
-            return
-        if self._reo_deadline is not None and now >= self._reo_deadline:
+        elif timer is T.RTX:
+            self._on_retransmission_timeout(now)
+        elif timer is T.REORDER:
             self._on_reorder_timeout(now)
-        if self._tlp_deadline is not None and now >= self._tlp_deadline:
+        elif timer is T.TLP:
             self._on_tail_loss_probe(now)
-        if (self._persist_deadline is not None and now >= self._persist_deadline
-                and not self._on_persist_timeout(now)):
-            return
-        if self._ack_deadline is not None and now >= self._ack_deadline:
-            self._ack_deadline = None
+        elif timer is T.PERSIST:
+            self._on_persist_timeout(now)
+        elif timer is T.ACK:
+            self.timers.cancel(T.ACK)
             self._ack_now = True
-        idle = self.config.idle_timeout
-        if self._idle_deadline is not None and now >= self._idle_deadline and idle is not None:
-            self._idle_deadline = None
-            if self.state in (State.ESTABLISHED, State.CLOSE_WAIT):
-                if log.enabled():
-                    log.emit("idle_timeout", conn=self.name)
-                self.close()
-                # the FIN may be unable to leave (a shut window holds back the data before
-                # it): one more idle_timeout without a segment ends the connection
-                self._idle_deadline = now + idle
-            elif self.state in (State.FIN_WAIT_1, State.FIN_WAIT_2, State.CLOSING,
-                                State.LAST_ACK):
-                # we have closed and the peer has gone quiet: nothing graceful is left
-                self._fail(TimeoutError("idle timeout while closing"), send_rst=True)
-                return
-        if self._keepalive_deadline is not None and now >= self._keepalive_deadline:
+        elif timer is T.IDLE:
+            self._on_idle_timeout(now)
+        else:
             self._on_keepalive(now)
+        return self.state != State.CLOSED
+
+    def _on_idle_timeout(self, now: float) -> None:
+        self.timers.cancel(T.IDLE)
+        idle = self.config.idle_timeout
+        if idle is None:
+            return
+        if self.state in (State.ESTABLISHED, State.CLOSE_WAIT):
+            if log.enabled():
+                log.emit("idle_timeout", conn=self.name)
+            self.close()
+            # the FIN may be unable to leave (a shut window holds back the data before
+            # it): one more idle_timeout without a segment ends the connection
+            self.timers.arm(T.IDLE, now + idle)
+        elif self.state in (State.FIN_WAIT_1, State.FIN_WAIT_2, State.CLOSING,
+                            State.LAST_ACK):
+            # we have closed and the peer has gone quiet: nothing graceful is left
+            self._fail(TimeoutError("idle timeout while closing"), send_rst=True)
 
     def _on_retransmission_timeout(self, now: float) -> bool:
         """Retransmit or give up; False when the connection is over."""
@@ -734,10 +728,10 @@ class Connection:
                 log.emit("rto", conn=self.name, state=self.state.name, rto=self.rtt.rto,
                          snd_una=self.snd_una)
             self.snd_nxt = self.iss  # resend the SYN (or SYN+ACK) from _output
-            self._rtx_deadline = now + self.rtt.rto
+            self.timers.arm(T.RTX, now + self.rtt.rto)
             return True
         if self.snd_una == self.snd_max:
-            self._rtx_deadline = None
+            self.timers.cancel(T.RTX)
             return True
         self._rto_streak += 1
         if self._rto_streak > self.config.max_retransmissions:
@@ -773,25 +767,25 @@ class Connection:
             # segment, and all sent longer than RACK.rtt + reo_wnd ago), SACKed data
             # not again, in slow start; RACK keeps finding lost retransmissions
             self.rack.on_timeout(now, self.rack.reo_wnd(True, self.rtt.srtt))
-            self._reo_deadline = None
+            self.timers.cancel(T.REORDER)
             self._in_recovery = self._sack_recovery = self._rto_recovery = True
             self._probe_recovery = False
             self._recover = self.snd_max
             self._dupacks = 0
             self._send_sack_recovery(now, first=True)
-            self._rtx_deadline = now + self.rtt.rto
+            self.timers.arm(T.RTX, now + self.rtt.rto)
             return True
         # Without SACK, or if the receiver dropped data it had SACKed (the head is SACKed:
         # it reneged): go back to snd_una and forget the SACKs (RFC 2018 §8)
         self.scoreboard.clear()
         self.rack.reset()
-        self._reo_deadline = None
+        self.timers.cancel(T.REORDER)
         self._sack_recovery = self._rto_recovery = False
         self._in_recovery = False
         self._recover = self.snd_max
         self._dupacks = 0
         self.snd_nxt = self.snd_una
-        self._rtx_deadline = now + self.rtt.rto
+        self.timers.arm(T.RTX, now + self.rtt.rto)
         return True
 
     def _arm_tail_loss_probe(self, now: float) -> None:
@@ -799,7 +793,7 @@ class Connection:
         srtt = self.rtt.srtt
         if (not self._sack_ok or srtt is None or self._in_recovery or self._tlp_seq is not None
                 or self.state not in (State.ESTABLISHED, State.CLOSE_WAIT)):
-            self._tlp_deadline = None
+            self.timers.cancel(T.TLP)
             return
         pto = 2 * srtt
         if self.snd_max - self.snd_una <= self.snd_mss:
@@ -807,13 +801,16 @@ class Connection:
             pto = max(pto, 1.5 * srtt + WORST_CASE_DELAYED_ACK)
         pto = max(pto, 0.01)
         deadline = now + pto
-        rto_at = self._rtx_deadline
-        self._tlp_deadline = deadline if rto_at is None or deadline < rto_at else None
+        rto_at = self.timers.get(T.RTX)
+        if rto_at is None or deadline < rto_at:
+            self.timers.arm(T.TLP, deadline)
+        else:
+            self.timers.cancel(T.TLP)
 
     def _on_tail_loss_probe(self, now: float) -> None:
         """RFC 8985 §7.3: send one new segment if there is one, else the last again, so
         that its acknowledgment shows what the tail lost; the RTO stays as a backstop."""
-        self._tlp_deadline = None
+        self.timers.cancel(T.TLP)
         if (self._in_recovery or self.snd_una >= self.snd_max
                 or self.state not in (State.ESTABLISHED, State.CLOSE_WAIT)):
             return
@@ -843,24 +840,24 @@ class Connection:
             elif self._fin_queued and not self._fin_acked:
                 self._tlp_seq = data_end
                 self._send_data(data_end, 0, now, fin=True)
-        self._rtx_deadline = now + self.rtt.rto
+        self.timers.arm(T.RTX, now + self.rtt.rto)
 
     def _on_reorder_timeout(self, now: float) -> None:
         """RFC 8985 §6.3: segments RACK held back for reordering are now overdue."""
-        self._reo_deadline = None
+        self.timers.cancel(T.REORDER)
         if self.snd_una >= self.snd_max or self.state not in SYNCHRONIZED:
             return
         self._rack_detect(now)
         if not self._in_recovery and self.snd_una >= self._recover \
                 and self.rack.next_lost() is not None:
             self._enter_recovery(now)
-        elif self._reo_deadline is None and self._tlp_deadline is None:
+        elif not self.timers.armed(T.REORDER) and not self.timers.armed(T.TLP):
             self._arm_tail_loss_probe(now)
 
     def _on_persist_timeout(self, now: float) -> bool:
         """A zero-window probe, or the override of sender SWS avoidance when the window
         is open but small; False when the connection is over."""
-        self._persist_deadline = None
+        self.timers.cancel(T.PERSIST)
         if not self.unsent or self.snd_nxt != self.snd_una:
             return True
         if self.snd_wnd:
@@ -889,12 +886,12 @@ class Connection:
         self._emit(self.snd_una - 1, 0, ACK)
         self._probes_out += 1
         self._persist_backoff = min(self._persist_backoff + 1, 16)
-        self._persist_deadline = now + min(self.rtt.rto * (1 << self._persist_backoff),
-                                           self.config.rto_max)
+        self.timers.arm(T.PERSIST, now + min(self.rtt.rto * (1 << self._persist_backoff),
+                                             self.config.rto_max))
         return True
 
     def _on_keepalive(self, now: float) -> None:
-        self._keepalive_deadline = None
+        self.timers.cancel(T.KEEPALIVE)
         interval = self.config.keepalive_interval
         if interval is None or self.state not in SYNCHRONIZED or self.state == State.TIME_WAIT:
             return
@@ -902,7 +899,7 @@ class Connection:
             # Data to deliver: the retransmission and persist timers judge the peer (as
             # Linux's tcp_keepalive_timer), and a path that is down for a minute while
             # they back off must not end the connection sooner than they would.
-            self._keepalive_deadline = now + interval
+            self.timers.arm(T.KEEPALIVE, now + interval)
             return
         if self._keepalive_sent >= self.config.keepalive_probes:
             self._fail(TimeoutError("keepalive probes unanswered"), send_rst=True)
@@ -911,7 +908,7 @@ class Connection:
         self._emit(self.snd_una - 1, 0, ACK)
         # TCP_KEEPINTVL after TCP_KEEPIDLE: probes close together once one goes
         # unanswered, so a dead peer is noticed soon after the idle time, not probes x it
-        self._keepalive_deadline = now + min(interval, self.config.keepalive_probe_interval)
+        self.timers.arm(T.KEEPALIVE, now + min(interval, self.config.keepalive_probe_interval))
 
     # --------------------------------------------------------------------- input
 
@@ -950,8 +947,8 @@ class Connection:
             self._unacked_segments += 1
             if self._unacked_segments >= 2:
                 self._ack_now = True
-            elif self._ack_deadline is None:
-                self._ack_deadline = now + self.config.ack_delay
+            elif not self.timers.armed(T.ACK):
+                self.timers.arm(T.ACK, now + self.config.ack_delay)
             self._last_activity(now)
             return
         if self.state == State.SYN_SENT:
@@ -999,7 +996,7 @@ class Connection:
             # simultaneous open (RFC 9293 §3.5, figure 8): answer with SYN+ACK
             self._set_state(Ev.RCV_SYN)
             self.snd_nxt = self.iss
-            self._rtx_deadline = now + self.rtt.rto
+            self.timers.arm(T.RTX, now + self.rtt.rto)
 
     def _take_syn(self, seg: wire.Segment) -> None:
         """Record what the peer's SYN tells us: its ISN, MSS and window scale."""
@@ -1036,7 +1033,7 @@ class Connection:
         if self._syn_retries == 0:
             self.rtt.sample(now - self._syn_time)
             self.rack.on_rtt_sample(now - self._syn_time, now)
-        self._rtx_deadline = None
+        self.timers.cancel(T.RTX)
         self._syn_retries = 0
         self._last_activity(now)
 
@@ -1110,7 +1107,7 @@ class Connection:
                         and self._ack_acceptable(seg)):
                     # RFC 9293: the peer's FIN again restarts 2MSL; only that FIN, else
                     # blind FINs at any sequence number would hold TIME_WAIT forever
-                    self._tw_deadline = now + 2 * self.config.msl
+                    self.timers.arm(T.TIME_WAIT, now + 2 * self.config.msl)
             self._drop("outside window")
             return
 
@@ -1324,16 +1321,18 @@ class Connection:
                     self._undo_marker = None
             self._dupacks = 0
             self._rto_streak = 0
-            self._user_deadline = None
+            self.timers.cancel(T.USER)
             self._last_activity(now)  # progress: not idle, even if all we send is resends
             self._tlp_seq = None  # progress ends a probe episode
             if self.snd_una < self.snd_max:
-                self._rtx_deadline = now + self.rtt.rto  # RFC 6298 §5.3
+                self.timers.arm(T.RTX, now + self.rtt.rto)  # RFC 6298 §5.3
                 if self.config.user_timeout is not None:
-                    self._user_deadline = now + self.config.user_timeout
+                    self.timers.arm(T.USER, now + self.config.user_timeout)
                 self._arm_tail_loss_probe(now)
             else:
-                self._rtx_deadline = self._tlp_deadline = self._reo_deadline = None
+                self.timers.cancel(T.RTX)
+                self.timers.cancel(T.TLP)
+                self.timers.cancel(T.REORDER)
             self._persist_backoff = 0
         elif (ack == self.snd_una and self.snd_una < self.snd_max and text_len == 0
               and not seg.flags & (FIN | SYN) and (seg.window << self.snd_wscale) == self.snd_wnd):
@@ -1363,14 +1362,16 @@ class Connection:
         rack = self.rack
         _, timeout = rack.detect_loss(now, rack.reo_wnd(self._in_recovery, self.rtt.srtt))
         if timeout > 0:
-            self._reo_deadline = deadline = now + timeout
-            self._tlp_deadline = None  # RACK will decide first (RFC 8985 §7.2)
-            if self._rtx_deadline is not None and self._rtx_deadline <= deadline:
+            deadline = now + timeout
+            self.timers.arm(T.REORDER, deadline)
+            self.timers.cancel(T.TLP)  # RACK will decide first (RFC 8985 §7.2)
+            rto_at = self.timers.get(T.RTX)
+            if rto_at is not None and rto_at <= deadline:
                 # nor may the RTO come first: while RACK waits out reordering the
                 # timeout waits too (Linux's timer slot holds one or the other)
-                self._rtx_deadline = deadline + REO_BEFORE_RTO
+                self.timers.arm(T.RTX, deadline + REO_BEFORE_RTO)
         else:
-            self._reo_deadline = None
+            self.timers.cancel(T.REORDER)
 
     def _open_undo_episode(self, fast: bool) -> None:
         self._undo_marker = self.snd_una
@@ -1456,7 +1457,7 @@ class Connection:
             n = min(self._payload_room(), lost_end - seq, data_end - seq)
             self._send_data(seq, n, now, fin=False)
             seq += n
-        self._rtx_deadline = now + self.rtt.rto
+        self.timers.arm(T.RTX, now + self.rtt.rto)
 
     def _retransmit_first(self, now: float) -> None:
         """Resend the first unacknowledged segment without rewinding snd_nxt."""
@@ -1466,7 +1467,7 @@ class Connection:
             self._send_data(self.snd_una, n, now, fin=False)
         elif self._fin_queued and not self._fin_acked:
             self._send_data(self.snd_una, 0, now, fin=True)
-        self._rtx_deadline = now + self.rtt.rto
+        self.timers.arm(T.RTX, now + self.rtt.rto)
 
     def _update_window(self, seg: wire.Segment, seg_seq: int, ack: int,
                        force: bool = False) -> None:
@@ -1482,7 +1483,7 @@ class Connection:
                 self.max_snd_wnd = self.snd_wnd
             self._probes_out = 0  # the peer answers (a probe, or anything newer)
             if self.snd_wnd:
-                self._persist_deadline = None
+                self.timers.cancel(T.PERSIST)
 
     def _receive_text(self, seg_seq: int, payload: bytes | memoryview) -> bool:
         """Take in-window text; False if its tail (and so any FIN after it) was cut off."""
@@ -1546,8 +1547,8 @@ class Connection:
             self._ooo.insert(i, item)
             self._ooo_bytes += len(payload)
             self._emit(self.snd_max, 0, ACK)
-        if not self._ack_now and self._ack_deadline is None:
-            self._ack_deadline = self._now + self.config.ack_delay
+        if not self._ack_now and not self.timers.armed(T.ACK):
+            self.timers.arm(T.ACK, self._now + self.config.ack_delay)
         return complete
 
     def _drain_ooo(self) -> None:
@@ -1624,13 +1625,14 @@ class Connection:
 
     def _defer_ack(self, now: float) -> None:
         """ACK at the next timer service, unless a segment leaving before carries it."""
-        if not self._ack_now and (self._ack_deadline is None or self._ack_deadline > now):
-            self._ack_deadline = now
+        ack_at = self.timers.get(T.ACK)
+        if not self._ack_now and (ack_at is None or ack_at > now):
+            self.timers.arm(T.ACK, now)
 
     def _enter_time_wait(self, now: float) -> None:
-        self._tw_deadline = now + 2 * self.config.msl
-        self._rtx_deadline = self._persist_deadline = self._idle_deadline = None
-        self._keepalive_deadline = self._user_deadline = None
+        self.timers.arm(T.TIME_WAIT, now + 2 * self.config.msl)
+        for timer in (T.RTX, T.PERSIST, T.IDLE, T.KEEPALIVE, T.USER):
+            self.timers.cancel(timer)
 
     # --------------------------------------------------------------------- output
 
@@ -1685,15 +1687,15 @@ class Connection:
             self.local_port, self.remote_port, sq.wrap(self.iss), ack, flags, window,
             options=opts)))
         self.segments_sent += 1
-        if self._rtx_deadline is None:
-            self._rtx_deadline = now + self.rtt.rto
+        if not self.timers.armed(T.RTX):
+            self.timers.arm(T.RTX, now + self.rtt.rto)
 
     def _send_new_data(self, now: float) -> None:
         if self._persist_since is not None and self.snd_wnd:
             # the window opened: progress, so what goes now gets a fresh user_timeout
             self._persist_since = None
             if self.snd_una == self.snd_max:
-                self._user_deadline = None
+                self.timers.cancel(T.USER)
         data_end = self._snd_base + len(self._sndbuf)
         snd_max = self.snd_max
         mss = self._payload_room()
@@ -1758,24 +1760,24 @@ class Connection:
                 self.snd_max = self.snd_nxt
         if pacer is not None:
             pacer.spent(credit)
-        if self.snd_max > snd_max and self._reo_deadline is None:
+        if self.snd_max > snd_max and not self.timers.armed(T.REORDER):
             # RFC 8985 §7.2: restart the probe timer after new data, for the whole
             # flight (armed at the burst's first segment, it took that for a lone one)
             self._arm_tail_loss_probe(now)
-        if sws_held and self.snd_nxt == self.snd_una and self._persist_deadline is None:
-            self._persist_deadline = now + min(self.rtt.rto, SWS_OVERRIDE_MAX)
+        if sws_held and self.snd_nxt == self.snd_una and not self.timers.armed(T.PERSIST):
+            self.timers.arm(T.PERSIST, now + min(self.rtt.rto, SWS_OVERRIDE_MAX))
         # zero window with data waiting and nothing in flight: probe until it opens
         if (self.unsent and self.snd_nxt == self.snd_una and self.snd_wnd == 0
-                and self._persist_deadline is None):
-            self._persist_deadline = now + self.rtt.rto
+                and not self.timers.armed(T.PERSIST)):
+            self.timers.arm(T.PERSIST, now + self.rtt.rto)
             if self._persist_since is None:
                 # the last progress was now (the ACK that shut the window, or the
                 # application's data meeting a shut one): TCP_USER_TIMEOUT counts from
                 # here whether or not the peer answers the probes (Linux 5.11's
                 # icsk_probes_tstamp)
                 self._persist_since = now
-                if self.config.user_timeout is not None and self._user_deadline is None:
-                    self._user_deadline = now + self.config.user_timeout
+                if self.config.user_timeout is not None and not self.timers.armed(T.USER):
+                    self.timers.arm(T.USER, now + self.config.user_timeout)
 
     def _send_sack_recovery(self, now: float, first: bool = False) -> None:
         """RFC 6675 §5 steps (C)/(D), with RACK's marks for IsLost() (RFC 8985): while
@@ -1802,7 +1804,7 @@ class Connection:
                 if start == self.snd_una:
                     # the timeout counts from the first segment's latest transmission
                     # (as Linux's tcp_rearm_rto), not from an ACK that came before it
-                    self._rtx_deadline = now + self.rtt.rto
+                    self.timers.arm(T.RTX, now + self.rtt.rto)
                 stop = min(end, data_end)
                 seq = start
                 while seq < stop:
@@ -1835,7 +1837,7 @@ class Connection:
             pipe += n
         if pacer is not None:
             pacer.spent(credit)
-        self._rtx_deadline = self._rtx_deadline or now + self.rtt.rto
+        self.timers.arm_if_idle(T.RTX, now + self.rtt.rto)
 
     def _pacing_credit(self, now: float) -> float:
         """Bytes the pacer lets leave now (`utcp.pacing`); inf when pacing is off."""
@@ -1883,25 +1885,25 @@ class Connection:
             if self._rtt_seq is None:
                 self._rtt_seq = seq
                 self._rtt_time = now
-            if self._tlp_deadline is None:
+            if not self.timers.armed(T.TLP):
                 self._arm_tail_loss_probe(now)
         if self._sack_ok and (n or fin):
             self.rack.sent(seq, seq + n + (1 if fin else 0), now, retransmit)
         self._emit(seq, n, flags, payload=payload)
         if isinstance(payload, memoryview):
             payload.release()
-        if self._rtx_deadline is None:
-            self._rtx_deadline = now + self.rtt.rto
-            if self.config.user_timeout is not None and self._user_deadline is None:
-                self._user_deadline = now + self.config.user_timeout
+        if not self.timers.armed(T.RTX):
+            self.timers.arm(T.RTX, now + self.rtt.rto)
+            if self.config.user_timeout is not None and not self.timers.armed(T.USER):
+                self.timers.arm(T.USER, now + self.config.user_timeout)
         if n or fin:
-            idle = self._idle_deadline
+            idle = self.timers.get(T.IDLE)
             self._last_activity(now)
             if retransmit and idle is not None:
                 # resending to a peer that has gone quiet is no activity: idle_timeout
                 # still ends it (in FIN_WAIT_1, CLOSING, LAST_ACK too), not only
                 # max_retransmissions backed off to rto_max
-                self._idle_deadline = idle
+                self.timers.arm(T.IDLE, idle)
 
     def _emit(self, seq: int, n: int, flags: int, payload: bytes | memoryview = b"",
               raw_seq: bool = False) -> None:
@@ -1913,7 +1915,7 @@ class Connection:
             window = self._window_field()
             self._ack_now = False
             self._unacked_segments = 0
-            self._ack_deadline = None
+            self.timers.cancel(T.ACK)
         options = b""
         if flags & ACK:
             self._last_ack_sent = self.rcv_nxt
@@ -2056,9 +2058,7 @@ class Connection:
 
     def _terminate(self, error: Exception | None) -> None:
         self.error = error
-        self._rtx_deadline = self._persist_deadline = self._ack_deadline = None
-        self._tw_deadline = self._keepalive_deadline = self._idle_deadline = None
-        self._user_deadline = self._tlp_deadline = self._reo_deadline = None
+        self.timers.cancel_all()
         if self.pacer is not None:
             self.pacer.deadline = None
         self._ack_now = False
@@ -2111,9 +2111,9 @@ class Connection:
     def _last_activity(self, now: float) -> None:
         if self.config.idle_timeout is not None and self.state not in (
                 State.TIME_WAIT, State.CLOSED):
-            self._idle_deadline = now + self.config.idle_timeout
+            self.timers.arm(T.IDLE, now + self.config.idle_timeout)
         if self.config.keepalive_interval is not None and self.state in SYNCHRONIZED:
-            self._keepalive_deadline = now + self.config.keepalive_interval
+            self.timers.arm(T.KEEPALIVE, now + self.config.keepalive_interval)
 
     def _heard(self, now: float) -> None:
         """The peer is alive: a segment passed the window and ACK checks. Keepalive
@@ -2121,7 +2121,7 @@ class Connection:
         even a blind one out of the window, kept a dead peer's connection forever."""
         self._keepalive_sent = 0
         if self.config.keepalive_interval is not None:
-            self._keepalive_deadline = now + self.config.keepalive_interval
+            self.timers.arm(T.KEEPALIVE, now + self.config.keepalive_interval)
 
     def _touch(self) -> None:
         if self._notify is not None:
