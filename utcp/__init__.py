@@ -14,8 +14,8 @@ from utcp.aio.api import (
 )
 from utcp.aio.transport import UtcpTransport
 from utcp.config import Config
-from utcp.connection import Stats
 from utcp.state import State
+from utcp.stats import Stats
 
 __all__ = [
     "Config",

@@ -20,7 +20,6 @@ import secrets
 import struct
 from bisect import bisect_left
 from collections.abc import Callable
-from dataclasses import dataclass
 
 from utcp import congestion, log, sack, wire
 from utcp import seq as sq
@@ -39,6 +38,7 @@ from utcp.rack import SACKED, SentLog
 from utcp.recovery import RttEstimator
 from utcp.state import CAN_SEND, SYNCHRONIZED, State, next_state
 from utcp.state import Event as Ev
+from utcp.stats import Counters, Stats
 from utcp.timers import Timer as T
 from utcp.timers import Timers
 from utcp.wire import ACK, FIN, PSH, RST, SYN
@@ -64,36 +64,6 @@ MIN_SEGMENT = 36  # Linux's floor for a segment bounded by half the window (68 -
 # without the window opening before it is given up, however the peer answers
 ORPHAN_PROBES = 8
 _GLUE_BELOW = 16384  # read_pieces glues received pieces smaller than this into one
-
-
-@dataclass(frozen=True, slots=True)
-class Stats:
-    """A snapshot in the spirit of Linux's TCP_INFO (docs/protocol.md §1)."""
-
-    state: State
-    mss: int
-    srtt: float | None
-    rttvar: float | None
-    rto: float
-    cwnd: int
-    ssthresh: int | None
-    snd_wnd: int
-    rcv_wnd: int
-    bytes_sent: int
-    bytes_acked: int
-    bytes_received: int
-    bytes_retransmitted: int
-    segments_sent: int
-    segments_received: int
-    segments_retransmitted: int
-    dup_acks_received: int
-    fast_retransmits: int
-    timeouts: int
-    ooo_segments_received: int
-    dropped_segments: int
-    challenge_acks: int
-    congestion: str
-    pacing_rate: float | None  # bytes per second; None when not pacing
 
 
 # Real memory a received piece costs beyond its payload, measured with tracemalloc on
@@ -226,20 +196,10 @@ class Connection:
         "_undo_retrans",
         "_undo_ssthresh",
         "_wscale_ok",
-        "bytes_acked",
-        "bytes_received",
-        "bytes_retransmitted",
-        "bytes_sent",
         "cc",
-        "challenge_acks",
-        "challenge_acks_suppressed",
         "config",
-        "dropped_segments",
-        "dsacks_received",
-        "dup_acks_received",
+        "counters",
         "error",
-        "fast_retransmits",
-        "fins_ignored",
         "irs",
         "iss",
         "local_port",
@@ -247,11 +207,9 @@ class Connection:
         "max_snd_wnd",
         "memory_budget",
         "name",
-        "ooo_segments_received",
         "orphaned",
         "pacer",
         "passive",
-        "paws_drops",
         "peer",
         "pmtu",
         "rack",
@@ -263,9 +221,6 @@ class Connection:
         "remote_port",
         "rtt",
         "scoreboard",
-        "segments_received",
-        "segments_retransmitted",
-        "segments_sent",
         "snd_max",
         "snd_mss",
         "snd_nxt",
@@ -274,10 +229,7 @@ class Connection:
         "snd_wl2",
         "snd_wnd",
         "snd_wscale",
-        "spurious_recoveries",
         "state",
-        "tail_loss_probes",
-        "timeouts",
         "timers",
     )
 
@@ -349,7 +301,6 @@ class Connection:
         self._tlp_seq: int | None = None  # where the outstanding tail loss probe starts
         self.pacer: Pacer | None = Pacer() if config.pacing else None
         self._tlp_resent: tuple[int, int] | None = None  # what the last probe sent again
-        self.tail_loss_probes = 0
         self._persist_backoff = 0
         self._probes_out = 0         # zero-window probes the peer has not answered
         self._persist_since: float | None = None  # when the window shut (no progress since)
@@ -383,15 +334,12 @@ class Connection:
         self._ts_recent = 0          # TS.Recent: the peer's latest valid TSval
         self._ts_recent_time = 0.0
         self._last_ack_sent = 0      # Last.ACK.sent (RFC 7323 §4.3)
-        self.paws_drops = 0
-        self.fins_ignored = 0        # FINs contradicted by data or by another FIN
         self._latest_ooo = 0
         self.scoreboard = sack.Scoreboard()
         self.rack = SentLog()        # segments in flight and RACK's loss detection (SACK only)
         self._sack_recovery = False
         self._rto_recovery = False   # the SACK recovery is a timeout's (in slow start)
         self._dsack: tuple[int, int] | None = None  # a duplicate to report (RFC 2883)
-        self.dsacks_received = 0
         # Undoing a needless loss response (DSACK-based, as Linux's undo_retrans): the
         # window before it, and the retransmissions of this episode not yet reported
         # as duplicates by the receiver. None when no episode is open.
@@ -402,23 +350,8 @@ class Connection:
         self._undo_fast = False               # a fast recovery (else a timeout)
         self._undo_cwnd = 0
         self._undo_ssthresh: int | None = None
-        self.spurious_recoveries = 0
 
-        # counters for Stats
-        self.bytes_sent = 0
-        self.bytes_acked = 0
-        self.bytes_received = 0
-        self.bytes_retransmitted = 0
-        self.segments_sent = 0
-        self.segments_received = 0
-        self.segments_retransmitted = 0
-        self.dup_acks_received = 0
-        self.fast_retransmits = 0
-        self.timeouts = 0
-        self.ooo_segments_received = 0
-        self.dropped_segments = 0
-        self.challenge_acks = 0
-        self.challenge_acks_suppressed = 0
+        self.counters = Counters()
         self._challenge_window_start = -1e18
         self._challenges_in_window = 0
 
@@ -633,19 +566,24 @@ class Connection:
         return best
 
     def stats(self) -> Stats:
+        c = self.counters
         return Stats(
             state=self.state, mss=self.snd_mss, srtt=self.rtt.srtt, rttvar=self.rtt.rttvar,
             rto=self.rtt.rto, cwnd=self.cc.cwnd, ssthresh=self.cc.ssthresh,
             snd_wnd=self.snd_wnd, rcv_wnd=max(self.rcv_adv - self.rcv_nxt, 0),
-            bytes_sent=self.bytes_sent, bytes_acked=self.bytes_acked,
-            bytes_received=self.bytes_received, bytes_retransmitted=self.bytes_retransmitted,
-            segments_sent=self.segments_sent, segments_received=self.segments_received,
-            segments_retransmitted=self.segments_retransmitted,
-            dup_acks_received=self.dup_acks_received, fast_retransmits=self.fast_retransmits,
-            timeouts=self.timeouts, ooo_segments_received=self.ooo_segments_received,
-            dropped_segments=self.dropped_segments, challenge_acks=self.challenge_acks,
+            bytes_sent=c.bytes_sent, bytes_acked=c.bytes_acked,
+            bytes_received=c.bytes_received, bytes_retransmitted=c.bytes_retransmitted,
+            segments_sent=c.segments_sent, segments_received=c.segments_received,
+            segments_retransmitted=c.segments_retransmitted,
+            dup_acks_received=c.dup_acks_received, fast_retransmits=c.fast_retransmits,
+            timeouts=c.timeouts, ooo_segments_received=c.ooo_segments_received,
+            dropped_segments=c.dropped_segments, challenge_acks=c.challenge_acks,
             congestion=self.cc.name,
-            pacing_rate=(self.pacer.rate or None) if self.pacer is not None else None)
+            pacing_rate=(self.pacer.rate or None) if self.pacer is not None else None,
+            tail_loss_probes=c.tail_loss_probes, spurious_recoveries=c.spurious_recoveries,
+            dsacks_received=c.dsacks_received, paws_drops=c.paws_drops,
+            fins_ignored=c.fins_ignored,
+            challenge_acks_suppressed=c.challenge_acks_suppressed)
 
     # --------------------------------------------------------------------- timers
 
@@ -710,7 +648,7 @@ class Connection:
 
     def _on_retransmission_timeout(self, now: float) -> bool:
         """Retransmit or give up; False when the connection is over."""
-        self.timeouts += 1
+        self.counters.timeouts += 1
         self.rtt.on_timeout()
         self._rtt_seq = None  # Karn: no sample from anything sent before
         if self.state in (State.SYN_SENT, State.SYN_RCVD):
@@ -814,7 +752,7 @@ class Connection:
         if (self._in_recovery or self.snd_una >= self.snd_max
                 or self.state not in (State.ESTABLISHED, State.CLOSE_WAIT)):
             return
-        self.tail_loss_probes += 1
+        self.counters.tail_loss_probes += 1
         if log.enabled():
             log.emit("tail_loss_probe", conn=self.name, snd_una=self.snd_una)
         room = self._payload_room()
@@ -917,7 +855,7 @@ class Connection:
         if self.state in (State.CLOSED, State.LISTEN):
             return
         self._now = now
-        self.segments_received += 1
+        self.counters.segments_received += 1
         self._touch()
         payload = seg.payload
         if (self.state is State.ESTABLISHED and (seg.flags | PSH) == ACK | PSH and payload
@@ -943,7 +881,7 @@ class Connection:
             (self._rcvbuf or self._rcv_queue()).append(bytes(payload))
             self._rcvbuf_len += len(payload)
             self.rcv_nxt += len(payload)
-            self.bytes_received += len(payload)
+            self.counters.bytes_received += len(payload)
             self._unacked_segments += 1
             if self._unacked_segments >= 2:
                 self._ack_now = True
@@ -1251,7 +1189,7 @@ class Connection:
             if data_acked > 0:
                 del self._sndbuf[:data_acked]
                 self._snd_base += data_acked
-                self.bytes_acked += data_acked
+                self.counters.bytes_acked += data_acked
             if self._fin_queued and not self._fin_acked and ack > data_end:
                 self._fin_acked = fin_acked_now = True
                 self._events.append(SendClosed())
@@ -1337,7 +1275,7 @@ class Connection:
         elif (ack == self.snd_una and self.snd_una < self.snd_max and text_len == 0
               and not seg.flags & (FIN | SYN) and (seg.window << self.snd_wscale) == self.snd_wnd):
             # RFC 5681 §2: a duplicate ACK
-            self.dup_acks_received += 1
+            self.counters.dup_acks_received += 1
             self._dupacks += 1
             if self._in_recovery:
                 if not self._sack_recovery and not self._probe_recovery:
@@ -1385,7 +1323,7 @@ class Connection:
         """The receiver got [left, right) twice (RFC 2883). When every retransmission of
         a loss episode comes back so, nothing was lost: undo the window reduction
         (RFC 4015's response; Linux's DSACK undo). RACK widens its reordering window."""
-        self.dsacks_received += 1
+        self.counters.dsacks_received += 1
         probe = self._tlp_resent
         if probe is not None and probe[0] <= left < right <= probe[1]:
             # a tail loss probe that resent what had arrived (only its ACK was lost or
@@ -1405,7 +1343,7 @@ class Connection:
         self._undo_retrans -= -(-(right - left) // self.snd_mss)  # segments reported
         if self._undo_retrans > 0:
             return
-        self.spurious_recoveries += 1
+        self.counters.spurious_recoveries += 1
         if log.enabled():
             log.emit("undo", conn=self.name, cwnd=self._undo_cwnd, snd_una=self.snd_una)
         self.cc.undo(self._undo_cwnd, self._undo_ssthresh)
@@ -1424,7 +1362,7 @@ class Connection:
         return max(1, min(DUPACK_THRESHOLD, segments - 1))
 
     def _enter_recovery(self, now: float) -> None:
-        self.fast_retransmits += 1
+        self.counters.fast_retransmits += 1
         if log.enabled():
             log.emit("fast_retransmit", conn=self.name, snd_una=self.snd_una)
         self._in_recovery = True
@@ -1507,7 +1445,7 @@ class Connection:
             (self._rcvbuf or self._rcv_queue()).append(bytes(payload))
             self._rcvbuf_len += len(payload)
             self.rcv_nxt += len(payload)
-            self.bytes_received += len(payload)
+            self.counters.bytes_received += len(payload)
             if self._ooo:
                 self._drain_ooo()
                 self._ack_now = True  # RFC 5681 §4.2: ACK at once when a hole fills
@@ -1517,7 +1455,7 @@ class Connection:
                 if self._unacked_segments >= 2:
                     self._ack_now = True
         else:
-            self.ooo_segments_received += 1
+            self.counters.ooo_segments_received += 1
             # One duplicate ACK per out-of-order segment, sent now rather than once per
             # batch of datagrams, so the sender counts three and retransmits fast; it
             # goes out after the piece is stored, so its SACK blocks include it.
@@ -1563,7 +1501,7 @@ class Connection:
                 piece = data[self.rcv_nxt - start:] if self.rcv_nxt > start else data
                 (self._rcvbuf or self._rcv_queue()).append(piece)
                 self._rcvbuf_len += len(piece)
-                self.bytes_received += len(piece)
+                self.counters.bytes_received += len(piece)
                 self.rcv_nxt = end
             self._ooo_bytes -= len(data)
             if self.reassembly_budget is not None:
@@ -1585,7 +1523,7 @@ class Connection:
             return
         if fin_at < self.rcv_nxt or (fin_at > self.rcv_nxt and any(
                 start + len(data) > fin_at for start, data in self._ooo)):
-            self.fins_ignored += 1
+            self.counters.fins_ignored += 1
             if log.enabled():
                 log.emit("drop", conn=self.name, reason="FIN before data held",
                          state=self.state.name)
@@ -1596,7 +1534,7 @@ class Connection:
 
     def _forget_fin(self, fin_at: int, why: str) -> None:
         self._fin_seq = None
-        self.fins_ignored += 1
+        self.counters.fins_ignored += 1
         if log.enabled():
             log.emit("drop", conn=self.name, reason=f"FIN overridden by {why}",
                      state=self.state.name, fin=fin_at)
@@ -1672,7 +1610,7 @@ class Connection:
         if flags & ACK and not self._wscale_ok:
             opts.wscale = None
         if self._syn_retries:
-            self.segments_retransmitted += 1
+            self.counters.segments_retransmitted += 1
         else:
             self._syn_time = now
         self.snd_nxt = self.iss + 1
@@ -1686,7 +1624,7 @@ class Connection:
         self._out.append(wire.build(wire.Segment(
             self.local_port, self.remote_port, sq.wrap(self.iss), ack, flags, window,
             options=opts)))
-        self.segments_sent += 1
+        self.counters.segments_sent += 1
         if not self.timers.armed(T.RTX):
             self.timers.arm(T.RTX, now + self.rtt.rto)
 
@@ -1874,14 +1812,14 @@ class Connection:
         if retransmit:
             if self.pmtu is not None:
                 self.pmtu.retransmitting(seq, n)
-            self.segments_retransmitted += 1
-            self.bytes_retransmitted += n
+            self.counters.segments_retransmitted += 1
+            self.counters.bytes_retransmitted += n
             if self._undo_marker is not None and seq < self._undo_high:
                 self._undo_retrans += 1
             if self._rtt_seq is not None and seq <= self._rtt_seq:
                 self._rtt_seq = None  # Karn's rule
         else:
-            self.bytes_sent += n
+            self.counters.bytes_sent += n
             if self._rtt_seq is None:
                 self._rtt_seq = seq
                 self._rtt_time = now
@@ -1933,7 +1871,7 @@ class Connection:
         self._out.append(wire.build_fast(
             self.local_port, self.remote_port, seq if raw_seq else sq.wrap(seq), ack, flags,
             window, options, payload))
-        self.segments_sent += 1
+        self.counters.segments_sent += 1
 
     def _ts_clock(self, now: float) -> int:
         return (int(now * 1000) + self._ts_offset) & sq.MASK
@@ -1948,7 +1886,7 @@ class Connection:
             return False
         if sq.lt(ts[0], self._ts_recent) and not seg.flags & RST \
                 and now - self._ts_recent_time < PAWS_IDLE:
-            self.paws_drops += 1
+            self.counters.paws_drops += 1
             return True
         return False
 
@@ -2097,14 +2035,14 @@ class Connection:
             self._challenge_window_start = now
             self._challenges_in_window = 0
         if self._challenges_in_window >= CHALLENGE_ACK_LIMIT:
-            self.challenge_acks_suppressed += 1
+            self.counters.challenge_acks_suppressed += 1
             return
         self._challenges_in_window += 1
-        self.challenge_acks += 1
+        self.counters.challenge_acks += 1
         self._ack_now = True
 
     def _drop(self, reason: str) -> None:
-        self.dropped_segments += 1
+        self.counters.dropped_segments += 1
         if log.enabled():
             log.emit("drop", conn=self.name, reason=reason, state=self.state.name)
 

@@ -374,8 +374,8 @@ class Endpoint:
         if state == State.CLOSED:
             self._forget(conn)
             return
-        if state == State.TIME_WAIT or (state == State.ESTABLISHED and not conn.bytes_sent
-                                        and not conn.bytes_received and not conn.queued):
+        if state == State.TIME_WAIT or (state == State.ESTABLISHED and not conn.counters.bytes_sent
+                                        and not conn.counters.bytes_received and not conn.queued):
             if conn not in self._evictable:
                 self._evictable[conn] = None
         elif conn in self._evictable:

@@ -278,7 +278,7 @@ async def _linger_for_fins(loop: asyncio.AbstractEventLoop, ports: list[UdpPort]
     def progress() -> tuple[int, int] | None:
         closing = [conn for port in ports for conn in port.endpoint.connections.values()
                    if conn.state in _FIN_UNACKED]
-        return (len(closing), sum(c.bytes_acked for c in closing)) if closing else None
+        return (len(closing), sum(c.counters.bytes_acked for c in closing)) if closing else None
 
     start = last_progress = loop.time()
     seen = progress()
