@@ -17,11 +17,10 @@ from __future__ import annotations
 import collections
 import math
 import secrets
-import struct
 from bisect import bisect_left
 from collections.abc import Callable
 
-from utcp import congestion, log, sack, wire
+from utcp import log, sack, wire
 from utcp import seq as sq
 from utcp.config import Config
 from utcp.events import (
@@ -34,13 +33,13 @@ from utcp.events import (
 )
 from utcp.pacing import Pacer
 from utcp.pmtu import PmtuSearch
-from utcp.rack import SACKED, SentLog
-from utcp.recovery import RttEstimator
+from utcp.recovery import PIPE_DRIVEN, LossRecovery
 from utcp.state import CAN_SEND, SYNCHRONIZED, State, next_state
 from utcp.state import Event as Ev
 from utcp.stats import Counters, Stats
 from utcp.timers import Timer as T
 from utcp.timers import Timers
+from utcp.timestamps import Timestamps
 from utcp.wire import ACK, FIN, PSH, RST, SYN
 
 # RFC 6994 option 254, ExID "ut" (utcp.crypto.EXID), data 0x01: a secure-mode server
@@ -49,11 +48,6 @@ from utcp.wire import ACK, FIN, PSH, RST, SYN
 SECURE_REQUIRED = (0x7574, b"\x01")
 
 DEFAULT_MSS = 536  # RFC 9293 §3.7.1: the send MSS when the peer sends no MSS option
-DUPACK_THRESHOLD = 3
-WORST_CASE_DELAYED_ACK = 0.2  # RFC 8985 §7.2's WCDelAckT, as Linux's TCP_RTO_MIN
-REO_BEFORE_RTO = 0.001  # an RTO due with RACK's reordering timer waits this much after it
-PAWS_IDLE = 24 * 86400.0  # RFC 7323 §5.5: TS.Recent older than 24 days is invalid
-_TS_OPTION = struct.Struct("!BBBBII")  # NOP NOP kind len TSval TSecr
 CHALLENGE_ACK_LIMIT = 100  # per second per connection (RFC 5961 §7; Linux: 1000 per host)
 MAX_WINDOW_FIELD = 0xFFFF
 # RFC 1122 §4.2.3.4: the override of sender SWS avoidance fires within 0.1-1.0 s; it
@@ -144,15 +138,10 @@ class Connection:
         "_challenge_window_start",
         "_challenges_in_window",
         "_dsack",
-        "_dupacks",
         "_events",
-        "_fin_acked",
-        "_fin_queued",
         "_fin_received",
         "_fin_seq",
-        "_in_recovery",
         "_keepalive_sent",
-        "_last_ack_sent",
         "_latest_ooo",
         "_mem",
         "_notify",
@@ -162,44 +151,22 @@ class Connection:
         "_out",
         "_persist_backoff",
         "_persist_since",
-        "_probe_recovery",
         "_probes_out",
         "_rcvbuf",
         "_rcvbuf_len",
-        "_recover",
-        "_round_end",
-        "_rto_recovery",
-        "_rto_streak",
-        "_rtt_seq",
-        "_rtt_time",
         "_sack_limit",
-        "_sack_ok",
-        "_sack_recovery",
         "_snd_base",
         "_sndbuf",
         "_sws_override",
         "_syn_retries",
         "_syn_time",
-        "_syn_tsval",
-        "_tlp_resent",
-        "_tlp_seq",
-        "_ts_offset",
-        "_ts_ok",
-        "_ts_recent",
-        "_ts_recent_time",
         "_unacked_segments",
-        "_undo_cwnd",
-        "_undo_expiry",
-        "_undo_fast",
-        "_undo_high",
-        "_undo_marker",
-        "_undo_retrans",
-        "_undo_ssthresh",
         "_wscale_ok",
-        "cc",
         "config",
         "counters",
         "error",
+        "fin_acked",
+        "fin_queued",
         "irs",
         "iss",
         "local_port",
@@ -212,15 +179,14 @@ class Connection:
         "passive",
         "peer",
         "pmtu",
-        "rack",
         "rcv_adv",
         "rcv_nxt",
         "rcv_wscale",
         "reassembly_budget",
+        "recovery",
         "refusal_hint",
         "remote_port",
-        "rtt",
-        "scoreboard",
+        "sack_ok",
         "snd_max",
         "snd_mss",
         "snd_nxt",
@@ -231,6 +197,7 @@ class Connection:
         "snd_wscale",
         "state",
         "timers",
+        "ts",
     )
 
     def __init__(self, config: Config, *, local_port: int, remote_port: int,
@@ -250,7 +217,6 @@ class Connection:
         self.error: Exception | None = None
         self._now = 0.0
         self._syn_time = 0.0
-        self._syn_tsval: int | None = None
         self._wscale_ok = False
 
         # send sequence space (unwrapped)
@@ -266,11 +232,10 @@ class Connection:
         self.snd_mss = DEFAULT_MSS
         self.max_mss = config.mss    # the local route's ceiling; the I/O layer may raise it
         self.pmtu: PmtuSearch | None = None
-        self._probe_recovery = False  # the loss being recovered was a PMTU probe's
         self._sndbuf = bytearray()   # bytes from _snd_base on: unacked, then unsent
         self._snd_base = self.iss + 1
-        self._fin_queued = False
-        self._fin_acked = False
+        self.fin_queued = False
+        self.fin_acked = False
 
         # receive sequence space (unwrapped once the peer's SYN arrives)
         self.irs = 0
@@ -296,11 +261,7 @@ class Connection:
         # set by secure mode: an unauthenticated refusal came (it may be forged, so it
         # does not end the connect); if the SYNs then run out, this is the error
         self.refusal_hint: str | None = None
-        self._rto_streak = 0         # data/FIN timeouts in a row without progress
-        self._round_end = 0          # snd_max when the current round trip began
-        self._tlp_seq: int | None = None  # where the outstanding tail loss probe starts
         self.pacer: Pacer | None = Pacer() if config.pacing else None
-        self._tlp_resent: tuple[int, int] | None = None  # what the last probe sent again
         self._persist_backoff = 0
         self._probes_out = 0         # zero-window probes the peer has not answered
         self._persist_since: float | None = None  # when the window shut (no progress since)
@@ -315,42 +276,14 @@ class Connection:
         self._ack_now = False
         self._unacked_segments = 0  # full-sized segments received since our last ACK
 
-        # recovery and congestion
-        self.rtt = RttEstimator(config.rto_initial, config.rto_min, config.rto_max)
-        self.cc = congestion.create(config.congestion, self.snd_mss,
-                                    config.initial_cwnd_segments * self.snd_mss)
-        self._rtt_seq: int | None = None
-        self._rtt_time = 0.0
-        self._dupacks = 0
-        self._in_recovery = False
-        self._recover = self.iss
-        self._sack_ok = False        # both sides sent SACK-permitted (RFC 2018)
+        # loss detection, recovery and congestion control (utcp.recovery)
+        self.recovery = LossRecovery(self, config)
+        self.sack_ok = False         # both sides sent SACK-permitted (RFC 2018)
         # 4 blocks fill the 40 bytes of options; secure mode needs 12 for its counter
         self._sack_limit = 3 if config.secure else 4
-        # RFC 7323 timestamps: a millisecond clock with a per-connection offset (§5.4:
-        # the value says nothing about the host's uptime)
-        self._ts_ok = False
-        self._ts_offset = (self.iss * 2654435761) & sq.MASK
-        self._ts_recent = 0          # TS.Recent: the peer's latest valid TSval
-        self._ts_recent_time = 0.0
-        self._last_ack_sent = 0      # Last.ACK.sent (RFC 7323 §4.3)
+        self.ts = Timestamps(self.iss)  # RFC 7323, once both SYNs carry the option
         self._latest_ooo = 0
-        self.scoreboard = sack.Scoreboard()
-        self.rack = SentLog()        # segments in flight and RACK's loss detection (SACK only)
-        self._sack_recovery = False
-        self._rto_recovery = False   # the SACK recovery is a timeout's (in slow start)
         self._dsack: tuple[int, int] | None = None  # a duplicate to report (RFC 2883)
-        # Undoing a needless loss response (DSACK-based, as Linux's undo_retrans): the
-        # window before it, and the retransmissions of this episode not yet reported
-        # as duplicates by the receiver. None when no episode is open.
-        self._undo_marker: int | None = None  # snd_una when the episode began
-        self._undo_high = 0                   # snd_max then: what it may retransmit
-        self._undo_expiry: int | None = None  # over once this is acknowledged
-        self._undo_retrans = 0
-        self._undo_fast = False               # a fast recovery (else a timeout)
-        self._undo_cwnd = 0
-        self._undo_ssthresh: int | None = None
-
         self.counters = Counters()
         self._challenge_window_start = -1e18
         self._challenges_in_window = 0
@@ -360,7 +293,7 @@ class Connection:
     def connect(self, now: float) -> None:
         """Active open: send SYN (RFC 9293 §3.10.1)."""
         self._set_state(Ev.ACTIVE_OPEN)
-        self.timers.arm(T.RTX, now + self.rtt.rto)
+        self.timers.arm(T.RTX, now + self.recovery.rtt.rto)
         self._touch()
 
     def accept_syn(self, segment: wire.Segment, now: float) -> None:
@@ -370,7 +303,7 @@ class Connection:
         self._now = now
         self._take_syn(segment)
         self._set_state(Ev.PASSIVE_OPEN)
-        self.timers.arm(T.RTX, now + self.rtt.rto)
+        self.timers.arm(T.RTX, now + self.recovery.rtt.rto)
         self._last_activity(now)
         self._touch()
 
@@ -394,11 +327,11 @@ class Connection:
         self._now = now
         self._take_syn(syn)
         if ts is not None:
-            self._ts_offset = (ts[1] - int(now * 1000)) & sq.MASK
+            self.ts.follow(ts[1], now)
         self._set_state(Ev.PASSIVE_OPEN)
         self.snd_nxt = self.snd_max = self.iss + 1
         self.rcv_adv = self.rcv_nxt + min(self.config.recv_buffer, MAX_WINDOW_FIELD)
-        self._last_ack_sent = self.rcv_nxt  # what the SYN+ACK acknowledged
+        self.ts.last_ack_sent = self.rcv_nxt  # what the SYN+ACK acknowledged
         self._syn_retries = 1
         self._last_activity(now)
         self._touch()
@@ -406,9 +339,9 @@ class Connection:
 
     def send(self, data: bytes | bytearray | memoryview) -> None:
         """Queue bytes to send. Raises once the sending side is closed."""
-        if self.state not in CAN_SEND or self._fin_queued:
+        if self.state not in CAN_SEND or self.fin_queued:
             raise ConnectionError(f"cannot send in state {self.state.name}"
-                                  + (" after close" if self._fin_queued else ""))
+                                  + (" after close" if self.fin_queued else ""))
         if data:
             self._sndbuf += data
             self.recharge()
@@ -416,13 +349,13 @@ class Connection:
 
     def close(self) -> None:
         """Graceful close: FIN after all queued data (RFC 9293 §3.10.4)."""
-        if self._fin_queued or self.state in (State.CLOSED, State.TIME_WAIT):
+        if self.fin_queued or self.state in (State.CLOSED, State.TIME_WAIT):
             return
         if self.state in (State.SYN_SENT, State.LISTEN):
             self._set_state(Ev.CLOSE)
             self._terminate(None)
             return
-        self._fin_queued = True
+        self.fin_queued = True
         self._set_state(Ev.CLOSE)
         self._touch()
 
@@ -461,7 +394,7 @@ class Connection:
             return True
         if self.state in (State.CLOSED, State.LISTEN, State.TIME_WAIT):
             return False
-        self._fail(ConnectionResetError("connection reset: the peer's port is unreachable"
+        self.fail(ConnectionResetError("connection reset: the peer's port is unreachable"
                                         " (ICMP), its process has likely exited"),
                    send_rst=False)
         return True
@@ -469,7 +402,7 @@ class Connection:
     def refuse(self, message: str) -> None:
         """The layer below knows the connect cannot succeed: fail it with this message."""
         if self.state == State.SYN_SENT:
-            self._fail(ConnectionRefusedError(message), send_rst=False)
+            self.fail(ConnectionRefusedError(message), send_rst=False)
 
     def read(self, max_bytes: int = -1) -> bytes:
         """Take in-order bytes the peer sent; reading reopens the advertised window."""
@@ -534,6 +467,11 @@ class Connection:
         return self._snd_base + len(self._sndbuf) - max(self.snd_nxt, self._snd_base)
 
     @property
+    def data_end(self) -> int:
+        """The sequence number after the last byte queued (the FIN's, once closed)."""
+        return self._snd_base + len(self._sndbuf)
+
+    @property
     def in_flight(self) -> int:
         return self.snd_nxt - self.snd_una
 
@@ -567,9 +505,10 @@ class Connection:
 
     def stats(self) -> Stats:
         c = self.counters
+        rtt, cc = self.recovery.rtt, self.recovery.cc
         return Stats(
-            state=self.state, mss=self.snd_mss, srtt=self.rtt.srtt, rttvar=self.rtt.rttvar,
-            rto=self.rtt.rto, cwnd=self.cc.cwnd, ssthresh=self.cc.ssthresh,
+            state=self.state, mss=self.snd_mss, srtt=rtt.srtt, rttvar=rtt.rttvar,
+            rto=rtt.rto, cwnd=cc.cwnd, ssthresh=cc.ssthresh,
             snd_wnd=self.snd_wnd, rcv_wnd=max(self.rcv_adv - self.rcv_nxt, 0),
             bytes_sent=c.bytes_sent, bytes_acked=c.bytes_acked,
             bytes_received=c.bytes_received, bytes_retransmitted=c.bytes_retransmitted,
@@ -578,7 +517,7 @@ class Connection:
             dup_acks_received=c.dup_acks_received, fast_retransmits=c.fast_retransmits,
             timeouts=c.timeouts, ooo_segments_received=c.ooo_segments_received,
             dropped_segments=c.dropped_segments, challenge_acks=c.challenge_acks,
-            congestion=self.cc.name,
+            congestion=cc.name,
             pacing_rate=(self.pacer.rate or None) if self.pacer is not None else None,
             tail_loss_probes=c.tail_loss_probes, spurious_recoveries=c.spurious_recoveries,
             dsacks_received=c.dsacks_received, paws_drops=c.paws_drops,
@@ -609,15 +548,15 @@ class Connection:
             self._set_state(Ev.TIMEOUT_2MSL)
             self._terminate(None)
         elif timer is T.USER:
-            self._fail(TimeoutError("the peer's window stayed shut for user_timeout"
+            self.fail(TimeoutError("the peer's window stayed shut for user_timeout"
                                     if self._persist_since is not None else
                                     "no acknowledgment within user_timeout"), send_rst=True)
         elif timer is T.RTX:
             self._on_retransmission_timeout(now)
         elif timer is T.REORDER:
-            self._on_reorder_timeout(now)
+            self.recovery.on_reorder_timeout(now)
         elif timer is T.TLP:
-            self._on_tail_loss_probe(now)
+            self.recovery.on_tail_loss_probe(now)
         elif timer is T.PERSIST:
             self._on_persist_timeout(now)
         elif timer is T.ACK:
@@ -644,13 +583,15 @@ class Connection:
         elif self.state in (State.FIN_WAIT_1, State.FIN_WAIT_2, State.CLOSING,
                             State.LAST_ACK):
             # we have closed and the peer has gone quiet: nothing graceful is left
-            self._fail(TimeoutError("idle timeout while closing"), send_rst=True)
+            self.fail(TimeoutError("idle timeout while closing"), send_rst=True)
 
-    def _on_retransmission_timeout(self, now: float) -> bool:
-        """Retransmit or give up; False when the connection is over."""
+    def _on_retransmission_timeout(self, now: float) -> None:
+        """Resend the SYN, or give up on a peer that acknowledges nothing; the data's
+        retransmission is loss recovery's (RFC 6298 §5)."""
+        rec = self.recovery
         self.counters.timeouts += 1
-        self.rtt.on_timeout()
-        self._rtt_seq = None  # Karn: no sample from anything sent before
+        rec.rtt.on_timeout()
+        rec.rtt_seq = None  # Karn: no sample from anything sent before
         if self.state in (State.SYN_SENT, State.SYN_RCVD):
             limit = (self.config.synack_retries if self.passive else self.config.syn_retries)
             if self._syn_retries >= limit:
@@ -659,138 +600,30 @@ class Connection:
                        TimeoutError(f"no answer to SYN after {limit} retransmissions"))
                 if log.enabled():
                     log.emit("handshake_failed", conn=self.name, retries=limit)
-                self._fail(err, send_rst=False)
-                return False
+                self.fail(err, send_rst=False)
+                return
             self._syn_retries += 1
             if log.enabled():
-                log.emit("rto", conn=self.name, state=self.state.name, rto=self.rtt.rto,
+                log.emit("rto", conn=self.name, state=self.state.name, rto=rec.rtt.rto,
                          snd_una=self.snd_una)
             self.snd_nxt = self.iss  # resend the SYN (or SYN+ACK) from _output
-            self.timers.arm(T.RTX, now + self.rtt.rto)
-            return True
+            self.timers.arm(T.RTX, now + rec.rtt.rto)
+            return
         if self.snd_una == self.snd_max:
             self.timers.cancel(T.RTX)
-            return True
-        self._rto_streak += 1
-        if self._rto_streak > self.config.max_retransmissions:
+            return
+        rec.rto_streak += 1
+        if rec.rto_streak > self.config.max_retransmissions:
             # Linux's tcp_retries2: a peer that acknowledges nothing for this many
             # backed-off timeouts is gone; without a limit the connection (and its
             # buffers) would be retried forever
-            self._fail(TimeoutError(f"no acknowledgment after {self._rto_streak - 1}"
-                                    " retransmissions"), send_rst=True)
-            return False
+            self.fail(TimeoutError(f"no acknowledgment after {rec.rto_streak - 1}"
+                                   " retransmissions"), send_rst=True)
+            return
         if log.enabled():
-            log.emit("rto", conn=self.name, state=self.state.name, rto=self.rtt.rto,
+            log.emit("rto", conn=self.name, state=self.state.name, rto=rec.rtt.rto,
                      snd_una=self.snd_una)
-        pmtu = self.pmtu
-        if pmtu is not None and pmtu.probe_seq == self.snd_una:
-            # the probe at the head timed out: a failed probe, not congestion (RFC 8899)
-            pmtu.retransmitting(self.snd_una, 1)
-            self._enter_probe_repair(pmtu.probe_end, now)
-            return True
-        if pmtu is not None and pmtu.on_rto():
-            self.snd_mss = pmtu.base  # a black hole for big segments: back to the base size
-            self.cc.set_mss(pmtu.base)
-        if self._undo_marker is None or self._undo_expiry is not None:
-            self._open_undo_episode(fast=False)
-        else:  # a timeout within a recovery (or after another): one episode, one undo
-            self._undo_high = self.snd_max
-            self._undo_fast = False
-        # RFC 5681 §3.1: back to slow start
-        self.cc.on_rto(self.snd_max - self.snd_una, now)
-        head = self.rack.first()
-        if self._sack_ok and head is not None and head.start == self.snd_una \
-                and not head.state & SACKED:
-            # RFC 8985 §6.3 and RFC 6675 §5.1: resend what RACK now calls lost (the first
-            # segment, and all sent longer than RACK.rtt + reo_wnd ago), SACKed data
-            # not again, in slow start; RACK keeps finding lost retransmissions
-            self.rack.on_timeout(now, self.rack.reo_wnd(True, self.rtt.srtt))
-            self.timers.cancel(T.REORDER)
-            self._in_recovery = self._sack_recovery = self._rto_recovery = True
-            self._probe_recovery = False
-            self._recover = self.snd_max
-            self._dupacks = 0
-            self._send_sack_recovery(now, first=True)
-            self.timers.arm(T.RTX, now + self.rtt.rto)
-            return True
-        # Without SACK, or if the receiver dropped data it had SACKed (the head is SACKed:
-        # it reneged): go back to snd_una and forget the SACKs (RFC 2018 §8)
-        self.scoreboard.clear()
-        self.rack.reset()
-        self.timers.cancel(T.REORDER)
-        self._sack_recovery = self._rto_recovery = False
-        self._in_recovery = False
-        self._recover = self.snd_max
-        self._dupacks = 0
-        self.snd_nxt = self.snd_una
-        self.timers.arm(T.RTX, now + self.rtt.rto)
-        return True
-
-    def _arm_tail_loss_probe(self, now: float) -> None:
-        """RFC 8985 §7.2: a probe timeout of two round trips, if it comes before the RTO."""
-        srtt = self.rtt.srtt
-        if (not self._sack_ok or srtt is None or self._in_recovery or self._tlp_seq is not None
-                or self.state not in (State.ESTABLISHED, State.CLOSE_WAIT)):
-            self.timers.cancel(T.TLP)
-            return
-        pto = 2 * srtt
-        if self.snd_max - self.snd_una <= self.snd_mss:
-            # a lone segment may wait for the receiver's delayed ACK: allow the worst case
-            pto = max(pto, 1.5 * srtt + WORST_CASE_DELAYED_ACK)
-        pto = max(pto, 0.01)
-        deadline = now + pto
-        rto_at = self.timers.get(T.RTX)
-        if rto_at is None or deadline < rto_at:
-            self.timers.arm(T.TLP, deadline)
-        else:
-            self.timers.cancel(T.TLP)
-
-    def _on_tail_loss_probe(self, now: float) -> None:
-        """RFC 8985 §7.3: send one new segment if there is one, else the last again, so
-        that its acknowledgment shows what the tail lost; the RTO stays as a backstop."""
-        self.timers.cancel(T.TLP)
-        if (self._in_recovery or self.snd_una >= self.snd_max
-                or self.state not in (State.ESTABLISHED, State.CLOSE_WAIT)):
-            return
-        self.counters.tail_loss_probes += 1
-        if log.enabled():
-            log.emit("tail_loss_probe", conn=self.name, snd_una=self.snd_una)
-        room = self._payload_room()
-        data_end = self._snd_base + len(self._sndbuf)
-        if self.snd_nxt == self.snd_max and self.snd_nxt < data_end and \
-                self.snd_nxt + min(room, data_end - self.snd_nxt) <= self.snd_una + self.snd_wnd:
-            n = min(room, data_end - self.snd_nxt)
-            fin = self._fin_queued and self.snd_nxt + n == data_end
-            self._tlp_seq = self.snd_nxt
-            self._send_data(self.snd_nxt, n, now, fin)
-            self.snd_nxt += n + (1 if fin else 0)
-            self.snd_max = max(self.snd_max, self.snd_nxt)
-        else:
-            end = min(self.snd_max, data_end)
-            last = self.rack.last()  # the last segment as it was sent, if it fits
-            start = last.start if last is not None and last.end >= end else end - room
-            start = max(self.snd_una, start, end - room)
-            if start < end:
-                self._tlp_seq = start
-                self._tlp_resent = (start, end)
-                fin = self._fin_queued and self.snd_max == data_end + 1 and end == data_end
-                self._send_data(start, end - start, now, fin)
-            elif self._fin_queued and not self._fin_acked:
-                self._tlp_seq = data_end
-                self._send_data(data_end, 0, now, fin=True)
-        self.timers.arm(T.RTX, now + self.rtt.rto)
-
-    def _on_reorder_timeout(self, now: float) -> None:
-        """RFC 8985 §6.3: segments RACK held back for reordering are now overdue."""
-        self.timers.cancel(T.REORDER)
-        if self.snd_una >= self.snd_max or self.state not in SYNCHRONIZED:
-            return
-        self._rack_detect(now)
-        if not self._in_recovery and self.snd_una >= self._recover \
-                and self.rack.next_lost() is not None:
-            self._enter_recovery(now)
-        elif not self.timers.armed(T.REORDER) and not self.timers.armed(T.TLP):
-            self._arm_tail_loss_probe(now)
+        rec.on_retransmission_timeout(now)
 
     def _on_persist_timeout(self, now: float) -> bool:
         """A zero-window probe, or the override of sender SWS avoidance when the window
@@ -809,14 +642,14 @@ class Connection:
         # not is gone, as after unanswered retransmissions (Linux's tcp_probe_timer
         # counts icsk_probes_out against tcp_retries2 and resets it on any ACK)
         if self._probes_out >= self.config.max_retransmissions:
-            self._fail(TimeoutError(f"zero-window probes unanswered after {self._probes_out}"
+            self.fail(TimeoutError(f"zero-window probes unanswered after {self._probes_out}"
                                     " probes"), send_rst=True)
             return False
         # An orphan has nobody to read what it holds: answered probes do not save it once
         # the probes have backed off ORPHAN_PROBES times without progress (Linux's
         # tcp_orphan_retries; the backoff restarts only when data is acknowledged)
         if self.orphaned and self._persist_backoff >= ORPHAN_PROBES:
-            self._fail(TimeoutError(f"orphaned connection: the peer's window stayed shut"
+            self.fail(TimeoutError(f"orphaned connection: the peer's window stayed shut"
                                     f" for {ORPHAN_PROBES} probes"), send_rst=True)
             return False
         # A probe one byte below snd_una is never acceptable, so the peer must answer with
@@ -824,7 +657,7 @@ class Connection:
         self._emit(self.snd_una - 1, 0, ACK)
         self._probes_out += 1
         self._persist_backoff = min(self._persist_backoff + 1, 16)
-        self.timers.arm(T.PERSIST, now + min(self.rtt.rto * (1 << self._persist_backoff),
+        self.timers.arm(T.PERSIST, now + min(self.recovery.rtt.rto * (1 << self._persist_backoff),
                                              self.config.rto_max))
         return True
 
@@ -840,7 +673,7 @@ class Connection:
             self.timers.arm(T.KEEPALIVE, now + interval)
             return
         if self._keepalive_sent >= self.config.keepalive_probes:
-            self._fail(TimeoutError("keepalive probes unanswered"), send_rst=True)
+            self.fail(TimeoutError("keepalive probes unanswered"), send_rst=True)
             return
         self._keepalive_sent += 1
         self._emit(self.snd_una - 1, 0, ACK)
@@ -864,18 +697,18 @@ class Connection:
                 and not (seg.ack - self.snd_una) & sq.MASK
                 and (seg.window << self.snd_wscale) == self.snd_wnd
                 and len(payload) <= self.rcv_adv - self.rcv_nxt and not seg.options.sack
-                and (seg.options.timestamps is not None or not self._ts_ok)
+                and (seg.options.timestamps is not None or not self.ts.ok)
                 and (self.memory_budget is None
                      or self.memory_budget.used < self.memory_budget.pressure)):
             # Header prediction (Van Jacobson; Linux's tcp_rcv_established fast path):
             # the next bytes in order, acknowledging nothing new, window unchanged. The
             # general path would do exactly this, after many checks that cannot fail.
-            if self._ts_ok:
-                if self._paws_rejects(seg, now):
+            if self.ts.ok:
+                if self._paws(seg, now):
                     self._ack_now = True
                     self._drop("PAWS: old timestamp")
                     return
-                self._take_ts_recent(seg, self.rcv_nxt, now)  # in order, exact ACK
+                self.ts.take_recent(seg, self.rcv_nxt, now)  # in order, exact ACK
             self._heard(now)
             self.snd_wl1, self.snd_wl2 = self.rcv_nxt, self.snd_una
             (self._rcvbuf or self._rcv_queue()).append(bytes(payload))
@@ -911,7 +744,7 @@ class Connection:
                        " Config.server_key to its public key"
                        if SECURE_REQUIRED in seg.options.experimental
                        else "connection refused by peer")
-                self._fail(ConnectionRefusedError(why), send_rst=False)
+                self.fail(ConnectionRefusedError(why), send_rst=False)
             else:
                 self._drop("RST without ACK in SYN_SENT")
             return
@@ -934,7 +767,7 @@ class Connection:
             # simultaneous open (RFC 9293 §3.5, figure 8): answer with SYN+ACK
             self._set_state(Ev.RCV_SYN)
             self.snd_nxt = self.iss
-            self.timers.arm(T.RTX, now + self.rtt.rto)
+            self.timers.arm(T.RTX, now + self.recovery.rtt.rto)
 
     def _take_syn(self, seg: wire.Segment) -> None:
         """Record what the peer's SYN tells us: its ISN, MSS and window scale."""
@@ -946,19 +779,19 @@ class Connection:
         ceiling = min(peer_mss, self.max_mss)
         if self.config.pmtu_probing and ceiling > self.snd_mss:
             self.pmtu = PmtuSearch(self.snd_mss, ceiling)
-        self.cc.set_mss(self.snd_mss)
-        self.cc.cwnd = self.config.initial_cwnd_segments * self.snd_mss
+        self.recovery.cc.set_mss(self.snd_mss)
+        self.recovery.cc.cwnd = self.config.initial_cwnd_segments * self.snd_mss
         self._wscale_ok = opts.wscale is not None
         if opts.wscale is not None:
             self.snd_wscale = opts.wscale
         else:
             self.rcv_wscale = 0  # RFC 7323 §2.2: scaling needs both sides' option
-        self._sack_ok = self.config.sack and opts.sack_permitted
+        self.sack_ok = self.config.sack and opts.sack_permitted
         if self.config.timestamps and opts.timestamps is not None:
-            self._ts_ok = True
+            self.ts.ok = True
             self._sack_limit = 1 if self.config.secure else 3  # 12 bytes fewer for SACK
-            self._ts_recent = opts.timestamps[0]
-            self._ts_recent_time = self._now
+            self.ts.recent = opts.timestamps[0]
+            self.ts.recent_time = self._now
         self.snd_wnd = seg.window  # never scaled in a SYN
         self.max_snd_wnd = self.snd_wnd
         self.rcv_adv = self.rcv_nxt
@@ -969,8 +802,8 @@ class Connection:
         if self.snd_nxt < ack:
             self.snd_nxt = ack
         if self._syn_retries == 0:
-            self.rtt.sample(now - self._syn_time)
-            self.rack.on_rtt_sample(now - self._syn_time, now)
+            self.recovery.rtt.sample(now - self._syn_time)
+            self.recovery.rack.on_rtt_sample(now - self._syn_time, now)
         self.timers.cancel(T.RTX)
         self._syn_retries = 0
         self._last_activity(now)
@@ -1011,14 +844,14 @@ class Connection:
             self._drop("SYN in synchronized state")
             return
 
-        if self._ts_ok and seg.options.timestamps is None and not flags & RST:
+        if self.ts.ok and seg.options.timestamps is None and not flags & RST:
             # RFC 7323 §3.2: once negotiated, every segment but a RST carries the option
             # (FreeBSD drops one without it too); a blind forgery must then also pick a
             # TSval that passes PAWS, half of them
             self._drop("no timestamp option")
             return
         # RFC 7323 §5.3 R1, before the window check; TS.Recent moves only below (R3)
-        if self._ts_ok and self._paws_rejects(seg, now):
+        if self.ts.ok and self._paws(seg, now):
             self._ack_now = True
             self._drop("PAWS: old timestamp")
             return
@@ -1038,7 +871,7 @@ class Connection:
         if not ok:
             if not flags & RST:
                 self._ack_now = True
-                if payload and seg_seq + len(payload) <= self.rcv_nxt and self._sack_ok:
+                if payload and seg_seq + len(payload) <= self.rcv_nxt and self.sack_ok:
                     self._dsack = (seg_seq, seg_seq + len(payload))  # RFC 2883: a duplicate
                 if (self.state == State.TIME_WAIT and flags & FIN
                         and seg_seq + len(payload) == self._fin_seq
@@ -1068,7 +901,7 @@ class Connection:
                 err = None
             if log.enabled():
                 log.emit("reset", conn=self.name, state=self.state.name)
-            self._fail(err, send_rst=False, event=Ev.RCV_RST)
+            self.fail(err, send_rst=False, event=Ev.RCV_RST)
             return
 
         # fifth: ACK
@@ -1093,8 +926,8 @@ class Connection:
             self._challenge_ack(now)  # RFC 5961 §5: an ACK too old to be from this peer
             self._drop("ACK too old")
             return
-        if self._ts_ok:
-            self._take_ts_recent(seg, seg_seq, now)  # RFC 7323 R3: acceptable at last
+        if self.ts.ok:
+            self.ts.take_recent(seg, seg_seq, now)  # RFC 7323 R3: acceptable at last
         self._heard(now)
         fin_now_acked = self._process_ack(seg, seg_seq, ack, len(payload), now)
 
@@ -1122,7 +955,7 @@ class Connection:
                 # peer's bytes and leave it retransmitting them until it times out. Data
                 # further on is only ignored: a blind guess in the window must not reset.
                 self._drop("data across the FIN taken")
-                self._fail(ConnectionResetError("data arrived past the peer's FIN"),
+                self.fail(ConnectionResetError("data arrived past the peer's FIN"),
                            send_rst=True)
                 return
             self._drop("data after FIN")
@@ -1152,260 +985,63 @@ class Connection:
 
     def _process_ack(self, seg: wire.Segment, seg_seq: int, ack: int, text_len: int,
                      now: float) -> bool:
-        """RFC 9293 fifth step plus loss recovery (RFC 5681/6582; with SACK, RFC 6675 on
-        RACK's marks, RFC 8985); True if our FIN got acked."""
+        """RFC 9293's fifth step: what the ACK frees, then loss recovery's part
+        (`utcp.recovery`), then the send window; True if our FIN got acked."""
+        rec = self.recovery
+        delivered = rec.on_sack(seg, ack, now) if self.sack_ok else False
         fin_acked_now = False
-        sb = self.scoreboard
-        rack = self.rack
-        delivered = False
-        if self._sack_ok:
-            # what this ACK delivers, in ascending order (RFC 8985 §6.2): the cumulative
-            # part, then the new SACK blocks
-            if ack > self.snd_una:
-                delivered = rack.acked(ack, now)
-            if seg.options.sack:
-                blocks = []
-                for left32, right32 in seg.options.sack:
-                    left = sq.unwrap(left32, self.snd_una)
-                    right = sq.unwrap(right32, left)
-                    blocks.append((left, right))
-                # RFC 2883 §4: a first block below the ACK, or inside the second, reports
-                # a duplicate (D-SACK)
-                left, right = blocks[0]
-                if left < right and (right <= ack or (len(blocks) > 1 and (
-                        blocks[1][0] <= left and right <= blocks[1][1]))):
-                    self._on_dsack(left, right)
-                    del blocks[0]
-                low = max(ack, self.snd_una)
-                for left, right in sorted(blocks):
-                    if low < left < right <= self.snd_max and sb.add(left, right):
-                        delivered |= rack.sacked(left, right, sb, now)
         if ack > self.snd_una:
             acked = ack - self.snd_una
-            if sb:
-                sb.trim(ack)
-            data_end = self._snd_base + len(self._sndbuf)
-            data_acked = min(ack, data_end) - self._snd_base
-            if data_acked > 0:
-                del self._sndbuf[:data_acked]
-                self._snd_base += data_acked
-                self.counters.bytes_acked += data_acked
-            if self._fin_queued and not self._fin_acked and ack > data_end:
-                self._fin_acked = fin_acked_now = True
-                self._events.append(SendClosed())
+            fin_acked_now = self._free_acked(ack)
             flight = self.snd_max - self.snd_una
             self.snd_una = ack
             if self.snd_nxt < ack:
                 self.snd_nxt = ack  # data past a go-back-N rewind had arrived after all
             if self.pmtu is not None:
-                self.pmtu.progress()
-                confirmed = self.pmtu.acked(ack)
-                if confirmed is not None and confirmed > self.snd_mss:
-                    self.snd_mss = confirmed
-                    self.cc.set_mss(confirmed)
-                    if log.enabled():
-                        log.emit("pmtu", conn=self.name, mss=confirmed)
-            # RTT sample (Karn: only a segment never retransmitted is timed)
-            if self._rtt_seq is not None and ack > self._rtt_seq:
-                self.rtt.sample(now - self._rtt_time)
-                self.cc.on_rtt_sample(now - self._rtt_time, now)
-                rack.on_rtt_sample(now - self._rtt_time, now)
-                self._rtt_seq = None
-            elif self.rtt.backoff and self._ts_ok and seg.options.timestamps \
-                    and seg.options.timestamps[1]:
-                # RFC 7323 §4: the echoed timestamp times even a retransmission, which
-                # Karn's rule cannot: the backed-off timer ends with the first such ACK
-                echoed = (self._ts_clock(now) - seg.options.timestamps[1]) & sq.MASK
-                if echoed < 60_000:
-                    self.rtt.sample(echoed / 1000)
-                    rack.on_rtt_sample(echoed / 1000, now)
-            if ack >= self._round_end:
-                self.cc.on_round(now)
-                self._round_end = self.snd_max
-            if self._in_recovery:
-                if ack >= self._recover:           # full ACK: RFC 6582 §3.2 step 3
-                    self._in_recovery = self._sack_recovery = False
-                    rack.recovery_ended()
-                    if self._rto_recovery:
-                        self._rto_recovery = False
-                        self.cc.on_ack(acked, flight, now)  # still in slow start
-                    elif not self._probe_recovery:
-                        self.cc.on_recovery_end()
-                elif self._rto_recovery:
-                    self.cc.on_ack(acked, flight, now)  # slow start (RFC 5681 §3.1)
-                elif self._sack_recovery:
-                    pass  # RFC 6675: the pipe-driven loop in _output decides what to send
-                elif self._probe_recovery:
-                    # the repair resent all of the probe's bytes at once: a partial ACK
-                    # is one of them arriving, and resending the next would only make
-                    # duplicates, whose ACKs look like duplicate ACKs (a false loss)
-                    pass
-                else:                              # partial ACK: step 4
-                    self._retransmit_first(now)
-                    self.cc.cwnd = max(self.cc.cwnd - acked + self.snd_mss, self.snd_mss)
-            else:
-                if self.pacer is not None and self.pacer.deadline is not None:
-                    # data the pacer holds back uses the window as much as data in flight:
-                    # the flight is pacing-limited, not application-limited (RFC 7661)
-                    flight = max(flight, self.cc.cwnd)
-                self.cc.on_ack(acked, flight, now)
-            if self._undo_marker is not None:
-                if self._undo_expiry is None:
-                    if not self._in_recovery and ack >= self._recover:
-                        # the recovery is over; its duplicates are reported by ACKs that
-                        # come before the one for what is in flight now
-                        self._undo_expiry = self.snd_max
-                elif ack >= self._undo_expiry:
-                    self._undo_marker = None
-            self._dupacks = 0
-            self._rto_streak = 0
+                self._pmtu_acked(ack)
+            rec.on_new_ack(seg, ack, acked, flight, now)
             self.timers.cancel(T.USER)
             self._last_activity(now)  # progress: not idle, even if all we send is resends
-            self._tlp_seq = None  # progress ends a probe episode
             if self.snd_una < self.snd_max:
-                self.timers.arm(T.RTX, now + self.rtt.rto)  # RFC 6298 §5.3
+                self.timers.arm(T.RTX, now + rec.rtt.rto)  # RFC 6298 §5.3
                 if self.config.user_timeout is not None:
                     self.timers.arm(T.USER, now + self.config.user_timeout)
-                self._arm_tail_loss_probe(now)
+                rec.arm_tail_loss_probe(now)
             else:
-                self.timers.cancel(T.RTX)
-                self.timers.cancel(T.TLP)
-                self.timers.cancel(T.REORDER)
+                for timer in (T.RTX, T.TLP, T.REORDER):
+                    self.timers.cancel(timer)
             self._persist_backoff = 0
         elif (ack == self.snd_una and self.snd_una < self.snd_max and text_len == 0
               and not seg.flags & (FIN | SYN) and (seg.window << self.snd_wscale) == self.snd_wnd):
-            # RFC 5681 §2: a duplicate ACK
-            self.counters.dup_acks_received += 1
-            self._dupacks += 1
-            if self._in_recovery:
-                if not self._sack_recovery and not self._probe_recovery:
-                    self.cc.cwnd += self.snd_mss   # RFC 6582 §3.2 step 4 (inflation)
-            elif (not self._sack_ok and self._dupacks >= self._dupack_threshold()
-                  and self.snd_una >= self._recover):
-                self._enter_recovery(now)  # with SACK, RACK decides (below)
-        if self._sack_ok:
-            if delivered:
-                self._rack_detect(now)
-            # RACK found a loss: start recovery (RFC 6675 §5, with RACK's marks for
-            # IsLost()); a loss found while a lost PMTU probe is repaired is congestion
-            if rack.next_lost() is not None and (
-                    (self._in_recovery and self._probe_recovery)
-                    or (not self._in_recovery and self.snd_una >= self._recover)):
-                self._enter_recovery(now)
+            rec.on_duplicate_ack(now)
+        if self.sack_ok:
+            rec.after_ack(delivered, now)
         self._update_window(seg, seg_seq, ack)
         return fin_acked_now
 
-    def _rack_detect(self, now: float) -> None:
-        """RFC 8985 §6.2 step 5, and the reordering timer for what is not due yet."""
-        rack = self.rack
-        _, timeout = rack.detect_loss(now, rack.reo_wnd(self._in_recovery, self.rtt.srtt))
-        if timeout > 0:
-            deadline = now + timeout
-            self.timers.arm(T.REORDER, deadline)
-            self.timers.cancel(T.TLP)  # RACK will decide first (RFC 8985 §7.2)
-            rto_at = self.timers.get(T.RTX)
-            if rto_at is not None and rto_at <= deadline:
-                # nor may the RTO come first: while RACK waits out reordering the
-                # timeout waits too (Linux's timer slot holds one or the other)
-                self.timers.arm(T.RTX, deadline + REO_BEFORE_RTO)
-        else:
-            self.timers.cancel(T.REORDER)
-
-    def _open_undo_episode(self, fast: bool) -> None:
-        self._undo_marker = self.snd_una
-        self._undo_high = self.snd_max
-        self._undo_expiry = None
-        self._undo_retrans = 0
-        self._undo_fast = fast
-        self._undo_cwnd, self._undo_ssthresh = self.cc.cwnd, self.cc.ssthresh
-
-    def _on_dsack(self, left: int, right: int) -> None:
-        """The receiver got [left, right) twice (RFC 2883). When every retransmission of
-        a loss episode comes back so, nothing was lost: undo the window reduction
-        (RFC 4015's response; Linux's DSACK undo). RACK widens its reordering window."""
-        self.counters.dsacks_received += 1
-        probe = self._tlp_resent
-        if probe is not None and probe[0] <= left < right <= probe[1]:
-            # a tail loss probe that resent what had arrived (only its ACK was lost or
-            # late): that says nothing about reordering (as Linux's FLAG_DSACK_TLP)
-            self._tlp_resent = None
-            return
-        episode = self._undo_marker is not None and \
-            self._undo_marker <= left < right <= self._undo_high
-        if not episode or self._undo_fast:
-            # RFC 8985 §6.2 step 4; but not for a timeout's needless resends: they come
-            # of lost ACKs (or go-back-N after reneging), not of reordering
-            self.rack.on_dsack(self.snd_una, self.snd_nxt)
-        if not episode or self._undo_retrans <= 0:
-            return
-        if self._undo_fast:
-            self.rack.reordering_seen = True  # the original was late, not lost
-        self._undo_retrans -= -(-(right - left) // self.snd_mss)  # segments reported
-        if self._undo_retrans > 0:
-            return
-        self.counters.spurious_recoveries += 1
-        if log.enabled():
-            log.emit("undo", conn=self.name, cwnd=self._undo_cwnd, snd_una=self.snd_una)
-        self.cc.undo(self._undo_cwnd, self._undo_ssthresh)
-        self._undo_marker = None
-        if self._in_recovery and not self._probe_recovery:
-            self._in_recovery = self._sack_recovery = self._rto_recovery = False
-            self.rack.unmark_lost()  # what RACK thought lost was only late
-            self._recover = self.snd_una
-
-    def _dupack_threshold(self) -> int:
-        """Without SACK: three (RFC 5681), or fewer when a small flight with nothing new
-        to send could never produce three: RFC 5827's early retransmit."""
-        if self.unsent:
-            return DUPACK_THRESHOLD
-        segments = -(-(self.snd_max - self.snd_una) // self.snd_mss)
-        return max(1, min(DUPACK_THRESHOLD, segments - 1))
-
-    def _enter_recovery(self, now: float) -> None:
-        self.counters.fast_retransmits += 1
-        if log.enabled():
-            log.emit("fast_retransmit", conn=self.name, snd_una=self.snd_una)
-        self._in_recovery = True
-        self._rto_recovery = False
-        self._recover = self.snd_max
-        pmtu = self.pmtu
-        self._probe_recovery = pmtu is not None and pmtu.probe_seq == self.snd_una
-        if not self._probe_recovery:
-            self._open_undo_episode(fast=True)
-            self.cc.on_loss(self.snd_max - self.snd_una, now)
-            if self._sack_ok:
-                # RFC 6675 §5: the first lost segment goes now; the rest as pipe allows
-                self._sack_recovery = True
-                self._send_sack_recovery(now, first=True)
-            else:
-                self._retransmit_first(now)
-            return
-        assert pmtu is not None
-        self._enter_probe_repair(pmtu.probe_end, now)
-
-    def _enter_probe_repair(self, lost_end: int, now: float) -> None:
-        """A lost probe is no congestion, and it was one datagram: exactly its bytes are
-        missing. Resend them all now (in segments that pass) and end this recovery when
-        they are acknowledged, instead of NewReno's one segment per round trip."""
-        self._in_recovery = self._probe_recovery = True
-        self._recover = lost_end
+    def _free_acked(self, ack: int) -> bool:
+        """Drop acknowledged bytes from the send buffer; True if this ACK covers our FIN."""
         data_end = self._snd_base + len(self._sndbuf)
-        seq = self.snd_una
-        while seq < min(lost_end, data_end):
-            n = min(self._payload_room(), lost_end - seq, data_end - seq)
-            self._send_data(seq, n, now, fin=False)
-            seq += n
-        self.timers.arm(T.RTX, now + self.rtt.rto)
+        data_acked = min(ack, data_end) - self._snd_base
+        if data_acked > 0:
+            del self._sndbuf[:data_acked]
+            self._snd_base += data_acked
+            self.counters.bytes_acked += data_acked
+        if self.fin_queued and not self.fin_acked and ack > data_end:
+            self.fin_acked = True
+            self._events.append(SendClosed())
+            return True
+        return False
 
-    def _retransmit_first(self, now: float) -> None:
-        """Resend the first unacknowledged segment without rewinding snd_nxt."""
-        data_end = self._snd_base + len(self._sndbuf)
-        n = min(self._payload_room(), data_end - self.snd_una)
-        if n > 0:
-            self._send_data(self.snd_una, n, now, fin=False)
-        elif self._fin_queued and not self._fin_acked:
-            self._send_data(self.snd_una, 0, now, fin=True)
-        self.timers.arm(T.RTX, now + self.rtt.rto)
+    def _pmtu_acked(self, ack: int) -> None:
+        assert self.pmtu is not None
+        self.pmtu.progress()
+        confirmed = self.pmtu.acked(ack)
+        if confirmed is not None and confirmed > self.snd_mss:
+            self.snd_mss = confirmed
+            self.recovery.cc.set_mss(confirmed)
+            if log.enabled():
+                log.emit("pmtu", conn=self.name, mss=confirmed)
 
     def _update_window(self, seg: wire.Segment, seg_seq: int, ack: int,
                        force: bool = False) -> None:
@@ -1427,7 +1063,7 @@ class Connection:
         """Take in-window text; False if its tail (and so any FIN after it) was cut off."""
         # trim to the window: what is before rcv_nxt is old, what is past rcv_adv we never offered
         if seg_seq < self.rcv_nxt:
-            if self._sack_ok:
+            if self.sack_ok:
                 self._dsack = (seg_seq, self.rcv_nxt)  # the part we had (RFC 2883)
             payload = payload[self.rcv_nxt - seg_seq:]
             seg_seq = self.rcv_nxt
@@ -1463,7 +1099,7 @@ class Connection:
             item = (seg_seq, bytes(payload))
             i = bisect_left(self._ooo, item)
             if i < len(self._ooo) and self._ooo[i] == item:
-                if self._sack_ok:
+                if self.sack_ok:
                     self._dsack = (seg_seq, seg_seq + len(payload))
                 self._emit(self.snd_max, 0, ACK)
                 return complete  # a duplicate of a piece we hold
@@ -1583,8 +1219,8 @@ class Connection:
             self._send_syn(now)
             return
         if state in SYNCHRONIZED and state != State.TIME_WAIT:
-            if self._sack_recovery:
-                self._send_sack_recovery(now)
+            if self.recovery.mode in PIPE_DRIVEN:
+                self.recovery.send_pipe_driven(now)
             else:
                 self._send_new_data(now)
         if self._ack_now:
@@ -1598,14 +1234,14 @@ class Connection:
         # the MSS option says what we can receive: with probing, any datagram the route takes
         mss = max(self.config.mss, self.max_mss) if self.config.pmtu_probing \
             else self.config.mss
-        offer_ts = self._ts_ok if flags & ACK else self.config.timestamps
-        if self._syn_tsval is None:
+        offer_ts = self.ts.ok if flags & ACK else self.config.timestamps
+        if self.ts.syn_tsval is None:
             # a retransmitted SYN repeats the first one's timestamp: the same segment
             # (secure mode's handshake authenticates the header it was first sent with)
-            self._syn_tsval = self._ts_clock(now)
+            self.ts.syn_tsval = self.ts.clock(now)
         opts = wire.Options(mss=mss, wscale=self.rcv_wscale,
-                            sack_permitted=self._sack_ok if flags & ACK else self.config.sack,
-                            timestamps=(self._syn_tsval, self._ts_recent if flags & ACK
+                            sack_permitted=self.sack_ok if flags & ACK else self.config.sack,
+                            timestamps=(self.ts.syn_tsval, self.ts.recent if flags & ACK
                                         else 0) if offer_ts else None)
         if flags & ACK and not self._wscale_ok:
             opts.wscale = None
@@ -1619,14 +1255,14 @@ class Connection:
         ack = sq.wrap(self.rcv_nxt) if flags & ACK else 0
         if flags & ACK:
             self.rcv_adv = max(self.rcv_adv, self.rcv_nxt + window)
-            self._last_ack_sent = self.rcv_nxt
+            self.ts.last_ack_sent = self.rcv_nxt
             self._ack_now = False
         self._out.append(wire.build(wire.Segment(
             self.local_port, self.remote_port, sq.wrap(self.iss), ack, flags, window,
             options=opts)))
         self.counters.segments_sent += 1
         if not self.timers.armed(T.RTX):
-            self.timers.arm(T.RTX, now + self.rtt.rto)
+            self.timers.arm(T.RTX, now + self.recovery.rtt.rto)
 
     def _send_new_data(self, now: float) -> None:
         if self._persist_since is not None and self.snd_wnd:
@@ -1636,16 +1272,17 @@ class Connection:
                 self.timers.cancel(T.USER)
         data_end = self._snd_base + len(self._sndbuf)
         snd_max = self.snd_max
-        mss = self._payload_room()
+        mss = self.payload_room()
         # RFC 3042 limited transmit: a new segment for each of the first two duplicate
         # ACKs keeps the ACK clock going, so a small window can still reach three
-        bonus = self._dupacks * mss if not self._in_recovery and self._dupacks <= 2 else 0
+        dupacks = self.recovery.dupacks
+        bonus = dupacks * mss if not self.recovery.in_recovery and dupacks <= 2 else 0
         pacer = self.pacer
-        credit = self._pacing_credit(now)
+        credit = self.pacing_credit(now)
         sws_held = False
-        send_limit = self._send_limit()
+        send_limit = self.send_limit()
         while True:
-            window = min(self.snd_wnd, self.cc.cwnd + bonus, send_limit)
+            window = min(self.snd_wnd, self.recovery.cc.cwnd + bonus, send_limit)
             usable = self.snd_una + window - self.snd_nxt
             remaining = data_end - self.snd_nxt
             if remaining > 0:
@@ -1653,7 +1290,7 @@ class Connection:
                 if n <= 0:
                     break
                 probe = False
-                if self.pmtu is not None and not self._in_recovery \
+                if self.pmtu is not None and not self.recovery.in_recovery \
                         and self.snd_nxt == self.snd_max:
                     size = self.pmtu.next_size()
                     # three segments behind the probe, so its loss shows as duplicate
@@ -1686,11 +1323,11 @@ class Connection:
                 credit -= n
                 if probe and self.pmtu is not None:
                     self.pmtu.sent(self.snd_nxt, n)
-                fin = (self._fin_queued and self.snd_nxt + n == data_end)
-                self._send_data(self.snd_nxt, n, now, fin)
+                fin = (self.fin_queued and self.snd_nxt + n == data_end)
+                self.transmit(self.snd_nxt, n, now, fin)
                 self.snd_nxt += n + (1 if fin else 0)
-            elif self._fin_queued and self.snd_nxt == data_end:
-                self._send_data(self.snd_nxt, 0, now, fin=True)
+            elif self.fin_queued and self.snd_nxt == data_end:
+                self.transmit(self.snd_nxt, 0, now, fin=True)
                 self.snd_nxt += 1
             else:
                 break
@@ -1701,13 +1338,13 @@ class Connection:
         if self.snd_max > snd_max and not self.timers.armed(T.REORDER):
             # RFC 8985 §7.2: restart the probe timer after new data, for the whole
             # flight (armed at the burst's first segment, it took that for a lone one)
-            self._arm_tail_loss_probe(now)
+            self.recovery.arm_tail_loss_probe(now)
         if sws_held and self.snd_nxt == self.snd_una and not self.timers.armed(T.PERSIST):
-            self.timers.arm(T.PERSIST, now + min(self.rtt.rto, SWS_OVERRIDE_MAX))
+            self.timers.arm(T.PERSIST, now + min(self.recovery.rtt.rto, SWS_OVERRIDE_MAX))
         # zero window with data waiting and nothing in flight: probe until it opens
         if (self.unsent and self.snd_nxt == self.snd_una and self.snd_wnd == 0
                 and not self.timers.armed(T.PERSIST)):
-            self.timers.arm(T.PERSIST, now + self.rtt.rto)
+            self.timers.arm(T.PERSIST, now + self.recovery.rtt.rto)
             if self._persist_since is None:
                 # the last progress was now (the ACK that shut the window, or the
                 # application's data meeting a shut one): TCP_USER_TIMEOUT counts from
@@ -1717,79 +1354,19 @@ class Connection:
                 if self.config.user_timeout is not None and not self.timers.armed(T.USER):
                     self.timers.arm(T.USER, now + self.config.user_timeout)
 
-    def _send_sack_recovery(self, now: float, first: bool = False) -> None:
-        """RFC 6675 §5 steps (C)/(D), with RACK's marks for IsLost() (RFC 8985): while
-        cwnd - pipe allows, lost segments first, then new data. `first` sends one
-        segment whatever pipe says (the fast retransmit)."""
-        rack, mss = self.rack, self._payload_room()
-        data_end = self._snd_base + len(self._sndbuf)
-        pipe = rack.pipe(self.snd_una, self.snd_max)
-        pacer = self.pacer
-        credit = self._pacing_credit(now)
-        while first or self.cc.cwnd - pipe >= mss:
-            lost = rack.next_lost()
-            if first and lost is None:
-                lost = rack.first()  # RFC 6675 §5 (4.3): the first segment, lost or not
-            paced, first = not first, False  # the fast retransmission itself goes at once
-            if lost is not None:
-                # the segment as it was sent, in pieces if the room for payload shrank
-                start, end = lost.start, lost.end
-                if paced:
-                    n = end - start
-                    if credit < n and pacer is not None and pacer.blocks(now, credit, n):
-                        break
-                    credit -= n
-                if start == self.snd_una:
-                    # the timeout counts from the first segment's latest transmission
-                    # (as Linux's tcp_rearm_rto), not from an ACK that came before it
-                    self.timers.arm(T.RTX, now + self.rtt.rto)
-                stop = min(end, data_end)
-                seq = start
-                while seq < stop:
-                    n = min(mss, stop - seq)
-                    self._send_data(seq, n, now, fin=seq + n == data_end < end)
-                    seq += n
-                if start == data_end < end:
-                    self._send_data(start, 0, now, fin=True)  # a lone FIN
-                pipe += end - start
-                continue
-            window_end = self.snd_una + min(self.snd_wnd, self._send_limit())
-            if self.snd_nxt < data_end:
-                n = min(mss, data_end - self.snd_nxt, window_end - self.snd_nxt)
-                if n <= 0:
-                    break
-                if paced:
-                    if credit < n and pacer is not None and pacer.blocks(now, credit, n):
-                        break
-                    credit -= n
-                fin = self._fin_queued and self.snd_nxt + n == data_end
-                self._send_data(self.snd_nxt, n, now, fin)
-                self.snd_nxt += n + (1 if fin else 0)
-            elif self._fin_queued and self.snd_nxt == data_end:
-                self._send_data(self.snd_nxt, 0, now, fin=True)
-                self.snd_nxt += 1
-                n = 1
-            else:
-                break
-            self.snd_max = max(self.snd_max, self.snd_nxt)
-            pipe += n
-        if pacer is not None:
-            pacer.spent(credit)
-        self.timers.arm_if_idle(T.RTX, now + self.rtt.rto)
-
-    def _pacing_credit(self, now: float) -> float:
+    def pacing_credit(self, now: float) -> float:
         """Bytes the pacer lets leave now (`utcp.pacing`); inf when pacing is off."""
         pacer = self.pacer
         if pacer is None:
             return math.inf
-        cc = self.cc
-        return pacer.refill(now, cc.cwnd, cc.ssthresh, self.rtt.srtt, self.snd_mss)
+        cc = self.recovery.cc
+        return pacer.refill(now, cc.cwnd, cc.ssthresh, self.recovery.rtt.srtt, self.snd_mss)
 
-    def _payload_room(self) -> int:
+    def payload_room(self) -> int:
         """The MSS less the options a data segment will carry (RFC 9293 §3.7.1): SACK
         blocks ride on every segment while out-of-order data is held."""
-        room = self.snd_mss - 12 if self._ts_ok else self.snd_mss
-        if (self._ooo or self._dsack) and self._sack_ok:
+        room = self.snd_mss - 12 if self.ts.ok else self.snd_mss
+        if (self._ooo or self._dsack) and self.sack_ok:
             blocks = len(self._ooo) + (self._dsack is not None)
             room -= 4 + 8 * min(blocks, self._sack_limit)
         # A peer that never offered two segments' worth gets segments of half its largest
@@ -1802,7 +1379,7 @@ class Connection:
             return min(room, max(cutoff, MIN_SEGMENT))
         return room
 
-    def _send_data(self, seq: int, n: int, now: float, fin: bool) -> None:
+    def transmit(self, seq: int, n: int, now: float, fin: bool) -> None:
         off = seq - self._snd_base
         payload = memoryview(self._sndbuf)[off:off + n] if n else b""
         flags = ACK | (FIN if fin else 0)
@@ -1814,24 +1391,14 @@ class Connection:
                 self.pmtu.retransmitting(seq, n)
             self.counters.segments_retransmitted += 1
             self.counters.bytes_retransmitted += n
-            if self._undo_marker is not None and seq < self._undo_high:
-                self._undo_retrans += 1
-            if self._rtt_seq is not None and seq <= self._rtt_seq:
-                self._rtt_seq = None  # Karn's rule
         else:
             self.counters.bytes_sent += n
-            if self._rtt_seq is None:
-                self._rtt_seq = seq
-                self._rtt_time = now
-            if not self.timers.armed(T.TLP):
-                self._arm_tail_loss_probe(now)
-        if self._sack_ok and (n or fin):
-            self.rack.sent(seq, seq + n + (1 if fin else 0), now, retransmit)
+        self.recovery.on_sent(seq, n, fin, now, retransmit)
         self._emit(seq, n, flags, payload=payload)
         if isinstance(payload, memoryview):
             payload.release()
         if not self.timers.armed(T.RTX):
-            self.timers.arm(T.RTX, now + self.rtt.rto)
+            self.timers.arm(T.RTX, now + self.recovery.rtt.rto)
             if self.config.user_timeout is not None and not self.timers.armed(T.USER):
                 self.timers.arm(T.USER, now + self.config.user_timeout)
         if n or fin:
@@ -1856,11 +1423,10 @@ class Connection:
             self.timers.cancel(T.ACK)
         options = b""
         if flags & ACK:
-            self._last_ack_sent = self.rcv_nxt
-            if self._ts_ok:
-                options = _TS_OPTION.pack(1, 1, 8, 10, self._ts_clock(self._now),
-                                          self._ts_recent)
-            if (self._ooo or self._dsack) and self._sack_ok:
+            self.ts.last_ack_sent = self.rcv_nxt
+            if self.ts.ok:
+                options = self.ts.option(self._now)
+            if (self._ooo or self._dsack) and self.sack_ok:
                 limit = self._sack_limit
                 blocks = sack.receiver_blocks(self._ooo, self._latest_ooo, limit) \
                     if self._ooo else []
@@ -1873,36 +1439,11 @@ class Connection:
             window, options, payload))
         self.counters.segments_sent += 1
 
-    def _ts_clock(self, now: float) -> int:
-        return (int(now * 1000) + self._ts_offset) & sq.MASK
-
-    def _paws_rejects(self, seg: wire.Segment, now: float) -> bool:
-        """RFC 7323 §5.3 R1: a TSval older than TS.Recent is an old duplicate (PAWS).
-
-        Only a test: TS.Recent moves in `_take_ts_recent`, once the segment has proved
-        acceptable."""
-        ts = seg.options.timestamps
-        if ts is None:
-            return False
-        if sq.lt(ts[0], self._ts_recent) and not seg.flags & RST \
-                and now - self._ts_recent_time < PAWS_IDLE:
+    def _paws(self, seg: wire.Segment, now: float) -> bool:
+        if self.ts.paws_rejects(seg, now):
             self.counters.paws_drops += 1
             return True
         return False
-
-    def _take_ts_recent(self, seg: wire.Segment, seg_seq: int, now: float) -> None:
-        """RFC 7323 §5.3 R3 (§4.3): a newer TSval at or before Last.ACK.sent becomes
-        TS.Recent, but only from an acceptable segment.
-
-        Called after the window check (R2) and, as Linux's tcp_replace_ts_recent from
-        tcp_ack, after RFC 5961's ACK check: a blind forgery that moved TS.Recent ahead
-        would make every genuine segment fail PAWS, stalling the connection (4 datagrams
-        did, when this ran before the window check)."""
-        ts = seg.options.timestamps
-        if ts is not None and seg_seq <= self._last_ack_sent and (
-                sq.ge(ts[0], self._ts_recent) or now - self._ts_recent_time >= PAWS_IDLE):
-            self._ts_recent = ts[0]  # §5.5: after 24 days idle, an older TSval resets it
-            self._ts_recent_time = now
 
     def _window_field(self) -> int:
         """The window to advertise, rounded up so the right edge never moves left."""
@@ -1969,7 +1510,7 @@ class Connection:
             space = min(space, MEMORY_FLOOR - self._rcvbuf_len)
         return space
 
-    def _send_limit(self) -> int:
+    def send_limit(self) -> int:
         """Bytes in flight at most: the send buffer, or the floor under memory pressure."""
         budget = self.memory_budget
         if budget is not None and budget.used >= budget.pressure:
@@ -1986,7 +1527,7 @@ class Connection:
         if log.enabled():
             log.emit("state", conn=self.name, old=old.name, new=new.name, trigger=event.value)
 
-    def _fail(self, error: Exception | None, *, send_rst: bool, event: Ev = Ev.ABORT) -> None:
+    def fail(self, error: Exception | None, *, send_rst: bool, event: Ev = Ev.ABORT) -> None:
         if send_rst and self.state in SYNCHRONIZED | {State.SYN_RCVD}:
             # snd_max, not a snd_nxt rewound by a timeout: a peer that got everything
             # would drop an RST below its rcv_nxt as old (BSD's tcp_output does the same)

@@ -276,9 +276,9 @@ class Endpoint:
             if self.connections.get(conn.peer) is not conn or conn.state == State.CLOSED:
                 continue
             if conn.state == State.TIME_WAIT:
-                conn._fail(None, send_rst=False)
+                conn.fail(None, send_rst=False)
             else:
-                conn._fail(ConnectionResetError("evicted: the endpoint is full"
+                conn.fail(ConnectionResetError("evicted: the endpoint is full"
                                                 " (Config.max_connections)"), send_rst=True)
             # out now, then forgotten: secure mode seals the RST with the session that
             # forgetting drops (it was lost, and the peer waited for keepalive)

@@ -20,10 +20,6 @@ class Scoreboard:
         self.starts: list[int] = []
         self.ends: list[int] = []
 
-    def sacked(self, seq: int) -> bool:
-        k = bisect_right(self.starts, seq) - 1
-        return k >= 0 and seq < self.ends[k]
-
     def block_of(self, seq: int) -> tuple[int, int] | None:
         """The SACKed range holding seq, if any."""
         k = bisect_right(self.starts, seq) - 1
@@ -33,11 +29,6 @@ class Scoreboard:
 
     def __bool__(self) -> bool:
         return bool(self.starts)
-
-    @property
-    def fack(self) -> int:
-        """The highest byte SACKed, plus one (0 when empty)."""
-        return self.ends[-1] if self.ends else 0
 
     def add(self, left: int, right: int) -> bool:
         """Merge one block; True if it told us something new."""
