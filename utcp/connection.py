@@ -14,14 +14,19 @@ through `utcp.state.next_state`.
 
 from __future__ import annotations
 
-import collections
 import math
 import secrets
-from bisect import bisect_left
 from collections.abc import Callable
 
 from utcp import log, sack, wire
 from utcp import seq as sq
+from utcp.buffers import (
+    OOO_PIECE_OVERHEAD,
+    RCV_PIECE_OVERHEAD,
+    MemoryBudget,
+    ReceiveBuffer,
+    SendBuffer,
+)
 from utcp.config import Config
 from utcp.events import (
     EofReceived,
@@ -57,63 +62,12 @@ MIN_SEGMENT = 36  # Linux's floor for a segment bounded by half the window (68 -
 # Linux's tcp_orphan_retries (0 there means 8): zero-window probes an orphan sends
 # without the window opening before it is given up, however the peer answers
 ORPHAN_PROBES = 8
-_GLUE_BELOW = 16384  # read_pieces glues received pieces smaller than this into one
 
 
-# Real memory a received piece costs beyond its payload, measured with tracemalloc on
-# CPython 3.11 (64-bit): a piece in order is a bytes object (33-byte header, allocator
-# rounding) and a deque slot, about 42 bytes for a 1-byte piece, 57 for a large one; one
-# held out of order adds a (seq, bytes) tuple, a large int and a list slot, about 134 and
-# 161. Charging payload bytes alone let 1-byte pieces cost ~160 times their charge.
-RCV_PIECE_OVERHEAD = 64
-OOO_PIECE_OVERHEAD = 160
 # What every connection may hold and send whatever the endpoint's memory (as Linux's
 # tcp_rmem[0] / tcp_wmem[0]): under pressure windows and flights shrink to it, over the
 # limit a connection holding more takes nothing more, so each keeps making progress.
 MEMORY_FLOOR = 64 * 1024
-
-
-class ReassemblyBudget:
-    """Out-of-order pieces all connections of one endpoint may hold together, charged
-    as real memory (payload + OOO_PIECE_OVERHEAD each)."""
-
-    __slots__ = ("limit", "used")
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self.used = 0
-
-
-class MemoryBudget:
-    """Send and receive buffers of all connections of one endpoint (Linux's tcp_mem).
-
-    Below `pressure` (2/3 of `limit`, Linux's default ratio of tcp_mem[1] to [2]) nothing
-    is clamped. Above it, windows offered and bytes in flight shrink to MEMORY_FLOOR per
-    connection; at `limit` a received piece is dropped unless its connection holds less
-    than MEMORY_FLOOR. The application's writes are never refused: the asyncio layer's
-    water marks pause it once its bytes cannot leave, which a clamped flight brings about.
-    """
-
-    __slots__ = ("drops", "limit", "pressure", "used")
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self.pressure = limit * 2 // 3
-        self.used = 0
-        self.drops = 0
-
-
-class _NoPieces(collections.deque[bytes | memoryview]):
-    """The receive buffer of every connection that holds no piece: a deque, even empty,
-    keeps a 528-byte block, and an idle connection has nothing to keep in it (issue #14:
-    100,000 idle connections). Appends go to a fresh deque (`_rcv_queue`); one here
-    would be a bug, so it fails loudly instead of sharing bytes between connections."""
-
-    def append(self, piece: bytes | memoryview, /) -> None:
-        raise RuntimeError("append to the shared empty receive buffer")
-
-
-_NO_PIECES = _NoPieces()
 _TIMER_ORDER = tuple(T)  # priority order (utcp.timers)
 
 
@@ -142,21 +96,14 @@ class Connection:
         "_fin_received",
         "_fin_seq",
         "_keepalive_sent",
-        "_latest_ooo",
         "_mem",
         "_notify",
         "_now",
-        "_ooo",
-        "_ooo_bytes",
         "_out",
         "_persist_backoff",
         "_persist_since",
         "_probes_out",
-        "_rcvbuf",
-        "_rcvbuf_len",
         "_sack_limit",
-        "_snd_base",
-        "_sndbuf",
         "_sws_override",
         "_syn_retries",
         "_syn_time",
@@ -165,8 +112,6 @@ class Connection:
         "config",
         "counters",
         "error",
-        "fin_acked",
-        "fin_queued",
         "irs",
         "iss",
         "local_port",
@@ -179,10 +124,10 @@ class Connection:
         "passive",
         "peer",
         "pmtu",
+        "rcv",
         "rcv_adv",
         "rcv_nxt",
         "rcv_wscale",
-        "reassembly_budget",
         "recovery",
         "refusal_hint",
         "remote_port",
@@ -195,6 +140,7 @@ class Connection:
         "snd_wl2",
         "snd_wnd",
         "snd_wscale",
+        "sndbuf",
         "state",
         "timers",
         "ts",
@@ -232,24 +178,14 @@ class Connection:
         self.snd_mss = DEFAULT_MSS
         self.max_mss = config.mss    # the local route's ceiling; the I/O layer may raise it
         self.pmtu: PmtuSearch | None = None
-        self._sndbuf = bytearray()   # bytes from _snd_base on: unacked, then unsent
-        self._snd_base = self.iss + 1
-        self.fin_queued = False
-        self.fin_acked = False
+        self.sndbuf = SendBuffer(self.iss + 1)
 
         # receive sequence space (unwrapped once the peer's SYN arrives)
         self.irs = 0
         self.rcv_nxt = 0
         self.rcv_wscale = window_scale_for(config.recv_buffer)  # our shift
         self.rcv_adv = 0             # right edge of the window we advertised
-        # In-order bytes the application has not read, as the pieces that arrived: each
-        # is copied once out of the datagram buffer, and a read of whole pieces hands
-        # them over as they are (a bytearray was re-grown and copied out on every read).
-        self._rcvbuf: collections.deque[bytes | memoryview] = _NO_PIECES
-        self._rcvbuf_len = 0
-        self._ooo: list[tuple[int, bytes]] = []  # out-of-order pieces, sorted by seq
-        self._ooo_bytes = 0
-        self.reassembly_budget: ReassemblyBudget | None = None  # shared by an endpoint
+        self.rcv = ReceiveBuffer()
         self.memory_budget: MemoryBudget | None = None  # shared by an endpoint
         self._mem = 0  # what this connection has charged to memory_budget
         self._fin_seq: int | None = None  # sequence number of the peer's FIN, once seen
@@ -282,7 +218,6 @@ class Connection:
         # 4 blocks fill the 40 bytes of options; secure mode needs 12 for its counter
         self._sack_limit = 3 if config.secure else 4
         self.ts = Timestamps(self.iss)  # RFC 7323, once both SYNs carry the option
-        self._latest_ooo = 0
         self._dsack: tuple[int, int] | None = None  # a duplicate to report (RFC 2883)
         self.counters = Counters()
         self._challenge_window_start = -1e18
@@ -339,23 +274,23 @@ class Connection:
 
     def send(self, data: bytes | bytearray | memoryview) -> None:
         """Queue bytes to send. Raises once the sending side is closed."""
-        if self.state not in CAN_SEND or self.fin_queued:
+        if self.state not in CAN_SEND or self.sndbuf.fin_queued:
             raise ConnectionError(f"cannot send in state {self.state.name}"
-                                  + (" after close" if self.fin_queued else ""))
+                                  + (" after close" if self.sndbuf.fin_queued else ""))
         if data:
-            self._sndbuf += data
+            self.sndbuf.data += data
             self.recharge()
             self._touch()
 
     def close(self) -> None:
         """Graceful close: FIN after all queued data (RFC 9293 §3.10.4)."""
-        if self.fin_queued or self.state in (State.CLOSED, State.TIME_WAIT):
+        if self.sndbuf.fin_queued or self.state in (State.CLOSED, State.TIME_WAIT):
             return
         if self.state in (State.SYN_SENT, State.LISTEN):
             self._set_state(Ev.CLOSE)
             self._terminate(None)
             return
-        self.fin_queued = True
+        self.sndbuf.fin_queued = True
         self._set_state(Ev.CLOSE)
         self._touch()
 
@@ -406,15 +341,9 @@ class Connection:
 
     def read(self, max_bytes: int = -1) -> bytes:
         """Take in-order bytes the peer sent; reading reopens the advertised window."""
-        if not self._rcvbuf_len:
+        if not self.rcv.size:
             return b""
-        chunks = self._rcvbuf
-        if max_bytes < 0 or max_bytes >= self._rcvbuf_len:
-            data = bytes(chunks[0]) if len(chunks) == 1 else b"".join(chunks)
-            self._rcvbuf = _NO_PIECES
-        else:
-            data = self._take(max_bytes, glue_all=True)
-        self._rcvbuf_len -= len(data)
+        data = self.rcv.read(max_bytes)
         self.recharge()
         self._maybe_window_update()
         return data
@@ -422,54 +351,26 @@ class Connection:
     def read_pieces(self, max_bytes: int) -> bytes:
         """Like `read`, but large pieces come one at a time rather than glued together:
         the asyncio transport hands each to the protocol without a copy of its own."""
-        if not self._rcvbuf_len:
+        if not self.rcv.size:
             return b""
-        data = self._take(max_bytes, glue_all=False)
-        self._rcvbuf_len -= len(data)
+        data = self.rcv.read_pieces(max_bytes)
         self.recharge()
         self._maybe_window_update()
         return data
 
-    def _take(self, max_bytes: int, glue_all: bool) -> bytes:
-        chunks = self._rcvbuf
-        parts: list[bytes | memoryview] = []
-        need = max_bytes
-        while need > 0 and chunks:
-            first = chunks[0]
-            if parts and not glue_all and len(first) >= _GLUE_BELOW:
-                break  # a large piece: the next read takes it whole
-            if len(first) <= need:
-                parts.append(chunks.popleft())
-                need -= len(first)
-            else:
-                view = first if isinstance(first, memoryview) else memoryview(first)
-                parts.append(view[:need])
-                chunks[0] = view[need:]  # the rest without a copy
-                need = 0
-            if not glue_all and len(first) >= _GLUE_BELOW:
-                break
-        if not chunks:
-            self._rcvbuf = _NO_PIECES
-        return bytes(parts[0]) if len(parts) == 1 else b"".join(parts)
-
-    def _rcv_queue(self) -> collections.deque[bytes | memoryview]:
-        """A deque of its own for the receive buffer, which was the shared empty one."""
-        self._rcvbuf = collections.deque()
-        return self._rcvbuf
-
     @property
     def readable(self) -> int:
-        return self._rcvbuf_len
+        return self.rcv.size
 
     @property
     def unsent(self) -> int:
         """Bytes queued by the application that were never transmitted."""
-        return self._snd_base + len(self._sndbuf) - max(self.snd_nxt, self._snd_base)
+        buf = self.sndbuf
+        return buf.end - max(self.snd_nxt, buf.base)
 
     @property
     def data_end(self) -> int:
-        """The sequence number after the last byte queued (the FIN's, once closed)."""
-        return self._snd_base + len(self._sndbuf)
+        return self.sndbuf.end
 
     @property
     def in_flight(self) -> int:
@@ -478,7 +379,7 @@ class Connection:
     @property
     def queued(self) -> int:
         """Bytes queued and not yet acknowledged (unacked plus unsent)."""
-        return len(self._sndbuf)
+        return len(self.sndbuf.data)
 
     @property
     def eof_received(self) -> bool:
@@ -692,7 +593,7 @@ class Connection:
         self._touch()
         payload = seg.payload
         if (self.state is State.ESTABLISHED and (seg.flags | PSH) == ACK | PSH and payload
-                and not self._ooo and self._fin_seq is None
+                and not self.rcv.ooo and self._fin_seq is None
                 and not (seg.seq - self.rcv_nxt) & sq.MASK
                 and not (seg.ack - self.snd_una) & sq.MASK
                 and (seg.window << self.snd_wscale) == self.snd_wnd
@@ -711,8 +612,7 @@ class Connection:
                 self.ts.take_recent(seg, self.rcv_nxt, now)  # in order, exact ACK
             self._heard(now)
             self.snd_wl1, self.snd_wl2 = self.rcv_nxt, self.snd_una
-            (self._rcvbuf or self._rcv_queue()).append(bytes(payload))
-            self._rcvbuf_len += len(payload)
+            self.rcv.append(bytes(payload))
             self.rcv_nxt += len(payload)
             self.counters.bytes_received += len(payload)
             self._unacked_segments += 1
@@ -1021,14 +921,10 @@ class Connection:
 
     def _free_acked(self, ack: int) -> bool:
         """Drop acknowledged bytes from the send buffer; True if this ACK covers our FIN."""
-        data_end = self._snd_base + len(self._sndbuf)
-        data_acked = min(ack, data_end) - self._snd_base
-        if data_acked > 0:
-            del self._sndbuf[:data_acked]
-            self._snd_base += data_acked
-            self.counters.bytes_acked += data_acked
-        if self.fin_queued and not self.fin_acked and ack > data_end:
-            self.fin_acked = True
+        data_end = self.sndbuf.end
+        self.counters.bytes_acked += self.sndbuf.free(ack)
+        if self.sndbuf.fin_queued and not self.sndbuf.fin_acked and ack > data_end:
+            self.sndbuf.fin_acked = True
             self._events.append(SendClosed())
             return True
         return False
@@ -1078,12 +974,13 @@ class Connection:
         if seg_seq == self.rcv_nxt:
             if not self._mem_admit(len(payload) + RCV_PIECE_OVERHEAD):
                 return False
-            (self._rcvbuf or self._rcv_queue()).append(bytes(payload))
-            self._rcvbuf_len += len(payload)
+            self.rcv.append(bytes(payload))
             self.rcv_nxt += len(payload)
             self.counters.bytes_received += len(payload)
-            if self._ooo:
-                self._drain_ooo()
+            if self.rcv.ooo:
+                rcv_nxt = self.rcv.drain(self.rcv_nxt)
+                self.counters.bytes_received += rcv_nxt - self.rcv_nxt
+                self.rcv_nxt = rcv_nxt
                 self._ack_now = True  # RFC 5681 §4.2: ACK at once when a hole fills
             else:
                 # RFC 9293 §3.8.6.3: at least every second segment, else the delay timer
@@ -1095,55 +992,33 @@ class Connection:
             # One duplicate ACK per out-of-order segment, sent now rather than once per
             # batch of datagrams, so the sender counts three and retransmits fast; it
             # goes out after the piece is stored, so its SACK blocks include it.
-            self._latest_ooo = seg_seq
-            item = (seg_seq, bytes(payload))
-            i = bisect_left(self._ooo, item)
-            if i < len(self._ooo) and self._ooo[i] == item:
+            rcv = self.rcv
+            rcv.latest_ooo = seg_seq
+            piece = bytes(payload)
+            i, held = rcv.find_ooo(seg_seq, piece)
+            if held:
                 if self.sack_ok:
                     self._dsack = (seg_seq, seg_seq + len(payload))
                 self._emit(self.snd_max, 0, ACK)
                 return complete  # a duplicate of a piece we hold
             # The cap is against floods of tiny pieces: full-sized segments are held up to
             # the window we advertised, else one tail drop costs a go-back-N of the rest.
-            if len(self._ooo) >= max(self.config.max_ooo_segments,
+            if len(rcv.ooo) >= max(self.config.max_ooo_segments,
                                      2 * self.config.recv_buffer // self.config.mss):
                 self._drop("out-of-order queue full")
                 return False
             cost = len(payload) + OOO_PIECE_OVERHEAD
-            budget = self.reassembly_budget
+            budget = rcv.budget
             if budget is not None and budget.used + cost > budget.limit:
                 self._drop("endpoint reassembly budget exhausted")
                 return False
             if not self._mem_admit(cost):
                 return False
-            if budget is not None:
-                budget.used += cost
-            self._ooo.insert(i, item)
-            self._ooo_bytes += len(payload)
+            rcv.insert_ooo(i, seg_seq, piece, cost)
             self._emit(self.snd_max, 0, ACK)
         if not self._ack_now and not self.timers.armed(T.ACK):
             self.timers.arm(T.ACK, self._now + self.config.ack_delay)
         return complete
-
-    def _drain_ooo(self) -> None:
-        ooo = self._ooo
-        i = 0
-        while i < len(ooo):
-            start, data = ooo[i]
-            if start > self.rcv_nxt:
-                break
-            end = start + len(data)
-            if end > self.rcv_nxt:
-                piece = data[self.rcv_nxt - start:] if self.rcv_nxt > start else data
-                (self._rcvbuf or self._rcv_queue()).append(piece)
-                self._rcvbuf_len += len(piece)
-                self.counters.bytes_received += len(piece)
-                self.rcv_nxt = end
-            self._ooo_bytes -= len(data)
-            if self.reassembly_budget is not None:
-                self.reassembly_budget.used -= len(data) + OOO_PIECE_OVERHEAD
-            i += 1
-        del ooo[:i]
 
     def _record_fin(self, fin_at: int) -> None:
         """Hold the peer's FIN at `fin_at` until the bytes before it are in.
@@ -1157,8 +1032,7 @@ class Connection:
         queue)."""
         if fin_at == self._fin_seq:
             return
-        if fin_at < self.rcv_nxt or (fin_at > self.rcv_nxt and any(
-                start + len(data) > fin_at for start, data in self._ooo)):
+        if fin_at < self.rcv_nxt or (fin_at > self.rcv_nxt and self.rcv.holds_past(fin_at)):
             self.counters.fins_ignored += 1
             if log.enabled():
                 log.emit("drop", conn=self.name, reason="FIN before data held",
@@ -1270,7 +1144,7 @@ class Connection:
             self._persist_since = None
             if self.snd_una == self.snd_max:
                 self.timers.cancel(T.USER)
-        data_end = self._snd_base + len(self._sndbuf)
+        data_end = self.sndbuf.end
         snd_max = self.snd_max
         mss = self.payload_room()
         # RFC 3042 limited transmit: a new segment for each of the first two duplicate
@@ -1323,10 +1197,10 @@ class Connection:
                 credit -= n
                 if probe and self.pmtu is not None:
                     self.pmtu.sent(self.snd_nxt, n)
-                fin = (self.fin_queued and self.snd_nxt + n == data_end)
+                fin = (self.sndbuf.fin_queued and self.snd_nxt + n == data_end)
                 self.transmit(self.snd_nxt, n, now, fin)
                 self.snd_nxt += n + (1 if fin else 0)
-            elif self.fin_queued and self.snd_nxt == data_end:
+            elif self.sndbuf.fin_queued and self.snd_nxt == data_end:
                 self.transmit(self.snd_nxt, 0, now, fin=True)
                 self.snd_nxt += 1
             else:
@@ -1366,8 +1240,8 @@ class Connection:
         """The MSS less the options a data segment will carry (RFC 9293 §3.7.1): SACK
         blocks ride on every segment while out-of-order data is held."""
         room = self.snd_mss - 12 if self.ts.ok else self.snd_mss
-        if (self._ooo or self._dsack) and self.sack_ok:
-            blocks = len(self._ooo) + (self._dsack is not None)
+        if (self.rcv.ooo or self._dsack) and self.sack_ok:
+            blocks = len(self.rcv.ooo) + (self._dsack is not None)
             room -= 4 + 8 * min(blocks, self._sack_limit)
         # A peer that never offered two segments' worth gets segments of half its largest
         # window (Linux's tcp_bound_to_half_wnd; RFC 9293 §3.8.6.2.1's Fs = 1/2): a
@@ -1380,10 +1254,9 @@ class Connection:
         return room
 
     def transmit(self, seq: int, n: int, now: float, fin: bool) -> None:
-        off = seq - self._snd_base
-        payload = memoryview(self._sndbuf)[off:off + n] if n else b""
+        payload = self.sndbuf.view(seq, n) if n else b""
         flags = ACK | (FIN if fin else 0)
-        if n and seq + n == self._snd_base + len(self._sndbuf):
+        if n and seq + n == self.sndbuf.end:
             flags |= PSH
         retransmit = seq < self.snd_max
         if retransmit:
@@ -1426,10 +1299,10 @@ class Connection:
             self.ts.last_ack_sent = self.rcv_nxt
             if self.ts.ok:
                 options = self.ts.option(self._now)
-            if (self._ooo or self._dsack) and self.sack_ok:
+            ooo = self.rcv.ooo
+            if (ooo or self._dsack) and self.sack_ok:
                 limit = self._sack_limit
-                blocks = sack.receiver_blocks(self._ooo, self._latest_ooo, limit) \
-                    if self._ooo else []
+                blocks = sack.receiver_blocks(ooo, self.rcv.latest_ooo, limit) if ooo else []
                 if self._dsack is not None:  # RFC 2883: first, once
                     blocks = [self._dsack, *blocks[:limit - 1]]
                     self._dsack = None
@@ -1448,7 +1321,7 @@ class Connection:
     def _window_field(self) -> int:
         """The window to advertise, rounded up so the right edge never moves left."""
         shift = self.rcv_wscale
-        space = self.config.recv_buffer - self._rcvbuf_len
+        space = self.config.recv_buffer - self.rcv.size
         budget = self.memory_budget
         if budget is not None and budget.used >= budget.pressure:
             space = self._rcv_space()  # the rare case: out of line
@@ -1475,16 +1348,16 @@ class Connection:
 
     def memory_in_use(self) -> int:
         """Real memory of the buffers: unread and out-of-order pieces, the send buffer."""
-        return (self._rcvbuf_len + RCV_PIECE_OVERHEAD * len(self._rcvbuf)
-                + self._ooo_bytes + OOO_PIECE_OVERHEAD * len(self._ooo) + len(self._sndbuf))
+        return self.rcv.memory() + len(self.sndbuf.data)
 
     def recharge(self) -> None:
         """Bring the endpoint's memory account up to what this connection holds now."""
         budget = self.memory_budget
         if budget is not None:  # memory_in_use() inlined: this runs once per datagram
-            mem = (self._rcvbuf_len + RCV_PIECE_OVERHEAD * len(self._rcvbuf)
-                   + self._ooo_bytes + OOO_PIECE_OVERHEAD * len(self._ooo)
-                   + len(self._sndbuf))
+            rcv = self.rcv
+            mem = (rcv.size + RCV_PIECE_OVERHEAD * len(rcv.pieces)
+                   + rcv.ooo_bytes + OOO_PIECE_OVERHEAD * len(rcv.ooo)
+                   + len(self.sndbuf.data))
             budget.used += mem - self._mem
             self._mem = mem
 
@@ -1504,10 +1377,10 @@ class Connection:
     def _rcv_space(self) -> int:
         """Room to offer in the receive window: under memory pressure no more than the
         floor, so the windows promised in all cannot outgrow the budget (tcp_mem[1])."""
-        space = self.config.recv_buffer - self._rcvbuf_len
+        space = self.config.recv_buffer - self.rcv.size
         budget = self.memory_budget
         if budget is not None and budget.used >= budget.pressure:
-            space = min(space, MEMORY_FLOOR - self._rcvbuf_len)
+            space = min(space, MEMORY_FLOOR - self.rcv.size)
         return space
 
     def send_limit(self) -> int:
@@ -1541,16 +1414,13 @@ class Connection:
         if self.pacer is not None:
             self.pacer.deadline = None
         self._ack_now = False
-        self._sndbuf = bytearray()
-        if self.reassembly_budget is not None:
-            self.reassembly_budget.used -= self._ooo_bytes + OOO_PIECE_OVERHEAD * len(self._ooo)
+        self.sndbuf.data = bytearray()
         if self.memory_budget is not None:
             # what is left unread is the application's to take; no longer the endpoint's
             self.memory_budget.used -= self._mem
             self._mem = 0
             self.memory_budget = None
-        self._ooo_bytes = 0
-        self._ooo.clear()
+        self.rcv.drop_ooo()
         self._events.append(Terminated(error))
         self._touch()
 

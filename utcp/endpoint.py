@@ -21,8 +21,9 @@ from collections.abc import Callable
 
 from utcp import crypto, log, secure, wire
 from utcp import seq as sq
+from utcp.buffers import MemoryBudget, ReassemblyBudget
 from utcp.config import Config
-from utcp.connection import Connection, MemoryBudget, ReassemblyBudget, window_scale_for
+from utcp.connection import Connection, window_scale_for
 from utcp.state import State
 
 Addr = tuple[str, int]
@@ -107,7 +108,7 @@ class Endpoint:
                           name=f"{key[0]}:{key[1]}")
         conn.peer = key
         conn._notify = self._touch
-        conn.reassembly_budget = self.reassembly
+        conn.rcv.budget = self.reassembly
         conn.memory_budget = self.memory
         if self.route_mss is not None and self.config.pmtu_probing:
             conn.max_mss = max(self.config.mss, self.route_mss(key))

@@ -96,7 +96,7 @@ class SentLog:
         self.segs: list[Segment] = []      # by sequence number; segs[_head:] are live
         self._head = 0
         # (order, segment); the shared empty deque while nothing is in flight (as
-        # _NO_PIECES in connection.py: an idle connection keeps no 760-byte deque)
+        # _NO_PIECES in buffers.py: an idle connection keeps no 760-byte deque)
         self._by_time: deque[tuple[int, Segment]] = _NOTHING_SENT
         self._lost: list[tuple[int, int, Segment]] = []  # heap: lost, not yet resent
         self._sent = 0                     # transmissions so far: the next one's order

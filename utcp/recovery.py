@@ -337,7 +337,7 @@ class LossRecovery:
         n = min(conn.payload_room(), conn.data_end - conn.snd_una)
         if n > 0:
             conn.transmit(conn.snd_una, n, now, fin=False)
-        elif conn.fin_queued and not conn.fin_acked:
+        elif conn.sndbuf.fin_queued and not conn.sndbuf.fin_acked:
             conn.transmit(conn.snd_una, 0, now, fin=True)
         conn.timers.arm(T.RTX, now + self.rtt.rto)
 
@@ -375,10 +375,10 @@ class LossRecovery:
                     if credit < n and pacer is not None and pacer.blocks(now, credit, n):
                         break
                     credit -= n
-                fin = conn.fin_queued and conn.snd_nxt + n == data_end
+                fin = conn.sndbuf.fin_queued and conn.snd_nxt + n == data_end
                 conn.transmit(conn.snd_nxt, n, now, fin)
                 conn.snd_nxt += n + (1 if fin else 0)
-            elif conn.fin_queued and conn.snd_nxt == data_end:
+            elif conn.sndbuf.fin_queued and conn.snd_nxt == data_end:
                 conn.transmit(conn.snd_nxt, 0, now, fin=True)
                 conn.snd_nxt += 1
                 n = 1
@@ -487,7 +487,7 @@ class LossRecovery:
         n = min(room, data_end - conn.snd_nxt)
         if conn.snd_nxt == conn.snd_max and n > 0 and \
                 conn.snd_nxt + n <= conn.snd_una + conn.snd_wnd:
-            fin = conn.fin_queued and conn.snd_nxt + n == data_end
+            fin = conn.sndbuf.fin_queued and conn.snd_nxt + n == data_end
             self.tlp_seq = conn.snd_nxt
             conn.transmit(conn.snd_nxt, n, now, fin)
             conn.snd_nxt += n + (1 if fin else 0)
@@ -500,9 +500,9 @@ class LossRecovery:
             if start < end:
                 self.tlp_seq = start
                 self.tlp_resent = (start, end)
-                fin = conn.fin_queued and conn.snd_max == data_end + 1 and end == data_end
+                fin = conn.sndbuf.fin_queued and conn.snd_max == data_end + 1 and end == data_end
                 conn.transmit(start, end - start, now, fin)
-            elif conn.fin_queued and not conn.fin_acked:
+            elif conn.sndbuf.fin_queued and not conn.sndbuf.fin_acked:
                 self.tlp_seq = data_end
                 conn.transmit(data_end, 0, now, fin=True)
         conn.timers.arm(T.RTX, now + self.rtt.rto)

@@ -1,0 +1,205 @@
+"""A connection's send and receive buffers, and the memory they charge an endpoint.
+
+The buffers know bytes and sequence numbers, nothing of segments, windows or states:
+what may be sent or offered is the connection's to decide (`utcp.connection`).
+"""
+
+from __future__ import annotations
+
+import collections
+from bisect import bisect_left
+
+# Real memory a received piece costs beyond its payload, measured with tracemalloc on
+# CPython 3.11 (64-bit): a piece in order is a bytes object (33-byte header, allocator
+# rounding) and a deque slot, about 42 bytes for a 1-byte piece, 57 for a large one; one
+# held out of order adds a (seq, bytes) tuple, a large int and a list slot, about 134 and
+# 161. Charging payload bytes alone let 1-byte pieces cost ~160 times their charge.
+RCV_PIECE_OVERHEAD = 64
+OOO_PIECE_OVERHEAD = 160
+_GLUE_BELOW = 16384  # read_pieces glues received pieces smaller than this into one
+
+
+class ReassemblyBudget:
+    """Out-of-order pieces all connections of one endpoint may hold together, charged
+    as real memory (payload + OOO_PIECE_OVERHEAD each)."""
+
+    __slots__ = ("limit", "used")
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+
+
+class MemoryBudget:
+    """Send and receive buffers of all connections of one endpoint (Linux's tcp_mem).
+
+    Below `pressure` (2/3 of `limit`, Linux's default ratio of tcp_mem[1] to [2]) nothing
+    is clamped. Above it, windows offered and bytes in flight shrink to MEMORY_FLOOR per
+    connection; at `limit` a received piece is dropped unless its connection holds less
+    than MEMORY_FLOOR. The application's writes are never refused: the asyncio layer's
+    water marks pause it once its bytes cannot leave, which a clamped flight brings about.
+    """
+
+    __slots__ = ("drops", "limit", "pressure", "used")
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.pressure = limit * 2 // 3
+        self.used = 0
+        self.drops = 0
+
+
+class _NoPieces(collections.deque[bytes | memoryview]):
+    """The receive buffer of every connection that holds no piece: a deque, even empty,
+    keeps a 528-byte block, and an idle connection has nothing to keep in it (100,000
+    idle connections). Appends go to a fresh deque (`ReceiveBuffer.append`); one here
+    would be a bug, so it fails loudly instead of sharing bytes between connections."""
+
+    def append(self, piece: bytes | memoryview, /) -> None:
+        raise RuntimeError("append to the shared empty receive buffer")
+
+
+_NO_PIECES = _NoPieces()
+
+
+class SendBuffer:
+    """Bytes queued by the application from sequence number `base` on: acknowledged
+    bytes leave from the front, so the buffer holds unacked then unsent bytes."""
+
+    __slots__ = ("base", "data", "fin_acked", "fin_queued")
+
+    def __init__(self, base: int) -> None:
+        self.data = bytearray()
+        self.base = base
+        self.fin_queued = False  # the application closed: a FIN follows the data
+        self.fin_acked = False
+
+    @property
+    def end(self) -> int:
+        """The sequence number after the last byte queued (the FIN's, once closed)."""
+        return self.base + len(self.data)
+
+    def free(self, ack: int) -> int:
+        """Forget what `ack` acknowledges; the number of data bytes freed."""
+        n = min(ack, self.base + len(self.data)) - self.base
+        if n > 0:
+            del self.data[:n]
+            self.base += n
+            return n
+        return 0
+
+    def view(self, seq: int, n: int) -> memoryview:
+        off = seq - self.base
+        return memoryview(self.data)[off:off + n]
+
+
+class ReceiveBuffer:
+    """In-order bytes the application has not read, and out-of-order pieces held for
+    reassembly.
+
+    In-order bytes are kept as the pieces that arrived: each is copied once out of the
+    datagram buffer, and a read of whole pieces hands them over as they are (a bytearray
+    was re-grown and copied out on every read).
+    """
+
+    __slots__ = ("budget", "latest_ooo", "ooo", "ooo_bytes", "pieces", "size")
+
+    def __init__(self) -> None:
+        self.pieces: collections.deque[bytes | memoryview] = _NO_PIECES
+        self.size = 0            # bytes in `pieces`
+        self.ooo: list[tuple[int, bytes]] = []  # out-of-order pieces, sorted by seq
+        self.ooo_bytes = 0
+        self.latest_ooo = 0      # where the most recent out-of-order piece starts
+        self.budget: ReassemblyBudget | None = None  # shared by an endpoint
+
+    def append(self, piece: bytes | memoryview) -> None:
+        pieces = self.pieces
+        if not pieces:
+            pieces = self.pieces = collections.deque()
+        pieces.append(piece)
+        self.size += len(piece)
+
+    def read(self, max_bytes: int) -> bytes:
+        """Up to max_bytes (all when negative), glued into one bytes object."""
+        if max_bytes < 0 or max_bytes >= self.size:
+            chunks = self.pieces
+            data = bytes(chunks[0]) if len(chunks) == 1 else b"".join(chunks)
+            self.pieces = _NO_PIECES
+            self.size = 0
+            return data
+        return self._take(max_bytes, glue_all=True)
+
+    def read_pieces(self, max_bytes: int) -> bytes:
+        """Like `read`, but a large piece comes alone, without a copy of its own."""
+        return self._take(max_bytes, glue_all=False)
+
+    def _take(self, max_bytes: int, glue_all: bool) -> bytes:
+        chunks = self.pieces
+        parts: list[bytes | memoryview] = []
+        need = max_bytes
+        while need > 0 and chunks:
+            first = chunks[0]
+            if parts and not glue_all and len(first) >= _GLUE_BELOW:
+                break  # a large piece: the next read takes it whole
+            if len(first) <= need:
+                parts.append(chunks.popleft())
+                need -= len(first)
+            else:
+                view = first if isinstance(first, memoryview) else memoryview(first)
+                parts.append(view[:need])
+                chunks[0] = view[need:]  # the rest without a copy
+                need = 0
+            if not glue_all and len(first) >= _GLUE_BELOW:
+                break
+        if not chunks:
+            self.pieces = _NO_PIECES
+        data = bytes(parts[0]) if len(parts) == 1 else b"".join(parts)
+        self.size -= len(data)
+        return data
+
+    def find_ooo(self, seq: int, payload: bytes) -> tuple[int, bool]:
+        """Where (seq, payload) goes in the out-of-order queue, and whether it is there."""
+        item = (seq, payload)
+        i = bisect_left(self.ooo, item)
+        return i, i < len(self.ooo) and self.ooo[i] == item
+
+    def insert_ooo(self, i: int, seq: int, payload: bytes, cost: int) -> None:
+        self.ooo.insert(i, (seq, payload))
+        self.ooo_bytes += len(payload)
+        if self.budget is not None:
+            self.budget.used += cost
+
+    def holds_past(self, seq: int) -> bool:
+        """Whether an out-of-order piece reaches past `seq`."""
+        return any(start + len(data) > seq for start, data in self.ooo)
+
+    def drain(self, rcv_nxt: int) -> int:
+        """Move pieces that are now in order to the in-order bytes; the new rcv_nxt."""
+        ooo = self.ooo
+        i = 0
+        while i < len(ooo):
+            start, data = ooo[i]
+            if start > rcv_nxt:
+                break
+            end = start + len(data)
+            if end > rcv_nxt:
+                self.append(data[rcv_nxt - start:] if rcv_nxt > start else data)
+                rcv_nxt = end
+            self.ooo_bytes -= len(data)
+            if self.budget is not None:
+                self.budget.used -= len(data) + OOO_PIECE_OVERHEAD
+            i += 1
+        del ooo[:i]
+        return rcv_nxt
+
+    def memory(self) -> int:
+        """Real memory of the pieces held, in order and not."""
+        return (self.size + RCV_PIECE_OVERHEAD * len(self.pieces)
+                + self.ooo_bytes + OOO_PIECE_OVERHEAD * len(self.ooo))
+
+    def drop_ooo(self) -> None:
+        """Forget the out-of-order pieces (the connection ended) and their charge."""
+        if self.budget is not None:
+            self.budget.used -= self.ooo_bytes + OOO_PIECE_OVERHEAD * len(self.ooo)
+        self.ooo_bytes = 0
+        self.ooo.clear()
