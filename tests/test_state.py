@@ -148,8 +148,10 @@ def test_closed_cannot_be_left_by_rst_or_abort(event: Event) -> None:
         next_state(S.CLOSED, event)
 
 
-def test_closed_is_left_only_by_active_open() -> None:
-    assert {ev for (st, ev) in TRANSITIONS if st is S.CLOSED} == {E.ACTIVE_OPEN}
+def test_closed_is_left_only_by_an_open_call() -> None:
+    # RFC 9293 §3.10.1: OPEN, active (SYN_SENT) or passive (LISTEN, where a listener
+    # puts the connection it creates for a SYN)
+    assert {ev for (st, ev) in TRANSITIONS if st is S.CLOSED} == {E.ACTIVE_OPEN, E.LISTEN}
 
 
 def test_every_state_reachable_from_closed_or_listen() -> None:

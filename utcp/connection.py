@@ -39,7 +39,7 @@ from utcp.events import (
 from utcp.pacing import Pacer
 from utcp.pmtu import PmtuSearch
 from utcp.recovery import PIPE_DRIVEN, LossRecovery
-from utcp.state import CAN_SEND, SYNCHRONIZED, State, next_state
+from utcp.state import CAN_RECEIVE, CAN_SEND, SYNCHRONIZED, State, next_state
 from utcp.state import Event as Ev
 from utcp.stats import Counters, Stats
 from utcp.timers import Timer as T
@@ -234,7 +234,7 @@ class Connection:
     def accept_syn(self, segment: wire.Segment, now: float) -> None:
         """Passive open: a listener hands us the SYN it received (LISTEN -> SYN_RCVD)."""
         self.passive = True
-        self.state = State.LISTEN
+        self._set_state(Ev.LISTEN)
         self._now = now
         self._take_syn(segment)
         self._set_state(Ev.PASSIVE_OPEN)
@@ -253,7 +253,7 @@ class Connection:
         §5) never sees our TSval go back.
         """
         self.passive = True
-        self.state = State.LISTEN
+        self._set_state(Ev.LISTEN)
         ts = ack.options.timestamps if timestamps else None
         syn = wire.Segment(ack.src_port, ack.dst_port, (ack.seq - 1) & sq.MASK, 0, SYN,
                            ack.window, options=wire.Options(
@@ -288,7 +288,6 @@ class Connection:
             return
         if self.state in (State.SYN_SENT, State.LISTEN):
             self._set_state(Ev.CLOSE)
-            self._terminate(None)
             return
         self.sndbuf.fin_queued = True
         self._set_state(Ev.CLOSE)
@@ -302,7 +301,6 @@ class Connection:
                           State.FIN_WAIT_2, State.CLOSE_WAIT):
             self._emit(self.snd_max, 0, RST | ACK)  # snd_max: see _fail
         self._set_state(Ev.ABORT)
-        self._terminate(None)
 
     def icmp_unreachable(self, seq: int | None = None) -> bool:
         """The network says nothing listens at the peer's port (ICMP port unreachable).
@@ -447,7 +445,6 @@ class Connection:
         if timer is T.TIME_WAIT:
             self.timers.cancel(T.TIME_WAIT)
             self._set_state(Ev.TIMEOUT_2MSL)
-            self._terminate(None)
         elif timer is T.USER:
             self.fail(TimeoutError("the peer's window stayed shut for user_timeout"
                                     if self._persist_since is not None else
@@ -657,7 +654,6 @@ class Connection:
             self._update_window(seg, self.rcv_nxt - 1, self.snd_una, force=True)
             self._set_state(Ev.RCV_SYN_ACK)
             self._heard(now)  # synchronized only now: _handshake_acked could not arm it
-            self._events.append(HandshakeCompleted())
             # The handshake's last ACK waits for the next timer service at this same
             # instant: an application that writes as soon as it is connected (a request,
             # a TLS ClientHello) has its first bytes carry it, one datagram fewer, as
@@ -733,7 +729,6 @@ class Connection:
                         self._update_window(seg, seg_seq, ack, force=True)
                         self._set_state(Ev.RCV_ACK_OF_SYN)
                         self._heard(now)
-                        self._events.append(HandshakeCompleted())
                         self._ack_now = True
                         return
                 self._ack_now = True  # our ACK of it was lost
@@ -817,7 +812,6 @@ class Connection:
             self._handshake_acked(self.iss + 1, now)
             self._update_window(seg, seg_seq, ack, force=True)
             self._set_state(Ev.RCV_ACK_OF_SYN)
-            self._events.append(HandshakeCompleted())
         if ack > self.snd_max:
             self._challenge_ack(now)  # RFC 9293 / RFC 5961 §5: ACK of what was never sent
             self._drop("ACK of unsent data")
@@ -834,7 +828,7 @@ class Connection:
         # seventh: text
         complete = True
         fin_seq = self._fin_seq
-        if payload and self.state in (State.ESTABLISHED, State.FIN_WAIT_1, State.FIN_WAIT_2):
+        if payload and self.state in CAN_RECEIVE:
             if fin_seq is not None and seg_seq + len(payload) > fin_seq:
                 # Data past a FIN still waiting for the bytes before it: one of the two is
                 # not the peer's, and a blind FIN is the cheaper forgery (the data must hit
@@ -871,15 +865,8 @@ class Connection:
             self._ack_now = True  # a bare FIN past a hole: duplicate ACK at once (RFC 5681)
         if fin_in_order:
             self._receive_fin(now, fin_now_acked)
-        elif fin_now_acked:
-            if self.state == State.FIN_WAIT_1:
-                self._set_state(Ev.RCV_ACK_OF_FIN)
-            elif self.state == State.CLOSING:
-                self._set_state(Ev.RCV_ACK_OF_FIN)
-                self._enter_time_wait(now)
-            elif self.state == State.LAST_ACK:
-                self._set_state(Ev.RCV_ACK_OF_FIN)
-                self._terminate(None)
+        elif fin_now_acked and self.state in (State.FIN_WAIT_1, State.CLOSING, State.LAST_ACK):
+            self._set_state(Ev.RCV_ACK_OF_FIN)
         if seg_len or flags & FIN:
             self._last_activity(now)
 
@@ -1064,23 +1051,16 @@ class Connection:
         if self.state == State.FIN_WAIT_1:
             if fin_now_acked:
                 self._set_state(Ev.RCV_FIN_ACK_OF_FIN)
-                self._enter_time_wait(now)
             else:
                 self._set_state(Ev.RCV_FIN)  # simultaneous close: CLOSING
         elif self.state == State.FIN_WAIT_2:
             self._set_state(Ev.RCV_FIN)
-            self._enter_time_wait(now)
 
     def _defer_ack(self, now: float) -> None:
         """ACK at the next timer service, unless a segment leaving before carries it."""
         ack_at = self.timers.get(T.ACK)
         if not self._ack_now and (ack_at is None or ack_at > now):
             self.timers.arm(T.ACK, now)
-
-    def _enter_time_wait(self, now: float) -> None:
-        self.timers.arm(T.TIME_WAIT, now + 2 * self.config.msl)
-        for timer in (T.RTX, T.PERSIST, T.IDLE, T.KEEPALIVE, T.USER):
-            self.timers.cancel(timer)
 
     # --------------------------------------------------------------------- output
 
@@ -1334,7 +1314,7 @@ class Connection:
 
     def _maybe_window_update(self) -> None:
         """Receiver SWS avoidance (RFC 9293 §3.8.6.2.2): announce only a worthwhile opening."""
-        if self.state not in (State.ESTABLISHED, State.FIN_WAIT_1, State.FIN_WAIT_2):
+        if self.state not in CAN_RECEIVE:
             return
         new_edge = self.rcv_nxt + self._rcv_space()
         grow = new_edge - self.rcv_adv
@@ -1392,21 +1372,33 @@ class Connection:
 
     # --------------------------------------------------------------------- helpers
 
-    def _set_state(self, event: Ev) -> None:
+    def _set_state(self, event: Ev, error: Exception | None = None) -> None:
+        """The one way the state changes (`utcp.state.TRANSITIONS`), with what entering a
+        state always does: ESTABLISHED tells the application, TIME_WAIT runs 2MSL alone,
+        CLOSED ends the connection (with `error`, if it failed)."""
         old = self.state
         new = next_state(old, event)
         self.state = new
+        if event is Ev.LISTEN:
+            return  # a listener's connection is born listening: nobody saw it CLOSED
         self._events.append(StateChanged(old, new))
         if log.enabled():
             log.emit("state", conn=self.name, old=old.name, new=new.name, trigger=event.value)
+        if new is State.ESTABLISHED:
+            self._events.append(HandshakeCompleted())
+        elif new is State.TIME_WAIT:
+            for timer in (T.RTX, T.PERSIST, T.IDLE, T.KEEPALIVE, T.USER):
+                self.timers.cancel(timer)
+            self.timers.arm(T.TIME_WAIT, self._now + 2 * self.config.msl)
+        elif new is State.CLOSED and old is not State.LISTEN:
+            self._terminate(error)
 
     def fail(self, error: Exception | None, *, send_rst: bool, event: Ev = Ev.ABORT) -> None:
         if send_rst and self.state in SYNCHRONIZED | {State.SYN_RCVD}:
             # snd_max, not a snd_nxt rewound by a timeout: a peer that got everything
             # would drop an RST below its rcv_nxt as old (BSD's tcp_output does the same)
             self._emit(self.snd_max, 0, RST | ACK)
-        self._set_state(event)
-        self._terminate(error)
+        self._set_state(event, error)
 
     def _terminate(self, error: Exception | None) -> None:
         self.error = error

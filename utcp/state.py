@@ -29,6 +29,7 @@ class State(enum.Enum):
 
 
 class Event(enum.Enum):
+    LISTEN = "listen"                    # a listener creates a connection for a SYN
     ACTIVE_OPEN = "active open"          # application connects: send SYN
     PASSIVE_OPEN = "passive open"        # a listener takes a SYN
     RCV_SYN = "SYN"                      # a SYN without ACK (simultaneous open)
@@ -47,6 +48,7 @@ S, E = State, Event
 
 TRANSITIONS: dict[tuple[State, Event], State] = {
     # opening
+    (S.CLOSED, E.LISTEN): S.LISTEN,
     (S.CLOSED, E.ACTIVE_OPEN): S.SYN_SENT,
     (S.LISTEN, E.PASSIVE_OPEN): S.SYN_RCVD,
     (S.SYN_SENT, E.RCV_SYN_ACK): S.ESTABLISHED,
@@ -81,8 +83,9 @@ SYNCHRONIZED = frozenset({S.ESTABLISHED, S.FIN_WAIT_1, S.FIN_WAIT_2, S.CLOSE_WAI
                           S.CLOSING, S.LAST_ACK, S.TIME_WAIT})
 # States in which the application may still queue data to send.
 CAN_SEND = frozenset({S.SYN_SENT, S.SYN_RCVD, S.ESTABLISHED, S.CLOSE_WAIT})
-# States in which the peer may still send us data.
-CAN_RECEIVE = frozenset({S.SYN_RCVD, S.ESTABLISHED, S.FIN_WAIT_1, S.FIN_WAIT_2})
+# States in which text from the peer is taken (RFC 9293 §3.10.7.4, seventh step) and a
+# window update is worth announcing: the peer has not sent its FIN.
+CAN_RECEIVE = frozenset({S.ESTABLISHED, S.FIN_WAIT_1, S.FIN_WAIT_2})
 
 
 class IllegalTransition(RuntimeError):
