@@ -16,6 +16,10 @@ from bisect import bisect_left
 # 161. Charging payload bytes alone let 1-byte pieces cost ~160 times their charge.
 RCV_PIECE_OVERHEAD = 64
 OOO_PIECE_OVERHEAD = 160
+# What every connection may hold and send whatever the endpoint's memory (as Linux's
+# tcp_rmem[0] / tcp_wmem[0]): under pressure windows and flights shrink to it, over the
+# limit a connection holding more takes nothing more, so each keeps making progress.
+MEMORY_FLOOR = 64 * 1024
 _GLUE_BELOW = 16384  # read_pieces glues received pieces smaller than this into one
 
 

@@ -14,13 +14,13 @@ through `utcp.state.next_state`.
 
 from __future__ import annotations
 
-import math
 import secrets
 from collections.abc import Callable
 
-from utcp import log, sack, wire
+from utcp import log, wire
 from utcp import seq as sq
 from utcp.buffers import (
+    MEMORY_FLOOR,
     OOO_PIECE_OVERHEAD,
     RCV_PIECE_OVERHEAD,
     MemoryBudget,
@@ -38,7 +38,8 @@ from utcp.events import (
 )
 from utcp.pacing import Pacer
 from utcp.pmtu import PmtuSearch
-from utcp.recovery import PIPE_DRIVEN, LossRecovery
+from utcp.recovery import LossRecovery
+from utcp.sender import CHALLENGE_ACK_LIMIT, ORPHAN_PROBES, SWS_OVERRIDE_MAX, Sender
 from utcp.state import CAN_RECEIVE, CAN_SEND, SYNCHRONIZED, State, next_state
 from utcp.state import Event as Ev
 from utcp.stats import Counters, Stats
@@ -47,34 +48,31 @@ from utcp.timers import Timers
 from utcp.timestamps import Timestamps
 from utcp.wire import ACK, FIN, PSH, RST, SYN
 
+__all__ = [  # with the limits its behaviour is named by, which live where they act
+    "CHALLENGE_ACK_LIMIT",
+    "MEMORY_FLOOR",
+    "OOO_PIECE_OVERHEAD",
+    "ORPHAN_PROBES",
+    "RCV_PIECE_OVERHEAD",
+    "SECURE_REQUIRED",
+    "SWS_OVERRIDE_MAX",
+    "Connection",
+    "Stats",
+    "window_scale_for",
+]
+
 # RFC 6994 option 254, ExID "ut" (utcp.crypto.EXID), data 0x01: a secure-mode server
 # sends it in the RST that refuses a SYN without a handshake, so that a plaintext client
 # can say why it was refused (docs/secure-mode.md)
 SECURE_REQUIRED = (0x7574, b"\x01")
 
-DEFAULT_MSS = 536  # RFC 9293 §3.7.1: the send MSS when the peer sends no MSS option
-CHALLENGE_ACK_LIMIT = 100  # per second per connection (RFC 5961 §7; Linux: 1000 per host)
-MAX_WINDOW_FIELD = 0xFFFF
-# RFC 1122 §4.2.3.4: the override of sender SWS avoidance fires within 0.1-1.0 s; it
-# shares the persist timer (as RFC 1122 suggests and Linux's probe0 timer does) at one RTO
-SWS_OVERRIDE_MAX = 1.0
-MIN_SEGMENT = 36  # Linux's floor for a segment bounded by half the window (68 - 32)
-# Linux's tcp_orphan_retries (0 there means 8): zero-window probes an orphan sends
-# without the window opening before it is given up, however the peer answers
-ORPHAN_PROBES = 8
-
-
-# What every connection may hold and send whatever the endpoint's memory (as Linux's
-# tcp_rmem[0] / tcp_wmem[0]): under pressure windows and flights shrink to it, over the
-# limit a connection holding more takes nothing more, so each keeps making progress.
-MEMORY_FLOOR = 64 * 1024
 _TIMER_ORDER = tuple(T)  # priority order (utcp.timers)
 
 
 def window_scale_for(buffer: int) -> int:
     """The smallest shift that lets a 16-bit field describe the whole buffer (RFC 7323)."""
     shift = 0
-    while (buffer >> shift) > MAX_WINDOW_FIELD and shift < wire.MAX_WSCALE:
+    while (buffer >> shift) > wire.MAX_WINDOW_FIELD and shift < wire.MAX_WSCALE:
         shift += 1
     return shift
 
@@ -88,27 +86,12 @@ class Connection:
     __slots__ = (
         "__dict__",
         "__weakref__",
-        "_ack_now",
-        "_challenge_window_start",
-        "_challenges_in_window",
-        "_dsack",
         "_events",
         "_fin_received",
         "_fin_seq",
         "_keepalive_sent",
         "_mem",
         "_notify",
-        "_now",
-        "_out",
-        "_persist_backoff",
-        "_persist_since",
-        "_probes_out",
-        "_sack_limit",
-        "_sws_override",
-        "_syn_retries",
-        "_syn_time",
-        "_unacked_segments",
-        "_wscale_ok",
         "config",
         "counters",
         "error",
@@ -119,6 +102,7 @@ class Connection:
         "max_snd_wnd",
         "memory_budget",
         "name",
+        "now",
         "orphaned",
         "pacer",
         "passive",
@@ -132,6 +116,7 @@ class Connection:
         "refusal_hint",
         "remote_port",
         "sack_ok",
+        "sender",
         "snd_max",
         "snd_mss",
         "snd_nxt",
@@ -142,8 +127,11 @@ class Connection:
         "snd_wscale",
         "sndbuf",
         "state",
+        "syn_retries",
+        "syn_time",
         "timers",
         "ts",
+        "wscale_ok",
     )
 
     def __init__(self, config: Config, *, local_port: int, remote_port: int,
@@ -159,11 +147,10 @@ class Connection:
         # A list, not a deque: an empty deque is 760 bytes (a whole block), and a
         # connection rarely holds more than a few events between two polls.
         self._events: list[Event] = []
-        self._out: list[bytes] = []
         self.error: Exception | None = None
-        self._now = 0.0
-        self._syn_time = 0.0
-        self._wscale_ok = False
+        self.now = 0.0
+        self.syn_time = 0.0
+        self.wscale_ok = False
 
         # send sequence space (unwrapped)
         self.iss = secrets.randbits(32) if iss is None else iss & sq.MASK
@@ -175,7 +162,7 @@ class Connection:
         self.snd_wl2 = 0
         self.snd_wscale = 0          # the peer's shift: applies to windows it sends
         self.max_snd_wnd = 0
-        self.snd_mss = DEFAULT_MSS
+        self.snd_mss = wire.DEFAULT_MSS
         self.max_mss = config.mss    # the local route's ceiling; the I/O layer may raise it
         self.pmtu: PmtuSearch | None = None
         self.sndbuf = SendBuffer(self.iss + 1)
@@ -193,35 +180,24 @@ class Connection:
 
         # timers (absolute deadlines on the caller's clock)
         self.timers = Timers()
-        self._syn_retries = 0
+        self.syn_retries = 0
         # set by secure mode: an unauthenticated refusal came (it may be forged, so it
         # does not end the connect); if the SYNs then run out, this is the error
         self.refusal_hint: str | None = None
         self.pacer: Pacer | None = Pacer() if config.pacing else None
-        self._persist_backoff = 0
-        self._probes_out = 0         # zero-window probes the peer has not answered
-        self._persist_since: float | None = None  # when the window shut (no progress since)
-        self._sws_override = False   # the override timer fired: send what the window allows
         self._keepalive_sent = 0
         # The application closed the transport and will never read or write again
         # (set by the I/O layer; a bare close() is also asyncio's write_eof): a shut
         # window then pins memory nobody will use, so it is bounded (ORPHAN_PROBES)
         self.orphaned = False
 
-        # acknowledgment generation
-        self._ack_now = False
-        self._unacked_segments = 0  # full-sized segments received since our last ACK
 
         # loss detection, recovery and congestion control (utcp.recovery)
+        self.sender = Sender(self)  # what goes out (utcp.sender)
         self.recovery = LossRecovery(self, config)
         self.sack_ok = False         # both sides sent SACK-permitted (RFC 2018)
-        # 4 blocks fill the 40 bytes of options; secure mode needs 12 for its counter
-        self._sack_limit = 3 if config.secure else 4
         self.ts = Timestamps(self.iss)  # RFC 7323, once both SYNs carry the option
-        self._dsack: tuple[int, int] | None = None  # a duplicate to report (RFC 2883)
         self.counters = Counters()
-        self._challenge_window_start = -1e18
-        self._challenges_in_window = 0
 
     # ------------------------------------------------------------------ application calls
 
@@ -235,11 +211,11 @@ class Connection:
         """Passive open: a listener hands us the SYN it received (LISTEN -> SYN_RCVD)."""
         self.passive = True
         self._set_state(Ev.LISTEN)
-        self._now = now
+        self.now = now
         self._take_syn(segment)
         self._set_state(Ev.PASSIVE_OPEN)
         self.timers.arm(T.RTX, now + self.recovery.rtt.rto)
-        self._last_activity(now)
+        self.last_activity(now)
         self._touch()
 
     def accept_cookie(self, ack: wire.Segment, mss: int, peer_wscale: int | None,
@@ -259,16 +235,16 @@ class Connection:
                            ack.window, options=wire.Options(
                                mss=mss, wscale=peer_wscale, sack_permitted=sack,
                                timestamps=(ts[0], 0) if ts is not None else None))
-        self._now = now
+        self.now = now
         self._take_syn(syn)
         if ts is not None:
             self.ts.follow(ts[1], now)
         self._set_state(Ev.PASSIVE_OPEN)
         self.snd_nxt = self.snd_max = self.iss + 1
-        self.rcv_adv = self.rcv_nxt + min(self.config.recv_buffer, MAX_WINDOW_FIELD)
+        self.rcv_adv = self.rcv_nxt + min(self.config.recv_buffer, wire.MAX_WINDOW_FIELD)
         self.ts.last_ack_sent = self.rcv_nxt  # what the SYN+ACK acknowledged
-        self._syn_retries = 1
-        self._last_activity(now)
+        self.syn_retries = 1
+        self.last_activity(now)
         self._touch()
         self.receive(ack, now)
 
@@ -299,7 +275,7 @@ class Connection:
             return
         if self.state in (State.SYN_RCVD, State.ESTABLISHED, State.FIN_WAIT_1,
                           State.FIN_WAIT_2, State.CLOSE_WAIT):
-            self._emit(self.snd_max, 0, RST | ACK)  # snd_max: see _fail
+            self.sender.emit(self.snd_max, 0, RST | ACK)  # snd_max: see _fail
         self._set_state(Ev.ABORT)
 
     def icmp_unreachable(self, seq: int | None = None) -> bool:
@@ -390,8 +366,8 @@ class Connection:
 
     def datagrams_to_send(self, now: float) -> list[bytes]:
         if self.state != State.CLOSED:
-            self._output(now)
-        out, self._out = self._out, []
+            self.sender.output(now)
+        out, self.sender.out = self.sender.out, []
         return out
 
     def get_timer(self) -> float | None:
@@ -429,7 +405,7 @@ class Connection:
         """Serve every due timer, in `Timer` order, until one ends the connection."""
         if self.state == State.CLOSED:
             return
-        self._now = now
+        self.now = now
         self._touch()
         pacer = self.pacer
         if pacer is not None and pacer.deadline is not None and now >= pacer.deadline:
@@ -447,7 +423,7 @@ class Connection:
             self._set_state(Ev.TIMEOUT_2MSL)
         elif timer is T.USER:
             self.fail(TimeoutError("the peer's window stayed shut for user_timeout"
-                                    if self._persist_since is not None else
+                                    if self.sender.persist_since is not None else
                                     "no acknowledgment within user_timeout"), send_rst=True)
         elif timer is T.RTX:
             self._on_retransmission_timeout(now)
@@ -456,10 +432,10 @@ class Connection:
         elif timer is T.TLP:
             self.recovery.on_tail_loss_probe(now)
         elif timer is T.PERSIST:
-            self._on_persist_timeout(now)
+            self.sender.on_persist_timeout(now)
         elif timer is T.ACK:
             self.timers.cancel(T.ACK)
-            self._ack_now = True
+            self.sender.ack_now = True
         elif timer is T.IDLE:
             self._on_idle_timeout(now)
         else:
@@ -492,7 +468,7 @@ class Connection:
         rec.rtt_seq = None  # Karn: no sample from anything sent before
         if self.state in (State.SYN_SENT, State.SYN_RCVD):
             limit = (self.config.synack_retries if self.passive else self.config.syn_retries)
-            if self._syn_retries >= limit:
+            if self.syn_retries >= limit:
                 err = (None if self.passive else
                        ConnectionRefusedError(self.refusal_hint) if self.refusal_hint else
                        TimeoutError(f"no answer to SYN after {limit} retransmissions"))
@@ -500,7 +476,7 @@ class Connection:
                     log.emit("handshake_failed", conn=self.name, retries=limit)
                 self.fail(err, send_rst=False)
                 return
-            self._syn_retries += 1
+            self.syn_retries += 1
             if log.enabled():
                 log.emit("rto", conn=self.name, state=self.state.name, rto=rec.rtt.rto,
                          snd_una=self.snd_una)
@@ -523,42 +499,6 @@ class Connection:
                      snd_una=self.snd_una)
         rec.on_retransmission_timeout(now)
 
-    def _on_persist_timeout(self, now: float) -> bool:
-        """A zero-window probe, or the override of sender SWS avoidance when the window
-        is open but small; False when the connection is over."""
-        self.timers.cancel(T.PERSIST)
-        if not self.unsent or self.snd_nxt != self.snd_una:
-            return True
-        if self.snd_wnd:
-            # RFC 9293 §3.8.6.2.1: sender SWS avoidance held back a segment smaller than
-            # the window would have taken; nothing is in flight to bring an ACK that
-            # widens it, so the override sends what the window allows now
-            self._sws_override = True
-            return True
-        self._sws_override = False
-        # RFC 1122 §4.2.2.17 keeps a connection whose peer answers probes; one that does
-        # not is gone, as after unanswered retransmissions (Linux's tcp_probe_timer
-        # counts icsk_probes_out against tcp_retries2 and resets it on any ACK)
-        if self._probes_out >= self.config.max_retransmissions:
-            self.fail(TimeoutError(f"zero-window probes unanswered after {self._probes_out}"
-                                    " probes"), send_rst=True)
-            return False
-        # An orphan has nobody to read what it holds: answered probes do not save it once
-        # the probes have backed off ORPHAN_PROBES times without progress (Linux's
-        # tcp_orphan_retries; the backoff restarts only when data is acknowledged)
-        if self.orphaned and self._persist_backoff >= ORPHAN_PROBES:
-            self.fail(TimeoutError(f"orphaned connection: the peer's window stayed shut"
-                                    f" for {ORPHAN_PROBES} probes"), send_rst=True)
-            return False
-        # A probe one byte below snd_una is never acceptable, so the peer must answer with
-        # an ACK carrying its current window (what Linux does; RFC 9293 §3.8.6.1).
-        self._emit(self.snd_una - 1, 0, ACK)
-        self._probes_out += 1
-        self._persist_backoff = min(self._persist_backoff + 1, 16)
-        self.timers.arm(T.PERSIST, now + min(self.recovery.rtt.rto * (1 << self._persist_backoff),
-                                             self.config.rto_max))
-        return True
-
     def _on_keepalive(self, now: float) -> None:
         self.timers.cancel(T.KEEPALIVE)
         interval = self.config.keepalive_interval
@@ -574,7 +514,7 @@ class Connection:
             self.fail(TimeoutError("keepalive probes unanswered"), send_rst=True)
             return
         self._keepalive_sent += 1
-        self._emit(self.snd_una - 1, 0, ACK)
+        self.sender.emit(self.snd_una - 1, 0, ACK)
         # TCP_KEEPINTVL after TCP_KEEPIDLE: probes close together once one goes
         # unanswered, so a dead peer is noticed soon after the idle time, not probes x it
         self.timers.arm(T.KEEPALIVE, now + min(interval, self.config.keepalive_probe_interval))
@@ -585,7 +525,7 @@ class Connection:
         """Process one segment addressed to this connection."""
         if self.state in (State.CLOSED, State.LISTEN):
             return
-        self._now = now
+        self.now = now
         self.counters.segments_received += 1
         self._touch()
         payload = seg.payload
@@ -603,7 +543,7 @@ class Connection:
             # general path would do exactly this, after many checks that cannot fail.
             if self.ts.ok:
                 if self._paws(seg, now):
-                    self._ack_now = True
+                    self.sender.ack_now = True
                     self._drop("PAWS: old timestamp")
                     return
                 self.ts.take_recent(seg, self.rcv_nxt, now)  # in order, exact ACK
@@ -612,12 +552,12 @@ class Connection:
             self.rcv.append(bytes(payload))
             self.rcv_nxt += len(payload)
             self.counters.bytes_received += len(payload)
-            self._unacked_segments += 1
-            if self._unacked_segments >= 2:
-                self._ack_now = True
+            self.sender.unacked_segments += 1
+            if self.sender.unacked_segments >= 2:
+                self.sender.ack_now = True
             elif not self.timers.armed(T.ACK):
                 self.timers.arm(T.ACK, now + self.config.ack_delay)
-            self._last_activity(now)
+            self.last_activity(now)
             return
         if self.state == State.SYN_SENT:
             self._receive_syn_sent(seg, now)
@@ -631,7 +571,7 @@ class Connection:
             ack = sq.unwrap(seg.ack, self.snd_una)
             if ack <= self.iss or ack > self.snd_max:
                 if not flags & RST:
-                    self._emit(seg.ack, 0, RST, raw_seq=True)
+                    self.sender.emit(seg.ack, 0, RST, raw_seq=True)
                 self._drop("unacceptable ACK in SYN_SENT")
                 return
             ack_ok = True
@@ -658,7 +598,7 @@ class Connection:
             # instant: an application that writes as soon as it is connected (a request,
             # a TLS ClientHello) has its first bytes carry it, one datagram fewer, as
             # Linux does when a write is pending.
-            self._defer_ack(now)
+            self.sender.defer_ack(now)
         else:
             # simultaneous open (RFC 9293 §3.5, figure 8): answer with SYN+ACK
             self._set_state(Ev.RCV_SYN)
@@ -670,14 +610,14 @@ class Connection:
         self.irs = seg.seq
         self.rcv_nxt = seg.seq + 1
         opts = seg.options
-        peer_mss = max(opts.mss if opts.mss else DEFAULT_MSS, 64)
+        peer_mss = max(opts.mss if opts.mss else wire.DEFAULT_MSS, 64)
         self.snd_mss = min(self.config.mss, peer_mss)
         ceiling = min(peer_mss, self.max_mss)
         if self.config.pmtu_probing and ceiling > self.snd_mss:
             self.pmtu = PmtuSearch(self.snd_mss, ceiling)
         self.recovery.cc.set_mss(self.snd_mss)
         self.recovery.cc.cwnd = self.config.initial_cwnd_segments * self.snd_mss
-        self._wscale_ok = opts.wscale is not None
+        self.wscale_ok = opts.wscale is not None
         if opts.wscale is not None:
             self.snd_wscale = opts.wscale
         else:
@@ -685,9 +625,9 @@ class Connection:
         self.sack_ok = self.config.sack and opts.sack_permitted
         if self.config.timestamps and opts.timestamps is not None:
             self.ts.ok = True
-            self._sack_limit = 1 if self.config.secure else 3  # 12 bytes fewer for SACK
+            self.sender.sack_limit = 1 if self.config.secure else 3  # 12 bytes fewer for SACK
             self.ts.recent = opts.timestamps[0]
-            self.ts.recent_time = self._now
+            self.ts.recent_time = self.now
         self.snd_wnd = seg.window  # never scaled in a SYN
         self.max_snd_wnd = self.snd_wnd
         self.rcv_adv = self.rcv_nxt
@@ -697,12 +637,12 @@ class Connection:
         self.snd_una = ack
         if self.snd_nxt < ack:
             self.snd_nxt = ack
-        if self._syn_retries == 0:
-            self.recovery.rtt.sample(now - self._syn_time)
-            self.recovery.rack.on_rtt_sample(now - self._syn_time, now)
+        if self.syn_retries == 0:
+            self.recovery.rtt.sample(now - self.syn_time)
+            self.recovery.rack.on_rtt_sample(now - self.syn_time, now)
         self.timers.cancel(T.RTX)
-        self._syn_retries = 0
-        self._last_activity(now)
+        self.syn_retries = 0
+        self.last_activity(now)
 
     def _receive_synchronized(self, seg: wire.Segment, now: float) -> None:
         """RFC 9293 §3.10.7.4 with RFC 5961 and RFC 7323, in this order, each step dropping
@@ -729,13 +669,13 @@ class Connection:
                         self._update_window(seg, seg_seq, ack, force=True)
                         self._set_state(Ev.RCV_ACK_OF_SYN)
                         self._heard(now)
-                        self._ack_now = True
+                        self.sender.ack_now = True
                         return
-                self._ack_now = True  # our ACK of it was lost
+                self.sender.ack_now = True  # our ACK of it was lost
                 self._drop("duplicate SYN")
                 return
             # RFC 5961 §4 / RFC 9293 §3.10.7.4 fourth: challenge ACK, never a reset
-            self._challenge_ack(now)
+            self.sender.challenge_ack(now)
             self._drop("SYN in synchronized state")
             return
 
@@ -747,7 +687,7 @@ class Connection:
             return
         # RFC 7323 §5.3 R1, before the window check; TS.Recent moves only below (R3)
         if self.ts.ok and self._paws(seg, now):
-            self._ack_now = True
+            self.sender.ack_now = True
             self._drop("PAWS: old timestamp")
             return
 
@@ -765,9 +705,9 @@ class Connection:
                 self.rcv_nxt <= end < self.rcv_nxt + wnd)
         if not ok:
             if not flags & RST:
-                self._ack_now = True
+                self.sender.ack_now = True
                 if payload and seg_seq + len(payload) <= self.rcv_nxt and self.sack_ok:
-                    self._dsack = (seg_seq, seg_seq + len(payload))  # RFC 2883: a duplicate
+                    self.sender.dsack = (seg_seq, seg_seq + len(payload))  # RFC 2883: a duplicate
                 if (self.state == State.TIME_WAIT and flags & FIN
                         and seg_seq + len(payload) == self._fin_seq
                         and self._ack_acceptable(seg)):
@@ -783,7 +723,7 @@ class Connection:
                 self._drop("RST in TIME_WAIT")  # RFC 1337: no TIME-WAIT assassination
                 return
             if seg_seq != self.rcv_nxt:
-                self._challenge_ack(now)
+                self.sender.challenge_ack(now)
                 self._drop("RST not at rcv_nxt")
                 return
             if self.state == State.SYN_RCVD:
@@ -806,18 +746,18 @@ class Connection:
         ack = sq.unwrap(seg.ack, self.snd_una)
         if self.state == State.SYN_RCVD:
             if not self.snd_una < ack <= self.snd_max:
-                self._emit(seg.ack, 0, RST, raw_seq=True)
+                self.sender.emit(seg.ack, 0, RST, raw_seq=True)
                 self._drop("bad ACK in SYN_RCVD")
                 return
             self._handshake_acked(self.iss + 1, now)
             self._update_window(seg, seg_seq, ack, force=True)
             self._set_state(Ev.RCV_ACK_OF_SYN)
         if ack > self.snd_max:
-            self._challenge_ack(now)  # RFC 9293 / RFC 5961 §5: ACK of what was never sent
+            self.sender.challenge_ack(now)  # RFC 9293 / RFC 5961 §5: ACK of what was never sent
             self._drop("ACK of unsent data")
             return
         if ack < self._oldest_acceptable_ack():
-            self._challenge_ack(now)  # RFC 5961 §5: an ACK too old to be from this peer
+            self.sender.challenge_ack(now)  # RFC 5961 §5: an ACK too old to be from this peer
             self._drop("ACK too old")
             return
         if self.ts.ok:
@@ -862,13 +802,13 @@ class Connection:
         fin_in_order = (self._fin_seq is not None and not self._fin_received
                         and self.rcv_nxt == self._fin_seq)
         if flags & FIN and not payload and not fin_in_order:
-            self._ack_now = True  # a bare FIN past a hole: duplicate ACK at once (RFC 5681)
+            self.sender.ack_now = True  # a bare FIN past a hole: duplicate ACK at once (RFC 5681)
         if fin_in_order:
             self._receive_fin(now, fin_now_acked)
         elif fin_now_acked and self.state in (State.FIN_WAIT_1, State.CLOSING, State.LAST_ACK):
             self._set_state(Ev.RCV_ACK_OF_FIN)
         if seg_len or flags & FIN:
-            self._last_activity(now)
+            self.last_activity(now)
 
     def _process_ack(self, seg: wire.Segment, seg_seq: int, ack: int, text_len: int,
                      now: float) -> bool:
@@ -888,7 +828,7 @@ class Connection:
                 self._pmtu_acked(ack)
             rec.on_new_ack(seg, ack, acked, flight, now)
             self.timers.cancel(T.USER)
-            self._last_activity(now)  # progress: not idle, even if all we send is resends
+            self.last_activity(now)  # progress: not idle, even if all we send is resends
             if self.snd_una < self.snd_max:
                 self.timers.arm(T.RTX, now + rec.rtt.rto)  # RFC 6298 §5.3
                 if self.config.user_timeout is not None:
@@ -897,7 +837,7 @@ class Connection:
             else:
                 for timer in (T.RTX, T.TLP, T.REORDER):
                     self.timers.cancel(timer)
-            self._persist_backoff = 0
+            self.sender.persist_backoff = 0
         elif (ack == self.snd_una and self.snd_una < self.snd_max and text_len == 0
               and not seg.flags & (FIN | SYN) and (seg.window << self.snd_wscale) == self.snd_wnd):
             rec.on_duplicate_ack(now)
@@ -938,7 +878,7 @@ class Connection:
             self.snd_wl2 = ack
             if self.snd_wnd > self.max_snd_wnd:
                 self.max_snd_wnd = self.snd_wnd
-            self._probes_out = 0  # the peer answers (a probe, or anything newer)
+            self.sender.probes_out = 0  # the peer answers (a probe, or anything newer)
             if self.snd_wnd:
                 self.timers.cancel(T.PERSIST)
 
@@ -947,16 +887,16 @@ class Connection:
         # trim to the window: what is before rcv_nxt is old, what is past rcv_adv we never offered
         if seg_seq < self.rcv_nxt:
             if self.sack_ok:
-                self._dsack = (seg_seq, self.rcv_nxt)  # the part we had (RFC 2883)
+                self.sender.dsack = (seg_seq, self.rcv_nxt)  # the part we had (RFC 2883)
             payload = payload[self.rcv_nxt - seg_seq:]
             seg_seq = self.rcv_nxt
         room = self.rcv_adv - seg_seq
         complete = len(payload) <= room
         if not complete:
             payload = payload[:max(room, 0)]
-            self._ack_now = True
+            self.sender.ack_now = True
         if not payload:
-            self._ack_now = True
+            self.sender.ack_now = True
             return complete
         if seg_seq == self.rcv_nxt:
             if not self._mem_admit(len(payload) + RCV_PIECE_OVERHEAD):
@@ -968,12 +908,12 @@ class Connection:
                 rcv_nxt = self.rcv.drain(self.rcv_nxt)
                 self.counters.bytes_received += rcv_nxt - self.rcv_nxt
                 self.rcv_nxt = rcv_nxt
-                self._ack_now = True  # RFC 5681 §4.2: ACK at once when a hole fills
+                self.sender.ack_now = True  # RFC 5681 §4.2: ACK at once when a hole fills
             else:
                 # RFC 9293 §3.8.6.3: at least every second segment, else the delay timer
-                self._unacked_segments += 1
-                if self._unacked_segments >= 2:
-                    self._ack_now = True
+                self.sender.unacked_segments += 1
+                if self.sender.unacked_segments >= 2:
+                    self.sender.ack_now = True
         else:
             self.counters.ooo_segments_received += 1
             # One duplicate ACK per out-of-order segment, sent now rather than once per
@@ -985,8 +925,8 @@ class Connection:
             i, held = rcv.find_ooo(seg_seq, piece)
             if held:
                 if self.sack_ok:
-                    self._dsack = (seg_seq, seg_seq + len(payload))
-                self._emit(self.snd_max, 0, ACK)
+                    self.sender.dsack = (seg_seq, seg_seq + len(payload))
+                self.sender.emit(self.snd_max, 0, ACK)
                 return complete  # a duplicate of a piece we hold
             # The cap is against floods of tiny pieces: full-sized segments are held up to
             # the window we advertised, else one tail drop costs a go-back-N of the rest.
@@ -1002,9 +942,9 @@ class Connection:
             if not self._mem_admit(cost):
                 return False
             rcv.insert_ooo(i, seg_seq, piece, cost)
-            self._emit(self.snd_max, 0, ACK)
-        if not self._ack_now and not self.timers.armed(T.ACK):
-            self.timers.arm(T.ACK, self._now + self.config.ack_delay)
+            self.sender.emit(self.snd_max, 0, ACK)
+        if not self.sender.ack_now and not self.timers.armed(T.ACK):
+            self.timers.arm(T.ACK, self.now + self.config.ack_delay)
         return complete
 
     def _record_fin(self, fin_at: int) -> None:
@@ -1045,9 +985,9 @@ class Connection:
             # Passive close: an application that closes when it reads EOF sends its FIN
             # with this ACK (three datagrams to close, not four), as Linux's delayed ACK
             # of a FIN does; one that does not gets the ACK at the next timer service.
-            self._defer_ack(now)
+            self.sender.defer_ack(now)
             return
-        self._ack_now = True
+        self.sender.ack_now = True
         if self.state == State.FIN_WAIT_1:
             if fin_now_acked:
                 self._set_state(Ev.RCV_FIN_ACK_OF_FIN)
@@ -1056,241 +996,7 @@ class Connection:
         elif self.state == State.FIN_WAIT_2:
             self._set_state(Ev.RCV_FIN)
 
-    def _defer_ack(self, now: float) -> None:
-        """ACK at the next timer service, unless a segment leaving before carries it."""
-        ack_at = self.timers.get(T.ACK)
-        if not self._ack_now and (ack_at is None or ack_at > now):
-            self.timers.arm(T.ACK, now)
-
     # --------------------------------------------------------------------- output
-
-    def _output(self, now: float) -> None:
-        self._now = now
-        state = self.state
-        if self.snd_nxt == self.iss == self.snd_una:
-            # SYN (or SYN+ACK) to send or resend; also after a close in SYN_RCVD, whose
-            # FIN_WAIT_1 must still retransmit the unacknowledged SYN+ACK, not a FIN at ISS
-            self._send_syn(now)
-            return
-        if state in SYNCHRONIZED and state != State.TIME_WAIT:
-            if self.recovery.mode in PIPE_DRIVEN:
-                self.recovery.send_pipe_driven(now)
-            else:
-                self._send_new_data(now)
-        if self._ack_now:
-            # A pure ACK carries snd_max, not a snd_nxt rewound by go-back-N after an RTO
-            # (BSD's tcp_output does the same): the peer has seen up to snd_max, and would
-            # drop a segment below its rcv_nxt as old, ACK field and all.
-            self._emit(self.snd_max, 0, ACK)
-
-    def _send_syn(self, now: float) -> None:
-        flags = SYN if self.state == State.SYN_SENT else SYN | ACK
-        # the MSS option says what we can receive: with probing, any datagram the route takes
-        mss = max(self.config.mss, self.max_mss) if self.config.pmtu_probing \
-            else self.config.mss
-        offer_ts = self.ts.ok if flags & ACK else self.config.timestamps
-        if self.ts.syn_tsval is None:
-            # a retransmitted SYN repeats the first one's timestamp: the same segment
-            # (secure mode's handshake authenticates the header it was first sent with)
-            self.ts.syn_tsval = self.ts.clock(now)
-        opts = wire.Options(mss=mss, wscale=self.rcv_wscale,
-                            sack_permitted=self.sack_ok if flags & ACK else self.config.sack,
-                            timestamps=(self.ts.syn_tsval, self.ts.recent if flags & ACK
-                                        else 0) if offer_ts else None)
-        if flags & ACK and not self._wscale_ok:
-            opts.wscale = None
-        if self._syn_retries:
-            self.counters.segments_retransmitted += 1
-        else:
-            self._syn_time = now
-        self.snd_nxt = self.iss + 1
-        self.snd_max = max(self.snd_max, self.snd_nxt)
-        window = min(self.config.recv_buffer, MAX_WINDOW_FIELD)  # never scaled in a SYN
-        ack = sq.wrap(self.rcv_nxt) if flags & ACK else 0
-        if flags & ACK:
-            self.rcv_adv = max(self.rcv_adv, self.rcv_nxt + window)
-            self.ts.last_ack_sent = self.rcv_nxt
-            self._ack_now = False
-        self._out.append(wire.build(wire.Segment(
-            self.local_port, self.remote_port, sq.wrap(self.iss), ack, flags, window,
-            options=opts)))
-        self.counters.segments_sent += 1
-        if not self.timers.armed(T.RTX):
-            self.timers.arm(T.RTX, now + self.recovery.rtt.rto)
-
-    def _send_new_data(self, now: float) -> None:
-        if self._persist_since is not None and self.snd_wnd:
-            # the window opened: progress, so what goes now gets a fresh user_timeout
-            self._persist_since = None
-            if self.snd_una == self.snd_max:
-                self.timers.cancel(T.USER)
-        data_end = self.sndbuf.end
-        snd_max = self.snd_max
-        mss = self.payload_room()
-        # RFC 3042 limited transmit: a new segment for each of the first two duplicate
-        # ACKs keeps the ACK clock going, so a small window can still reach three
-        dupacks = self.recovery.dupacks
-        bonus = dupacks * mss if not self.recovery.in_recovery and dupacks <= 2 else 0
-        pacer = self.pacer
-        credit = self.pacing_credit(now)
-        sws_held = False
-        send_limit = self.send_limit()
-        while True:
-            window = min(self.snd_wnd, self.recovery.cc.cwnd + bonus, send_limit)
-            usable = self.snd_una + window - self.snd_nxt
-            remaining = data_end - self.snd_nxt
-            if remaining > 0:
-                n = min(remaining, mss, usable)
-                if n <= 0:
-                    break
-                probe = False
-                if self.pmtu is not None and not self.recovery.in_recovery \
-                        and self.snd_nxt == self.snd_max:
-                    size = self.pmtu.next_size()
-                    # three segments behind the probe, so its loss shows as duplicate
-                    # ACKs (fast) rather than a timeout; a peer window that never held
-                    # that much has no room for it (and gets half-window segments)
-                    if size is not None and size + 3 * mss <= min(remaining,
-                                                                  self.max_snd_wnd):
-                        if size <= usable:
-                            n = size  # a probe: real data, one size up (RFC 4821 §7.2)
-                            probe = True
-                        elif window >= size:
-                            break  # let ACKs free room for the probe rather than fill it
-                if n < mss and n < remaining:
-                    if self.snd_nxt >= self.snd_max and \
-                            n >= self.snd_una + self.snd_wnd - self.snd_nxt:
-                        # RFC 9293 §3.8.6.2.1 sender SWS avoidance: the peer's window is
-                        # the limit. Less than a full segment (bounded by half the window:
-                        # _payload_room) and not all that is queued goes if it is at
-                        # least half the largest window the peer offered (Fs = 1/2), or
-                        # when the override timer fired; else an ACK, or the timer
-                        # when nothing is in flight, brings the rest
-                        if 2 * n < self.max_snd_wnd and not self._sws_override:
-                            sws_held = True
-                            break
-                    elif self.snd_nxt > self.snd_una:
-                        break  # cwnd, send_buffer or a resend: the ACK in flight makes room
-                    self._sws_override = False
-                if credit < n and pacer is not None and pacer.blocks(now, credit, n):
-                    break  # the pacer's timer sends it
-                credit -= n
-                if probe and self.pmtu is not None:
-                    self.pmtu.sent(self.snd_nxt, n)
-                fin = (self.sndbuf.fin_queued and self.snd_nxt + n == data_end)
-                self.transmit(self.snd_nxt, n, now, fin)
-                self.snd_nxt += n + (1 if fin else 0)
-            elif self.sndbuf.fin_queued and self.snd_nxt == data_end:
-                self.transmit(self.snd_nxt, 0, now, fin=True)
-                self.snd_nxt += 1
-            else:
-                break
-            if self.snd_nxt > self.snd_max:
-                self.snd_max = self.snd_nxt
-        if pacer is not None:
-            pacer.spent(credit)
-        if self.snd_max > snd_max and not self.timers.armed(T.REORDER):
-            # RFC 8985 §7.2: restart the probe timer after new data, for the whole
-            # flight (armed at the burst's first segment, it took that for a lone one)
-            self.recovery.arm_tail_loss_probe(now)
-        if sws_held and self.snd_nxt == self.snd_una and not self.timers.armed(T.PERSIST):
-            self.timers.arm(T.PERSIST, now + min(self.recovery.rtt.rto, SWS_OVERRIDE_MAX))
-        # zero window with data waiting and nothing in flight: probe until it opens
-        if (self.unsent and self.snd_nxt == self.snd_una and self.snd_wnd == 0
-                and not self.timers.armed(T.PERSIST)):
-            self.timers.arm(T.PERSIST, now + self.recovery.rtt.rto)
-            if self._persist_since is None:
-                # the last progress was now (the ACK that shut the window, or the
-                # application's data meeting a shut one): TCP_USER_TIMEOUT counts from
-                # here whether or not the peer answers the probes (Linux 5.11's
-                # icsk_probes_tstamp)
-                self._persist_since = now
-                if self.config.user_timeout is not None and not self.timers.armed(T.USER):
-                    self.timers.arm(T.USER, now + self.config.user_timeout)
-
-    def pacing_credit(self, now: float) -> float:
-        """Bytes the pacer lets leave now (`utcp.pacing`); inf when pacing is off."""
-        pacer = self.pacer
-        if pacer is None:
-            return math.inf
-        cc = self.recovery.cc
-        return pacer.refill(now, cc.cwnd, cc.ssthresh, self.recovery.rtt.srtt, self.snd_mss)
-
-    def payload_room(self) -> int:
-        """The MSS less the options a data segment will carry (RFC 9293 §3.7.1): SACK
-        blocks ride on every segment while out-of-order data is held."""
-        room = self.snd_mss - 12 if self.ts.ok else self.snd_mss
-        if (self.rcv.ooo or self._dsack) and self.sack_ok:
-            blocks = len(self.rcv.ooo) + (self._dsack is not None)
-            room -= 4 + 8 * min(blocks, self._sack_limit)
-        # A peer that never offered two segments' worth gets segments of half its largest
-        # window (Linux's tcp_bound_to_half_wnd; RFC 9293 §3.8.6.2.1's Fs = 1/2): a
-        # 2,000-byte window takes two 1,000-byte segments at once, where full-sized
-        # ones would leave the rest waiting a round trip (or the override timer)
-        wnd = self.max_snd_wnd
-        cutoff = wnd >> 1 if wnd > DEFAULT_MSS else wnd
-        if 0 < cutoff < room:
-            return min(room, max(cutoff, MIN_SEGMENT))
-        return room
-
-    def transmit(self, seq: int, n: int, now: float, fin: bool) -> None:
-        payload = self.sndbuf.view(seq, n) if n else b""
-        flags = ACK | (FIN if fin else 0)
-        if n and seq + n == self.sndbuf.end:
-            flags |= PSH
-        retransmit = seq < self.snd_max
-        if retransmit:
-            if self.pmtu is not None:
-                self.pmtu.retransmitting(seq, n)
-            self.counters.segments_retransmitted += 1
-            self.counters.bytes_retransmitted += n
-        else:
-            self.counters.bytes_sent += n
-        self.recovery.on_sent(seq, n, fin, now, retransmit)
-        self._emit(seq, n, flags, payload=payload)
-        if isinstance(payload, memoryview):
-            payload.release()
-        if not self.timers.armed(T.RTX):
-            self.timers.arm(T.RTX, now + self.recovery.rtt.rto)
-            if self.config.user_timeout is not None and not self.timers.armed(T.USER):
-                self.timers.arm(T.USER, now + self.config.user_timeout)
-        if n or fin:
-            idle = self.timers.get(T.IDLE)
-            self._last_activity(now)
-            if retransmit and idle is not None:
-                # resending to a peer that has gone quiet is no activity: idle_timeout
-                # still ends it (in FIN_WAIT_1, CLOSING, LAST_ACK too), not only
-                # max_retransmissions backed off to rto_max
-                self.timers.arm(T.IDLE, idle)
-
-    def _emit(self, seq: int, n: int, flags: int, payload: bytes | memoryview = b"",
-              raw_seq: bool = False) -> None:
-        """Build one segment; every segment but a bare RST carries our current ACK."""
-        ack = 0
-        window = 0
-        if flags & ACK:
-            ack = sq.wrap(self.rcv_nxt)
-            window = self._window_field()
-            self._ack_now = False
-            self._unacked_segments = 0
-            self.timers.cancel(T.ACK)
-        options = b""
-        if flags & ACK:
-            self.ts.last_ack_sent = self.rcv_nxt
-            if self.ts.ok:
-                options = self.ts.option(self._now)
-            ooo = self.rcv.ooo
-            if (ooo or self._dsack) and self.sack_ok:
-                limit = self._sack_limit
-                blocks = sack.receiver_blocks(ooo, self.rcv.latest_ooo, limit) if ooo else []
-                if self._dsack is not None:  # RFC 2883: first, once
-                    blocks = [self._dsack, *blocks[:limit - 1]]
-                    self._dsack = None
-                options += sack.encode_blocks([(sq.wrap(a), sq.wrap(b)) for a, b in blocks])
-        self._out.append(wire.build_fast(
-            self.local_port, self.remote_port, seq if raw_seq else sq.wrap(seq), ack, flags,
-            window, options, payload))
-        self.counters.segments_sent += 1
 
     def _paws(self, seg: wire.Segment, now: float) -> bool:
         if self.ts.paws_rejects(seg, now):
@@ -1298,30 +1004,16 @@ class Connection:
             return True
         return False
 
-    def _window_field(self) -> int:
-        """The window to advertise, rounded up so the right edge never moves left."""
-        shift = self.rcv_wscale
-        space = self.config.recv_buffer - self.rcv.size
-        budget = self.memory_budget
-        if budget is not None and budget.used >= budget.pressure:
-            space = self._rcv_space()  # the rare case: out of line
-        wnd = max(space, self.rcv_adv - self.rcv_nxt, 0)
-        field = min((wnd + (1 << shift) - 1) >> shift, MAX_WINDOW_FIELD)
-        edge = self.rcv_nxt + (field << shift)
-        if edge > self.rcv_adv:
-            self.rcv_adv = edge
-        return field
-
     def _maybe_window_update(self) -> None:
         """Receiver SWS avoidance (RFC 9293 §3.8.6.2.2): announce only a worthwhile opening."""
         if self.state not in CAN_RECEIVE:
             return
-        new_edge = self.rcv_nxt + self._rcv_space()
+        new_edge = self.rcv_nxt + self.rcv_space()
         grow = new_edge - self.rcv_adv
         current = self.rcv_adv - self.rcv_nxt
         if grow >= min(self.config.recv_buffer // 2, 2 * self.snd_mss) or (
                 current < self.snd_mss and grow > 0 and current + grow >= self.snd_mss):
-            self._ack_now = True
+            self.sender.ack_now = True
             self._touch()
 
     # --------------------------------------------------------------------- memory
@@ -1354,7 +1046,7 @@ class Connection:
         self._drop("endpoint memory exhausted")
         return False
 
-    def _rcv_space(self) -> int:
+    def rcv_space(self) -> int:
         """Room to offer in the receive window: under memory pressure no more than the
         floor, so the windows promised in all cannot outgrow the budget (tcp_mem[1])."""
         space = self.config.recv_buffer - self.rcv.size
@@ -1362,13 +1054,6 @@ class Connection:
         if budget is not None and budget.used >= budget.pressure:
             space = min(space, MEMORY_FLOOR - self.rcv.size)
         return space
-
-    def send_limit(self) -> int:
-        """Bytes in flight at most: the send buffer, or the floor under memory pressure."""
-        budget = self.memory_budget
-        if budget is not None and budget.used >= budget.pressure:
-            return min(self.config.send_buffer, MEMORY_FLOOR)
-        return self.config.send_buffer
 
     # --------------------------------------------------------------------- helpers
 
@@ -1389,7 +1074,7 @@ class Connection:
         elif new is State.TIME_WAIT:
             for timer in (T.RTX, T.PERSIST, T.IDLE, T.KEEPALIVE, T.USER):
                 self.timers.cancel(timer)
-            self.timers.arm(T.TIME_WAIT, self._now + 2 * self.config.msl)
+            self.timers.arm(T.TIME_WAIT, self.now + 2 * self.config.msl)
         elif new is State.CLOSED and old is not State.LISTEN:
             self._terminate(error)
 
@@ -1397,7 +1082,7 @@ class Connection:
         if send_rst and self.state in SYNCHRONIZED | {State.SYN_RCVD}:
             # snd_max, not a snd_nxt rewound by a timeout: a peer that got everything
             # would drop an RST below its rcv_nxt as old (BSD's tcp_output does the same)
-            self._emit(self.snd_max, 0, RST | ACK)
+            self.sender.emit(self.snd_max, 0, RST | ACK)
         self._set_state(event, error)
 
     def _terminate(self, error: Exception | None) -> None:
@@ -1405,7 +1090,7 @@ class Connection:
         self.timers.cancel_all()
         if self.pacer is not None:
             self.pacer.deadline = None
-        self._ack_now = False
+        self.sender.ack_now = False
         self.sndbuf.data = bytearray()
         if self.memory_budget is not None:
             # what is left unread is the application's to take; no longer the endpoint's
@@ -1432,24 +1117,12 @@ class Connection:
         ack = sq.unwrap(seg.ack, self.snd_una)
         return self._oldest_acceptable_ack() <= ack <= self.snd_max
 
-    def _challenge_ack(self, now: float) -> None:
-        """RFC 5961 §7: answer a suspicious segment with an ACK, at most so many a second."""
-        if now - self._challenge_window_start >= 1.0:
-            self._challenge_window_start = now
-            self._challenges_in_window = 0
-        if self._challenges_in_window >= CHALLENGE_ACK_LIMIT:
-            self.counters.challenge_acks_suppressed += 1
-            return
-        self._challenges_in_window += 1
-        self.counters.challenge_acks += 1
-        self._ack_now = True
-
     def _drop(self, reason: str) -> None:
         self.counters.dropped_segments += 1
         if log.enabled():
             log.emit("drop", conn=self.name, reason=reason, state=self.state.name)
 
-    def _last_activity(self, now: float) -> None:
+    def last_activity(self, now: float) -> None:
         if self.config.idle_timeout is not None and self.state not in (
                 State.TIME_WAIT, State.CLOSED):
             self.timers.arm(T.IDLE, now + self.config.idle_timeout)

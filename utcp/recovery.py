@@ -326,19 +326,19 @@ class LossRecovery:
         data_end = conn.data_end
         seq = conn.snd_una
         while seq < min(lost_end, data_end):
-            n = min(conn.payload_room(), lost_end - seq, data_end - seq)
-            conn.transmit(seq, n, now, fin=False)
+            n = min(conn.sender.payload_room(), lost_end - seq, data_end - seq)
+            conn.sender.transmit(seq, n, now, fin=False)
             seq += n
         conn.timers.arm(T.RTX, now + self.rtt.rto)
 
     def retransmit_first(self, now: float) -> None:
         """Resend the first unacknowledged segment without rewinding snd_nxt."""
         conn = self.conn
-        n = min(conn.payload_room(), conn.data_end - conn.snd_una)
+        n = min(conn.sender.payload_room(), conn.data_end - conn.snd_una)
         if n > 0:
-            conn.transmit(conn.snd_una, n, now, fin=False)
+            conn.sender.transmit(conn.snd_una, n, now, fin=False)
         elif conn.sndbuf.fin_queued and not conn.sndbuf.fin_acked:
-            conn.transmit(conn.snd_una, 0, now, fin=True)
+            conn.sender.transmit(conn.snd_una, 0, now, fin=True)
         conn.timers.arm(T.RTX, now + self.rtt.rto)
 
     def send_pipe_driven(self, now: float, first: bool = False) -> None:
@@ -346,10 +346,10 @@ class LossRecovery:
         cwnd - pipe allows, lost segments first, then new data. `first` sends one
         segment whatever pipe says (the fast retransmission itself goes at once)."""
         conn, rack = self.conn, self.rack
-        mss = conn.payload_room()
+        mss = conn.sender.payload_room()
         pipe = rack.pipe(conn.snd_una, conn.snd_max)
         pacer = conn.pacer
-        credit = conn.pacing_credit(now)
+        credit = conn.sender.pacing_credit(now)
         while first or self.cc.cwnd - pipe >= mss:
             lost = rack.next_lost()
             if first and lost is None:
@@ -365,7 +365,7 @@ class LossRecovery:
                 pipe += n
                 continue
             # RFC 6675 §5 step (D): new data, as the peer's window allows
-            window_end = conn.snd_una + min(conn.snd_wnd, conn.send_limit())
+            window_end = conn.snd_una + min(conn.snd_wnd, conn.sender.send_limit())
             data_end = conn.data_end
             if conn.snd_nxt < data_end:
                 n = min(mss, data_end - conn.snd_nxt, window_end - conn.snd_nxt)
@@ -376,10 +376,10 @@ class LossRecovery:
                         break
                     credit -= n
                 fin = conn.sndbuf.fin_queued and conn.snd_nxt + n == data_end
-                conn.transmit(conn.snd_nxt, n, now, fin)
+                conn.sender.transmit(conn.snd_nxt, n, now, fin)
                 conn.snd_nxt += n + (1 if fin else 0)
             elif conn.sndbuf.fin_queued and conn.snd_nxt == data_end:
-                conn.transmit(conn.snd_nxt, 0, now, fin=True)
+                conn.sender.transmit(conn.snd_nxt, 0, now, fin=True)
                 conn.snd_nxt += 1
                 n = 1
             else:
@@ -402,10 +402,10 @@ class LossRecovery:
         seq = start
         while seq < stop:
             n = min(mss, stop - seq)
-            conn.transmit(seq, n, now, fin=seq + n == data_end < end)
+            conn.sender.transmit(seq, n, now, fin=seq + n == data_end < end)
             seq += n
         if start == data_end < end:
-            conn.transmit(start, 0, now, fin=True)  # a lone FIN
+            conn.sender.transmit(start, 0, now, fin=True)  # a lone FIN
 
     # ------------------------------------------------------------------ timers
 
@@ -482,14 +482,14 @@ class LossRecovery:
         conn.counters.tail_loss_probes += 1
         if log.enabled():
             log.emit("tail_loss_probe", conn=conn.name, snd_una=conn.snd_una)
-        room = conn.payload_room()
+        room = conn.sender.payload_room()
         data_end = conn.data_end
         n = min(room, data_end - conn.snd_nxt)
         if conn.snd_nxt == conn.snd_max and n > 0 and \
                 conn.snd_nxt + n <= conn.snd_una + conn.snd_wnd:
             fin = conn.sndbuf.fin_queued and conn.snd_nxt + n == data_end
             self.tlp_seq = conn.snd_nxt
-            conn.transmit(conn.snd_nxt, n, now, fin)
+            conn.sender.transmit(conn.snd_nxt, n, now, fin)
             conn.snd_nxt += n + (1 if fin else 0)
             conn.snd_max = max(conn.snd_max, conn.snd_nxt)
         else:
@@ -501,10 +501,10 @@ class LossRecovery:
                 self.tlp_seq = start
                 self.tlp_resent = (start, end)
                 fin = conn.sndbuf.fin_queued and conn.snd_max == data_end + 1 and end == data_end
-                conn.transmit(start, end - start, now, fin)
+                conn.sender.transmit(start, end - start, now, fin)
             elif conn.sndbuf.fin_queued and not conn.sndbuf.fin_acked:
                 self.tlp_seq = data_end
-                conn.transmit(data_end, 0, now, fin=True)
+                conn.sender.transmit(data_end, 0, now, fin=True)
         conn.timers.arm(T.RTX, now + self.rtt.rto)
 
     def on_reorder_timeout(self, now: float) -> None:

@@ -34,6 +34,8 @@ OPT_EXPERIMENTAL = 254
 HEADER_LEN = 20
 MAX_OPTIONS_LEN = 40
 MAX_WSCALE = 14  # RFC 7323 §2.3: larger shifts are treated as 14
+MAX_WINDOW_FIELD = 0xFFFF
+DEFAULT_MSS = 536  # RFC 9293 §3.7.1: the send MSS when the peer sends no MSS option
 
 _HEADER = struct.Struct("!HHIIBBHHH")
 _U16 = struct.Struct("!H")
