@@ -19,7 +19,7 @@ import sys
 import time
 import weakref
 from collections.abc import AsyncGenerator, Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from utcp import log, pcap
 from utcp.aio import batch
@@ -27,7 +27,6 @@ from utcp.endpoint import Addr, Endpoint, peer_key
 from utcp.state import State
 
 if TYPE_CHECKING:
-    from utcp.aio.transport import UtcpTransport
     from utcp.connection import Connection
 
 RECV_BATCH = 512            # datagrams read per wake-up at most, so timers still run
@@ -328,6 +327,17 @@ def _weak_route_mss(port: UdpPort) -> Callable[[Addr], int]:
     return route_mss
 
 
+class ConnectionListener(Protocol):
+    """What the port needs of whoever speaks for one connection to the application.
+
+    The transport is the one implementation; the port knows only this, so that
+    transport.py imports port.py and never the reverse (no import circle, issue #13).
+    """
+
+    def process_events(self) -> None:
+        """The core touched the connection: drain its `next_event()` queue and deliver."""
+
+
 class UdpPort:
     """The I/O half of an endpoint. `owned` ports belong to one client connection."""
 
@@ -342,7 +352,7 @@ class UdpPort:
         # fixed port (local_addr) rides it out, since the peer may simply not be up yet.
         self.icmp_refuses = icmp_refuses
         self.on_accept = on_accept
-        self.transports: dict[Connection, UtcpTransport] = {}
+        self.transports: dict[Connection, ConnectionListener] = {}
         self.close_when_idle = False    # close the socket once no connection is left
         self.closed = False
         self._fd = sock.fileno()
@@ -552,9 +562,9 @@ class UdpPort:
                 if not touched:
                     break
                 for conn in touched:
-                    transport = self.transports.get(conn)
-                    if transport is not None:
-                        transport._process_events()
+                    listener = self.transports.get(conn)
+                    if listener is not None:
+                        listener.process_events()
                 if self.on_accept is not None:
                     while (accepted := ep.accept()) is not None:
                         self.on_accept(accepted)

@@ -120,7 +120,7 @@ class UtcpTransport(asyncio.Transport):
         except BaseException as exc:
             self._fatal_error(exc, "protocol.connection_made() failed")
             return
-        self._process_events()
+        self.process_events()
         if self._loss_pending is not None and not self._lost:
             self._connection_lost(self._loss_pending[0])
 
@@ -230,7 +230,8 @@ class UtcpTransport(asyncio.Transport):
 
     # ------------------------------------------------------------------ events from the core
 
-    def _process_events(self) -> None:
+    def process_events(self) -> None:
+        """The port's `ConnectionListener` call: the core touched this connection."""
         conn = self._conn
         while (event := conn.next_event()) is not None:
             if isinstance(event, HandshakeCompleted):
