@@ -91,3 +91,48 @@ def test_each_module_imports_alone(module: str) -> None:
                           text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "ok"
+
+
+# asyncio keeps these on its own objects with no public accessor; each is read in one
+# small compatibility function of api.py, and nowhere else.
+ASYNCIO_COMPAT = {
+    "_ssl_app_transport": {"_app_transport"},
+    "_stream_protocol_is_server": {"_client_connected_cb"},
+    "_stream_protocol_replace_writer": {"_replace_writer"},
+    "_stream_writer_protocol": {"_protocol"},
+    "_stream_writer_set_transport": {"_transport"},
+}
+
+
+def _private_uses(source: str) -> list[tuple[int, str, str]]:
+    """(line, enclosing function, name) for every `x._name` where x is not self/cls."""
+    found: list[tuple[int, str, str]] = []
+
+    def walk(node: ast.AST, function: str) -> None:
+        for child in ast.iter_child_nodes(node):
+            inner = (child.name if isinstance(child, ast.FunctionDef | ast.AsyncFunctionDef)
+                     else function)
+            if (isinstance(child, ast.Attribute) and child.attr.startswith("_")
+                    and not child.attr.startswith("__")
+                    and not (isinstance(child.value, ast.Name)
+                             and child.value.id in ("self", "cls"))):
+                found.append((child.lineno, function, child.attr))
+            walk(child, inner)
+
+    walk(ast.parse(source), "")
+    return found
+
+
+def test_the_private_check_sees_private_uses() -> None:
+    source = "def f(t):\n    t._attach(1)\n    self._ok()\n    t.public()\n"
+    assert _private_uses(source) == [(2, "f", "_attach")]
+
+
+@pytest.mark.parametrize("module", [*MODULES, f"{PACKAGE}.__init__"])
+def test_no_private_names_across_objects(module: str) -> None:
+    """A module calls other modules' and objects' public names only (issue #13);
+    asyncio's private ones only inside their compatibility functions."""
+    source = (AIO_DIR / (module.rsplit(".", 1)[1] + ".py")).read_text()
+    bad = [(line, function, name) for line, function, name in _private_uses(source)
+           if name not in ASYNCIO_COMPAT.get(function, set())]
+    assert bad == []

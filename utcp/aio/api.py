@@ -76,13 +76,13 @@ async def _wrap_tls(loop: asyncio.AbstractEventLoop, transport: UtcpTransport,
     tls = sslproto.SSLProtocol(loop, app_protocol, context, waiter, server_side,
                                server_hostname,
                                ssl_handshake_timeout=handshake_timeout)  # type: ignore[arg-type]
-    transport._attach(tls)
+    transport.attach_protocol(tls)
     try:
         await waiter
     except BaseException:
         transport.abort()
         raise
-    return tls._app_transport
+    return _ssl_app_transport(tls)
 
 
 async def _start_tls(transport: UtcpTransport, protocol: asyncio.BaseProtocol,
@@ -109,7 +109,44 @@ async def _start_tls(transport: UtcpTransport, protocol: asyncio.BaseProtocol,
         made.cancel()
         resumed.cancel()
         raise
-    return tls._app_transport
+    return _ssl_app_transport(tls)
+
+
+# ---------------------------------------------------------------------- asyncio internals
+# asyncio offers no public way to do these; each read of its private names is here,
+# once, and does what asyncio's own code does with them (checked on CPython 3.11-3.13).
+
+def _ssl_app_transport(tls: sslproto.SSLProtocol) -> asyncio.Transport:
+    """The transport SSLProtocol hands its application protocol: no public accessor,
+    so read as `loop.start_tls` reads it (base_events.py, `ssl_protocol._app_transport`)."""
+    transport: asyncio.Transport = tls._app_transport
+    return transport
+
+
+def _stream_protocol_is_server(protocol: asyncio.StreamReaderProtocol) -> bool:
+    """Whether a StreamReaderProtocol serves `start_server` (it has a connected
+    callback) or a client: what asyncio.StreamWriter.start_tls takes for server_side."""
+    return protocol._client_connected_cb is not None  # type: ignore[attr-defined]
+
+
+def _stream_protocol_replace_writer(protocol: asyncio.StreamReaderProtocol,
+                                    writer: asyncio.StreamWriter) -> None:
+    """Point the protocol at the writer whose transport is now TLS, as
+    asyncio.StreamWriter.start_tls does (streams.py, `protocol._replace_writer`)."""
+    protocol._replace_writer(writer)  # type: ignore[attr-defined]
+
+
+def _stream_writer_protocol(writer: asyncio.StreamWriter) -> asyncio.StreamReaderProtocol:
+    """The protocol a StreamWriter was made with; kept only in its `_protocol`."""
+    protocol: asyncio.StreamReaderProtocol = writer._protocol  # type: ignore[attr-defined]
+    return protocol
+
+
+def _stream_writer_set_transport(writer: asyncio.StreamWriter,
+                                 transport: asyncio.Transport) -> None:
+    """A StreamWriter's transport, replaced as asyncio.StreamWriter.start_tls does: its
+    `transport` property reads `_transport` and has no setter."""
+    writer._transport = transport  # type: ignore[attr-defined]
 
 
 class _StreamWriter(asyncio.StreamWriter):
@@ -124,13 +161,14 @@ class _StreamWriter(asyncio.StreamWriter):
                                     ssl_handshake_timeout=ssl_handshake_timeout)
             return
         # What asyncio.StreamWriter.start_tls does, with _start_tls for loop.start_tls.
-        protocol: Any = self._protocol  # type: ignore[attr-defined]
-        server_side = protocol._client_connected_cb is not None
+        protocol = _stream_writer_protocol(self)
+        server_side = _stream_protocol_is_server(protocol)
         await self.drain()
-        self._transport = await _start_tls(
+        tls_transport = await _start_tls(
             transport, protocol, sslcontext, server_side=server_side,
             server_hostname=server_hostname, ssl_handshake_timeout=ssl_handshake_timeout)
-        protocol._replace_writer(self)
+        _stream_writer_set_transport(self, tls_transport)
+        _stream_protocol_replace_writer(protocol, self)
 
 
 # ---------------------------------------------------------------------- client
@@ -200,7 +238,7 @@ async def create_connection(
         raise OSError("Multiple exceptions: " + ", ".join(str(e) for e in errors))
     app_protocol = protocol_factory()
     if context is None:
-        transport._attach(app_protocol)
+        transport.attach_protocol(app_protocol)
         return transport, app_protocol
     hostname = server_hostname if server_hostname is not None else host
     app_transport = await _wrap_tls(loop, transport, app_protocol, context, server_side=False,
@@ -455,7 +493,7 @@ class Server(asyncio.AbstractServer):
             transport.abort()
             return
         if self._ssl is None:
-            transport._attach(protocol)
+            transport.attach_protocol(protocol)
             return
         task = self._loop.create_task(self._accept_tls(transport, protocol))
         self._tls_tasks.add(task)
@@ -517,8 +555,7 @@ async def create_server(
         server = Server(loop, [UdpPort(loop, sock, endpoint)], protocol_factory, context,
                         ssl_handshake_timeout)
         if start_serving:
-            server._start()
-            await asyncio.sleep(0)
+            await server.start_serving()
         return server
     hosts: list[str | None] = ([host] if host is None or isinstance(host, str)
                                else list(host))
@@ -557,8 +594,7 @@ async def create_server(
         raise
     server = Server(loop, ports, protocol_factory, context, ssl_handshake_timeout)
     if start_serving:
-        server._start()
-        await asyncio.sleep(0)
+        await server.start_serving()
     return server
 
 

@@ -156,7 +156,7 @@ def _linger(port: UdpPort) -> None:
     while len(table) > limit:
         oldest, _ = table.popitem(last=False)
         if log.enabled():
-            log.emit("linger_overflow", port=oldest._local[1], limit=limit)
+            log.emit("linger_overflow", port=oldest.local_addr[1], limit=limit)
         oldest.close()
         for conn in list(oldest.endpoint.connections.values()):
             conn.abort()  # CLOSED now; with the socket gone its RST is never sent
@@ -318,7 +318,7 @@ def _track(port: UdpPort) -> None:
 
 
 def _weak_route_mss(port: UdpPort) -> Callable[[Addr], int]:
-    method = weakref.WeakMethod(port._route_mss)
+    method = weakref.WeakMethod(port.peer_route_mss)
     config = port.endpoint.config
 
     def route_mss(peer: Addr) -> int:
@@ -336,6 +336,9 @@ class ConnectionListener(Protocol):
 
     def process_events(self) -> None:
         """The core touched the connection: drain its `next_event()` queue and deliver."""
+
+    def port_closed(self) -> None:
+        """The socket is gone with the connection still attached: it ends abnormally."""
 
 
 class UdpPort:
@@ -364,18 +367,18 @@ class UdpPort:
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
         self.send_errors: collections.Counter[str] = collections.Counter()
-        self._local = sock.getsockname()
+        self.local_addr = sock.getsockname()  # the socket's; kept once closed
         self._gso = batch.probe_gso(sock)
         self._gro = batch.enable_gro(sock)
         self._recverr = enable_recverr(sock)
         self.gso_sends = 0
-        self._pcap = (pcap.acquire(endpoint.config.pcap, self._local[1])
+        self._pcap = (pcap.acquire(endpoint.config.pcap, self.local_addr[1])
                       if endpoint.config.pcap else None)
         # If the loop is closed while a connection lingers in TIME_WAIT, the socket is
         # closed when this object goes, not left for a ResourceWarning.
         # Its RSTs too (see _reset_connections), so nothing the finalizer holds may hold
         # this object: the endpoint reaches the port only through a weak method.
-        self._finalizer = weakref.finalize(self, _release, sock, self._pcap, self._local[1],
+        self._finalizer = weakref.finalize(self, _release, sock, self._pcap, self.local_addr[1],
                                            endpoint)
         sock.setblocking(False)
         set_dont_fragment(sock)
@@ -384,7 +387,9 @@ class UdpPort:
         loop.add_reader(self._fd, self._on_readable)
         _track(self)
 
-    def _route_mss(self, peer: Addr) -> int:
+    def peer_route_mss(self, peer: Addr) -> int:
+        """The endpoint's `route_mss` (through `_weak_route_mss`): the route's MSS to
+        `peer`, cached per host, or the configured MSS if the kernel cannot say."""
         host = peer[0]
         if host not in self._route_cache:
             if len(self._route_cache) > 4096:
@@ -429,7 +434,7 @@ class UdpPort:
                 self._on_socket_error(exc)
                 break
             if self._pcap is not None:
-                self._pcap.write_received(view[:n], addr, self._local, time.time())
+                self._pcap.write_received(view[:n], addr, self.local_addr, time.time())
             try:
                 ep.receive_datagram(view[:n], addr, now)
             except Exception as exc:  # see _bad_datagram
@@ -454,7 +459,7 @@ class UdpPort:
             for begin, end in batch.gro_pieces(n, batch.gro_segment_size(anc)):
                 piece = view[begin:end]
                 if self._pcap is not None:
-                    self._pcap.write_received(piece, addr, self._local, time.time())
+                    self._pcap.write_received(piece, addr, self.local_addr, time.time())
                 try:
                     ep.receive_datagram(piece, addr, now)
                 except Exception as exc:  # see _bad_datagram
@@ -720,7 +725,7 @@ class UdpPort:
         assert self._pcap is not None
         ts = time.time()
         for data, addr in datagrams:
-            self._pcap.write(data, self._local, addr, ts)
+            self._pcap.write(data, self.local_addr, addr, ts)
         self._pcap.flush()
 
     def _queue(self, rest: list[tuple[bytes, Addr]]) -> None:
@@ -774,4 +779,7 @@ class UdpPort:
         except RuntimeError:
             pass  # the loop is already closed
         self._pcap = None
-        self._finalizer()
+        self._finalizer()  # RSTs first (see _reset_connections), then the socket closes
+        if not self.loop.is_closed():  # else no connection_lost can be scheduled
+            for listener in list(self.transports.values()):
+                listener.port_closed()
