@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import functools
+import itertools
 import socket
 import ssl as ssl_module
 import weakref
@@ -67,15 +69,29 @@ def _ssl_context(ssl: Any, *, server_side: bool) -> ssl_module.SSLContext | None
     return ssl
 
 
+def _check_shutdown_timeout(context: ssl_module.SSLContext | None,
+                            timeout: float | None) -> None:
+    """asyncio's checks, made before anything is sent: SSLProtocol would make the second
+    only once the connection exists, and leave it open."""
+    if timeout is None:
+        return
+    if context is None:
+        raise ValueError("ssl_shutdown_timeout is only meaningful with ssl")
+    if timeout <= 0:
+        raise ValueError(f"ssl_shutdown_timeout should be a positive number, got {timeout}")
+
+
 async def _wrap_tls(loop: asyncio.AbstractEventLoop, transport: UtcpTransport,
                     app_protocol: asyncio.BaseProtocol, context: ssl_module.SSLContext, *,
                     server_side: bool, server_hostname: str | None,
-                    handshake_timeout: float | None) -> asyncio.Transport:
+                    handshake_timeout: float | None,
+                    shutdown_timeout: float | None = None) -> asyncio.Transport:
     """TLS over utcp with asyncio's own (pure-Python) SSL protocol: same code on uvloop."""
     waiter: asyncio.Future[None] = loop.create_future()
     tls = sslproto.SSLProtocol(loop, app_protocol, context, waiter, server_side,
                                server_hostname,
-                               ssl_handshake_timeout=handshake_timeout)  # type: ignore[arg-type]
+                               ssl_handshake_timeout=handshake_timeout,  # type: ignore[arg-type]
+                               ssl_shutdown_timeout=shutdown_timeout)
     transport.attach_protocol(tls)
     try:
         await waiter
@@ -191,6 +207,7 @@ async def create_connection(
         raise ValueError("server_hostname is only meaningful with ssl")
     if context is None and ssl_handshake_timeout is not None:
         raise ValueError("ssl_handshake_timeout is only meaningful with ssl")
+    _check_shutdown_timeout(context, ssl_shutdown_timeout)
     if sock is not None:
         _check_udp_socket(sock)
         if local_addr is not None:
@@ -213,10 +230,13 @@ async def create_connection(
             infos = infos[:1]  # one socket, one attempt: it closes with its connection
     if not infos:
         raise OSError(f"getaddrinfo({host!r}) returned an empty list")
-    errors: list[OSError] = []
-    # Each address in turn until one connects, as asyncio does: a refusal from the
-    # first ("localhost" is ::1 first on many systems) moves on to the next.
-    for fam, typ, pro, _canon, addr in infos:
+    if happy_eyeballs_delay is not None and interleave is None:
+        interleave = 1  # as asyncio: racing addresses means alternating their families
+    if interleave:
+        infos = _interleave_families(infos, interleave)
+
+    async def attempt(info: Any) -> UtcpTransport:
+        fam, typ, pro, _canon, addr = info
         try:
             transport, waiter = await _open(loop, fam, typ, pro, addr, cfg, local_addr,
                                             sock)
@@ -225,17 +245,35 @@ async def create_connection(
             except BaseException:
                 transport.abort()
                 raise
-            break
         except ConnectionRefusedError as exc:
-            errors.append(_refused(addr, exc))
-        except OSError as exc:
-            errors.append(exc)
+            refused = _refused(addr, exc)
+            if refused is exc:
+                raise
+            raise refused from exc
+        return transport
+
+    errors: list[OSError] = []
+    if happy_eyeballs_delay is None:
+        # Each address in turn until one connects, as asyncio does: a refusal from the
+        # first ("localhost" is ::1 first on many systems) moves on to the next.
+        found: UtcpTransport | None = None
+        for info in infos:
+            try:
+                found = await attempt(info)
+                break
+            except OSError as exc:
+                errors.append(exc)
     else:
+        found = await _staggered_race(loop, [functools.partial(attempt, info)
+                                             for info in infos],
+                                      happy_eyeballs_delay, errors)
+    if found is None:
         if len(errors) == 1 or all(str(e) == str(errors[0]) for e in errors):
             raise errors[0]
         if all_errors:
             raise ExceptionGroup("create_connection failed", errors)
         raise OSError("Multiple exceptions: " + ", ".join(str(e) for e in errors))
+    transport = found
     app_protocol = protocol_factory()
     if context is None:
         transport.attach_protocol(app_protocol)
@@ -243,8 +281,82 @@ async def create_connection(
     hostname = server_hostname if server_hostname is not None else host
     app_transport = await _wrap_tls(loop, transport, app_protocol, context, server_side=False,
                                     server_hostname=hostname or None,
-                                    handshake_timeout=ssl_handshake_timeout)
+                                    handshake_timeout=ssl_handshake_timeout,
+                                    shutdown_timeout=ssl_shutdown_timeout)
     return app_transport, app_protocol
+
+
+def _interleave_families(infos: list[Any], first_family_count: int) -> list[Any]:
+    """getaddrinfo's answers reordered as asyncio's `interleave` does (RFC 8305 §4):
+    `first_family_count` addresses of the first family, then one of each family in
+    turn, so a broken family costs one attempt, not all of its addresses in a row."""
+    by_family: dict[int, list[Any]] = {}
+    for info in infos:
+        by_family.setdefault(info[0], []).append(info)
+    lists = list(by_family.values())
+    reordered = lists[0][:first_family_count - 1]
+    del lists[0][:first_family_count - 1]
+    reordered.extend(info for row in itertools.zip_longest(*lists) for info in row
+                     if info is not None)
+    return reordered
+
+
+async def _staggered_race(loop: asyncio.AbstractEventLoop,
+                          attempts: list[Callable[[], Coroutine[Any, Any, UtcpTransport]]],
+                          delay: float, errors: list[OSError]) -> UtcpTransport | None:
+    """Happy eyeballs (RFC 8305 §5) with asyncio's semantics (asyncio.staggered): each
+    attempt starts `delay` s after the one before, or at once when that one fails; the
+    first connection to complete wins and every other attempt is cancelled (its
+    handshake abandoned, its socket closed). OSErrors go to `errors` in the order they
+    happen; anything else ends the race and propagates.
+
+    Not asyncio.staggered.staggered_race itself: on 3.11 an attempt that completes in
+    the same loop iteration as the winner is dropped with its result, which here would
+    be an open connection nobody holds.
+    """
+    pending = iter(attempts)
+    running: set[asyncio.Task[UtcpTransport]] = set()
+    order: dict[asyncio.Task[UtcpTransport], int] = {}
+
+    def start_next() -> None:
+        nxt = next(pending, None)
+        if nxt is not None:
+            task = loop.create_task(nxt())
+            order[task] = len(order)
+            running.add(task)
+
+    winner: UtcpTransport | None = None
+    start_next()
+    try:
+        while running and winner is None:
+            done, _ = await asyncio.wait(running, timeout=delay,
+                                         return_when=asyncio.FIRST_COMPLETED)
+            if not done:
+                start_next()  # no answer within the delay: the next address joins in
+                continue
+            failed = False
+            for task in sorted(done, key=order.__getitem__):
+                running.discard(task)
+                exc = task.exception()
+                if exc is None:
+                    if winner is None:
+                        winner = task.result()
+                    else:
+                        task.result().abort()  # a second connection in the same moment
+                elif isinstance(exc, OSError):
+                    errors.append(exc)
+                    failed = True
+                else:
+                    raise exc
+            if failed and winner is None:
+                start_next()
+    finally:
+        for task in running:
+            task.cancel()
+        for result in await asyncio.gather(*running, return_exceptions=True):
+            if isinstance(result, UtcpTransport):
+                result.abort()  # connected before its cancellation landed
+    return winner
 
 
 def _refused(addr: Any, exc: ConnectionRefusedError) -> ConnectionRefusedError:
@@ -358,12 +470,14 @@ class Server(asyncio.AbstractServer):
 
     def __init__(self, loop: asyncio.AbstractEventLoop, ports: list[UdpPort],
                  protocol_factory: ProtocolFactory, ssl_context: ssl_module.SSLContext | None,
-                 ssl_handshake_timeout: float | None) -> None:
+                 ssl_handshake_timeout: float | None,
+                 ssl_shutdown_timeout: float | None = None) -> None:
         self._loop = loop
         self._ports = ports
         self._protocol_factory = protocol_factory
         self._ssl = ssl_context
         self._ssl_handshake_timeout = ssl_handshake_timeout
+        self._ssl_shutdown_timeout = ssl_shutdown_timeout
         self._serving = False
         self._closed = False
         self._active: set[UtcpTransport] = set()
@@ -507,7 +621,8 @@ class Server(asyncio.AbstractServer):
         assert self._ssl is not None
         try:
             await _wrap_tls(self._loop, transport, protocol, self._ssl, server_side=True,
-                            server_hostname=None, handshake_timeout=self._ssl_handshake_timeout)
+                            server_hostname=None, handshake_timeout=self._ssl_handshake_timeout,
+                            shutdown_timeout=self._ssl_shutdown_timeout)
         except (OSError, asyncio.CancelledError, ssl_module.SSLError, TimeoutError):
             transport.abort()
 
@@ -539,6 +654,7 @@ async def create_server(
     context = _ssl_context(ssl, server_side=True)
     if context is None and ssl_handshake_timeout is not None:
         raise ValueError("ssl_handshake_timeout is only meaningful with ssl")
+    _check_shutdown_timeout(context, ssl_shutdown_timeout)
     if sock is not None:
         _check_udp_socket(sock)
         if host is not None or port is not None:
@@ -553,7 +669,7 @@ async def create_server(
         set_socket_buffers(sock)
         endpoint = Endpoint(cfg, sock.getsockname()[1], listening=False, backlog=backlog)
         server = Server(loop, [UdpPort(loop, sock, endpoint)], protocol_factory, context,
-                        ssl_handshake_timeout)
+                        ssl_handshake_timeout, ssl_shutdown_timeout)
         if start_serving:
             await server.start_serving()
         return server
@@ -592,7 +708,8 @@ async def create_server(
         for p in ports:
             p.close()
         raise
-    server = Server(loop, ports, protocol_factory, context, ssl_handshake_timeout)
+    server = Server(loop, ports, protocol_factory, context, ssl_handshake_timeout,
+                    ssl_shutdown_timeout)
     if start_serving:
         await server.start_serving()
     return server
