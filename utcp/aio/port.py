@@ -652,50 +652,42 @@ class UdpPort:
                     return
                 self._on_socket_error(exc)
 
-    def _send_one(self, data: bytes, addr: Addr) -> None:
+    def _send_one(self, data: bytes, addr: Addr, segment: int = 0) -> None:
+        """Every datagram (or GSO batch of datagrams of `segment` bytes each) leaves the
+        port here, by one socket call.
+
+        With IP_RECVERR an ICMP error about some earlier datagram, to any peer, is also
+        reported once by the next socket call, and a send that reports it has sent
+        nothing: read the queue, then send this datagram (or batch) after all.
+        """
         try:
-            if self.connected:
-                self.sock.send(data)
-            else:
-                self.sock.sendto(data, addr)
+            self._sock_send(data, addr, segment)
         except OSError as exc:
             if not self._recverr or exc.errno not in _ICMP_ERRNOS:
                 raise
-            # With IP_RECVERR an ICMP error about some earlier datagram, to any peer, is
-            # also reported once by the next socket call, and a send that reports it has
-            # sent nothing: read the queue, then send this datagram after all.
             self._on_socket_error(exc)
-            self._send_raw(data, addr)
+            self._sock_send(data, addr, segment)
 
-    def _send_raw(self, data: bytes, addr: Addr) -> None:
-        if self.connected:
+    def _sock_send(self, data: bytes, addr: Addr, segment: int) -> None:
+        if segment:
+            if self.connected:
+                self.sock.sendmsg([data], batch.gso_control(segment))
+            else:
+                self.sock.sendmsg([data], batch.gso_control(segment), 0, addr)
+        elif self.connected:
             self.sock.send(data)
         else:
             self.sock.sendto(data, addr)
 
     def _send_gso(self, datagrams: list[tuple[bytes, Addr]]) -> None:
         """Runs of equal-sized datagrams to one peer go out in one sendmsg each."""
-        sock, connected = self.sock, self.connected
         for begin, end, size in batch.gso_batches(datagrams):
             data, addr = datagrams[begin]
             try:
                 if size == 0:
                     self._send_one(data, addr)
                 else:
-                    joined = [b"".join([d for d, _ in datagrams[begin:end]])]
-                    try:
-                        if connected:
-                            sock.sendmsg(joined, batch.gso_control(size))
-                        else:
-                            sock.sendmsg(joined, batch.gso_control(size), 0, addr)
-                    except OSError as exc:
-                        if not self._recverr or exc.errno not in _ICMP_ERRNOS:
-                            raise
-                        self._on_socket_error(exc)  # as in _send_one: not this batch's
-                        if connected:
-                            sock.sendmsg(joined, batch.gso_control(size))
-                        else:
-                            sock.sendmsg(joined, batch.gso_control(size), 0, addr)
+                    self._send_one(b"".join([d for d, _ in datagrams[begin:end]]), addr, size)
                     self.gso_sends += 1
             except OSError as exc:
                 if _would_block(exc):
