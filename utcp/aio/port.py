@@ -337,8 +337,9 @@ class ConnectionListener(Protocol):
     def process_events(self) -> None:
         """The core touched the connection: drain its `next_event()` queue and deliver."""
 
-    def port_closed(self) -> None:
-        """The socket is gone with the connection still attached: it ends abnormally."""
+    def ended_by_port(self, exc: Exception) -> None:
+        """The port ended the connection under the application (its socket closed, or
+        the loop shutting down reset it): an abnormal end, reported as `exc`."""
 
 
 class UdpPort:
@@ -408,9 +409,14 @@ class UdpPort:
         """The loop is shutting down with connections open: RST them (see _abandon)."""
         if self.closed or not self.endpoint.connections:
             return
+        reset = []
         for conn in list(self.endpoint.connections.values()):
             _abandon(conn, closing_too=closing_too)
+            if conn.state is State.CLOSED and (listener := self.transports.get(conn)):
+                reset.append(listener)
         self._send(self.endpoint.datagrams_to_send(self.loop.time()))
+        for listener in reset:  # after the RSTs are out: each schedules connection_lost
+            listener.ended_by_port(ConnectionAbortedError("the event loop is shutting down"))
 
     # ------------------------------------------------------------------ input
 
@@ -774,4 +780,5 @@ class UdpPort:
         self._finalizer()  # RSTs first (see _reset_connections), then the socket closes
         if not self.loop.is_closed():  # else no connection_lost can be scheduled
             for listener in list(self.transports.values()):
-                listener.port_closed()
+                listener.ended_by_port(
+                    ConnectionAbortedError("the connection's UDP socket was closed"))

@@ -210,7 +210,7 @@ class UtcpTransport(asyncio.Transport):
         a protocol callback that raised (`_fatal_error`), the core ending the connection
         with an error, and asyncio's SSLProtocol, which calls it by this name on a fatal
         TLS error or a TLS shutdown that times out, and the port when its socket
-        closes (`port_closed`). RST (a no-op once the core is CLOSED), then
+        closes or the loop shuts down (`ended_by_port`). RST (a no-op once the core is CLOSED), then
         connection_lost(exc) once."""
         self._closing = True
         self._conn.abort()
@@ -253,10 +253,10 @@ class UtcpTransport(asyncio.Transport):
             self._deliver()
             self._maybe_resume_protocol()
 
-    def port_closed(self) -> None:
-        """The port's `ConnectionListener` call: its socket closed under this connection
-        (the core has sent what RST it could); ends as an abort by the system."""
-        self._force_close(ConnectionAbortedError("the connection's UDP socket was closed"))
+    def ended_by_port(self, exc: Exception) -> None:
+        """The port's `ConnectionListener` call: its socket closed, or the loop is
+        shutting down, under this connection (the core has sent what RST it could)."""
+        self._force_close(exc)
 
     def _on_terminated(self, error: Exception | None) -> None:
         waiter = self._waiter
