@@ -78,6 +78,7 @@ def test_interleave_orders_families_as_asyncio() -> None:
     infos = [*v6, *v4]
     assert api._interleave_families(list(infos), 1) == [v6[0], v4[0], v6[1], v4[1], v6[2]]
     assert api._interleave_families(list(infos), 2) == [v6[0], v6[1], v4[0], v6[2], v4[1]]
+    assert api._interleave_families(list(infos), -1) == [v6[0], v4[0], v6[1], v4[1], v6[2]]
 
 
 @needs_ipv6

@@ -294,8 +294,9 @@ def _interleave_families(infos: list[Any], first_family_count: int) -> list[Any]
     for info in infos:
         by_family.setdefault(info[0], []).append(info)
     lists = list(by_family.values())
-    reordered = lists[0][:first_family_count - 1]
-    del lists[0][:first_family_count - 1]
+    first = max(first_family_count - 1, 0)  # asyncio ignores a count below 1 the same way
+    reordered = lists[0][:first]
+    del lists[0][:first]
     reordered.extend(info for row in itertools.zip_longest(*lists) for info in row
                      if info is not None)
     return reordered
