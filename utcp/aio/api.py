@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import functools
+import itertools
 import socket
 import ssl as ssl_module
 import weakref
@@ -67,22 +69,36 @@ def _ssl_context(ssl: Any, *, server_side: bool) -> ssl_module.SSLContext | None
     return ssl
 
 
+def _check_shutdown_timeout(context: ssl_module.SSLContext | None,
+                            timeout: float | None) -> None:
+    """asyncio's checks, made before anything is sent: SSLProtocol would make the second
+    only once the connection exists, and leave it open."""
+    if timeout is None:
+        return
+    if context is None:
+        raise ValueError("ssl_shutdown_timeout is only meaningful with ssl")
+    if timeout <= 0:
+        raise ValueError(f"ssl_shutdown_timeout should be a positive number, got {timeout}")
+
+
 async def _wrap_tls(loop: asyncio.AbstractEventLoop, transport: UtcpTransport,
                     app_protocol: asyncio.BaseProtocol, context: ssl_module.SSLContext, *,
                     server_side: bool, server_hostname: str | None,
-                    handshake_timeout: float | None) -> asyncio.Transport:
+                    handshake_timeout: float | None,
+                    shutdown_timeout: float | None = None) -> asyncio.Transport:
     """TLS over utcp with asyncio's own (pure-Python) SSL protocol: same code on uvloop."""
     waiter: asyncio.Future[None] = loop.create_future()
     tls = sslproto.SSLProtocol(loop, app_protocol, context, waiter, server_side,
                                server_hostname,
-                               ssl_handshake_timeout=handshake_timeout)  # type: ignore[arg-type]
-    transport._attach(tls)
+                               ssl_handshake_timeout=handshake_timeout,  # type: ignore[arg-type]
+                               ssl_shutdown_timeout=shutdown_timeout)
+    transport.attach_protocol(tls)
     try:
         await waiter
     except BaseException:
         transport.abort()
         raise
-    return tls._app_transport
+    return _ssl_app_transport(tls)
 
 
 async def _start_tls(transport: UtcpTransport, protocol: asyncio.BaseProtocol,
@@ -109,7 +125,44 @@ async def _start_tls(transport: UtcpTransport, protocol: asyncio.BaseProtocol,
         made.cancel()
         resumed.cancel()
         raise
-    return tls._app_transport
+    return _ssl_app_transport(tls)
+
+
+# ---------------------------------------------------------------------- asyncio internals
+# asyncio offers no public way to do these; each read of its private names is here,
+# once, and does what asyncio's own code does with them (checked on CPython 3.11-3.13).
+
+def _ssl_app_transport(tls: sslproto.SSLProtocol) -> asyncio.Transport:
+    """The transport SSLProtocol hands its application protocol: no public accessor,
+    so read as `loop.start_tls` reads it (base_events.py, `ssl_protocol._app_transport`)."""
+    transport: asyncio.Transport = tls._app_transport
+    return transport
+
+
+def _stream_protocol_is_server(protocol: asyncio.StreamReaderProtocol) -> bool:
+    """Whether a StreamReaderProtocol serves `start_server` (it has a connected
+    callback) or a client: what asyncio.StreamWriter.start_tls takes for server_side."""
+    return protocol._client_connected_cb is not None  # type: ignore[attr-defined]
+
+
+def _stream_protocol_replace_writer(protocol: asyncio.StreamReaderProtocol,
+                                    writer: asyncio.StreamWriter) -> None:
+    """Point the protocol at the writer whose transport is now TLS, as
+    asyncio.StreamWriter.start_tls does (streams.py, `protocol._replace_writer`)."""
+    protocol._replace_writer(writer)  # type: ignore[attr-defined]
+
+
+def _stream_writer_protocol(writer: asyncio.StreamWriter) -> asyncio.StreamReaderProtocol:
+    """The protocol a StreamWriter was made with; kept only in its `_protocol`."""
+    protocol: asyncio.StreamReaderProtocol = writer._protocol  # type: ignore[attr-defined]
+    return protocol
+
+
+def _stream_writer_set_transport(writer: asyncio.StreamWriter,
+                                 transport: asyncio.Transport) -> None:
+    """A StreamWriter's transport, replaced as asyncio.StreamWriter.start_tls does: its
+    `transport` property reads `_transport` and has no setter."""
+    writer._transport = transport  # type: ignore[attr-defined]
 
 
 class _StreamWriter(asyncio.StreamWriter):
@@ -124,13 +177,14 @@ class _StreamWriter(asyncio.StreamWriter):
                                     ssl_handshake_timeout=ssl_handshake_timeout)
             return
         # What asyncio.StreamWriter.start_tls does, with _start_tls for loop.start_tls.
-        protocol: Any = self._protocol  # type: ignore[attr-defined]
-        server_side = protocol._client_connected_cb is not None
+        protocol = _stream_writer_protocol(self)
+        server_side = _stream_protocol_is_server(protocol)
         await self.drain()
-        self._transport = await _start_tls(
+        tls_transport = await _start_tls(
             transport, protocol, sslcontext, server_side=server_side,
             server_hostname=server_hostname, ssl_handshake_timeout=ssl_handshake_timeout)
-        protocol._replace_writer(self)
+        _stream_writer_set_transport(self, tls_transport)
+        _stream_protocol_replace_writer(protocol, self)
 
 
 # ---------------------------------------------------------------------- client
@@ -153,6 +207,7 @@ async def create_connection(
         raise ValueError("server_hostname is only meaningful with ssl")
     if context is None and ssl_handshake_timeout is not None:
         raise ValueError("ssl_handshake_timeout is only meaningful with ssl")
+    _check_shutdown_timeout(context, ssl_shutdown_timeout)
     if sock is not None:
         _check_udp_socket(sock)
         if local_addr is not None:
@@ -175,10 +230,13 @@ async def create_connection(
             infos = infos[:1]  # one socket, one attempt: it closes with its connection
     if not infos:
         raise OSError(f"getaddrinfo({host!r}) returned an empty list")
-    errors: list[OSError] = []
-    # Each address in turn until one connects, as asyncio does: a refusal from the
-    # first ("localhost" is ::1 first on many systems) moves on to the next.
-    for fam, typ, pro, _canon, addr in infos:
+    if happy_eyeballs_delay is not None and interleave is None:
+        interleave = 1  # as asyncio: racing addresses means alternating their families
+    if interleave:
+        infos = _interleave_families(infos, interleave)
+
+    async def attempt(info: Any) -> UtcpTransport:
+        fam, typ, pro, _canon, addr = info
         try:
             transport, waiter = await _open(loop, fam, typ, pro, addr, cfg, local_addr,
                                             sock)
@@ -187,26 +245,119 @@ async def create_connection(
             except BaseException:
                 transport.abort()
                 raise
-            break
         except ConnectionRefusedError as exc:
-            errors.append(_refused(addr, exc))
-        except OSError as exc:
-            errors.append(exc)
+            refused = _refused(addr, exc)
+            if refused is exc:
+                raise
+            raise refused from exc
+        return transport
+
+    errors: list[OSError] = []
+    if happy_eyeballs_delay is None:
+        # Each address in turn until one connects, as asyncio does: a refusal from the
+        # first ("localhost" is ::1 first on many systems) moves on to the next.
+        found: UtcpTransport | None = None
+        for info in infos:
+            try:
+                found = await attempt(info)
+                break
+            except OSError as exc:
+                errors.append(exc)
     else:
+        found = await _staggered_race(loop, [functools.partial(attempt, info)
+                                             for info in infos],
+                                      happy_eyeballs_delay, errors)
+    if found is None:
         if len(errors) == 1 or all(str(e) == str(errors[0]) for e in errors):
             raise errors[0]
         if all_errors:
             raise ExceptionGroup("create_connection failed", errors)
         raise OSError("Multiple exceptions: " + ", ".join(str(e) for e in errors))
+    transport = found
     app_protocol = protocol_factory()
     if context is None:
-        transport._attach(app_protocol)
+        transport.attach_protocol(app_protocol)
         return transport, app_protocol
     hostname = server_hostname if server_hostname is not None else host
     app_transport = await _wrap_tls(loop, transport, app_protocol, context, server_side=False,
                                     server_hostname=hostname or None,
-                                    handshake_timeout=ssl_handshake_timeout)
+                                    handshake_timeout=ssl_handshake_timeout,
+                                    shutdown_timeout=ssl_shutdown_timeout)
     return app_transport, app_protocol
+
+
+def _interleave_families(infos: list[Any], first_family_count: int) -> list[Any]:
+    """getaddrinfo's answers reordered as asyncio's `interleave` does (RFC 8305 §4):
+    `first_family_count` addresses of the first family, then one of each family in
+    turn, so a broken family costs one attempt, not all of its addresses in a row."""
+    by_family: dict[int, list[Any]] = {}
+    for info in infos:
+        by_family.setdefault(info[0], []).append(info)
+    lists = list(by_family.values())
+    first = max(first_family_count - 1, 0)  # asyncio ignores a count below 1 the same way
+    reordered = lists[0][:first]
+    del lists[0][:first]
+    reordered.extend(info for row in itertools.zip_longest(*lists) for info in row
+                     if info is not None)
+    return reordered
+
+
+async def _staggered_race(loop: asyncio.AbstractEventLoop,
+                          attempts: list[Callable[[], Coroutine[Any, Any, UtcpTransport]]],
+                          delay: float, errors: list[OSError]) -> UtcpTransport | None:
+    """Happy eyeballs (RFC 8305 §5) with asyncio's semantics (asyncio.staggered): each
+    attempt starts `delay` s after the one before, or at once when that one fails; the
+    first connection to complete wins and every other attempt is cancelled (its
+    handshake abandoned, its socket closed). OSErrors go to `errors` in the order they
+    happen; anything else ends the race and propagates.
+
+    Not asyncio.staggered.staggered_race itself: on 3.11 an attempt that completes in
+    the same loop iteration as the winner is dropped with its result, which here would
+    be an open connection nobody holds.
+    """
+    pending = iter(attempts)
+    running: set[asyncio.Task[UtcpTransport]] = set()
+    order: dict[asyncio.Task[UtcpTransport], int] = {}
+
+    def start_next() -> None:
+        nxt = next(pending, None)
+        if nxt is not None:
+            task = loop.create_task(nxt())
+            order[task] = len(order)
+            running.add(task)
+
+    winner: UtcpTransport | None = None
+    start_next()
+    try:
+        while running and winner is None:
+            done, _ = await asyncio.wait(running, timeout=delay,
+                                         return_when=asyncio.FIRST_COMPLETED)
+            if not done:
+                start_next()  # no answer within the delay: the next address joins in
+                continue
+            failed = False
+            for task in sorted(done, key=order.__getitem__):
+                running.discard(task)
+                exc = task.exception()
+                if exc is None:
+                    if winner is None:
+                        winner = task.result()
+                    else:
+                        task.result().abort()  # a second connection in the same moment
+                elif isinstance(exc, OSError):
+                    errors.append(exc)
+                    failed = True
+                else:
+                    raise exc
+            if failed and winner is None:
+                start_next()
+    finally:
+        for task in running:
+            task.cancel()
+        for result in await asyncio.gather(*running, return_exceptions=True):
+            if isinstance(result, UtcpTransport):
+                result.abort()  # connected before its cancellation landed
+    return winner
 
 
 def _refused(addr: Any, exc: ConnectionRefusedError) -> ConnectionRefusedError:
@@ -320,12 +471,14 @@ class Server(asyncio.AbstractServer):
 
     def __init__(self, loop: asyncio.AbstractEventLoop, ports: list[UdpPort],
                  protocol_factory: ProtocolFactory, ssl_context: ssl_module.SSLContext | None,
-                 ssl_handshake_timeout: float | None) -> None:
+                 ssl_handshake_timeout: float | None,
+                 ssl_shutdown_timeout: float | None = None) -> None:
         self._loop = loop
         self._ports = ports
         self._protocol_factory = protocol_factory
         self._ssl = ssl_context
         self._ssl_handshake_timeout = ssl_handshake_timeout
+        self._ssl_shutdown_timeout = ssl_shutdown_timeout
         self._serving = False
         self._closed = False
         self._active: set[UtcpTransport] = set()
@@ -455,7 +608,7 @@ class Server(asyncio.AbstractServer):
             transport.abort()
             return
         if self._ssl is None:
-            transport._attach(protocol)
+            transport.attach_protocol(protocol)
             return
         task = self._loop.create_task(self._accept_tls(transport, protocol))
         self._tls_tasks.add(task)
@@ -469,7 +622,8 @@ class Server(asyncio.AbstractServer):
         assert self._ssl is not None
         try:
             await _wrap_tls(self._loop, transport, protocol, self._ssl, server_side=True,
-                            server_hostname=None, handshake_timeout=self._ssl_handshake_timeout)
+                            server_hostname=None, handshake_timeout=self._ssl_handshake_timeout,
+                            shutdown_timeout=self._ssl_shutdown_timeout)
         except (OSError, asyncio.CancelledError, ssl_module.SSLError, TimeoutError):
             transport.abort()
 
@@ -501,6 +655,7 @@ async def create_server(
     context = _ssl_context(ssl, server_side=True)
     if context is None and ssl_handshake_timeout is not None:
         raise ValueError("ssl_handshake_timeout is only meaningful with ssl")
+    _check_shutdown_timeout(context, ssl_shutdown_timeout)
     if sock is not None:
         _check_udp_socket(sock)
         if host is not None or port is not None:
@@ -515,10 +670,9 @@ async def create_server(
         set_socket_buffers(sock)
         endpoint = Endpoint(cfg, sock.getsockname()[1], listening=False, backlog=backlog)
         server = Server(loop, [UdpPort(loop, sock, endpoint)], protocol_factory, context,
-                        ssl_handshake_timeout)
+                        ssl_handshake_timeout, ssl_shutdown_timeout)
         if start_serving:
-            server._start()
-            await asyncio.sleep(0)
+            await server.start_serving()
         return server
     hosts: list[str | None] = ([host] if host is None or isinstance(host, str)
                                else list(host))
@@ -555,10 +709,10 @@ async def create_server(
         for p in ports:
             p.close()
         raise
-    server = Server(loop, ports, protocol_factory, context, ssl_handshake_timeout)
+    server = Server(loop, ports, protocol_factory, context, ssl_handshake_timeout,
+                    ssl_shutdown_timeout)
     if start_serving:
-        server._start()
-        await asyncio.sleep(0)
+        await server.start_serving()
     return server
 
 

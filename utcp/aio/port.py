@@ -19,7 +19,7 @@ import sys
 import time
 import weakref
 from collections.abc import AsyncGenerator, Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from utcp import log, pcap
 from utcp.aio import batch
@@ -27,7 +27,6 @@ from utcp.endpoint import Addr, Endpoint, peer_key
 from utcp.state import State
 
 if TYPE_CHECKING:
-    from utcp.aio.transport import UtcpTransport
     from utcp.connection import Connection
 
 RECV_BATCH = 512            # datagrams read per wake-up at most, so timers still run
@@ -157,7 +156,7 @@ def _linger(port: UdpPort) -> None:
     while len(table) > limit:
         oldest, _ = table.popitem(last=False)
         if log.enabled():
-            log.emit("linger_overflow", port=oldest._local[1], limit=limit)
+            log.emit("linger_overflow", port=oldest.local_addr[1], limit=limit)
         oldest.close()
         for conn in list(oldest.endpoint.connections.values()):
             conn.abort()  # CLOSED now; with the socket gone its RST is never sent
@@ -319,13 +318,28 @@ def _track(port: UdpPort) -> None:
 
 
 def _weak_route_mss(port: UdpPort) -> Callable[[Addr], int]:
-    method = weakref.WeakMethod(port._route_mss)
+    method = weakref.WeakMethod(port.peer_route_mss)
     config = port.endpoint.config
 
     def route_mss(peer: Addr) -> int:
         found = method()
         return found(peer) if found is not None else config.mss
     return route_mss
+
+
+class ConnectionListener(Protocol):
+    """What the port needs of whoever speaks for one connection to the application.
+
+    The transport is the one implementation; the port knows only this, so that
+    transport.py imports port.py and never the reverse (no import circle, issue #13).
+    """
+
+    def process_events(self) -> None:
+        """The core touched the connection: drain its `next_event()` queue and deliver."""
+
+    def ended_by_port(self, exc: Exception) -> None:
+        """The port ended the connection under the application (its socket closed, or
+        the loop shutting down reset it): an abnormal end, reported as `exc`."""
 
 
 class UdpPort:
@@ -342,7 +356,7 @@ class UdpPort:
         # fixed port (local_addr) rides it out, since the peer may simply not be up yet.
         self.icmp_refuses = icmp_refuses
         self.on_accept = on_accept
-        self.transports: dict[Connection, UtcpTransport] = {}
+        self.transports: dict[Connection, ConnectionListener] = {}
         self.close_when_idle = False    # close the socket once no connection is left
         self.closed = False
         self._fd = sock.fileno()
@@ -354,18 +368,18 @@ class UdpPort:
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
         self.send_errors: collections.Counter[str] = collections.Counter()
-        self._local = sock.getsockname()
+        self.local_addr = sock.getsockname()  # the socket's; kept once closed
         self._gso = batch.probe_gso(sock)
         self._gro = batch.enable_gro(sock)
         self._recverr = enable_recverr(sock)
         self.gso_sends = 0
-        self._pcap = (pcap.acquire(endpoint.config.pcap, self._local[1])
+        self._pcap = (pcap.acquire(endpoint.config.pcap, self.local_addr[1])
                       if endpoint.config.pcap else None)
         # If the loop is closed while a connection lingers in TIME_WAIT, the socket is
         # closed when this object goes, not left for a ResourceWarning.
         # Its RSTs too (see _reset_connections), so nothing the finalizer holds may hold
         # this object: the endpoint reaches the port only through a weak method.
-        self._finalizer = weakref.finalize(self, _release, sock, self._pcap, self._local[1],
+        self._finalizer = weakref.finalize(self, _release, sock, self._pcap, self.local_addr[1],
                                            endpoint)
         sock.setblocking(False)
         set_dont_fragment(sock)
@@ -374,7 +388,9 @@ class UdpPort:
         loop.add_reader(self._fd, self._on_readable)
         _track(self)
 
-    def _route_mss(self, peer: Addr) -> int:
+    def peer_route_mss(self, peer: Addr) -> int:
+        """The endpoint's `route_mss` (through `_weak_route_mss`): the route's MSS to
+        `peer`, cached per host, or the configured MSS if the kernel cannot say."""
         host = peer[0]
         if host not in self._route_cache:
             if len(self._route_cache) > 4096:
@@ -393,9 +409,14 @@ class UdpPort:
         """The loop is shutting down with connections open: RST them (see _abandon)."""
         if self.closed or not self.endpoint.connections:
             return
+        reset = []
         for conn in list(self.endpoint.connections.values()):
             _abandon(conn, closing_too=closing_too)
+            if conn.state is State.CLOSED and (listener := self.transports.get(conn)):
+                reset.append(listener)
         self._send(self.endpoint.datagrams_to_send(self.loop.time()))
+        for listener in reset:  # after the RSTs are out: each schedules connection_lost
+            listener.ended_by_port(ConnectionAbortedError("the event loop is shutting down"))
 
     # ------------------------------------------------------------------ input
 
@@ -419,7 +440,7 @@ class UdpPort:
                 self._on_socket_error(exc)
                 break
             if self._pcap is not None:
-                self._pcap.write_received(view[:n], addr, self._local, time.time())
+                self._pcap.write_received(view[:n], addr, self.local_addr, time.time())
             try:
                 ep.receive_datagram(view[:n], addr, now)
             except Exception as exc:  # see _bad_datagram
@@ -444,7 +465,7 @@ class UdpPort:
             for begin, end in batch.gro_pieces(n, batch.gro_segment_size(anc)):
                 piece = view[begin:end]
                 if self._pcap is not None:
-                    self._pcap.write_received(piece, addr, self._local, time.time())
+                    self._pcap.write_received(piece, addr, self.local_addr, time.time())
                 try:
                     ep.receive_datagram(piece, addr, now)
                 except Exception as exc:  # see _bad_datagram
@@ -552,9 +573,9 @@ class UdpPort:
                 if not touched:
                     break
                 for conn in touched:
-                    transport = self.transports.get(conn)
-                    if transport is not None:
-                        transport._process_events()
+                    listener = self.transports.get(conn)
+                    if listener is not None:
+                        listener.process_events()
                 if self.on_accept is not None:
                     while (accepted := ep.accept()) is not None:
                         self.on_accept(accepted)
@@ -637,50 +658,42 @@ class UdpPort:
                     return
                 self._on_socket_error(exc)
 
-    def _send_one(self, data: bytes, addr: Addr) -> None:
+    def _send_one(self, data: bytes, addr: Addr, segment: int = 0) -> None:
+        """Every datagram (or GSO batch of datagrams of `segment` bytes each) leaves the
+        port here, by one socket call.
+
+        With IP_RECVERR an ICMP error about some earlier datagram, to any peer, is also
+        reported once by the next socket call, and a send that reports it has sent
+        nothing: read the queue, then send this datagram (or batch) after all.
+        """
         try:
-            if self.connected:
-                self.sock.send(data)
-            else:
-                self.sock.sendto(data, addr)
+            self._sock_send(data, addr, segment)
         except OSError as exc:
             if not self._recverr or exc.errno not in _ICMP_ERRNOS:
                 raise
-            # With IP_RECVERR an ICMP error about some earlier datagram, to any peer, is
-            # also reported once by the next socket call, and a send that reports it has
-            # sent nothing: read the queue, then send this datagram after all.
             self._on_socket_error(exc)
-            self._send_raw(data, addr)
+            self._sock_send(data, addr, segment)
 
-    def _send_raw(self, data: bytes, addr: Addr) -> None:
-        if self.connected:
+    def _sock_send(self, data: bytes, addr: Addr, segment: int) -> None:
+        if segment:
+            if self.connected:
+                self.sock.sendmsg([data], batch.gso_control(segment))
+            else:
+                self.sock.sendmsg([data], batch.gso_control(segment), 0, addr)
+        elif self.connected:
             self.sock.send(data)
         else:
             self.sock.sendto(data, addr)
 
     def _send_gso(self, datagrams: list[tuple[bytes, Addr]]) -> None:
         """Runs of equal-sized datagrams to one peer go out in one sendmsg each."""
-        sock, connected = self.sock, self.connected
         for begin, end, size in batch.gso_batches(datagrams):
             data, addr = datagrams[begin]
             try:
                 if size == 0:
                     self._send_one(data, addr)
                 else:
-                    joined = [b"".join([d for d, _ in datagrams[begin:end]])]
-                    try:
-                        if connected:
-                            sock.sendmsg(joined, batch.gso_control(size))
-                        else:
-                            sock.sendmsg(joined, batch.gso_control(size), 0, addr)
-                    except OSError as exc:
-                        if not self._recverr or exc.errno not in _ICMP_ERRNOS:
-                            raise
-                        self._on_socket_error(exc)  # as in _send_one: not this batch's
-                        if connected:
-                            sock.sendmsg(joined, batch.gso_control(size))
-                        else:
-                            sock.sendmsg(joined, batch.gso_control(size), 0, addr)
+                    self._send_one(b"".join([d for d, _ in datagrams[begin:end]]), addr, size)
                     self.gso_sends += 1
             except OSError as exc:
                 if _would_block(exc):
@@ -710,7 +723,7 @@ class UdpPort:
         assert self._pcap is not None
         ts = time.time()
         for data, addr in datagrams:
-            self._pcap.write(data, self._local, addr, ts)
+            self._pcap.write(data, self.local_addr, addr, ts)
         self._pcap.flush()
 
     def _queue(self, rest: list[tuple[bytes, Addr]]) -> None:
@@ -764,4 +777,8 @@ class UdpPort:
         except RuntimeError:
             pass  # the loop is already closed
         self._pcap = None
-        self._finalizer()
+        self._finalizer()  # RSTs first (see _reset_connections), then the socket closes
+        if not self.loop.is_closed():  # else no connection_lost can be scheduled
+            for listener in list(self.transports.values()):
+                listener.ended_by_port(
+                    ConnectionAbortedError("the connection's UDP socket was closed"))

@@ -50,7 +50,8 @@ class UtcpTransport(asyncio.Transport):
         self._eof_delivered = False
         self._send_closed = False
         self._lost = False              # connection_lost scheduled
-        # The connection ended before there was a protocol to tell: (exc,) for `_attach`.
+        # The connection ended before there was a protocol to tell: (exc,) for
+        # `attach_protocol`.
         self._loss_pending: tuple[Exception | None] | None = None
         self._on_lost = on_lost         # the server's bookkeeping of live connections
         self._high = DEFAULT_HIGH_WATER
@@ -105,8 +106,9 @@ class UtcpTransport(asyncio.Transport):
         self._protocol = protocol
         self._buffered = isinstance(protocol, asyncio.BufferedProtocol)
 
-    def _attach(self, protocol: asyncio.BaseProtocol) -> None:
-        """Give the transport its first protocol: connection_made, then, in the order
+    def attach_protocol(self, protocol: asyncio.BaseProtocol) -> None:
+        """Give the transport its first protocol (utcp's own calls do, once the
+        handshake is done or the TLS layer is set up): connection_made, then, in the order
         they happened, whatever the core queued while there was none (bytes, the peer's
         FIN, a reset). A client's handshake completes, and a server's connection waits
         in the accept queue, before any protocol exists; the peer may have sent all it
@@ -120,7 +122,7 @@ class UtcpTransport(asyncio.Transport):
         except BaseException as exc:
             self._fatal_error(exc, "protocol.connection_made() failed")
             return
-        self._process_events()
+        self.process_events()
         if self._loss_pending is not None and not self._lost:
             self._connection_lost(self._loss_pending[0])
 
@@ -201,13 +203,15 @@ class UtcpTransport(asyncio.Transport):
 
     def abort(self) -> None:
         """RST now; connection_lost(None) as in asyncio."""
-        self._closing = True
-        self._conn.abort()
-        self._port.schedule_flush()
-        self._connection_lost(None)
+        self._force_close(None)
 
     def _force_close(self, exc: BaseException | None) -> None:
-        """What asyncio's SSLProtocol calls on a fatal TLS error: RST, connection_lost(exc)."""
+        """Every abnormal end comes here, as in CPython's selector transports: abort(),
+        a protocol callback that raised (`_fatal_error`), the core ending the connection
+        with an error, and asyncio's SSLProtocol, which calls it by this name on a fatal
+        TLS error or a TLS shutdown that times out, and the port when its socket
+        closes or the loop shuts down (`ended_by_port`). RST (a no-op once the core is CLOSED), then
+        connection_lost(exc) once."""
         self._closing = True
         self._conn.abort()
         self._port.schedule_flush()
@@ -230,7 +234,8 @@ class UtcpTransport(asyncio.Transport):
 
     # ------------------------------------------------------------------ events from the core
 
-    def _process_events(self) -> None:
+    def process_events(self) -> None:
+        """The port's `ConnectionListener` call: the core touched this connection."""
         conn = self._conn
         while (event := conn.next_event()) is not None:
             if isinstance(event, HandshakeCompleted):
@@ -248,6 +253,11 @@ class UtcpTransport(asyncio.Transport):
             self._deliver()
             self._maybe_resume_protocol()
 
+    def ended_by_port(self, exc: Exception) -> None:
+        """The port's `ConnectionListener` call: its socket closed, or the loop is
+        shutting down, under this connection (the core has sent what RST it could)."""
+        self._force_close(exc)
+
     def _on_terminated(self, error: Exception | None) -> None:
         waiter = self._waiter
         if waiter is not None and not waiter.done():
@@ -256,8 +266,7 @@ class UtcpTransport(asyncio.Transport):
             self._port.detach(self._conn)
             return
         if error is not None:
-            self._closing = True
-            self._connection_lost(error)
+            self._force_close(error)
         elif self._closing or self._eof_delivered:
             self._connection_lost(None)
         # else: an orderly end the application has not caught up with yet; the data and
@@ -323,17 +332,14 @@ class UtcpTransport(asyncio.Transport):
         self._loop.call_exception_handler({
             "message": message, "exception": exc, "transport": self,
             "protocol": self._protocol})
-        self._closing = True
-        self._conn.abort()
-        self._port.schedule_flush()
-        self._connection_lost(exc if isinstance(exc, Exception) else None)
+        self._force_close(exc)
 
     def _connection_lost(self, exc: Exception | None) -> None:
         if self._lost:
             return
         self._closing = True
         if self._protocol is None:
-            # Nobody to tell yet: `_attach` delivers what arrived first, then this.
+            # Nobody to tell yet: `attach_protocol` delivers what arrived first, then this.
             if self._loss_pending is None:
                 self._loss_pending = (exc,)
                 self._port.detach(self._conn)
