@@ -36,8 +36,8 @@ from utcp.events import (
     StateChanged,
     Terminated,
 )
-from utcp.pacing import Pacer
 from utcp.pmtu import PmtuSearch
+from utcp.receiver import Receiver
 from utcp.recovery import LossRecovery
 from utcp.sender import CHALLENGE_ACK_LIMIT, ORPHAN_PROBES, SWS_OVERRIDE_MAX, Sender
 from utcp.state import CAN_RECEIVE, CAN_SEND, SYNCHRONIZED, State, next_state
@@ -87,11 +87,8 @@ class Connection:
         "__dict__",
         "__weakref__",
         "_events",
-        "_fin_received",
-        "_fin_seq",
-        "_keepalive_sent",
-        "_mem",
         "_notify",
+        "charged",
         "config",
         "counters",
         "error",
@@ -104,7 +101,6 @@ class Connection:
         "name",
         "now",
         "orphaned",
-        "pacer",
         "passive",
         "peer",
         "pmtu",
@@ -112,6 +108,7 @@ class Connection:
         "rcv_adv",
         "rcv_nxt",
         "rcv_wscale",
+        "receiver",
         "recovery",
         "refusal_hint",
         "remote_port",
@@ -127,11 +124,8 @@ class Connection:
         "snd_wscale",
         "sndbuf",
         "state",
-        "syn_retries",
-        "syn_time",
         "timers",
         "ts",
-        "wscale_ok",
     )
 
     def __init__(self, config: Config, *, local_port: int, remote_port: int,
@@ -149,8 +143,6 @@ class Connection:
         self._events: list[Event] = []
         self.error: Exception | None = None
         self.now = 0.0
-        self.syn_time = 0.0
-        self.wscale_ok = False
 
         # send sequence space (unwrapped)
         self.iss = secrets.randbits(32) if iss is None else iss & sq.MASK
@@ -174,18 +166,13 @@ class Connection:
         self.rcv_adv = 0             # right edge of the window we advertised
         self.rcv = ReceiveBuffer()
         self.memory_budget: MemoryBudget | None = None  # shared by an endpoint
-        self._mem = 0  # what this connection has charged to memory_budget
-        self._fin_seq: int | None = None  # sequence number of the peer's FIN, once seen
-        self._fin_received = False
+        self.charged = 0  # what this connection has charged to memory_budget
 
         # timers (absolute deadlines on the caller's clock)
         self.timers = Timers()
-        self.syn_retries = 0
         # set by secure mode: an unauthenticated refusal came (it may be forged, so it
         # does not end the connect); if the SYNs then run out, this is the error
         self.refusal_hint: str | None = None
-        self.pacer: Pacer | None = Pacer() if config.pacing else None
-        self._keepalive_sent = 0
         # The application closed the transport and will never read or write again
         # (set by the I/O layer; a bare close() is also asyncio's write_eof): a shut
         # window then pins memory nobody will use, so it is bounded (ORPHAN_PROBES)
@@ -194,6 +181,7 @@ class Connection:
 
         # loss detection, recovery and congestion control (utcp.recovery)
         self.sender = Sender(self)  # what goes out (utcp.sender)
+        self.receiver = Receiver(self)  # what comes in, once checked (utcp.receiver)
         self.recovery = LossRecovery(self, config)
         self.sack_ok = False         # both sides sent SACK-permitted (RFC 2018)
         self.ts = Timestamps(self.iss)  # RFC 7323, once both SYNs carry the option
@@ -205,7 +193,7 @@ class Connection:
         """Active open: send SYN (RFC 9293 §3.10.1)."""
         self._set_state(Ev.ACTIVE_OPEN)
         self.timers.arm(T.RTX, now + self.recovery.rtt.rto)
-        self._touch()
+        self.touch()
 
     def accept_syn(self, segment: wire.Segment, now: float) -> None:
         """Passive open: a listener hands us the SYN it received (LISTEN -> SYN_RCVD)."""
@@ -216,7 +204,7 @@ class Connection:
         self._set_state(Ev.PASSIVE_OPEN)
         self.timers.arm(T.RTX, now + self.recovery.rtt.rto)
         self.last_activity(now)
-        self._touch()
+        self.touch()
 
     def accept_cookie(self, ack: wire.Segment, mss: int, peer_wscale: int | None,
                       now: float, *, sack: bool = False, timestamps: bool = False) -> None:
@@ -243,9 +231,9 @@ class Connection:
         self.snd_nxt = self.snd_max = self.iss + 1
         self.rcv_adv = self.rcv_nxt + min(self.config.recv_buffer, wire.MAX_WINDOW_FIELD)
         self.ts.last_ack_sent = self.rcv_nxt  # what the SYN+ACK acknowledged
-        self.syn_retries = 1
+        self.sender.syn_retries = 1
         self.last_activity(now)
-        self._touch()
+        self.touch()
         self.receive(ack, now)
 
     def send(self, data: bytes | bytearray | memoryview) -> None:
@@ -256,7 +244,7 @@ class Connection:
         if data:
             self.sndbuf.data += data
             self.recharge()
-            self._touch()
+            self.touch()
 
     def close(self) -> None:
         """Graceful close: FIN after all queued data (RFC 9293 §3.10.4)."""
@@ -267,7 +255,7 @@ class Connection:
             return
         self.sndbuf.fin_queued = True
         self._set_state(Ev.CLOSE)
-        self._touch()
+        self.touch()
 
     def abort(self) -> None:
         """Send RST if the peer knows us, and forget everything (RFC 9293 §3.10.5)."""
@@ -296,7 +284,7 @@ class Connection:
         if seq is not None:
             quoted = sq.unwrap(seq, self.snd_una)
             if quoted not in (self.snd_una - 1, self.snd_una, self.snd_max):
-                self._drop("ICMP quoting a sequence number we have not sent")
+                self.drop("ICMP quoting a sequence number we have not sent")
                 return False
         if self.state == State.SYN_SENT:
             self.refuse("connection refused (port unreachable)")
@@ -319,7 +307,7 @@ class Connection:
             return b""
         data = self.rcv.read(max_bytes)
         self.recharge()
-        self._maybe_window_update()
+        self.receiver.window_update()
         return data
 
     def read_pieces(self, max_bytes: int) -> bytes:
@@ -329,7 +317,7 @@ class Connection:
             return b""
         data = self.rcv.read_pieces(max_bytes)
         self.recharge()
-        self._maybe_window_update()
+        self.receiver.window_update()
         return data
 
     @property
@@ -357,7 +345,7 @@ class Connection:
 
     @property
     def eof_received(self) -> bool:
-        return self._fin_received
+        return self.receiver.fin_received
 
     # --------------------------------------------------------------------- outputs
 
@@ -372,7 +360,7 @@ class Connection:
 
     def get_timer(self) -> float | None:
         best = self.timers.earliest()
-        pacer = self.pacer
+        pacer = self.sender.pacer
         if pacer is not None and pacer.deadline is not None and (
                 best is None or pacer.deadline < best):
             return pacer.deadline
@@ -393,7 +381,7 @@ class Connection:
             timeouts=c.timeouts, ooo_segments_received=c.ooo_segments_received,
             dropped_segments=c.dropped_segments, challenge_acks=c.challenge_acks,
             congestion=cc.name,
-            pacing_rate=(self.pacer.rate or None) if self.pacer is not None else None,
+            pacing_rate=(self.sender.pacer.rate or None) if self.sender.pacer is not None else None,
             tail_loss_probes=c.tail_loss_probes, spurious_recoveries=c.spurious_recoveries,
             dsacks_received=c.dsacks_received, paws_drops=c.paws_drops,
             fins_ignored=c.fins_ignored,
@@ -406,8 +394,8 @@ class Connection:
         if self.state == State.CLOSED:
             return
         self.now = now
-        self._touch()
-        pacer = self.pacer
+        self.touch()
+        pacer = self.sender.pacer
         if pacer is not None and pacer.deadline is not None and now >= pacer.deadline:
             pacer.deadline = None  # a paced segment's turn: _output sends it
         timers = self.timers
@@ -468,7 +456,7 @@ class Connection:
         rec.rtt_seq = None  # Karn: no sample from anything sent before
         if self.state in (State.SYN_SENT, State.SYN_RCVD):
             limit = (self.config.synack_retries if self.passive else self.config.syn_retries)
-            if self.syn_retries >= limit:
+            if self.sender.syn_retries >= limit:
                 err = (None if self.passive else
                        ConnectionRefusedError(self.refusal_hint) if self.refusal_hint else
                        TimeoutError(f"no answer to SYN after {limit} retransmissions"))
@@ -476,7 +464,7 @@ class Connection:
                     log.emit("handshake_failed", conn=self.name, retries=limit)
                 self.fail(err, send_rst=False)
                 return
-            self.syn_retries += 1
+            self.sender.syn_retries += 1
             if log.enabled():
                 log.emit("rto", conn=self.name, state=self.state.name, rto=rec.rtt.rto,
                          snd_una=self.snd_una)
@@ -510,10 +498,10 @@ class Connection:
             # they back off must not end the connection sooner than they would.
             self.timers.arm(T.KEEPALIVE, now + interval)
             return
-        if self._keepalive_sent >= self.config.keepalive_probes:
+        if self.sender.keepalive_sent >= self.config.keepalive_probes:
             self.fail(TimeoutError("keepalive probes unanswered"), send_rst=True)
             return
-        self._keepalive_sent += 1
+        self.sender.keepalive_sent += 1
         self.sender.emit(self.snd_una - 1, 0, ACK)
         # TCP_KEEPINTVL after TCP_KEEPIDLE: probes close together once one goes
         # unanswered, so a dead peer is noticed soon after the idle time, not probes x it
@@ -527,10 +515,10 @@ class Connection:
             return
         self.now = now
         self.counters.segments_received += 1
-        self._touch()
+        self.touch()
         payload = seg.payload
         if (self.state is State.ESTABLISHED and (seg.flags | PSH) == ACK | PSH and payload
-                and not self.rcv.ooo and self._fin_seq is None
+                and not self.rcv.ooo and self.receiver.fin_seq is None
                 and not (seg.seq - self.rcv_nxt) & sq.MASK
                 and not (seg.ack - self.snd_una) & sq.MASK
                 and (seg.window << self.snd_wscale) == self.snd_wnd
@@ -544,7 +532,7 @@ class Connection:
             if self.ts.ok:
                 if self._paws(seg, now):
                     self.sender.ack_now = True
-                    self._drop("PAWS: old timestamp")
+                    self.drop("PAWS: old timestamp")
                     return
                 self.ts.take_recent(seg, self.rcv_nxt, now)  # in order, exact ACK
             self._heard(now)
@@ -572,7 +560,7 @@ class Connection:
             if ack <= self.iss or ack > self.snd_max:
                 if not flags & RST:
                     self.sender.emit(seg.ack, 0, RST, raw_seq=True)
-                self._drop("unacceptable ACK in SYN_SENT")
+                self.drop("unacceptable ACK in SYN_SENT")
                 return
             ack_ok = True
         if flags & RST:
@@ -583,10 +571,10 @@ class Connection:
                        else "connection refused by peer")
                 self.fail(ConnectionRefusedError(why), send_rst=False)
             else:
-                self._drop("RST without ACK in SYN_SENT")
+                self.drop("RST without ACK in SYN_SENT")
             return
         if not flags & SYN:
-            self._drop("no SYN in SYN_SENT")
+            self.drop("no SYN in SYN_SENT")
             return
         self._take_syn(seg)
         if ack_ok:
@@ -617,7 +605,7 @@ class Connection:
             self.pmtu = PmtuSearch(self.snd_mss, ceiling)
         self.recovery.cc.set_mss(self.snd_mss)
         self.recovery.cc.cwnd = self.config.initial_cwnd_segments * self.snd_mss
-        self.wscale_ok = opts.wscale is not None
+        self.sender.wscale_ok = opts.wscale is not None
         if opts.wscale is not None:
             self.snd_wscale = opts.wscale
         else:
@@ -637,11 +625,10 @@ class Connection:
         self.snd_una = ack
         if self.snd_nxt < ack:
             self.snd_nxt = ack
-        if self.syn_retries == 0:
-            self.recovery.rtt.sample(now - self.syn_time)
-            self.recovery.rack.on_rtt_sample(now - self.syn_time, now)
+        if self.sender.syn_retries == 0:
+            self.recovery.on_handshake_rtt(now - self.sender.syn_time, now)
         self.timers.cancel(T.RTX)
-        self.syn_retries = 0
+        self.sender.syn_retries = 0
         self.last_activity(now)
 
     def _receive_synchronized(self, seg: wire.Segment, now: float) -> None:
@@ -672,23 +659,23 @@ class Connection:
                         self.sender.ack_now = True
                         return
                 self.sender.ack_now = True  # our ACK of it was lost
-                self._drop("duplicate SYN")
+                self.drop("duplicate SYN")
                 return
             # RFC 5961 §4 / RFC 9293 §3.10.7.4 fourth: challenge ACK, never a reset
             self.sender.challenge_ack(now)
-            self._drop("SYN in synchronized state")
+            self.drop("SYN in synchronized state")
             return
 
         if self.ts.ok and seg.options.timestamps is None and not flags & RST:
             # RFC 7323 §3.2: once negotiated, every segment but a RST carries the option
             # (FreeBSD drops one without it too); a blind forgery must then also pick a
             # TSval that passes PAWS, half of them
-            self._drop("no timestamp option")
+            self.drop("no timestamp option")
             return
         # RFC 7323 §5.3 R1, before the window check; TS.Recent moves only below (R3)
         if self.ts.ok and self._paws(seg, now):
             self.sender.ack_now = True
-            self._drop("PAWS: old timestamp")
+            self.drop("PAWS: old timestamp")
             return
 
         # first: is the segment acceptable? (RFC 9293 §3.10.7.4, the table)
@@ -709,22 +696,22 @@ class Connection:
                 if payload and seg_seq + len(payload) <= self.rcv_nxt and self.sack_ok:
                     self.sender.dsack = (seg_seq, seg_seq + len(payload))  # RFC 2883: a duplicate
                 if (self.state == State.TIME_WAIT and flags & FIN
-                        and seg_seq + len(payload) == self._fin_seq
+                        and seg_seq + len(payload) == self.receiver.fin_seq
                         and self._ack_acceptable(seg)):
                     # RFC 9293: the peer's FIN again restarts 2MSL; only that FIN, else
                     # blind FINs at any sequence number would hold TIME_WAIT forever
                     self.timers.arm(T.TIME_WAIT, now + 2 * self.config.msl)
-            self._drop("outside window")
+            self.drop("outside window")
             return
 
         # second: RST. Only an exact match resets; in-window gets a challenge ACK (RFC 5961).
         if flags & RST:
             if self.state == State.TIME_WAIT:
-                self._drop("RST in TIME_WAIT")  # RFC 1337: no TIME-WAIT assassination
+                self.drop("RST in TIME_WAIT")  # RFC 1337: no TIME-WAIT assassination
                 return
             if seg_seq != self.rcv_nxt:
                 self.sender.challenge_ack(now)
-                self._drop("RST not at rcv_nxt")
+                self.drop("RST not at rcv_nxt")
                 return
             if self.state == State.SYN_RCVD:
                 err: Exception | None = (None if self.passive else
@@ -741,24 +728,24 @@ class Connection:
 
         # fifth: ACK
         if not flags & ACK:
-            self._drop("no ACK")
+            self.drop("no ACK")
             return
         ack = sq.unwrap(seg.ack, self.snd_una)
         if self.state == State.SYN_RCVD:
             if not self.snd_una < ack <= self.snd_max:
                 self.sender.emit(seg.ack, 0, RST, raw_seq=True)
-                self._drop("bad ACK in SYN_RCVD")
+                self.drop("bad ACK in SYN_RCVD")
                 return
             self._handshake_acked(self.iss + 1, now)
             self._update_window(seg, seg_seq, ack, force=True)
             self._set_state(Ev.RCV_ACK_OF_SYN)
         if ack > self.snd_max:
             self.sender.challenge_ack(now)  # RFC 9293 / RFC 5961 §5: ACK of what was never sent
-            self._drop("ACK of unsent data")
+            self.drop("ACK of unsent data")
             return
         if ack < self._oldest_acceptable_ack():
             self.sender.challenge_ack(now)  # RFC 5961 §5: an ACK too old to be from this peer
-            self._drop("ACK too old")
+            self.drop("ACK too old")
             return
         if self.ts.ok:
             self.ts.take_recent(seg, seg_seq, now)  # RFC 7323 R3: acceptable at last
@@ -767,7 +754,7 @@ class Connection:
 
         # seventh: text
         complete = True
-        fin_seq = self._fin_seq
+        fin_seq = self.receiver.fin_seq
         if payload and self.state in CAN_RECEIVE:
             if fin_seq is not None and seg_seq + len(payload) > fin_seq:
                 # Data past a FIN still waiting for the bytes before it: one of the two is
@@ -776,8 +763,8 @@ class Connection:
                 # never sends it). The data wins, as in Linux's out-of-order queue, and the
                 # peer's own FIN is taken when it comes; a FIN kept here would never be
                 # reached, and the connection could not close.
-                self._forget_fin(fin_seq, "data past it")
-            complete = self._receive_text(seg_seq, payload)
+                self.receiver.forget_fin(fin_seq, "data past it")
+            complete = self.receiver.take_text(seg_seq, payload)
         elif payload:
             if (fin_seq is not None and seg_seq <= self.rcv_nxt
                     and seg_seq + len(payload) > fin_seq
@@ -788,19 +775,19 @@ class Connection:
                 # RFC 1122 §4.2.2.13 and Linux (TCPAbortOnData), rather than ignore the
                 # peer's bytes and leave it retransmitting them until it times out. Data
                 # further on is only ignored: a blind guess in the window must not reset.
-                self._drop("data across the FIN taken")
+                self.drop("data across the FIN taken")
                 self.fail(ConnectionResetError("data arrived past the peer's FIN"),
                            send_rst=True)
                 return
-            self._drop("data after FIN")
+            self.drop("data after FIN")
         elif flags & FIN and seg_seq >= self.rcv_adv:
             complete = False  # a FIN past the window we offered
 
         # eighth: FIN (possibly held until a hole before it is filled)
-        if flags & FIN and complete and not self._fin_received:
-            self._record_fin(seg_seq + len(payload))
-        fin_in_order = (self._fin_seq is not None and not self._fin_received
-                        and self.rcv_nxt == self._fin_seq)
+        if flags & FIN and complete and not self.receiver.fin_received:
+            self.receiver.record_fin(seg_seq + len(payload))
+        fin_in_order = (self.receiver.fin_seq is not None and not self.receiver.fin_received
+                        and self.rcv_nxt == self.receiver.fin_seq)
         if flags & FIN and not payload and not fin_in_order:
             self.sender.ack_now = True  # a bare FIN past a hole: duplicate ACK at once (RFC 5681)
         if fin_in_order:
@@ -882,102 +869,8 @@ class Connection:
             if self.snd_wnd:
                 self.timers.cancel(T.PERSIST)
 
-    def _receive_text(self, seg_seq: int, payload: bytes | memoryview) -> bool:
-        """Take in-window text; False if its tail (and so any FIN after it) was cut off."""
-        # trim to the window: what is before rcv_nxt is old, what is past rcv_adv we never offered
-        if seg_seq < self.rcv_nxt:
-            if self.sack_ok:
-                self.sender.dsack = (seg_seq, self.rcv_nxt)  # the part we had (RFC 2883)
-            payload = payload[self.rcv_nxt - seg_seq:]
-            seg_seq = self.rcv_nxt
-        room = self.rcv_adv - seg_seq
-        complete = len(payload) <= room
-        if not complete:
-            payload = payload[:max(room, 0)]
-            self.sender.ack_now = True
-        if not payload:
-            self.sender.ack_now = True
-            return complete
-        if seg_seq == self.rcv_nxt:
-            if not self._mem_admit(len(payload) + RCV_PIECE_OVERHEAD):
-                return False
-            self.rcv.append(bytes(payload))
-            self.rcv_nxt += len(payload)
-            self.counters.bytes_received += len(payload)
-            if self.rcv.ooo:
-                rcv_nxt = self.rcv.drain(self.rcv_nxt)
-                self.counters.bytes_received += rcv_nxt - self.rcv_nxt
-                self.rcv_nxt = rcv_nxt
-                self.sender.ack_now = True  # RFC 5681 §4.2: ACK at once when a hole fills
-            else:
-                # RFC 9293 §3.8.6.3: at least every second segment, else the delay timer
-                self.sender.unacked_segments += 1
-                if self.sender.unacked_segments >= 2:
-                    self.sender.ack_now = True
-        else:
-            self.counters.ooo_segments_received += 1
-            # One duplicate ACK per out-of-order segment, sent now rather than once per
-            # batch of datagrams, so the sender counts three and retransmits fast; it
-            # goes out after the piece is stored, so its SACK blocks include it.
-            rcv = self.rcv
-            rcv.latest_ooo = seg_seq
-            piece = bytes(payload)
-            i, held = rcv.find_ooo(seg_seq, piece)
-            if held:
-                if self.sack_ok:
-                    self.sender.dsack = (seg_seq, seg_seq + len(payload))
-                self.sender.emit(self.snd_max, 0, ACK)
-                return complete  # a duplicate of a piece we hold
-            # The cap is against floods of tiny pieces: full-sized segments are held up to
-            # the window we advertised, else one tail drop costs a go-back-N of the rest.
-            if len(rcv.ooo) >= max(self.config.max_ooo_segments,
-                                     2 * self.config.recv_buffer // self.config.mss):
-                self._drop("out-of-order queue full")
-                return False
-            cost = len(payload) + OOO_PIECE_OVERHEAD
-            budget = rcv.budget
-            if budget is not None and budget.used + cost > budget.limit:
-                self._drop("endpoint reassembly budget exhausted")
-                return False
-            if not self._mem_admit(cost):
-                return False
-            rcv.insert_ooo(i, seg_seq, piece, cost)
-            self.sender.emit(self.snd_max, 0, ACK)
-        if not self.sender.ack_now and not self.timers.armed(T.ACK):
-            self.timers.arm(T.ACK, self.now + self.config.ack_delay)
-        return complete
-
-    def _record_fin(self, fin_at: int) -> None:
-        """Hold the peer's FIN at `fin_at` until the bytes before it are in.
-
-        A genuine peer sends one FIN, at one place; two FINs at different places, or a
-        FIN before data already held, mean one was forged. The newest FIN replaces an
-        older one (the peer retransmits its own until we acknowledge it, so a forgery
-        cannot outlast it), unless it lies before data we hold (delivered, or out of
-        order): it could never be reached, or the bytes after it never delivered. A FIN
-        at rcv_nxt is taken whatever follows it (Linux: tcp_fin drops the out-of-order
-        queue)."""
-        if fin_at == self._fin_seq:
-            return
-        if fin_at < self.rcv_nxt or (fin_at > self.rcv_nxt and self.rcv.holds_past(fin_at)):
-            self.counters.fins_ignored += 1
-            if log.enabled():
-                log.emit("drop", conn=self.name, reason="FIN before data held",
-                         state=self.state.name)
-            return
-        if self._fin_seq is not None:
-            self._forget_fin(self._fin_seq, "another FIN")
-        self._fin_seq = fin_at
-
-    def _forget_fin(self, fin_at: int, why: str) -> None:
-        self._fin_seq = None
-        self.counters.fins_ignored += 1
-        if log.enabled():
-            log.emit("drop", conn=self.name, reason=f"FIN overridden by {why}",
-                     state=self.state.name, fin=fin_at)
-
     def _receive_fin(self, now: float, fin_now_acked: bool) -> None:
-        self._fin_received = True
+        self.receiver.fin_received = True
         self.rcv_nxt += 1
         self._events.append(EofReceived())
         if self.state in (State.SYN_RCVD, State.ESTABLISHED):
@@ -1004,18 +897,6 @@ class Connection:
             return True
         return False
 
-    def _maybe_window_update(self) -> None:
-        """Receiver SWS avoidance (RFC 9293 §3.8.6.2.2): announce only a worthwhile opening."""
-        if self.state not in CAN_RECEIVE:
-            return
-        new_edge = self.rcv_nxt + self.rcv_space()
-        grow = new_edge - self.rcv_adv
-        current = self.rcv_adv - self.rcv_nxt
-        if grow >= min(self.config.recv_buffer // 2, 2 * self.snd_mss) or (
-                current < self.snd_mss and grow > 0 and current + grow >= self.snd_mss):
-            self.sender.ack_now = True
-            self._touch()
-
     # --------------------------------------------------------------------- memory
 
     def memory_in_use(self) -> int:
@@ -1030,30 +911,8 @@ class Connection:
             mem = (rcv.size + RCV_PIECE_OVERHEAD * len(rcv.pieces)
                    + rcv.ooo_bytes + OOO_PIECE_OVERHEAD * len(rcv.ooo)
                    + len(self.sndbuf.data))
-            budget.used += mem - self._mem
-            self._mem = mem
-
-    def _mem_admit(self, cost: int) -> bool:
-        """Whether a received piece of `cost` bytes of memory may be kept (tcp_mem[2])."""
-        budget = self.memory_budget
-        if budget is None:
-            return True
-        mine = self.memory_in_use()
-        if budget.used + (mine - self._mem) + cost <= budget.limit or \
-                mine + cost <= MEMORY_FLOOR:
-            return True
-        budget.drops += 1
-        self._drop("endpoint memory exhausted")
-        return False
-
-    def rcv_space(self) -> int:
-        """Room to offer in the receive window: under memory pressure no more than the
-        floor, so the windows promised in all cannot outgrow the budget (tcp_mem[1])."""
-        space = self.config.recv_buffer - self.rcv.size
-        budget = self.memory_budget
-        if budget is not None and budget.used >= budget.pressure:
-            space = min(space, MEMORY_FLOOR - self.rcv.size)
-        return space
+            budget.used += mem - self.charged
+            self.charged = mem
 
     # --------------------------------------------------------------------- helpers
 
@@ -1088,18 +947,18 @@ class Connection:
     def _terminate(self, error: Exception | None) -> None:
         self.error = error
         self.timers.cancel_all()
-        if self.pacer is not None:
-            self.pacer.deadline = None
+        if self.sender.pacer is not None:
+            self.sender.pacer.deadline = None
         self.sender.ack_now = False
         self.sndbuf.data = bytearray()
         if self.memory_budget is not None:
             # what is left unread is the application's to take; no longer the endpoint's
-            self.memory_budget.used -= self._mem
-            self._mem = 0
+            self.memory_budget.used -= self.charged
+            self.charged = 0
             self.memory_budget = None
         self.rcv.drop_ooo()
         self._events.append(Terminated(error))
-        self._touch()
+        self.touch()
 
     def _oldest_acceptable_ack(self) -> int:
         """RFC 5961 §5.2: SND.UNA - MAX.SND.WND <= SEG.ACK, and never below ISS + 1.
@@ -1117,7 +976,7 @@ class Connection:
         ack = sq.unwrap(seg.ack, self.snd_una)
         return self._oldest_acceptable_ack() <= ack <= self.snd_max
 
-    def _drop(self, reason: str) -> None:
+    def drop(self, reason: str) -> None:
         self.counters.dropped_segments += 1
         if log.enabled():
             log.emit("drop", conn=self.name, reason=reason, state=self.state.name)
@@ -1133,10 +992,10 @@ class Connection:
         """The peer is alive: a segment passed the window and ACK checks. Keepalive
         restarts only here (as Linux's rcv_tstamp, set in tcp_ack), else any datagram,
         even a blind one out of the window, kept a dead peer's connection forever."""
-        self._keepalive_sent = 0
+        self.sender.keepalive_sent = 0
         if self.config.keepalive_interval is not None:
             self.timers.arm(T.KEEPALIVE, now + self.config.keepalive_interval)
 
-    def _touch(self) -> None:
+    def touch(self) -> None:
         if self._notify is not None:
             self._notify(self)

@@ -170,7 +170,7 @@ class LossRecovery:
             # repair resent all of the probe's bytes at once; a partial ACK is one of
             # them arriving, and resending the next would only make duplicates
         else:
-            pacer = conn.pacer
+            pacer = conn.sender.pacer
             if pacer is not None and pacer.deadline is not None:
                 # data the pacer holds back uses the window as much as data in flight:
                 # the flight is pacing-limited, not application-limited (RFC 7661)
@@ -348,7 +348,7 @@ class LossRecovery:
         conn, rack = self.conn, self.rack
         mss = conn.sender.payload_room()
         pipe = rack.pipe(conn.snd_una, conn.snd_max)
-        pacer = conn.pacer
+        pacer = conn.sender.pacer
         credit = conn.sender.pacing_credit(now)
         while first or self.cc.cwnd - pipe >= mss:
             lost = rack.next_lost()

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 from utcp import sack, wire
 from utcp import seq as sq
 from utcp.buffers import MEMORY_FLOOR
+from utcp.pacing import Pacer
 from utcp.recovery import PIPE_DRIVEN
 from utcp.state import SYNCHRONIZED, State
 from utcp.timers import Timer as T
@@ -39,13 +40,18 @@ class Sender:
         "challenges_in_window",
         "conn",
         "dsack",
+        "keepalive_sent",
         "out",
+        "pacer",
         "persist_backoff",
         "persist_since",
         "probes_out",
         "sack_limit",
         "sws_override",
+        "syn_retries",
+        "syn_time",
         "unacked_segments",
+        "wscale_ok",
     )
 
     def __init__(self, conn: Connection) -> None:
@@ -65,6 +71,13 @@ class Sender:
         # RFC 5961 §7's rate limit
         self.challenge_window_start = -1e18
         self.challenges_in_window = 0
+        # the handshake: our SYN's first transmission, its retransmissions so far, and
+        # whether both SYNs carried the window scale option
+        self.syn_time = 0.0
+        self.syn_retries = 0
+        self.wscale_ok = False
+        self.keepalive_sent = 0  # keepalive probes unanswered
+        self.pacer: Pacer | None = Pacer() if conn.config.pacing else None
 
     def on_persist_timeout(self, now: float) -> bool:
         """A zero-window probe, or the override of sender SWS avoidance when the window
@@ -145,12 +158,12 @@ class Sender:
                             sack_permitted=conn.sack_ok if flags & ACK else conn.config.sack,
                             timestamps=(conn.ts.syn_tsval, conn.ts.recent if flags & ACK
                                         else 0) if offer_ts else None)
-        if flags & ACK and not conn.wscale_ok:
+        if flags & ACK and not self.wscale_ok:
             opts.wscale = None
-        if conn.syn_retries:
+        if self.syn_retries:
             conn.counters.segments_retransmitted += 1
         else:
-            conn.syn_time = now
+            self.syn_time = now
         conn.snd_nxt = conn.iss + 1
         conn.snd_max = max(conn.snd_max, conn.snd_nxt)
         window = min(conn.config.recv_buffer, wire.MAX_WINDOW_FIELD)  # never scaled in a SYN
@@ -180,7 +193,7 @@ class Sender:
         # ACKs keeps the ACK clock going, so a small window can still reach three
         dupacks = conn.recovery.dupacks
         bonus = dupacks * mss if not conn.recovery.in_recovery and dupacks <= 2 else 0
-        pacer = conn.pacer
+        pacer = self.pacer
         credit = self.pacing_credit(now)
         sws_held = False
         send_limit = self.send_limit()
@@ -260,7 +273,7 @@ class Sender:
     def pacing_credit(self, now: float) -> float:
         """Bytes the pacer lets leave now (`utcp.pacing`); inf when pacing is off."""
         conn = self.conn
-        pacer = conn.pacer
+        pacer = self.pacer
         if pacer is None:
             return math.inf
         cc = conn.recovery.cc
@@ -352,7 +365,7 @@ class Sender:
         space = conn.config.recv_buffer - conn.rcv.size
         budget = conn.memory_budget
         if budget is not None and budget.used >= budget.pressure:
-            space = conn.rcv_space()  # the rare case: out of line
+            space = conn.receiver.space()  # the rare case: out of line
         wnd = max(space, conn.rcv_adv - conn.rcv_nxt, 0)
         field = min((wnd + (1 << shift) - 1) >> shift, wire.MAX_WINDOW_FIELD)
         edge = conn.rcv_nxt + (field << shift)
