@@ -1,0 +1,45 @@
+"""The one place tests look inside a connection's loss recovery and counters.
+
+Tests assert behaviour through `Connection`'s public surface (segments on the wire,
+`get_timer`, `handle_timer`, `stats()`). A few values a test needs are not in `Stats`
+(the RTO's backoff, RACK's reordering state, counters such as tail loss probes): they
+are read here, so that when the core moves them (recovery into its own class, counters
+into a dataclass, issue #13) one file changes, not every test module that reads them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from utcp.connection import Connection
+
+# Counters a connection keeps that `Stats` does not (yet) carry.
+COUNTERS = ("tail_loss_probes", "spurious_recoveries", "dsacks_received", "paws_drops",
+            "fins_ignored", "challenge_acks_suppressed")
+
+
+def counter(conn: Connection, name: str) -> int:
+    """One of the connection's event counters, by name (see COUNTERS)."""
+    if name not in COUNTERS:
+        raise KeyError(f"{name!r} is not a counter peek knows; Stats may carry it")
+    value = getattr(conn, name)
+    assert isinstance(value, int)
+    return value
+
+
+def rto_backoff(conn: Connection) -> int:
+    """How many times the retransmission timeout has doubled since the last clean RTT
+    sample (RFC 6298 §5.5)."""
+    return conn.rtt.backoff
+
+
+def rack(conn: Connection) -> Any:
+    """RACK's state (RFC 8985): `reordering_seen`, `reo_wnd_mult`,
+    `lost_retransmissions`, `reo_wnd(...)`."""
+    return conn.rack
+
+
+def congestion(conn: Connection) -> Any:
+    """The congestion controller itself, for a test that drives it beyond what `Stats`
+    shows (cwnd and ssthresh are in `stats()`)."""
+    return conn.cc
