@@ -135,13 +135,14 @@ class Run:
 def transfer(seed: int, profile: LinkProfile, *, c2s: int, s2c: int, closing: Closing,
              config: Config = CFG, server_config: Config | None = None,
              read_every: float | None = None, read_chunk: int = 0,
-             limit: float = 600.0, iss: int | None = None) -> Run:
+             limit: float = 600.0, iss: int | None = None, trace: bool = False) -> Run:
     """Move `c2s` and `s2c` random bytes at the same time, close as `closing` says,
     and run until both connections are CLOSED. With `read_every`, the server's
     application reads at most `read_chunk` bytes that often instead of at once. `iss`
-    fixes both initial sequence numbers."""
+    fixes both initial sequence numbers. With `trace`, `run.net.trace` keeps every
+    datagram, for a test that checks what went on the wire."""
     rng = random.Random(seed)
-    net = Network(seed, profile)
+    net = Network(seed, profile, trace=trace)
     server_rng = random.Random(rng.getrandbits(64)) if iss is None else FixedIss(iss)
     client_rng = random.Random(rng.getrandbits(64)) if iss is None else FixedIss(iss)
     server_ep = Endpoint(server_config or config, SERVER[1], listening=True, rng=server_rng)
