@@ -98,9 +98,9 @@ class Transfer:
 
 def make_transfer(seed: int, profile: LinkProfile, c2s: int, s2c: int, *,
                   server_cfg: Config = CFG, client_cfg: Config = CFG,
-                  backlog: int = 128) -> Transfer:
+                  backlog: int = 128, trace: bool = False) -> Transfer:
     rng = random.Random(seed)
-    net = Network(seed, profile)
+    net = Network(seed, profile, trace=trace)
     server_ep = Endpoint(server_cfg, SERVER[1], listening=True, backlog=backlog,
                          rng=random.Random(rng.getrandbits(64)))
     client_ep = Endpoint(client_cfg, CLIENT[1], rng=random.Random(rng.getrandbits(64)))
