@@ -96,7 +96,7 @@ def test_blind_paws_poisoning_does_not_stall_a_transfer(direction: str) -> None:
         client, server = t.client, t.server
         assert client is not None
         if not forged and server is not None and min(
-                server.bytes_received, client.bytes_received) > 64 * KiB:
+                server.stats().bytes_received, client.stats().bytes_received) > 64 * KiB:
             conn, ep, src = _target(t, direction)
             echoes = _echoes(t.net, _peer_of(src))
             ts_recent = echoes[-1]              # as it last echoed it
@@ -349,7 +349,7 @@ def test_a_forged_fin_in_the_window_is_overridden_and_the_transfer_closes(
         client, server = t.client, t.server
         assert client is not None
         if not injected and server is not None and min(
-                server.bytes_received, client.bytes_received) > 128 * KiB:
+                server.stats().bytes_received, client.stats().bytes_received) > 128 * KiB:
             conn, ep, src = _target(t, direction)
             window = conn.rcv_adv - conn.rcv_nxt
             assert window > 64 * KiB
@@ -380,7 +380,7 @@ def test_a_forged_fin_at_rcv_nxt_ends_in_a_reset_not_a_hang(direction: str) -> N
         client, server = t.client, t.server
         assert client is not None
         if not attack and server is not None and min(
-                server.bytes_received, client.bytes_received) > 128 * KiB:
+                server.stats().bytes_received, client.stats().bytes_received) > 128 * KiB:
             conn, ep, src = _target(t, direction)
             ep.receive_datagram(_lucky_fin(conn, 0, _passing_ts(t.net, src)), src, t.net.now)
             assert conn.eof_received
@@ -481,7 +481,7 @@ def test_a_blind_fin_must_guess_both_the_sequence_number_and_the_ack() -> None:
             conn.send(t.s2c)
         assert t.client is not None
         t.client.read()
-        return t.server is not None and len(t.server.read()) + t.server.bytes_received \
+        return t.server is not None and len(t.server.read()) + t.server.stats().bytes_received \
             > (2 << 20)
 
     t.net.run(until=60.0, stop=half_way)
