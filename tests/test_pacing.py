@@ -239,7 +239,7 @@ def test_retransmission_timeout_resends_at_once() -> None:
     conn.send(bytes(10 * 1000))
     assert len(_sent_at(s, s.now)) == 10
     deadline = conn.get_timer()                 # the RTO: nothing else is armed
-    assert deadline == pytest.approx(s.now + conn.stats().rto)
+    assert deadline is not None and deadline == pytest.approx(s.now + conn.stats().rto)
     s.advance_to(deadline)
     assert conn.stats().timeouts == 1
     s.expect(ANY, OUR_ISN + 1, length=1000, at=deadline)
@@ -259,7 +259,7 @@ def test_pure_acks_and_window_probes_are_not_paced() -> None:
     s.inject(".", PEER_ISN + 2001, OUR_ISN + 1 + 10_000, window=0)
     assert _sent_at(s, s.now) == []
     probe_at = conn.get_timer()                 # the persist timer, one RTO away
-    assert probe_at == pytest.approx(s.now + conn.stats().rto)
+    assert probe_at is not None and probe_at == pytest.approx(s.now + conn.stats().rto)
     s.advance_to(probe_at)
     s.expect(".", OUR_ISN + 10_000, at=probe_at, payload=b"")
 
@@ -270,6 +270,7 @@ def test_pacing_off_sends_the_whole_window() -> None:
     assert len(_sent_at(s, s.now)) == 40
     assert conn.pacer is None  # the next timer is a probe or the RTO, never the pacer's
     probe_at = conn.get_timer()
+    assert probe_at is not None
     assert probe_at == pytest.approx(s.now + 2 * RTT)  # the tail loss probe's (RFC 8985)
     s.advance_to(probe_at)
     s.expect(ANY, OUR_ISN + 1 + 39 * 1000, length=1000, at=probe_at)  # the last again

@@ -351,6 +351,7 @@ def test_the_timeout_waits_for_the_reordering_timer() -> None:
     s.expect_nothing()
     # A is late at 0.16 + reo_wnd (min_rtt / 4), which is after the RTO was due
     reo_at = conn.get_timer()
+    assert reo_at is not None
     assert reo_at == pytest.approx(t0 + 0.16 + rtt / 4) and reo_at > rto_at
     s.advance_to(rto_at)
     s.expect_nothing()                           # the RTO did not fire

@@ -248,7 +248,7 @@ def test_no_timer_is_left_armed_once_a_connection_is_closed() -> None:
     srtt = conn.stats().srtt
     assert srtt is not None
     probe_at = conn.get_timer()
-    assert probe_at == pytest.approx(1.0 + max(2 * srtt, 0.01))
+    assert probe_at is not None and probe_at == pytest.approx(1.0 + max(2 * srtt, 0.01))
     assert probe_at < 1.0 + conn.stats().rto
     conn.abort()
     assert conn.state is State.CLOSED

@@ -83,7 +83,7 @@ def test_sack_is_used_only_when_both_offer_it(server_sack: bool) -> None:
     net, server, _, conn = _pair(CFG, server_config=CFG.replace(sack=server_sack),
                                  trace=True)
     peer = server.accept()
-    assert peer is not None
+    assert peer is not None and net.trace is not None
     syns = {rec.src: wire.parse(rec.data) for rec in net.trace
             if rec.fate == "sent" and wire.parse(rec.data).flags & wire.SYN}
     assert syns[CLIENT].options.sack_permitted

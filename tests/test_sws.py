@@ -103,7 +103,7 @@ def test_a_small_usable_window_waits_for_the_ack_in_flight() -> None:
     # no override timer (an ACK will come): the next timer is the RTO, restarted by the
     # ACK (RFC 6298 §5.3), and what it sends is the head, no sliver
     rto_at = s.ep.get_timer()
-    assert rto_at == pytest.approx(s.now + conn.stats().rto)
+    assert rto_at is not None and rto_at == pytest.approx(s.now + conn.stats().rto)
     s.advance_to(rto_at)
     assert conn.stats().timeouts == 1  # the RTO resends the head; no sliver ever went
     s.expect(ANY, OUR_ISN + 1401, length=1400)
@@ -201,7 +201,7 @@ def test_a_resend_after_a_timeout_is_not_held_back() -> None:
     ack(s, 0, 500)  # nothing acknowledged; the window shrinks
     s.expect_nothing()
     rto_at = s.ep.get_timer()  # the RTO, as armed when the data left
-    assert rto_at == pytest.approx(sent_at + conn.stats().rto)
+    assert rto_at is not None and rto_at == pytest.approx(sent_at + conn.stats().rto)
     s.advance_to(rto_at)
     s.expect(ANY, OUR_ISN + 1, length=500, at=rto_at)
     s.expect_nothing()

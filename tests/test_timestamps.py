@@ -156,7 +156,9 @@ def test_transfers_with_timestamps_under_loss(seed: int) -> None:
     run = transfer(seed, LOSSY, c2s=MiB, s2c=MiB, closing=list(Closing)[seed], config=config,
                    trace=True)
     check(run, list(Closing)[seed])
-    segments = [(rec.src, wire.parse(rec.data)) for rec in run.net.trace if rec.fate != "delivered"]
+    assert run.net.trace is not None
+    segments = [(rec.src, wire.parse(rec.data)) for rec in run.net.trace
+                if rec.fate != "delivered"]
     assert _stamps(segments, CLIENT_OF_TRANSFER) and _stamps(segments, SERVER_OF_TRANSFER)
 
 
@@ -173,7 +175,12 @@ def test_secure_mode_with_timestamps_survives_a_lost_syn() -> None:
     net.add(CLIENT, client)
     net.drop_next(lambda d, s, t, now: s == CLIENT)  # the first SYN
     segments: list[tuple[Address, wire.Segment]] = []
-    net.filter = lambda d, s, t, now: segments.append((s, wire.parse(d))) or True
+
+    def tap(data: bytes, src: Address, dst: Address, now: float) -> bool:
+        segments.append((src, wire.parse(data)))
+        return True
+
+    net.filter = tap
     conn = client.connect(SERVER, net.now)
     net.run(until=10.0, stop=lambda: conn.state is State.ESTABLISHED)
     assert conn.state is State.ESTABLISHED
