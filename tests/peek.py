@@ -1,18 +1,19 @@
-"""The one place tests look inside a connection's loss recovery and counters.
+"""The one place tests look inside a connection.
 
 Tests assert behaviour through `Connection`'s public surface (segments on the wire,
 `get_timer`, `handle_timer`, `stats()`). A few values a test needs are not in `Stats`
-(the RTO's backoff, RACK's reordering state, counters such as tail loss probes): they
-are read here, so that when the core moves them (recovery into its own class, counters
-into a dataclass, issue #13) one file changes, not every test module that reads them.
+(the RTO's backoff, RACK's reordering state, counters such as tail loss probes), and
+one harness needs to copy a connection and reset what a copy holds: that is done
+here, so that when the core moves them (recovery into its own class, counters into a
+dataclass, buffers into classes; issue #13) one file changes, not every test module.
 """
 
 from __future__ import annotations
 
 import copy
-from typing import Any
 
 from utcp.connection import Connection
+from utcp.rack import SentLog
 
 # Counters a connection keeps that `Stats` does not (yet) carry.
 COUNTERS = ("tail_loss_probes", "spurious_recoveries", "dsacks_received", "paws_drops",
@@ -42,16 +43,10 @@ def rto_backoff(conn: Connection) -> int:
     return conn.rtt.backoff
 
 
-def rack(conn: Connection) -> Any:
+def rack(conn: Connection) -> SentLog:
     """RACK's state (RFC 8985): `reordering_seen`, `reo_wnd_mult`,
-    `lost_retransmissions`, `reo_wnd(...)`."""
+    `lost_retransmissions`."""
     return conn.rack
-
-
-def congestion(conn: Connection) -> Any:
-    """The congestion controller itself, for a test that drives it beyond what `Stats`
-    shows (cwnd and ssthresh are in `stats()`)."""
-    return conn.cc
 
 
 def detached_copy(conn: Connection) -> Connection:
