@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import random
 
-from tests.script import ANY, PEER, Script
+from tests.script import ANY, MASK, PEER, Script
 from utcp import crypto, wire
 from utcp import seq as sq
 from utcp.config import Config
@@ -98,6 +98,15 @@ def test_random_spoofed_acks_during_a_syn_flood_open_nothing() -> None:
     assert len(s.ep.connections) == 1  # the flood's one half-open entry
 
 
+def _sacks_a_segment_past_a_hole(s: Script, our_next: int, rcv_nxt: int, tsval: int) -> None:
+    """The connection uses SACK (RFC 2018): 100 bytes past a hole get a duplicate ACK at
+    once, with a block for them."""
+    s.inject("P.", rcv_nxt + 100, our_next, payload=b"y" * 100,
+             options=wire.Options(timestamps=(tsval, 0)))
+    dup = s.expect(".", seq=our_next, ack=rcv_nxt)
+    assert dup.options.sack == (((rcv_nxt + 100) & MASK, (rcv_nxt + 200) & MASK),)
+
+
 def test_the_mac_covers_the_options_in_the_timestamp() -> None:
     """Changing the echoed TSval's option bits (a bigger MSS, another window scale, or
     SACK) or any bit of the cookie fails the MAC."""
@@ -121,8 +130,9 @@ def test_the_mac_covers_the_options_in_the_timestamp() -> None:
     s.inject(".", 5001, cookie + 1, options=wire.Options(timestamps=(101, tsval)))
     conn = s.ep.connections[PEER]
     assert conn.state is State.ESTABLISHED
-    assert conn.snd_mss == 1220 and conn.snd_wscale == 7 and conn._sack_ok
+    assert conn.snd_mss == 1220 and conn.snd_wscale == 7
     s.expect_nothing()
+    _sacks_a_segment_past_a_hole(s, cookie + 1, 5001, tsval=102)
 
 
 def test_a_real_client_gets_in_on_a_cookie_during_a_syn_and_ack_flood() -> None:
@@ -158,10 +168,11 @@ def test_a_real_client_gets_in_on_a_cookie_during_a_syn_and_ack_flood() -> None:
              options=wire.Options(timestamps=(150, echo)))
     conn = s.ep.connections[PEER]
     assert conn.state is State.ESTABLISHED and conn.read() == b"hello"
-    assert conn._ts_ok and conn._sack_ok and conn.snd_wscale == 7
+    assert conn.snd_wscale == 7
     conn.send(b"world")
     s.app()
     out = s.expect("P.", seq=synack.seq + 1, ack=5006, payload=b"world")
     assert out.options.timestamps is not None
     assert out.options.timestamps[1] == 150 and sq.ge(out.options.timestamps[0], echo)
+    _sacks_a_segment_past_a_hole(s, synack.seq + 6, 5006, tsval=151)
     assert s.ep.counters["SYN cookies accepted"] == 1

@@ -18,13 +18,13 @@ the RFCs say must happen:
 
 from __future__ import annotations
 
-import copy
 import random
 from collections.abc import Callable
 
 import pytest
 
-from tests.netsim import Address, LinkProfile
+from tests import peek
+from tests.netsim import Address, LinkProfile, Network
 from tests.script import PEER, Script
 from tests.test_attacks import CLIENT, SERVER, Transfer, make_transfer
 from utcp import seq as sq
@@ -45,6 +45,21 @@ def _target(t: Transfer, direction: str) -> tuple[Connection, Endpoint, Address]
     if direction == "to_server":
         return t.server, t.server_ep, CLIENT
     return t.client, t.client_ep, SERVER
+
+
+def _echoes(net: Network, src: Address) -> list[int | None]:
+    """The TSecr of each segment `src` sent but a RST (None without the option): its
+    TS.Recent then (RFC 7323 §4.3), as an observer of the path sees it."""
+    assert net.trace is not None
+    segs = (wire.parse(r.data) for r in net.trace
+            if r.src == src and r.fate not in ("delivered", "unroutable"))
+    return [seg.options.timestamps[1] if seg.options.timestamps is not None else None
+            for seg in segs if not seg.flags & wire.RST]
+
+
+def _peer_of(src: Address) -> Address:
+    """The address the attacked connection sends from, given the one its peer uses."""
+    return SERVER if src == CLIENT else CLIENT
 
 
 def paws_poison(rng: random.Random, conn: Connection) -> tuple[list[bytes], tuple[int, int]]:
@@ -71,31 +86,38 @@ def paws_poison(rng: random.Random, conn: Connection) -> tuple[list[bytes], tupl
 @pytest.mark.parametrize("direction", ["to_server", "to_client"])
 def test_blind_paws_poisoning_does_not_stall_a_transfer(direction: str) -> None:
     t = make_transfer(7, LinkProfile(delay=0.005), 512 * KiB, 512 * KiB,
-                      server_cfg=TS_CFG, client_cfg=TS_CFG)
+                      server_cfg=TS_CFG, client_cfg=TS_CFG, trace=True)
     rng = random.Random(99)
     forged: list[int] = []
+    echoed_before = [0]
     t.connect()
 
     def stop() -> bool:
         client, server = t.client, t.server
         assert client is not None
         if not forged and server is not None and min(
-                server.bytes_received, client.bytes_received) > 64 * KiB:
+                server.stats().bytes_received, client.stats().bytes_received) > 64 * KiB:
             conn, ep, src = _target(t, direction)
-            assert conn._ts_ok
+            echoes = _echoes(t.net, _peer_of(src))
+            ts_recent = echoes[-1]              # as it last echoed it
+            assert ts_recent is not None        # timestamps are in use
             datagrams, tsvals = paws_poison(rng, conn)
             forged.extend(tsvals)
             # the attack is a real one: one TSval is far enough ahead of TS.Recent that
             # the peer's clock would not reach it within the test (taken, it would stall)
-            assert any(sq.diff(v, conn._ts_recent) > 10_000_000 for v in tsvals)
+            assert any(sq.diff(v, ts_recent) > 10_000_000 for v in tsvals)
+            echoed_before[0] = len(echoes)
             for datagram in datagrams:
                 ep.receive_datagram(datagram, src, t.net.now)
-            assert conn._ts_recent not in tsvals
         return t.poll()
 
     t.net.run(until=120.0, stop=stop)
     assert forged, "the transfer ended before the attack"
     t.check()  # byte-exact both ways, both CLOSED without error
+    # TS.Recent never took a forged TSval: no segment sent after the attack echoes one
+    target = _peer_of(CLIENT if direction == "to_server" else SERVER)
+    echoed_after = _echoes(t.net, target)[echoed_before[0]:]
+    assert echoed_after and not set(echoed_after) & set(forged)
 
 
 def _established_ts() -> tuple[Script, Connection]:
@@ -106,7 +128,7 @@ def _established_ts() -> tuple[Script, Connection]:
     s.inject(".", 5001, 1001, window=1000,
              options=wire.Options(timestamps=(101, synack.options.timestamps[0])))
     conn = s.ep.connections[PEER]
-    assert conn.state == S.ESTABLISHED and conn._ts_ok and conn._ts_recent == 101
+    assert conn.state == S.ESTABLISHED
     return s, conn
 
 
@@ -116,19 +138,21 @@ def test_ts_recent_moves_only_for_an_acceptable_segment() -> None:
     ahead = wire.Options(timestamps=(101 + (1 << 30), 0))
     # old sequence number (R2 fails): dropped with an ACK, TS.Recent unchanged
     s.inject(".", 5001 - 1000, 1001, window=1000, options=ahead)
-    ack = s.expect(".", seq=1001, ack=5001)
+    ack = s.expect(".", seq=1001, ack=5001)  # it echoes TS.Recent, 101: unchanged
     assert ack.options.timestamps is not None and ack.options.timestamps[1] == 101
-    assert conn._ts_recent == 101
     # in the window, but an ACK of data never sent (RFC 5961 §5): challenge ACK, and
     # still TS.Recent unchanged
     s.inject("P.", 5001, 1001 + 100_000, window=1000, payload=b"evil", options=ahead)
     ack = s.expect(".", seq=1001, ack=5001)
     assert ack.options.timestamps is not None and ack.options.timestamps[1] == 101
-    assert conn._ts_recent == 101 and conn.readable == 0
-    # the genuine next segment passes PAWS and is taken
+    assert conn.readable == 0
+    # the genuine next segment passes PAWS and is taken: its TSval is echoed from now on
     s.inject("P.", 5001, 1001, window=1000, payload=b"good",
              options=wire.Options(timestamps=(102, 0)))
-    assert conn.read() == b"good" and conn._ts_recent == 102 and conn.paws_drops == 0
+    assert conn.read() == b"good" and peek.counter(conn, "paws_drops") == 0
+    s.advance(1.0)                               # the delayed ACK
+    ack = s.expect(".", seq=1001, ack=5005)
+    assert ack.options.timestamps is not None and ack.options.timestamps[1] == 102
 
 
 # --------------------------------------------------------------------------- blind FIN / data
@@ -162,19 +186,34 @@ def test_fin_or_data_with_an_unacceptable_ack_is_challenged_and_counted(
         s.expect(".", seq=1001, ack=5001)  # the challenge ACK
     s.expect_nothing()
     assert conn.state == S.ESTABLISHED and conn.readable == 0 and not conn.eof_received
-    assert conn._fin_seq is None and not conn._ooo
     assert conn.stats().challenge_acks == 2 and conn.stats().dropped_segments == 2
-    # the genuine peer is unaffected
-    s.inject("FP.", 5001, 1001, payload=b"hello")
+    # the genuine peer is unaffected, and nothing of the second forgery was held out of
+    # order: the genuine bytes up to where it was are all there is, with no end there
+    s.inject("P.", 5001, 1001, payload=b"a" * 700)
+    assert conn.read() == b"a" * 700 and not conn.eof_received
+    s.inject("FP.", 5001 + 700, 1001, payload=b"hello")
     assert conn.read() == b"hello" and conn.eof_received and conn.state == S.CLOSE_WAIT
+
+
+def _stream_ends_at(conn: Connection, seq: int, now: float,
+                    options: wire.Options | None = None) -> bool:
+    """Whether a FIN is held at `seq`: the genuine bytes from rcv_nxt up to it, tried on
+    a copy of `conn`, end the stream there."""
+    probe = peek.detached_copy(conn)
+    probe.receive(wire.Segment(
+        conn.remote_port, conn.local_port, sq.wrap(conn.rcv_nxt), sq.wrap(conn.snd_una),
+        wire.ACK, conn.snd_wnd >> conn.snd_wscale, bytes(seq - conn.rcv_nxt),
+        options or wire.Options()), now)
+    return probe.eof_received and probe.rcv_nxt == seq + 1
 
 
 def test_forged_fin_out_of_order_is_overridden_by_the_data_past_it() -> None:
     s, conn = _established()
     s.inject("F.", 5001 + 700, 1001)                 # forged: accepted, held past a hole
-    assert conn._fin_seq == 5001 + 700
+    assert _stream_ends_at(conn, 5001 + 700, s.now)
     s.inject("P.", 5001 + 1000, 1001, payload=b"b" * 1000)  # genuine, out of order too
-    assert conn._fin_seq is None and conn.fins_ignored == 1
+    assert not _stream_ends_at(conn, 5001 + 700, s.now)
+    assert peek.counter(conn, "fins_ignored") == 1
     s.inject("P.", 5001, 1001, payload=b"a" * 1000)  # fills the hole, past the forged FIN
     s.inject("FP.", 5001 + 2000, 1001, payload=b"c" * 10)  # the peer's own FIN is taken
     assert conn.read() == b"a" * 1000 + b"b" * 1000 + b"c" * 10
@@ -185,9 +224,11 @@ def test_forged_fin_after_data_held_is_ignored() -> None:
     s, conn = _established()
     s.inject("P.", 5001 + 1000, 1001, payload=b"b" * 1000)  # genuine, out of order
     s.inject("F.", 5001 + 700, 1001)                 # forged: before data held, ignored
-    assert conn._fin_seq is None and conn.fins_ignored == 1
+    assert not _stream_ends_at(conn, 5001 + 700, s.now)
+    assert peek.counter(conn, "fins_ignored") == 1
     s.inject("FP.", 5001, 1001, payload=b"a" * 1000)  # a FIN at 6001 would cut the data
-    assert conn._fin_seq is None and conn.fins_ignored == 2
+    assert conn.readable == 2000 and not conn.eof_received
+    assert peek.counter(conn, "fins_ignored") == 2
     s.inject("FP.", 5001 + 2000, 1001, payload=b"c" * 10)
     assert conn.read() == b"a" * 1000 + b"b" * 1000 + b"c" * 10
     assert conn.eof_received and conn.state == S.CLOSE_WAIT
@@ -200,7 +241,7 @@ def test_a_later_fin_replaces_a_forged_one_beyond_it() -> None:
     s.inject("F.", 5001 + 5000, 1001)                # forged, beyond the end of the stream
     s.inject("FP.", 5001, 1001, payload=b"a" * 100)  # the peer's data and FIN
     assert conn.read() == b"a" * 100 and conn.eof_received and conn.state == S.CLOSE_WAIT
-    assert conn.fins_ignored == 1
+    assert peek.counter(conn, "fins_ignored") == 1
 
 
 def test_data_across_a_fin_taken_resets_instead_of_wedging() -> None:
@@ -239,7 +280,7 @@ def _time_wait() -> tuple[Script, Connection]:
     s.expect("F.", seq=1001, ack=5001)
     s.inject("F.", 5001, 1002)
     s.expect(".", seq=1002, ack=5002)
-    assert conn.state == S.TIME_WAIT and conn._tw_deadline == s.now + 2.0
+    assert conn.state == S.TIME_WAIT and conn.get_timer() == s.now + 2.0  # 2MSL
     return s, conn
 
 
@@ -265,25 +306,33 @@ def test_the_peers_fin_again_restarts_time_wait() -> None:
     s.advance(1.5)
     s.inject("F.", 5001, 1002)                     # our ACK of its FIN was lost
     s.expect(".", seq=1002, ack=5002)
-    assert conn.state == S.TIME_WAIT and conn._tw_deadline == s.now + 2.0
+    assert conn.state == S.TIME_WAIT and conn.get_timer() == s.now + 2.0
     s.advance(1.9)
     assert conn.state == S.TIME_WAIT
     s.advance(0.2)
     assert conn.state == S.CLOSED
 
 
-def _lucky_fin(conn: Connection, offset: int) -> bytes:
+def _lucky_fin(conn: Connection, offset: int, options: wire.Options) -> bytes:
     """The forged FIN of an attacker whose two guesses came right: in the window at
     `offset` past rcv_nxt, and an acceptable ACK (SND.UNA itself)."""
     return wire.build(wire.Segment(
         conn.remote_port, conn.local_port, sq.wrap(conn.rcv_nxt + offset),
-        sq.wrap(conn.snd_una), wire.ACK | wire.FIN, 0xFFFF, b"", _passing_ts(conn)))
+        sq.wrap(conn.snd_una), wire.ACK | wire.FIN, 0xFFFF, b"", options))
 
 
-def _passing_ts(conn: Connection) -> wire.Options:
+def _passing_ts(net: Network, src: Address) -> wire.Options:
     """A timestamp option that passes PAWS (a third guess, right half the time), if the
-    connection uses them: without one the segment is dropped (RFC 7323 §3.2)."""
-    return wire.Options(timestamps=(conn._ts_recent, 0)) if conn._ts_ok else wire.Options()
+    connection uses them: without one the segment is dropped (RFC 7323 §3.2). It is the
+    TSval of the latest segment from the genuine peer at `src` to arrive: never older
+    than TS.Recent (only arrivals set it), nor newer than those still on the way (which
+    it would make fail PAWS, once taken)."""
+    assert net.trace is not None
+    for rec in reversed(net.trace):
+        if rec.src == src and rec.fate == "delivered":
+            ts = wire.parse(rec.data).options.timestamps
+            return wire.Options(timestamps=(ts[0], 0)) if ts is not None else wire.Options()
+    raise AssertionError(f"nothing from {src} arrived yet")
 
 
 @pytest.mark.parametrize("direction", ["to_server", "to_client"])
@@ -291,7 +340,7 @@ def test_a_forged_fin_in_the_window_is_overridden_and_the_transfer_closes(
         direction: str) -> None:
     """Before, the held forged FIN was never reached once real data ran past it, the
     peer's FIN was ignored, and the connection never closed."""
-    t = make_transfer(3, LinkProfile(delay=0.005), 1 << 20, 1 << 20)
+    t = make_transfer(3, LinkProfile(delay=0.005), 1 << 20, 1 << 20, trace=True)
     rng = random.Random(direction)
     injected: list[Connection] = []
     t.connect()
@@ -300,20 +349,21 @@ def test_a_forged_fin_in_the_window_is_overridden_and_the_transfer_closes(
         client, server = t.client, t.server
         assert client is not None
         if not injected and server is not None and min(
-                server.bytes_received, client.bytes_received) > 128 * KiB:
+                server.stats().bytes_received, client.stats().bytes_received) > 128 * KiB:
             conn, ep, src = _target(t, direction)
             window = conn.rcv_adv - conn.rcv_nxt
             assert window > 64 * KiB
-            ep.receive_datagram(_lucky_fin(conn, rng.randrange(1, window // 2)), src,
-                                t.net.now)
-            assert conn._fin_seq is not None  # taken in: both guesses were right
+            offset, passing = rng.randrange(1, window // 2), _passing_ts(t.net, src)
+            ep.receive_datagram(_lucky_fin(conn, offset, passing), src, t.net.now)
+            # taken in: both guesses were right
+            assert _stream_ends_at(conn, conn.rcv_nxt + offset, t.net.now, passing)
             injected.append(conn)
         return t.poll()
 
     t.net.run(until=60.0, stop=stop)
     assert injected
     t.check()  # byte-exact both ways, both CLOSED without error
-    assert injected[0].fins_ignored == 1
+    assert peek.counter(injected[0], "fins_ignored") == 1
 
 
 @pytest.mark.parametrize("direction", ["to_server", "to_client"])
@@ -322,7 +372,7 @@ def test_a_forged_fin_at_rcv_nxt_ends_in_a_reset_not_a_hang(direction: str) -> N
     peer's next bytes cross it. Both ends learn it within a round trip, from the RST:
     before, the target ignored those bytes and the peer retransmitted them until its
     retransmission limit, minutes later."""
-    t = make_transfer(4, LinkProfile(delay=0.005), 1 << 20, 1 << 20)
+    t = make_transfer(4, LinkProfile(delay=0.005), 1 << 20, 1 << 20, trace=True)
     attack: list[float] = []
     t.connect()
 
@@ -330,9 +380,9 @@ def test_a_forged_fin_at_rcv_nxt_ends_in_a_reset_not_a_hang(direction: str) -> N
         client, server = t.client, t.server
         assert client is not None
         if not attack and server is not None and min(
-                server.bytes_received, client.bytes_received) > 128 * KiB:
+                server.stats().bytes_received, client.stats().bytes_received) > 128 * KiB:
             conn, ep, src = _target(t, direction)
-            ep.receive_datagram(_lucky_fin(conn, 0), src, t.net.now)
+            ep.receive_datagram(_lucky_fin(conn, 0, _passing_ts(t.net, src)), src, t.net.now)
             assert conn.eof_received
             attack.append(t.net.now)
         t.poll()
@@ -355,27 +405,24 @@ class FinProbe:
     Asked of a copy, so `conn` is left as it was; the copy is renewed only when a FIN it
     took changed more than the FIN it holds (a refused one changes nothing that matters)."""
 
-    def __init__(self, conn: Connection, now: float) -> None:
-        self.conn, self.now = conn, now
-        self.probe = self._copy()
-
-    def _copy(self) -> Connection:
-        return copy.deepcopy(self.conn, {id(self.conn._notify): None})
+    def __init__(self, conn: Connection, now: float, passing: wire.Options) -> None:
+        self.conn, self.now, self.passing = conn, now, passing
+        self.probe = peek.detached_copy(conn)
 
     def __call__(self, seq: int, ack: int, tsval: int | None = None) -> bool:
         probe, conn = self.probe, self.conn
-        dropped = probe.dropped_segments
-        options = _passing_ts(conn) if tsval is None else wire.Options(timestamps=(tsval, 0))
+        dropped = peek.dropped_segments(probe)
+        options = self.passing if tsval is None else wire.Options(timestamps=(tsval, 0))
         probe.receive(wire.Segment(conn.remote_port, conn.local_port, seq, ack,
                                    wire.ACK | wire.FIN, conn.snd_wnd >> conn.snd_wscale,
                                    b"", options), self.now)
-        if probe.dropped_segments != dropped:
+        if peek.dropped_segments(probe) != dropped:
             return False
         if all(getattr(probe, name) == getattr(conn, name) for name in (
                 "state", "snd_una", "rcv_nxt", "max_snd_wnd", "snd_wnd")):
-            probe._fin_seq = None  # only held, out of order
+            peek.forget_held_fin(probe)  # only held, out of order
         else:
-            self.probe = self._copy()
+            self.probe = peek.detached_copy(conn)
         return True
 
 
@@ -390,12 +437,13 @@ def _edge(taken: Callable[[int], bool], inside: int, outside: int) -> int:
     return inside
 
 
-def blind_fin_cost(conn: Connection, now: float, rng: random.Random,
-                   samples: int) -> dict[str, float]:
+def blind_fin_cost(conn: Connection, now: float, rng: random.Random, samples: int,
+                   passing: wire.Options) -> dict[str, float]:
     """What a random-guess attacker needs for one FIN to be taken, measured on `conn`:
     the acceptable sequence numbers and ACK values found by probing (not computed from
-    its variables), checked against `samples` random guesses of each."""
-    taken = FinProbe(conn, now)
+    its variables), checked against `samples` random guesses of each. `passing` is a
+    timestamp option that passes PAWS, or none when the connection uses no timestamps."""
+    taken = FinProbe(conn, now, passing)
     good_seq, good_ack = sq.wrap(conn.rcv_nxt + 1), sq.wrap(conn.snd_una)
     assert taken(good_seq, good_ack)
     half = 1 << 31
@@ -409,7 +457,7 @@ def blind_fin_cost(conn: Connection, now: float, rng: random.Random,
     ack_hits = sum(taken(good_seq, rng.getrandbits(32)) for _ in range(samples))
     # and with timestamps on, a TSval that passes PAWS: a third guess
     ts_hits = sum(taken(good_seq, good_ack, rng.getrandbits(32)) for _ in range(samples)) \
-        if conn._ts_ok else samples
+        if passing.timestamps is not None else samples
     return {"seqs": seqs, "acks": acks, "seq_hits": seq_hits, "ack_hits": ack_hits,
             "ts_hits": ts_hits,
             "datagrams": (1 << 32) / seqs * (1 << 32) / acks * samples / ts_hits}
@@ -424,7 +472,7 @@ def test_a_blind_fin_must_guess_both_the_sequence_number_and_the_ack() -> None:
     (it was 2^20 too, before the clamp at ISS + 1). Timestamps double both: the forgery
     must carry a TSval that passes PAWS (RFC 7323 §3.2 drops one without the option)."""
     t = make_transfer(11, LinkProfile(delay=0.005), 8 << 20, 1000,
-                      server_cfg=Config(msl=1.0), client_cfg=Config(msl=1.0))
+                      server_cfg=Config(msl=1.0), client_cfg=Config(msl=1.0), trace=True)
     t.connect()
 
     def half_way() -> bool:  # the applications: the server replies and both read
@@ -433,7 +481,7 @@ def test_a_blind_fin_must_guess_both_the_sequence_number_and_the_ack() -> None:
             conn.send(t.s2c)
         assert t.client is not None
         t.client.read()
-        return t.server is not None and len(t.server.read()) + t.server.bytes_received \
+        return t.server is not None and len(t.server.read()) + t.server.stats().bytes_received \
             > (2 << 20)
 
     t.net.run(until=60.0, stop=half_way)
@@ -441,8 +489,8 @@ def test_a_blind_fin_must_guess_both_the_sequence_number_and_the_ack() -> None:
     assert t.server.state == t.client.state == S.ESTABLISHED
     rng = random.Random(1)
     samples = 1 << 15
-    receiver = blind_fin_cost(t.server, t.net.now, rng, samples)
-    sender = blind_fin_cost(t.client, t.net.now, rng, samples)
+    receiver = blind_fin_cost(t.server, t.net.now, rng, samples, _passing_ts(t.net, CLIENT))
+    sender = blind_fin_cost(t.client, t.net.now, rng, samples, _passing_ts(t.net, SERVER))
     print(f"\nblind FIN, upload receiver: {receiver}\nblind FIN, uploader: {sender}")
     for cost in (receiver, sender):
         assert cost["seqs"] >= 1 << 21  # a window of megabytes: about 1 in 2^10
@@ -467,6 +515,7 @@ def test_a_segment_without_the_negotiated_timestamp_option_is_dropped() -> None:
     for flags, payload in (("P.", b"forged"), ("F.", b""), (".", b"")):
         s.inject(flags, 5001, 1001, window=1000, payload=payload)  # in order, exact ACK
     s.expect_nothing()
-    assert conn.readable == 0 and not conn.eof_received and conn.dropped_segments == 3
+    assert conn.readable == 0 and not conn.eof_received
+    assert conn.stats().dropped_segments == 3
     s.inject("R", 5001)  # a RST needs none (RFC 7323 §3.2): it resets
     assert conn.state == S.CLOSED and isinstance(conn.error, ConnectionResetError)

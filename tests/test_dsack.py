@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import random
 
+from tests import peek
 from tests.netsim import Address, LinkProfile, Network
 from tests.test_scripted import OUR_ISN, PEER_ISN, data, server
 from utcp import wire
@@ -100,16 +101,19 @@ def test_a_timeout_caused_by_lost_acks_is_undone() -> None:
     which says so in a D-SACK, and the sender takes back the cut to one segment."""
     net, conn, peer = _pair()
     _deliver(net, conn, peer, 100_000)            # a window grown by slow start
-    cwnd, ssthresh = conn.cc.cwnd, conn.cc.ssthresh
-    assert cwnd > 20 * CFG.mss and ssthresh is None
+    before = conn.stats()
+    cwnd = before.cwnd
+    assert cwnd > 20 * CFG.mss and before.ssthresh is None
     blackout = net.now + 0.1
     net.filter = lambda d, src, dst, now: not (src == SERVER and now < blackout)
     _deliver(net, conn, peer, 20_000)
     stats = conn.stats()
     assert stats.timeouts == 1
-    assert stats.segments_retransmitted == 1 + conn.tail_loss_probes  # nothing more
-    assert conn.dsacks_received >= 1 and conn.spurious_recoveries == 1
-    assert conn.cc.cwnd >= cwnd and conn.cc.ssthresh is None  # as before the timeout
+    # nothing more
+    assert stats.segments_retransmitted == 1 + peek.counter(conn, "tail_loss_probes")
+    assert peek.counter(conn, "dsacks_received") >= 1
+    assert peek.counter(conn, "spurious_recoveries") == 1
+    assert stats.cwnd >= cwnd and stats.ssthresh is None  # as before the timeout
 
 
 def test_a_fast_retransmit_caused_by_reordering_is_undone_and_the_window_widens() -> None:
@@ -137,18 +141,20 @@ def test_a_fast_retransmit_caused_by_reordering_is_undone_and_the_window_widens(
 
     def stop() -> bool:
         got.extend(peer.read())
-        if conn.fast_retransmits and not windows:
-            windows.append((conn.cc.cwnd, conn.cc.ssthresh))
+        stats = conn.stats()
+        if stats.fast_retransmits and not windows:
+            windows.append((stats.cwnd, stats.ssthresh))
         return len(got) == len(payload)
 
     net.run(until=net.now + 10, stop=stop)
     assert bytes(got) == payload
     assert net.stats.reordered == 2
-    assert conn.fast_retransmits == 1            # the first delay only
-    assert conn.stats().segments_retransmitted == 1
-    assert conn.spurious_recoveries == 1 and conn.rack.reordering_seen
-    assert conn.rack.reo_wnd_mult == 2
-    assert conn.cc.ssthresh is None              # undone: as if no loss had been seen
+    stats = conn.stats()
+    assert stats.fast_retransmits == 1           # the first delay only
+    assert stats.segments_retransmitted == 1
+    assert peek.counter(conn, "spurious_recoveries") == 1
+    assert peek.rack(conn).reordering_seen and peek.rack(conn).reo_wnd_mult == 2
+    assert stats.ssthresh is None                # undone: as if no loss had been seen
 
 
 def test_a_d_sack_for_a_needless_probe_does_not_widen_the_reordering_window() -> None:
@@ -157,10 +163,10 @@ def test_a_d_sack_for_a_needless_probe_does_not_widen_the_reordering_window() ->
     reordering (Linux's FLAG_DSACK_TLP): RACK's window stays as it was."""
     net, conn, peer = _pair()
     _deliver(net, conn, peer, 20_000)
-    srtt = conn.rtt.srtt
+    srtt = conn.stats().srtt
     assert srtt is not None
     blackout = net.now + 2.5 * srtt             # past the probe (two round trips)
     net.filter = lambda d, src, dst, now: not (src == SERVER and now < blackout)
     _deliver(net, conn, peer, 20_000)
-    assert conn.tail_loss_probes == 1 and conn.stats().timeouts == 0
-    assert conn.dsacks_received == 1 and conn.rack.reo_wnd_mult == 1
+    assert peek.counter(conn, "tail_loss_probes") == 1 and conn.stats().timeouts == 0
+    assert peek.counter(conn, "dsacks_received") == 1 and peek.rack(conn).reo_wnd_mult == 1

@@ -80,7 +80,7 @@ def test_a_large_initial_window_is_spread_over_the_round_trip() -> None:
     cfg = CFG.replace(initial_cwnd_segments=100)
     pair = Pair(cfg, delay=0.05)
     conn = pair.conn
-    assert conn.rtt.srtt == pytest.approx(0.1)
+    assert conn.stats().srtt == pytest.approx(0.1)
     t0 = pair.net.now
     conn.send(bytes(100 * MSS))
     pair.run_until(t0 + 0.099)  # before the first ACK can come back
@@ -124,10 +124,11 @@ def test_after_an_idle_period_the_window_is_paced_not_burst(congestion: str) -> 
     more than the two-segment floor), the rest one segment per MSS / rate."""
     pair, t0, times = _after_idle(CFG.replace(congestion=congestion), delay=0.005)
     conn = pair.conn
-    cwnd, srtt = conn.cc.cwnd, conn.rtt.srtt
+    stats = conn.stats()
+    cwnd, srtt, ssthresh = stats.cwnd, stats.srtt, stats.ssthresh
     assert srtt is not None and cwnd > 100 * MSS
-    gain = pacing.SLOW_START_GAIN if conn.cc.ssthresh is None or \
-        cwnd < conn.cc.ssthresh // 2 else pacing.AVOIDANCE_GAIN
+    gain = pacing.SLOW_START_GAIN if ssthresh is None or \
+        cwnd < ssthresh // 2 else pacing.AVOIDANCE_GAIN
     rate = gain * cwnd / srtt
     burst = rate * pacing.HORIZON
     assert burst > pacing.MIN_BURST_SEGMENTS * MSS
@@ -144,7 +145,7 @@ def test_after_an_idle_period_the_window_is_paced_not_burst(congestion: str) -> 
 
 def test_without_pacing_the_window_leaves_in_one_burst_after_idle() -> None:
     pair, t0, times = _after_idle(CFG.replace(pacing=False), delay=0.005)
-    assert len(times) == pair.conn.cc.cwnd // MSS > 100
+    assert len(times) == pair.conn.stats().cwnd // MSS > 100
     assert set(times) == {t0}
 
 
@@ -171,15 +172,16 @@ def test_the_pacing_timer_is_the_connections_timer() -> None:
     pair.net.flush()
     assert conn.pacer is not None
     deadline = conn.pacer.deadline
-    assert deadline is not None and conn._rtx_deadline is not None
-    assert ep.get_timer() == conn.get_timer() == deadline < conn._rtx_deadline
+    assert deadline is not None
+    # the pacer's turn comes first, long before the RTO armed as the flight left
+    assert ep.get_timer() == conn.get_timer() == deadline < t0 + conn.stats().rto
     assert deadline == pytest.approx(t0 + MSS / (2 * 30 * MSS / 0.1))
     fired = pair.net.stats.timers_fired
     pair.run_until(t0 + 0.099)
     assert len(pair.departures(t0)) == 30
     assert pair.net.stats.timers_fired - fired == 20  # the 20 paced segments
     assert pair.net.stats.stuck_timers == 0
-    assert conn.pacer.deadline is None and conn.timeouts == 0
+    assert conn.pacer.deadline is None and conn.stats().timeouts == 0
 
 
 # ------------------------------------------------------------------ what is not paced
@@ -197,7 +199,7 @@ def _established(cfg: Config = SCRIPT_CFG) -> tuple[Script, Connection]:
     s.advance(RTT)
     s.inject("S.", PEER_ISN, OUR_ISN + 1, options=wire.Options(mss=1000, sack_permitted=True))
     s.expect(".", OUR_ISN + 1, PEER_ISN + 1)
-    assert conn.rtt.srtt == pytest.approx(RTT)
+    assert conn.stats().srtt == pytest.approx(RTT)
     return s, conn
 
 
@@ -224,7 +226,7 @@ def test_fast_retransmission_is_not_held_by_the_pacer() -> None:
     for k in range(2, 5):  # segments 2..4 arrived (SACKed), the first did not
         s.inject(".", PEER_ISN + 1, base,
                  options=wire.Options(sack=[(base + 1000, base + 1000 * k)]))
-    assert conn.fast_retransmits == 1
+    assert conn.stats().fast_retransmits == 1
     assert _sent_at(s, s.now) == [base]
     assert conn.pacer.deadline is not None  # the rest still waits its turn
 
@@ -236,10 +238,10 @@ def test_retransmission_timeout_resends_at_once() -> None:
     s, conn = _established(SCRIPT_CFG.replace(initial_cwnd_segments=10, sack=False))
     conn.send(bytes(10 * 1000))
     assert len(_sent_at(s, s.now)) == 10
-    deadline = conn._rtx_deadline
-    assert deadline is not None
+    deadline = conn.get_timer()                 # the RTO: nothing else is armed
+    assert deadline is not None and deadline == pytest.approx(s.now + conn.stats().rto)
     s.advance_to(deadline)
-    assert conn.timeouts == 1
+    assert conn.stats().timeouts == 1
     s.expect(ANY, OUR_ISN + 1, length=1000, at=deadline)
 
 
@@ -256,8 +258,8 @@ def test_pure_acks_and_window_probes_are_not_paced() -> None:
     # the peer takes everything sent and closes its window: probes, unpaced
     s.inject(".", PEER_ISN + 2001, OUR_ISN + 1 + 10_000, window=0)
     assert _sent_at(s, s.now) == []
-    probe_at = conn._persist_deadline
-    assert probe_at is not None
+    probe_at = conn.get_timer()                 # the persist timer, one RTO away
+    assert probe_at is not None and probe_at == pytest.approx(s.now + conn.stats().rto)
     s.advance_to(probe_at)
     s.expect(".", OUR_ISN + 10_000, at=probe_at, payload=b"")
 
@@ -267,8 +269,12 @@ def test_pacing_off_sends_the_whole_window() -> None:
     conn.send(bytes(40 * 1000))
     assert len(_sent_at(s, s.now)) == 40
     assert conn.pacer is None  # the next timer is a probe or the RTO, never the pacer's
-    assert conn.get_timer() == min(t for t in (conn._rtx_deadline, conn._tlp_deadline)
-                                   if t is not None)
+    probe_at = conn.get_timer()
+    assert probe_at is not None
+    assert probe_at == pytest.approx(s.now + 2 * RTT)  # the tail loss probe's (RFC 8985)
+    s.advance_to(probe_at)
+    s.expect(ANY, OUR_ISN + 1 + 39 * 1000, length=1000, at=probe_at)  # the last again
+    s.expect_nothing()
 
 
 # ------------------------------------------------------------------ the bucket alone
@@ -336,6 +342,6 @@ def test_a_window_the_pacer_spreads_out_still_counts_as_used() -> None:
     conn.send(bytes(40 * 1000))
     assert len(_sent_at(s, s.now)) == 10
     s.advance(0.01)  # eight more at 1.25 ms intervals, when the real RTT is 10 ms
-    assert conn.snd_max - conn.snd_una == 18 * 1000 < conn.cc.cwnd // 2
+    assert conn.snd_max - conn.snd_una == 18 * 1000 < conn.stats().cwnd // 2
     s.inject(".", PEER_ISN + 1, OUR_ISN + 1 + 10 * 1000)
-    assert conn.cc.cwnd == 42 * 1000  # slow start: + min(acked, 2 MSS) (RFC 3465)
+    assert conn.stats().cwnd == 42 * 1000  # slow start: + min(acked, 2 MSS) (RFC 3465)

@@ -24,6 +24,7 @@ SERVER: Address = ("10.0.0.1", 1000)
 CLIENT: Address = ("10.0.0.2", 2000)
 CFG = Config(msl=1.0, rto_min=0.05, rto_initial=0.2, mss=1200)
 HEADER = 20  # bytes of TCP header in a data segment (no options)
+MASK = (1 << 32) - 1
 
 
 def _transfer(mtu: int | None, route: int, size: int, *, config: Config = CFG,
@@ -108,11 +109,19 @@ def test_a_lost_probe_is_resent_once(timestamps: bool) -> None:
     answered with a duplicate ACK, and three in a row started a fast retransmit that cut
     the window (with timestamps on, whose 12 bytes happened to line them up)."""
     path = 4000
-    windows: dict[int, set[int]] = {}  # repair (by its end) -> cwnd values seen during it
+    # each repair (by where it starts: the lost probe's first byte, the first one not
+    # acknowledged) -> (snd_una, cwnd) seen from its fast retransmit on
+    repairs: dict[int, list[tuple[int, int]]] = {}
+    started = [0]
 
     def watch(conn: Connection) -> None:
-        if conn._in_recovery and conn._probe_recovery:
-            windows.setdefault(conn._recover, set()).add(conn.cc.cwnd)
+        stats = conn.stats()
+        if stats.fast_retransmits > started[0]:
+            started[0] = stats.fast_retransmits
+            repairs[conn.snd_una & MASK] = []
+        if repairs:
+            repair = repairs[next(reversed(repairs))]
+            repair.append((conn.snd_una & MASK, stats.cwnd))
 
     conn, _, net, _ = _transfer(mtu=path, route=9000, size=4 << 20, trace=True,
                                 config=CFG.replace(timestamps=timestamps), watch=watch)
@@ -122,9 +131,14 @@ def test_a_lost_probe_is_resent_once(timestamps: bool) -> None:
     stats = conn.stats()
     assert stats.bytes_retransmitted == sum(len(seg.payload) for seg in lost_probes)
     assert stats.ssthresh is None and stats.fast_retransmits == len(lost_probes)
-    # no congestion, so no window change either (NewReno's inflation by the duplicate
-    # ACKs of a repair was never deflated: it grew the window for good)
-    assert windows and all(len(seen) == 1 for seen in windows.values()), windows
+    # each repair was of a lost probe; until all of its bytes were acknowledged the
+    # window did not change (NewReno's inflation by the duplicate ACKs of a repair was
+    # never deflated: it grew the window for good)
+    assert sorted(repairs) == sorted(seg.seq for seg in lost_probes), repairs
+    for seg in lost_probes:
+        windows = {cwnd for una, cwnd in repairs[seg.seq]
+                   if (una - seg.seq) & MASK < len(seg.payload)}
+        assert len(windows) == 1, (seg, repairs[seg.seq])
 
 
 def test_black_hole_falls_back_to_the_base_size() -> None:

@@ -7,7 +7,10 @@ from collections import deque
 
 import pytest
 
+from tests import peek
+from tests import test_scripted as scripted
 from tests.netsim import Address, LinkProfile, Network
+from tests.script import ANY
 from utcp import sack, wire
 from utcp.config import Config
 from utcp.connection import Connection
@@ -19,6 +22,9 @@ SERVER: Address = ("10.0.0.1", 1000)
 CLIENT: Address = ("10.0.0.2", 2000)
 CFG = Config(msl=1.0, rto_min=0.2, rto_initial=0.5, mss=1000, pmtu_probing=False,
              timestamps=False)  # 1000-byte payloads: the tests count segments
+SCRIPT_CFG = scripted.CFG
+SACK_PEER = wire.Options(mss=1000, wscale=0, sack_permitted=True)
+MASK = (1 << 32) - 1
 
 
 # --------------------------------------------------------------------------- SentLog
@@ -226,7 +232,7 @@ def test_a_loss_near_the_tail_is_found_with_one_duplicate_ack() -> None:
     conn.send(payload)
     _deliver(net, peer, payload)
     stats = conn.stats()
-    assert stats.timeouts == 0 and conn.tail_loss_probes == 0
+    assert stats.timeouts == 0 and peek.counter(conn, "tail_loss_probes") == 0
     assert stats.fast_retransmits == 1 and stats.segments_retransmitted == 2
     assert net.now - start < 2.5 * 0.02          # about two round trips, no probe timer
 
@@ -254,7 +260,7 @@ def test_reordering_within_the_window_is_not_loss() -> None:
     conn.send(payload)
     _deliver(net, peer, payload)
     assert net.stats.reordered == 2
-    assert conn.rack.reordering_seen
+    assert peek.rack(conn).reordering_seen
     assert conn.stats().segments_retransmitted == 0 and conn.stats().fast_retransmits == 0
 
 
@@ -280,7 +286,7 @@ def test_a_lost_retransmission_is_resent_without_a_timeout() -> None:
     _deliver(net, peer, payload)
     stats = conn.stats()
     assert len(target) == 2                      # the original and the first resend
-    assert stats.timeouts == 0 and conn.rack.lost_retransmissions == 1
+    assert stats.timeouts == 0 and peek.rack(conn).lost_retransmissions == 1
     assert stats.segments_retransmitted == 2
 
 
@@ -300,7 +306,7 @@ def test_a_timeout_resends_only_what_was_not_sacked() -> None:
             sent[0] += 1
             if sent[0] in (30, 40, 50):
                 targets.add(seg.seq)
-            if seg.seq in targets and conn.timeouts == 0:
+            if seg.seq in targets and conn.stats().timeouts == 0:
                 dropped[0] += 1
                 return False
         return True
@@ -319,18 +325,42 @@ def test_a_timeout_resends_only_what_was_not_sacked() -> None:
 def test_the_timeout_waits_for_the_reordering_timer() -> None:
     """RACK's reordering timer is due after the RTO would be: the RTO waits, so that
     RACK decides first (in Linux the two share one timer slot)."""
-    _, conn, _ = _pair()
-    una, rack = conn.snd_una, conn.rack
-    rack.sent(una, una + 100, 0.5, retransmission=False)
-    rack.sent(una + 100, una + 200, 0.5, retransmission=False)
-    sb = sack.Scoreboard()
-    sb.add(una + 100, una + 200)
-    rack.sacked(una + 100, una + 200, sb, 0.9)   # the second arrives: RACK.rtt 0.4
-    # the first is late at 0.9 + reo_wnd (min_rtt / 4 = 5 ms); the RTO is due before
-    conn._rtx_deadline = 0.901
-    conn._rack_detect(0.9)
-    assert conn._reo_deadline == pytest.approx(0.5 + 0.4 + rack.reo_wnd(False, conn.rtt.srtt))
-    assert conn._reo_deadline > 0.901 and conn._rtx_deadline > conn._reo_deadline
+    rtt = 0.1
+    # a low floor, so that the RTO (SRTT + 4 RTTVAR, RFC 6298) falls below two round
+    # trips once RTTVAR has settled: no tail loss probe stands between the two timers
+    cfg = SCRIPT_CFG.replace(rto_min=0.01, pacing=False)
+    s, conn = scripted.client(cfg, rtt=rtt, peer_opts=SACK_PEER)
+    una = scripted.OUR_ISN + 1
+    for i in range(4):                           # steady round trips settle RTTVAR
+        conn.send(scripted.data(1000, 1000 * i))
+        s.expect("P.", una, length=1000)
+        s.advance(rtt)
+        una += 1000
+        s.inject(".", scripted.PEER_ISN + 1, una)
+    stats = conn.stats()
+    assert stats.srtt == pytest.approx(rtt) and stats.rto < 2 * rtt
+    t0 = s.now
+    rto_at = t0 + stats.rto
+    conn.send(scripted.data(2000))
+    s.expect(".", una, length=1000, at=t0)       # A
+    s.expect("P.", una + 1000, length=1000, at=t0)  # B
+    assert conn.get_timer() == pytest.approx(rto_at)  # the RTO alone: no probe before it
+    s.advance_to(t0 + 0.16)                      # B is SACKed, A not: RACK.rtt 0.16
+    s.inject(".", scripted.PEER_ISN + 1, una,
+             options=wire.Options(sack=(((una + 1000) & MASK, (una + 2000) & MASK),)))
+    s.expect_nothing()
+    # A is late at 0.16 + reo_wnd (min_rtt / 4), which is after the RTO was due
+    reo_at = conn.get_timer()
+    assert reo_at is not None
+    assert reo_at == pytest.approx(t0 + 0.16 + rtt / 4) and reo_at > rto_at
+    s.advance_to(rto_at)
+    s.expect_nothing()                           # the RTO did not fire
+    s.advance_to(reo_at)
+    s.expect(ANY, una, length=1000, at=reo_at)   # RACK resends A, as a fast retransmit
+    s.expect_nothing()
+    stats = conn.stats()
+    assert stats.timeouts == 0 and stats.fast_retransmits == 1
+    assert stats.segments_retransmitted == 1
 
 
 def test_what_an_undo_unmarks_can_be_found_lost_again() -> None:

@@ -6,6 +6,8 @@ failed before its fix.
 
 from __future__ import annotations
 
+import pytest
+
 from tests.test_secure import SERVER_PRIV, SERVER_PUB
 from utcp import wire
 from utcp.config import Config
@@ -179,7 +181,7 @@ def test_blind_datagrams_do_not_keep_a_dead_peers_connection_alive() -> None:
         hub.server.receive_datagram(stale, addr, now)  # the blind attacker's datagram
         for t in range(20):
             hub.pump(now + t)
-    assert server_conn.dropped_segments >= 1  # the blind datagrams reached it, refused
+    assert server_conn.stats().dropped_segments >= 1  # the blind datagrams reached it, refused
     assert server_conn.state is State.CLOSED, f"still {server_conn.state.name} at {now} s"
     assert isinstance(server_conn.error, TimeoutError)
     assert now <= 100.0
@@ -241,7 +243,13 @@ def test_no_timer_is_left_armed_once_a_connection_is_closed() -> None:
     conn = hub.connect(("10.0.8.1", 9301), Config(), 0.0)
     conn.send(bytes(5000))
     hub.clients[("10.0.8.1", 9301)].datagrams_to_send(1.0)  # in flight, never delivered
-    assert conn._tlp_deadline is not None
+    # the next timer is the tail loss probe's (two round trips, at least 10 ms; RFC
+    # 8985 §7.2), before the RTO's
+    srtt = conn.stats().srtt
+    assert srtt is not None
+    probe_at = conn.get_timer()
+    assert probe_at is not None and probe_at == pytest.approx(1.0 + max(2 * srtt, 0.01))
+    assert probe_at < 1.0 + conn.stats().rto
     conn.abort()
     assert conn.state is State.CLOSED
     assert conn.get_timer() is None

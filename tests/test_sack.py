@@ -7,6 +7,7 @@ import random
 
 import pytest
 
+from tests import peek
 from tests.netsim import Address, LinkProfile, Network
 from utcp import sack, wire
 from utcp.config import Config
@@ -16,7 +17,14 @@ from utcp.state import State
 
 SERVER: Address = ("10.0.0.1", 1000)
 CLIENT: Address = ("10.0.0.2", 2000)
+MASK = (1 << 32) - 1
 CFG = Config(msl=1.0, rto_min=0.2, rto_initial=0.5, mss=1000, pmtu_probing=False)
+TS_OPTION = 12  # the timestamps option with its two NOPs, on every segment (RFC 7323)
+
+
+def _full(conn: Connection) -> int:
+    """A full segment's payload: the MSS less the timestamps every segment carries."""
+    return conn.stats().mss - TS_OPTION
 
 
 # --------------------------------------------------------------------------- scoreboard
@@ -54,9 +62,9 @@ def test_receiver_blocks_put_the_latest_first() -> None:
 # --------------------------------------------------------------------------- on the wire
 
 def _pair(config: Config, seed: int = 1, profile: LinkProfile | None = None,
-          server_config: Config | None = None,
+          server_config: Config | None = None, trace: bool = False,
           ) -> tuple[Network, Endpoint, Endpoint, Connection]:
-    net = Network(seed, profile or LinkProfile(delay=0.01))
+    net = Network(seed, profile or LinkProfile(delay=0.01), trace=trace)
     server = Endpoint(server_config or config, SERVER[1], listening=True,
                       rng=random.Random(1))
     client = Endpoint(config, CLIENT[1], rng=random.Random(2))
@@ -68,37 +76,61 @@ def _pair(config: Config, seed: int = 1, profile: LinkProfile | None = None,
     return net, server, client, conn
 
 
-def test_sack_is_used_only_when_both_offer_it() -> None:
-    _, server, _, conn = _pair(CFG)
+@pytest.mark.parametrize("server_sack", [True, False])
+def test_sack_is_used_only_when_both_offer_it(server_sack: bool) -> None:
+    """Both ends offer SACK-permitted in their SYNs and then report holes with blocks;
+    when the server does not offer it, neither end sends a block (RFC 2018 §2)."""
+    net, server, _, conn = _pair(CFG, server_config=CFG.replace(sack=server_sack),
+                                 trace=True)
     peer = server.accept()
-    assert conn._sack_ok and peer is not None and peer._sack_ok
-    _, server, _, conn = _pair(CFG, server_config=CFG.replace(sack=False))
-    peer = server.accept()
-    assert not conn._sack_ok and peer is not None and not peer._sack_ok
+    assert peer is not None and net.trace is not None
+    syns = {rec.src: wire.parse(rec.data) for rec in net.trace
+            if rec.fate == "sent" and wire.parse(rec.data).flags & wire.SYN}
+    assert syns[CLIENT].options.sack_permitted
+    assert syns[SERVER].options.sack_permitted is server_sack
+    data_sent: dict[Address, int] = {CLIENT: 0, SERVER: 0}
+    acks: dict[Address, list[wire.Segment]] = {CLIENT: [], SERVER: []}
+
+    def tap(data: bytes, src: Address, dst: Address, now: float) -> bool:
+        seg = wire.parse(data)
+        if seg.payload:
+            data_sent[src] += 1
+            return data_sent[src] != 1          # each side loses its first segment
+        acks[src].append(seg)
+        return True
+
+    net.filter = tap
+    conn.send(bytes(3 * _full(conn)))
+    peer.send(bytes(3 * _full(peer)))
+    net.run(until=net.now + 0.015)              # the data and the first answers
+    for side in (CLIENT, SERVER):               # each answered the other's hole
+        assert len(acks[side]) >= 2, acks[side]
+        assert any(seg.options.sack for seg in acks[side]) is server_sack, acks[side]
 
 
 def test_a_duplicate_ack_carries_a_block_for_the_out_of_order_segment() -> None:
     net, _server, _, conn = _pair(CFG)
     seen: list[wire.Segment] = []
-    data_sent = [0]
+    data_sent: list[wire.Segment] = []
 
     def tap(data: bytes, src: Address, dst: Address, now: float) -> bool:
         seg = wire.parse(data)
         if src == CLIENT and seg.payload:
-            data_sent[0] += 1
-            return data_sent[0] != 2            # lose the second data segment
+            data_sent.append(seg)
+            return len(data_sent) != 2          # lose the second data segment
         if src == SERVER:
             seen.append(seg)
         return True
 
     net.filter = tap
-    room = conn._payload_room()                 # 1000, less 12 with timestamps
+    room = _full(conn)
     conn.send(bytes(3 * room))
     net.run(until=net.now + 0.015)              # the data and the first answers
     sacks = [seg.options.sack for seg in seen if seg.options.sack]
     assert sacks, seen
-    left, right = sacks[0][0]
-    assert (right - left) % (1 << 32) == room   # exactly the third segment, held aside
+    assert [len(seg.payload) for seg in data_sent] == [room] * 3
+    third = data_sent[2].seq
+    assert sacks[0][0] == (third, (third + room) & MASK)  # exactly the third, held aside
 
 
 def _lossy_run(config: Config, drops: set[int]) -> tuple[Connection, float]:
@@ -154,7 +186,7 @@ def test_a_lost_tail_is_found_by_a_probe_not_by_the_timeout() -> None:
         return True
 
     net.filter = tap
-    payload = bytes(6 * conn._payload_room())   # six full segments
+    payload = bytes(6 * _full(conn))             # six full segments
     start = net.now
     conn.send(payload)
     peer = server.accept()
@@ -168,7 +200,7 @@ def test_a_lost_tail_is_found_by_a_probe_not_by_the_timeout() -> None:
     net.run(until=net.now + 10, stop=done)
     assert bytes(got) == payload
     stats = conn.stats()
-    assert stats.timeouts == 0 and conn.tail_loss_probes == 1
+    assert stats.timeouts == 0 and peek.counter(conn, "tail_loss_probes") == 1
     assert stats.segments_retransmitted == 2     # the probe (segment 6) and segment 5
     assert net.now - start < CFG.rto_min         # no 200 ms timeout was waited for
 
@@ -188,19 +220,36 @@ def test_a_flight_from_idle_gets_a_probe_after_two_round_trips() -> None:
         return True
 
     net.filter = tap
-    srtt = conn.rtt.srtt
+    srtt = conn.stats().srtt
     assert srtt is not None
+    sends: list[tuple[float, int, int]] = []    # (time, seq, length) of the client's data
+    lossy = net.filter
+
+    def record(data: bytes, src: Address, dst: Address, now: float) -> bool:
+        seg = wire.parse(data)
+        if src == CLIENT and seg.payload:
+            sends.append((now, seg.seq, len(seg.payload)))
+        return lossy(data, src, dst, now)
+
+    net.filter = record
     start = net.now
-    conn.send(bytes(10 * conn._payload_room()))
+    size = 10 * _full(conn)
+    conn.send(bytes(size))
     net.run(until=start + 0.01)
-    assert conn._tlp_deadline == pytest.approx(start + 2 * srtt)
+    assert len(sends) == 10 and all(n == _full(conn) for _, _, n in sends)
+    probe_at = conn.get_timer()                 # the probe's, before the RTO's
+    assert probe_at == pytest.approx(start + 2 * srtt)
+    net.run(until=probe_at)
+    assert len(sends) == 11                     # the probe: the last segment again
+    assert sends[10][0] == pytest.approx(start + 2 * srtt)
+    assert sends[10][1:] == sends[9][1:]
     peer = server.accept()
     assert peer is not None
     got = bytearray()
 
     def done() -> bool:
         got.extend(peer.read())
-        return len(got) == 10 * conn._payload_room()
+        return len(got) == size
 
     net.run(until=net.now + 10, stop=done)
-    assert conn.tail_loss_probes == 1 and conn.stats().timeouts == 0
+    assert peek.counter(conn, "tail_loss_probes") == 1 and conn.stats().timeouts == 0

@@ -45,8 +45,10 @@ def client(cfg: Config, *, peer_window: int, timestamps: bool = False,
 
 
 def ack(s: Script, upto: int, window: int) -> None:
-    """The peer acknowledges our bytes up to `upto` (counted from 0) with `window`."""
-    ts = (TS_PEER, 0) if s.conn._ts_ok else None
+    """The peer acknowledges our bytes up to `upto` (counted from 0) with `window`, with
+    timestamps if ours carry them (RFC 7323 §3.2: both or neither, once negotiated)."""
+    assert s.last_sent is not None
+    ts = (TS_PEER, 0) if s.last_sent.seg.options.timestamps is not None else None
     s.inject(".", PEER_ISN + 1, OUR_ISN + 1 + upto, window=window,
              options=wire.Options(timestamps=ts))
 
@@ -57,7 +59,8 @@ def test_a_window_under_two_segments_is_filled_at_once(timestamps: bool) -> None
     go at once and again after each ACK, never one full one and a round trip's wait."""
     s, conn = client(CFG.replace(timestamps=timestamps), peer_window=2000,
                      timestamps=timestamps)
-    assert conn._ts_ok is timestamps
+    assert s.last_sent is not None  # the handshake's ACK: timestamps only if negotiated
+    assert (s.last_sent.seg.options.timestamps is not None) is timestamps
     conn.send(bytes(10_000))
     s.app()
     t = s.now
@@ -97,9 +100,10 @@ def test_a_small_usable_window_waits_for_the_ack_in_flight() -> None:
     s.advance(0.125)
     ack(s, 1400, 4600)  # the edge does not move: still 400 usable, 4,200 in flight
     s.expect_nothing()
-    assert conn._persist_deadline is None  # no override timer: an ACK will come
+    # no override timer (an ACK will come): the next timer is the RTO, restarted by the
+    # ACK (RFC 6298 §5.3), and what it sends is the head, no sliver
     rto_at = s.ep.get_timer()
-    assert rto_at is not None and rto_at == conn._rtx_deadline
+    assert rto_at is not None and rto_at == pytest.approx(s.now + conn.stats().rto)
     s.advance_to(rto_at)
     assert conn.stats().timeouts == 1  # the RTO resends the head; no sliver ever went
     s.expect(ANY, OUR_ISN + 1401, length=1400)
@@ -190,13 +194,15 @@ def test_a_resend_after_a_timeout_is_not_held_back() -> None:
     s, conn = client(CFG, peer_window=65535)
     conn.send(bytes(4200))
     s.app()
+    sent_at = s.now
     for i in range(3):
-        s.expect(ANY, OUR_ISN + 1 + 1400 * i, length=1400)
+        s.expect(ANY, OUR_ISN + 1 + 1400 * i, length=1400, at=sent_at)
     s.advance(0.05)
     ack(s, 0, 500)  # nothing acknowledged; the window shrinks
     s.expect_nothing()
-    rto_at = s.ep.get_timer()
-    assert rto_at is not None and rto_at == conn._rtx_deadline
+    rto_at = s.ep.get_timer()  # the RTO, as armed when the data left
+    assert rto_at is not None and rto_at == pytest.approx(sent_at + conn.stats().rto)
     s.advance_to(rto_at)
     s.expect(ANY, OUR_ISN + 1, length=500, at=rto_at)
     s.expect_nothing()
+    assert conn.stats().timeouts == 1

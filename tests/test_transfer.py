@@ -135,13 +135,14 @@ class Run:
 def transfer(seed: int, profile: LinkProfile, *, c2s: int, s2c: int, closing: Closing,
              config: Config = CFG, server_config: Config | None = None,
              read_every: float | None = None, read_chunk: int = 0,
-             limit: float = 600.0, iss: int | None = None) -> Run:
+             limit: float = 600.0, iss: int | None = None, trace: bool = False) -> Run:
     """Move `c2s` and `s2c` random bytes at the same time, close as `closing` says,
     and run until both connections are CLOSED. With `read_every`, the server's
     application reads at most `read_chunk` bytes that often instead of at once. `iss`
-    fixes both initial sequence numbers."""
+    fixes both initial sequence numbers. With `trace`, `run.net.trace` keeps every
+    datagram, for a test that checks what went on the wire."""
     rng = random.Random(seed)
-    net = Network(seed, profile)
+    net = Network(seed, profile, trace=trace)
     server_rng = random.Random(rng.getrandbits(64)) if iss is None else FixedIss(iss)
     client_rng = random.Random(rng.getrandbits(64)) if iss is None else FixedIss(iss)
     server_ep = Endpoint(server_config or config, SERVER[1], listening=True, rng=server_rng)
@@ -250,7 +251,7 @@ def test_bandwidth_limited_small_queue_tail_drops() -> None:
     run = transfer(1, profile, c2s=MiB, s2c=256 << 10, closing=Closing.CLIENT_FIRST)
     check(run, Closing.CLIENT_FIRST)
     assert run.net.stats.dropped_queue > 0
-    assert run.client.conn is not None and run.client.conn.segments_retransmitted > 0
+    assert run.client.conn is not None and run.client.conn.stats().segments_retransmitted > 0
 
 
 def test_heavy_reordering() -> None:
@@ -259,7 +260,7 @@ def test_heavy_reordering() -> None:
     run = transfer(2, profile, c2s=MiB, s2c=MiB, closing=Closing.SERVER_FIRST)
     check(run, Closing.SERVER_FIRST)
     assert run.net.stats.reordered > 500
-    assert run.server.conn is not None and run.server.conn.ooo_segments_received > 0
+    assert run.server.conn is not None and run.server.conn.stats().ooo_segments_received > 0
 
 
 @pytest.mark.parametrize("seed", range(3))
@@ -287,7 +288,7 @@ def test_jumbo_mss_under_mtu() -> None:
     for side in (run.client, run.server):
         assert side.conn is not None and side.conn.snd_mss == mss
     # far fewer segments than with 1400-byte ones
-    assert run.client.conn is not None and run.client.conn.segments_sent < 4 * MiB // 1400
+    assert run.client.conn is not None and run.client.conn.stats().segments_sent < 4 * MiB // 1400
 
 
 def test_peer_smaller_mss_is_respected_under_mtu() -> None:
@@ -344,7 +345,7 @@ def test_pure_ack_after_a_timeout_rewind_is_not_old() -> None:
     net.filter = lambda data, src, dst, now: bool(wire.parse(data).payload)
     c.send(bytes(10 * 1400))
     s.send(bytes(10 * 1400))
-    net.run(until=net.now + 1.0, stop=lambda: c.timeouts > 0 and s.timeouts > 0)
+    net.run(until=net.now + 1.0, stop=lambda: c.stats().timeouts > 0 and s.stats().timeouts > 0)
     for a, b in ((c, s), (s, c)):
         assert a.snd_nxt < a.snd_max == b.rcv_nxt  # rewound, and the peer has it all
     # ACKs flow again: each side's answer to the other's (old) retransmission must count

@@ -1,0 +1,63 @@
+"""The one place tests look inside a connection.
+
+Tests assert behaviour through `Connection`'s public surface (segments on the wire,
+`get_timer`, `handle_timer`, `stats()`). A few values a test needs are not in `Stats`
+(the RTO's backoff, RACK's reordering state, counters such as tail loss probes), and
+one harness needs to copy a connection and reset what a copy holds: that is done
+here, so that when the core moves them (recovery into its own class, counters into a
+dataclass, buffers into classes; issue #13) one file changes, not every test module.
+"""
+
+from __future__ import annotations
+
+import copy
+
+from utcp.connection import Connection
+from utcp.rack import SentLog
+
+# Counters a connection keeps that `Stats` does not (yet) carry.
+COUNTERS = ("tail_loss_probes", "spurious_recoveries", "dsacks_received", "paws_drops",
+            "fins_ignored", "challenge_acks_suppressed")
+
+
+def counter(conn: Connection, name: str) -> int:
+    """One of the connection's event counters, by name (see COUNTERS)."""
+    if name not in COUNTERS:
+        raise KeyError(f"{name!r} is not a counter peek knows; Stats may carry it")
+    value = getattr(conn, name)
+    assert isinstance(value, int)
+    return value
+
+
+def dropped_segments(conn: Connection) -> int:
+    """`stats().dropped_segments` without building a whole `Stats`: for a loop that asks
+    after each of some 200,000 segments (building one each time made it 4x slower)."""
+    value = conn.dropped_segments
+    assert isinstance(value, int)
+    return value
+
+
+def rto_backoff(conn: Connection) -> int:
+    """How many times the retransmission timeout has doubled since the last clean RTT
+    sample (RFC 6298 §5.5)."""
+    return conn.rtt.backoff
+
+
+def rack(conn: Connection) -> SentLog:
+    """RACK's state (RFC 8985): `reordering_seen`, `reo_wnd_mult`,
+    `lost_retransmissions`."""
+    return conn.rack
+
+
+def detached_copy(conn: Connection) -> Connection:
+    """A deep copy of `conn` that tells no endpoint about its output: a probe to try
+    segments on without touching the real connection (tests/test_attack_input.py)."""
+    return copy.deepcopy(conn, {id(conn._notify): None})
+
+
+def forget_held_fin(conn: Connection) -> None:
+    """Drop a FIN held out of order, so that a probe copy can try the next FIN without
+    the first one standing in its way. Nothing on the wire can undo a held FIN, and a
+    fresh copy for each of the ~16,000 FINs a cost measurement takes would copy the
+    connection's megabytes of buffers each time."""
+    conn._fin_seq = None
