@@ -87,7 +87,7 @@ class Connection:
         "__dict__",
         "__weakref__",
         "_events",
-        "_notify",
+        "notify",
         "charged",
         "config",
         "counters",
@@ -137,7 +137,7 @@ class Connection:
         self.peer: tuple[str, int] = ("", remote_port)  # set by the endpoint that owns us
         self.state = State.CLOSED
         self.passive = False
-        self._notify: Callable[[Connection], None] | None = None
+        self.notify: Callable[[Connection], None] | None = None
         # A list, not a deque: an empty deque is 760 bytes (a whole block), and a
         # connection rarely holds more than a few events between two polls.
         self._events: list[Event] = []
@@ -997,5 +997,5 @@ class Connection:
             self.timers.arm(T.KEEPALIVE, now + self.config.keepalive_interval)
 
     def touch(self) -> None:
-        if self._notify is not None:
-            self._notify(self)
+        if self.notify is not None:
+            self.notify(self)

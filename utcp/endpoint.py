@@ -107,7 +107,7 @@ class Endpoint:
         conn = Connection(self.config, local_port=self.port, remote_port=key[1], iss=iss,
                           name=f"{key[0]}:{key[1]}")
         conn.peer = key
-        conn._notify = self._touch
+        conn.notify = self._touch
         conn.rcv.budget = self.reassembly
         conn.memory_budget = self.memory
         if self.route_mss is not None and self.config.pmtu_probing:
