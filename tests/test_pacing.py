@@ -91,7 +91,7 @@ def test_a_large_initial_window_is_spread_over_the_round_trip() -> None:
     for k, t in enumerate(times[10:], start=1):
         assert t - t0 == pytest.approx(k * spacing, rel=1e-6, abs=1e-9)
     assert conn.stats().pacing_rate == pytest.approx(2 * 100 * MSS / 0.1)
-    assert conn.pacer is not None and conn.pacer.holds == 90
+    assert conn.sender.pacer is not None and conn.sender.pacer.holds == 90
 
 
 def test_without_pacing_the_initial_window_leaves_in_one_burst() -> None:
@@ -101,7 +101,7 @@ def test_without_pacing_the_initial_window_leaves_in_one_burst() -> None:
     pair.conn.send(bytes(100 * MSS))
     pair.run_until(t0 + 0.099)
     assert pair.departures(t0) == [t0] * 100
-    assert pair.conn.pacer is None and pair.conn.stats().pacing_rate is None
+    assert pair.conn.sender.pacer is None and pair.conn.stats().pacing_rate is None
 
 
 def _after_idle(config: Config, delay: float) -> tuple[Pair, float, list[float]]:
@@ -154,8 +154,8 @@ def test_a_long_path_gets_the_two_segment_floor() -> None:
     idle, two segments leave together, then one at a time."""
     pair, t0, times = _after_idle(CFG, delay=0.1)
     conn = pair.conn
-    assert conn.pacer is not None
-    assert conn.pacer.rate * pacing.HORIZON < 2 * MSS
+    assert conn.sender.pacer is not None
+    assert conn.sender.pacer.rate * pacing.HORIZON < 2 * MSS
     assert times.count(t0) == 2
     assert len(set(times)) == len(times) - 1
 
@@ -170,8 +170,8 @@ def test_the_pacing_timer_is_the_connections_timer() -> None:
     t0 = pair.net.now
     conn.send(bytes(30 * MSS))
     pair.net.flush()
-    assert conn.pacer is not None
-    deadline = conn.pacer.deadline
+    assert conn.sender.pacer is not None
+    deadline = conn.sender.pacer.deadline
     assert deadline is not None
     # the pacer's turn comes first, long before the RTO armed as the flight left
     assert ep.get_timer() == conn.get_timer() == deadline < t0 + conn.stats().rto
@@ -181,7 +181,7 @@ def test_the_pacing_timer_is_the_connections_timer() -> None:
     assert len(pair.departures(t0)) == 30
     assert pair.net.stats.timers_fired - fired == 20  # the 20 paced segments
     assert pair.net.stats.stuck_timers == 0
-    assert conn.pacer.deadline is None and conn.stats().timeouts == 0
+    assert conn.sender.pacer.deadline is None and conn.stats().timeouts == 0
 
 
 # ------------------------------------------------------------------ what is not paced
@@ -221,14 +221,14 @@ def test_fast_retransmission_is_not_held_by_the_pacer() -> None:
     t = s.now
     conn.send(bytes(40 * 1000))
     assert len(_sent_at(s, t)) == 10
-    assert conn.pacer is not None and conn.pacer.deadline is not None
+    assert conn.sender.pacer is not None and conn.sender.pacer.deadline is not None
     base = OUR_ISN + 1
     for k in range(2, 5):  # segments 2..4 arrived (SACKed), the first did not
         s.inject(".", PEER_ISN + 1, base,
                  options=wire.Options(sack=[(base + 1000, base + 1000 * k)]))
     assert conn.stats().fast_retransmits == 1
     assert _sent_at(s, s.now) == [base]
-    assert conn.pacer.deadline is not None  # the rest still waits its turn
+    assert conn.sender.pacer.deadline is not None  # the rest still waits its turn
 
 
 def test_retransmission_timeout_resends_at_once() -> None:
@@ -251,7 +251,7 @@ def test_pure_acks_and_window_probes_are_not_paced() -> None:
     s, conn = _established()
     conn.send(bytes(40 * 1000))
     assert len(_sent_at(s, s.now)) == 10
-    assert conn.pacer is not None and conn.pacer.credit <= 0
+    assert conn.sender.pacer is not None and conn.sender.pacer.credit <= 0
     s.inject("P.", PEER_ISN + 1, OUR_ISN + 1, payload=b"x" * 1000)
     s.inject("P.", PEER_ISN + 1001, OUR_ISN + 1, payload=b"y" * 1000)
     s.expect(".", ANY, PEER_ISN + 2001, payload=b"", at=s.now)  # every second segment
@@ -268,7 +268,7 @@ def test_pacing_off_sends_the_whole_window() -> None:
     s, conn = _established(SCRIPT_CFG.replace(pacing=False))
     conn.send(bytes(40 * 1000))
     assert len(_sent_at(s, s.now)) == 40
-    assert conn.pacer is None  # the next timer is a probe or the RTO, never the pacer's
+    assert conn.sender.pacer is None  # the next timer is a probe or the RTO, never the pacer's
     probe_at = conn.get_timer()
     assert probe_at is not None
     assert probe_at == pytest.approx(s.now + 2 * RTT)  # the tail loss probe's (RFC 8985)

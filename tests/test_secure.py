@@ -223,7 +223,7 @@ class Pair:
 def snapshot(ep: Endpoint) -> tuple[object, ...]:
     """Everything a datagram could change in an endpoint and its connections."""
     conns = {addr: (c.state, c.rcv_nxt, c.snd_una, c.snd_nxt, c.snd_max, c.snd_wnd,
-                    c.rcv_adv, c.readable, c.queued, c.segments_received, c.get_timer(),
+                    c.rcv_adv, c.readable, c.queued, c.counters.segments_received, c.get_timer(),
                     c.peer)
              for addr, c in ep.connections.items()}
     return conns, len(ep.syn_queue), len(ep.accept_queue), ep.get_timer()

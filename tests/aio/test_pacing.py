@@ -33,12 +33,12 @@ async def test_held_segments_are_released_by_the_loop_timer_not_the_rto() -> Non
     async with serve(sink, config=config) as server:
         _reader, writer = await utcp.open_connection(HOST, port_of(server), config=config)
         conn = writer.get_extra_info("connection")
-        assert conn.pacer is not None and conn.rtt.srtt is not None
-        conn.rtt.srtt = 0.05  # as on a 50 ms path: 2 x cwnd / srtt is about 3.4 MB/s
-        conn.pacer.credit = 0.0  # and the bucket empty (the handshake's 1 ms RTT filled it)
+        assert conn.sender.pacer is not None and conn.recovery.rtt.srtt is not None
+        conn.recovery.rtt.srtt = 0.05  # as on a 50 ms path: 2 x cwnd / srtt is about 3.4 MB/s
+        conn.sender.pacer.credit = 0.0  # and the bucket empty (the handshake's 1 ms RTT filled it)
         writer.write(data)
         await wait_until(lambda: len(received) == len(data), what="the paced write")
         assert sha(received) == sha(data)
-        assert conn.pacer.holds > 0
-        assert conn.timeouts == 0 and conn.segments_retransmitted == 0
+        assert conn.sender.pacer.holds > 0
+        assert conn.counters.timeouts == 0 and conn.counters.segments_retransmitted == 0
         await close_writer(writer)

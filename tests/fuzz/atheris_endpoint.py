@@ -83,7 +83,7 @@ class Pair:
 
 
 def _progress(conn: Connection) -> tuple[object, ...]:
-    return conn.state, conn.rcv_nxt, conn.snd_una, conn.bytes_received
+    return conn.state, conn.rcv_nxt, conn.snd_una, conn.counters.bytes_received
 
 
 class Harness:
