@@ -317,13 +317,20 @@ async def test_get_extra_info() -> None:
                 # measured (uvloop's clock ticks in milliseconds: 0.0 is possible here)
                 assert isinstance(stats.srtt, float) and 0 <= stats.srtt < 1  # loopback
                 assert isinstance(stats.rttvar, float) and 0 <= stats.rttvar < 1
-                assert isinstance(stats.rto, float) and stats.rto >= FAST.rto_min
+                # RFC 6298 §2.3 from the SRTT and RTTVAR it reports, doubled (§5.5) once
+                # per timeout that no clean sample has followed
+                base = max(FAST.rto_min, stats.srtt + max(0.001, 4 * stats.rttvar))
+                assert isinstance(stats.rto, float)
+                assert any(stats.rto == pytest.approx(base * 2 ** k)
+                           for k in range(stats.timeouts + 1)), (stats.rto, base)
                 assert isinstance(stats.cwnd, int) and stats.cwnd >= stats.mss
-                assert stats.ssthresh is None or isinstance(stats.ssthresh, int)
+                # None until slow start ends (a loss, or HyStart on a loopback's RTT rise)
+                assert stats.ssthresh is None or stats.ssthresh >= 2 * stats.mss
                 assert stats.bytes_sent == len(sent) and stats.bytes_acked == len(sent)
                 assert stats.bytes_received == len(received)
-                assert stats.segments_sent >= len(sent) // stats.mss
-                assert stats.segments_received >= len(received) // stats.mss
+                # every byte in MSS-sized segments, and the SYN (or SYN+ACK) before them
+                assert stats.segments_sent >= -(-len(sent) // stats.mss) + 1
+                assert stats.segments_received >= -(-len(received) // stats.mss) + 1
                 assert 0 <= stats.segments_retransmitted < stats.segments_sent
                 with pytest.raises(dataclasses.FrozenInstanceError):
                     stats.cwnd = 1  # type: ignore[misc]
