@@ -293,10 +293,12 @@ _LOOP_END_SCRIPT = textwrap.dedent("""
         writer.transport.abort()
         server.close()
         await server.wait_closed()
+        refused = False
         try:
             await utcp.open_connection("127.0.0.1", port)
         except ConnectionRefusedError:
-            pass
+            refused = True
+        assert refused, "a closed server's port still answered"
         states = sorted(t.get_extra_info("state").name for t in [writer.transport])
         print("ok", states)
 
