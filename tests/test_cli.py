@@ -154,7 +154,7 @@ def one_error_line(result: subprocess.CompletedProcess[bytes], command: str) -> 
     assert "Traceback" not in err, err
     lines = err.splitlines()
     assert len(lines) == 1, err
-    assert lines[0].startswith(f"utcp {command}: ") or lines[0].startswith("utcp: "), err
+    assert lines[0].startswith(f"utcp {command}: "), err  # every user error says which command
     assert result.stdout == b""
     return lines[0]
 
