@@ -92,6 +92,9 @@ def test_json_has_what_iperf3_python_reads() -> None:
                 "remote_system"):
         assert isinstance(cpu[key], float)
     assert cpu["host_total"] > 0  # moving 8 MiB takes more than the clock's 10 ms tick
+    assert cpu["host_total"] == pytest.approx(cpu["host_user"] + cpu["host_system"])
+    # the server's share is not measured (iperf3 has it from its server): zero, not made up
+    assert cpu["remote_total"] == cpu["remote_user"] == cpu["remote_system"] == 0.0
     assert end["sum_sent"]["bits_per_second"] > 0
     assert end["sum_received"]["bits_per_second"] > 0
 
