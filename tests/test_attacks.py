@@ -491,7 +491,8 @@ def test_forged_rsts_and_data_do_not_break_a_transfer(seed: int) -> None:
 
     t.net.run(until=300.0, stop=stop)
     t.check()
-    assert sum(injected.values()) >= 4000 and min(injected.values()) > 100, injected
+    # 5 per event until 4,000: the transfer outlasts them all, none is left out
+    assert sum(injected.values()) == 4000 and min(injected.values()) > 100, injected
     assert t.client is not None and t.server is not None
     for conn in (t.client, t.server):
         assert conn.stats().challenge_acks > 0

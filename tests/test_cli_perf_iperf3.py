@@ -6,6 +6,7 @@ Subprocesses on loopback, as tests/test_cli.py. Timing is only a loose sanity ch
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import random
@@ -92,6 +93,9 @@ def test_json_has_what_iperf3_python_reads() -> None:
                 "remote_system"):
         assert isinstance(cpu[key], float)
     assert cpu["host_total"] > 0  # moving 8 MiB takes more than the clock's 10 ms tick
+    assert cpu["host_total"] == pytest.approx(cpu["host_user"] + cpu["host_system"])
+    # the server's share is not measured (iperf3 has it from its server): zero, not made up
+    assert cpu["remote_total"] == cpu["remote_user"] == cpu["remote_system"] == 0.0
     assert end["sum_sent"]["bits_per_second"] > 0
     assert end["sum_received"]["bits_per_second"] > 0
 
@@ -156,13 +160,25 @@ def test_omit_leaves_the_first_seconds_out() -> None:
     # every interval of the first second is marked, then none: 0-0.5 and 0.5-1 omitted
     flags = [i["sum"]["omitted"] for i in report["intervals"]]
     assert flags == sorted(flags, reverse=True), flags
-    assert len(omitted) == 2, [(i["sum"]["start"], i["sum"]["end"], i["sum"]["omitted"])
-                               for i in report["intervals"]]
-    assert omitted[-1]["sum"]["end"] == pytest.approx(1.0, abs=0.3)
-    # iperf3 starts the clock again after the omitted seconds
+    rows = [(i["sum"]["start"], i["sum"]["end"], i["sum"]["omitted"])
+            for i in report["intervals"]]
+    # the omitted rows tile [0, the omit point] and the last is cut there: checked on the
+    # report's own clock, not against the wall (a loaded machine wakes late, and a late
+    # first wake-up leaves one omitted row, not two; it was "== 2" and "1.0 +- 0.3")
+    assert 1 <= len(omitted) <= 2, rows  # 0-0.5 and 0.5-1, on time
+    assert omitted[0]["sum"]["start"] == 0, rows
+    for before, after in itertools.pairwise([i["sum"] for i in omitted]):
+        assert after["start"] == pytest.approx(before["end"]), rows
+    assert all(i["sum"]["end"] < 1.0 - 0.001 for i in omitted[:-1]), rows
+    assert omitted[-1]["sum"]["end"] >= 1.0 - 0.001, rows
+    # iperf3 starts the clock again after the omitted seconds: the measured rows tile
+    # [0, the total's seconds], less a final sliver (under 5% of -i) not reported and
+    # whatever a preempted process takes to read the clock again; not the omitted second
     assert measured[0]["sum"]["start"] == 0
+    for before, after in itertools.pairwise([i["sum"] for i in measured]):
+        assert after["start"] == pytest.approx(before["end"]), rows
     end = report["end"]
-    assert 0.7 < end["sum_sent"]["seconds"] < 1.6, end["sum_sent"]
+    assert 0 <= end["sum_sent"]["seconds"] - measured[-1]["sum"]["end"] < 0.5, (end, rows)
     assert end["sum_sent"]["bytes"] > 0
     # what the omitted intervals moved is not in the total
     total_moved = sum(i["sum"]["bytes"] for i in report["intervals"])

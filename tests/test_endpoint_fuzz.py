@@ -354,7 +354,9 @@ def run_fuzzed(plan: list[tuple[int, str, Mutation]], seed: int = 11) -> int:
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(plan=schedule)
 def test_fuzzed_datagrams_mid_transfer(plan: list[tuple[int, str, Mutation]]) -> None:
-    run_fuzzed(plan)
+    # at most 4 * 120 network steps of delays: the transfer (192 KiB over a lossy link)
+    # outlasts them, so every datagram of the plan reaches a connection mid-flight
+    assert run_fuzzed(plan) == len(plan)
 
 
 def random_mutation(rng: random.Random) -> Mutation:
@@ -387,7 +389,7 @@ def test_soak_many_injections(seed: int) -> None:
     rng = random.Random(seed)
     plan = [(rng.randrange(2), rng.choice(["server", "client"]), random_mutation(rng))
             for _ in range(1500)]
-    assert run_fuzzed(plan, seed=seed) > 500
+    assert run_fuzzed(plan, seed=seed) == len(plan)  # every one reached the transfer
 
 
 def test_harness_without_injections() -> None:

@@ -153,10 +153,15 @@ def test_simultaneous_close_passes_closing(recorder: Recorder) -> None:
 async def test_states_over_real_sockets(recorder: Recorder) -> None:
     config = Config(msl=0.05)
     done = asyncio.Event()
+    clients: list[asyncio.StreamWriter] = []
 
     async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await reader.read()             # until the client's FIN; its ACK leaves at once
-        await asyncio.sleep(0.1)        # so the client sits in FIN_WAIT_2 for a while
+        await reader.read()             # until the client's FIN
+        # answer only once the client has taken our ACK of it (FIN_WAIT_2): a fixed sleep
+        # here raced a loaded machine, where "bye" and our FIN could catch up with the ACK
+        async with asyncio.timeout(TIMEOUT):
+            while not clients or clients[0].get_extra_info("state") != State.FIN_WAIT_2:
+                await asyncio.sleep(0.005)
         writer.write(b"bye")
         writer.close()
         await writer.wait_closed()
@@ -166,6 +171,7 @@ async def test_states_over_real_sockets(recorder: Recorder) -> None:
         server = await utcp.start_server(handler, HOST, 0, config=config)
         port = server.sockets[0].getsockname()[1]
         reader, writer = await utcp.open_connection(HOST, port, config=config)
+        clients.append(writer)
         client_port = writer.get_extra_info("sockname")[1]
         writer.write(b"hello")
         writer.write_eof()

@@ -385,9 +385,13 @@ def test_secure_16mib_each_way_over_loopback(
 # --------------------------------------------------------------------------- wrong keys
 
 # A client that would only give up by timing out takes 63 s (rto_initial 0.5 s, six
-# resends): failing in under 10 s therefore means it was refused, not timed out. A secure
-# client takes an unauthenticated refusal as final only when it also answers a resent
-# SYN (issue #12 item 9), so it fails at the first resend, after 0.5 s.
+# resends) and raises TimeoutError, as does wait_for at 30 s: ConnectionRefusedError
+# therefore means it was refused, not timed out. A secure client takes an unauthenticated
+# refusal as final only when it also answers a resent SYN (issue #12 item 9), so it fails
+# at the first resend, after 0.5 s. The wall-clock bound below only says "before the
+# last resend (at 0.5 x (1+2+4+8+16) = 15.5 s) was due": 30x the idle figure, for a loaded
+# 2-core machine (it was 10 s); the exact instants and SYN counts are checked on the fake
+# clock by test_refusals_on_the_fake_clock.
 SLOW_TIMEOUT: dict[str, float] = {"rto_initial": 0.5, "syn_retries": 6}
 
 
@@ -431,7 +435,7 @@ def test_wrong_or_missing_key_is_refused_at_once(case: str) -> None:
     message, elapsed = asyncio.run(_connect_expect_refused(server_cfg, client_cfg))
     for word in words:
         assert word in message, message
-    assert elapsed < 10, elapsed
+    assert elapsed < 15.5, elapsed  # see SLOW_TIMEOUT
 
 
 def test_allowed_key_is_admitted_over_loopback() -> None:

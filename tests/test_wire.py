@@ -332,9 +332,13 @@ def test_arbitrary_bytes_only_raise_malformed(data: bytes) -> None:
                                                            max_size=4 * words)))
 def test_random_option_bytes_only_raise_malformed(opts: bytes) -> None:
     try:
-        parse(with_options(opts, b"tail"))
+        seg = parse(with_options(opts, b"tail"))
     except MalformedSegment as exc:
         assert exc.reason
+    else:
+        # options that parse never eat into the payload, and mean the same built again
+        assert bytes(seg.payload) == b"tail"
+        assert parse(build(seg)) == seg
 
 
 # --------------------------------------------------------------------------- options

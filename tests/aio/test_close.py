@@ -32,7 +32,7 @@ from tests.aio.util import (
     serving,
     wait_until,
 )
-from utcp import State
+from utcp import State, wire
 
 MSL = 0.5          # TIME_WAIT lasts 1 s here: long enough to see, short enough to wait out
 CONFIG = utcp.Config(msl=MSL)
@@ -244,11 +244,15 @@ async def test_idle_timeout_closes_gracefully(state_log: StateLog) -> None:
         async with serving(server):
             reader, writer = await utcp.open_connection(HOST, port_of(server),
                                                         config=CONFIG)
+            # on the loop's clock, which the server stamps its activity with, and taken
+            # before the ping: all it last heard (the ping, our ACK) comes later, so the
+            # bound is exact (time.monotonic() after the echo was a margin a stall ate)
+            loop = asyncio.get_running_loop()
+            before_ping = loop.time()
             writer.write(b"ping")
             assert await reader.readexactly(4) == b"ping"
-            quiet_since = time.monotonic()
             assert await reader.read() == b""  # the server gave up on us: FIN
-            assert time.monotonic() - quiet_since >= 0.2  # idle_timeout=0.3, not at once
+            assert loop.time() - before_ping >= 0.3  # idle_timeout=0.3, not at once
             assert writer.get_extra_info("state") is State.CLOSE_WAIT
             await close_writer(writer)
             assert writer.get_extra_info("state") is State.CLOSED
@@ -289,10 +293,12 @@ _LOOP_END_SCRIPT = textwrap.dedent("""
         writer.transport.abort()
         server.close()
         await server.wait_closed()
+        refused = False
         try:
             await utcp.open_connection("127.0.0.1", port)
         except ConnectionRefusedError:
-            pass
+            refused = True
+        assert refused, "a closed server's port still answered"
         states = sorted(t.get_extra_info("state").name for t in [writer.transport])
         print("ok", states)
 
@@ -361,11 +367,15 @@ async def test_user_timeout_ends_a_connection_whose_data_is_never_acked() -> Non
             assert await reader.readexactly(5) == b"hello"
             assert behind.relay is not None
             behind.relay.drop = True  # the path dies
-            cut = time.monotonic()
+            # the loop's clock is the connection's (uvloop caches it per iteration, so
+            # time.monotonic() could be ahead of the `now` the send was stamped with):
+            # on it the bound is exact however loaded the machine
+            loop = asyncio.get_running_loop()
+            cut = loop.time()
             writer.write(b"into the void")
             with pytest.raises(TimeoutError):
                 await reader.read()
-            assert time.monotonic() - cut >= 0.35  # user_timeout=0.5, not at once
+            assert loop.time() - cut >= 0.5  # user_timeout=0.5 after the send, not at once
             assert writer.get_extra_info("state") is State.CLOSED
             assert writer.get_extra_info("stats").segments_retransmitted >= 1
             writer.close()
@@ -375,25 +385,42 @@ async def test_user_timeout_ends_a_connection_whose_data_is_never_acked() -> Non
 
 async def test_keepalive_keeps_an_idle_connection_and_detects_a_dead_path() -> None:
     behind = _Behind()
-    config = utcp.Config(msl=MSL, keepalive_interval=0.1, keepalive_probes=3)
+    # five unanswered probes 0.1 s apart end it: a loaded machine would have to leave the
+    # answers unread for half a second to fail the first half of this test
+    probes = 5
+    config = utcp.Config(msl=MSL, keepalive_interval=0.1, keepalive_probes=probes)
     try:
         async with asyncio.timeout(TIMEOUT):
             reader, writer = await behind.connect(config)
             writer.write(b"hello")
             assert await reader.readexactly(5) == b"hello"
-            sent = writer.get_extra_info("stats").segments_sent
-            await asyncio.sleep(0.8)  # idle for twice the probes' budget: answered, alive
+            relay = behind.relay
+            assert relay is not None
+
+            def probes_from(start: int, after: bytes) -> list[wire.Segment]:
+                # a probe is a bare ACK one below snd_una, i.e. after the last data sent
+                (last,) = [seg for seg in relay.seen["a"] if bytes(seg.payload) == after]
+                probe_seq = (last.seq + len(after) - 1) % (1 << 32)
+                return [seg for seg in relay.seen["a"][start:] if seg.seq == probe_seq
+                        and not seg.payload and seg.flags == wire.ACK]
+
+            # counted on the path, not timed: more probes than may go unanswered, and the
+            # connection still up, so each run of them was answered
+            await wait_until(lambda: len(probes_from(0, b"hello")) > probes,
+                             what="idle probes")
             assert writer.get_extra_info("state") is State.ESTABLISHED
-            assert writer.get_extra_info("stats").segments_sent >= sent + 2  # probes went
             writer.write(b"still there")
             assert await reader.readexactly(11) == b"still there"
 
-            assert behind.relay is not None
-            behind.relay.drop = True
-            cut = time.monotonic()
+            # the echo was heard just now: no probe is outstanding, so after the cut it
+            # takes exactly `probes` unanswered ones, then a reset, to give up
+            relay.drop = True
+            cut = len(relay.seen["a"])
             with pytest.raises(TimeoutError):
-                await reader.read()  # three probes unanswered
-            assert time.monotonic() - cut >= 0.2  # the probes took their intervals
+                await reader.read()
+            await wait_until(lambda: bool(relay.seen["a"][-1].flags & wire.RST),
+                             what="the reset that ends it")
+            assert len(probes_from(cut, b"still there")) == probes
             assert writer.get_extra_info("state") is State.CLOSED
             writer.close()
     finally:

@@ -23,7 +23,9 @@ async def test_same_local_port_refused_while_time_wait_lasts() -> None:
         await reader.read()
         writer.close()
 
-    cfg = utcp.Config(msl=0.5)
+    # TIME_WAIT must still hold when the second connect is tried: 2 x msl = 4 s leaves a
+    # loaded machine that much between the close and the refusal (it was 1 s)
+    cfg = utcp.Config(msl=2.0)
     server = await utcp.start_server(handler, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
     local = ("127.0.0.1", _free_udp_port())
@@ -39,7 +41,7 @@ async def test_same_local_port_refused_while_time_wait_lasts() -> None:
             await utcp.open_connection("127.0.0.1", port, local_addr=local, config=cfg)
         assert info.value.errno == 98
         while writer.get_extra_info("state") is not utcp.State.CLOSED:
-            await asyncio.sleep(0.05)   # 2 x msl = 1 s on the loop's clock
+            await asyncio.sleep(0.05)   # 2 x msl = 4 s on the loop's clock
         _reader2, writer2 = await utcp.open_connection("127.0.0.1", port, local_addr=local,
                                                       config=cfg)
         assert writer2.get_extra_info("state") is utcp.State.ESTABLISHED
