@@ -435,3 +435,14 @@ def test_timestamps_alone_take_the_short_path_to_the_same_result() -> None:
     bad = b"\x01\x01\x08\x09" + struct.pack("!II", 1, 2)  # wrong length: no short cut
     with pytest.raises(MalformedSegment):
         parse(with_options(bad))
+
+
+def test_the_secure_required_option_is_the_one_parsed_back_and_carries_our_exid() -> None:
+    # the RST a secure server refuses a plaintext SYN with must carry exactly what a
+    # plaintext client looks for, under the experiment ID secure mode uses (RFC 6994)
+    from utcp import crypto
+
+    assert wire.SECURE_REQUIRED[0] == crypto.EXID
+    seg = wire.parse(wire.build_fast(1, 2, 3, 4, wire.RST | wire.ACK, 0,
+                                     wire.SECURE_REQUIRED_OPTION, b""))
+    assert wire.SECURE_REQUIRED in seg.options.experimental

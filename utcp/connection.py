@@ -29,24 +29,23 @@ from utcp.buffers import (
 )
 from utcp.config import Config
 from utcp.events import (
-    EofReceived,
     Event,
     HandshakeCompleted,
-    SendClosed,
     StateChanged,
     Terminated,
 )
+from utcp.inbound import Inbound
 from utcp.pmtu import PmtuSearch
 from utcp.receiver import Receiver
 from utcp.recovery import LossRecovery
 from utcp.sender import CHALLENGE_ACK_LIMIT, ORPHAN_PROBES, SWS_OVERRIDE_MAX, Sender
-from utcp.state import CAN_RECEIVE, CAN_SEND, SYNCHRONIZED, State, next_state
+from utcp.state import CAN_SEND, SYNCHRONIZED, State, next_state
 from utcp.state import Event as Ev
 from utcp.stats import Counters, Stats
 from utcp.timers import Timer as T
 from utcp.timers import Timers
 from utcp.timestamps import Timestamps
-from utcp.wire import ACK, FIN, PSH, RST, SYN
+from utcp.wire import ACK, RST, SECURE_REQUIRED, SYN
 
 __all__ = [  # with the limits its behaviour is named by, which live where they act
     "CHALLENGE_ACK_LIMIT",
@@ -61,10 +60,6 @@ __all__ = [  # with the limits its behaviour is named by, which live where they 
     "window_scale_for",
 ]
 
-# RFC 6994 option 254, ExID "ut" (utcp.crypto.EXID), data 0x01: a secure-mode server
-# sends it in the RST that refuses a SYN without a handshake, so that a plaintext client
-# can say why it was refused (docs/secure-mode.md)
-SECURE_REQUIRED = (0x7574, b"\x01")
 
 _TIMER_ORDER = tuple(T)  # priority order (utcp.timers)
 
@@ -86,11 +81,12 @@ class Connection:
     __slots__ = (
         "__dict__",
         "__weakref__",
-        "_events",
         "charged",
         "config",
         "counters",
         "error",
+        "events",
+        "inbound",
         "irs",
         "iss",
         "local_port",
@@ -140,7 +136,7 @@ class Connection:
         self.notify: Callable[[Connection], None] | None = None
         # A list, not a deque: an empty deque is 760 bytes (a whole block), and a
         # connection rarely holds more than a few events between two polls.
-        self._events: list[Event] = []
+        self.events: list[Event] = []
         self.error: Exception | None = None
         self.now = 0.0
 
@@ -180,6 +176,7 @@ class Connection:
 
 
         # loss detection, recovery and congestion control (utcp.recovery)
+        self.inbound = Inbound(self)  # how a segment comes in (utcp.inbound)
         self.sender = Sender(self)  # what goes out (utcp.sender)
         self.receiver = Receiver(self)  # what comes in, once checked (utcp.receiver)
         self.recovery = LossRecovery(self, config)
@@ -191,17 +188,17 @@ class Connection:
 
     def connect(self, now: float) -> None:
         """Active open: send SYN (RFC 9293 §3.10.1)."""
-        self._set_state(Ev.ACTIVE_OPEN)
+        self.set_state(Ev.ACTIVE_OPEN)
         self.timers.arm(T.RTX, now + self.recovery.rtt.rto)
         self.touch()
 
     def accept_syn(self, segment: wire.Segment, now: float) -> None:
         """Passive open: a listener hands us the SYN it received (LISTEN -> SYN_RCVD)."""
         self.passive = True
-        self._set_state(Ev.LISTEN)
+        self.set_state(Ev.LISTEN)
         self.now = now
-        self._take_syn(segment)
-        self._set_state(Ev.PASSIVE_OPEN)
+        self.inbound.take_syn(segment)
+        self.set_state(Ev.PASSIVE_OPEN)
         self.timers.arm(T.RTX, now + self.recovery.rtt.rto)
         self.last_activity(now)
         self.touch()
@@ -217,24 +214,24 @@ class Connection:
         §5) never sees our TSval go back.
         """
         self.passive = True
-        self._set_state(Ev.LISTEN)
+        self.set_state(Ev.LISTEN)
         ts = ack.options.timestamps if timestamps else None
         syn = wire.Segment(ack.src_port, ack.dst_port, (ack.seq - 1) & sq.MASK, 0, SYN,
                            ack.window, options=wire.Options(
                                mss=mss, wscale=peer_wscale, sack_permitted=sack,
                                timestamps=(ts[0], 0) if ts is not None else None))
         self.now = now
-        self._take_syn(syn)
+        self.inbound.take_syn(syn)
         if ts is not None:
             self.ts.follow(ts[1], now)
-        self._set_state(Ev.PASSIVE_OPEN)
+        self.set_state(Ev.PASSIVE_OPEN)
         self.snd_nxt = self.snd_max = self.iss + 1
         self.rcv_adv = self.rcv_nxt + min(self.config.recv_buffer, wire.MAX_WINDOW_FIELD)
         self.ts.last_ack_sent = self.rcv_nxt  # what the SYN+ACK acknowledged
         self.sender.syn_retries = 1
         self.last_activity(now)
         self.touch()
-        self.receive(ack, now)
+        self.inbound.segment(ack, now)
 
     def send(self, data: bytes | bytearray | memoryview) -> None:
         """Queue bytes to send. Raises once the sending side is closed."""
@@ -251,10 +248,10 @@ class Connection:
         if self.sndbuf.fin_queued or self.state in (State.CLOSED, State.TIME_WAIT):
             return
         if self.state in (State.SYN_SENT, State.LISTEN):
-            self._set_state(Ev.CLOSE)
+            self.set_state(Ev.CLOSE)
             return
         self.sndbuf.fin_queued = True
-        self._set_state(Ev.CLOSE)
+        self.set_state(Ev.CLOSE)
         self.touch()
 
     def abort(self) -> None:
@@ -264,7 +261,7 @@ class Connection:
         if self.state in (State.SYN_RCVD, State.ESTABLISHED, State.FIN_WAIT_1,
                           State.FIN_WAIT_2, State.CLOSE_WAIT):
             self.sender.emit(self.snd_max, 0, RST | ACK)  # snd_max: see _fail
-        self._set_state(Ev.ABORT)
+        self.set_state(Ev.ABORT)
 
     def icmp_unreachable(self, seq: int | None = None) -> bool:
         """The network says nothing listens at the peer's port (ICMP port unreachable).
@@ -347,10 +344,14 @@ class Connection:
     def eof_received(self) -> bool:
         return self.receiver.fin_received
 
+    def receive(self, seg: wire.Segment, now: float) -> None:
+        """Process one segment addressed to this connection (`utcp.inbound`)."""
+        self.inbound.segment(seg, now)
+
     # --------------------------------------------------------------------- outputs
 
     def next_event(self) -> Event | None:
-        return self._events.pop(0) if self._events else None
+        return self.events.pop(0) if self.events else None
 
     def datagrams_to_send(self, now: float) -> list[bytes]:
         if self.state != State.CLOSED:
@@ -408,7 +409,7 @@ class Connection:
         False once the connection is over."""
         if timer is T.TIME_WAIT:
             self.timers.cancel(T.TIME_WAIT)
-            self._set_state(Ev.TIMEOUT_2MSL)
+            self.set_state(Ev.TIMEOUT_2MSL)
         elif timer is T.USER:
             self.fail(TimeoutError("the peer's window stayed shut for user_timeout"
                                     if self.sender.persist_since is not None else
@@ -507,396 +508,6 @@ class Connection:
         # unanswered, so a dead peer is noticed soon after the idle time, not probes x it
         self.timers.arm(T.KEEPALIVE, now + min(interval, self.config.keepalive_probe_interval))
 
-    # --------------------------------------------------------------------- input
-
-    def receive(self, seg: wire.Segment, now: float) -> None:
-        """Process one segment addressed to this connection."""
-        if self.state in (State.CLOSED, State.LISTEN):
-            return
-        self.now = now
-        self.counters.segments_received += 1
-        self.touch()
-        payload = seg.payload
-        if (self.state is State.ESTABLISHED and (seg.flags | PSH) == ACK | PSH and payload
-                and not self.rcv.ooo and self.receiver.fin_seq is None
-                and not (seg.seq - self.rcv_nxt) & sq.MASK
-                and not (seg.ack - self.snd_una) & sq.MASK
-                and (seg.window << self.snd_wscale) == self.snd_wnd
-                and len(payload) <= self.rcv_adv - self.rcv_nxt and not seg.options.sack
-                and (seg.options.timestamps is not None or not self.ts.ok)
-                and (self.memory_budget is None
-                     or self.memory_budget.used < self.memory_budget.pressure)):
-            # Header prediction (Van Jacobson; Linux's tcp_rcv_established fast path):
-            # the next bytes in order, acknowledging nothing new, window unchanged. The
-            # general path would do exactly this, after many checks that cannot fail.
-            if self.ts.ok:
-                if self._paws(seg, now):
-                    self.sender.ack_now = True
-                    self.drop("PAWS: old timestamp")
-                    return
-                self.ts.take_recent(seg, self.rcv_nxt, now)  # in order, exact ACK
-            self._heard(now)
-            self.snd_wl1, self.snd_wl2 = self.rcv_nxt, self.snd_una
-            self.rcv.append(bytes(payload))
-            self.rcv_nxt += len(payload)
-            self.counters.bytes_received += len(payload)
-            self.sender.unacked_segments += 1
-            if self.sender.unacked_segments >= 2:
-                self.sender.ack_now = True
-            elif not self.timers.armed(T.ACK):
-                self.timers.arm(T.ACK, now + self.config.ack_delay)
-            self.last_activity(now)
-            return
-        if self.state == State.SYN_SENT:
-            self._receive_syn_sent(seg, now)
-        else:
-            self._receive_synchronized(seg, now)
-
-    def _receive_syn_sent(self, seg: wire.Segment, now: float) -> None:
-        flags = seg.flags
-        ack_ok = False
-        if flags & ACK:
-            ack = sq.unwrap(seg.ack, self.snd_una)
-            if ack <= self.iss or ack > self.snd_max:
-                if not flags & RST:
-                    self.sender.emit(seg.ack, 0, RST, raw_seq=True)
-                self.drop("unacceptable ACK in SYN_SENT")
-                return
-            ack_ok = True
-        if flags & RST:
-            if ack_ok:
-                why = ("connection refused: the server is in secure mode; set"
-                       " Config.server_key to its public key"
-                       if SECURE_REQUIRED in seg.options.experimental
-                       else "connection refused by peer")
-                self.fail(ConnectionRefusedError(why), send_rst=False)
-            else:
-                self.drop("RST without ACK in SYN_SENT")
-            return
-        if not flags & SYN:
-            self.drop("no SYN in SYN_SENT")
-            return
-        self._take_syn(seg)
-        if ack_ok:
-            self._handshake_acked(sq.unwrap(seg.ack, self.snd_una), now)
-            self._update_window(seg, self.rcv_nxt - 1, self.snd_una, force=True)
-            self._set_state(Ev.RCV_SYN_ACK)
-            self._heard(now)  # synchronized only now: _handshake_acked could not arm it
-            # The handshake's last ACK waits for the next timer service at this same
-            # instant: an application that writes as soon as it is connected (a request,
-            # a TLS ClientHello) has its first bytes carry it, one datagram fewer, as
-            # Linux does when a write is pending.
-            self.sender.defer_ack(now)
-        else:
-            # simultaneous open (RFC 9293 §3.5, figure 8): answer with SYN+ACK
-            self._set_state(Ev.RCV_SYN)
-            self.snd_nxt = self.iss
-            self.timers.arm(T.RTX, now + self.recovery.rtt.rto)
-
-    def _take_syn(self, seg: wire.Segment) -> None:
-        """Record what the peer's SYN tells us: its ISN, MSS and window scale."""
-        self.irs = seg.seq
-        self.rcv_nxt = seg.seq + 1
-        opts = seg.options
-        peer_mss = max(opts.mss if opts.mss else wire.DEFAULT_MSS, 64)
-        self.snd_mss = min(self.config.mss, peer_mss)
-        ceiling = min(peer_mss, self.max_mss)
-        if self.config.pmtu_probing and ceiling > self.snd_mss:
-            self.pmtu = PmtuSearch(self.snd_mss, ceiling)
-        self.recovery.cc.set_mss(self.snd_mss)
-        self.recovery.cc.cwnd = self.config.initial_cwnd_segments * self.snd_mss
-        self.sender.wscale_ok = opts.wscale is not None
-        if opts.wscale is not None:
-            self.snd_wscale = opts.wscale
-        else:
-            self.rcv_wscale = 0  # RFC 7323 §2.2: scaling needs both sides' option
-        self.sack_ok = self.config.sack and opts.sack_permitted
-        if self.config.timestamps and opts.timestamps is not None:
-            self.ts.ok = True
-            self.sender.sack_limit = 1 if self.config.secure else 3  # 12 bytes fewer for SACK
-            self.ts.recent = opts.timestamps[0]
-            self.ts.recent_time = self.now
-        self.snd_wnd = seg.window  # never scaled in a SYN
-        self.max_snd_wnd = self.snd_wnd
-        self.rcv_adv = self.rcv_nxt
-
-    def _handshake_acked(self, ack: int, now: float) -> None:
-        """Our SYN is acknowledged: the first RTT sample, unless the SYN was resent."""
-        self.snd_una = ack
-        if self.snd_nxt < ack:
-            self.snd_nxt = ack
-        if self.sender.syn_retries == 0:
-            self.recovery.on_handshake_rtt(now - self.sender.syn_time, now)
-        self.timers.cancel(T.RTX)
-        self.sender.syn_retries = 0
-        self.last_activity(now)
-
-    def _receive_synchronized(self, seg: wire.Segment, now: float) -> None:
-        """RFC 9293 §3.10.7.4 with RFC 5961 and RFC 7323, in this order, each step dropping
-        what fails it: SYN (a challenge ACK, any sequence number); a missing timestamp
-        option once negotiated (RFC 7323 §3.2: silent drop); PAWS (R1: test only);
-        acceptability (R2); RST (exact rcv_nxt only); ACK (present, and RFC 5961 §5.2's
-        range, for data and FIN too); TS.Recent (R3: only now, from an acceptable
-        segment); the ACK's effects; text; FIN (held until in order, forgotten when data
-        or another FIN contradicts it)."""
-        flags = seg.flags
-        seg_seq = sq.unwrap(seg.seq, self.rcv_nxt)
-        payload = seg.payload
-
-        # A SYN we have already seen: retransmitted SYN, or the peer's SYN+ACK again.
-        if flags & SYN:
-            if seg_seq == self.irs and not flags & RST:
-                if self.state == State.SYN_RCVD and not flags & ACK:
-                    self.snd_nxt = self.iss  # our SYN+ACK was lost: send it again
-                    return
-                if self.state == State.SYN_RCVD:
-                    ack = sq.unwrap(seg.ack, self.snd_una)
-                    if self.snd_una < ack <= self.snd_max:  # simultaneous open completes
-                        self._handshake_acked(ack, now)
-                        self._update_window(seg, seg_seq, ack, force=True)
-                        self._set_state(Ev.RCV_ACK_OF_SYN)
-                        self._heard(now)
-                        self.sender.ack_now = True
-                        return
-                self.sender.ack_now = True  # our ACK of it was lost
-                self.drop("duplicate SYN")
-                return
-            # RFC 5961 §4 / RFC 9293 §3.10.7.4 fourth: challenge ACK, never a reset
-            self.sender.challenge_ack(now)
-            self.drop("SYN in synchronized state")
-            return
-
-        if self.ts.ok and seg.options.timestamps is None and not flags & RST:
-            # RFC 7323 §3.2: once negotiated, every segment but a RST carries the option
-            # (FreeBSD drops one without it too); a blind forgery must then also pick a
-            # TSval that passes PAWS, half of them
-            self.drop("no timestamp option")
-            return
-        # RFC 7323 §5.3 R1, before the window check; TS.Recent moves only below (R3)
-        if self.ts.ok and self._paws(seg, now):
-            self.sender.ack_now = True
-            self.drop("PAWS: old timestamp")
-            return
-
-        # first: is the segment acceptable? (RFC 9293 §3.10.7.4, the table)
-        seg_len = len(payload) + (1 if flags & FIN else 0)
-        wnd = max(self.rcv_adv - self.rcv_nxt, 0)
-        if seg_len == 0:
-            ok = (seg_seq == self.rcv_nxt) if wnd == 0 else (
-                self.rcv_nxt <= seg_seq < self.rcv_nxt + wnd)
-        elif wnd == 0:
-            ok = seg_seq == self.rcv_nxt  # keep its ACK; the text is trimmed away below
-        else:
-            end = seg_seq + seg_len - 1
-            ok = (self.rcv_nxt <= seg_seq < self.rcv_nxt + wnd) or (
-                self.rcv_nxt <= end < self.rcv_nxt + wnd)
-        if not ok:
-            if not flags & RST:
-                self.sender.ack_now = True
-                if payload and seg_seq + len(payload) <= self.rcv_nxt and self.sack_ok:
-                    self.sender.dsack = (seg_seq, seg_seq + len(payload))  # RFC 2883: a duplicate
-                if (self.state == State.TIME_WAIT and flags & FIN
-                        and seg_seq + len(payload) == self.receiver.fin_seq
-                        and self._ack_acceptable(seg)):
-                    # RFC 9293: the peer's FIN again restarts 2MSL; only that FIN, else
-                    # blind FINs at any sequence number would hold TIME_WAIT forever
-                    self.timers.arm(T.TIME_WAIT, now + 2 * self.config.msl)
-            self.drop("outside window")
-            return
-
-        # second: RST. Only an exact match resets; in-window gets a challenge ACK (RFC 5961).
-        if flags & RST:
-            if self.state == State.TIME_WAIT:
-                self.drop("RST in TIME_WAIT")  # RFC 1337: no TIME-WAIT assassination
-                return
-            if seg_seq != self.rcv_nxt:
-                self.sender.challenge_ack(now)
-                self.drop("RST not at rcv_nxt")
-                return
-            if self.state == State.SYN_RCVD:
-                err: Exception | None = (None if self.passive else
-                                         ConnectionRefusedError("connection refused by peer"))
-            elif self.state in (State.ESTABLISHED, State.FIN_WAIT_1, State.FIN_WAIT_2,
-                                State.CLOSE_WAIT):
-                err = ConnectionResetError("connection reset by peer")
-            else:
-                err = None
-            if log.enabled():
-                log.emit("reset", conn=self.name, state=self.state.name)
-            self.fail(err, send_rst=False, event=Ev.RCV_RST)
-            return
-
-        # fifth: ACK
-        if not flags & ACK:
-            self.drop("no ACK")
-            return
-        ack = sq.unwrap(seg.ack, self.snd_una)
-        if self.state == State.SYN_RCVD:
-            if not self.snd_una < ack <= self.snd_max:
-                self.sender.emit(seg.ack, 0, RST, raw_seq=True)
-                self.drop("bad ACK in SYN_RCVD")
-                return
-            self._handshake_acked(self.iss + 1, now)
-            self._update_window(seg, seg_seq, ack, force=True)
-            self._set_state(Ev.RCV_ACK_OF_SYN)
-        if ack > self.snd_max:
-            self.sender.challenge_ack(now)  # RFC 9293 / RFC 5961 §5: ACK of what was never sent
-            self.drop("ACK of unsent data")
-            return
-        if ack < self._oldest_acceptable_ack():
-            self.sender.challenge_ack(now)  # RFC 5961 §5: an ACK too old to be from this peer
-            self.drop("ACK too old")
-            return
-        if self.ts.ok:
-            self.ts.take_recent(seg, seg_seq, now)  # RFC 7323 R3: acceptable at last
-        self._heard(now)
-        fin_now_acked = self._process_ack(seg, seg_seq, ack, len(payload), now)
-
-        # seventh: text
-        complete = True
-        fin_seq = self.receiver.fin_seq
-        if payload and self.state in CAN_RECEIVE:
-            if fin_seq is not None and seg_seq + len(payload) > fin_seq:
-                # Data past a FIN still waiting for the bytes before it: one of the two is
-                # not the peer's, and a blind FIN is the cheaper forgery (the data must hit
-                # the window and carry an acceptable ACK just the same, but a genuine peer
-                # never sends it). The data wins, as in Linux's out-of-order queue, and the
-                # peer's own FIN is taken when it comes; a FIN kept here would never be
-                # reached, and the connection could not close.
-                self.receiver.forget_fin(fin_seq, "data past it")
-            complete = self.receiver.take_text(seg_seq, payload)
-        elif payload:
-            if (fin_seq is not None and seg_seq <= self.rcv_nxt
-                    and seg_seq + len(payload) > fin_seq
-                    and self.state in (State.CLOSE_WAIT, State.CLOSING, State.LAST_ACK)):
-                # Data across the FIN we took, or right after it (the peer, told by our ACK
-                # that its byte there arrived, resends from the next): that FIN was forged
-                # (or the peer is broken) and the stream delivered was cut short. Reset, as
-                # RFC 1122 §4.2.2.13 and Linux (TCPAbortOnData), rather than ignore the
-                # peer's bytes and leave it retransmitting them until it times out. Data
-                # further on is only ignored: a blind guess in the window must not reset.
-                self.drop("data across the FIN taken")
-                self.fail(ConnectionResetError("data arrived past the peer's FIN"),
-                           send_rst=True)
-                return
-            self.drop("data after FIN")
-        elif flags & FIN and seg_seq >= self.rcv_adv:
-            complete = False  # a FIN past the window we offered
-
-        # eighth: FIN (possibly held until a hole before it is filled)
-        if flags & FIN and complete and not self.receiver.fin_received:
-            self.receiver.record_fin(seg_seq + len(payload))
-        fin_in_order = (self.receiver.fin_seq is not None and not self.receiver.fin_received
-                        and self.rcv_nxt == self.receiver.fin_seq)
-        if flags & FIN and not payload and not fin_in_order:
-            self.sender.ack_now = True  # a bare FIN past a hole: duplicate ACK at once (RFC 5681)
-        if fin_in_order:
-            self._receive_fin(now, fin_now_acked)
-        elif fin_now_acked and self.state in (State.FIN_WAIT_1, State.CLOSING, State.LAST_ACK):
-            self._set_state(Ev.RCV_ACK_OF_FIN)
-        if seg_len or flags & FIN:
-            self.last_activity(now)
-
-    def _process_ack(self, seg: wire.Segment, seg_seq: int, ack: int, text_len: int,
-                     now: float) -> bool:
-        """RFC 9293's fifth step: what the ACK frees, then loss recovery's part
-        (`utcp.recovery`), then the send window; True if our FIN got acked."""
-        rec = self.recovery
-        delivered = rec.on_sack(seg, ack, now) if self.sack_ok else False
-        fin_acked_now = False
-        if ack > self.snd_una:
-            acked = ack - self.snd_una
-            fin_acked_now = self._free_acked(ack)
-            flight = self.snd_max - self.snd_una
-            self.snd_una = ack
-            if self.snd_nxt < ack:
-                self.snd_nxt = ack  # data past a go-back-N rewind had arrived after all
-            if self.pmtu is not None:
-                self._pmtu_acked(ack)
-            rec.on_new_ack(seg, ack, acked, flight, now)
-            self.timers.cancel(T.USER)
-            self.last_activity(now)  # progress: not idle, even if all we send is resends
-            if self.snd_una < self.snd_max:
-                self.timers.arm(T.RTX, now + rec.rtt.rto)  # RFC 6298 §5.3
-                if self.config.user_timeout is not None:
-                    self.timers.arm(T.USER, now + self.config.user_timeout)
-                rec.arm_tail_loss_probe(now)
-            else:
-                for timer in (T.RTX, T.TLP, T.REORDER):
-                    self.timers.cancel(timer)
-            self.sender.persist_backoff = 0
-        elif (ack == self.snd_una and self.snd_una < self.snd_max and text_len == 0
-              and not seg.flags & (FIN | SYN) and (seg.window << self.snd_wscale) == self.snd_wnd):
-            rec.on_duplicate_ack(now)
-        if self.sack_ok:
-            rec.after_ack(delivered, now)
-        self._update_window(seg, seg_seq, ack)
-        return fin_acked_now
-
-    def _free_acked(self, ack: int) -> bool:
-        """Drop acknowledged bytes from the send buffer; True if this ACK covers our FIN."""
-        data_end = self.sndbuf.end
-        self.counters.bytes_acked += self.sndbuf.free(ack)
-        if self.sndbuf.fin_queued and not self.sndbuf.fin_acked and ack > data_end:
-            self.sndbuf.fin_acked = True
-            self._events.append(SendClosed())
-            return True
-        return False
-
-    def _pmtu_acked(self, ack: int) -> None:
-        assert self.pmtu is not None
-        self.pmtu.progress()
-        confirmed = self.pmtu.acked(ack)
-        if confirmed is not None and confirmed > self.snd_mss:
-            self.snd_mss = confirmed
-            self.recovery.cc.set_mss(confirmed)
-            if log.enabled():
-                log.emit("pmtu", conn=self.name, mss=confirmed)
-
-    def _update_window(self, seg: wire.Segment, seg_seq: int, ack: int,
-                       force: bool = False) -> None:
-        """RFC 9293 §3.10.7.4: take the window only from a segment newer than the last."""
-        if ack < self.snd_una and not force:
-            return  # a duplicate of an old ACK: its window is old news too
-        if force or self.snd_wl1 < seg_seq or (self.snd_wl1 == seg_seq and self.snd_wl2 <= ack):
-            shift = 0 if seg.flags & SYN else self.snd_wscale
-            self.snd_wnd = seg.window << shift
-            self.snd_wl1 = seg_seq
-            self.snd_wl2 = ack
-            if self.snd_wnd > self.max_snd_wnd:
-                self.max_snd_wnd = self.snd_wnd
-            self.sender.probes_out = 0  # the peer answers (a probe, or anything newer)
-            if self.snd_wnd:
-                self.timers.cancel(T.PERSIST)
-
-    def _receive_fin(self, now: float, fin_now_acked: bool) -> None:
-        self.receiver.fin_received = True
-        self.rcv_nxt += 1
-        self._events.append(EofReceived())
-        if self.state in (State.SYN_RCVD, State.ESTABLISHED):
-            self._set_state(Ev.RCV_FIN)
-            # Passive close: an application that closes when it reads EOF sends its FIN
-            # with this ACK (three datagrams to close, not four), as Linux's delayed ACK
-            # of a FIN does; one that does not gets the ACK at the next timer service.
-            self.sender.defer_ack(now)
-            return
-        self.sender.ack_now = True
-        if self.state == State.FIN_WAIT_1:
-            if fin_now_acked:
-                self._set_state(Ev.RCV_FIN_ACK_OF_FIN)
-            else:
-                self._set_state(Ev.RCV_FIN)  # simultaneous close: CLOSING
-        elif self.state == State.FIN_WAIT_2:
-            self._set_state(Ev.RCV_FIN)
-
-    # --------------------------------------------------------------------- output
-
-    def _paws(self, seg: wire.Segment, now: float) -> bool:
-        if self.ts.paws_rejects(seg, now):
-            self.counters.paws_drops += 1
-            return True
-        return False
-
     # --------------------------------------------------------------------- memory
 
     def memory_in_use(self) -> int:
@@ -916,7 +527,7 @@ class Connection:
 
     # --------------------------------------------------------------------- helpers
 
-    def _set_state(self, event: Ev, error: Exception | None = None) -> None:
+    def set_state(self, event: Ev, error: Exception | None = None) -> None:
         """The one way the state changes (`utcp.state.TRANSITIONS`), with what entering a
         state always does: ESTABLISHED tells the application, TIME_WAIT runs 2MSL alone,
         CLOSED ends the connection (with `error`, if it failed)."""
@@ -925,11 +536,11 @@ class Connection:
         self.state = new
         if event is Ev.LISTEN:
             return  # a listener's connection is born listening: nobody saw it CLOSED
-        self._events.append(StateChanged(old, new))
+        self.events.append(StateChanged(old, new))
         if log.enabled():
             log.emit("state", conn=self.name, old=old.name, new=new.name, trigger=event.value)
         if new is State.ESTABLISHED:
-            self._events.append(HandshakeCompleted())
+            self.events.append(HandshakeCompleted())
         elif new is State.TIME_WAIT:
             for timer in (T.RTX, T.PERSIST, T.IDLE, T.KEEPALIVE, T.USER):
                 self.timers.cancel(timer)
@@ -942,7 +553,7 @@ class Connection:
             # snd_max, not a snd_nxt rewound by a timeout: a peer that got everything
             # would drop an RST below its rcv_nxt as old (BSD's tcp_output does the same)
             self.sender.emit(self.snd_max, 0, RST | ACK)
-        self._set_state(event, error)
+        self.set_state(event, error)
 
     def _terminate(self, error: Exception | None) -> None:
         self.error = error
@@ -957,24 +568,8 @@ class Connection:
             self.charged = 0
             self.memory_budget = None
         self.rcv.drop_ooo()
-        self._events.append(Terminated(error))
+        self.events.append(Terminated(error))
         self.touch()
-
-    def _oldest_acceptable_ack(self) -> int:
-        """RFC 5961 §5.2: SND.UNA - MAX.SND.WND <= SEG.ACK, and never below ISS + 1.
-
-        RFC 5961 allows an ACK up to the largest window the peer ever offered behind
-        SND.UNA, but a peer never acknowledges what precedes our SYN: clamping at ISS + 1
-        leaves a blind attacker on a connection that sent little (an upload's receiver)
-        a handful of acceptable values in 2^32 instead of MAX.SND.WND."""
-        return max(self.snd_una - max(self.max_snd_wnd, 1), self.iss + 1)
-
-    def _ack_acceptable(self, seg: wire.Segment) -> bool:
-        """RFC 5961 §5.2's whole test, for a segment not otherwise taken."""
-        if not seg.flags & ACK:
-            return False
-        ack = sq.unwrap(seg.ack, self.snd_una)
-        return self._oldest_acceptable_ack() <= ack <= self.snd_max
 
     def drop(self, reason: str) -> None:
         self.counters.dropped_segments += 1
@@ -988,7 +583,7 @@ class Connection:
         if self.config.keepalive_interval is not None and self.state in SYNCHRONIZED:
             self.timers.arm(T.KEEPALIVE, now + self.config.keepalive_interval)
 
-    def _heard(self, now: float) -> None:
+    def heard(self, now: float) -> None:
         """The peer is alive: a segment passed the window and ACK checks. Keepalive
         restarts only here (as Linux's rcv_tstamp, set in tcp_ack), else any datagram,
         even a blind one out of the window, kept a dead peer's connection forever."""

@@ -241,10 +241,8 @@ class SecureLayer:
 
     def _reset(self, header: bytes, key: Addr, *, plaintext_peer: bool = False) -> None:
         """RFC 9293 3.10.7.1's RST for a SYN; a plaintext client's says we need secure
-        mode (the option Connection looks for: SECURE_REQUIRED)."""
-        option = b""
-        if plaintext_peer:
-            option = bytes((254, 5)) + crypto.EXID.to_bytes(2, "big") + b"\x01\x01\x01\x01"
+        mode (the option the client's connection looks for: wire.SECURE_REQUIRED)."""
+        option = wire.SECURE_REQUIRED_OPTION if plaintext_peer else b""
         self._send(self._rst_for(header, option), key)
         self.counters["RST sent for no connection"] += 1
 

@@ -35,6 +35,13 @@ HEADER_LEN = 20
 MAX_OPTIONS_LEN = 40
 MAX_WSCALE = 14  # RFC 7323 §2.3: larger shifts are treated as 14
 MAX_WINDOW_FIELD = 0xFFFF
+# RFC 6994 option 254, ExID "ut" (utcp.crypto.EXID), data 0x01: a secure-mode server
+# sends it in the RST that refuses a SYN without a handshake, so that a plaintext client
+# can say why it was refused (docs/secure-mode.md). As parsed, and as sent (NOP-padded).
+SECURE_REQUIRED = (0x7574, b"\x01")
+SECURE_REQUIRED_OPTION = (bytes((254, 4 + len(SECURE_REQUIRED[1])))
+                          + SECURE_REQUIRED[0].to_bytes(2, "big") + SECURE_REQUIRED[1]
+                          + b"\x01" * 3)
 DEFAULT_MSS = 536  # RFC 9293 §3.7.1: the send MSS when the peer sends no MSS option
 
 _HEADER = struct.Struct("!HHIIBBHHH")
