@@ -29,7 +29,7 @@ class Receiver:
     def take_text(self, seg_seq: int, payload: bytes | memoryview) -> bool:
         """Take in-window text; False if its tail (and so any FIN after it) was cut off."""
         conn = self.conn
-        # trim to the window: what is before rcv_nxt is old, what is past rcv_adv we never offered
+        # trim to the window: before rcv_nxt is old, past rcv_adv was never offered
         if seg_seq < conn.rcv_nxt:
             if conn.sack_ok:
                 conn.sender.dsack = (seg_seq, conn.rcv_nxt)  # the part we had (RFC 2883)
@@ -60,37 +60,48 @@ class Receiver:
                 if conn.sender.unacked_segments >= 2:
                     conn.sender.ack_now = True
         else:
-            conn.counters.ooo_segments_received += 1
-            # One duplicate ACK per out-of-order segment, sent now rather than once per
-            # batch of datagrams, so the sender counts three and retransmits fast; it
-            # goes out after the piece is stored, so its SACK blocks include it.
-            rcv = conn.rcv
-            rcv.latest_ooo = seg_seq
-            piece = bytes(payload)
-            i, held = rcv.find_ooo(seg_seq, piece)
-            if held:
-                if conn.sack_ok:
-                    conn.sender.dsack = (seg_seq, seg_seq + len(payload))
-                conn.sender.emit(conn.snd_max, 0, ACK)
-                return complete  # a duplicate of a piece we hold
-            # The cap is against floods of tiny pieces: full-sized segments are held up to
-            # the window we advertised, else one tail drop costs a go-back-N of the rest.
-            if len(rcv.ooo) >= max(conn.config.max_ooo_segments,
-                                     2 * conn.config.recv_buffer // conn.config.mss):
-                conn.drop("out-of-order queue full")
+            held = self._hold_out_of_order(seg_seq, payload)
+            if held is None:
+                return complete  # a duplicate of a piece we hold: its ACK went out
+            if not held:
                 return False
-            cost = len(payload) + OOO_PIECE_OVERHEAD
-            budget = rcv.budget
-            if budget is not None and budget.used + cost > budget.limit:
-                conn.drop("endpoint reassembly budget exhausted")
-                return False
-            if not self.admit(cost):
-                return False
-            rcv.insert_ooo(i, seg_seq, piece, cost)
-            conn.sender.emit(conn.snd_max, 0, ACK)
         if not conn.sender.ack_now and not conn.timers.armed(T.ACK):
             conn.timers.arm(T.ACK, conn.now + conn.config.ack_delay)
         return complete
+
+    def _hold_out_of_order(self, seg_seq: int, payload: bytes | memoryview) -> bool | None:
+        """Keep a piece past a hole for reassembly; False if it had to be dropped, None
+        if it was there already."""
+        conn = self.conn
+        conn.counters.ooo_segments_received += 1
+        # One duplicate ACK per out-of-order segment, sent now rather than once per
+        # batch of datagrams, so the sender counts three and retransmits fast; it
+        # goes out after the piece is stored, so its SACK blocks include it.
+        rcv = conn.rcv
+        rcv.latest_ooo = seg_seq
+        piece = bytes(payload)
+        i, held = rcv.find_ooo(seg_seq, piece)
+        if held:
+            if conn.sack_ok:
+                conn.sender.dsack = (seg_seq, seg_seq + len(payload))
+            conn.sender.emit(conn.snd_max, 0, ACK)
+            return None
+        # The cap is against floods of tiny pieces: full-sized segments are held up to
+        # the window we advertised, else one tail drop costs a go-back-N of the rest.
+        if len(rcv.ooo) >= max(conn.config.max_ooo_segments,
+                               2 * conn.config.recv_buffer // conn.config.mss):
+            conn.drop("out-of-order queue full")
+            return False
+        cost = len(payload) + OOO_PIECE_OVERHEAD
+        budget = rcv.budget
+        if budget is not None and budget.used + cost > budget.limit:
+            conn.drop("endpoint reassembly budget exhausted")
+            return False
+        if not self.admit(cost):
+            return False
+        rcv.insert_ooo(i, seg_seq, piece, cost)
+        conn.sender.emit(conn.snd_max, 0, ACK)
+        return True
 
     def record_fin(self, fin_at: int) -> None:
         """Hold the peer's FIN at `fin_at` until the bytes before it are in.

@@ -180,6 +180,8 @@ class Sender:
             conn.timers.arm(T.RTX, now + conn.recovery.rtt.rto)
 
     def send_new_data(self, now: float) -> None:
+        """New data (and the FIN after it) as far as the peer's window, cwnd, the send
+        buffer, the pacer and sender SWS avoidance allow."""
         conn = self.conn
         if self.persist_since is not None and conn.snd_wnd:
             # the window opened: progress, so what goes now gets a fresh user_timeout
@@ -199,41 +201,12 @@ class Sender:
         send_limit = self.send_limit()
         while True:
             window = min(conn.snd_wnd, conn.recovery.cc.cwnd + bonus, send_limit)
-            usable = conn.snd_una + window - conn.snd_nxt
             remaining = data_end - conn.snd_nxt
             if remaining > 0:
-                n = min(remaining, mss, usable)
+                n, probe = self._next_size(window, remaining, mss)
                 if n <= 0:
+                    sws_held = n < 0
                     break
-                probe = False
-                if conn.pmtu is not None and not conn.recovery.in_recovery \
-                        and conn.snd_nxt == conn.snd_max:
-                    size = conn.pmtu.next_size()
-                    # three segments behind the probe, so its loss shows as duplicate
-                    # ACKs (fast) rather than a timeout; a peer window that never held
-                    # that much has no room for it (and gets half-window segments)
-                    if size is not None and size + 3 * mss <= min(remaining,
-                                                                  conn.max_snd_wnd):
-                        if size <= usable:
-                            n = size  # a probe: real data, one size up (RFC 4821 §7.2)
-                            probe = True
-                        elif window >= size:
-                            break  # let ACKs free room for the probe rather than fill it
-                if n < mss and n < remaining:
-                    if conn.snd_nxt >= conn.snd_max and \
-                            n >= conn.snd_una + conn.snd_wnd - conn.snd_nxt:
-                        # RFC 9293 §3.8.6.2.1 sender SWS avoidance: the peer's window is
-                        # the limit. Less than a full segment (bounded by half the window:
-                        # _payload_room) and not all that is queued goes if it is at
-                        # least half the largest window the peer offered (Fs = 1/2), or
-                        # when the override timer fired; else an ACK, or the timer
-                        # when nothing is in flight, brings the rest
-                        if 2 * n < conn.max_snd_wnd and not self.sws_override:
-                            sws_held = True
-                            break
-                    elif conn.snd_nxt > conn.snd_una:
-                        break  # cwnd, send_buffer or a resend: the ACK in flight makes room
-                    self.sws_override = False
                 if credit < n and pacer is not None and pacer.blocks(now, credit, n):
                     break  # the pacer's timer sends it
                 credit -= n
@@ -255,20 +228,59 @@ class Sender:
             # RFC 8985 §7.2: restart the probe timer after new data, for the whole
             # flight (armed at the burst's first segment, it took that for a lone one)
             conn.recovery.arm_tail_loss_probe(now)
-        if sws_held and conn.snd_nxt == conn.snd_una and not conn.timers.armed(T.PERSIST):
-            conn.timers.arm(T.PERSIST, now + min(conn.recovery.rtt.rto, SWS_OVERRIDE_MAX))
-        # zero window with data waiting and nothing in flight: probe until it opens
+        self._arm_persist(now, sws_held)
+
+    def _next_size(self, window: int, remaining: int, mss: int) -> tuple[int, bool]:
+        """The next new segment's payload, and whether it is a PMTU probe; 0 to stop
+        here, -1 to stop for sender SWS avoidance (the override timer may send it)."""
+        conn = self.conn
+        usable = conn.snd_una + window - conn.snd_nxt
+        n = min(remaining, mss, usable)
+        if n <= 0:
+            return 0, False
+        pmtu = conn.pmtu
+        if pmtu is not None and not conn.recovery.in_recovery and conn.snd_nxt == conn.snd_max:
+            size = pmtu.next_size()
+            # three segments behind the probe, so its loss shows as duplicate ACKs (fast)
+            # rather than a timeout; a peer window that never held that much has no room
+            # for it (and gets half-window segments)
+            if size is not None and size + 3 * mss <= min(remaining, conn.max_snd_wnd):
+                if size <= usable:
+                    return size, True  # a probe: real data, one size up (RFC 4821 §7.2)
+                if window >= size:
+                    return 0, False  # let ACKs free room for the probe rather than fill it
+        if n < mss and n < remaining:
+            if conn.snd_nxt >= conn.snd_max and n >= conn.snd_una + conn.snd_wnd - conn.snd_nxt:
+                # RFC 9293 §3.8.6.2.1 sender SWS avoidance: the peer's window is the limit.
+                # Less than a full segment (bounded by half the window: payload_room) and
+                # not all that is queued goes if it is at least half the largest window
+                # the peer offered (Fs = 1/2), or when the override timer fired; else an
+                # ACK, or the timer when nothing is in flight, brings the rest
+                if 2 * n < conn.max_snd_wnd and not self.sws_override:
+                    return -1, False
+            elif conn.snd_nxt > conn.snd_una:
+                return 0, False  # cwnd, send_buffer or a resend: the ACK in flight makes room
+            self.sws_override = False
+        return n, False
+
+    def _arm_persist(self, now: float, sws_held: bool) -> None:
+        """Nothing in flight to bring the ACK that would let the rest go: the override
+        of SWS avoidance, or zero-window probes until the window opens."""
+        conn = self.conn
+        timers = conn.timers
+        if sws_held and conn.snd_nxt == conn.snd_una and not timers.armed(T.PERSIST):
+            timers.arm(T.PERSIST, now + min(conn.recovery.rtt.rto, SWS_OVERRIDE_MAX))
         if (conn.unsent and conn.snd_nxt == conn.snd_una and conn.snd_wnd == 0
-                and not conn.timers.armed(T.PERSIST)):
-            conn.timers.arm(T.PERSIST, now + conn.recovery.rtt.rto)
+                and not timers.armed(T.PERSIST)):
+            timers.arm(T.PERSIST, now + conn.recovery.rtt.rto)
             if self.persist_since is None:
                 # the last progress was now (the ACK that shut the window, or the
                 # application's data meeting a shut one): TCP_USER_TIMEOUT counts from
                 # here whether or not the peer answers the probes (Linux 5.11's
                 # icsk_probes_tstamp)
                 self.persist_since = now
-                if conn.config.user_timeout is not None and not conn.timers.armed(T.USER):
-                    conn.timers.arm(T.USER, now + conn.config.user_timeout)
+                if conn.config.user_timeout is not None and not timers.armed(T.USER):
+                    timers.arm(T.USER, now + conn.config.user_timeout)
 
     def pacing_credit(self, now: float) -> float:
         """Bytes the pacer lets leave now (`utcp.pacing`); inf when pacing is off."""
