@@ -175,9 +175,6 @@ def test_malformed_datagrams_are_counted_drops(loop_name: str, mode: str, gro: b
         runner.run(_attack(server_cfg, client_cfg))
 
 
-@pytest.mark.xfail(strict=True, reason="endpoint.receive_datagram counts 'secure: segment "
-                   "for no connection' before parsing, then 'malformed: ...' for the same "
-                   "datagram")
 def test_secure_stranger_malformed_datagram_is_counted_once() -> None:
     """One malformed datagram from an address with no connection is one counted drop.
 

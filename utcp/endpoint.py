@@ -128,32 +128,10 @@ class Endpoint:
             conn = None
         handshake: tuple[bytes, crypto.Responder, bytes] | None = None
         if self._secure is not None and len(data) >= wire.HEADER_LEN:
-            if conn is not None:
-                opened = self._secure.open(conn, data)
-                if opened is None:
-                    return
-                data = opened
-            elif data[13] & wire.SYN and not data[13] & (wire.ACK | wire.RST):
-                if self.listening:
-                    room = self._syn_room()
-                    got = self._secure.read_syn(data, key, now, room, self.backlog,
-                                                evict=room <= 0 and self._may_evict())
-                    if got is None:
-                        return  # counted, and answered if it is to be
-                    hlen = (data[12] >> 4) * 4
-                    handshake = (got[0], got[1], bytes(data[hlen:]))
-                    data = got[0]
-            elif not data[13] & wire.SYN:
-                moved = self._secure.rebind(self.connections, data, key)
-                if moved is not None:
-                    conn, opened = moved
-                    if opened is None:
-                        return  # a path validation segment, consumed
-                    data = opened
-            if conn is None and handshake is None:
-                # neither a connection's segment nor a handshake that authenticates: what
-                # follows (a RST, or nothing) is what plaintext TCP would do, but count it
-                self._secure._drop("segment for no connection")
+            opened = self._open_secure(data, key, conn, now)
+            if opened is None:
+                return  # counted, and answered if it is to be
+            data, conn, handshake = opened
         try:
             seg = wire.parse(data)
         except wire.MalformedSegment as exc:
@@ -161,6 +139,11 @@ class Endpoint:
             if log.enabled():
                 log.emit("drop", reason=exc.reason, peer=str(addr[:2]))
             return
+        if self._secure is not None and conn is None and handshake is None:
+            # neither a connection's segment nor a handshake that authenticates: what
+            # follows (a RST, or nothing) is what plaintext TCP would do, but count it
+            # (after parsing: a malformed one is counted once, as malformed)
+            self._secure.drop("segment for no connection")
         if conn is not None:
             budget = self._unvalidated.get(conn)
             if budget is not None:
@@ -169,6 +152,45 @@ class Endpoint:
                 self._evictable.move_to_end(conn)  # idle no more
             conn.receive(seg, now)  # its memory is recharged when it is serviced
             return
+        self._no_connection(seg, key, now, size, handshake)
+
+    def _open_secure(self, data: bytes | bytearray | memoryview, key: Addr,
+                     conn: Connection | None, now: float,
+                     ) -> tuple[bytes | bytearray | memoryview, Connection | None,
+                                tuple[bytes, crypto.Responder, bytes] | None] | None:
+        """Secure mode's view of a datagram: a connection's segment opened, a SYN's
+        handshake verified, a known connection's segment from a new address (a NAT
+        rebinding); None when it is consumed or dropped (counted)."""
+        assert self._secure is not None
+        handshake = None
+        if conn is not None:
+            opened = self._secure.open(conn, data)
+            if opened is None:
+                return None
+            return opened, conn, None
+        if data[13] & wire.SYN and not data[13] & (wire.ACK | wire.RST):
+            if self.listening:
+                room = self._syn_room()
+                got = self._secure.read_syn(data, key, now, room, self.backlog,
+                                            evict=room <= 0 and self._may_evict())
+                if got is None:
+                    return None
+                hlen = (data[12] >> 4) * 4
+                handshake = (got[0], got[1], bytes(data[hlen:]))
+                data = got[0]
+        elif not data[13] & wire.SYN:
+            moved = self._secure.rebind(self.connections, data, key)
+            if moved is not None:
+                conn, reopened = moved
+                if reopened is None:
+                    return None  # a path validation segment, consumed
+                data = reopened
+        return data, conn, handshake
+
+    def _no_connection(self, seg: wire.Segment, key: Addr, now: float, size: int,
+                       handshake: tuple[bytes, crypto.Responder, bytes] | None) -> None:
+        """A segment no connection takes: a SYN for the listener, a SYN cookie's ACK,
+        or what plaintext TCP answers with a RST."""
         flags = seg.flags
         if flags & wire.RST:
             self.counters["RST for no connection"] += 1  # never answer RST with RST

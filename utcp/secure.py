@@ -146,7 +146,7 @@ class SecureLayer:
         self._window_start = float("-inf")
         self._syns_in_window = 0
 
-    def _drop(self, reason: str) -> None:
+    def drop(self, reason: str) -> None:
         self.counters[f"secure: {reason}"] += 1
         if log.enabled():
             log.emit("drop", reason=reason, layer="secure")
@@ -177,26 +177,26 @@ class SecureLayer:
         header, cookie = _strip_cookie(bytes(data[:hlen]))
         msg1 = bytes(data[hlen:])
         if len(msg1) != crypto.MSG1_LEN:
-            self._drop("SYN without a secure handshake")
+            self.drop("SYN without a secure handshake")
             self._reset(header, key, plaintext_peer=not msg1)
             return None
         loaded = self._under_load(now, room, backlog)
         if room <= 0 and not evict:
-            self._drop("SYN dropped before DH work: queue full")
+            self.drop("SYN dropped before DH work: queue full")
             return None
         if loaded and (cookie is None or not self.cookies.check(key, cookie, now)):
-            self._drop("SYN under load without a valid cookie")  # answered statelessly
+            self.drop("SYN under load without a valid cookie")  # answered statelessly
             self._send_cookie(header, key, now)
             return None
         responder = crypto.Responder(self.static)
         try:
             client_key = responder.read_msg1(header, msg1)
         except crypto.SecureError as exc:
-            self._drop(exc.reason)
+            self.drop(exc.reason)
             self._reset(header, key)  # fail the client fast and clearly (a hint to it)
             return None
         if self.allowed is not None and client_key not in self.allowed:
-            self._drop("client key not allowed")
+            self.drop("client key not allowed")
             # msg1 authenticated, so we can prove the refusal is ours: msg2 under the
             # RST's header (which it hashes, so it cannot pass for a SYN+ACK's). The
             # client then fails at once; two more X25519 operations, behind the same
@@ -213,7 +213,7 @@ class SecureLayer:
             # resending its SYN after our half-open entry expired (all its SYN+ACKs lost).
             # A replay can do that too, but only there, where one connection at a time
             # exists and our SYN+ACK goes to the genuine client.
-            self._drop("replayed handshake: timestamp not newer")
+            self.drop("replayed handshake: timestamp not newer")
             return None
         self.latest[client_key] = (responder.timestamp, key)
         self.latest.move_to_end(client_key)
@@ -267,7 +267,7 @@ class SecureLayer:
     def open(self, conn: Connection, data: bytes | bytearray | memoryview) -> bytes | None:
         """A datagram from the address of an existing connection: plaintext or None."""
         if len(data) < 20:
-            self._drop("short datagram")
+            self.drop("short datagram")
             return None
         flags = data[13]
         session = self.sessions.get(conn)
@@ -277,7 +277,7 @@ class SecureLayer:
             try:
                 opened = session.open(data)
             except crypto.SecureError as exc:
-                self._drop(exc.reason)
+                self.drop(exc.reason)
                 return None
             path = self.paths.get(conn)
             if path is not None and path.addr == conn.peer:
@@ -300,7 +300,7 @@ class SecureLayer:
                 " rejected our secure handshake (wrong Config.server_key, or our key is not"
                 " among its allowed_keys)")
             return None
-        self._drop("unauthenticated segment")
+        self.drop("unauthenticated segment")
         return None
 
     def _cookie_reply(self, conn: Connection, data: bytes | bytearray | memoryview) -> None:
@@ -312,15 +312,15 @@ class SecureLayer:
         pending = self.connecting.get(conn)
         ack = int.from_bytes(data[8:12], "big")
         if pending is None or pending.syn is None or ack != (pending.isn + 1) & 0xFFFFFFFF:
-            self._drop("cookie reply that does not acknowledge our SYN")
+            self.drop("cookie reply that does not acknowledge our SYN")
             return
         if pending.cookie_for == pending.syns:
-            self._drop("second cookie reply for one SYN")
+            self.drop("second cookie reply for one SYN")
             return
         pending.cookie = bytes(data[24:24 + crypto.COOKIE_LEN])
         resend = _with_cookie(pending.syn[0], pending.cookie)
         if resend is None:
-            self._drop("no room for the cookie in our SYN")
+            self.drop("no room for the cookie in our SYN")
             return
         pending.syns += 1
         pending.cookie_for = pending.syns
@@ -333,12 +333,12 @@ class SecureLayer:
         initiator = self.initiators.get(conn)
         hlen = _hlen(data)
         if initiator is None:
-            self._drop("refusal with a handshake while not connecting")
+            self.drop("refusal with a handshake while not connecting")
             return
         try:
             initiator.read_msg2(bytes(data[:hlen]), bytes(data[hlen:]))  # on a copy
         except crypto.SecureError as exc:
-            self._drop(f"refusal: {exc.reason}")
+            self.drop(f"refusal: {exc.reason}")
             return
         self.counters["secure mode: authenticated refusals"] += 1
         conn.refuse("connection refused: the server does not allow our key (it is not"
@@ -363,7 +363,7 @@ class SecureLayer:
         ack = int.from_bytes(data[8:12], "big")
         if pending is None or not data[13] & _ACK or \
                 not 1 <= (ack - pending.isn) & 0xFFFFFFFF <= 1 + crypto.MSG1_LEN:
-            self._drop("refusal that does not acknowledge our SYN")
+            self.drop("refusal that does not acknowledge our SYN")
             return
         self.counters["secure: unauthenticated refusals while connecting"] += 1
         if log.enabled():
@@ -393,7 +393,7 @@ class SecureLayer:
             try:
                 self.sessions[conn] = initiator.read_msg2(header, payload)
             except crypto.SecureError as exc:
-                self._drop(exc.reason)
+                self.drop(exc.reason)
                 return None
             del self.initiators[conn]
             self.connecting.pop(conn, None)
@@ -402,7 +402,7 @@ class SecureLayer:
         # a retransmitted SYN or SYN+ACK: the same bytes as the one that authenticated
         if payload and _sans_checksum(header) + payload == self.handshake_payload.get(conn):
             return header
-        self._drop("handshake segment that does not match")
+        self.drop("handshake segment that does not match")
         return None
 
     def rebind(self, connections: dict[Addr, Connection],
@@ -494,7 +494,7 @@ class SecureLayer:
             if flags & _ACK:
                 responder = self.responders.get(conn)
                 if responder is None:
-                    self._drop("SYN+ACK without a handshake (simultaneous open)")
+                    self.drop("SYN+ACK without a handshake (simultaneous open)")
                     return None
                 msg2 = responder.write_msg2(header)
                 if responder.session is not None and conn not in self.sessions:
@@ -513,7 +513,7 @@ class SecureLayer:
             return header + msg1
         session = self.sessions.get(conn)
         if session is None:
-            self._drop("no session to seal with")
+            self.drop("no session to seal with")
             return None
         path = self.paths.get(conn)
         if path is not None and path.addr == conn.peer and path.sent + len(datagram) \
@@ -524,7 +524,7 @@ class SecureLayer:
         try:
             sealed = session.seal(datagram)
         except crypto.SecureError as exc:
-            self._drop(exc.reason)
+            self.drop(exc.reason)
             return None
         if path is not None and path.addr == conn.peer:
             path.sent += len(sealed)
