@@ -205,22 +205,28 @@ class SecureLayer:
             self._send(rst + responder.write_msg2(rst), key)
             self.counters["RST sent for no connection"] += 1
             return None
-        last = self.latest.get(client_key)
-        if last is not None and (responder.timestamp < last[0] or (
-                responder.timestamp == last[0] and last[1] != key)):
-            # answered by nothing: the genuine client has this handshake's answer already.
-            # The same msg1 from the same address and port is let through: the client
-            # resending its SYN after our half-open entry expired (all its SYN+ACKs lost).
-            # A replay can do that too, but only there, where one connection at a time
-            # exists and our SYN+ACK goes to the genuine client.
+        if not self._fresh(client_key, responder.timestamp, key):
             self.drop("replayed handshake: timestamp not newer")
             return None
-        self.latest[client_key] = (responder.timestamp, key)
+        self.counters["secure: handshakes accepted"] += 1
+        return header, responder
+
+    def _fresh(self, client_key: bytes, timestamp: bytes, key: Addr) -> bool:
+        """Whether a client's msg1 is newer than the last one accepted from its key (and
+        remember it if so). A replay is answered by nothing: the genuine client has this
+        handshake's answer already. The same msg1 from the same address and port is let
+        through: the client resending its SYN after our half-open entry expired (all its
+        SYN+ACKs lost). A replay can do that too, but only there, where one connection
+        at a time exists and our SYN+ACK goes to the genuine client."""
+        last = self.latest.get(client_key)
+        if last is not None and (timestamp < last[0] or (
+                timestamp == last[0] and last[1] != key)):
+            return False
+        self.latest[client_key] = (timestamp, key)
         self.latest.move_to_end(client_key)
         while len(self.latest) > LATEST_KEYS:
             self.latest.popitem(last=False)
-        self.counters["secure: handshakes accepted"] += 1
-        return header, responder
+        return True
 
     def _under_load(self, now: float, room: int, backlog: int) -> bool:
         """WireGuard's "under load": a quarter of the SYN queue in use, or more new
