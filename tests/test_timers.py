@@ -1,0 +1,121 @@
+"""The timer table (utcp.timers) and the buffers (utcp.buffers) through their own
+interfaces; the connection's use of them is tested by behaviour elsewhere."""
+
+from __future__ import annotations
+
+import pytest
+
+from utcp.buffers import OOO_PIECE_OVERHEAD, ReassemblyBudget, ReceiveBuffer, SendBuffer
+from utcp.config import Config
+from utcp.connection import Connection
+from utcp.timers import Timer, Timers
+
+
+def test_a_fresh_table_has_nothing_armed() -> None:
+    timers = Timers()
+    assert timers.earliest() is None
+    assert timers.pending() == {}
+    assert not any(timers.due(t, 1e9) for t in Timer)
+
+
+def test_arm_cancel_and_earliest() -> None:
+    timers = Timers()
+    timers.arm(Timer.KEEPALIVE, 30.0)
+    timers.arm(Timer.RTX, 2.0)
+    timers.arm(Timer.ACK, 2.5)
+    assert timers.earliest() == 2.0
+    assert timers.get(Timer.ACK) == 2.5 and timers.armed(Timer.ACK)
+    timers.cancel(Timer.RTX)
+    assert timers.earliest() == 2.5 and not timers.armed(Timer.RTX)
+    timers.arm(Timer.ACK, 40.0)  # re-arming moves the deadline
+    assert timers.earliest() == 30.0
+    assert timers.pending() == {Timer.KEEPALIVE: 30.0, Timer.ACK: 40.0}
+
+
+def test_arm_if_idle_keeps_a_running_timer() -> None:
+    timers = Timers()
+    timers.arm_if_idle(Timer.RTX, 5.0)
+    timers.arm_if_idle(Timer.RTX, 1.0)
+    assert timers.get(Timer.RTX) == 5.0
+
+
+def test_due_is_at_or_after_the_deadline() -> None:
+    timers = Timers()
+    timers.arm(Timer.PERSIST, 3.0)
+    assert not timers.due(Timer.PERSIST, 2.999)
+    assert timers.due(Timer.PERSIST, 3.0) and timers.due(Timer.PERSIST, 10.0)
+
+
+def test_cancel_all_leaves_none_armed() -> None:
+    timers = Timers()
+    for i, t in enumerate(Timer):
+        timers.arm(t, float(i))
+    assert len(timers.pending()) == len(Timer)
+    timers.cancel_all()
+    assert timers.pending() == {} and timers.earliest() is None
+
+
+def test_priority_order_ends_before_it_sends() -> None:
+    # the walk order is the enum's: what ends a connection comes before what sends on it
+    order = list(Timer)
+    assert order.index(Timer.TIME_WAIT) < order.index(Timer.RTX)
+    assert order.index(Timer.USER) < order.index(Timer.RTX)
+    assert order.index(Timer.RTX) < order.index(Timer.TLP)
+    assert order[-1] is Timer.KEEPALIVE
+
+
+def test_an_aborted_connection_has_no_timer_left() -> None:
+    conn = Connection(Config(), local_port=1, remote_port=2, iss=1000)
+    conn.connect(0.0)
+    assert conn.get_timer() is not None  # the SYN's retransmission timer
+    conn.abort()
+    assert conn.get_timer() is None and conn.timers.pending() == {}
+
+
+def test_send_buffer_frees_what_is_acknowledged() -> None:
+    buf = SendBuffer(base=101)
+    buf.data += b"abcdefghij"
+    assert buf.end == 111
+    assert bytes(buf.view(103, 4)) == b"cdef"
+    assert buf.free(100) == 0 and buf.free(101) == 0  # nothing before base is ours
+    assert buf.free(105) == 4 and buf.base == 105 and bytes(buf.data) == b"efghij"
+    assert buf.free(200) == 6 and buf.end == 111  # a FIN's ACK frees no byte more
+
+
+def test_receive_buffer_reads_whole_pieces_or_glued_bytes() -> None:
+    buf = ReceiveBuffer()
+    buf.append(b"ab")
+    buf.append(b"cde")
+    assert buf.size == 5
+    assert buf.read(3) == b"abc" and buf.size == 2
+    assert buf.read(-1) == b"de" and buf.size == 0
+    big = bytes(range(256)) * 100
+    buf.append(b"x")
+    buf.append(big)
+    assert buf.read_pieces(1 << 20) == b"x"  # a large piece comes alone, next time
+    assert buf.read_pieces(1 << 20) == big and buf.size == 0
+
+
+def test_reassembly_drains_in_order_and_releases_its_budget() -> None:
+    buf = ReceiveBuffer()
+    budget = ReassemblyBudget(limit=10_000)
+    buf.budget = budget
+    for seq, data in ((20, b"klmno"), (10, b"abcde")):
+        i, held = buf.find_ooo(seq, data)
+        assert not held
+        buf.insert_ooo(i, seq, data, len(data) + OOO_PIECE_OVERHEAD)
+    assert buf.find_ooo(10, b"abcde")[1]  # the same piece again is known
+    assert buf.holds_past(24) and not buf.holds_past(25)
+    assert budget.used == 10 + 2 * OOO_PIECE_OVERHEAD
+    assert buf.drain(10) == 15  # the first piece is in order now; the second waits
+    assert buf.read(-1) == b"abcde" and budget.used == 5 + OOO_PIECE_OVERHEAD
+    buf.drop_ooo()
+    assert budget.used == 0 and buf.ooo == [] and buf.ooo_bytes == 0
+
+
+def test_the_shared_empty_receive_buffer_refuses_appends() -> None:
+    buf = ReceiveBuffer()
+    with pytest.raises(RuntimeError):
+        buf.pieces.append(b"x")  # one connection's bytes must never land in the shared deque
+    buf.append(b"x")  # the buffer's own append gets a deque of its own
+    assert ReceiveBuffer().pieces is not buf.pieces
