@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import collections
 from bisect import bisect_left
+from typing import TypeVar
 
 # Real memory a received piece costs beyond its payload, measured with tracemalloc on
 # CPython 3.11 (64-bit): a piece in order is a bytes object (33-byte header, allocator
@@ -53,6 +54,17 @@ class MemoryBudget:
         self.drops = 0
 
 
+_T = TypeVar("_T")
+
+
+def python_class(cls: _T) -> _T:
+    """Keeps a class a plain Python class when mypyc compiles its module: any decorator
+    mypyc does not know does that, and a native subclass of `deque` crashes at import
+    (mypyc 1.x)."""
+    return cls
+
+
+@python_class
 class _NoPieces(collections.deque[bytes | memoryview]):
     """The receive buffer of every connection that holds no piece: a deque, even empty,
     keeps a 528-byte block, and an idle connection has nothing to keep in it (100,000
