@@ -6,10 +6,12 @@ Outputs, pulled by the caller: `datagrams_to_send(now)`, `get_timer()`, `next_ev
 60-second TIME_WAIT in microseconds.
 
 Sequence numbers are kept *unwrapped* (see `utcp.seq`); only the wire sees 32 bits.
-Segment processing follows the order of RFC 9293 §3.10.7.4 as RFC 5961 and RFC 7323
-amend it (SYN, PAWS, acceptability, RST, ACK, TS.Recent, text, FIN; see
-`_receive_synchronized` and docs/architecture.md), and every change of state goes
-through `utcp.state.next_state`.
+The connection holds the TCB's variables and its life cycle; its collaborators each
+own one concern and hold a reference back (docs/architecture.md maps them):
+`utcp.inbound` (a segment's way in, in RFC 9293 §3.10.7's order as RFC 5961 and RFC 7323
+amend it), `utcp.receiver` (text, reassembly, FIN), `utcp.sender` (every segment
+built), `utcp.recovery` (loss detection, recovery, congestion control), `utcp.timers`.
+Every change of state goes through `set_state`, and so through `utcp.state`'s table.
 """
 
 from __future__ import annotations

@@ -390,7 +390,7 @@ class Endpoint:
             out.append((datagram, peer))
         self._touched[conn] = None
         # Once per connection per batch of datagrams, not per datagram: admission control
-        # (Connection._mem_admit) counts the connection's own growth since exactly, and
+        # (Receiver.admit) counts the connection's own growth since exactly, and
         # other connections' growth within one batch is small.
         conn.recharge()
         state = conn.state

@@ -1,7 +1,7 @@
 """Congestion control behind one small interface, chosen by name (`Config.congestion`).
 
-The connection owns loss *detection* (duplicate ACKs, timeouts); an algorithm only
-answers how big the window is after each event. That keeps recovery logic in one
+Loss *detection* is `utcp.recovery.LossRecovery`'s (RACK, duplicate ACKs, timeouts);
+an algorithm only answers how big the window is after each event. That keeps recovery logic in one
 place and lets algorithms be swapped without touching the state machine.
 """
 
