@@ -168,8 +168,9 @@ def check_path(path: str) -> str | None:
 def check_span(span: str) -> str | None:
     """None if a backticked span names only what exists (or is no name at all)."""
     span = span.strip()
-    if FILE_RE.fullmatch(span):  # a module by its file name, as `inbound.py`
-        return None if any((ROOT / "utcp").rglob(span)) else f"{span}: no such file in utcp/"
+    if FILE_RE.fullmatch(span):  # a file by its name alone, as `inbound.py`
+        found = any(any((ROOT / top).rglob(span)) for top in ("utcp", "tests", "benchmarks"))
+        return None if found else f"{span}: no such file in utcp/, tests/ or benchmarks/"
     if m := DOTTED_RE.fullmatch(span):
         return resolve(m[1])
     if m := CALL_RE.fullmatch(span):
