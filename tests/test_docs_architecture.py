@@ -32,7 +32,10 @@ import io
 import keyword
 import pkgutil
 import re
+import sys
+import threading
 import tokenize
+import types
 from functools import cache
 from pathlib import Path
 from types import ModuleType
@@ -250,3 +253,115 @@ def test_the_checker_reports_made_up_names(bad: str) -> None:
 ])
 def test_the_checker_accepts_real_names(good: str) -> None:
     assert not problems(f"Some prose {good} and more.\n"), problems(good)
+
+
+# ---------------------------------------------------------------------- the walk, traced
+
+WALK_TIMEOUT = 30.0  # seconds; generous for a loaded machine, the walk takes milliseconds
+REPLY = 3000  # bytes: more than one segment, so one of them draws an ACK at once
+
+
+def walk_steps(text: str) -> list[str]:
+    """The names in bold in the walk section, in the order the page gives them."""
+    start = text.index("## One datagram")
+    section = text[start:text.index("\n## ", start + 1)]
+    return re.findall(r"\*\*`([\w.]+)`\*\*", section)
+
+
+def _code_key(ref: str) -> tuple[str, str] | str:
+    """What a traced call is matched by: utcp's (file, qualified name), or, for a method
+    of asyncio's protocol classes (the application overrides it), its bare name."""
+    first, *rest = ref.split(".")
+    obj, why = _start(first)
+    assert obj is not None, why
+    for part in rest:
+        obj = getattr(obj, part)
+    if getattr(obj, "__module__", "").startswith("asyncio"):
+        return ref.rsplit(".", 1)[-1]
+    code = obj.__code__  # type: ignore[union-attr]
+    return (code.co_filename, code.co_qualname)
+
+
+def _trace_one_reply() -> list[tuple[str, str]]:
+    """Every call the server's thread makes, from the moment it has sent a greeting
+    (which the client's reply then acknowledges: that reply takes the general path) to
+    the last byte of the reply reaching `data_received`."""
+    calls: list[tuple[str, str]] = []
+    ready = threading.Event()
+    port: list[int] = []
+    failure: list[BaseException] = []
+
+    def profile(frame: types.FrameType, event: str, arg: object) -> None:
+        if event == "call":
+            code = frame.f_code
+            calls.append((code.co_filename, code.co_qualname))
+
+    class Server(asyncio.Protocol):
+        def __init__(self, done: asyncio.Future[None]) -> None:
+            self.done, self.got = done, 0
+
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            assert isinstance(transport, asyncio.WriteTransport)
+            transport.write(b"hello")
+            sys.setprofile(profile)  # from here: the reply's way in
+
+        def data_received(self, data: bytes) -> None:
+            self.got += len(data)
+            if self.got >= REPLY and not self.done.done():
+                sys.setprofile(None)
+                self.done.set_result(None)
+
+    async def client() -> None:
+        ready.wait(WALK_TIMEOUT)
+        reader, writer = await utcp.open_connection("127.0.0.1", port[0])
+        try:
+            await reader.readexactly(5)
+            writer.write(b"r" * REPLY)  # carries the ACK of the greeting
+            await writer.drain()
+            await asyncio.wait_for(reader.read(), WALK_TIMEOUT)  # the server's close
+        finally:
+            writer.close()
+
+    def run_client() -> None:
+        try:
+            asyncio.run(asyncio.wait_for(client(), WALK_TIMEOUT))
+        except BaseException as exc:  # reported by the main thread
+            failure.append(exc)
+
+    async def server() -> None:
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        srv = await utcp.create_server(lambda: Server(done), "127.0.0.1", 0)
+        port.append(srv.sockets[0].getsockname()[1])
+        ready.set()
+        try:
+            await asyncio.wait_for(done, WALK_TIMEOUT)
+        finally:
+            sys.setprofile(None)
+            srv.close()
+            srv.abort_clients()
+
+    thread = threading.Thread(target=run_client, daemon=True)
+    thread.start()
+    try:
+        asyncio.run(server())
+    finally:
+        thread.join(WALK_TIMEOUT)
+    assert not thread.is_alive(), "the client did not finish"
+    assert not failure or isinstance(failure[0], ConnectionError), failure
+    return calls
+
+
+def test_the_walk_is_the_order_the_code_calls() -> None:
+    """The walk's steps in bold happen in that order when a datagram comes in over a
+    real socket (a reply of two segments that acknowledges data: the general path, an
+    ACK sent at once, then delivery)."""
+    steps = walk_steps(DOC.read_text(encoding="utf-8"))
+    assert len(steps) >= 15, steps
+    calls = _trace_one_reply()
+    i = 0
+    for step in steps:
+        key = _code_key(step)
+        while i < len(calls) and not (calls[i] == key or calls[i][1].rsplit(".", 1)[-1] == key):
+            i += 1
+        assert i < len(calls), f"{step} is not called after the step before it"
+        i += 1
