@@ -576,66 +576,166 @@ async def _perf_run(flows: list[Flow], host: str, port: int, *, duration: float 
     # as iperf3, -O comes before -t: the run lasts both, the totals cover -t only
     send_for = duration + omit if duration is not None else None
     stop = asyncio.Event()
-    peer = flows[0].writer.get_extra_info("peername")
-    connected = []  # taken now: a closed connection no longer names its addresses
+    connected = _connected_addresses(flows)
+    if not as_json:
+        _say_perf_header(out, flows, host, port, reverse=reverse, open_ended=open_ended,
+                         omit=omit)
+    cpu_start = os.times()
+    start = time.monotonic()
+    tasks = [asyncio.create_task(_run_flow(
+        flow, {"reverse": reverse, "duration": send_for, "bytes": share[flow.ident - 1],
+               "omit": omit, "rate": options.rate, "cookie": cookie,
+               "streams": parallel, "stream": flow.ident}, stop))
+        for flow in flows]
+    timeline = _PerfTimeline(flows, start, omit=omit, interval=interval, as_json=as_json,
+                             out=out, reverse=reverse)
+    await _drive_flows(tasks, flows, stop, timeline, host=host, port=port,
+                       open_ended=open_ended, reverse=reverse)
+    elapsed = max(time.monotonic() - timeline.base, 1e-9)
+    total = sum(f.bytes - f.omit_bytes for f in flows)
+    retrans = sum(f.stats().segments_retransmitted - f.omit_retrans for f in flows)
+    received = (sum(f.server_result.get("bytes_received", 0) for f in flows)
+                if not reverse else total)
+    cpu = _cpu_percent(cpu_start, time.monotonic() - start)
+    server_report = await _server_output(control)
+    summary = _perf_json(flows, connected, host, port, duration=duration, nbytes=nbytes,
+                         reverse=reverse, options=options, cookie=cookie, config=config,
+                         intervals=timeline.intervals, elapsed=elapsed, total=total,
+                         retrans=retrans, received=received, interrupted=stop.is_set(),
+                         cpu=cpu)
+    if server_report is not None:
+        summary["server_output_text"] = server_report.get("text", "")
+        summary["server_output_json"] = server_report
+    if as_json:
+        _say(out, json.dumps(summary, indent=2))
+        return summary
+    _say_perf_summary(out, flows, reverse=reverse, elapsed=elapsed, total=total,
+                      retrans=retrans, received=received, server_report=server_report)
+    return summary
+
+
+def _connected_addresses(flows: list[Flow]) -> list[dict[str, Any]]:
+    """Each stream's addresses for -J's start.connected, taken at the start: a closed
+    connection no longer names its addresses."""
+    connected = []
     for flow in flows:
         local = flow.writer.get_extra_info("sockname")
         remote = flow.writer.get_extra_info("peername")
         connected.append({"socket": flow.ident, "local_host": local[0],
                           "local_port": local[1], "remote_host": remote[0],
                           "remote_port": remote[1]})
-    if not as_json:
-        _say(out, f"Connecting to host {host}, port {port} over utcp"
-                  f"{' (reverse: server sends)' if reverse else ''}"
-                  f"{' until interrupted' if open_ended else ''}")
-        for flow in flows:
-            sock = flow.writer.get_extra_info("sockname")
-            _say(out, f"[{flow.ident:3d}] local {sock[0]} port {sock[1]} connected to "
-                      f"{peer[0]} port {peer[1]}")
-        if omit:
-            _say(out, f"Omitting the first {omit:g} s from the totals")
-        _say(out, "[ ID] Interval           Transfer     Bitrate         Retr  Cwnd",
-             flush=True)
+    return connected
 
-    async def run_flow(flow: Flow) -> None:
-        flow_bytes = share[flow.ident - 1]
-        spec = {"reverse": reverse, "duration": send_for, "bytes": flow_bytes,
-                "omit": omit, "rate": options.rate, "cookie": cookie,
-                "streams": parallel, "stream": flow.ident}
-        flow.writer.write(PERF_MAGIC + json.dumps(spec).encode() + b"\n")
-        if reverse:
-            while data := await flow.reader.read(CHUNK):
-                flow.bytes += len(data)
-            flow.writer.write_eof()
-        else:
-            await _perf_source(flow.writer, send_for, flow_bytes, flow, stop,
-                               rate=options.rate, omit=omit)
-            flow.writer.write_eof()
-            line = await flow.reader.readline()
-            if line:
-                flow.server_result = json.loads(line)
-        flow.writer.close()
-        with contextlib.suppress(ConnectionError):
-            await flow.writer.wait_closed()
 
-    intervals: list[dict[str, Any]] = []
-    cpu_start = os.times()
-    start = time.monotonic()
-    tasks = [asyncio.create_task(run_flow(f)) for f in flows]
+def _say_perf_header(out: Any, flows: list[Flow], host: str, port: int, *, reverse: bool,
+                     open_ended: bool, omit: float) -> None:
+    """The lines iperf3 prints before the first interval, so a reader of its output
+    finds the same landmarks in ours."""
+    peer = flows[0].writer.get_extra_info("peername")
+    _say(out, f"Connecting to host {host}, port {port} over utcp"
+              f"{' (reverse: server sends)' if reverse else ''}"
+              f"{' until interrupted' if open_ended else ''}")
+    for flow in flows:
+        sock = flow.writer.get_extra_info("sockname")
+        _say(out, f"[{flow.ident:3d}] local {sock[0]} port {sock[1]} connected to "
+                  f"{peer[0]} port {peer[1]}")
+    if omit:
+        _say(out, f"Omitting the first {omit:g} s from the totals")
+    _say(out, "[ ID] Interval           Transfer     Bitrate         Retr  Cwnd",
+         flush=True)
+
+
+async def _run_flow(flow: Flow, spec: dict[str, Any], stop: asyncio.Event) -> None:
+    """One stream of a client run: the request line, then the bytes one way; without
+    -R the server's line after our FIN says what it received."""
+    flow.writer.write(PERF_MAGIC + json.dumps(spec).encode() + b"\n")
+    if spec["reverse"]:
+        while data := await flow.reader.read(CHUNK):
+            flow.bytes += len(data)
+        flow.writer.write_eof()
+    else:
+        await _perf_source(flow.writer, spec["duration"], spec["bytes"], flow, stop,
+                           rate=spec["rate"], omit=spec["omit"])
+        flow.writer.write_eof()
+        line = await flow.reader.readline()
+        if line:
+            flow.server_result = json.loads(line)
+    flow.writer.close()
+    with contextlib.suppress(ConnectionError):
+        await flow.writer.wait_closed()
+
+
+@dataclass
+class _PerfTimeline:
+    """Where a client run is in time: the omitted start (-O), then -i's interval rows.
+
+    `base` is where the measured (not omitted) part began: the rows after -O and the
+    totals count from it; within the omitted start it is still `start`."""
+
+    flows: list[Flow]
+    start: float
+    omit: float
+    interval: float | None
+    as_json: bool
+    out: Any
+    reverse: bool
+    last: float = 0.0
+    base: float = 0.0
+    omitting: bool = False
+    measured: int = 0  # interval rows printed after the omitted start
+    intervals: list[dict[str, Any]] = field(default_factory=list)
+    every: float = field(init=False, default=math.inf)  # -i, or never
+
+    def __post_init__(self) -> None:
+        self.last = self.base = self.start
+        self.omitting = self.omit > 0
+        self.every = self.interval if self.interval is not None else math.inf
+
+    def timeout(self) -> float | None:
+        """How long to wait for the flows before the next row or the end of -O is due."""
+        wake = (min(self.last + self.every, self.start + self.omit) if self.omitting
+                else self.last + self.every)
+        return None if wake == math.inf else max(wake - time.monotonic(), 0.0)
+
+    def step(self, now: float, finished: bool) -> None:
+        """After each wake-up: the end of the omitted start, or an interval row if due."""
+        if self.omitting and (now >= self.start + self.omit - 0.001 or finished):
+            if self.interval is not None:
+                self.intervals.append(_report_interval(
+                    self.flows, self.last - self.start, now - self.start, self.as_json,
+                    self.out, omitted=True, reverse=self.reverse))
+            for flow in self.flows:
+                flow.mark_omitted()
+                flow.last_bytes = flow.bytes
+                flow.last_retrans = flow.stats().segments_retransmitted
+            self.omitting, self.last, self.base = False, now, now
+            return
+        if self.interval is None or (now - self.last < self.every * 0.5 and not finished) or (
+                finished and self.measured and now - self.last < self.every * 0.05):
+            # a sliver of an interval at the end is noise, not a report; but a
+            # run shorter than -i gets its one partial row, as iperf3 prints
+            return
+        self.intervals.append(_report_interval(self.flows, self.last - self.base,
+                                               now - self.base, self.as_json, self.out,
+                                               omitted=self.omitting, reverse=self.reverse))
+        self.measured += not self.omitting
+        self.last = now
+
+
+async def _drive_flows(tasks: list[asyncio.Task[None]], flows: list[Flow],
+                       stop: asyncio.Event, timeline: _PerfTimeline, *, host: str,
+                       port: int, open_ended: bool, reverse: bool) -> None:
+    """Wait for the flows, waking for each row the timeline owes and for Ctrl-C (an
+    open-ended run's end); a connection that fails ends the run with one line."""
     stopped = asyncio.create_task(stop.wait())
-    last = base = start  # base: where the measured (not omitted) part began
-    omitting = omit > 0
-    every = interval if interval is not None else math.inf
-    measured = 0  # interval rows printed after the omitted start
     try:
         with _interrupt_handlers(stop) if open_ended else contextlib.nullcontext():
             while not all(t.done() for t in tasks):
-                wake = min(last + every, start + omit) if omitting else last + every
-                timeout = None if wake == math.inf else max(wake - time.monotonic(), 0.0)
                 # once stopped, `stopped` is done for good: waiting on it again would
                 # return at once and spin while the flows finish
                 await asyncio.wait([*tasks] if stop.is_set() else [*tasks, stopped],
-                                   timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+                                   timeout=timeline.timeout(),
+                                   return_when=asyncio.FIRST_COMPLETED)
                 if stop.is_set() and reverse:
                     # the server sends until we go: what arrived so far is the result,
                     # and a reset (as iperf3 closes) stops the server's sending at once
@@ -644,30 +744,7 @@ async def _perf_run(flows: list[Flow], host: str, port: int, *, duration: float 
                     await asyncio.gather(*tasks, return_exceptions=True)
                     for flow in flows:
                         flow.writer.transport.abort()
-                now = time.monotonic()
-                finished = all(t.done() for t in tasks)
-                if omitting and (now >= start + omit - 0.001 or finished):
-                    if interval is not None:
-                        intervals.append(_report_interval(flows, last - start, now - start,
-                                                          as_json, out, omitted=True,
-                                                          reverse=reverse))
-                    for flow in flows:
-                        flow.mark_omitted()
-                        flow.last_bytes = flow.bytes
-                        flow.last_retrans = flow.stats().segments_retransmitted
-                    omitting, last, base = False, now, now
-                    continue
-                if interval is None or (now - last < every * 0.5 and not finished) or (
-                        finished and measured and now - last < every * 0.05):
-                    # a sliver of an interval at the end is noise, not a report; but a
-                    # run shorter than -i gets its one partial row, as iperf3 prints
-                    continue
-                # within the omitted start, base is still start: its rows are marked
-                intervals.append(_report_interval(flows, last - base, now - base,
-                                                  as_json, out, omitted=omitting,
-                                                  reverse=reverse))
-                measured += not omitting
-                last = now
+                timeline.step(time.monotonic(), all(t.done() for t in tasks))
         for t in tasks:
             if not t.cancelled():
                 t.result()
@@ -677,25 +754,13 @@ async def _perf_run(flows: list[Flow], host: str, port: int, *, duration: float 
         raise CliError(f"connection to {host}:{port} failed: {_describe(exc)}") from None
     finally:
         stopped.cancel()
-    elapsed = max(time.monotonic() - base, 1e-9)
-    total = sum(f.bytes - f.omit_bytes for f in flows)
-    retrans = sum(f.stats().segments_retransmitted - f.omit_retrans for f in flows)
-    received = (sum(f.server_result.get("bytes_received", 0) for f in flows)
-                if not reverse else total)
-    cpu = _cpu_percent(cpu_start, time.monotonic() - start)
-    server_report = await _server_output(control)
-    summary = _perf_json(flows, connected, host, port, duration=duration, nbytes=nbytes,
-                         reverse=reverse, options=options, cookie=cookie, config=config,
-                         intervals=intervals, elapsed=elapsed, total=total,
-                         retrans=retrans, received=received, interrupted=stop.is_set(),
-                         cpu=cpu)
-    if server_report is not None:
-        summary["server_output_text"] = server_report.get("text", "")
-        summary["server_output_json"] = server_report
-    if as_json:
-        _say(out, json.dumps(summary, indent=2))
-        return summary
-    # as iperf3: each stream's sender and receiver rows, then their sums
+
+
+def _say_perf_summary(out: Any, flows: list[Flow], *, reverse: bool, elapsed: float,
+                      total: int, retrans: int, received: int,
+                      server_report: dict[str, Any] | None) -> None:
+    """The end of a text report, as iperf3's: each stream's sender and receiver rows,
+    then their sums; then stream 1's connection figures and the server's output."""
     _say(out, "- - - - - - - - - - - - - - - - - - - - - - - - -")
     rows: list[tuple[str, int, int | None, str]] = []
     for flow in flows:
@@ -722,7 +787,6 @@ async def _perf_run(flows: list[Flow], host: str, port: int, *, duration: float 
          flush=True)
     if server_report is not None:
         _say(out, "\nServer output:\n" + str(server_report.get("text", "")), flush=True)
-    return summary
 
 
 def _cpu_percent(before: os.times_result, wall: float) -> dict[str, float]:
