@@ -368,15 +368,8 @@ async def _perf_serve(state: _PerfServerState, reader: asyncio.StreamReader,
                     "remote_host": peer[0], "remote_port": peer[1]}
 
         try:
-            if reverse:
-                await _perf_source(writer, spec.get("duration"), spec.get("bytes"), flow,
-                                   rate=rate, omit=omit)
-                writer.write_eof()
-                while await reader.read(CHUNK):
-                    pass
-            else:
-                while data := await reader.read(CHUNK):
-                    flow.bytes += len(data)
+            await _perf_serve_stream(reader, writer, flow, spec, reverse=reverse, rate=rate,
+                                     omit=omit)
         except (ConnectionError, TimeoutError):
             # a client ended by Ctrl-C resets its streams (-R): what moved until then
             # is still this client's report, which its report connection waits for
@@ -394,6 +387,22 @@ async def _perf_serve(state: _PerfServerState, reader: asyncio.StreamReader,
     except (ConnectionError, TimeoutError, asyncio.IncompleteReadError, ValueError,
             TypeError):
         writer.transport.abort()
+
+
+async def _perf_serve_stream(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                            flow: Flow, spec: dict[str, Any], *, reverse: bool,
+                            rate: float | None, omit: float) -> None:
+    """The server's half of one stream: with -R it sends for the request's time or
+    bytes, then drains to the client's FIN; otherwise it counts what arrives."""
+    if reverse:
+        await _perf_source(writer, spec.get("duration"), spec.get("bytes"), flow,
+                           rate=rate, omit=omit)
+        writer.write_eof()
+        while await reader.read(CHUNK):
+            pass
+    else:
+        while data := await reader.read(CHUNK):
+            flow.bytes += len(data)
 
 
 async def _perf_send_report(test: _ClientTest, reader: asyncio.StreamReader,
@@ -813,47 +822,13 @@ def _perf_json(flows: list[Flow], connected: list[dict[str, Any]], host: str, po
     command printed before it had -J, which stay for the scripts that read them. The
     protocol is "TCP": the service is TCP's, and readers pick their fields by it.
     """
-    parallel = len(flows)
     stats = [f.stats() for f in flows]
-    now = time.time()
+    start = _perf_json_start(flows, connected, host, port, stats[0], duration=duration,
+                             nbytes=nbytes, reverse=reverse, options=options, cookie=cookie,
+                             config=config)
     congestion = stats[0].congestion
-    start = {
-        "connected": connected,
-        "version": f"utcp {_version()}",
-        "system_info": " ".join(os.uname()),
-        "timestamp": {"time": time.strftime("%a, %d %b %Y %H:%M:%S GMT", time.gmtime(now)),
-                      "timesecs": int(now)},
-        "connecting_to": {"host": host, "port": port},
-        "cookie": cookie,
-        "tcp_mss_default": stats[0].mss,
-        "sock_bufsize": config.recv_buffer if config is not None else 0,
-        "test_start": {"protocol": "TCP", "num_streams": parallel, "blksize": CHUNK,
-                       "omit": options.omit, "duration": duration or 0,
-                       "bytes": nbytes or 0, "blocks": 0, "reverse": int(reverse),
-                       "tos": 0, "target_bitrate": int(options.rate or 0)},
-        "transport": "utcp over UDP",
-        "host": host, "port": port, "parallel": parallel, "reverse": reverse,
-        "duration": duration, "bytes": nbytes,
-    }
-    streams = []
-    for flow, s in zip(flows, stats, strict=True):
-        sent = flow.bytes - flow.omit_bytes
-        got = sent if reverse else int(flow.server_result.get("bytes_received", 0))
-        # with -R the server sent what we read: a stream that ended with the server's
-        # FIN delivered every byte it carried, so the counts agree
-        retr = 0 if reverse else s.segments_retransmitted - flow.omit_retrans
-        side = {"socket": flow.ident, "start": 0, "end": elapsed, "seconds": elapsed,
-                "sender": not reverse}
-        streams.append({
-            "sender": {**side, "bytes": sent, "bits_per_second": sent * 8 / elapsed,
-                       "retransmits": retr, "max_snd_cwnd": s.cwnd,
-                       "mean_rtt": round(s.srtt * 1e6) if s.srtt is not None else 0},
-            "receiver": {**side, "bytes": got, "bits_per_second": got * 8 / elapsed},
-            "id": flow.ident, "bytes": sent, "bits_per_second": sent * 8 / elapsed,
-            "bytes_received": got if not reverse else sent,
-            "retransmits": s.segments_retransmitted - flow.omit_retrans, "srtt": s.srtt,
-            "rto": s.rto, "cwnd": s.cwnd, "ssthresh": s.ssthresh, "mss": s.mss,
-            "segments_sent": s.segments_sent, "segments_received": s.segments_received})
+    streams = [_perf_json_stream(flow, s, elapsed, reverse)
+               for flow, s in zip(flows, stats, strict=True)]
     sums = {"start": 0, "end": elapsed, "seconds": elapsed, "sender": not reverse}
     end = {
         "streams": streams,
@@ -868,6 +843,55 @@ def _perf_json(flows: list[Flow], connected: list[dict[str, Any]], host: str, po
         "bytes_received": received, "retransmits": retrans, "interrupted": interrupted,
     }
     return {"start": start, "intervals": intervals, "end": end}
+
+
+def _perf_json_start(flows: list[Flow], connected: list[dict[str, Any]], host: str,
+                     port: int, first: utcp.Stats, *, duration: float | None,
+                     nbytes: int | None, reverse: bool, options: PerfOptions, cookie: str,
+                     config: utcp.Config | None) -> dict[str, Any]:
+    """-J's `start`: what was asked for and where, iperf3's keys then this command's own."""
+    parallel = len(flows)
+    now = time.time()
+    return {
+        "connected": connected,
+        "version": f"utcp {_version()}",
+        "system_info": " ".join(os.uname()),
+        "timestamp": {"time": time.strftime("%a, %d %b %Y %H:%M:%S GMT", time.gmtime(now)),
+                      "timesecs": int(now)},
+        "connecting_to": {"host": host, "port": port},
+        "cookie": cookie,
+        "tcp_mss_default": first.mss,
+        "sock_bufsize": config.recv_buffer if config is not None else 0,
+        "test_start": {"protocol": "TCP", "num_streams": parallel, "blksize": CHUNK,
+                       "omit": options.omit, "duration": duration or 0,
+                       "bytes": nbytes or 0, "blocks": 0, "reverse": int(reverse),
+                       "tos": 0, "target_bitrate": int(options.rate or 0)},
+        "transport": "utcp over UDP",
+        "host": host, "port": port, "parallel": parallel, "reverse": reverse,
+        "duration": duration, "bytes": nbytes,
+    }
+
+
+def _perf_json_stream(flow: Flow, s: utcp.Stats, elapsed: float,
+                      reverse: bool) -> dict[str, Any]:
+    """One stream in -J's `end.streams`: iperf3's sender and receiver, then our keys."""
+    sent = flow.bytes - flow.omit_bytes
+    got = sent if reverse else int(flow.server_result.get("bytes_received", 0))
+    # with -R the server sent what we read: a stream that ended with the server's
+    # FIN delivered every byte it carried, so the counts agree
+    retr = 0 if reverse else s.segments_retransmitted - flow.omit_retrans
+    side = {"socket": flow.ident, "start": 0, "end": elapsed, "seconds": elapsed,
+            "sender": not reverse}
+    return {
+        "sender": {**side, "bytes": sent, "bits_per_second": sent * 8 / elapsed,
+                   "retransmits": retr, "max_snd_cwnd": s.cwnd,
+                   "mean_rtt": round(s.srtt * 1e6) if s.srtt is not None else 0},
+        "receiver": {**side, "bytes": got, "bits_per_second": got * 8 / elapsed},
+        "id": flow.ident, "bytes": sent, "bits_per_second": sent * 8 / elapsed,
+        "bytes_received": got if not reverse else sent,
+        "retransmits": s.segments_retransmitted - flow.omit_retrans, "srtt": s.srtt,
+        "rto": s.rto, "cwnd": s.cwnd, "ssthresh": s.ssthresh, "mss": s.mss,
+        "segments_sent": s.segments_sent, "segments_received": s.segments_received}
 
 
 def _report_interval(flows: list[Flow], t0: float, t1: float, as_json: bool,
@@ -1183,20 +1207,56 @@ async def _tunnel(args: argparse.Namespace, config: utcp.Config,
 
 
 async def _cat(args: argparse.Namespace, config: utcp.Config) -> int:
-    loop = asyncio.get_running_loop()
-    done: asyncio.Future[None] = loop.create_future()
-    stdin = _Stdin()
-    keep = bool(args.listen and args.keep_open)
-    one_at_a_time = asyncio.Lock()
+    cat = _CatSessions(args, asyncio.get_running_loop())
+    if args.listen:
+        await _cat_listen(args, config, cat)
+        return 0
+    try:
+        reader, writer = await utcp.open_connection(args.host, args.port, config=config,
+                                                    local_addr=args.bind)
+    except (OSError, OverflowError) as exc:
+        raise CliError(f"cannot connect to {args.host}:{args.port}: {_describe(exc)}") from None
+    await cat.session(reader, writer)
+    await cat.done
+    return 0
 
-    async def sending(writer: asyncio.StreamWriter) -> None:
-        if args.recv_only:
+
+async def _cat_listen(args: argparse.Namespace, config: utcp.Config,
+                      cat: _CatSessions) -> None:
+    """`cat -l`: one session, like nc -l; with -k, sessions until interrupted."""
+    host, port = args.listen
+    try:
+        server = await utcp.start_server(cat.session, host, port, config=_as_server(config))
+    except OSError as exc:
+        raise CliError(f"cannot listen on udp {host}:{port}: {_describe(exc)}") from None
+    if args.verbose:
+        print(f"listening on udp {host} port {server.sockets[0].getsockname()[1]}",
+              file=sys.stderr, flush=True)
+    try:
+        await cat.done
+    finally:
+        server.close()
+
+
+class _CatSessions:
+    """The sessions of one `utcp cat`, and `done`, which ends the command: set by the
+    one session (its result or its failure) or, with -k, only by a failure of stdout."""
+
+    def __init__(self, args: argparse.Namespace, loop: asyncio.AbstractEventLoop) -> None:
+        self.args = args
+        self.done: asyncio.Future[None] = loop.create_future()
+        self.stdin = _Stdin()
+        self.keep = bool(args.listen and args.keep_open)
+        self.one_at_a_time = asyncio.Lock()
+
+    async def sending(self, writer: asyncio.StreamWriter) -> None:
+        if self.args.recv_only:
             writer.write_eof()  # -U: nothing of ours goes out, and the peer is told so
         else:
-            await _stdin_to(writer, stdin)
+            await _stdin_to(writer, self.stdin)
 
-    async def receiving(reader: asyncio.StreamReader) -> None:
-        if args.send_only:
+    async def receiving(self, reader: asyncio.StreamReader) -> None:
+        if self.args.send_only:
             # -u, as socat's: what arrives is read (so the peer is never stalled) and
             # dropped; the peer's FIN still ends the receiving direction
             while await reader.read(CHUNK):
@@ -1204,29 +1264,32 @@ async def _cat(args: argparse.Namespace, config: utcp.Config) -> int:
         else:
             await _to_stdout(reader)
 
-    async def exchange(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        if not keep:
-            await asyncio.gather(sending(writer), receiving(reader))
+    async def exchange(self, reader: asyncio.StreamReader,
+                       writer: asyncio.StreamWriter) -> None:
+        if not self.keep:
+            await asyncio.gather(self.sending(writer), self.receiving(reader))
             return
         # -k: the client leaving (its FIN) ends the session, so that the next one is
         # served even while stdin (a terminal, say) stays open; what stdin holds then
         # goes to the next client
-        out = asyncio.create_task(sending(writer))
+        out = asyncio.create_task(self.sending(writer))
         try:
-            await receiving(reader)
+            await self.receiving(reader)
         finally:
             if not out.done():
                 out.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await out
 
-    async def session(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        async with one_at_a_time if keep else contextlib.nullcontext():
+    async def session(self, reader: asyncio.StreamReader,
+                      writer: asyncio.StreamWriter) -> None:
+        done, keep = self.done, self.keep
+        async with self.one_at_a_time if keep else contextlib.nullcontext():
             if done.done():
                 writer.transport.abort()
                 return
             try:
-                await exchange(reader, writer)
+                await self.exchange(reader, writer)
                 writer.close()
                 with contextlib.suppress(ConnectionError, TimeoutError):
                     await writer.wait_closed()
@@ -1247,29 +1310,6 @@ async def _cat(args: argparse.Namespace, config: utcp.Config) -> int:
                 return
             if not done.done() and not keep:
                 done.set_result(None)
-
-    if args.listen:
-        host, port = args.listen
-        try:
-            server = await utcp.start_server(session, host, port, config=_as_server(config))
-        except OSError as exc:
-            raise CliError(f"cannot listen on udp {host}:{port}: {_describe(exc)}") from None
-        if args.verbose:
-            print(f"listening on udp {host} port {server.sockets[0].getsockname()[1]}",
-                  file=sys.stderr, flush=True)
-        try:
-            await done  # one session, like nc -l; with -k, until interrupted
-        finally:
-            server.close()
-        return 0
-    try:
-        reader, writer = await utcp.open_connection(args.host, args.port, config=config,
-                                                    local_addr=args.bind)
-    except (OSError, OverflowError) as exc:
-        raise CliError(f"cannot connect to {args.host}:{args.port}: {_describe(exc)}") from None
-    await session(reader, writer)
-    await done
-    return 0
 
 
 def _read_stdin(loop: asyncio.AbstractEventLoop, chunks: asyncio.Queue[bytes], fd: int) -> None:
@@ -1433,28 +1473,41 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log protocol events")
     parser.add_argument("--log-json", action="store_true", help="log events as JSON lines")
     sub = parser.add_subparsers(dest="command", required=True)
+    _add_perf_parser(sub)
+    _add_tunnel_parser(sub)
+    _add_keygen_parser(sub)
+    _add_cat_parser(sub)
+    _add_plot_parser(sub)
+    return parser
 
-    def common(p: argparse.ArgumentParser) -> None:
-        p.set_defaults(parser=p)
-        p.add_argument("--mss", type=_mss,
-                       help="pin the segment payload to this many bytes (no PMTU probing)")
-        p.add_argument("-C", "--congestion", choices=CONGESTION_ALGORITHMS,
-                       help="congestion control algorithm (default: newreno)")
-        p.add_argument("--pcap", metavar="FILE", help="write every segment to this pcap file")
-        p.add_argument("--key", metavar="PRIVATE", help="secure mode: our private key "
-                       "(visible to other local users: prefer --key-file or $UTCP_KEY)")
-        p.add_argument("--key-file", metavar="FILE",
-                       help="secure mode: read our private key from FILE (the key alone, "
-                            "or utcp keygen's output)")
-        p.add_argument("--server-key", metavar="PUBLIC",
-                       help="secure mode: the server's public key, pinned by a client")
-        p.add_argument("--allow", metavar="PUBLIC", action="append",
-                       help="secure server: accept only this client key (repeatable)")
-        p.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
-                       help="log protocol events")
-        p.add_argument("--log-json", action="store_true", default=argparse.SUPPRESS,
-                       help="log events as JSON lines")
 
+def _add_common_arguments(p: argparse.ArgumentParser) -> None:
+    """The options every command that opens connections takes. -v and --log-json are
+    also taken after the command, SUPPRESSed so they do not undo the same option
+    given before it."""
+    p.set_defaults(parser=p)
+    p.add_argument("--mss", type=_mss,
+                   help="pin the segment payload to this many bytes (no PMTU probing)")
+    p.add_argument("-C", "--congestion", choices=CONGESTION_ALGORITHMS,
+                   help="congestion control algorithm (default: newreno)")
+    p.add_argument("--pcap", metavar="FILE", help="write every segment to this pcap file")
+    p.add_argument("--key", metavar="PRIVATE", help="secure mode: our private key "
+                   "(visible to other local users: prefer --key-file or $UTCP_KEY)")
+    p.add_argument("--key-file", metavar="FILE",
+                   help="secure mode: read our private key from FILE (the key alone, "
+                        "or utcp keygen's output)")
+    p.add_argument("--server-key", metavar="PUBLIC",
+                   help="secure mode: the server's public key, pinned by a client")
+    p.add_argument("--allow", metavar="PUBLIC", action="append",
+                   help="secure server: accept only this client key (repeatable)")
+    p.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                   help="log protocol events")
+    p.add_argument("--log-json", action="store_true", default=argparse.SUPPRESS,
+                   help="log events as JSON lines")
+
+
+def _add_perf_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """`utcp perf`: iperf3's options, with its letters, where utcp has the feature."""
     perf = sub.add_parser("perf", help="iperf3-like throughput test",
                           description="With neither -s nor -c: a client against an "
                                       "in-process server on loopback.",
@@ -1496,8 +1549,11 @@ def build_parser() -> argparse.ArgumentParser:
     perf.add_argument("--plot", metavar="FILE.png|svg",
                       help="draw stream 1 (time-sequence graph, cwnd, RTT, throughput); "
                            "needs matplotlib: pip install 'utcp[plot]'")
-    common(perf)
+    _add_common_arguments(perf)
 
+
+def _add_tunnel_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """`utcp tunnel`: one side listens for TCP, the other reaches the TCP service."""
     tunnel = sub.add_parser("tunnel", help="forward TCP over utcp",
                             description="Client side: --listen 127.0.0.1:8080 --remote "
                                         "HOST:PORT. Server side: --listen :PORT --target "
@@ -1513,8 +1569,11 @@ def build_parser() -> argparse.ArgumentParser:
     tunnel.add_argument("--workers", type=_workers, default=1, metavar="N",
                         help="N processes share the listening port (SO_REUSEPORT), "
                              "one core each (default 1)")
-    common(tunnel)
+    _add_common_arguments(tunnel)
 
+
+def _add_keygen_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """`utcp keygen`: no options; the parser is kept for its usage line."""
     keygen = sub.add_parser("keygen", help="print a new secure-mode key pair",
                             description="Prints 'private: ...' and 'public: ...'. Give the "
                                         "private key to the server (--key-file, $UTCP_KEY "
@@ -1522,6 +1581,9 @@ def build_parser() -> argparse.ArgumentParser:
                                         "(--server-key).")
     keygen.set_defaults(parser=keygen)
 
+
+def _add_cat_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """`utcp cat`: netcat's letters (-l, -k) and socat's one-way -u."""
     cat = sub.add_parser("cat", help="netcat over utcp",
                          epilog=f"A listener's private key may also come from ${KEY_ENV}.")
     cat.add_argument("-l", "--listen", metavar="[HOST:]PORT", type=_address("0.0.0.0"),
@@ -1541,8 +1603,11 @@ def build_parser() -> argparse.ArgumentParser:
                                 "is not read")
     cat.add_argument("host", nargs="?")
     cat.add_argument("port", nargs="?", type=_port)
-    common(cat)
+    _add_common_arguments(cat)
 
+
+def _add_plot_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """`utcp plot`: reads a capture, opens no connection (no common options)."""
     plot = sub.add_parser("plot", help="draw a pcap's connection (needs utcp[plot])",
                           description="The time-sequence graph of the capture's busiest TCP "
                                       "connection (tcptrace style: segments, ACK line, "
@@ -1555,7 +1620,6 @@ def build_parser() -> argparse.ArgumentParser:
                       help="where to draw (default: CAPTURE with .png)")
     plot.add_argument("-p", "--port", type=_port,
                       help="the connection using this port (default: the busiest)")
-    return parser
 
 
 def _size(text: str) -> int:
