@@ -368,15 +368,8 @@ async def _perf_serve(state: _PerfServerState, reader: asyncio.StreamReader,
                     "remote_host": peer[0], "remote_port": peer[1]}
 
         try:
-            if reverse:
-                await _perf_source(writer, spec.get("duration"), spec.get("bytes"), flow,
-                                   rate=rate, omit=omit)
-                writer.write_eof()
-                while await reader.read(CHUNK):
-                    pass
-            else:
-                while data := await reader.read(CHUNK):
-                    flow.bytes += len(data)
+            await _perf_serve_stream(reader, writer, flow, spec, reverse=reverse, rate=rate,
+                                     omit=omit)
         except (ConnectionError, TimeoutError):
             # a client ended by Ctrl-C resets its streams (-R): what moved until then
             # is still this client's report, which its report connection waits for
@@ -394,6 +387,22 @@ async def _perf_serve(state: _PerfServerState, reader: asyncio.StreamReader,
     except (ConnectionError, TimeoutError, asyncio.IncompleteReadError, ValueError,
             TypeError):
         writer.transport.abort()
+
+
+async def _perf_serve_stream(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                            flow: Flow, spec: dict[str, Any], *, reverse: bool,
+                            rate: float | None, omit: float) -> None:
+    """The server's half of one stream: with -R it sends for the request's time or
+    bytes, then drains to the client's FIN; otherwise it counts what arrives."""
+    if reverse:
+        await _perf_source(writer, spec.get("duration"), spec.get("bytes"), flow,
+                           rate=rate, omit=omit)
+        writer.write_eof()
+        while await reader.read(CHUNK):
+            pass
+    else:
+        while data := await reader.read(CHUNK):
+            flow.bytes += len(data)
 
 
 async def _perf_send_report(test: _ClientTest, reader: asyncio.StreamReader,
@@ -576,66 +585,166 @@ async def _perf_run(flows: list[Flow], host: str, port: int, *, duration: float 
     # as iperf3, -O comes before -t: the run lasts both, the totals cover -t only
     send_for = duration + omit if duration is not None else None
     stop = asyncio.Event()
-    peer = flows[0].writer.get_extra_info("peername")
-    connected = []  # taken now: a closed connection no longer names its addresses
+    connected = _connected_addresses(flows)
+    if not as_json:
+        _say_perf_header(out, flows, host, port, reverse=reverse, open_ended=open_ended,
+                         omit=omit)
+    cpu_start = os.times()
+    start = time.monotonic()
+    tasks = [asyncio.create_task(_run_flow(
+        flow, {"reverse": reverse, "duration": send_for, "bytes": share[flow.ident - 1],
+               "omit": omit, "rate": options.rate, "cookie": cookie,
+               "streams": parallel, "stream": flow.ident}, stop))
+        for flow in flows]
+    timeline = _PerfTimeline(flows, start, omit=omit, interval=interval, as_json=as_json,
+                             out=out, reverse=reverse)
+    await _drive_flows(tasks, flows, stop, timeline, host=host, port=port,
+                       open_ended=open_ended, reverse=reverse)
+    elapsed = max(time.monotonic() - timeline.base, 1e-9)
+    total = sum(f.bytes - f.omit_bytes for f in flows)
+    retrans = sum(f.stats().segments_retransmitted - f.omit_retrans for f in flows)
+    received = (sum(f.server_result.get("bytes_received", 0) for f in flows)
+                if not reverse else total)
+    cpu = _cpu_percent(cpu_start, time.monotonic() - start)
+    server_report = await _server_output(control)
+    summary = _perf_json(flows, connected, host, port, duration=duration, nbytes=nbytes,
+                         reverse=reverse, options=options, cookie=cookie, config=config,
+                         intervals=timeline.intervals, elapsed=elapsed, total=total,
+                         retrans=retrans, received=received, interrupted=stop.is_set(),
+                         cpu=cpu)
+    if server_report is not None:
+        summary["server_output_text"] = server_report.get("text", "")
+        summary["server_output_json"] = server_report
+    if as_json:
+        _say(out, json.dumps(summary, indent=2))
+        return summary
+    _say_perf_summary(out, flows, reverse=reverse, elapsed=elapsed, total=total,
+                      retrans=retrans, received=received, server_report=server_report)
+    return summary
+
+
+def _connected_addresses(flows: list[Flow]) -> list[dict[str, Any]]:
+    """Each stream's addresses for -J's start.connected, taken at the start: a closed
+    connection no longer names its addresses."""
+    connected = []
     for flow in flows:
         local = flow.writer.get_extra_info("sockname")
         remote = flow.writer.get_extra_info("peername")
         connected.append({"socket": flow.ident, "local_host": local[0],
                           "local_port": local[1], "remote_host": remote[0],
                           "remote_port": remote[1]})
-    if not as_json:
-        _say(out, f"Connecting to host {host}, port {port} over utcp"
-                  f"{' (reverse: server sends)' if reverse else ''}"
-                  f"{' until interrupted' if open_ended else ''}")
-        for flow in flows:
-            sock = flow.writer.get_extra_info("sockname")
-            _say(out, f"[{flow.ident:3d}] local {sock[0]} port {sock[1]} connected to "
-                      f"{peer[0]} port {peer[1]}")
-        if omit:
-            _say(out, f"Omitting the first {omit:g} s from the totals")
-        _say(out, "[ ID] Interval           Transfer     Bitrate         Retr  Cwnd",
-             flush=True)
+    return connected
 
-    async def run_flow(flow: Flow) -> None:
-        flow_bytes = share[flow.ident - 1]
-        spec = {"reverse": reverse, "duration": send_for, "bytes": flow_bytes,
-                "omit": omit, "rate": options.rate, "cookie": cookie,
-                "streams": parallel, "stream": flow.ident}
-        flow.writer.write(PERF_MAGIC + json.dumps(spec).encode() + b"\n")
-        if reverse:
-            while data := await flow.reader.read(CHUNK):
-                flow.bytes += len(data)
-            flow.writer.write_eof()
-        else:
-            await _perf_source(flow.writer, send_for, flow_bytes, flow, stop,
-                               rate=options.rate, omit=omit)
-            flow.writer.write_eof()
-            line = await flow.reader.readline()
-            if line:
-                flow.server_result = json.loads(line)
-        flow.writer.close()
-        with contextlib.suppress(ConnectionError):
-            await flow.writer.wait_closed()
 
-    intervals: list[dict[str, Any]] = []
-    cpu_start = os.times()
-    start = time.monotonic()
-    tasks = [asyncio.create_task(run_flow(f)) for f in flows]
+def _say_perf_header(out: Any, flows: list[Flow], host: str, port: int, *, reverse: bool,
+                     open_ended: bool, omit: float) -> None:
+    """The lines iperf3 prints before the first interval, so a reader of its output
+    finds the same landmarks in ours."""
+    peer = flows[0].writer.get_extra_info("peername")
+    _say(out, f"Connecting to host {host}, port {port} over utcp"
+              f"{' (reverse: server sends)' if reverse else ''}"
+              f"{' until interrupted' if open_ended else ''}")
+    for flow in flows:
+        sock = flow.writer.get_extra_info("sockname")
+        _say(out, f"[{flow.ident:3d}] local {sock[0]} port {sock[1]} connected to "
+                  f"{peer[0]} port {peer[1]}")
+    if omit:
+        _say(out, f"Omitting the first {omit:g} s from the totals")
+    _say(out, "[ ID] Interval           Transfer     Bitrate         Retr  Cwnd",
+         flush=True)
+
+
+async def _run_flow(flow: Flow, spec: dict[str, Any], stop: asyncio.Event) -> None:
+    """One stream of a client run: the request line, then the bytes one way; without
+    -R the server's line after our FIN says what it received."""
+    flow.writer.write(PERF_MAGIC + json.dumps(spec).encode() + b"\n")
+    if spec["reverse"]:
+        while data := await flow.reader.read(CHUNK):
+            flow.bytes += len(data)
+        flow.writer.write_eof()
+    else:
+        await _perf_source(flow.writer, spec["duration"], spec["bytes"], flow, stop,
+                           rate=spec["rate"], omit=spec["omit"])
+        flow.writer.write_eof()
+        line = await flow.reader.readline()
+        if line:
+            flow.server_result = json.loads(line)
+    flow.writer.close()
+    with contextlib.suppress(ConnectionError):
+        await flow.writer.wait_closed()
+
+
+@dataclass
+class _PerfTimeline:
+    """Where a client run is in time: the omitted start (-O), then -i's interval rows.
+
+    `base` is where the measured (not omitted) part began: the rows after -O and the
+    totals count from it; within the omitted start it is still `start`."""
+
+    flows: list[Flow]
+    start: float
+    omit: float
+    interval: float | None
+    as_json: bool
+    out: Any
+    reverse: bool
+    last: float = 0.0
+    base: float = 0.0
+    omitting: bool = False
+    measured: int = 0  # interval rows printed after the omitted start
+    intervals: list[dict[str, Any]] = field(default_factory=list)
+    every: float = field(init=False, default=math.inf)  # -i, or never
+
+    def __post_init__(self) -> None:
+        self.last = self.base = self.start
+        self.omitting = self.omit > 0
+        self.every = self.interval if self.interval is not None else math.inf
+
+    def timeout(self) -> float | None:
+        """How long to wait for the flows before the next row or the end of -O is due."""
+        wake = (min(self.last + self.every, self.start + self.omit) if self.omitting
+                else self.last + self.every)
+        return None if wake == math.inf else max(wake - time.monotonic(), 0.0)
+
+    def step(self, now: float, finished: bool) -> None:
+        """After each wake-up: the end of the omitted start, or an interval row if due."""
+        if self.omitting and (now >= self.start + self.omit - 0.001 or finished):
+            if self.interval is not None:
+                self.intervals.append(_report_interval(
+                    self.flows, self.last - self.start, now - self.start, self.as_json,
+                    self.out, omitted=True, reverse=self.reverse))
+            for flow in self.flows:
+                flow.mark_omitted()
+                flow.last_bytes = flow.bytes
+                flow.last_retrans = flow.stats().segments_retransmitted
+            self.omitting, self.last, self.base = False, now, now
+            return
+        if self.interval is None or (now - self.last < self.every * 0.5 and not finished) or (
+                finished and self.measured and now - self.last < self.every * 0.05):
+            # a sliver of an interval at the end is noise, not a report; but a
+            # run shorter than -i gets its one partial row, as iperf3 prints
+            return
+        self.intervals.append(_report_interval(self.flows, self.last - self.base,
+                                               now - self.base, self.as_json, self.out,
+                                               omitted=self.omitting, reverse=self.reverse))
+        self.measured += not self.omitting
+        self.last = now
+
+
+async def _drive_flows(tasks: list[asyncio.Task[None]], flows: list[Flow],
+                       stop: asyncio.Event, timeline: _PerfTimeline, *, host: str,
+                       port: int, open_ended: bool, reverse: bool) -> None:
+    """Wait for the flows, waking for each row the timeline owes and for Ctrl-C (an
+    open-ended run's end); a connection that fails ends the run with one line."""
     stopped = asyncio.create_task(stop.wait())
-    last = base = start  # base: where the measured (not omitted) part began
-    omitting = omit > 0
-    every = interval if interval is not None else math.inf
-    measured = 0  # interval rows printed after the omitted start
     try:
         with _interrupt_handlers(stop) if open_ended else contextlib.nullcontext():
             while not all(t.done() for t in tasks):
-                wake = min(last + every, start + omit) if omitting else last + every
-                timeout = None if wake == math.inf else max(wake - time.monotonic(), 0.0)
                 # once stopped, `stopped` is done for good: waiting on it again would
                 # return at once and spin while the flows finish
                 await asyncio.wait([*tasks] if stop.is_set() else [*tasks, stopped],
-                                   timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+                                   timeout=timeline.timeout(),
+                                   return_when=asyncio.FIRST_COMPLETED)
                 if stop.is_set() and reverse:
                     # the server sends until we go: what arrived so far is the result,
                     # and a reset (as iperf3 closes) stops the server's sending at once
@@ -644,30 +753,7 @@ async def _perf_run(flows: list[Flow], host: str, port: int, *, duration: float 
                     await asyncio.gather(*tasks, return_exceptions=True)
                     for flow in flows:
                         flow.writer.transport.abort()
-                now = time.monotonic()
-                finished = all(t.done() for t in tasks)
-                if omitting and (now >= start + omit - 0.001 or finished):
-                    if interval is not None:
-                        intervals.append(_report_interval(flows, last - start, now - start,
-                                                          as_json, out, omitted=True,
-                                                          reverse=reverse))
-                    for flow in flows:
-                        flow.mark_omitted()
-                        flow.last_bytes = flow.bytes
-                        flow.last_retrans = flow.stats().segments_retransmitted
-                    omitting, last, base = False, now, now
-                    continue
-                if interval is None or (now - last < every * 0.5 and not finished) or (
-                        finished and measured and now - last < every * 0.05):
-                    # a sliver of an interval at the end is noise, not a report; but a
-                    # run shorter than -i gets its one partial row, as iperf3 prints
-                    continue
-                # within the omitted start, base is still start: its rows are marked
-                intervals.append(_report_interval(flows, last - base, now - base,
-                                                  as_json, out, omitted=omitting,
-                                                  reverse=reverse))
-                measured += not omitting
-                last = now
+                timeline.step(time.monotonic(), all(t.done() for t in tasks))
         for t in tasks:
             if not t.cancelled():
                 t.result()
@@ -677,25 +763,13 @@ async def _perf_run(flows: list[Flow], host: str, port: int, *, duration: float 
         raise CliError(f"connection to {host}:{port} failed: {_describe(exc)}") from None
     finally:
         stopped.cancel()
-    elapsed = max(time.monotonic() - base, 1e-9)
-    total = sum(f.bytes - f.omit_bytes for f in flows)
-    retrans = sum(f.stats().segments_retransmitted - f.omit_retrans for f in flows)
-    received = (sum(f.server_result.get("bytes_received", 0) for f in flows)
-                if not reverse else total)
-    cpu = _cpu_percent(cpu_start, time.monotonic() - start)
-    server_report = await _server_output(control)
-    summary = _perf_json(flows, connected, host, port, duration=duration, nbytes=nbytes,
-                         reverse=reverse, options=options, cookie=cookie, config=config,
-                         intervals=intervals, elapsed=elapsed, total=total,
-                         retrans=retrans, received=received, interrupted=stop.is_set(),
-                         cpu=cpu)
-    if server_report is not None:
-        summary["server_output_text"] = server_report.get("text", "")
-        summary["server_output_json"] = server_report
-    if as_json:
-        _say(out, json.dumps(summary, indent=2))
-        return summary
-    # as iperf3: each stream's sender and receiver rows, then their sums
+
+
+def _say_perf_summary(out: Any, flows: list[Flow], *, reverse: bool, elapsed: float,
+                      total: int, retrans: int, received: int,
+                      server_report: dict[str, Any] | None) -> None:
+    """The end of a text report, as iperf3's: each stream's sender and receiver rows,
+    then their sums; then stream 1's connection figures and the server's output."""
     _say(out, "- - - - - - - - - - - - - - - - - - - - - - - - -")
     rows: list[tuple[str, int, int | None, str]] = []
     for flow in flows:
@@ -722,7 +796,6 @@ async def _perf_run(flows: list[Flow], host: str, port: int, *, duration: float 
          flush=True)
     if server_report is not None:
         _say(out, "\nServer output:\n" + str(server_report.get("text", "")), flush=True)
-    return summary
 
 
 def _cpu_percent(before: os.times_result, wall: float) -> dict[str, float]:
@@ -749,47 +822,13 @@ def _perf_json(flows: list[Flow], connected: list[dict[str, Any]], host: str, po
     command printed before it had -J, which stay for the scripts that read them. The
     protocol is "TCP": the service is TCP's, and readers pick their fields by it.
     """
-    parallel = len(flows)
     stats = [f.stats() for f in flows]
-    now = time.time()
+    start = _perf_json_start(flows, connected, host, port, stats[0], duration=duration,
+                             nbytes=nbytes, reverse=reverse, options=options, cookie=cookie,
+                             config=config)
     congestion = stats[0].congestion
-    start = {
-        "connected": connected,
-        "version": f"utcp {_version()}",
-        "system_info": " ".join(os.uname()),
-        "timestamp": {"time": time.strftime("%a, %d %b %Y %H:%M:%S GMT", time.gmtime(now)),
-                      "timesecs": int(now)},
-        "connecting_to": {"host": host, "port": port},
-        "cookie": cookie,
-        "tcp_mss_default": stats[0].mss,
-        "sock_bufsize": config.recv_buffer if config is not None else 0,
-        "test_start": {"protocol": "TCP", "num_streams": parallel, "blksize": CHUNK,
-                       "omit": options.omit, "duration": duration or 0,
-                       "bytes": nbytes or 0, "blocks": 0, "reverse": int(reverse),
-                       "tos": 0, "target_bitrate": int(options.rate or 0)},
-        "transport": "utcp over UDP",
-        "host": host, "port": port, "parallel": parallel, "reverse": reverse,
-        "duration": duration, "bytes": nbytes,
-    }
-    streams = []
-    for flow, s in zip(flows, stats, strict=True):
-        sent = flow.bytes - flow.omit_bytes
-        got = sent if reverse else int(flow.server_result.get("bytes_received", 0))
-        # with -R the server sent what we read: a stream that ended with the server's
-        # FIN delivered every byte it carried, so the counts agree
-        retr = 0 if reverse else s.segments_retransmitted - flow.omit_retrans
-        side = {"socket": flow.ident, "start": 0, "end": elapsed, "seconds": elapsed,
-                "sender": not reverse}
-        streams.append({
-            "sender": {**side, "bytes": sent, "bits_per_second": sent * 8 / elapsed,
-                       "retransmits": retr, "max_snd_cwnd": s.cwnd,
-                       "mean_rtt": round(s.srtt * 1e6) if s.srtt is not None else 0},
-            "receiver": {**side, "bytes": got, "bits_per_second": got * 8 / elapsed},
-            "id": flow.ident, "bytes": sent, "bits_per_second": sent * 8 / elapsed,
-            "bytes_received": got if not reverse else sent,
-            "retransmits": s.segments_retransmitted - flow.omit_retrans, "srtt": s.srtt,
-            "rto": s.rto, "cwnd": s.cwnd, "ssthresh": s.ssthresh, "mss": s.mss,
-            "segments_sent": s.segments_sent, "segments_received": s.segments_received})
+    streams = [_perf_json_stream(flow, s, elapsed, reverse)
+               for flow, s in zip(flows, stats, strict=True)]
     sums = {"start": 0, "end": elapsed, "seconds": elapsed, "sender": not reverse}
     end = {
         "streams": streams,
@@ -804,6 +843,55 @@ def _perf_json(flows: list[Flow], connected: list[dict[str, Any]], host: str, po
         "bytes_received": received, "retransmits": retrans, "interrupted": interrupted,
     }
     return {"start": start, "intervals": intervals, "end": end}
+
+
+def _perf_json_start(flows: list[Flow], connected: list[dict[str, Any]], host: str,
+                     port: int, first: utcp.Stats, *, duration: float | None,
+                     nbytes: int | None, reverse: bool, options: PerfOptions, cookie: str,
+                     config: utcp.Config | None) -> dict[str, Any]:
+    """-J's `start`: what was asked for and where, iperf3's keys then this command's own."""
+    parallel = len(flows)
+    now = time.time()
+    return {
+        "connected": connected,
+        "version": f"utcp {_version()}",
+        "system_info": " ".join(os.uname()),
+        "timestamp": {"time": time.strftime("%a, %d %b %Y %H:%M:%S GMT", time.gmtime(now)),
+                      "timesecs": int(now)},
+        "connecting_to": {"host": host, "port": port},
+        "cookie": cookie,
+        "tcp_mss_default": first.mss,
+        "sock_bufsize": config.recv_buffer if config is not None else 0,
+        "test_start": {"protocol": "TCP", "num_streams": parallel, "blksize": CHUNK,
+                       "omit": options.omit, "duration": duration or 0,
+                       "bytes": nbytes or 0, "blocks": 0, "reverse": int(reverse),
+                       "tos": 0, "target_bitrate": int(options.rate or 0)},
+        "transport": "utcp over UDP",
+        "host": host, "port": port, "parallel": parallel, "reverse": reverse,
+        "duration": duration, "bytes": nbytes,
+    }
+
+
+def _perf_json_stream(flow: Flow, s: utcp.Stats, elapsed: float,
+                      reverse: bool) -> dict[str, Any]:
+    """One stream in -J's `end.streams`: iperf3's sender and receiver, then our keys."""
+    sent = flow.bytes - flow.omit_bytes
+    got = sent if reverse else int(flow.server_result.get("bytes_received", 0))
+    # with -R the server sent what we read: a stream that ended with the server's
+    # FIN delivered every byte it carried, so the counts agree
+    retr = 0 if reverse else s.segments_retransmitted - flow.omit_retrans
+    side = {"socket": flow.ident, "start": 0, "end": elapsed, "seconds": elapsed,
+            "sender": not reverse}
+    return {
+        "sender": {**side, "bytes": sent, "bits_per_second": sent * 8 / elapsed,
+                   "retransmits": retr, "max_snd_cwnd": s.cwnd,
+                   "mean_rtt": round(s.srtt * 1e6) if s.srtt is not None else 0},
+        "receiver": {**side, "bytes": got, "bits_per_second": got * 8 / elapsed},
+        "id": flow.ident, "bytes": sent, "bits_per_second": sent * 8 / elapsed,
+        "bytes_received": got if not reverse else sent,
+        "retransmits": s.segments_retransmitted - flow.omit_retrans, "srtt": s.srtt,
+        "rto": s.rto, "cwnd": s.cwnd, "ssthresh": s.ssthresh, "mss": s.mss,
+        "segments_sent": s.segments_sent, "segments_received": s.segments_received}
 
 
 def _report_interval(flows: list[Flow], t0: float, t1: float, as_json: bool,
@@ -1119,20 +1207,56 @@ async def _tunnel(args: argparse.Namespace, config: utcp.Config,
 
 
 async def _cat(args: argparse.Namespace, config: utcp.Config) -> int:
-    loop = asyncio.get_running_loop()
-    done: asyncio.Future[None] = loop.create_future()
-    stdin = _Stdin()
-    keep = bool(args.listen and args.keep_open)
-    one_at_a_time = asyncio.Lock()
+    cat = _CatSessions(args, asyncio.get_running_loop())
+    if args.listen:
+        await _cat_listen(args, config, cat)
+        return 0
+    try:
+        reader, writer = await utcp.open_connection(args.host, args.port, config=config,
+                                                    local_addr=args.bind)
+    except (OSError, OverflowError) as exc:
+        raise CliError(f"cannot connect to {args.host}:{args.port}: {_describe(exc)}") from None
+    await cat.session(reader, writer)
+    await cat.done
+    return 0
 
-    async def sending(writer: asyncio.StreamWriter) -> None:
-        if args.recv_only:
+
+async def _cat_listen(args: argparse.Namespace, config: utcp.Config,
+                      cat: _CatSessions) -> None:
+    """`cat -l`: one session, like nc -l; with -k, sessions until interrupted."""
+    host, port = args.listen
+    try:
+        server = await utcp.start_server(cat.session, host, port, config=_as_server(config))
+    except OSError as exc:
+        raise CliError(f"cannot listen on udp {host}:{port}: {_describe(exc)}") from None
+    if args.verbose:
+        print(f"listening on udp {host} port {server.sockets[0].getsockname()[1]}",
+              file=sys.stderr, flush=True)
+    try:
+        await cat.done
+    finally:
+        server.close()
+
+
+class _CatSessions:
+    """The sessions of one `utcp cat`, and `done`, which ends the command: set by the
+    one session (its result or its failure) or, with -k, only by a failure of stdout."""
+
+    def __init__(self, args: argparse.Namespace, loop: asyncio.AbstractEventLoop) -> None:
+        self.args = args
+        self.done: asyncio.Future[None] = loop.create_future()
+        self.stdin = _Stdin()
+        self.keep = bool(args.listen and args.keep_open)
+        self.one_at_a_time = asyncio.Lock()
+
+    async def sending(self, writer: asyncio.StreamWriter) -> None:
+        if self.args.recv_only:
             writer.write_eof()  # -U: nothing of ours goes out, and the peer is told so
         else:
-            await _stdin_to(writer, stdin)
+            await _stdin_to(writer, self.stdin)
 
-    async def receiving(reader: asyncio.StreamReader) -> None:
-        if args.send_only:
+    async def receiving(self, reader: asyncio.StreamReader) -> None:
+        if self.args.send_only:
             # -u, as socat's: what arrives is read (so the peer is never stalled) and
             # dropped; the peer's FIN still ends the receiving direction
             while await reader.read(CHUNK):
@@ -1140,29 +1264,32 @@ async def _cat(args: argparse.Namespace, config: utcp.Config) -> int:
         else:
             await _to_stdout(reader)
 
-    async def exchange(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        if not keep:
-            await asyncio.gather(sending(writer), receiving(reader))
+    async def exchange(self, reader: asyncio.StreamReader,
+                       writer: asyncio.StreamWriter) -> None:
+        if not self.keep:
+            await asyncio.gather(self.sending(writer), self.receiving(reader))
             return
         # -k: the client leaving (its FIN) ends the session, so that the next one is
         # served even while stdin (a terminal, say) stays open; what stdin holds then
         # goes to the next client
-        out = asyncio.create_task(sending(writer))
+        out = asyncio.create_task(self.sending(writer))
         try:
-            await receiving(reader)
+            await self.receiving(reader)
         finally:
             if not out.done():
                 out.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await out
 
-    async def session(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        async with one_at_a_time if keep else contextlib.nullcontext():
+    async def session(self, reader: asyncio.StreamReader,
+                      writer: asyncio.StreamWriter) -> None:
+        done, keep = self.done, self.keep
+        async with self.one_at_a_time if keep else contextlib.nullcontext():
             if done.done():
                 writer.transport.abort()
                 return
             try:
-                await exchange(reader, writer)
+                await self.exchange(reader, writer)
                 writer.close()
                 with contextlib.suppress(ConnectionError, TimeoutError):
                     await writer.wait_closed()
@@ -1183,29 +1310,6 @@ async def _cat(args: argparse.Namespace, config: utcp.Config) -> int:
                 return
             if not done.done() and not keep:
                 done.set_result(None)
-
-    if args.listen:
-        host, port = args.listen
-        try:
-            server = await utcp.start_server(session, host, port, config=_as_server(config))
-        except OSError as exc:
-            raise CliError(f"cannot listen on udp {host}:{port}: {_describe(exc)}") from None
-        if args.verbose:
-            print(f"listening on udp {host} port {server.sockets[0].getsockname()[1]}",
-                  file=sys.stderr, flush=True)
-        try:
-            await done  # one session, like nc -l; with -k, until interrupted
-        finally:
-            server.close()
-        return 0
-    try:
-        reader, writer = await utcp.open_connection(args.host, args.port, config=config,
-                                                    local_addr=args.bind)
-    except (OSError, OverflowError) as exc:
-        raise CliError(f"cannot connect to {args.host}:{args.port}: {_describe(exc)}") from None
-    await session(reader, writer)
-    await done
-    return 0
 
 
 def _read_stdin(loop: asyncio.AbstractEventLoop, chunks: asyncio.Queue[bytes], fd: int) -> None:
@@ -1369,28 +1473,41 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log protocol events")
     parser.add_argument("--log-json", action="store_true", help="log events as JSON lines")
     sub = parser.add_subparsers(dest="command", required=True)
+    _add_perf_parser(sub)
+    _add_tunnel_parser(sub)
+    _add_keygen_parser(sub)
+    _add_cat_parser(sub)
+    _add_plot_parser(sub)
+    return parser
 
-    def common(p: argparse.ArgumentParser) -> None:
-        p.set_defaults(parser=p)
-        p.add_argument("--mss", type=_mss,
-                       help="pin the segment payload to this many bytes (no PMTU probing)")
-        p.add_argument("-C", "--congestion", choices=CONGESTION_ALGORITHMS,
-                       help="congestion control algorithm (default: newreno)")
-        p.add_argument("--pcap", metavar="FILE", help="write every segment to this pcap file")
-        p.add_argument("--key", metavar="PRIVATE", help="secure mode: our private key "
-                       "(visible to other local users: prefer --key-file or $UTCP_KEY)")
-        p.add_argument("--key-file", metavar="FILE",
-                       help="secure mode: read our private key from FILE (the key alone, "
-                            "or utcp keygen's output)")
-        p.add_argument("--server-key", metavar="PUBLIC",
-                       help="secure mode: the server's public key, pinned by a client")
-        p.add_argument("--allow", metavar="PUBLIC", action="append",
-                       help="secure server: accept only this client key (repeatable)")
-        p.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
-                       help="log protocol events")
-        p.add_argument("--log-json", action="store_true", default=argparse.SUPPRESS,
-                       help="log events as JSON lines")
 
+def _add_common_arguments(p: argparse.ArgumentParser) -> None:
+    """The options every command that opens connections takes. -v and --log-json are
+    also taken after the command, SUPPRESSed so they do not undo the same option
+    given before it."""
+    p.set_defaults(parser=p)
+    p.add_argument("--mss", type=_mss,
+                   help="pin the segment payload to this many bytes (no PMTU probing)")
+    p.add_argument("-C", "--congestion", choices=CONGESTION_ALGORITHMS,
+                   help="congestion control algorithm (default: newreno)")
+    p.add_argument("--pcap", metavar="FILE", help="write every segment to this pcap file")
+    p.add_argument("--key", metavar="PRIVATE", help="secure mode: our private key "
+                   "(visible to other local users: prefer --key-file or $UTCP_KEY)")
+    p.add_argument("--key-file", metavar="FILE",
+                   help="secure mode: read our private key from FILE (the key alone, "
+                        "or utcp keygen's output)")
+    p.add_argument("--server-key", metavar="PUBLIC",
+                   help="secure mode: the server's public key, pinned by a client")
+    p.add_argument("--allow", metavar="PUBLIC", action="append",
+                   help="secure server: accept only this client key (repeatable)")
+    p.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                   help="log protocol events")
+    p.add_argument("--log-json", action="store_true", default=argparse.SUPPRESS,
+                   help="log events as JSON lines")
+
+
+def _add_perf_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """`utcp perf`: iperf3's options, with its letters, where utcp has the feature."""
     perf = sub.add_parser("perf", help="iperf3-like throughput test",
                           description="With neither -s nor -c: a client against an "
                                       "in-process server on loopback.",
@@ -1432,8 +1549,11 @@ def build_parser() -> argparse.ArgumentParser:
     perf.add_argument("--plot", metavar="FILE.png|svg",
                       help="draw stream 1 (time-sequence graph, cwnd, RTT, throughput); "
                            "needs matplotlib: pip install 'utcp[plot]'")
-    common(perf)
+    _add_common_arguments(perf)
 
+
+def _add_tunnel_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """`utcp tunnel`: one side listens for TCP, the other reaches the TCP service."""
     tunnel = sub.add_parser("tunnel", help="forward TCP over utcp",
                             description="Client side: --listen 127.0.0.1:8080 --remote "
                                         "HOST:PORT. Server side: --listen :PORT --target "
@@ -1449,8 +1569,11 @@ def build_parser() -> argparse.ArgumentParser:
     tunnel.add_argument("--workers", type=_workers, default=1, metavar="N",
                         help="N processes share the listening port (SO_REUSEPORT), "
                              "one core each (default 1)")
-    common(tunnel)
+    _add_common_arguments(tunnel)
 
+
+def _add_keygen_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """`utcp keygen`: no options; the parser is kept for its usage line."""
     keygen = sub.add_parser("keygen", help="print a new secure-mode key pair",
                             description="Prints 'private: ...' and 'public: ...'. Give the "
                                         "private key to the server (--key-file, $UTCP_KEY "
@@ -1458,6 +1581,9 @@ def build_parser() -> argparse.ArgumentParser:
                                         "(--server-key).")
     keygen.set_defaults(parser=keygen)
 
+
+def _add_cat_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """`utcp cat`: netcat's letters (-l, -k) and socat's one-way -u."""
     cat = sub.add_parser("cat", help="netcat over utcp",
                          epilog=f"A listener's private key may also come from ${KEY_ENV}.")
     cat.add_argument("-l", "--listen", metavar="[HOST:]PORT", type=_address("0.0.0.0"),
@@ -1477,8 +1603,11 @@ def build_parser() -> argparse.ArgumentParser:
                                 "is not read")
     cat.add_argument("host", nargs="?")
     cat.add_argument("port", nargs="?", type=_port)
-    common(cat)
+    _add_common_arguments(cat)
 
+
+def _add_plot_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """`utcp plot`: reads a capture, opens no connection (no common options)."""
     plot = sub.add_parser("plot", help="draw a pcap's connection (needs utcp[plot])",
                           description="The time-sequence graph of the capture's busiest TCP "
                                       "connection (tcptrace style: segments, ACK line, "
@@ -1491,7 +1620,6 @@ def build_parser() -> argparse.ArgumentParser:
                       help="where to draw (default: CAPTURE with .png)")
     plot.add_argument("-p", "--port", type=_port,
                       help="the connection using this port (default: the busiest)")
-    return parser
 
 
 def _size(text: str) -> int:

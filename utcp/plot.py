@@ -47,9 +47,6 @@ def render(path: str | os.PathLike[str], series: plotdata.Series,
     """Write the four panels for `series` to `path` (.png or .svg, by its suffix)."""
     check_output(path)
     _, figure_class = _matplotlib()
-    from matplotlib.collections import LineCollection
-    from matplotlib.ticker import EngFormatter
-
     fig = figure_class(figsize=(10, 12), layout="constrained")
     axes = fig.subplots(4, 1, sharex=True, gridspec_kw={"height_ratios": [3, 1.2, 1.2, 1.2]})
     seq_ax, cwnd_ax, rtt_ax, tput_ax = axes
@@ -57,8 +54,18 @@ def render(path: str | os.PathLike[str], series: plotdata.Series,
     fig.suptitle(title or (
         f"{series.sender[0]}:{series.sender[1]} → {series.receiver[0]}:{series.receiver[1]}: "
         f"{len(series.segments)} segments, {retransmissions} retransmitted"))
+    _draw_sequence(seq_ax, series)
+    _draw_cwnd(cwnd_ax, series, samples)
+    _draw_rtt(rtt_ax, series, samples)
+    _draw_throughput(tput_ax, series, interval)
+    fig.savefig(os.fspath(path), dpi=110)
 
-    # --- time-sequence graph (tcptrace): bars for segments, ACK and window as steps
+
+def _draw_sequence(seq_ax: Any, series: plotdata.Series) -> None:
+    """The time-sequence graph (tcptrace): bars for segments, ACK and window as steps."""
+    from matplotlib.collections import LineCollection
+    from matplotlib.ticker import EngFormatter
+
     keep = series.retransmitted
     chosen = plotdata.thin(len(series.segments), MAX_SEGMENTS, lambda i: keep[i])
     new = [[(t, lo), (t, hi)] for i in chosen if not keep[i]
@@ -87,8 +94,18 @@ def render(path: str | os.PathLike[str], series: plotdata.Series,
         seq_ax.step([w[0] for w in window], [w[1] for w in window], where="post",
                     color="goldenrod", linewidth=1.0, label="ACK + receive window")
     seq_ax.autoscale_view()
-    # A receive window far above the data (a few MB on loopback) would squash the segments
-    # into a line along the bottom: the axis follows the data, and says where the window is.
+    _clip_to_data(seq_ax, series)
+    seq_ax.set_ylabel("sequence number (from ISN)")
+    seq_ax.yaxis.set_major_formatter(EngFormatter(unit="B"))
+    seq_ax.legend(loc="upper left" if len(chosen) == len(series.segments) else "lower right",
+                  fontsize="small")
+    seq_ax.grid(True, alpha=0.3)
+
+
+def _clip_to_data(seq_ax: Any, series: plotdata.Series) -> None:
+    """A receive window far above the data (a few MB on loopback) would squash the
+    segments into a line along the bottom: the axis follows the data, and says where
+    the window is."""
     top = max((hi for _, _, hi in series.segments), default=0)
     top = max(top, max((a[1] for a in series.acks), default=0))
     highest_window = max((w[1] for w in series.window), default=0)
@@ -97,13 +114,14 @@ def render(path: str | os.PathLike[str], series: plotdata.Series,
         seq_ax.text(0.99, 0.98, f"receive window reaches {highest_window / 1e6:.2f} MB",
                     transform=seq_ax.transAxes, ha="right", va="top", fontsize="small",
                     color="goldenrod")
-    seq_ax.set_ylabel("sequence number (from ISN)")
-    seq_ax.yaxis.set_major_formatter(EngFormatter(unit="B"))
-    seq_ax.legend(loc="upper left" if len(chosen) == len(series.segments) else "lower right",
-                  fontsize="small")
-    seq_ax.grid(True, alpha=0.3)
 
-    # --- congestion window (sampled) and bytes in flight (from the capture)
+
+def _draw_cwnd(cwnd_ax: Any, series: plotdata.Series,
+               samples: Sequence[plotdata.StatsSample]) -> None:
+    """The congestion window (sampled stats, when given) over bytes in flight (the
+    capture's own view, always there)."""
+    from matplotlib.ticker import EngFormatter
+
     flight = _thinned(series.in_flight)
     if flight:
         cwnd_ax.step([f[0] for f in flight], [f[1] for f in flight], where="post",
@@ -122,7 +140,10 @@ def render(path: str | os.PathLike[str], series: plotdata.Series,
     cwnd_ax.set_title("congestion window" if samples else "bytes in flight", fontsize="medium")
     _legend(cwnd_ax)
 
-    # --- round-trip time
+
+def _draw_rtt(rtt_ax: Any, series: plotdata.Series,
+              samples: Sequence[plotdata.StatsSample]) -> None:
+    """Round-trip time: the capture's samples (Karn's rule) and the sender's SRTT."""
     rtt = _thinned(series.rtt)
     if rtt:
         rtt_ax.plot([r[0] for r in rtt], [r[1] * 1e3 for r in rtt], ".", color="tab:purple",
@@ -136,7 +157,11 @@ def render(path: str | os.PathLike[str], series: plotdata.Series,
     rtt_ax.set_ylim(bottom=0)
     _legend(rtt_ax)
 
-    # --- throughput per interval
+
+def _draw_throughput(tput_ax: Any, series: plotdata.Series, interval: float | None) -> None:
+    """Throughput per interval, sent beside acknowledged: the gap is what was lost."""
+    from matplotlib.ticker import EngFormatter
+
     rows = series.throughput(interval)
     if rows:
         width = rows[1][0] - rows[0][0] if len(rows) > 1 else max(series.duration, 0.01)
@@ -150,7 +175,6 @@ def render(path: str | os.PathLike[str], series: plotdata.Series,
     tput_ax.set_xlabel("time (s)")
     _legend(tput_ax)
     tput_ax.set_xlim(left=0)
-    fig.savefig(os.fspath(path), dpi=110)
 
 
 def _thinned(points: list[Any]) -> list[Any]:

@@ -267,61 +267,85 @@ def analyse(conv: Conversation, sender: Address | None = None) -> Series:
     if first is None:
         return series
     isn = syn.seq if syn is not None else first.seq - 1
-    rel = _Unwrap(isn + 1)
-    rel_ack = _Unwrap(isn + 1)
-    # RFC 7323 §2.2: a window is scaled only when both SYNs carried the option, and never
-    # in a SYN itself
-    their_syn = next((p for p in conv.packets if p.src == receiver and p.flags & wire.SYN),
-                     None)
-    shift = 0
-    if (syn is not None and their_syn is not None and syn.wscale is not None
-            and their_syn.wscale is not None):
-        shift = min(their_syn.wscale, 14)
-    snd_max: int | None = None
-    highest_ack = 0
-    # (end, t sent, first) of segments sent once and not yet acknowledged, by end
-    timed: list[tuple[int, float, int]] = []
+    builder = _SeriesBuilder(series, isn, _window_shift(conv, syn, receiver))
     for p in conv.packets:
         t = p.time - start
         if p.src == sender:
-            size = p.length + bool(p.flags & wire.SYN) + bool(p.flags & wire.FIN)
-            if not size:
-                continue
-            lo = rel(p.seq)
-            hi = lo + size
-            resent = snd_max is not None and lo < snd_max
-            series.segments.append((t, lo, hi))
-            series.retransmitted.append(resent)
-            if resent:  # Karn: what this resends may no longer be timed
-                timed = [x for x in timed if x[0] <= lo or x[2] >= hi]
-            else:
-                timed.append((hi, t, lo))
-            snd_max = hi if snd_max is None else max(snd_max, hi)
-            series.in_flight.append((t, max(0, snd_max - max(highest_ack, 0))))
+            builder.sent(p, t)
         elif p.flags & wire.ACK:
-            ack = rel_ack(p.ack)
-            series.acks.append((t, ack))
-            window = p.window << (0 if p.flags & wire.SYN else shift)
-            series.window.append((t, ack + window))
-            for left, right in p.sack:
-                lo, hi = rel_ack(left), rel_ack(right)
-                rel_ack.last = ack  # a SACK block must not move the unwrapping point
-                series.sacks.append((t, lo, hi))
-                inside = [x for x in timed if x[2] >= lo and x[0] <= hi]
-                if inside:
-                    series.rtt.append((t, t - inside[-1][1]))
-                    timed = [x for x in timed if not (x[2] >= lo and x[0] <= hi)]
-            if ack > highest_ack:
-                # every timed segment this ACK covers gives one sample, the newest the
-                # best: older ones waited for the delayed ACK of a later segment
-                i = bisect.bisect_right(timed, (ack, math.inf, 0))
-                if i:
-                    series.rtt.append((t, t - timed[i - 1][1]))
-                    del timed[:i]
-                highest_ack = ack
-            if snd_max is not None:
-                series.in_flight.append((t, max(0, snd_max - highest_ack)))
+            builder.acked(p, t)
     return series
+
+
+def _window_shift(conv: Conversation, syn: Packet | None, receiver: Address) -> int:
+    """RFC 7323 §2.2: a window is scaled only when both SYNs carried the option, and
+    never in a SYN itself; the shift is capped at 14 as §2.3 caps it."""
+    their_syn = next((p for p in conv.packets if p.src == receiver and p.flags & wire.SYN),
+                     None)
+    if (syn is not None and their_syn is not None and syn.wscale is not None
+            and their_syn.wscale is not None):
+        return min(their_syn.wscale, 14)
+    return 0
+
+
+class _SeriesBuilder:
+    """The walk through a capture that `analyse` makes, one packet at a time: what the
+    sender has sent (snd_max), what is acknowledged, and the segments still timed."""
+
+    def __init__(self, series: Series, isn: int, shift: int) -> None:
+        self.series = series
+        self.rel = _Unwrap(isn + 1)
+        self.rel_ack = _Unwrap(isn + 1)
+        self.shift = shift
+        self.snd_max: int | None = None
+        self.highest_ack = 0
+        # (end, t sent, first) of segments sent once and not yet acknowledged, by end
+        self.timed: list[tuple[int, float, int]] = []
+
+    def sent(self, p: Packet, t: float) -> None:
+        """A segment from the sender: drawn, marked when it resends (below snd_max)."""
+        series = self.series
+        size = p.length + bool(p.flags & wire.SYN) + bool(p.flags & wire.FIN)
+        if not size:
+            return
+        lo = self.rel(p.seq)
+        hi = lo + size
+        resent = self.snd_max is not None and lo < self.snd_max
+        series.segments.append((t, lo, hi))
+        series.retransmitted.append(resent)
+        if resent:  # Karn: what this resends may no longer be timed
+            self.timed = [x for x in self.timed if x[0] <= lo or x[2] >= hi]
+        else:
+            self.timed.append((hi, t, lo))
+        self.snd_max = hi if self.snd_max is None else max(self.snd_max, hi)
+        series.in_flight.append((t, max(0, self.snd_max - max(self.highest_ack, 0))))
+
+    def acked(self, p: Packet, t: float) -> None:
+        """An ACK from the receiver: its line, its window, its SACK blocks, and the
+        RTT samples of the timed segments it covers first."""
+        series = self.series
+        ack = self.rel_ack(p.ack)
+        series.acks.append((t, ack))
+        window = p.window << (0 if p.flags & wire.SYN else self.shift)
+        series.window.append((t, ack + window))
+        for left, right in p.sack:
+            lo, hi = self.rel_ack(left), self.rel_ack(right)
+            self.rel_ack.last = ack  # a SACK block must not move the unwrapping point
+            series.sacks.append((t, lo, hi))
+            inside = [x for x in self.timed if x[2] >= lo and x[0] <= hi]
+            if inside:
+                series.rtt.append((t, t - inside[-1][1]))
+                self.timed = [x for x in self.timed if not (x[2] >= lo and x[0] <= hi)]
+        if ack > self.highest_ack:
+            # every timed segment this ACK covers gives one sample, the newest the
+            # best: older ones waited for the delayed ACK of a later segment
+            i = bisect.bisect_right(self.timed, (ack, math.inf, 0))
+            if i:
+                series.rtt.append((t, t - self.timed[i - 1][1]))
+                del self.timed[:i]
+            self.highest_ack = ack
+        if self.snd_max is not None:
+            series.in_flight.append((t, max(0, self.snd_max - self.highest_ack)))
 
 
 def thin(n: int, limit: int, keep: Callable[[int], bool] = lambda i: False) -> list[int]:

@@ -34,6 +34,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import functools
 import os
 import select
 import signal
@@ -43,7 +44,7 @@ import sys
 import time
 from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
 
 # linux/asm-generic/socket.h; Python's socket module does not export it
 SO_ATTACH_REUSEPORT_CBPF = getattr(socket, "SO_ATTACH_REUSEPORT_CBPF", 51)
@@ -195,69 +196,33 @@ def run_workers(count: int, main: WorkerMain, *, host: str, port: int,
         port = placeholder.getsockname()[1]
     read_fd, write_fd = os.pipe()
     parent = os.getpid()
-    pids: dict[int, int] = {}  # pid -> worker index
-    stopping = False
-
-    def forward(signum: int, _frame: object) -> None:
-        nonlocal stopping
-        stopping = True
-        for pid in pids:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGTERM)
-
-    old = {sig: signal.signal(sig, forward) for sig in (signal.SIGINT, signal.SIGTERM)}
-    failed = False
+    group = _Group(count, err)
+    old = {sig: signal.signal(sig, group.forward) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         sys.stdout.flush()
         sys.stderr.flush()
         for index in range(count):
-            if stopping:
+            if group.stopping:
                 break  # a signal during startup: start no more
             pid = os.fork()
             if pid == 0:  # the worker
-                status = 1
-                try:
-                    for sig, handler in old.items():
-                        signal.signal(sig, handler)
-                    _end_with_parent(parent)
-                    os.close(read_fd)
-                    if placeholder is not None:
-                        placeholder.close()  # the child's copy would keep it in the group
-                    status = _child(Worker(index, count, host, port, write_fd), main)
-                finally:
-                    sys.stdout.flush()
-                    sys.stderr.flush()
-                    os._exit(status)
-            pids[pid] = index
+                _be_worker(functools.partial(Worker, index, count, host, port, write_fd), main,
+                           parent=parent, handlers=old, read_fd=read_fd,
+                           placeholder=placeholder)
+            group.pids[pid] = index
         os.close(write_fd)
         write_fd = -1
         ready = _wait_ready(read_fd, count, ready_timeout)
         if placeholder is not None:
             placeholder.close()
             placeholder = None
-        if len(ready) < count and not stopping:
+        if len(ready) < count and not group.stopping:
             print(f"utcp: only {len(ready)} of {count} workers started", file=err, flush=True)
-            failed = True
-            forward(signal.SIGTERM, None)
-        elif on_ready is not None and not stopping:
-            on_ready(port, sorted(pids))
-        while pids:
-            try:
-                pid, status = os.waitpid(-1, 0)
-            except ChildProcessError:
-                break
-            if pid not in pids:
-                continue
-            index = pids.pop(pid)
-            # stopped before its loop had a handler in place: SIGTERM's default, no failure
-            clean = os.waitstatus_to_exitcode(status) == 0 or (
-                stopping and os.WIFSIGNALED(status)
-                and os.WTERMSIG(status) in (signal.SIGTERM, signal.SIGINT))
-            if not clean or not stopping:
-                failed = True
-                print(f"utcp: worker {index} (pid {pid}) died: {_describe_status(status)}"
-                      f"{'' if stopping else f'; {len(pids)} of {count} still serving'}",
-                      file=err, flush=True)
+            group.failed = True
+            group.forward(signal.SIGTERM, None)
+        elif on_ready is not None and not group.stopping:
+            on_ready(port, sorted(group.pids))
+        group.reap()
     finally:
         if placeholder is not None:
             placeholder.close()
@@ -266,10 +231,73 @@ def run_workers(count: int, main: WorkerMain, *, host: str, port: int,
             os.close(write_fd)
         for sig, handler in old.items():
             signal.signal(sig, handler)
-        for pid in pids:  # only if this function itself failed: leave no orphans
+        group.terminate()  # only if this function itself failed: leave no orphans
+    return 1 if group.failed else 0
+
+
+def _be_worker(worker: Callable[[], Worker], main: WorkerMain, *, parent: int,
+               handlers: dict[signal.Signals, Any], read_fd: int,
+               placeholder: socket.socket | None) -> NoReturn:
+    """The forked child: the parent's signal handlers undone, its copies of the parent's
+    descriptors closed, then `main`; it never returns into the parent's code (os._exit,
+    whatever happens), so a worker cannot go on to run the rest of the parent's program;
+    even its Worker is made inside that guard."""
+    status = 1
+    try:
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+        _end_with_parent(parent)
+        os.close(read_fd)
+        if placeholder is not None:
+            placeholder.close()  # the child's copy would keep it in the group
+        status = _child(worker(), main)
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(status)
+
+
+class _Group:
+    """The parent's view of its workers: their pids, whether a signal asked them to stop
+    (then a worker's end is expected, not a failure), and whether any failed."""
+
+    def __init__(self, count: int, err: Any) -> None:
+        self.count = count
+        self.err = err
+        self.pids: dict[int, int] = {}  # pid -> worker index
+        self.stopping = False
+        self.failed = False
+
+    def forward(self, signum: int, _frame: object) -> None:
+        """SIGINT/SIGTERM in the parent: every worker is asked to stop."""
+        self.stopping = True
+        self.terminate()
+
+    def terminate(self) -> None:
+        for pid in self.pids:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGTERM)
-    return 1 if failed else 0
+
+    def reap(self) -> None:
+        """Wait for every worker, reporting each that dies before it was asked to stop,
+        while the others go on serving."""
+        while self.pids:
+            try:
+                pid, status = os.waitpid(-1, 0)
+            except ChildProcessError:
+                break
+            if pid not in self.pids:
+                continue
+            index = self.pids.pop(pid)
+            # stopped before its loop had a handler in place: SIGTERM's default, no failure
+            clean = os.waitstatus_to_exitcode(status) == 0 or (
+                self.stopping and os.WIFSIGNALED(status)
+                and os.WTERMSIG(status) in (signal.SIGTERM, signal.SIGINT))
+            if not clean or not self.stopping:
+                self.failed = True
+                serving = f"; {len(self.pids)} of {self.count} still serving"
+                print(f"utcp: worker {index} (pid {pid}) died: {_describe_status(status)}"
+                      f"{'' if self.stopping else serving}", file=self.err, flush=True)
 
 
 def _wait_ready(fd: int, count: int, timeout: float) -> set[int]:

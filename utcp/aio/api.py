@@ -203,6 +203,36 @@ async def create_connection(
     peer_given = sock is None or host is not None or port is not None
     checked_port = _check_port(port) if peer_given else None
     context = _ssl_context(ssl, server_side=False)
+    _check_client_args(context, server_hostname, ssl_handshake_timeout,
+                       ssl_shutdown_timeout, sock, local_addr)
+    loop = asyncio.get_running_loop()
+    infos = await _client_addresses(loop, host, checked_port, sock, peer_given,
+                                    family, proto, flags)
+    if happy_eyeballs_delay is not None and interleave is None:
+        interleave = 1  # as asyncio: racing addresses means alternating their families
+    if interleave:
+        infos = _interleave_families(infos, interleave)
+    attempts: list[Callable[[], Coroutine[Any, Any, UtcpTransport]]] = [
+        functools.partial(_attempt, loop, info, cfg, local_addr, sock) for info in infos]
+    transport = await _first_connected(loop, attempts, happy_eyeballs_delay, all_errors)
+    app_protocol = protocol_factory()
+    if context is None:
+        transport.attach_protocol(app_protocol)
+        return transport, app_protocol
+    hostname = server_hostname if server_hostname is not None else host
+    app_transport = await _wrap_tls(loop, transport, app_protocol, context, server_side=False,
+                                    server_hostname=hostname or None,
+                                    handshake_timeout=ssl_handshake_timeout,
+                                    shutdown_timeout=ssl_shutdown_timeout)
+    return app_transport, app_protocol
+
+
+def _check_client_args(context: ssl_module.SSLContext | None, server_hostname: str | None,
+                       ssl_handshake_timeout: float | None,
+                       ssl_shutdown_timeout: float | None, sock: Any,
+                       local_addr: tuple[str, int] | None) -> None:
+    """asyncio's refusals of argument combinations, in asyncio's order, all made before
+    any lookup or socket: a wrong call fails the same way whatever the network does."""
     if context is None and server_hostname is not None:
         raise ValueError("server_hostname is only meaningful with ssl")
     if context is None and ssl_handshake_timeout is not None:
@@ -214,9 +244,15 @@ async def create_connection(
             raise ValueError("local_addr and sock can not be specified at the same time")
     if local_addr is not None:
         _check_port(local_addr[1])
-    loop = asyncio.get_running_loop()
+
+
+async def _client_addresses(loop: asyncio.AbstractEventLoop, host: str | None,
+                            port: int | None, sock: Any, peer_given: bool, family: int,
+                            proto: int, flags: int) -> list[Any]:
+    """The addresses to try, as getaddrinfo tuples. A `sock=` with no host and port is
+    connected already, as asyncio's sock= is, and names its own peer; a `sock=` given a
+    peer is tried once only, since it closes with its connection."""
     if sock is not None and not peer_given:
-        # as asyncio's sock=: connected already, to the peer
         try:
             peer = sock.getpeername()
         except OSError:
@@ -224,66 +260,63 @@ async def create_connection(
                              ) from None
         infos: list[Any] = [(sock.family, sock.type, sock.proto, "", peer)]
     else:
-        infos = await _resolve(loop, host, checked_port,
+        infos = await _resolve(loop, host, port,
                                sock.family if sock is not None else family, proto, flags)
         if sock is not None:
-            infos = infos[:1]  # one socket, one attempt: it closes with its connection
+            infos = infos[:1]
     if not infos:
         raise OSError(f"getaddrinfo({host!r}) returned an empty list")
-    if happy_eyeballs_delay is not None and interleave is None:
-        interleave = 1  # as asyncio: racing addresses means alternating their families
-    if interleave:
-        infos = _interleave_families(infos, interleave)
+    return infos
 
-    async def attempt(info: Any) -> UtcpTransport:
-        fam, typ, pro, _canon, addr = info
+
+async def _attempt(loop: asyncio.AbstractEventLoop, info: Any, config: Config,
+                   local_addr: tuple[str, int] | None, sock: Any) -> UtcpTransport:
+    """One address tried to the end of its handshake. A failed handshake aborts its
+    transport, so a losing attempt leaves no socket behind; a refusal is reworded as
+    asyncio words it (`_refused`)."""
+    fam, typ, pro, _canon, addr = info
+    try:
+        transport, waiter = await _open(loop, fam, typ, pro, addr, config, local_addr, sock)
         try:
-            transport, waiter = await _open(loop, fam, typ, pro, addr, cfg, local_addr,
-                                            sock)
-            try:
-                await waiter
-            except BaseException:
-                transport.abort()
-                raise
-        except ConnectionRefusedError as exc:
-            refused = _refused(addr, exc)
-            if refused is exc:
-                raise
-            raise refused from exc
-        return transport
+            await waiter
+        except BaseException:
+            transport.abort()
+            raise
+    except ConnectionRefusedError as exc:
+        refused = _refused(addr, exc)
+        if refused is exc:
+            raise
+        raise refused from exc
+    return transport
 
+
+async def _first_connected(loop: asyncio.AbstractEventLoop,
+                           attempts: list[Callable[[], Coroutine[Any, Any, UtcpTransport]]],
+                           happy_eyeballs_delay: float | None,
+                           all_errors: bool) -> UtcpTransport:
+    """The first attempt to connect, in turn or raced (happy eyeballs); when none does,
+    the error asyncio would raise: the one error, an ExceptionGroup of all when
+    `all_errors`, or one OSError naming them all."""
     errors: list[OSError] = []
+    found: UtcpTransport | None = None
     if happy_eyeballs_delay is None:
         # Each address in turn until one connects, as asyncio does: a refusal from the
         # first ("localhost" is ::1 first on many systems) moves on to the next.
-        found: UtcpTransport | None = None
-        for info in infos:
+        for attempt in attempts:
             try:
-                found = await attempt(info)
+                found = await attempt()
                 break
             except OSError as exc:
                 errors.append(exc)
     else:
-        found = await _staggered_race(loop, [functools.partial(attempt, info)
-                                             for info in infos],
-                                      happy_eyeballs_delay, errors)
+        found = await _staggered_race(loop, attempts, happy_eyeballs_delay, errors)
     if found is None:
         if len(errors) == 1 or all(str(e) == str(errors[0]) for e in errors):
             raise errors[0]
         if all_errors:
             raise ExceptionGroup("create_connection failed", errors)
         raise OSError("Multiple exceptions: " + ", ".join(str(e) for e in errors))
-    transport = found
-    app_protocol = protocol_factory()
-    if context is None:
-        transport.attach_protocol(app_protocol)
-        return transport, app_protocol
-    hostname = server_hostname if server_hostname is not None else host
-    app_transport = await _wrap_tls(loop, transport, app_protocol, context, server_side=False,
-                                    server_hostname=hostname or None,
-                                    handshake_timeout=ssl_handshake_timeout,
-                                    shutdown_timeout=ssl_shutdown_timeout)
-    return app_transport, app_protocol
+    return found
 
 
 def _interleave_families(infos: list[Any], first_family_count: int) -> list[Any]:
@@ -653,6 +686,35 @@ async def create_server(
     cfg.check_server()  # secure mode's footguns (docs/secure-mode.md), before any bind
     checked_port = _check_port(port, allow_none=True) or 0
     context = _ssl_context(ssl, server_side=True)
+    _check_server_args(context, ssl_handshake_timeout, ssl_shutdown_timeout, sock,
+                       host, port, backlog)
+    loop = asyncio.get_running_loop()
+    if sock is not None:
+        # the application's own socket, bound as it chose; the server owns it from now
+        set_socket_buffers(sock)
+        endpoint = Endpoint(cfg, sock.getsockname()[1], listening=False, backlog=backlog)
+        ports = [UdpPort(loop, sock, endpoint)]
+    else:
+        hosts: list[str | None] = ([host] if host is None or isinstance(host, str)
+                                   else list(host))
+        infos: list[Any] = []
+        for h in hosts:
+            infos.extend(await loop.getaddrinfo(h, checked_port, family=family,
+                                                type=socket.SOCK_DGRAM, flags=flags))
+        ports = _bind_ports(loop, infos, cfg, backlog, reuse_address, reuse_port)
+    server = Server(loop, ports, protocol_factory, context, ssl_handshake_timeout,
+                    ssl_shutdown_timeout)
+    if start_serving:
+        await server.start_serving()
+    return server
+
+
+def _check_server_args(context: ssl_module.SSLContext | None,
+                       ssl_handshake_timeout: float | None,
+                       ssl_shutdown_timeout: float | None, sock: Any,
+                       host: str | Iterable[str] | None, port: int | str | None,
+                       backlog: object) -> None:
+    """asyncio's refusals of argument combinations, in asyncio's order, before any bind."""
     if context is None and ssl_handshake_timeout is not None:
         raise ValueError("ssl_handshake_timeout is only meaningful with ssl")
     _check_shutdown_timeout(context, ssl_shutdown_timeout)
@@ -664,22 +726,13 @@ async def create_server(
             raise ValueError(f"sock must be bound to an address: {sock!r}")
     if isinstance(backlog, bool) or not isinstance(backlog, int):
         raise TypeError("backlog must be an int")
-    loop = asyncio.get_running_loop()
-    if sock is not None:
-        # the application's own socket, bound as it chose; the server owns it from now
-        set_socket_buffers(sock)
-        endpoint = Endpoint(cfg, sock.getsockname()[1], listening=False, backlog=backlog)
-        server = Server(loop, [UdpPort(loop, sock, endpoint)], protocol_factory, context,
-                        ssl_handshake_timeout, ssl_shutdown_timeout)
-        if start_serving:
-            await server.start_serving()
-        return server
-    hosts: list[str | None] = ([host] if host is None or isinstance(host, str)
-                               else list(host))
-    infos: list[Any] = []
-    for h in hosts:
-        infos.extend(await loop.getaddrinfo(h, checked_port, family=family,
-                                            type=socket.SOCK_DGRAM, flags=flags))
+
+
+def _bind_ports(loop: asyncio.AbstractEventLoop, infos: list[Any], config: Config,
+                backlog: int, reuse_address: bool | None,
+                reuse_port: bool | None) -> list[UdpPort]:
+    """One listening port per distinct address getaddrinfo gave; all or none, as
+    asyncio's create_server: a bind that fails closes the sockets bound before it."""
     seen: set[Any] = set()
     ports: list[UdpPort] = []
     try:
@@ -687,33 +740,38 @@ async def create_server(
             if (fam, addr) in seen:
                 continue
             seen.add((fam, addr))
-            sock_ = socket.socket(fam, typ, pro)
-            try:
-                # Off unless asked: on a UDP socket SO_REUSEADDR lets a second server bind
-                # the same port silently (and take its traffic), not just skip TIME_WAIT
-                if reuse_address:
-                    sock_.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                if reuse_port:
-                    sock_.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-                if fam == socket.AF_INET6 and hasattr(socket, "IPPROTO_IPV6"):
-                    sock_.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-                set_socket_buffers(sock_)
-                sock_.bind(addr)
-            except OSError as exc:
-                sock_.close()
-                raise OSError(exc.errno, f"error while attempting to bind on address "
-                                         f"{addr!r}: {exc.strerror}") from None
-            endpoint = Endpoint(cfg, sock_.getsockname()[1], listening=False, backlog=backlog)
-            ports.append(UdpPort(loop, sock_, endpoint))
+            sock = _bound_socket(fam, typ, pro, addr, reuse_address, reuse_port)
+            endpoint = Endpoint(config, sock.getsockname()[1], listening=False,
+                                backlog=backlog)
+            ports.append(UdpPort(loop, sock, endpoint))
     except BaseException:
         for p in ports:
             p.close()
         raise
-    server = Server(loop, ports, protocol_factory, context, ssl_handshake_timeout,
-                    ssl_shutdown_timeout)
-    if start_serving:
-        await server.start_serving()
-    return server
+    return ports
+
+
+def _bound_socket(fam: int, typ: int, pro: int, addr: Any, reuse_address: bool | None,
+                  reuse_port: bool | None) -> socket.socket:
+    """A server's UDP socket bound to `addr`; a failed bind is reworded with the
+    address, as asyncio words it, and leaves no socket open."""
+    sock = socket.socket(fam, typ, pro)
+    try:
+        # Off unless asked: on a UDP socket SO_REUSEADDR lets a second server bind
+        # the same port silently (and take its traffic), not just skip TIME_WAIT
+        if reuse_address:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        if fam == socket.AF_INET6 and hasattr(socket, "IPPROTO_IPV6"):
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        set_socket_buffers(sock)
+        sock.bind(addr)
+    except OSError as exc:
+        sock.close()
+        raise OSError(exc.errno, f"error while attempting to bind on address "
+                                 f"{addr!r}: {exc.strerror}") from None
+    return sock
 
 
 async def start_server(client_connected_cb: ClientConnectedCb,
