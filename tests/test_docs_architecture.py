@@ -228,7 +228,7 @@ def test_architecture_md_is_checked_at_all() -> None:
 
 @pytest.mark.parametrize("bad", [
     "`Connection.no_such_method`",
-    "`Inbound.segmentt`",
+    "`inbound.segmentt`",
     "`wire.parse_fast`",
     "`Timer.RETRANSMIT`",
     "`NoSuchClass.method`",
@@ -245,7 +245,7 @@ def test_the_checker_reports_made_up_names(bad: str) -> None:
 
 
 @pytest.mark.parametrize("good", [
-    "`Connection.receive`", "`Inbound.segment`", "`wire.parse`", "`Timer.RTX`",
+    "`Connection.receive`", "`inbound.segment`", "`wire.parse`", "`Timer.RTX`",
     "`wire.Segment.payload`", "`handle_timer(now)`", "`Connection`", "`ack_now`",
     "`UdpPort.transports`", "`asyncio.Protocol.data_received`", "`utcp.aio.port`",
     "`Config.ack_delay`", "`Counters.timeouts`", "utcp/connection.py",

@@ -19,7 +19,7 @@ from __future__ import annotations
 import secrets
 from collections.abc import Callable
 
-from utcp import log, wire
+from utcp import inbound, log, wire
 from utcp import seq as sq
 from utcp.buffers import (
     MEMORY_FLOOR,
@@ -36,7 +36,6 @@ from utcp.events import (
     StateChanged,
     Terminated,
 )
-from utcp.inbound import Inbound
 from utcp.pmtu import PmtuSearch
 from utcp.receiver import Receiver
 from utcp.recovery import LossRecovery
@@ -88,7 +87,6 @@ class Connection:
         "counters",
         "error",
         "events",
-        "inbound",
         "irs",
         "iss",
         "local_port",
@@ -178,7 +176,6 @@ class Connection:
 
 
         # loss detection, recovery and congestion control (utcp.recovery)
-        self.inbound = Inbound(self)  # how a segment comes in (utcp.inbound)
         self.sender = Sender(self)  # what goes out (utcp.sender)
         self.receiver = Receiver(self)  # what comes in, once checked (utcp.receiver)
         self.recovery = LossRecovery(self, config)
@@ -199,7 +196,7 @@ class Connection:
         self.passive = True
         self.set_state(Ev.LISTEN)
         self.now = now
-        self.inbound.take_syn(segment)
+        inbound.take_syn(self, segment)
         self.set_state(Ev.PASSIVE_OPEN)
         self.timers.arm(T.RTX, now + self.recovery.rtt.rto)
         self.last_activity(now)
@@ -223,7 +220,7 @@ class Connection:
                                mss=mss, wscale=peer_wscale, sack_permitted=sack,
                                timestamps=(ts[0], 0) if ts is not None else None))
         self.now = now
-        self.inbound.take_syn(syn)
+        inbound.take_syn(self, syn)
         if ts is not None:
             self.ts.follow(ts[1], now)
         self.set_state(Ev.PASSIVE_OPEN)
@@ -233,7 +230,7 @@ class Connection:
         self.sender.syn_retries = 1
         self.last_activity(now)
         self.touch()
-        self.inbound.segment(ack, now)
+        inbound.segment(self, ack, now)
 
     def send(self, data: bytes | bytearray | memoryview) -> None:
         """Queue bytes to send. Raises once the sending side is closed."""
@@ -348,7 +345,7 @@ class Connection:
 
     def receive(self, seg: wire.Segment, now: float) -> None:
         """Process one segment addressed to this connection (`utcp.inbound`)."""
-        self.inbound.segment(seg, now)
+        inbound.segment(self, seg, now)
 
     # --------------------------------------------------------------------- outputs
 

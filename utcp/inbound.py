@@ -26,461 +26,436 @@ if TYPE_CHECKING:
     from utcp.connection import Connection
 
 
-class Inbound:
-    __slots__ = ("conn")
-
-    def __init__(self, conn: Connection) -> None:
-        self.conn = conn
-
-    def segment(self, seg: wire.Segment, now: float) -> None:
-        """Process one segment addressed to this connection."""
-        conn = self.conn
-        if conn.state in (State.CLOSED, State.LISTEN):
-            return
-        conn.now = now
-        conn.counters.segments_received += 1
-        conn.touch()
-        payload = seg.payload
-        if (conn.state is State.ESTABLISHED and (seg.flags | PSH) == ACK | PSH and payload
-                and not conn.rcv.ooo and conn.receiver.fin_seq is None
-                and not (seg.seq - conn.rcv_nxt) & sq.MASK
-                and not (seg.ack - conn.snd_una) & sq.MASK
-                and (seg.window << conn.snd_wscale) == conn.snd_wnd
-                and len(payload) <= conn.rcv_adv - conn.rcv_nxt and not seg.options.sack
-                and (seg.options.timestamps is not None or not conn.ts.ok)
-                and (conn.memory_budget is None
-                     or conn.memory_budget.used < conn.memory_budget.pressure)):
-            # Header prediction (Van Jacobson; Linux's tcp_rcv_established fast path):
-            # the next bytes in order, acknowledging nothing new, window unchanged. The
-            # general path would do exactly this, after many checks that cannot fail.
-            if conn.ts.ok:
-                if self.paws(seg, now):
-                    conn.sender.ack_now = True
-                    conn.drop("PAWS: old timestamp")
-                    return
-                conn.ts.take_recent(seg, conn.rcv_nxt, now)  # in order, exact ACK
-            conn.heard(now)
-            conn.snd_wl1, conn.snd_wl2 = conn.rcv_nxt, conn.snd_una
-            conn.rcv.append(bytes(payload))
-            conn.rcv_nxt += len(payload)
-            conn.counters.bytes_received += len(payload)
-            conn.sender.unacked_segments += 1
-            if conn.sender.unacked_segments >= 2:
+def segment(conn: Connection, seg: wire.Segment, now: float) -> None:
+    """Process one segment addressed to this connection."""
+    if conn.state in (State.CLOSED, State.LISTEN):
+        return
+    conn.now = now
+    conn.counters.segments_received += 1
+    conn.touch()
+    payload = seg.payload
+    if (conn.state is State.ESTABLISHED and (seg.flags | PSH) == ACK | PSH and payload
+            and not conn.rcv.ooo and conn.receiver.fin_seq is None
+            and not (seg.seq - conn.rcv_nxt) & sq.MASK
+            and not (seg.ack - conn.snd_una) & sq.MASK
+            and (seg.window << conn.snd_wscale) == conn.snd_wnd
+            and len(payload) <= conn.rcv_adv - conn.rcv_nxt and not seg.options.sack
+            and (seg.options.timestamps is not None or not conn.ts.ok)
+            and (conn.memory_budget is None
+                 or conn.memory_budget.used < conn.memory_budget.pressure)):
+        # Header prediction (Van Jacobson; Linux's tcp_rcv_established fast path):
+        # the next bytes in order, acknowledging nothing new, window unchanged. The
+        # general path would do exactly this, after many checks that cannot fail.
+        if conn.ts.ok:
+            if paws(conn, seg, now):
                 conn.sender.ack_now = True
-            elif not conn.timers.armed(T.ACK):
-                conn.timers.arm(T.ACK, now + conn.config.ack_delay)
-            conn.last_activity(now)
-            return
-        if conn.state == State.SYN_SENT:
-            self.syn_sent(seg, now)
-        else:
-            self.synchronized(seg, now)
-
-    def syn_sent(self, seg: wire.Segment, now: float) -> None:
-        conn = self.conn
-        flags = seg.flags
-        ack_ok = False
-        if flags & ACK:
-            ack = sq.unwrap(seg.ack, conn.snd_una)
-            if ack <= conn.iss or ack > conn.snd_max:
-                if not flags & RST:
-                    conn.sender.emit(seg.ack, 0, RST, raw_seq=True)
-                conn.drop("unacceptable ACK in SYN_SENT")
+                conn.drop("PAWS: old timestamp")
                 return
-            ack_ok = True
-        if flags & RST:
-            if ack_ok:
-                why = ("connection refused: the server is in secure mode; set"
-                       " Config.server_key to its public key"
-                       if SECURE_REQUIRED in seg.options.experimental
-                       else "connection refused by peer")
-                conn.fail(ConnectionRefusedError(why), send_rst=False)
-            else:
-                conn.drop("RST without ACK in SYN_SENT")
+            conn.ts.take_recent(seg, conn.rcv_nxt, now)  # in order, exact ACK
+        conn.heard(now)
+        conn.snd_wl1, conn.snd_wl2 = conn.rcv_nxt, conn.snd_una
+        conn.rcv.append(bytes(payload))
+        conn.rcv_nxt += len(payload)
+        conn.counters.bytes_received += len(payload)
+        conn.sender.unacked_segments += 1
+        if conn.sender.unacked_segments >= 2:
+            conn.sender.ack_now = True
+        elif not conn.timers.armed(T.ACK):
+            conn.timers.arm(T.ACK, now + conn.config.ack_delay)
+        conn.last_activity(now)
+        return
+    if conn.state == State.SYN_SENT:
+        syn_sent(conn, seg, now)
+    else:
+        synchronized(conn, seg, now)
+
+def syn_sent(conn: Connection, seg: wire.Segment, now: float) -> None:
+    flags = seg.flags
+    ack_ok = False
+    if flags & ACK:
+        ack = sq.unwrap(seg.ack, conn.snd_una)
+        if ack <= conn.iss or ack > conn.snd_max:
+            if not flags & RST:
+                conn.sender.emit(seg.ack, 0, RST, raw_seq=True)
+            conn.drop("unacceptable ACK in SYN_SENT")
             return
-        if not flags & SYN:
-            conn.drop("no SYN in SYN_SENT")
-            return
-        self.take_syn(seg)
+        ack_ok = True
+    if flags & RST:
         if ack_ok:
-            self.handshake_acked(sq.unwrap(seg.ack, conn.snd_una), now)
-            self.update_window(seg, conn.rcv_nxt - 1, conn.snd_una, force=True)
-            conn.set_state(Ev.RCV_SYN_ACK)
-            conn.heard(now)  # synchronized only now: _handshake_acked could not arm it
-            # The handshake's last ACK waits for the next timer service at this same
-            # instant: an application that writes as soon as it is connected (a request,
-            # a TLS ClientHello) has its first bytes carry it, one datagram fewer, as
-            # Linux does when a write is pending.
-            conn.sender.defer_ack(now)
+            why = ("connection refused: the server is in secure mode; set"
+                   " Config.server_key to its public key"
+                   if SECURE_REQUIRED in seg.options.experimental
+                   else "connection refused by peer")
+            conn.fail(ConnectionRefusedError(why), send_rst=False)
         else:
-            # simultaneous open (RFC 9293 §3.5, figure 8): answer with SYN+ACK
-            conn.set_state(Ev.RCV_SYN)
-            conn.snd_nxt = conn.iss
-            conn.timers.arm(T.RTX, now + conn.recovery.rtt.rto)
+            conn.drop("RST without ACK in SYN_SENT")
+        return
+    if not flags & SYN:
+        conn.drop("no SYN in SYN_SENT")
+        return
+    take_syn(conn, seg)
+    if ack_ok:
+        handshake_acked(conn, sq.unwrap(seg.ack, conn.snd_una), now)
+        update_window(conn, seg, conn.rcv_nxt - 1, conn.snd_una, force=True)
+        conn.set_state(Ev.RCV_SYN_ACK)
+        conn.heard(now)  # synchronized only now: _handshake_acked could not arm it
+        # The handshake's last ACK waits for the next timer service at this same
+        # instant: an application that writes as soon as it is connected (a request,
+        # a TLS ClientHello) has its first bytes carry it, one datagram fewer, as
+        # Linux does when a write is pending.
+        conn.sender.defer_ack(now)
+    else:
+        # simultaneous open (RFC 9293 §3.5, figure 8): answer with SYN+ACK
+        conn.set_state(Ev.RCV_SYN)
+        conn.snd_nxt = conn.iss
+        conn.timers.arm(T.RTX, now + conn.recovery.rtt.rto)
 
-    def take_syn(self, seg: wire.Segment) -> None:
-        """Record what the peer's SYN tells us: its ISN, MSS and window scale."""
-        conn = self.conn
-        conn.irs = seg.seq
-        conn.rcv_nxt = seg.seq + 1
-        opts = seg.options
-        peer_mss = max(opts.mss if opts.mss else wire.DEFAULT_MSS, 64)
-        conn.snd_mss = min(conn.config.mss, peer_mss)
-        ceiling = min(peer_mss, conn.max_mss)
-        if conn.config.pmtu_probing and ceiling > conn.snd_mss:
-            conn.pmtu = PmtuSearch(conn.snd_mss, ceiling)
-        conn.recovery.cc.set_mss(conn.snd_mss)
-        conn.recovery.cc.cwnd = conn.config.initial_cwnd_segments * conn.snd_mss
-        conn.sender.wscale_ok = opts.wscale is not None
-        if opts.wscale is not None:
-            conn.snd_wscale = opts.wscale
-        else:
-            conn.rcv_wscale = 0  # RFC 7323 §2.2: scaling needs both sides' option
-        conn.sack_ok = conn.config.sack and opts.sack_permitted
-        if conn.config.timestamps and opts.timestamps is not None:
-            conn.ts.ok = True
-            conn.sender.sack_limit = 1 if conn.config.secure else 3  # 12 bytes fewer for SACK
-            conn.ts.recent = opts.timestamps[0]
-            conn.ts.recent_time = conn.now
-        conn.snd_wnd = seg.window  # never scaled in a SYN
-        conn.max_snd_wnd = conn.snd_wnd
-        conn.rcv_adv = conn.rcv_nxt
+def take_syn(conn: Connection, seg: wire.Segment) -> None:
+    """Record what the peer's SYN tells us: its ISN, MSS and window scale."""
+    conn.irs = seg.seq
+    conn.rcv_nxt = seg.seq + 1
+    opts = seg.options
+    peer_mss = max(opts.mss if opts.mss else wire.DEFAULT_MSS, 64)
+    conn.snd_mss = min(conn.config.mss, peer_mss)
+    ceiling = min(peer_mss, conn.max_mss)
+    if conn.config.pmtu_probing and ceiling > conn.snd_mss:
+        conn.pmtu = PmtuSearch(conn.snd_mss, ceiling)
+    conn.recovery.cc.set_mss(conn.snd_mss)
+    conn.recovery.cc.cwnd = conn.config.initial_cwnd_segments * conn.snd_mss
+    conn.sender.wscale_ok = opts.wscale is not None
+    if opts.wscale is not None:
+        conn.snd_wscale = opts.wscale
+    else:
+        conn.rcv_wscale = 0  # RFC 7323 §2.2: scaling needs both sides' option
+    conn.sack_ok = conn.config.sack and opts.sack_permitted
+    if conn.config.timestamps and opts.timestamps is not None:
+        conn.ts.ok = True
+        conn.sender.sack_limit = 1 if conn.config.secure else 3  # 12 bytes fewer for SACK
+        conn.ts.recent = opts.timestamps[0]
+        conn.ts.recent_time = conn.now
+    conn.snd_wnd = seg.window  # never scaled in a SYN
+    conn.max_snd_wnd = conn.snd_wnd
+    conn.rcv_adv = conn.rcv_nxt
 
-    def handshake_acked(self, ack: int, now: float) -> None:
-        """Our SYN is acknowledged: the first RTT sample, unless the SYN was resent."""
-        conn = self.conn
-        conn.snd_una = ack
-        if conn.snd_nxt < ack:
-            conn.snd_nxt = ack
-        if conn.sender.syn_retries == 0:
-            conn.recovery.on_handshake_rtt(now - conn.sender.syn_time, now)
-        conn.timers.cancel(T.RTX)
-        conn.sender.syn_retries = 0
+def handshake_acked(conn: Connection, ack: int, now: float) -> None:
+    """Our SYN is acknowledged: the first RTT sample, unless the SYN was resent."""
+    conn.snd_una = ack
+    if conn.snd_nxt < ack:
+        conn.snd_nxt = ack
+    if conn.sender.syn_retries == 0:
+        conn.recovery.on_handshake_rtt(now - conn.sender.syn_time, now)
+    conn.timers.cancel(T.RTX)
+    conn.sender.syn_retries = 0
+    conn.last_activity(now)
+
+def synchronized(conn: Connection, seg: wire.Segment, now: float) -> None:
+    """RFC 9293 §3.10.7.4 with RFC 5961 and RFC 7323, in this order, each step dropping
+    what fails it: SYN (a challenge ACK, any sequence number); a missing timestamp
+    option once negotiated (RFC 7323 §3.2: silent drop); PAWS (R1: test only);
+    acceptability (R2); RST (exact rcv_nxt only); ACK (present, and RFC 5961 §5.2's
+    range, for data and FIN too); TS.Recent (R3: only now, from an acceptable
+    segment); the ACK's effects; text; FIN (held until in order, forgotten when data
+    or another FIN contradicts it)."""
+    flags = seg.flags
+    seg_seq = sq.unwrap(seg.seq, conn.rcv_nxt)
+    if flags & SYN:
+        _syn_again(conn, seg, seg_seq, now)
+        return
+    if conn.ts.ok and seg.options.timestamps is None and not flags & RST:
+        # RFC 7323 §3.2: once negotiated, every segment but a RST carries the option
+        # (FreeBSD drops one without it too); a blind forgery must then also pick a
+        # TSval that passes PAWS, half of them
+        conn.drop("no timestamp option")
+        return
+    # RFC 7323 §5.3 R1, before the window check; TS.Recent moves only below (R3)
+    if conn.ts.ok and paws(conn, seg, now):
+        conn.sender.ack_now = True
+        conn.drop("PAWS: old timestamp")
+        return
+    if not _acceptable(conn, seg, seg_seq, now):
+        return
+    if flags & RST:
+        _reset(conn, seg_seq, now)
+        return
+    fin_now_acked = _ack(conn, seg, seg_seq, now)
+    if fin_now_acked is None:
+        return
+    complete = _text(conn, seg, seg_seq)
+    if complete is None:
+        return
+    _fin(conn, seg, seg_seq, complete, fin_now_acked, now)
+
+def _syn_again(conn: Connection, seg: wire.Segment, seg_seq: int, now: float) -> None:
+    """A SYN we have already seen: retransmitted SYN, or the peer's SYN+ACK again;
+    any other SYN is a challenge ACK, never a reset (RFC 5961 §4)."""
+    flags = seg.flags
+    if seg_seq == conn.irs and not flags & RST:
+        if conn.state == State.SYN_RCVD and not flags & ACK:
+            conn.snd_nxt = conn.iss  # our SYN+ACK was lost: send it again
+            return
+        if conn.state == State.SYN_RCVD:
+            ack = sq.unwrap(seg.ack, conn.snd_una)
+            if conn.snd_una < ack <= conn.snd_max:  # simultaneous open completes
+                handshake_acked(conn, ack, now)
+                update_window(conn, seg, seg_seq, ack, force=True)
+                conn.set_state(Ev.RCV_ACK_OF_SYN)
+                conn.heard(now)
+                conn.sender.ack_now = True
+                return
+        conn.sender.ack_now = True  # our ACK of it was lost
+        conn.drop("duplicate SYN")
+        return
+    # RFC 5961 §4 / RFC 9293 §3.10.7.4 fourth: challenge ACK, never a reset
+    conn.sender.challenge_ack(now)
+    conn.drop("SYN in synchronized state")
+
+def _acceptable(conn: Connection, seg: wire.Segment, seg_seq: int, now: float) -> bool:
+    """The first check: the segment's sequence numbers against the window we offered
+    (RFC 9293 §3.10.7.4, the table); one that fails is answered with an ACK."""
+    flags = seg.flags
+    payload = seg.payload
+    seg_len = len(payload) + (1 if flags & FIN else 0)
+    wnd = max(conn.rcv_adv - conn.rcv_nxt, 0)
+    if seg_len == 0:
+        ok = (seg_seq == conn.rcv_nxt) if wnd == 0 else (
+            conn.rcv_nxt <= seg_seq < conn.rcv_nxt + wnd)
+    elif wnd == 0:
+        ok = seg_seq == conn.rcv_nxt  # keep its ACK; the text is trimmed away below
+    else:
+        end = seg_seq + seg_len - 1
+        ok = (conn.rcv_nxt <= seg_seq < conn.rcv_nxt + wnd) or (
+            conn.rcv_nxt <= end < conn.rcv_nxt + wnd)
+    if not ok:
+        if not flags & RST:
+            conn.sender.ack_now = True
+            if payload and seg_seq + len(payload) <= conn.rcv_nxt and conn.sack_ok:
+                conn.sender.dsack = (seg_seq, seg_seq + len(payload))  # RFC 2883: a duplicate
+            if (conn.state == State.TIME_WAIT and flags & FIN
+                    and seg_seq + len(payload) == conn.receiver.fin_seq
+                    and ack_acceptable(conn, seg)):
+                # RFC 9293: the peer's FIN again restarts 2MSL; only that FIN, else
+                # blind FINs at any sequence number would hold TIME_WAIT forever
+                conn.timers.arm(T.TIME_WAIT, now + 2 * conn.config.msl)
+        conn.drop("outside window")
+        return False
+    return True
+
+def _reset(conn: Connection, seg_seq: int, now: float) -> None:
+    """Second: RST. Only an exact match resets; in-window gets a challenge ACK
+    (RFC 5961 §3)."""
+    if conn.state == State.TIME_WAIT:
+        conn.drop("RST in TIME_WAIT")  # RFC 1337: no TIME-WAIT assassination
+        return
+    if seg_seq != conn.rcv_nxt:
+        conn.sender.challenge_ack(now)
+        conn.drop("RST not at rcv_nxt")
+        return
+    if conn.state == State.SYN_RCVD:
+        err: Exception | None = (None if conn.passive else
+                                 ConnectionRefusedError("connection refused by peer"))
+    elif conn.state in (State.ESTABLISHED, State.FIN_WAIT_1, State.FIN_WAIT_2,
+                        State.CLOSE_WAIT):
+        err = ConnectionResetError("connection reset by peer")
+    else:
+        err = None
+    if log.enabled():
+        log.emit("reset", conn=conn.name, state=conn.state.name)
+    conn.fail(err, send_rst=False, event=Ev.RCV_RST)
+
+def _ack(conn: Connection, seg: wire.Segment, seg_seq: int, now: float) -> bool | None:
+    """Fifth: the ACK, which must be present and within RFC 5961 §5.2's range (for
+    data and FIN too); None when the segment is dropped, else whether it
+    acknowledged our FIN."""
+    flags = seg.flags
+    if not flags & ACK:
+        conn.drop("no ACK")
+        return None
+    ack = sq.unwrap(seg.ack, conn.snd_una)
+    if conn.state == State.SYN_RCVD:
+        if not conn.snd_una < ack <= conn.snd_max:
+            conn.sender.emit(seg.ack, 0, RST, raw_seq=True)
+            conn.drop("bad ACK in SYN_RCVD")
+            return None
+        handshake_acked(conn, conn.iss + 1, now)
+        update_window(conn, seg, seg_seq, ack, force=True)
+        conn.set_state(Ev.RCV_ACK_OF_SYN)
+    if ack > conn.snd_max:
+        conn.sender.challenge_ack(now)  # RFC 9293 / RFC 5961 §5: ACK of what was never sent
+        conn.drop("ACK of unsent data")
+        return None
+    if ack < oldest_acceptable_ack(conn):
+        conn.sender.challenge_ack(now)  # RFC 5961 §5: an ACK too old to be from this peer
+        conn.drop("ACK too old")
+        return None
+    if conn.ts.ok:
+        conn.ts.take_recent(seg, seg_seq, now)  # RFC 7323 R3: acceptable at last
+    conn.heard(now)
+    return process_ack(conn, seg, seg_seq, ack, len(seg.payload), now)
+
+def _text(conn: Connection, seg: wire.Segment, seg_seq: int) -> bool | None:
+    """Seventh: text. False if its tail (and so any FIN after it) was cut off; None
+    when the connection was reset for data past a FIN it took."""
+    payload = seg.payload
+    complete = True
+    fin_seq = conn.receiver.fin_seq
+    if payload and conn.state in CAN_RECEIVE:
+        if fin_seq is not None and seg_seq + len(payload) > fin_seq:
+            # Data past a FIN still waiting for the bytes before it: one of the two is
+            # not the peer's, and a blind FIN is the cheaper forgery (the data must hit
+            # the window and carry an acceptable ACK just the same, but a genuine peer
+            # never sends it). The data wins, as in Linux's out-of-order queue, and the
+            # peer's own FIN is taken when it comes; a FIN kept here would never be
+            # reached, and the connection could not close.
+            conn.receiver.forget_fin(fin_seq, "data past it")
+        complete = conn.receiver.take_text(seg_seq, payload)
+    elif payload:
+        if (fin_seq is not None and seg_seq <= conn.rcv_nxt
+                and seg_seq + len(payload) > fin_seq
+                and conn.state in (State.CLOSE_WAIT, State.CLOSING, State.LAST_ACK)):
+            # Data across the FIN we took, or right after it (the peer, told by our ACK
+            # that its byte there arrived, resends from the next): that FIN was forged
+            # (or the peer is broken) and the stream delivered was cut short. Reset, as
+            # RFC 1122 §4.2.2.13 and Linux (TCPAbortOnData), rather than ignore the
+            # peer's bytes and leave it retransmitting them until it times out. Data
+            # further on is only ignored: a blind guess in the window must not reset.
+            conn.drop("data across the FIN taken")
+            conn.fail(ConnectionResetError("data arrived past the peer's FIN"),
+                      send_rst=True)
+            return None
+        conn.drop("data after FIN")
+    elif seg.flags & FIN and seg_seq >= conn.rcv_adv:
+        complete = False  # a FIN past the window we offered
+    return complete
+
+def _fin(conn: Connection, seg: wire.Segment, seg_seq: int, complete: bool,
+         fin_now_acked: bool, now: float) -> None:
+    """Eighth: FIN, held until the bytes before it are in; and what acknowledging
+    our FIN does to the state."""
+    flags = seg.flags
+    payload = seg.payload
+    if flags & FIN and complete and not conn.receiver.fin_received:
+        conn.receiver.record_fin(seg_seq + len(payload))
+    fin_in_order = (conn.receiver.fin_seq is not None and not conn.receiver.fin_received
+                    and conn.rcv_nxt == conn.receiver.fin_seq)
+    if flags & FIN and not payload and not fin_in_order:
+        conn.sender.ack_now = True  # a bare FIN past a hole: duplicate ACK at once (RFC 5681)
+    if fin_in_order:
+        receive_fin(conn, now, fin_now_acked)
+    elif fin_now_acked and conn.state in (State.FIN_WAIT_1, State.CLOSING, State.LAST_ACK):
+        conn.set_state(Ev.RCV_ACK_OF_FIN)
+    if payload or flags & FIN:
         conn.last_activity(now)
 
-    def synchronized(self, seg: wire.Segment, now: float) -> None:
-        """RFC 9293 §3.10.7.4 with RFC 5961 and RFC 7323, in this order, each step dropping
-        what fails it: SYN (a challenge ACK, any sequence number); a missing timestamp
-        option once negotiated (RFC 7323 §3.2: silent drop); PAWS (R1: test only);
-        acceptability (R2); RST (exact rcv_nxt only); ACK (present, and RFC 5961 §5.2's
-        range, for data and FIN too); TS.Recent (R3: only now, from an acceptable
-        segment); the ACK's effects; text; FIN (held until in order, forgotten when data
-        or another FIN contradicts it)."""
-        conn = self.conn
-        flags = seg.flags
-        seg_seq = sq.unwrap(seg.seq, conn.rcv_nxt)
-        if flags & SYN:
-            self._syn_again(seg, seg_seq, now)
-            return
-        if conn.ts.ok and seg.options.timestamps is None and not flags & RST:
-            # RFC 7323 §3.2: once negotiated, every segment but a RST carries the option
-            # (FreeBSD drops one without it too); a blind forgery must then also pick a
-            # TSval that passes PAWS, half of them
-            conn.drop("no timestamp option")
-            return
-        # RFC 7323 §5.3 R1, before the window check; TS.Recent moves only below (R3)
-        if conn.ts.ok and self.paws(seg, now):
-            conn.sender.ack_now = True
-            conn.drop("PAWS: old timestamp")
-            return
-        if not self._acceptable(seg, seg_seq, now):
-            return
-        if flags & RST:
-            self._reset(seg_seq, now)
-            return
-        fin_now_acked = self._ack(seg, seg_seq, now)
-        if fin_now_acked is None:
-            return
-        complete = self._text(seg, seg_seq)
-        if complete is None:
-            return
-        self._fin(seg, seg_seq, complete, fin_now_acked, now)
-
-    def _syn_again(self, seg: wire.Segment, seg_seq: int, now: float) -> None:
-        """A SYN we have already seen: retransmitted SYN, or the peer's SYN+ACK again;
-        any other SYN is a challenge ACK, never a reset (RFC 5961 §4)."""
-        conn = self.conn
-        flags = seg.flags
-        if seg_seq == conn.irs and not flags & RST:
-            if conn.state == State.SYN_RCVD and not flags & ACK:
-                conn.snd_nxt = conn.iss  # our SYN+ACK was lost: send it again
-                return
-            if conn.state == State.SYN_RCVD:
-                ack = sq.unwrap(seg.ack, conn.snd_una)
-                if conn.snd_una < ack <= conn.snd_max:  # simultaneous open completes
-                    self.handshake_acked(ack, now)
-                    self.update_window(seg, seg_seq, ack, force=True)
-                    conn.set_state(Ev.RCV_ACK_OF_SYN)
-                    conn.heard(now)
-                    conn.sender.ack_now = True
-                    return
-            conn.sender.ack_now = True  # our ACK of it was lost
-            conn.drop("duplicate SYN")
-            return
-        # RFC 5961 §4 / RFC 9293 §3.10.7.4 fourth: challenge ACK, never a reset
-        conn.sender.challenge_ack(now)
-        conn.drop("SYN in synchronized state")
-
-    def _acceptable(self, seg: wire.Segment, seg_seq: int, now: float) -> bool:
-        """The first check: the segment's sequence numbers against the window we offered
-        (RFC 9293 §3.10.7.4, the table); one that fails is answered with an ACK."""
-        conn = self.conn
-        flags = seg.flags
-        payload = seg.payload
-        seg_len = len(payload) + (1 if flags & FIN else 0)
-        wnd = max(conn.rcv_adv - conn.rcv_nxt, 0)
-        if seg_len == 0:
-            ok = (seg_seq == conn.rcv_nxt) if wnd == 0 else (
-                conn.rcv_nxt <= seg_seq < conn.rcv_nxt + wnd)
-        elif wnd == 0:
-            ok = seg_seq == conn.rcv_nxt  # keep its ACK; the text is trimmed away below
+def process_ack(conn: Connection, seg: wire.Segment, seg_seq: int, ack: int,
+                text_len: int, now: float) -> bool:
+    """RFC 9293's fifth step: what the ACK frees, then loss recovery's part
+    (`utcp.recovery`), then the send window; True if our FIN got acked."""
+    rec = conn.recovery
+    delivered = rec.on_sack(seg, ack, now) if conn.sack_ok else False
+    fin_acked_now = False
+    if ack > conn.snd_una:
+        acked = ack - conn.snd_una
+        fin_acked_now = free_acked(conn, ack)
+        flight = conn.snd_max - conn.snd_una
+        conn.snd_una = ack
+        if conn.snd_nxt < ack:
+            conn.snd_nxt = ack  # data past a go-back-N rewind had arrived after all
+        if conn.pmtu is not None:
+            pmtu_acked(conn, ack)
+        rec.on_new_ack(seg, ack, acked, flight, now)
+        conn.timers.cancel(T.USER)
+        conn.last_activity(now)  # progress: not idle, even if all we send is resends
+        if conn.snd_una < conn.snd_max:
+            conn.timers.arm(T.RTX, now + rec.rtt.rto)  # RFC 6298 §5.3
+            if conn.config.user_timeout is not None:
+                conn.timers.arm(T.USER, now + conn.config.user_timeout)
+            rec.arm_tail_loss_probe(now)
         else:
-            end = seg_seq + seg_len - 1
-            ok = (conn.rcv_nxt <= seg_seq < conn.rcv_nxt + wnd) or (
-                conn.rcv_nxt <= end < conn.rcv_nxt + wnd)
-        if not ok:
-            if not flags & RST:
-                conn.sender.ack_now = True
-                if payload and seg_seq + len(payload) <= conn.rcv_nxt and conn.sack_ok:
-                    conn.sender.dsack = (seg_seq, seg_seq + len(payload))  # RFC 2883: a duplicate
-                if (conn.state == State.TIME_WAIT and flags & FIN
-                        and seg_seq + len(payload) == conn.receiver.fin_seq
-                        and self.ack_acceptable(seg)):
-                    # RFC 9293: the peer's FIN again restarts 2MSL; only that FIN, else
-                    # blind FINs at any sequence number would hold TIME_WAIT forever
-                    conn.timers.arm(T.TIME_WAIT, now + 2 * conn.config.msl)
-            conn.drop("outside window")
-            return False
+            for timer in (T.RTX, T.TLP, T.REORDER):
+                conn.timers.cancel(timer)
+        conn.sender.persist_backoff = 0
+    elif (ack == conn.snd_una and conn.snd_una < conn.snd_max and text_len == 0
+          and not seg.flags & (FIN | SYN) and (seg.window << conn.snd_wscale) == conn.snd_wnd):
+        rec.on_duplicate_ack(now)
+    if conn.sack_ok:
+        rec.after_ack(delivered, now)
+    update_window(conn, seg, seg_seq, ack)
+    return fin_acked_now
+
+def free_acked(conn: Connection, ack: int) -> bool:
+    """Drop acknowledged bytes from the send buffer; True if this ACK covers our FIN."""
+    data_end = conn.sndbuf.end
+    conn.counters.bytes_acked += conn.sndbuf.free(ack)
+    if conn.sndbuf.fin_queued and not conn.sndbuf.fin_acked and ack > data_end:
+        conn.sndbuf.fin_acked = True
+        conn.events.append(SendClosed())
         return True
+    return False
 
-    def _reset(self, seg_seq: int, now: float) -> None:
-        """Second: RST. Only an exact match resets; in-window gets a challenge ACK
-        (RFC 5961 §3)."""
-        conn = self.conn
-        if conn.state == State.TIME_WAIT:
-            conn.drop("RST in TIME_WAIT")  # RFC 1337: no TIME-WAIT assassination
-            return
-        if seg_seq != conn.rcv_nxt:
-            conn.sender.challenge_ack(now)
-            conn.drop("RST not at rcv_nxt")
-            return
-        if conn.state == State.SYN_RCVD:
-            err: Exception | None = (None if conn.passive else
-                                     ConnectionRefusedError("connection refused by peer"))
-        elif conn.state in (State.ESTABLISHED, State.FIN_WAIT_1, State.FIN_WAIT_2,
-                            State.CLOSE_WAIT):
-            err = ConnectionResetError("connection reset by peer")
-        else:
-            err = None
+def pmtu_acked(conn: Connection, ack: int) -> None:
+    assert conn.pmtu is not None
+    conn.pmtu.progress()
+    confirmed = conn.pmtu.acked(ack)
+    if confirmed is not None and confirmed > conn.snd_mss:
+        conn.snd_mss = confirmed
+        conn.recovery.cc.set_mss(confirmed)
         if log.enabled():
-            log.emit("reset", conn=conn.name, state=conn.state.name)
-        conn.fail(err, send_rst=False, event=Ev.RCV_RST)
+            log.emit("pmtu", conn=conn.name, mss=confirmed)
 
-    def _ack(self, seg: wire.Segment, seg_seq: int, now: float) -> bool | None:
-        """Fifth: the ACK, which must be present and within RFC 5961 §5.2's range (for
-        data and FIN too); None when the segment is dropped, else whether it
-        acknowledged our FIN."""
-        conn = self.conn
-        flags = seg.flags
-        if not flags & ACK:
-            conn.drop("no ACK")
-            return None
-        ack = sq.unwrap(seg.ack, conn.snd_una)
-        if conn.state == State.SYN_RCVD:
-            if not conn.snd_una < ack <= conn.snd_max:
-                conn.sender.emit(seg.ack, 0, RST, raw_seq=True)
-                conn.drop("bad ACK in SYN_RCVD")
-                return None
-            self.handshake_acked(conn.iss + 1, now)
-            self.update_window(seg, seg_seq, ack, force=True)
-            conn.set_state(Ev.RCV_ACK_OF_SYN)
-        if ack > conn.snd_max:
-            conn.sender.challenge_ack(now)  # RFC 9293 / RFC 5961 §5: ACK of what was never sent
-            conn.drop("ACK of unsent data")
-            return None
-        if ack < self.oldest_acceptable_ack():
-            conn.sender.challenge_ack(now)  # RFC 5961 §5: an ACK too old to be from this peer
-            conn.drop("ACK too old")
-            return None
-        if conn.ts.ok:
-            conn.ts.take_recent(seg, seg_seq, now)  # RFC 7323 R3: acceptable at last
-        conn.heard(now)
-        return self.process_ack(seg, seg_seq, ack, len(seg.payload), now)
+def update_window(conn: Connection, seg: wire.Segment, seg_seq: int, ack: int,
+                   force: bool = False) -> None:
+    """RFC 9293 §3.10.7.4: take the window only from a segment newer than the last."""
+    if ack < conn.snd_una and not force:
+        return  # a duplicate of an old ACK: its window is old news too
+    if force or conn.snd_wl1 < seg_seq or (conn.snd_wl1 == seg_seq and conn.snd_wl2 <= ack):
+        shift = 0 if seg.flags & SYN else conn.snd_wscale
+        conn.snd_wnd = seg.window << shift
+        conn.snd_wl1 = seg_seq
+        conn.snd_wl2 = ack
+        if conn.snd_wnd > conn.max_snd_wnd:
+            conn.max_snd_wnd = conn.snd_wnd
+        conn.sender.probes_out = 0  # the peer answers (a probe, or anything newer)
+        if conn.snd_wnd:
+            conn.timers.cancel(T.PERSIST)
 
-    def _text(self, seg: wire.Segment, seg_seq: int) -> bool | None:
-        """Seventh: text. False if its tail (and so any FIN after it) was cut off; None
-        when the connection was reset for data past a FIN it took."""
-        conn = self.conn
-        payload = seg.payload
-        complete = True
-        fin_seq = conn.receiver.fin_seq
-        if payload and conn.state in CAN_RECEIVE:
-            if fin_seq is not None and seg_seq + len(payload) > fin_seq:
-                # Data past a FIN still waiting for the bytes before it: one of the two is
-                # not the peer's, and a blind FIN is the cheaper forgery (the data must hit
-                # the window and carry an acceptable ACK just the same, but a genuine peer
-                # never sends it). The data wins, as in Linux's out-of-order queue, and the
-                # peer's own FIN is taken when it comes; a FIN kept here would never be
-                # reached, and the connection could not close.
-                conn.receiver.forget_fin(fin_seq, "data past it")
-            complete = conn.receiver.take_text(seg_seq, payload)
-        elif payload:
-            if (fin_seq is not None and seg_seq <= conn.rcv_nxt
-                    and seg_seq + len(payload) > fin_seq
-                    and conn.state in (State.CLOSE_WAIT, State.CLOSING, State.LAST_ACK)):
-                # Data across the FIN we took, or right after it (the peer, told by our ACK
-                # that its byte there arrived, resends from the next): that FIN was forged
-                # (or the peer is broken) and the stream delivered was cut short. Reset, as
-                # RFC 1122 §4.2.2.13 and Linux (TCPAbortOnData), rather than ignore the
-                # peer's bytes and leave it retransmitting them until it times out. Data
-                # further on is only ignored: a blind guess in the window must not reset.
-                conn.drop("data across the FIN taken")
-                conn.fail(ConnectionResetError("data arrived past the peer's FIN"),
-                          send_rst=True)
-                return None
-            conn.drop("data after FIN")
-        elif seg.flags & FIN and seg_seq >= conn.rcv_adv:
-            complete = False  # a FIN past the window we offered
-        return complete
+def receive_fin(conn: Connection, now: float, fin_now_acked: bool) -> None:
+    conn.receiver.fin_received = True
+    conn.rcv_nxt += 1
+    conn.events.append(EofReceived())
+    if conn.state in (State.SYN_RCVD, State.ESTABLISHED):
+        conn.set_state(Ev.RCV_FIN)
+        # Passive close: an application that closes when it reads EOF sends its FIN
+        # with this ACK (three datagrams to close, not four), as Linux's delayed ACK
+        # of a FIN does; one that does not gets the ACK at the next timer service.
+        conn.sender.defer_ack(now)
+        return
+    conn.sender.ack_now = True
+    if conn.state == State.FIN_WAIT_1:
+        if fin_now_acked:
+            conn.set_state(Ev.RCV_FIN_ACK_OF_FIN)
+        else:
+            conn.set_state(Ev.RCV_FIN)  # simultaneous close: CLOSING
+    elif conn.state == State.FIN_WAIT_2:
+        conn.set_state(Ev.RCV_FIN)
 
-    def _fin(self, seg: wire.Segment, seg_seq: int, complete: bool, fin_now_acked: bool,
-             now: float) -> None:
-        """Eighth: FIN, held until the bytes before it are in; and what acknowledging
-        our FIN does to the state."""
-        conn = self.conn
-        flags = seg.flags
-        payload = seg.payload
-        if flags & FIN and complete and not conn.receiver.fin_received:
-            conn.receiver.record_fin(seg_seq + len(payload))
-        fin_in_order = (conn.receiver.fin_seq is not None and not conn.receiver.fin_received
-                        and conn.rcv_nxt == conn.receiver.fin_seq)
-        if flags & FIN and not payload and not fin_in_order:
-            conn.sender.ack_now = True  # a bare FIN past a hole: duplicate ACK at once (RFC 5681)
-        if fin_in_order:
-            self.receive_fin(now, fin_now_acked)
-        elif fin_now_acked and conn.state in (State.FIN_WAIT_1, State.CLOSING, State.LAST_ACK):
-            conn.set_state(Ev.RCV_ACK_OF_FIN)
-        if payload or flags & FIN:
-            conn.last_activity(now)
+def paws(conn: Connection, seg: wire.Segment, now: float) -> bool:
+    if conn.ts.paws_rejects(seg, now):
+        conn.counters.paws_drops += 1
+        return True
+    return False
 
-    def process_ack(self, seg: wire.Segment, seg_seq: int, ack: int, text_len: int,
-                     now: float) -> bool:
-        """RFC 9293's fifth step: what the ACK frees, then loss recovery's part
-        (`utcp.recovery`), then the send window; True if our FIN got acked."""
-        conn = self.conn
-        rec = conn.recovery
-        delivered = rec.on_sack(seg, ack, now) if conn.sack_ok else False
-        fin_acked_now = False
-        if ack > conn.snd_una:
-            acked = ack - conn.snd_una
-            fin_acked_now = self.free_acked(ack)
-            flight = conn.snd_max - conn.snd_una
-            conn.snd_una = ack
-            if conn.snd_nxt < ack:
-                conn.snd_nxt = ack  # data past a go-back-N rewind had arrived after all
-            if conn.pmtu is not None:
-                self.pmtu_acked(ack)
-            rec.on_new_ack(seg, ack, acked, flight, now)
-            conn.timers.cancel(T.USER)
-            conn.last_activity(now)  # progress: not idle, even if all we send is resends
-            if conn.snd_una < conn.snd_max:
-                conn.timers.arm(T.RTX, now + rec.rtt.rto)  # RFC 6298 §5.3
-                if conn.config.user_timeout is not None:
-                    conn.timers.arm(T.USER, now + conn.config.user_timeout)
-                rec.arm_tail_loss_probe(now)
-            else:
-                for timer in (T.RTX, T.TLP, T.REORDER):
-                    conn.timers.cancel(timer)
-            conn.sender.persist_backoff = 0
-        elif (ack == conn.snd_una and conn.snd_una < conn.snd_max and text_len == 0
-              and not seg.flags & (FIN | SYN) and (seg.window << conn.snd_wscale) == conn.snd_wnd):
-            rec.on_duplicate_ack(now)
-        if conn.sack_ok:
-            rec.after_ack(delivered, now)
-        self.update_window(seg, seg_seq, ack)
-        return fin_acked_now
+def oldest_acceptable_ack(conn: Connection) -> int:
+    """RFC 5961 §5.2: SND.UNA - MAX.SND.WND <= SEG.ACK, and never below ISS + 1.
 
-    def free_acked(self, ack: int) -> bool:
-        """Drop acknowledged bytes from the send buffer; True if this ACK covers our FIN."""
-        conn = self.conn
-        data_end = conn.sndbuf.end
-        conn.counters.bytes_acked += conn.sndbuf.free(ack)
-        if conn.sndbuf.fin_queued and not conn.sndbuf.fin_acked and ack > data_end:
-            conn.sndbuf.fin_acked = True
-            conn.events.append(SendClosed())
-            return True
+    RFC 5961 allows an ACK up to the largest window the peer ever offered behind
+    SND.UNA, but a peer never acknowledges what precedes our SYN: clamping at ISS + 1
+    leaves a blind attacker on a connection that sent little (an upload's receiver)
+    a handful of acceptable values in 2^32 instead of MAX.SND.WND."""
+    return max(conn.snd_una - max(conn.max_snd_wnd, 1), conn.iss + 1)
+
+def ack_acceptable(conn: Connection, seg: wire.Segment) -> bool:
+    """RFC 5961 §5.2's whole test, for a segment not otherwise taken."""
+    if not seg.flags & ACK:
         return False
-
-    def pmtu_acked(self, ack: int) -> None:
-        conn = self.conn
-        assert conn.pmtu is not None
-        conn.pmtu.progress()
-        confirmed = conn.pmtu.acked(ack)
-        if confirmed is not None and confirmed > conn.snd_mss:
-            conn.snd_mss = confirmed
-            conn.recovery.cc.set_mss(confirmed)
-            if log.enabled():
-                log.emit("pmtu", conn=conn.name, mss=confirmed)
-
-    def update_window(self, seg: wire.Segment, seg_seq: int, ack: int,
-                       force: bool = False) -> None:
-        """RFC 9293 §3.10.7.4: take the window only from a segment newer than the last."""
-        conn = self.conn
-        if ack < conn.snd_una and not force:
-            return  # a duplicate of an old ACK: its window is old news too
-        if force or conn.snd_wl1 < seg_seq or (conn.snd_wl1 == seg_seq and conn.snd_wl2 <= ack):
-            shift = 0 if seg.flags & SYN else conn.snd_wscale
-            conn.snd_wnd = seg.window << shift
-            conn.snd_wl1 = seg_seq
-            conn.snd_wl2 = ack
-            if conn.snd_wnd > conn.max_snd_wnd:
-                conn.max_snd_wnd = conn.snd_wnd
-            conn.sender.probes_out = 0  # the peer answers (a probe, or anything newer)
-            if conn.snd_wnd:
-                conn.timers.cancel(T.PERSIST)
-
-    def receive_fin(self, now: float, fin_now_acked: bool) -> None:
-        conn = self.conn
-        conn.receiver.fin_received = True
-        conn.rcv_nxt += 1
-        conn.events.append(EofReceived())
-        if conn.state in (State.SYN_RCVD, State.ESTABLISHED):
-            conn.set_state(Ev.RCV_FIN)
-            # Passive close: an application that closes when it reads EOF sends its FIN
-            # with this ACK (three datagrams to close, not four), as Linux's delayed ACK
-            # of a FIN does; one that does not gets the ACK at the next timer service.
-            conn.sender.defer_ack(now)
-            return
-        conn.sender.ack_now = True
-        if conn.state == State.FIN_WAIT_1:
-            if fin_now_acked:
-                conn.set_state(Ev.RCV_FIN_ACK_OF_FIN)
-            else:
-                conn.set_state(Ev.RCV_FIN)  # simultaneous close: CLOSING
-        elif conn.state == State.FIN_WAIT_2:
-            conn.set_state(Ev.RCV_FIN)
-
-    def paws(self, seg: wire.Segment, now: float) -> bool:
-        conn = self.conn
-        if conn.ts.paws_rejects(seg, now):
-            conn.counters.paws_drops += 1
-            return True
-        return False
-
-    def oldest_acceptable_ack(self) -> int:
-        """RFC 5961 §5.2: SND.UNA - MAX.SND.WND <= SEG.ACK, and never below ISS + 1.
-
-        RFC 5961 allows an ACK up to the largest window the peer ever offered behind
-        SND.UNA, but a peer never acknowledges what precedes our SYN: clamping at ISS + 1
-        leaves a blind attacker on a connection that sent little (an upload's receiver)
-        a handful of acceptable values in 2^32 instead of MAX.SND.WND."""
-        conn = self.conn
-        return max(conn.snd_una - max(conn.max_snd_wnd, 1), conn.iss + 1)
-
-    def ack_acceptable(self, seg: wire.Segment) -> bool:
-        """RFC 5961 §5.2's whole test, for a segment not otherwise taken."""
-        conn = self.conn
-        if not seg.flags & ACK:
-            return False
-        ack = sq.unwrap(seg.ack, conn.snd_una)
-        return self.oldest_acceptable_ack() <= ack <= conn.snd_max
+    ack = sq.unwrap(seg.ack, conn.snd_una)
+    return oldest_acceptable_ack(conn) <= ack <= conn.snd_max
