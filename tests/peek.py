@@ -12,6 +12,9 @@ from __future__ import annotations
 
 import copy
 
+import pytest
+
+from utcp import connection as connection_module
 from utcp.connection import Connection
 from utcp.rack import SentLog
 
@@ -44,7 +47,12 @@ def rack(conn: Connection) -> SentLog:
 
 def detached_copy(conn: Connection) -> Connection:
     """A deep copy of `conn` that tells no endpoint about its output: a probe to try
-    segments on without touching the real connection (tests/test_attack_input.py)."""
+    segments on without touching the real connection (tests/test_attack_input.py).
+
+    The core compiled with mypyc makes `Connection` a native class, which `copy` cannot
+    rebuild: a test that needs a copy runs on the pure-Python build only (CI runs both)."""
+    if not (connection_module.__file__ or "").endswith(".py"):
+        pytest.skip("a compiled Connection cannot be copied; the pure-Python run covers this")
     return copy.deepcopy(conn, {id(conn.notify): None})
 
 

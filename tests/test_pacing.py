@@ -225,7 +225,7 @@ def test_fast_retransmission_is_not_held_by_the_pacer() -> None:
     base = OUR_ISN + 1
     for k in range(2, 5):  # segments 2..4 arrived (SACKed), the first did not
         s.inject(".", PEER_ISN + 1, base,
-                 options=wire.Options(sack=[(base + 1000, base + 1000 * k)]))
+                 options=wire.Options(sack=((base + 1000, base + 1000 * k),)))
     assert conn.stats().fast_retransmits == 1
     assert _sent_at(s, s.now) == [base]
     assert conn.sender.pacer.deadline is not None  # the rest still waits its turn
@@ -311,8 +311,9 @@ def test_bucket_lets_a_segment_larger_than_itself_go_once_full() -> None:
     assert credit < p.burst
     assert p.blocks(0.01, credit, 9000)
     assert p.deadline == pytest.approx(0.01 + (p.burst - credit) / p.rate)
-    credit = p.refill(p.deadline, 4 * MSS, None, 0.1, MSS)
-    assert not p.blocks(p.deadline, credit, 9000)           # a full bucket is enough
+    due = p.deadline
+    credit = p.refill(due, 4 * MSS, None, 0.1, MSS)
+    assert not p.blocks(due, credit, 9000)                  # a full bucket is enough
     p.spent(credit - 9000)                                  # ... and is owed afterwards
     assert p.credit < 0
 
