@@ -1,13 +1,20 @@
-"""The timer table (utcp.timers) and the buffers (utcp.buffers) through their own
-interfaces; the connection's use of them is tested by behaviour elsewhere."""
+"""The timer table (utcp.timers), the buffers (utcp.buffers) and the recovery modes
+(utcp.recovery) through their own interfaces; the connection's use of them is tested by
+behaviour elsewhere."""
 
 from __future__ import annotations
 
+import random
+
 import pytest
 
+from tests.netsim import LinkProfile, Network
 from utcp.buffers import OOO_PIECE_OVERHEAD, ReassemblyBudget, ReceiveBuffer, SendBuffer
 from utcp.config import Config
 from utcp.connection import Connection
+from utcp.endpoint import Endpoint
+from utcp.recovery import Mode
+from utcp.state import State
 from utcp.timers import Timer, Timers
 
 
@@ -119,3 +126,33 @@ def test_the_shared_empty_receive_buffer_refuses_appends() -> None:
         buf.pieces.append(b"x")  # one connection's bytes must never land in the shared deque
     buf.append(b"x")  # the buffer's own append gets a deque of its own
     assert ReceiveBuffer().pieces is not buf.pieces
+
+
+# --------------------------------------------------------------------------- recovery modes
+
+@pytest.mark.parametrize("sack", [True, False])
+def test_a_lossy_transfer_walks_only_its_recovery_modes_and_ends_open(sack: bool) -> None:
+    """LossRecovery is in exactly one Mode: without SACK only NewReno's fast recovery
+    (a timeout goes back to snd_una, no mode), with SACK the pipe-driven and the timeout
+    recoveries; a transfer that finishes leaves none open."""
+    cfg = Config(msl=1.0, rto_min=0.2, rto_initial=0.5, mss=1000, pmtu_probing=False,
+                 sack=sack)
+    net = Network(7, LinkProfile(delay=0.01, loss=0.03))
+    server = Endpoint(cfg, 1000, listening=True, rng=random.Random(1))
+    client = Endpoint(cfg, 2000, rng=random.Random(2))
+    net.add(("10.0.0.1", 1000), server)
+    net.add(("10.0.0.2", 2000), client)
+    conn = client.connect(("10.0.0.1", 1000), net.now)
+    net.run(until=5.0, stop=lambda: conn.state is State.ESTABLISHED)
+    data = random.Random(3).randbytes(300_000)
+    conn.send(data)
+    seen = {conn.recovery.mode}
+    deadline = net.now + 120.0
+    while conn.queued and net.now < deadline and net.step():
+        seen.add(conn.recovery.mode)
+    assert not conn.queued, "the transfer did not finish"
+    allowed = {Mode.NONE, Mode.SACK, Mode.TIMEOUT} if sack else {Mode.NONE, Mode.NEWRENO}
+    entered = Mode.SACK if sack else Mode.NEWRENO
+    assert entered in seen and seen <= allowed, seen
+    assert conn.recovery.mode is Mode.NONE and not conn.recovery.in_recovery
+    assert conn.stats().fast_retransmits >= 1
