@@ -48,7 +48,8 @@ _TOP_JUNK = {"build", "dist"}
 def _ignore(directory: str, names: list[str]) -> set[str]:
     top = Path(directory).resolve() == ROOT
     return {name for name in names
-            if name in _JUNK_DIRS or name.endswith((".egg-info", ".pyc", ".pcap"))
+            if name in _JUNK_DIRS or name.endswith((".egg-info", ".pyc", ".pcap", ".so"))
+            or name == "_mypyc_build.json"
             or (top and name in _TOP_JUNK)}
 
 
@@ -177,6 +178,7 @@ def test_sdist_files(built: Built) -> None:
     missing = _project_files(built.src) - names
     assert not missing, f"{built.sdist.name} lacks {sorted(missing)}"
     assert not [name for name in names if "__pycache__" in name or name.endswith(".pyc")]
+    assert not [name for name in names if name.endswith((".so", "_mypyc_build.json"))]
 
 
 def test_wheel_in_fresh_venv(built: Built, venv: dict[str, str], tmp_path: Path) -> None:
