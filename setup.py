@@ -43,6 +43,8 @@ PURE_MODULES = frozenset({
     "__init__.py", "__main__.py", "_build.py", "cli.py", "log.py", "pcap.py", "plot.py",
     "plotdata.py", "workers.py", "secure.py", "crypto.py", "state.py",
 })
+# mypyc's shared library for the compiled modules: utcp_core__mypyc.*.so, beside the package
+GROUP = "utcp_core"
 # Written beside the compiled modules; utcp/_build.py reads it (keep the two names equal).
 MANIFEST = "_mypyc_build.json"
 # Commands that produce importable modules; metadata-only runs (egg_info, dist_info, sdist)
@@ -135,6 +137,9 @@ class BuildExt(build_ext):
             copy = Path(tmp) / "utcp"
             shutil.copytree(self._package_dir(), copy,
                             ignore=shutil.ignore_patterns("__pycache__"))
+            # and mypyc's shared library for the group, beside the package
+            for shared in self._package_dir().parent.glob(f"{GROUP}__mypyc.*"):
+                shutil.copy2(shared, tmp)
             (copy / "__init__.py").write_text("", encoding="utf-8")
             result = subprocess.run([sys.executable, "-c", script], cwd=tmp,
                                     capture_output=True, text=True, timeout=300)
@@ -199,7 +204,7 @@ def _ext_modules() -> tuple[list[Any], bool]:
         # One shared library for the group, at the top level: named inside the package
         # ("utcp._core"), mypyc (2.4) gives every compiled module a wrong `__file__`
         # (utcp/utcp/x.so).
-        return mypycify([*relaxed, *sources], opt_level="3", group_name="utcp_core"), forced
+        return mypycify([*relaxed, *sources], opt_level="3", group_name=GROUP), forced
     except BaseException as exc:  # mypy reports type errors by SystemExit
         if forced:
             raise

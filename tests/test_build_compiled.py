@@ -4,7 +4,9 @@ stale compiled module in place of an edited source.
 Every build runs in a copy of this tree (as `tests/test_packaging.py` does), never in the
 checkout. The compiled copy is built once for the module, the way a developer gets one
 (`UTCP_COMPILE=1 pip install -e .`, into a venv that sees this interpreter's packages); that
-compile takes a minute or two of CPU, the pure builds seconds.
+compile takes a minute or two of CPU, the pure builds seconds. When this checkout is itself
+compiled in place (CI's compiled run, `.ci/run`), the copy takes its compiled modules
+instead of compiling again.
 """
 
 from __future__ import annotations
@@ -33,12 +35,19 @@ pytestmark = pytest.mark.timeout(2400)
 _JUNK = shutil.ignore_patterns(".git", "__pycache__", ".mypy_cache", ".pytest_cache",
                                ".ruff_cache", ".hypothesis", "build", "dist", "*.egg-info",
                                "*.so", "_mypyc_build.json", "*.pcap", ".venv", "venv")
+_JUNK_BUT_BUILD = shutil.ignore_patterns(
+    ".git", "__pycache__", ".mypy_cache", ".pytest_cache", ".ruff_cache", ".hypothesis",
+    "build", "dist", "*.egg-info", "*.pcap", ".venv", "venv")
 
 
-def _copy_tree(where: Path) -> Path:
+def _copy_tree(where: Path, *, with_build: bool = False) -> Path:
     src = where / "utcp-src"
-    shutil.copytree(ROOT, src, ignore=_JUNK)
+    shutil.copytree(ROOT, src, ignore=_JUNK_BUT_BUILD if with_build else _JUNK)
     return src
+
+
+def _checkout_compiled_in_place() -> bool:
+    return utcp.compiled and (ROOT / "utcp" / "_mypyc_build.json").is_file()
 
 
 def _env(**extra: str) -> dict[str, str]:
@@ -145,16 +154,21 @@ class Compiled:
     env: dict[str, str]
 
     def probe(self, *, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-        """`import utcp` in a fresh interpreter, from outside the tree (the editable
-        install's path entry finds it), reporting what ran."""
+        """`import utcp` in a fresh interpreter, from the copy (first on sys.path),
+        reporting what ran."""
         script = textwrap.dedent("""
             import utcp, utcp.connection, utcp.seq
             print("compiled", utcp.compiled)
             print("connection", utcp.connection.__file__)
             print("edited", getattr(utcp.seq, "EDITED_SINCE_COMPILED", None))
         """)
-        return _run([str(self.python), "-W", "always", "-c", script],
-                    cwd=self.src.parent, env=env or self.env)
+        return _run([str(self.python), "-W", "always", "-c", script], cwd=self.src,
+                    env=env or self.env)
+
+    def version(self, *, env: dict[str, str] | None = None) -> str:
+        result = _run([str(self.python), "-m", "utcp", "--version"], cwd=self.src,
+                      env=env or self.env)
+        return result.stdout.strip()
 
 
 @pytest.fixture(scope="module")
@@ -162,6 +176,9 @@ def compiled(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Compiled]:
     if shutil.which((os.environ.get("CC") or "cc").split()[0]) is None:
         pytest.skip("no C compiler: nothing to compile")
     where = tmp_path_factory.mktemp("compiled")
+    if _checkout_compiled_in_place():
+        yield Compiled(_copy_tree(where, with_build=True), Path(sys.executable), _env())
+        return
     src = _copy_tree(where)
     _stopgap_no_pieces(src)
     venv = _venv(where / "venv")
@@ -181,8 +198,7 @@ def test_compiled_in_place(compiled: Compiled) -> None:
         probe.stdout
     assert "RuntimeWarning" not in probe.stderr, probe.stderr
     # the CLI's version line says which build runs
-    version = _run(["utcp", "--version"], cwd=compiled.src.parent, env=compiled.env)
-    assert version.stdout.strip() == f"utcp {utcp.__version__} (compiled with mypyc)"
+    assert compiled.version() == f"utcp {utcp.__version__} (compiled with mypyc)"
 
 
 def test_pure_switch_at_run_time(compiled: Compiled) -> None:
@@ -192,9 +208,8 @@ def test_pure_switch_at_run_time(compiled: Compiled) -> None:
     assert "compiled False" in probe.stdout, probe.stdout
     assert re.search(r"^connection .*/connection\.py$", probe.stdout, re.M), probe.stdout
     assert "RuntimeWarning" not in probe.stderr, probe.stderr
-    version = _run(["utcp", "--version"], cwd=compiled.src.parent,
-                   env={**compiled.env, "UTCP_PURE_PYTHON": "1"})
-    assert version.stdout.strip() == f"utcp {utcp.__version__} (pure Python)"
+    assert compiled.version(env={**compiled.env, "UTCP_PURE_PYTHON": "1"}) == \
+        f"utcp {utcp.__version__} (pure Python)"
 
 
 def test_edited_source_is_not_shadowed(compiled: Compiled) -> None:

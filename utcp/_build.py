@@ -13,11 +13,8 @@ run old code. A hash, not an mtime: a checkout, a copy or a wheel install rewrit
 
 from __future__ import annotations
 
-import hashlib
-import importlib.abc
 import importlib.machinery
 import importlib.util
-import json
 import os
 import sys
 import warnings
@@ -30,9 +27,10 @@ PURE_SWITCH = "UTCP_PURE_PYTHON"
 _PACKAGE = Path(__file__).resolve().parent
 
 
-class _SourceFinder(importlib.abc.MetaPathFinder):
+class _SourceFinder:
     """Finds the refused modules' sources ahead of the path finder, which would pick the
-    compiled file."""
+    compiled file. (A meta path finder needs only `find_spec`; importlib.abc, json and
+    hashlib are left unimported at startup, as a pure-Python install never needs them.)"""
 
     def __init__(self, sources: dict[str, Path]) -> None:
         self.sources = sources
@@ -63,6 +61,8 @@ def _compiled_beside_source() -> dict[str, Path]:
 
 
 def _recorded() -> dict[str, str] | None:
+    import json
+
     try:
         record = json.loads((_PACKAGE / MANIFEST).read_text(encoding="utf-8"))
         modules = record["modules"]
@@ -75,6 +75,8 @@ def _refusal(compiled: dict[str, Path]) -> str:
     """Why the compiled modules must not run; empty if they may."""
     if os.environ.get(PURE_SWITCH, "").strip().lower() in {"1", "true", "yes", "on"}:
         return ""  # asked for: no warning, the caller knows
+    import hashlib
+
     recorded = _recorded()
     if recorded is None:
         return f"no readable {MANIFEST} records what was compiled"
@@ -108,8 +110,10 @@ _ALLOWED = _guard()
 def compiled() -> bool:
     """Whether the core modules that run are mypyc's: allowed by the guard, and each one
     recorded as compiled and already imported is the extension module."""
+    if not _ALLOWED:
+        return False
     recorded = _recorded()
-    if not _ALLOWED or not recorded:
+    if not recorded:
         return False
     suffixes = tuple(importlib.machinery.EXTENSION_SUFFIXES)
     return all(str(getattr(sys.modules[name], "__file__", "")).endswith(suffixes)
