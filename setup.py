@@ -118,19 +118,37 @@ class BuildExt(build_ext):
         """Imports every compiled module in a child process: mypyc accepts some code it then
         compiles wrong (a native subclass of `deque` dies at import with SIGSEGV), and a
         wheel whose `import utcp` crashes would be the broken install this file exists to
-        avoid. A copy of the package with an empty `__init__` imports the core alone: the
-        isolated build environment lacks the runtime dependencies (cryptography), and a
-        module that needs one is skipped here, not failed."""
+        avoid. A copy of the package with an empty `__init__` imports the core alone; the
+        isolated build environment lacks the runtime dependencies (cryptography, structlog),
+        which stand-in modules replace (skipping the modules that import them would skip
+        connection.py, the one that crashed)."""
         modules = sorted(self.hashes)
         script = textwrap.dedent(f"""
-            import importlib
+            import importlib, importlib.abc, importlib.machinery, sys, types
+
+            class Stub:
+                def __call__(self, *args, **kwargs): return self
+                def __getattr__(self, name): return self
+
+            class StubModule(types.ModuleType):
+                __path__ = []
+                def __getattr__(self, name):
+                    if name.startswith("__"):
+                        raise AttributeError(name)
+                    return Stub()
+
+            class Stubs(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+                # last on the path: only what the build environment lacks
+                def find_spec(self, name, path, target=None):
+                    if name.partition(".")[0] == "utcp":
+                        return None
+                    return importlib.machinery.ModuleSpec(name, self, is_package=True)
+                def create_module(self, spec): return StubModule(spec.name)
+                def exec_module(self, module): pass
+
+            sys.meta_path.append(Stubs())
             for name in {modules!r}:
-                try:
-                    module = importlib.import_module(name)
-                except ImportError as exc:
-                    if (exc.name or "utcp").startswith("utcp"):
-                        raise
-                    continue
+                module = importlib.import_module(name)
                 assert module.__file__.endswith({tuple(EXTENSION_SUFFIXES)!r}), module
             """)
         with tempfile.TemporaryDirectory() as tmp:
