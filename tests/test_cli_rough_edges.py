@@ -81,7 +81,8 @@ def test_closed_stdout_ends_quietly(args: list[str]) -> None:
 def test_version_comes_from_the_package() -> None:
     result = run_utcp("--version")
     assert result.returncode == 0, result.stderr.decode()
-    assert result.stdout.decode().strip() == f"utcp {utcp.__version__}"
+    build = "compiled with mypyc" if utcp.compiled else "pure Python"
+    assert result.stdout.decode().strip() == f"utcp {utcp.__version__} ({build})"
 
 
 def test_unwritable_pcap_fails_at_once_naming_the_file(tmp_path: Path) -> None:

@@ -48,7 +48,8 @@ _TOP_JUNK = {"build", "dist"}
 def _ignore(directory: str, names: list[str]) -> set[str]:
     top = Path(directory).resolve() == ROOT
     return {name for name in names
-            if name in _JUNK_DIRS or name.endswith((".egg-info", ".pyc", ".pcap"))
+            if name in _JUNK_DIRS or name.endswith((".egg-info", ".pyc", ".pcap", ".so"))
+            or name == "_mypyc_build.json"
             or (top and name in _TOP_JUNK)}
 
 
@@ -84,6 +85,11 @@ def _readme_install_block() -> list[str]:
     assert block, "README.md's Install section has no sh block"
     return [line.split("  #")[0].strip() for line in block.group(1).splitlines()
             if line.strip()]
+
+
+def _wheel_is_compiled(wheel: Path) -> bool:
+    with zipfile.ZipFile(wheel) as archive:
+        return any(name.endswith(".so") for name in archive.namelist())
 
 
 @dataclass(frozen=True)
@@ -135,11 +141,21 @@ def test_wheel_files(built: Built) -> None:
         dist_info = f"utcp-{utcp.__version__}.dist-info"
         metadata = wheel.read(f"{dist_info}/METADATA").decode()
         entry_points = wheel.read(f"{dist_info}/entry_points.txt").decode()
-    assert built.wheel.name == f"utcp-{utcp.__version__}-py3-none-any.whl"
+    # compiled with mypyc when the build machine could (tests/test_build_compiled.py): a
+    # CPython- and platform-specific wheel carrying the compiled modules and their record
+    if _wheel_is_compiled(built.wheel):
+        assert re.fullmatch(rf"utcp-{re.escape(utcp.__version__)}-cp3\d+-cp3\d+-\w+\.whl",
+                            built.wheel.name), built.wheel.name
+        assert "utcp/_mypyc_build.json" in names
+        assert any(re.fullmatch(r"utcp/connection\.cpython-.*\.so", name) for name in names)
+    else:
+        assert built.wheel.name == f"utcp-{utcp.__version__}-py3-none-any.whl"
     assert "utcp/py.typed" in names
     assert f"{dist_info}/licenses/LICENSE" in names
-    # the package and its metadata only: no tests, benchmarks, examples or docs
-    assert {name.split("/")[0] for name in names} == {"utcp", dist_info}
+    # the package and its metadata only: no tests, benchmarks, examples or docs (and, when
+    # compiled, mypyc's shared library for the compiled modules)
+    tops = {name.split("/")[0] for name in names}
+    assert {top for top in tops if not top.startswith("utcp_core__mypyc.")} == {"utcp", dist_info}
     for module in ("utcp/__init__.py", "utcp/cli.py", "utcp/aio/api.py", "utcp/__main__.py"):
         assert module in names
     assert f"\nVersion: {utcp.__version__}\n" in metadata
@@ -162,9 +178,10 @@ def test_sdist_files(built: Built) -> None:
     missing = _project_files(built.src) - names
     assert not missing, f"{built.sdist.name} lacks {sorted(missing)}"
     assert not [name for name in names if "__pycache__" in name or name.endswith(".pyc")]
+    assert not [name for name in names if name.endswith((".so", "_mypyc_build.json"))]
 
 
-def test_wheel_in_fresh_venv(venv: dict[str, str], tmp_path: Path) -> None:
+def test_wheel_in_fresh_venv(built: Built, venv: dict[str, str], tmp_path: Path) -> None:
     # run from an empty directory: `python -m` puts the cwd first on sys.path, and a
     # checkout there would be imported instead of the installed wheel
     script = tmp_path / "smoke.py"
@@ -215,7 +232,8 @@ def test_wheel_in_fresh_venv(venv: dict[str, str], tmp_path: Path) -> None:
     assert check == ["utcp --version && python -m utcp perf -n 1M"], check
     result = _run([check[0]], cwd=tmp_path, env=venv, shell=True)
     lines = result.stdout.splitlines()
-    assert lines[0] == f"utcp {utcp.__version__}"
+    build = "compiled with mypyc" if _wheel_is_compiled(built.wheel) else "pure Python"
+    assert lines[0] == f"utcp {utcp.__version__} ({build})"
     assert re.search(r"1\.00 MBytes .* receiver", result.stdout), result.stdout
     _run(["python", "-m", "pip", "check"], cwd=tmp_path, env=venv)
 
@@ -255,7 +273,8 @@ def test_one_version_source() -> None:
     result = subprocess.run([sys.executable, "-m", "utcp", "--version"], cwd=ROOT,
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == f"utcp {utcp.__version__}"
+    build = "compiled with mypyc" if utcp.compiled else "pure Python"
+    assert result.stdout.strip() == f"utcp {utcp.__version__} ({build})"
 
 
 def test_license_and_changelog() -> None:

@@ -2,9 +2,12 @@
 
 `utcp.open_connection` / `utcp.start_server` / `utcp.create_connection` /
 `utcp.create_server` take the place of asyncio's; the public API is this module's
-names only (docs/protocol.md §1).
+names only (docs/protocol.md §1). `utcp.compiled` says whether the core that runs is the
+mypyc-compiled build (README, Install).
 """
 
+# First, before any core module: refuses compiled modules older than their sources.
+from utcp import _build
 from utcp.aio.api import (
     Server,
     create_connection,
@@ -28,4 +31,5 @@ __all__ = [
     "open_connection",
     "start_server",
 ]
+compiled: bool = _build.compiled()
 __version__ = "0.2.0.dev0"  # PEP 440; the one version source (pyproject reads it)

@@ -1469,7 +1469,8 @@ def _address(default_host: str) -> Any:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="utcp", description=(
         "TCP's reliable byte streams over UDP: measure, tunnel, and pipe."))
-    parser.add_argument("--version", action="version", version=f"utcp {_version()}")
+    build = "compiled with mypyc" if utcp.compiled else "pure Python"
+    parser.add_argument("--version", action="version", version=f"utcp {_version()} ({build})")
     parser.add_argument("-v", "--verbose", action="store_true", help="log protocol events")
     parser.add_argument("--log-json", action="store_true", help="log events as JSON lines")
     sub = parser.add_subparsers(dest="command", required=True)
