@@ -131,22 +131,6 @@ def _venv(where: Path) -> Path:
     return where
 
 
-def _stopgap_no_pieces(src: Path) -> None:
-    """STOPGAP until the restructured core lands: connection.py's `_NoPieces` subclasses
-    `collections.deque` as a native class, which mypyc (2.4) compiles into a module that
-    dies with SIGSEGV at import (rack.py's `_NothingSent` had the same, mended there with
-    `_python_class`). Only this test copy is mended, so that the guard is tested against a
-    compiled core that imports; once connection.py no longer has the pattern this does
-    nothing."""
-    path = src / "utcp" / "connection.py"
-    text = path.read_text(encoding="utf-8")
-    native = "\nclass _NoPieces(collections.deque["
-    if native in text:
-        path.write_text(text.replace(
-            native, "\nfrom utcp.rack import _python_class\n\n\n@_python_class" + native, 1),
-            encoding="utf-8")
-
-
 @dataclass(frozen=True)
 class Compiled:
     src: Path
@@ -180,7 +164,6 @@ def compiled(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Compiled]:
         yield Compiled(_copy_tree(where, with_build=True), Path(sys.executable), _env())
         return
     src = _copy_tree(where)
-    _stopgap_no_pieces(src)
     venv = _venv(where / "venv")
     python = venv / "bin" / "python"
     env = _env(PATH=f"{venv / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}")

@@ -24,8 +24,8 @@ import heapq
 from bisect import bisect_right
 from collections import deque
 from operator import attrgetter, itemgetter
-from typing import TypeVar
 
+from utcp.buffers import python_class
 from utcp.sack import Scoreboard
 
 SACKED = 1    # delivered: covered by SACK blocks (a cumulative ACK removes it instead)
@@ -36,7 +36,6 @@ GONE = 16     # cumulatively acknowledged, no longer in the log
 DUP_THRESH = 3
 MIN_RTT_WINDOW = 300.0  # seconds a min_rtt sample stays valid (Linux: tcp_min_rtt_wlen)
 PERSIST_ROUNDS = 16     # recoveries a grown reordering window lasts (RFC 8985 §6.2)
-_T = TypeVar("_T")
 _EPSILON = 1e-6         # a deadline this close is due: no timer for a rounding error
 
 _start = attrgetter("start")
@@ -57,13 +56,7 @@ class Segment:
         return f"<Segment {self.start}-{self.end} ts={self.ts} state={self.state}>"
 
 
-def _python_class(cls: _T) -> _T:
-    """Keeps a class a plain Python class when mypyc compiles this module: any decorator it
-    does not know does that, and a native subclass of `deque` crashes at import (mypy 2.4)."""
-    return cls
-
-
-@_python_class
+@python_class
 class _NothingSent(deque[tuple[int, "Segment"]]):
     """The time queue of every log with nothing in it; appending here is a bug."""
 
