@@ -355,6 +355,9 @@ def test_the_walk_is_the_order_the_code_calls() -> None:
     """The walk's steps in bold happen in that order when a datagram comes in over a
     real socket (a reply of two segments that acknowledges data: the general path, an
     ACK sent at once, then delivery)."""
+    if utcp.compiled:
+        pytest.skip("a trace sees Python frames only; compiled core functions call each "
+                    "other natively (the pure-Python run checks the walk)")
     steps = walk_steps(DOC.read_text(encoding="utf-8"))
     assert len(steps) >= 15, steps
     calls = _trace_one_reply()
