@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 
 import utcp
+from tests.aio.util import has_ipv6
 from utcp import workers
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -204,18 +205,9 @@ def test_a_4_tuple_always_lands_on_the_same_socket() -> None:
             s.close()
 
 
-def _has_ipv6_loopback() -> bool:
-    try:
-        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as s:
-            s.bind(("::1", 0))
-        return True
-    except OSError:
-        return False
-
-
 @pytest.mark.parametrize("host", [
     "127.0.0.1",
-    pytest.param("::1", marks=pytest.mark.skipif(not _has_ipv6_loopback(),
+    pytest.param("::1", marks=pytest.mark.skipif(not has_ipv6(),
                                                  reason="no IPv6 loopback")),
 ])
 def test_steering_follows_the_tcp_header_port_not_the_udp_address(host: str) -> None:

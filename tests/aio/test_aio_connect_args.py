@@ -21,21 +21,20 @@ import pytest
 
 import utcp
 from tests.aio.test_streams import _self_signed
-from tests.aio.util import FAST, HOST, TIMEOUT, echo_server, free_udp_port, port_of, wait_until
+from tests.aio.util import (
+    FAST,
+    HOST,
+    TIMEOUT,
+    echo_server,
+    free_udp_port,
+    has_ipv6,
+    port_of,
+    wait_until,
+)
 from utcp.aio import api
 from utcp.aio import port as port_module
 
-
-def _ipv6_loopback() -> bool:
-    try:
-        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as s:
-            s.bind(("::1", 0))
-        return True
-    except OSError:
-        return False
-
-
-needs_ipv6 = pytest.mark.skipif(not _ipv6_loopback(), reason="no ::1 on this machine")
+needs_ipv6 = pytest.mark.skipif(not has_ipv6(), reason="no ::1 on this machine")
 NAME = "dual-stack.utcp.test"  # never resolves for real: only the patched getaddrinfo
 
 

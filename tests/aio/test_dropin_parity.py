@@ -14,17 +14,16 @@ import pytest
 
 import utcp
 from tests.aio.test_streams import _self_signed
-from tests.aio.util import FAST, HOST, TIMEOUT, close_writer, echo_server, free_udp_port, port_of
-
-
-def has_ipv6() -> bool:
-    try:
-        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as s:
-            s.bind(("::1", 0))
-        return True
-    except OSError:
-        return False
-
+from tests.aio.util import (
+    FAST,
+    HOST,
+    TIMEOUT,
+    close_writer,
+    echo_server,
+    free_udp_port,
+    has_ipv6,
+    port_of,
+)
 
 # ---------------------------------------------------------------------- write after close
 

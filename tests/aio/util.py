@@ -41,6 +41,16 @@ async def wait_until(predicate: Callable[[], bool], timeout: float = TIMEOUT,
         await asyncio.sleep(interval)
 
 
+def has_ipv6() -> bool:
+    """Whether this machine can bind ::1 (a container may have IPv6 off)."""
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as s:
+            s.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
+
+
 def free_udp_port(host: str = HOST) -> int:
     """A port nothing is bound to (at the moment of asking)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
