@@ -25,6 +25,7 @@ from bisect import bisect_right
 from collections import deque
 from operator import attrgetter, itemgetter
 
+from utcp.buffers import python_class
 from utcp.sack import Scoreboard
 
 SACKED = 1    # delivered: covered by SACK blocks (a cumulative ACK removes it instead)
@@ -55,6 +56,7 @@ class Segment:
         return f"<Segment {self.start}-{self.end} ts={self.ts} state={self.state}>"
 
 
+@python_class  # a native subclass of deque crashes at import (as buffers._NoPieces)
 class _NothingSent(deque[tuple[int, "Segment"]]):
     """The time queue of every log with nothing in it; appending here is a bug."""
 
