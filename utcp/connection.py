@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Callable
+from typing import Final
 
 from utcp import log, wire
 from utcp import seq as sq
@@ -48,6 +49,15 @@ from utcp.timers import Timer as T
 from utcp.timers import Timers
 from utcp.timestamps import Timestamps
 from utcp.wire import ACK, RST, SECURE_REQUIRED, SYN
+
+# What runs for every segment names its timers and states through constants: under
+# mypyc a Final is a C static, where `T.IDLE` or `State.CLOSED` looks the member up on
+# the enum class each time (state.py stays interpreted)
+_IDLE_TIMER: Final = T.IDLE
+_KEEPALIVE_TIMER: Final = T.KEEPALIVE
+_ESTABLISHED: Final = State.ESTABLISHED
+_TIME_WAIT: Final = State.TIME_WAIT
+_CLOSED: Final = State.CLOSED
 
 __all__ = [  # with the limits its behaviour is named by, which live where they act
     "CHALLENGE_ACK_LIMIT",
@@ -579,11 +589,15 @@ class Connection:
             log.emit("drop", conn=self.name, reason=reason, state=self.state.name)
 
     def last_activity(self, now: float) -> None:
-        if self.config.idle_timeout is not None and self.state not in (
-                State.TIME_WAIT, State.CLOSED):
-            self.timers.arm(T.IDLE, now + self.config.idle_timeout)
-        if self.config.keepalive_interval is not None and self.state in SYNCHRONIZED:
-            self.timers.arm(T.KEEPALIVE, now + self.config.keepalive_interval)
+        config = self.config
+        state = self.state
+        idle = config.idle_timeout
+        if idle is not None and state is not _TIME_WAIT and state is not _CLOSED:
+            self.timers.arm(_IDLE_TIMER, now + idle)
+        keepalive = config.keepalive_interval
+        # ESTABLISHED first: the common case without hashing the enum for the set
+        if keepalive is not None and (state is _ESTABLISHED or state in SYNCHRONIZED):
+            self.timers.arm(_KEEPALIVE_TIMER, now + keepalive)
 
     def heard(self, now: float) -> None:
         """The peer is alive: a segment passed the window and ACK checks. Keepalive
