@@ -8,20 +8,20 @@ from __future__ import annotations
 
 import collections
 from bisect import bisect_left
-from typing import TypeVar
+from typing import Final, TypeVar
 
 # Real memory a received piece costs beyond its payload, measured with tracemalloc on
 # CPython 3.11 (64-bit): a piece in order is a bytes object (33-byte header, allocator
 # rounding) and a deque slot, about 42 bytes for a 1-byte piece, 57 for a large one; one
 # held out of order adds a (seq, bytes) tuple, a large int and a list slot, about 134 and
 # 161. Charging payload bytes alone let 1-byte pieces cost ~160 times their charge.
-RCV_PIECE_OVERHEAD = 64
-OOO_PIECE_OVERHEAD = 160
+RCV_PIECE_OVERHEAD: Final = 64
+OOO_PIECE_OVERHEAD: Final = 160
 # What every connection may hold and send whatever the endpoint's memory (as Linux's
 # tcp_rmem[0] / tcp_wmem[0]): under pressure windows and flights shrink to it, over the
 # limit a connection holding more takes nothing more, so each keeps making progress.
-MEMORY_FLOOR = 64 * 1024
-_GLUE_BELOW = 16384  # read_pieces glues received pieces smaller than this into one
+MEMORY_FLOOR: Final = 64 * 1024
+_GLUE_BELOW: Final = 16384  # read_pieces glues received pieces smaller than this into one
 
 
 class ReassemblyBudget:
@@ -75,7 +75,7 @@ class _NoPieces(collections.deque[bytes | memoryview]):
         raise RuntimeError("append to the shared empty receive buffer")
 
 
-_NO_PIECES = _NoPieces()
+_NO_PIECES: Final = _NoPieces()
 
 
 class SendBuffer:

@@ -73,7 +73,7 @@ __all__ = [  # with the limits its behaviour is named by, which live where they 
 ]
 
 
-_TIMER_ORDER = tuple(T)  # priority order (utcp.timers)
+_TIMER_ORDER: Final = tuple(T)  # priority order (utcp.timers)
 
 
 def window_scale_for(buffer: int) -> int:

@@ -23,14 +23,14 @@ from utcp.wire import ACK, FIN, PSH, SYN
 if TYPE_CHECKING:
     from utcp.connection import Connection
 
-CHALLENGE_ACK_LIMIT = 100  # per second per connection (RFC 5961 §7; Linux: 1000 per host)
+CHALLENGE_ACK_LIMIT: Final = 100  # per second per connection (RFC 5961 §7; Linux: 1000 per host)
 # RFC 1122 §4.2.3.4: the override of sender SWS avoidance fires within 0.1-1.0 s; it
 # shares the persist timer (as RFC 1122 suggests and Linux's probe0 timer does) at one RTO
-SWS_OVERRIDE_MAX = 1.0
-MIN_SEGMENT = 36  # Linux's floor for a segment bounded by half the window (68 - 32)
+SWS_OVERRIDE_MAX: Final = 1.0
+MIN_SEGMENT: Final = 36  # Linux's floor for a segment bounded by half the window (68 - 32)
 # Linux's tcp_orphan_retries (0 there means 8): zero-window probes an orphan sends
 # without the window opening before it is given up, however the peer answers
-ORPHAN_PROBES = 8
+ORPHAN_PROBES: Final = 8
 # per-segment timer names as constants: a Final is a C static under mypyc where
 # `T.RTX` is an attribute lookup on the enum class each time
 _ACK_TIMER: Final = T.ACK

@@ -8,13 +8,14 @@ let 4 blind datagrams stall a connection (every genuine segment then failed PAWS
 from __future__ import annotations
 
 import struct
+from typing import Final
 
 from utcp import seq as sq
 from utcp import wire
 from utcp.wire import RST
 
-PAWS_IDLE = 24 * 86400.0  # RFC 7323 §5.5: TS.Recent older than 24 days is invalid
-_OPTION = struct.Struct("!BBBBII")  # NOP NOP kind len TSval TSecr
+PAWS_IDLE: Final = 24 * 86400.0  # RFC 7323 §5.5: TS.Recent older than 24 days is invalid
+_OPTION: Final = struct.Struct("!BBBBII")  # NOP NOP kind len TSval TSecr
 
 
 class Timestamps:

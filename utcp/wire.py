@@ -11,53 +11,53 @@ import struct
 from dataclasses import dataclass, field
 from typing import Final
 
-FIN = 0x01
-SYN = 0x02
-RST = 0x04
-PSH = 0x08
-ACK = 0x10
-URG = 0x20
-ECE = 0x40
-CWR = 0x80
+FIN: Final = 0x01
+SYN: Final = 0x02
+RST: Final = 0x04
+PSH: Final = 0x08
+ACK: Final = 0x10
+URG: Final = 0x20
+ECE: Final = 0x40
+CWR: Final = 0x80
 
-FLAG_NAMES = ((CWR, "CWR"), (ECE, "ECE"), (URG, "URG"), (ACK, "ACK"), (PSH, "PSH"),
+FLAG_NAMES: Final = ((CWR, "CWR"), (ECE, "ECE"), (URG, "URG"), (ACK, "ACK"), (PSH, "PSH"),
               (RST, "RST"), (SYN, "SYN"), (FIN, "FIN"))
 
-OPT_EOL = 0
-OPT_NOP = 1
-OPT_MSS = 2
-OPT_WSCALE = 3
-OPT_SACK_PERMITTED = 4
-OPT_SACK = 5
-OPT_TIMESTAMPS = 8
-OPT_EXPERIMENTAL = 254
+OPT_EOL: Final = 0
+OPT_NOP: Final = 1
+OPT_MSS: Final = 2
+OPT_WSCALE: Final = 3
+OPT_SACK_PERMITTED: Final = 4
+OPT_SACK: Final = 5
+OPT_TIMESTAMPS: Final = 8
+OPT_EXPERIMENTAL: Final = 254
 
-HEADER_LEN = 20
-MAX_OPTIONS_LEN = 40
-MAX_WSCALE = 14  # RFC 7323 §2.3: larger shifts are treated as 14
-MAX_WINDOW_FIELD = 0xFFFF
+HEADER_LEN: Final = 20
+MAX_OPTIONS_LEN: Final = 40
+MAX_WSCALE: Final = 14  # RFC 7323 §2.3: larger shifts are treated as 14
+MAX_WINDOW_FIELD: Final = 0xFFFF
 # RFC 6994 option 254, ExID "ut" (utcp.crypto.EXID), data 0x01: a secure-mode server
 # sends it in the RST that refuses a SYN without a handshake, so that a plaintext client
 # can say why it was refused (docs/secure-mode.md). As parsed, and as sent (NOP-padded).
-SECURE_REQUIRED = (0x7574, b"\x01")
-SECURE_REQUIRED_OPTION = (bytes((254, 4 + len(SECURE_REQUIRED[1])))
+SECURE_REQUIRED: Final = (0x7574, b"\x01")
+SECURE_REQUIRED_OPTION: Final = (bytes((254, 4 + len(SECURE_REQUIRED[1])))
                           + SECURE_REQUIRED[0].to_bytes(2, "big") + SECURE_REQUIRED[1]
                           + b"\x01" * 3)
-DEFAULT_MSS = 536  # RFC 9293 §3.7.1: the send MSS when the peer sends no MSS option
+DEFAULT_MSS: Final = 536  # RFC 9293 §3.7.1: the send MSS when the peer sends no MSS option
 
-_HEADER = struct.Struct("!HHIIBBHHH")
-_U16 = struct.Struct("!H")
-_U32 = struct.Struct("!I")
-_TS = struct.Struct("!II")
-_TS_ALIGNED = b"\x01\x01\x08\x0a"  # NOP NOP kind=8 len=10
+_HEADER: Final = struct.Struct("!HHIIBBHHH")
+_U16: Final = struct.Struct("!H")
+_U32: Final = struct.Struct("!I")
+_TS: Final = struct.Struct("!II")
+_TS_ALIGNED: Final = b"\x01\x01\x08\x0a"  # NOP NOP kind=8 len=10
 _TS_ONLY_LEN: Final = HEADER_LEN + 12
 # The header and RFC 7323 appendix A's timestamps layout (NOP NOP kind=8 len=10 TSval
 # TSecr) as one struct: nearly every segment of a connection is exactly this, and one
 # pack or unpack of it costs what a tenth of the general option code does
-_HEADER_TS = struct.Struct("!HHIIBBHHHIII")
+_HEADER_TS: Final = struct.Struct("!HHIIBBHHHIII")
 _TS_WORD: Final = 0x0101080A
 _TS_OFFSET_BYTE: Final = (_TS_ONLY_LEN // 4) << 4
-_SACK_BLOCK = struct.Struct("!II")
+_SACK_BLOCK: Final = struct.Struct("!II")
 
 
 class MalformedSegment(ValueError):
@@ -103,7 +103,7 @@ class Options:
         return bytes(out)
 
 
-NO_OPTIONS = Options()
+NO_OPTIONS: Final = Options()
 
 
 @dataclass(slots=True)
