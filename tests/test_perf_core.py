@@ -112,3 +112,47 @@ def test_python_calls_per_data_segment() -> None:
     assert len(out) == 10  # the initial window
     # 41.3 per segment before the cuts (send and receive side); 34.3 after
     assert calls / len(out) < 37, calls / len(out)
+
+
+@given(st.lists(st.one_of(
+    st.tuples(st.just("append"), st.integers(0, 200_000), st.sampled_from([bytes, bytearray,
+                                                                          memoryview])),
+    st.tuples(st.just("free"), st.integers(0, 300_000), st.just(bytes)),
+    st.tuples(st.just("view"), st.integers(0, 300_000), st.integers(1, 9000)),
+), max_size=40))
+def test_send_buffer_is_the_bytearray_it_replaced(ops: list[tuple[str, int, Any]]) -> None:
+    """Chunks behave exactly as one bytearray freed from the front (the old model)."""
+    from utcp.buffers import SendBuffer
+    buf = SendBuffer(base=1000)
+    model = bytearray()
+    base = 1000
+    counter = 0
+    for op, a, b in ops:
+        if op == "append":
+            counter += 1
+            data = bytes([counter % 251]) * a
+            buf.append(b(data))
+            model += data
+        elif op == "free":
+            ack = base + a
+            n = max(0, min(ack, base + len(model)) - base)
+            assert buf.free(ack) == n
+            del model[:n]
+            base += n
+        elif model:
+            seq = base + a % len(model)
+            n = min(b, base + len(model) - seq)
+            assert bytes(buf.view(seq, n)) == model[seq - base:seq - base + n]
+        assert buf.base == base and buf.end == base + len(model)
+        assert buf.size == len(model) and buf.data == model
+
+
+def test_a_large_write_is_sent_from_the_application_bytes() -> None:
+    """No copy in: a segment's payload views the bytes the application gave."""
+    from utcp.buffers import SendBuffer
+    big = bytes(range(256)) * 1024
+    buf = SendBuffer(base=1)
+    buf.append(big)
+    view = buf.view(1 + 5000, 1400)
+    assert isinstance(view, memoryview) and view.obj is big
+    assert buf.free(1 + 100_000) == 100_000 and bytes(buf.view(100_001, 10)) == big[100_000:100_010]

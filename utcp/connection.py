@@ -251,7 +251,7 @@ class Connection:
             raise ConnectionError(f"cannot send in state {self.state.name}"
                                   + (" after close" if self.sndbuf.fin_queued else ""))
         if data:
-            self.sndbuf.data += data
+            self.sndbuf.append(data)
             self.recharge()
             self.touch()
 
@@ -350,7 +350,7 @@ class Connection:
     @property
     def queued(self) -> int:
         """Bytes queued and not yet acknowledged (unacked plus unsent)."""
-        return len(self.sndbuf.data)
+        return self.sndbuf.size
 
     @property
     def eof_received(self) -> bool:
@@ -524,7 +524,7 @@ class Connection:
 
     def memory_in_use(self) -> int:
         """Real memory of the buffers: unread and out-of-order pieces, the send buffer."""
-        return self.rcv.memory() + len(self.sndbuf.data)
+        return self.rcv.memory() + self.sndbuf.size
 
     def recharge(self) -> None:
         """Bring the endpoint's memory account up to what this connection holds now."""
@@ -533,7 +533,7 @@ class Connection:
             rcv = self.rcv
             mem = (rcv.size + RCV_PIECE_OVERHEAD * len(rcv.pieces)
                    + rcv.ooo_bytes + OOO_PIECE_OVERHEAD * len(rcv.ooo)
-                   + len(self.sndbuf.data))
+                   + self.sndbuf.size)
             budget.used += mem - self.charged
             self.charged = mem
 
@@ -573,7 +573,7 @@ class Connection:
         if self.sender.pacer is not None:
             self.sender.pacer.deadline = None
         self.sender.ack_now = False
-        self.sndbuf.data = bytearray()
+        self.sndbuf.clear()
         if self.memory_budget is not None:
             # what is left unread is the application's to take; no longer the endpoint's
             self.memory_budget.used -= self.charged
