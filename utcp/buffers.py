@@ -176,7 +176,9 @@ class SendBuffer:
     def view(self, seq: int, n: int) -> bytes | memoryview:
         """`n` bytes from `seq`: a view into one chunk, or glued where they span two."""
         starts = self.starts
-        i = bisect_right(starts, seq, self.first) - 1
+        i = len(starts) - 1
+        if seq < starts[i]:  # not in the last chunk (where new data is): search
+            i = bisect_right(starts, seq, self.first) - 1
         chunk = self.chunks[i]
         off = seq - starts[i]
         if off + n <= len(chunk):

@@ -147,10 +147,13 @@ class Endpoint:
             # (after parsing: a malformed one is counted once, as malformed)
             self._secure.drop("segment for no connection")
         if conn is not None:
-            budget = self._unvalidated.get(conn)
-            if budget is not None:
-                budget[0] += size
-            if conn in self._evictable:
+            # both maps are empty while every connection is validated and busy: test
+            # that before hashing (this runs for every datagram)
+            if self._unvalidated:
+                budget = self._unvalidated.get(conn)
+                if budget is not None:
+                    budget[0] += size
+            if self._evictable and conn in self._evictable:
                 self._evictable.move_to_end(conn)  # idle no more
             conn.receive(seg, now)  # its memory is recharged when it is serviced
             return

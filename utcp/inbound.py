@@ -63,12 +63,14 @@ class Inbound:
             # Header prediction (Van Jacobson; Linux's tcp_rcv_established fast path):
             # the next bytes in order, acknowledging nothing new, window unchanged. The
             # general path would do exactly this, after many checks that cannot fail.
-            if conn.ts.ok:
-                if self.paws(seg, now):
+            ts = conn.ts
+            if ts.ok:
+                if ts.paws_rejects(seg, now):  # self.paws, inline
+                    conn.counters.paws_drops += 1
                     conn.sender.ack_now = True
                     conn.drop("PAWS: old timestamp")
                     return
-                conn.ts.take_recent(seg, conn.rcv_nxt, now)  # in order, exact ACK
+                ts.take_recent(seg, conn.rcv_nxt, now)  # in order, exact ACK
             n = len(payload)
             conn.snd_wl1, conn.snd_wl2 = conn.rcv_nxt, conn.snd_una
             conn.rcv.append(bytes(payload))
