@@ -369,7 +369,8 @@ class Sender:
                 # the common segment: header and timestamps in one pack (wire.build_ts)
                 self.out.append(wire.build_ts(
                     conn.local_port, conn.remote_port, seq if raw_seq else seq & sq.MASK,
-                    ack, flags, window, ts.clock(conn.now), ts.recent, payload))
+                    ack, flags, window, (int(conn.now * 1000) + ts.offset) & sq.MASK,  # ts.clock
+                    ts.recent, payload))
                 conn.counters.segments_sent += 1
                 return
             if ts.ok:
