@@ -49,7 +49,9 @@ class Inbound:
             return
         conn.now = now
         conn.counters.segments_received += 1
-        conn.touch()
+        notify = conn.notify  # conn.touch(), inline: once per segment
+        if notify is not None:
+            notify(conn)
         payload = seg.payload
         if (state is _ESTABLISHED and (seg.flags | PSH) == ACK | PSH and payload
                 and not conn.rcv.ooo and conn.receiver.fin_seq is None
