@@ -6,8 +6,9 @@ import dataclasses
 import math
 import os
 from dataclasses import dataclass
+from typing import Final
 
-CONGESTION_ALGORITHMS = ("newreno", "cubic")
+CONGESTION_ALGORITHMS: Final = ("newreno", "cubic")
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,10 +101,10 @@ class Config:
         return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
 
 
-_FLOAT_POSITIVE = {"msl", "rto_initial", "rto_min", "rto_max", "ack_delay",
+_FLOAT_POSITIVE: Final = {"msl", "rto_initial", "rto_min", "rto_max", "ack_delay",
                    "keepalive_probe_interval"}
-_FLOAT_OPTIONAL = {"idle_timeout", "keepalive_interval", "user_timeout"}
-_INT_RANGES = {
+_FLOAT_OPTIONAL: Final = {"idle_timeout", "keepalive_interval", "user_timeout"}
+_INT_RANGES: Final = {
     "syn_retries": (0, 255),
     "synack_retries": (0, 255),
     "max_retransmissions": (1, 255),

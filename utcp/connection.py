@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Callable
+from typing import Final
 
 from utcp import inbound, log, wire
 from utcp import seq as sq
@@ -48,6 +49,15 @@ from utcp.timers import Timers
 from utcp.timestamps import Timestamps
 from utcp.wire import ACK, RST, SECURE_REQUIRED, SYN
 
+# What runs for every segment names its timers and states through constants: under
+# mypyc a Final is a C static, where `T.IDLE` or `State.CLOSED` looks the member up on
+# the enum class each time (state.py stays interpreted)
+_IDLE_TIMER: Final = T.IDLE
+_KEEPALIVE_TIMER: Final = T.KEEPALIVE
+_ESTABLISHED: Final = State.ESTABLISHED
+_TIME_WAIT: Final = State.TIME_WAIT
+_CLOSED: Final = State.CLOSED
+
 __all__ = [  # with the limits its behaviour is named by, which live where they act
     "CHALLENGE_ACK_LIMIT",
     "MEMORY_FLOOR",
@@ -62,7 +72,7 @@ __all__ = [  # with the limits its behaviour is named by, which live where they 
 ]
 
 
-_TIMER_ORDER = tuple(T)  # priority order (utcp.timers)
+_TIMER_ORDER: Final = tuple(T)  # priority order (utcp.timers)
 
 
 def window_scale_for(buffer: int) -> int:
@@ -238,7 +248,7 @@ class Connection:
             raise ConnectionError(f"cannot send in state {self.state.name}"
                                   + (" after close" if self.sndbuf.fin_queued else ""))
         if data:
-            self.sndbuf.data += data
+            self.sndbuf.append(data)
             self.recharge()
             self.touch()
 
@@ -337,7 +347,7 @@ class Connection:
     @property
     def queued(self) -> int:
         """Bytes queued and not yet acknowledged (unacked plus unsent)."""
-        return len(self.sndbuf.data)
+        return self.sndbuf.size
 
     @property
     def eof_received(self) -> bool:
@@ -511,7 +521,7 @@ class Connection:
 
     def memory_in_use(self) -> int:
         """Real memory of the buffers: unread and out-of-order pieces, the send buffer."""
-        return self.rcv.memory() + len(self.sndbuf.data)
+        return self.rcv.memory() + self.sndbuf.size
 
     def recharge(self) -> None:
         """Bring the endpoint's memory account up to what this connection holds now."""
@@ -520,7 +530,7 @@ class Connection:
             rcv = self.rcv
             mem = (rcv.size + RCV_PIECE_OVERHEAD * len(rcv.pieces)
                    + rcv.ooo_bytes + OOO_PIECE_OVERHEAD * len(rcv.ooo)
-                   + len(self.sndbuf.data))
+                   + self.sndbuf.size)
             budget.used += mem - self.charged
             self.charged = mem
 
@@ -560,7 +570,7 @@ class Connection:
         if self.sender.pacer is not None:
             self.sender.pacer.deadline = None
         self.sender.ack_now = False
-        self.sndbuf.data = bytearray()
+        self.sndbuf.clear()
         if self.memory_budget is not None:
             # what is left unread is the application's to take; no longer the endpoint's
             self.memory_budget.used -= self.charged
@@ -576,11 +586,15 @@ class Connection:
             log.emit("drop", conn=self.name, reason=reason, state=self.state.name)
 
     def last_activity(self, now: float) -> None:
-        if self.config.idle_timeout is not None and self.state not in (
-                State.TIME_WAIT, State.CLOSED):
-            self.timers.arm(T.IDLE, now + self.config.idle_timeout)
-        if self.config.keepalive_interval is not None and self.state in SYNCHRONIZED:
-            self.timers.arm(T.KEEPALIVE, now + self.config.keepalive_interval)
+        config = self.config
+        state = self.state
+        idle = config.idle_timeout
+        if idle is not None and state is not _TIME_WAIT and state is not _CLOSED:
+            self.timers.arm(_IDLE_TIMER, now + idle)
+        keepalive = config.keepalive_interval
+        # ESTABLISHED first: the common case without hashing the enum for the set
+        if keepalive is not None and (state is _ESTABLISHED or state in SYNCHRONIZED):
+            self.timers.arm(_KEEPALIVE_TIMER, now + keepalive)
 
     def heard(self, now: float) -> None:
         """The peer is alive: a segment passed the window and ACK checks. Keepalive

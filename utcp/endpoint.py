@@ -18,6 +18,7 @@ import heapq
 import itertools
 import random
 from collections.abc import Callable
+from typing import Final
 
 from utcp import crypto, log, secure, wire
 from utcp import seq as sq
@@ -27,6 +28,7 @@ from utcp.connection import Connection, window_scale_for
 from utcp.state import State
 
 Addr = tuple[str, int]
+_CLOSED: Final = State.CLOSED  # a C static under mypyc; State.CLOSED is a lookup
 
 
 def peer_key(addr: tuple[object, ...]) -> Addr:
@@ -123,7 +125,7 @@ class Endpoint:
         key: Addr = addr if len(addr) == 2 else (addr[0], addr[1])  # type: ignore[assignment]
         size = len(data)  # as received: secure mode replaces `data` by what it opened
         conn = self.connections.get(key)
-        if conn is not None and conn.state == State.CLOSED:
+        if conn is not None and conn.state is _CLOSED:
             self._forget(conn)  # closed since the last output: the peer may start anew
             conn = None
         handshake: tuple[bytes, crypto.Responder, bytes] | None = None
@@ -145,10 +147,13 @@ class Endpoint:
             # (after parsing: a malformed one is counted once, as malformed)
             self._secure.drop("segment for no connection")
         if conn is not None:
-            budget = self._unvalidated.get(conn)
-            if budget is not None:
-                budget[0] += size
-            if conn in self._evictable:
+            # both maps are empty while every connection is validated and busy: test
+            # that before hashing (this runs for every datagram)
+            if self._unvalidated:
+                budget = self._unvalidated.get(conn)
+                if budget is not None:
+                    budget[0] += size
+            if self._evictable and conn in self._evictable:
                 self._evictable.move_to_end(conn)  # idle no more
             conn.receive(seg, now)  # its memory is recharged when it is serviced
             return

@@ -11,7 +11,7 @@ connection's, and every change of state goes through `Connection.set_state`.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 from utcp import log, wire
 from utcp import seq as sq
@@ -25,16 +25,28 @@ from utcp.wire import ACK, FIN, PSH, RST, SECURE_REQUIRED, SYN
 if TYPE_CHECKING:
     from utcp.connection import Connection
 
+# Constants for what the fast path names: a Final is a C static under mypyc, where
+# `State.CLOSED` or `T.ACK` looks the member up on the enum class each time
+_CLOSED: Final = State.CLOSED
+_LISTEN: Final = State.LISTEN
+_ESTABLISHED: Final = State.ESTABLISHED
+_ACK_TIMER: Final = T.ACK
+_IDLE_TIMER: Final = T.IDLE
+_KEEPALIVE_TIMER: Final = T.KEEPALIVE
+
 
 def segment(conn: Connection, seg: wire.Segment, now: float) -> None:
     """Process one segment addressed to this connection."""
-    if conn.state in (State.CLOSED, State.LISTEN):
+    state = conn.state
+    if state is _CLOSED or state is _LISTEN:
         return
     conn.now = now
     conn.counters.segments_received += 1
-    conn.touch()
+    notify = conn.notify  # conn.touch(), inline: once per segment
+    if notify is not None:
+        notify(conn)
     payload = seg.payload
-    if (conn.state is State.ESTABLISHED and (seg.flags | PSH) == ACK | PSH and payload
+    if (state is _ESTABLISHED and (seg.flags | PSH) == ACK | PSH and payload
             and not conn.rcv.ooo and conn.receiver.fin_seq is None
             and not (seg.seq - conn.rcv_nxt) & sq.MASK
             and not (seg.ack - conn.snd_una) & sq.MASK
@@ -46,23 +58,36 @@ def segment(conn: Connection, seg: wire.Segment, now: float) -> None:
         # Header prediction (Van Jacobson; Linux's tcp_rcv_established fast path):
         # the next bytes in order, acknowledging nothing new, window unchanged. The
         # general path would do exactly this, after many checks that cannot fail.
-        if conn.ts.ok:
-            if paws(conn, seg, now):
+        ts = conn.ts
+        if ts.ok:
+            if ts.paws_rejects(seg, now):  # paws(), inline
+                conn.counters.paws_drops += 1
                 conn.sender.ack_now = True
                 conn.drop("PAWS: old timestamp")
                 return
-            conn.ts.take_recent(seg, conn.rcv_nxt, now)  # in order, exact ACK
-        conn.heard(now)
+            ts.take_recent(seg, conn.rcv_nxt, now)  # in order, exact ACK
+        n = len(payload)
         conn.snd_wl1, conn.snd_wl2 = conn.rcv_nxt, conn.snd_una
         conn.rcv.append(bytes(payload))
-        conn.rcv_nxt += len(payload)
-        conn.counters.bytes_received += len(payload)
-        conn.sender.unacked_segments += 1
-        if conn.sender.unacked_segments >= 2:
-            conn.sender.ack_now = True
-        elif not conn.timers.armed(T.ACK):
-            conn.timers.arm(T.ACK, now + conn.config.ack_delay)
-        conn.last_activity(now)
+        conn.rcv_nxt += n
+        conn.counters.bytes_received += n
+        sender = conn.sender
+        timers = conn.timers
+        config = conn.config
+        sender.unacked_segments += 1
+        if sender.unacked_segments >= 2:
+            sender.ack_now = True
+        elif not timers.armed(_ACK_TIMER):
+            timers.arm(_ACK_TIMER, now + config.ack_delay)
+        # Connection.heard and then last_activity, for ESTABLISHED in one: the peer
+        # is alive (keepalive restarts) and the connection is not idle
+        sender.keepalive_sent = 0
+        keepalive = config.keepalive_interval
+        if keepalive is not None:
+            timers.arm(_KEEPALIVE_TIMER, now + keepalive)
+        idle = config.idle_timeout
+        if idle is not None:
+            timers.arm(_IDLE_TIMER, now + idle)
         return
     if conn.state == State.SYN_SENT:
         syn_sent(conn, seg, now)
@@ -327,8 +352,8 @@ def _text(conn: Connection, seg: wire.Segment, seg_seq: int) -> bool | None:
         complete = False  # a FIN past the window we offered
     return complete
 
-def _fin(conn: Connection, seg: wire.Segment, seg_seq: int, complete: bool,
-         fin_now_acked: bool, now: float) -> None:
+def _fin(conn: Connection, seg: wire.Segment, seg_seq: int, complete: bool, fin_now_acked: bool,
+         now: float) -> None:
     """Eighth: FIN, held until the bytes before it are in; and what acknowledging
     our FIN does to the state."""
     flags = seg.flags
@@ -346,8 +371,8 @@ def _fin(conn: Connection, seg: wire.Segment, seg_seq: int, complete: bool,
     if payload or flags & FIN:
         conn.last_activity(now)
 
-def process_ack(conn: Connection, seg: wire.Segment, seg_seq: int, ack: int,
-                text_len: int, now: float) -> bool:
+def process_ack(conn: Connection, seg: wire.Segment, seg_seq: int, ack: int, text_len: int,
+                 now: float) -> bool:
     """RFC 9293's fifth step: what the ACK frees, then loss recovery's part
     (`utcp.recovery`), then the send window; True if our FIN got acked."""
     rec = conn.recovery

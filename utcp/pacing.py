@@ -31,13 +31,14 @@ credit: each is one segment that a timer or the peer asked for now.
 from __future__ import annotations
 
 import math
+from typing import Final
 
-SLOW_START_GAIN = 2.0          # Linux's tcp_pacing_ss_ratio, 200 %
-AVOIDANCE_GAIN = 1.2           # tcp_pacing_ca_ratio, 120 %
-HORIZON = 0.001                # seconds of the rate the bucket holds (see above)
-MIN_BURST_SEGMENTS = 2         # tcp_min_tso_segs
-INITIAL_SEGMENTS = 10          # the initial window of RFC 6928, as fq's initial_quantum
-_SLACK = 1.0                   # bytes: float rounding must not hold a segment at its time
+SLOW_START_GAIN: Final = 2.0          # Linux's tcp_pacing_ss_ratio, 200 %
+AVOIDANCE_GAIN: Final = 1.2           # tcp_pacing_ca_ratio, 120 %
+HORIZON: Final = 0.001                # seconds of the rate the bucket holds (see above)
+MIN_BURST_SEGMENTS: Final = 2         # tcp_min_tso_segs
+INITIAL_SEGMENTS: Final = 10          # the initial window of RFC 6928, as fq's initial_quantum
+_SLACK: Final = 1.0                   # bytes: float rounding must not hold a segment at its time
 
 
 class Pacer:

@@ -11,8 +11,10 @@ probe, not as congestion.
 
 from __future__ import annotations
 
-MAX_PROBES = 2          # failures at one size before the search lowers its ceiling
-MIN_STEP = 64           # stop when the untried range is narrower than this
+from typing import Final
+
+MAX_PROBES: Final = 2          # failures at one size before the search lowers its ceiling
+MIN_STEP: Final = 64           # stop when the untried range is narrower than this
 
 
 class PmtuSearch:

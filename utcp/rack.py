@@ -24,19 +24,20 @@ import heapq
 from bisect import bisect_right
 from collections import deque
 from operator import attrgetter, itemgetter
+from typing import Final
 
 from utcp.buffers import python_class
 from utcp.sack import Scoreboard
 
-SACKED = 1    # delivered: covered by SACK blocks (a cumulative ACK removes it instead)
-LOST = 2      # marked lost and not SACKed since
-RETRANS = 4   # a retransmission of it is in flight (neither delivered nor found lost)
-EVER = 8      # retransmitted at least once: its ACK may be for an older copy
-GONE = 16     # cumulatively acknowledged, no longer in the log
-DUP_THRESH = 3
-MIN_RTT_WINDOW = 300.0  # seconds a min_rtt sample stays valid (Linux: tcp_min_rtt_wlen)
-PERSIST_ROUNDS = 16     # recoveries a grown reordering window lasts (RFC 8985 §6.2)
-_EPSILON = 1e-6         # a deadline this close is due: no timer for a rounding error
+SACKED: Final = 1    # delivered: covered by SACK blocks (a cumulative ACK removes it instead)
+LOST: Final = 2      # marked lost and not SACKed since
+RETRANS: Final = 4   # a retransmission of it is in flight (neither delivered nor found lost)
+EVER: Final = 8      # retransmitted at least once: its ACK may be for an older copy
+GONE: Final = 16     # cumulatively acknowledged, no longer in the log
+DUP_THRESH: Final = 3
+MIN_RTT_WINDOW: Final = 300.0  # seconds a min_rtt sample stays valid (Linux: tcp_min_rtt_wlen)
+PERSIST_ROUNDS: Final = 16     # recoveries a grown reordering window lasts (RFC 8985 §6.2)
+_EPSILON: Final = 1e-6         # a deadline this close is due: no timer for a rounding error
 
 _start = attrgetter("start")
 _first = itemgetter(0)
@@ -56,7 +57,7 @@ class Segment:
         return f"<Segment {self.start}-{self.end} ts={self.ts} state={self.state}>"
 
 
-@python_class
+@python_class  # a native subclass of deque crashes at import (as buffers._NoPieces)
 class _NothingSent(deque[tuple[int, "Segment"]]):
     """The time queue of every log with nothing in it; appending here is a bug."""
 
@@ -64,7 +65,7 @@ class _NothingSent(deque[tuple[int, "Segment"]]):
         raise RuntimeError("append to the shared empty time queue")
 
 
-_NOTHING_SENT = _NothingSent()
+_NOTHING_SENT: Final = _NothingSent()
 
 
 class SentLog:

@@ -14,7 +14,7 @@ combinations nobody meant).
 from __future__ import annotations
 
 import enum
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 from utcp import congestion, log, sack, wire
 from utcp import seq as sq
@@ -27,10 +27,10 @@ from utcp.timers import Timer as T
 if TYPE_CHECKING:
     from utcp.connection import Connection
 
-DUPACK_THRESHOLD = 3
-WORST_CASE_DELAYED_ACK = 0.2  # RFC 8985 §7.2's WCDelAckT, as Linux's TCP_RTO_MIN
-REO_BEFORE_RTO = 0.001  # an RTO due with RACK's reordering timer waits this much after it
-_PROBING_STATES = (State.ESTABLISHED, State.CLOSE_WAIT)
+DUPACK_THRESHOLD: Final = 3
+WORST_CASE_DELAYED_ACK: Final = 0.2  # RFC 8985 §7.2's WCDelAckT, as Linux's TCP_RTO_MIN
+REO_BEFORE_RTO: Final = 0.001  # an RTO due with RACK's reordering timer waits this much after it
+_PROBING_STATES: Final = (State.ESTABLISHED, State.CLOSE_WAIT)
 
 
 class Mode(enum.Enum):
@@ -42,7 +42,13 @@ class Mode(enum.Enum):
 
 
 # modes in which the pipe-driven loop of RFC 6675 decides what goes out
-PIPE_DRIVEN = (Mode.SACK, Mode.TIMEOUT)
+PIPE_DRIVEN: Final = (Mode.SACK, Mode.TIMEOUT)
+# what runs per segment sent names these through C statics under mypyc (an enum
+# member is a lookup on its class each time)
+_OPEN: Final = Mode.NONE
+_TLP_TIMER: Final = T.TLP
+_RTX_TIMER: Final = T.RTX
+_ESTABLISHED: Final = State.ESTABLISHED
 
 
 class UndoEpisode:
@@ -88,7 +94,7 @@ class LossRecovery:
 
     @property
     def in_recovery(self) -> bool:
-        return self.mode is not Mode.NONE
+        return self.mode is not _OPEN
 
     # ------------------------------------------------------------------ transmissions
 
@@ -104,7 +110,7 @@ class LossRecovery:
             if self.rtt_seq is None:
                 self.rtt_seq = seq
                 self.rtt_time = now
-            if not self.conn.timers.armed(T.TLP):
+            if not self.conn.timers.armed(_TLP_TIMER):
                 self.arm_tail_loss_probe(now)
         if self.conn.sack_ok and (n or fin):
             self.rack.sent(seq, seq + n + (1 if fin else 0), now, retransmit)
@@ -456,18 +462,20 @@ class LossRecovery:
         conn = self.conn
         timers = conn.timers
         srtt = self.rtt.srtt
-        if (not conn.sack_ok or srtt is None or self.mode is not Mode.NONE
-                or self.tlp_seq is not None or conn.state not in _PROBING_STATES):
-            timers.cancel(T.TLP)
+        state = conn.state
+        if (not conn.sack_ok or srtt is None or self.mode is not _OPEN
+                or self.tlp_seq is not None
+                or (state is not _ESTABLISHED and state not in _PROBING_STATES)):
+            timers.cancel(_TLP_TIMER)
             return
         pto = 2 * srtt
         if conn.snd_max - conn.snd_una <= conn.snd_mss:
             # a lone segment may wait for the receiver's delayed ACK: allow the worst case
             pto = max(pto, 1.5 * srtt + WORST_CASE_DELAYED_ACK)
         deadline = now + max(pto, 0.01)
-        rto_at = timers.get(T.RTX)
+        rto_at = timers.get(_RTX_TIMER)
         if rto_at is None or deadline < rto_at:
-            timers.arm(T.TLP, deadline)
+            timers.arm(_TLP_TIMER, deadline)
         else:
             timers.cancel(T.TLP)
 

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-_ALPHA = 1 / 8
-_BETA = 1 / 4
-_K = 4
-_G = 0.001  # clock granularity: the fake and the real clocks are both finer than 1 ms
+from typing import Final
+
+_ALPHA: Final = 1 / 8
+_BETA: Final = 1 / 4
+_K: Final = 4
+_G: Final = 0.001  # clock granularity: the fake and the real clocks are both finer than 1 ms
 
 
 class RttEstimator:

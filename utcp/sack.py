@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import struct
 from bisect import bisect_left, bisect_right
+from typing import Final
 
-_BLOCK = struct.Struct("!II")
+_BLOCK: Final = struct.Struct("!II")
 
 
 class Scoreboard:

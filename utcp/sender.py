@@ -9,7 +9,7 @@ The connection decides *when* (its segment processing and timers); this class de
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 from utcp import sack, wire
 from utcp import seq as sq
@@ -23,14 +23,20 @@ from utcp.wire import ACK, FIN, PSH, SYN
 if TYPE_CHECKING:
     from utcp.connection import Connection
 
-CHALLENGE_ACK_LIMIT = 100  # per second per connection (RFC 5961 §7; Linux: 1000 per host)
+CHALLENGE_ACK_LIMIT: Final = 100  # per second per connection (RFC 5961 §7; Linux: 1000 per host)
 # RFC 1122 §4.2.3.4: the override of sender SWS avoidance fires within 0.1-1.0 s; it
 # shares the persist timer (as RFC 1122 suggests and Linux's probe0 timer does) at one RTO
-SWS_OVERRIDE_MAX = 1.0
-MIN_SEGMENT = 36  # Linux's floor for a segment bounded by half the window (68 - 32)
+SWS_OVERRIDE_MAX: Final = 1.0
+MIN_SEGMENT: Final = 36  # Linux's floor for a segment bounded by half the window (68 - 32)
 # Linux's tcp_orphan_retries (0 there means 8): zero-window probes an orphan sends
 # without the window opening before it is given up, however the peer answers
-ORPHAN_PROBES = 8
+ORPHAN_PROBES: Final = 8
+# per-segment timer names as constants: a Final is a C static under mypyc where
+# `T.RTX` is an attribute lookup on the enum class each time
+_ACK_TIMER: Final = T.ACK
+_RTX_TIMER: Final = T.RTX
+_USER_TIMER: Final = T.USER
+_IDLE_TIMER: Final = T.IDLE
 
 
 class Sender:
@@ -327,18 +333,19 @@ class Sender:
         self.emit(seq, n, flags, payload=payload)
         if isinstance(payload, memoryview):
             payload.release()
-        if not conn.timers.armed(T.RTX):
-            conn.timers.arm(T.RTX, now + conn.recovery.rtt.rto)
-            if conn.config.user_timeout is not None and not conn.timers.armed(T.USER):
-                conn.timers.arm(T.USER, now + conn.config.user_timeout)
+        timers = conn.timers
+        if not timers.armed(_RTX_TIMER):
+            timers.arm(_RTX_TIMER, now + conn.recovery.rtt.rto)
+            if conn.config.user_timeout is not None and not timers.armed(_USER_TIMER):
+                timers.arm(_USER_TIMER, now + conn.config.user_timeout)
         if n or fin:
-            idle = conn.timers.get(T.IDLE)
+            idle = timers.get(_IDLE_TIMER) if retransmit else None
             conn.last_activity(now)
-            if retransmit and idle is not None:
+            if idle is not None:
                 # resending to a peer that has gone quiet is no activity: idle_timeout
                 # still ends it (in FIN_WAIT_1, CLOSING, LAST_ACK too), not only
                 # max_retransmissions backed off to rto_max
-                conn.timers.arm(T.IDLE, idle)
+                timers.arm(_IDLE_TIMER, idle)
 
     def emit(self, seq: int, n: int, flags: int, payload: bytes | memoryview = b"",
               raw_seq: bool = False) -> None:
@@ -347,18 +354,28 @@ class Sender:
         ack = 0
         window = 0
         if flags & ACK:
-            ack = sq.wrap(conn.rcv_nxt)
+            ack = conn.rcv_nxt & sq.MASK
             window = self.window_field()
             self.ack_now = False
             self.unacked_segments = 0
-            conn.timers.cancel(T.ACK)
+            conn.timers.cancel(_ACK_TIMER)
         options = b""
         if flags & ACK:
-            conn.ts.last_ack_sent = conn.rcv_nxt
-            if conn.ts.ok:
-                options = conn.ts.option(conn.now)
+            ts = conn.ts
+            ts.last_ack_sent = conn.rcv_nxt
             ooo = conn.rcv.ooo
-            if (ooo or self.dsack) and conn.sack_ok:
+            sacking = bool(ooo or self.dsack is not None) and conn.sack_ok
+            if ts.ok and not sacking:
+                # the common segment: header and timestamps in one pack (wire.build_ts)
+                self.out.append(wire.build_ts(
+                    conn.local_port, conn.remote_port, seq if raw_seq else seq & sq.MASK,
+                    ack, flags, window, (int(conn.now * 1000) + ts.offset) & sq.MASK,  # ts.clock
+                    ts.recent, payload))
+                conn.counters.segments_sent += 1
+                return
+            if ts.ok:
+                options = ts.option(conn.now)
+            if sacking:
                 limit = self.sack_limit
                 blocks = sack.receiver_blocks(ooo, conn.rcv.latest_ooo, limit) if ooo else []
                 if self.dsack is not None:  # RFC 2883: first, once

@@ -10,9 +10,11 @@ less than 2**31 apart, which the window guarantees).
 
 from __future__ import annotations
 
-MOD = 1 << 32
-MASK = MOD - 1
-HALF = 1 << 31
+from typing import Final
+
+MOD: Final = 1 << 32
+MASK: Final = MOD - 1
+HALF: Final = 1 << 31
 
 
 def diff(a: int, b: int) -> int:

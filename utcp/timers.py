@@ -12,6 +12,7 @@ send on it.
 from __future__ import annotations
 
 import enum
+from typing import Final
 
 
 class Timer(enum.IntEnum):
@@ -28,8 +29,8 @@ class Timer(enum.IntEnum):
     KEEPALIVE = 8   # keepalive idle time, then its probe interval (RFC 1122 §4.2.3.6)
 
 
-_COUNT = len(Timer)
-_ALL = tuple(Timer)
+_COUNT: Final = len(Timer)
+_ALL: Final = tuple(Timer)
 
 
 class Timers:

@@ -8,13 +8,14 @@ let 4 blind datagrams stall a connection (every genuine segment then failed PAWS
 from __future__ import annotations
 
 import struct
+from typing import Final
 
 from utcp import seq as sq
 from utcp import wire
 from utcp.wire import RST
 
-PAWS_IDLE = 24 * 86400.0  # RFC 7323 §5.5: TS.Recent older than 24 days is invalid
-_OPTION = struct.Struct("!BBBBII")  # NOP NOP kind len TSval TSecr
+PAWS_IDLE: Final = 24 * 86400.0  # RFC 7323 §5.5: TS.Recent older than 24 days is invalid
+_OPTION: Final = struct.Struct("!BBBBII")  # NOP NOP kind len TSval TSecr
 
 
 class Timestamps:
@@ -48,7 +49,9 @@ class Timestamps:
         """§5.3 R1: a TSval older than TS.Recent is an old duplicate (PAWS). Only a test:
         TS.Recent moves in `take_recent`, once the segment has proved acceptable."""
         ts = seg.options.timestamps
-        return (ts is not None and sq.lt(ts[0], self.recent) and not seg.flags & RST
+        # sq.lt(TSval, TS.Recent), inline: this runs for every segment
+        return (ts is not None and (ts[0] - self.recent) & sq.MASK >= sq.HALF
+                and not seg.flags & RST
                 and now - self.recent_time < PAWS_IDLE)
 
     def take_recent(self, seg: wire.Segment, seg_seq: int, now: float) -> None:
@@ -57,6 +60,7 @@ class Timestamps:
         Linux's tcp_replace_ts_recent from tcp_ack, after RFC 5961's ACK check."""
         ts = seg.options.timestamps
         if ts is not None and seg_seq <= self.last_ack_sent and (
-                sq.ge(ts[0], self.recent) or now - self.recent_time >= PAWS_IDLE):
+                (ts[0] - self.recent) & sq.MASK < sq.HALF  # sq.ge, inline
+                or now - self.recent_time >= PAWS_IDLE):
             self.recent = ts[0]  # §5.5: after 24 days idle, an older TSval resets it
             self.recent_time = now

@@ -9,48 +9,55 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass, field
+from typing import Final
 
-FIN = 0x01
-SYN = 0x02
-RST = 0x04
-PSH = 0x08
-ACK = 0x10
-URG = 0x20
-ECE = 0x40
-CWR = 0x80
+FIN: Final = 0x01
+SYN: Final = 0x02
+RST: Final = 0x04
+PSH: Final = 0x08
+ACK: Final = 0x10
+URG: Final = 0x20
+ECE: Final = 0x40
+CWR: Final = 0x80
 
-FLAG_NAMES = ((CWR, "CWR"), (ECE, "ECE"), (URG, "URG"), (ACK, "ACK"), (PSH, "PSH"),
+FLAG_NAMES: Final = ((CWR, "CWR"), (ECE, "ECE"), (URG, "URG"), (ACK, "ACK"), (PSH, "PSH"),
               (RST, "RST"), (SYN, "SYN"), (FIN, "FIN"))
 
-OPT_EOL = 0
-OPT_NOP = 1
-OPT_MSS = 2
-OPT_WSCALE = 3
-OPT_SACK_PERMITTED = 4
-OPT_SACK = 5
-OPT_TIMESTAMPS = 8
-OPT_EXPERIMENTAL = 254
+OPT_EOL: Final = 0
+OPT_NOP: Final = 1
+OPT_MSS: Final = 2
+OPT_WSCALE: Final = 3
+OPT_SACK_PERMITTED: Final = 4
+OPT_SACK: Final = 5
+OPT_TIMESTAMPS: Final = 8
+OPT_EXPERIMENTAL: Final = 254
 
-HEADER_LEN = 20
-MAX_OPTIONS_LEN = 40
-MAX_WSCALE = 14  # RFC 7323 §2.3: larger shifts are treated as 14
-MAX_WINDOW_FIELD = 0xFFFF
+HEADER_LEN: Final = 20
+MAX_OPTIONS_LEN: Final = 40
+MAX_WSCALE: Final = 14  # RFC 7323 §2.3: larger shifts are treated as 14
+MAX_WINDOW_FIELD: Final = 0xFFFF
 # RFC 6994 option 254, ExID "ut" (utcp.crypto.EXID), data 0x01: a secure-mode server
 # sends it in the RST that refuses a SYN without a handshake, so that a plaintext client
 # can say why it was refused (docs/secure-mode.md). As parsed, and as sent (NOP-padded).
-SECURE_REQUIRED = (0x7574, b"\x01")
-SECURE_REQUIRED_OPTION = (bytes((254, 4 + len(SECURE_REQUIRED[1])))
+SECURE_REQUIRED: Final = (0x7574, b"\x01")
+SECURE_REQUIRED_OPTION: Final = (bytes((254, 4 + len(SECURE_REQUIRED[1])))
                           + SECURE_REQUIRED[0].to_bytes(2, "big") + SECURE_REQUIRED[1]
                           + b"\x01" * 3)
-DEFAULT_MSS = 536  # RFC 9293 §3.7.1: the send MSS when the peer sends no MSS option
+DEFAULT_MSS: Final = 536  # RFC 9293 §3.7.1: the send MSS when the peer sends no MSS option
 
-_HEADER = struct.Struct("!HHIIBBHHH")
-_U16 = struct.Struct("!H")
-_U32 = struct.Struct("!I")
-_TS = struct.Struct("!II")
-_TS_ALIGNED = b"\x01\x01\x08\x0a"  # NOP NOP kind=8 len=10
-_TS_ONLY_LEN = HEADER_LEN + 12
-_SACK_BLOCK = struct.Struct("!II")
+_HEADER: Final = struct.Struct("!HHIIBBHHH")
+_U16: Final = struct.Struct("!H")
+_U32: Final = struct.Struct("!I")
+_TS: Final = struct.Struct("!II")
+_TS_ALIGNED: Final = b"\x01\x01\x08\x0a"  # NOP NOP kind=8 len=10
+_TS_ONLY_LEN: Final = HEADER_LEN + 12
+# The header and RFC 7323 appendix A's timestamps layout (NOP NOP kind=8 len=10 TSval
+# TSecr) as one struct: nearly every segment of a connection is exactly this, and one
+# pack or unpack of it costs what a tenth of the general option code does
+_HEADER_TS: Final = struct.Struct("!HHIIBBHHHIII")
+_TS_WORD: Final = 0x0101080A
+_TS_OFFSET_BYTE: Final = (_TS_ONLY_LEN // 4) << 4
+_SACK_BLOCK: Final = struct.Struct("!II")
 
 
 class MalformedSegment(ValueError):
@@ -96,7 +103,7 @@ class Options:
         return bytes(out)
 
 
-NO_OPTIONS = Options()
+NO_OPTIONS: Final = Options()
 
 
 @dataclass(slots=True)
@@ -150,9 +157,33 @@ def build_fast(src_port: int, dst_port: int, seq: int, ack: int, flags: int, win
     return header + payload if payload else header
 
 
+def build_ts(src_port: int, dst_port: int, seq: int, ack: int, flags: int, window: int,
+             tsval: int, tsecr: int, payload: bytes | memoryview = b"") -> bytes:
+    """`build_fast` for a segment whose only option is the timestamps one (the common
+    case once it is negotiated): header and option in one pack, no options bytes."""
+    header = _HEADER_TS.pack(src_port, dst_port, seq, ack, _TS_OFFSET_BYTE, flags, window,
+                             0, 0, _TS_WORD, tsval, tsecr)
+    return header + payload if payload else header
+
+
 def parse(data: bytes | bytearray | memoryview) -> Segment:
     """Parse one datagram; raise `MalformedSegment` with a reason if it is not a segment."""
     n = len(data)
+    if n >= _TS_ONLY_LEN:
+        # the common layout first, in one unpack (what `_parse_general` would find)
+        (src, dst, seq, ack, off_byte, flags, window, _csum, urgent, word, tsval,
+         tsecr) = _HEADER_TS.unpack_from(data, 0)
+        if off_byte >> 4 == 8 and word == _TS_WORD:
+            payload: bytes | memoryview = b""
+            if n > _TS_ONLY_LEN:
+                payload = (data[_TS_ONLY_LEN:] if isinstance(data, bytes)
+                           else memoryview(data)[_TS_ONLY_LEN:])
+            return Segment(src, dst, seq, ack, flags, window, payload,
+                           Options(timestamps=(tsval, tsecr)), urgent)
+    return _parse_general(data, n)
+
+
+def _parse_general(data: bytes | bytearray | memoryview, n: int) -> Segment:
     if n < HEADER_LEN:
         raise MalformedSegment("short header")
     src, dst, seq, ack, off_byte, flags, window, _csum, urgent = _HEADER.unpack_from(data, 0)
@@ -169,9 +200,9 @@ def parse(data: bytes | bytearray | memoryview) -> Segment:
         options = _parse_options(data, hlen)
     else:
         options = Options()
-    payload = memoryview(data)[hlen:] if hlen < n else b""
-    if isinstance(data, bytes) and payload:
-        payload = data[hlen:]
+    payload: bytes | memoryview = b""
+    if hlen < n:  # bytes are sliced (one copy), anything else viewed
+        payload = data[hlen:] if isinstance(data, bytes) else memoryview(data)[hlen:]
     return Segment(src, dst, seq, ack, flags, window, payload, options, urgent)
 
 

@@ -6,17 +6,19 @@ segments, as the RFC writes it, and converted at the edges.
 
 from __future__ import annotations
 
+from typing import Final
+
 from utcp.congestion.base import CongestionControl
 
-C = 0.4                      # RFC 9438 §5
-BETA = 0.7                   # multiplicative decrease
-ALPHA = 3 * (1 - BETA) / (1 + BETA)  # Reno-friendly additive increase (§4.3)
+C: Final = 0.4                      # RFC 9438 §5
+BETA: Final = 0.7                   # multiplicative decrease
+ALPHA: Final = 3 * (1 - BETA) / (1 + BETA)  # Reno-friendly additive increase (§4.3)
 
 # HyStart++ (RFC 9406 §4.3)
-MIN_RTT_THRESH = 0.004
-MAX_RTT_THRESH = 0.016
-MIN_RTT_DIVISOR = 8
-N_RTT_SAMPLE = 8
+MIN_RTT_THRESH: Final = 0.004
+MAX_RTT_THRESH: Final = 0.016
+MIN_RTT_DIVISOR: Final = 8
+N_RTT_SAMPLE: Final = 8
 
 
 class Cubic(CongestionControl):
