@@ -14,6 +14,7 @@ from utcp.config import Config
 from utcp.connection import Connection
 from utcp.endpoint import Endpoint
 from utcp.recovery import Mode
+from utcp.sack import Scoreboard
 from utcp.state import State
 from utcp.timers import Timer, Timers
 
@@ -156,3 +157,47 @@ def test_a_lossy_transfer_walks_only_its_recovery_modes_and_ends_open(sack: bool
     assert entered in seen and seen <= allowed, seen
     assert conn.recovery.mode is Mode.NONE and not conn.recovery.in_recovery
     assert conn.stats().fast_retransmits >= 1
+
+
+# --------------------------------------------------------------------------- idle memory
+
+def test_the_shared_empty_list_refuses_changes_and_survives_copies() -> None:
+    import copy
+
+    from utcp.buffers import NO_ITEMS
+
+    for change in (lambda: NO_ITEMS.append(1), lambda: NO_ITEMS.extend([1]),
+                   lambda: NO_ITEMS.insert(0, 1), lambda: NO_ITEMS.__setitem__(slice(0, 0), [1]),
+                   lambda: NO_ITEMS.__delitem__(slice(0, 0))):
+        with pytest.raises(RuntimeError):
+            change()
+    assert NO_ITEMS == [] and copy.copy(NO_ITEMS) is NO_ITEMS
+    assert copy.deepcopy({"x": NO_ITEMS})["x"] is NO_ITEMS
+
+
+def test_an_idle_connection_keeps_no_list_of_its_own_where_it_holds_nothing() -> None:
+    """What holds nothing shares one empty list (100,000 idle connections); each gets a
+    list of its own when it has something to keep, and gives it back when empty."""
+    from utcp.buffers import NO_ITEMS
+
+    sb = Scoreboard()
+    assert sb.starts is NO_ITEMS and not sb
+    assert sb.add(200, 300) and sb.starts is not NO_ITEMS
+    sb.trim(300)
+    assert sb.starts is NO_ITEMS and sb.ends is NO_ITEMS and not sb
+    assert sb.add(400, 500) and (sb.starts, sb.ends) == ([400], [500])
+
+    buf = SendBuffer(base=1)
+    assert buf.chunks is NO_ITEMS
+    buf.append(b"hello")
+    assert buf.chunks is not NO_ITEMS and buf.free(6) == 5
+    assert buf.chunks is NO_ITEMS and buf.starts is NO_ITEMS
+    buf.append(b"again")
+    assert bytes(buf.view(6, 5)) == b"again"
+
+    conn = Connection(Config(), local_port=1, remote_port=2, iss=1000)
+    assert conn.sender.out is NO_ITEMS and conn.datagrams_to_send(0.0) == []
+    conn.connect(0.0)
+    syn = conn.datagrams_to_send(0.0)
+    assert len(syn) == 1 and conn.sender.out is NO_ITEMS
+    assert conn.datagrams_to_send(0.0) == [] and conn.sender.out is NO_ITEMS

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import collections
 from bisect import bisect_left, bisect_right
-from typing import Final, TypeVar
+from typing import Any, Final, TypeVar
 
 # Real memory a received piece costs beyond its payload, measured with tracemalloc on
 # CPython 3.11 (64-bit): a piece in order is a bytes object (33-byte header, allocator
@@ -66,6 +66,30 @@ def python_class(cls: _T) -> _T:
 
 
 @python_class
+class _NoItems(list[Any]):
+    """An empty list shared by every holder that has nothing to keep: an empty list is
+    56 bytes, and an idle connection has several (100,000 idle connections). A holder
+    swaps in a list of its own before it adds anything (`is NO_ITEMS`); a change here
+    would be a bug that shared data between connections, so it fails loudly (in the
+    pure-Python build: compiled code appends through the C API)."""
+
+    def _refuse(self, *args: object) -> None:
+        raise RuntimeError("change to the shared empty list")
+
+    # a copy of a holder shares it too: `is NO_ITEMS` must stay true of the copy
+    def __copy__(self) -> _NoItems:
+        return self
+
+    def __deepcopy__(self, memo: dict[int, object]) -> _NoItems:
+        return self
+
+    append = extend = insert = __setitem__ = __delitem__ = __iadd__ = _refuse  # type: ignore[assignment]
+
+
+NO_ITEMS: Final[list[Any]] = _NoItems()
+
+
+@python_class
 class _NoPieces(collections.deque[bytes | memoryview]):
     """The receive buffer of every connection that holds no piece: a deque, even empty,
     keeps a 528-byte block, and an idle connection has nothing to keep in it (100,000
@@ -97,8 +121,9 @@ class SendBuffer:
 
     def __init__(self, base: int) -> None:
         self.base = base
-        self.chunks: list[bytes | bytearray] = []
-        self.starts: list[int] = []  # the sequence number each chunk begins at
+        # none until the first write, and none again once all is acknowledged (NO_ITEMS)
+        self.chunks: list[bytes | bytearray] = NO_ITEMS
+        self.starts: list[int] = NO_ITEMS  # the sequence number each chunk begins at
         self.first = 0  # chunks before this one are acknowledged whole (and emptied)
         self.size = 0   # bytes queued and not acknowledged
         self.fin_queued = False  # the application closed: a FIN follows the data
@@ -128,6 +153,9 @@ class SendBuffer:
         if not n:
             return
         chunks = self.chunks
+        if chunks is NO_ITEMS:
+            chunks = self.chunks = []
+            self.starts = []
         if n >= _OWN_CHUNK:
             # immutable bytes are kept as they are; anything else is copied once
             chunks.append(data if isinstance(data, bytes) else bytes(data))
@@ -143,8 +171,8 @@ class SendBuffer:
 
     def clear(self) -> None:
         """Forget every byte (the connection ended)."""
-        self.chunks = []
-        self.starts = []
+        self.chunks = NO_ITEMS
+        self.starts = NO_ITEMS
         self.first = 0
         self.size = 0
 
@@ -156,8 +184,8 @@ class SendBuffer:
         self.base += n
         self.size -= n
         if not self.size:
-            self.chunks = []
-            self.starts = []
+            self.chunks = NO_ITEMS
+            self.starts = NO_ITEMS
             self.first = 0
             return n
         chunks, starts = self.chunks, self.starts

@@ -24,6 +24,7 @@ from utcp import inbound, log, wire
 from utcp import seq as sq
 from utcp.buffers import (
     MEMORY_FLOOR,
+    NO_ITEMS,
     OOO_PIECE_OVERHEAD,
     RCV_PIECE_OVERHEAD,
     MemoryBudget,
@@ -365,7 +366,10 @@ class Connection:
     def datagrams_to_send(self, now: float) -> list[bytes]:
         if self.state != State.CLOSED:
             self.sender.output(now)
-        out, self.sender.out = self.sender.out, []
+        out = self.sender.out
+        if out is NO_ITEMS:
+            return []
+        self.sender.out = NO_ITEMS
         return out
 
     def get_timer(self) -> float | None:

@@ -9,6 +9,8 @@ import struct
 from bisect import bisect_left, bisect_right
 from typing import Final
 
+from utcp.buffers import NO_ITEMS
+
 _BLOCK: Final = struct.Struct("!II")
 
 
@@ -18,8 +20,9 @@ class Scoreboard:
     __slots__ = ("ends", "starts")
 
     def __init__(self) -> None:
-        self.starts: list[int] = []
-        self.ends: list[int] = []
+        # nothing SACKed: the shared empty list, until the first block (idle memory)
+        self.starts: list[int] = NO_ITEMS
+        self.ends: list[int] = NO_ITEMS
 
     def block_of(self, seq: int) -> tuple[int, int] | None:
         """The SACKed range holding seq, if any."""
@@ -33,6 +36,9 @@ class Scoreboard:
 
     def add(self, left: int, right: int) -> bool:
         """Merge one block; True if it told us something new."""
+        if self.starts is NO_ITEMS:
+            self.starts = []
+            self.ends = []
         i = bisect_left(self.ends, left)        # first range ending at or after `left`
         j = bisect_right(self.starts, right)    # ranges starting at or before `right`
         if i < j and self.starts[i] <= left and self.ends[i] >= right:
@@ -50,12 +56,15 @@ class Scoreboard:
         if k:
             del self.starts[:k]
             del self.ends[:k]
+            if not self.starts:
+                self.clear()
+                return
         if self.starts and self.starts[0] < snd_una:
             self.starts[0] = snd_una
 
     def clear(self) -> None:
-        self.starts.clear()
-        self.ends.clear()
+        self.starts = NO_ITEMS
+        self.ends = NO_ITEMS
 
 
 def encode_blocks(blocks: list[tuple[int, int]]) -> bytes:

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Final
 
 from utcp import sack, wire
 from utcp import seq as sq
-from utcp.buffers import MEMORY_FLOOR
+from utcp.buffers import MEMORY_FLOOR, NO_ITEMS
 from utcp.pacing import Pacer
 from utcp.recovery import PIPE_DRIVEN
 from utcp.state import SYNCHRONIZED, State
@@ -62,7 +62,7 @@ class Sender:
 
     def __init__(self, conn: Connection) -> None:
         self.conn = conn
-        self.out: list[bytes] = []  # built segments the caller has not taken
+        self.out: list[bytes] = NO_ITEMS  # built segments the caller has not taken
         # acknowledgment generation
         self.ack_now = False
         self.unacked_segments = 0  # full-sized segments received since our last ACK
@@ -84,6 +84,15 @@ class Sender:
         self.wscale_ok = False
         self.keepalive_sent = 0  # keepalive probes unanswered
         self.pacer: Pacer | None = Pacer() if conn.config.pacing else None
+
+    def _out(self) -> list[bytes]:
+        """The list segments are built into: one of its own once there is one to keep
+        (an idle connection holds the shared empty list)."""
+        out = self.out
+        if out is NO_ITEMS:
+            out = []
+            self.out = out
+        return out
 
     def on_persist_timeout(self, now: float) -> bool:
         """A zero-window probe, or the override of sender SWS avoidance when the window
@@ -178,7 +187,7 @@ class Sender:
             conn.rcv_adv = max(conn.rcv_adv, conn.rcv_nxt + window)
             conn.ts.last_ack_sent = conn.rcv_nxt
             self.ack_now = False
-        self.out.append(wire.build(wire.Segment(
+        self._out().append(wire.build(wire.Segment(
             conn.local_port, conn.remote_port, sq.wrap(conn.iss), ack, flags, window,
             options=opts)))
         conn.counters.segments_sent += 1
@@ -367,7 +376,7 @@ class Sender:
             sacking = bool(ooo or self.dsack is not None) and conn.sack_ok
             if ts.ok and not sacking:
                 # the common segment: header and timestamps in one pack (wire.build_ts)
-                self.out.append(wire.build_ts(
+                self._out().append(wire.build_ts(
                     conn.local_port, conn.remote_port, seq if raw_seq else seq & sq.MASK,
                     ack, flags, window, (int(conn.now * 1000) + ts.offset) & sq.MASK,  # ts.clock
                     ts.recent, payload))
@@ -382,7 +391,7 @@ class Sender:
                     blocks = [self.dsack, *blocks[:limit - 1]]
                     self.dsack = None
                 options += sack.encode_blocks([(sq.wrap(a), sq.wrap(b)) for a, b in blocks])
-        self.out.append(wire.build_fast(
+        self._out().append(wire.build_fast(
             conn.local_port, conn.remote_port, seq if raw_seq else sq.wrap(seq), ack, flags,
             window, options, payload))
         conn.counters.segments_sent += 1
