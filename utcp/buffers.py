@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import collections
 from bisect import bisect_left, bisect_right
-from typing import Any, Final, TypeVar
+from collections.abc import Iterable
+from typing import Any, Final, SupportsIndex, TypeVar
 
 # Real memory a received piece costs beyond its payload, measured with tracemalloc on
 # CPython 3.11 (64-bit): a piece in order is a bytes object (33-byte header, allocator
@@ -73,7 +74,19 @@ class _NoItems(list[Any]):
     would be a bug that shared data between connections, so it fails loudly (in the
     pure-Python build: compiled code appends through the C API)."""
 
-    def _refuse(self, *args: object) -> None:
+    def append(self, item: Any, /) -> None:
+        raise RuntimeError("change to the shared empty list")
+
+    def extend(self, items: Iterable[Any], /) -> None:
+        raise RuntimeError("change to the shared empty list")
+
+    def insert(self, index: SupportsIndex, item: Any, /) -> None:
+        raise RuntimeError("change to the shared empty list")
+
+    def __setitem__(self, key: Any, value: Any, /) -> None:
+        raise RuntimeError("change to the shared empty list")
+
+    def __delitem__(self, key: Any, /) -> None:
         raise RuntimeError("change to the shared empty list")
 
     # a copy of a holder shares it too: `is NO_ITEMS` must stay true of the copy
@@ -82,8 +95,6 @@ class _NoItems(list[Any]):
 
     def __deepcopy__(self, memo: dict[int, object]) -> _NoItems:
         return self
-
-    append = extend = insert = __setitem__ = __delitem__ = __iadd__ = _refuse  # type: ignore[assignment]
 
 
 NO_ITEMS: Final[list[Any]] = _NoItems()
