@@ -338,10 +338,6 @@ class Connection:
         return buf.end - max(self.snd_nxt, buf.base)
 
     @property
-    def data_end(self) -> int:
-        return self.sndbuf.end
-
-    @property
     def in_flight(self) -> int:
         return self.snd_nxt - self.snd_una
 

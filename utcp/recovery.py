@@ -329,7 +329,7 @@ class LossRecovery:
         conn = self.conn
         self.mode = Mode.PROBE
         self.recover = lost_end
-        data_end = conn.data_end
+        data_end = conn.sndbuf.end
         seq = conn.snd_una
         while seq < min(lost_end, data_end):
             n = min(conn.sender.payload_room(), lost_end - seq, data_end - seq)
@@ -340,7 +340,7 @@ class LossRecovery:
     def retransmit_first(self, now: float) -> None:
         """Resend the first unacknowledged segment without rewinding snd_nxt."""
         conn = self.conn
-        n = min(conn.sender.payload_room(), conn.data_end - conn.snd_una)
+        n = min(conn.sender.payload_room(), conn.sndbuf.end - conn.snd_una)
         if n > 0:
             conn.sender.transmit(conn.snd_una, n, now, fin=False)
         elif conn.sndbuf.fin_queued and not conn.sndbuf.fin_acked:
@@ -372,7 +372,7 @@ class LossRecovery:
                 continue
             # RFC 6675 §5 step (D): new data, as the peer's window allows
             window_end = conn.snd_una + min(conn.snd_wnd, conn.sender.send_limit())
-            data_end = conn.data_end
+            data_end = conn.sndbuf.end
             if conn.snd_nxt < data_end:
                 n = min(mss, data_end - conn.snd_nxt, window_end - conn.snd_nxt)
                 if n <= 0:
@@ -403,7 +403,7 @@ class LossRecovery:
             # the timeout counts from the first segment's latest transmission (as
             # Linux's tcp_rearm_rto), not from an ACK that came before it
             conn.timers.arm(T.RTX, now + self.rtt.rto)
-        data_end = conn.data_end
+        data_end = conn.sndbuf.end
         stop = min(end, data_end)
         seq = start
         while seq < stop:
@@ -491,7 +491,7 @@ class LossRecovery:
         if log.enabled():
             log.emit("tail_loss_probe", conn=conn.name, snd_una=conn.snd_una)
         room = conn.sender.payload_room()
-        data_end = conn.data_end
+        data_end = conn.sndbuf.end
         n = min(room, data_end - conn.snd_nxt)
         if conn.snd_nxt == conn.snd_max and n > 0 and \
                 conn.snd_nxt + n <= conn.snd_una + conn.snd_wnd:
