@@ -38,12 +38,12 @@ HERE = Path(__file__).resolve().parent
 COMPILED_DIRS = ("utcp", "utcp/congestion")
 # Left pure: package inits and the import guard; tools that run once per process (cli, log,
 # pcap, plot, plotdata, workers); the handshake crypto, whose work is in `cryptography`'s C;
-# state.py, whose RuntimeError subclass mypyc cannot compile as a native class; config.py,
+# errors.py, exceptions that mypyc cannot compile as native classes; config.py,
 # whose checks must see what the user passed (a native dataclass converts True to 1 before
 # __post_init__ can refuse it), and which is read, not run, per segment.
 PURE_MODULES = frozenset({
     "__init__.py", "__main__.py", "_build.py", "cli.py", "log.py", "pcap.py", "plot.py",
-    "plotdata.py", "workers.py", "secure.py", "crypto.py", "state.py", "config.py",
+    "plotdata.py", "workers.py", "secure.py", "crypto.py", "errors.py", "config.py",
 })
 # mypyc's shared library for the compiled modules: utcp_core__mypyc.*.so, beside the package
 GROUP = "utcp_core"

@@ -50,15 +50,6 @@ from utcp.timers import Timers
 from utcp.timestamps import Timestamps
 from utcp.wire import ACK, RST, SECURE_REQUIRED, SYN
 
-# What runs for every segment names its timers and states through constants: under
-# mypyc a Final is a C static, where `T.IDLE` or `State.CLOSED` looks the member up on
-# the enum class each time (state.py stays interpreted)
-_IDLE_TIMER: Final = T.IDLE
-_KEEPALIVE_TIMER: Final = T.KEEPALIVE
-_ESTABLISHED: Final = State.ESTABLISHED
-_TIME_WAIT: Final = State.TIME_WAIT
-_CLOSED: Final = State.CLOSED
-
 __all__ = [  # with the limits its behaviour is named by, which live where they act
     "CHALLENGE_ACK_LIMIT",
     "MEMORY_FLOOR",
@@ -266,7 +257,7 @@ class Connection:
 
     def abort(self) -> None:
         """Send RST if the peer knows us, and forget everything (RFC 9293 §3.10.5)."""
-        if self.state == State.CLOSED:
+        if self.state is State.CLOSED:
             return
         if self.state in (State.SYN_RCVD, State.ESTABLISHED, State.FIN_WAIT_1,
                           State.FIN_WAIT_2, State.CLOSE_WAIT):
@@ -293,7 +284,7 @@ class Connection:
             if quoted not in (self.snd_una - 1, self.snd_una, self.snd_max):
                 self.drop("ICMP quoting a sequence number we have not sent")
                 return False
-        if self.state == State.SYN_SENT:
+        if self.state is State.SYN_SENT:
             self.refuse("connection refused (port unreachable)")
             return True
         if self.state in (State.CLOSED, State.LISTEN, State.TIME_WAIT):
@@ -305,7 +296,7 @@ class Connection:
 
     def refuse(self, message: str) -> None:
         """The layer below knows the connect cannot succeed: fail it with this message."""
-        if self.state == State.SYN_SENT:
+        if self.state is State.SYN_SENT:
             self.fail(ConnectionRefusedError(message), send_rst=False)
 
     def read(self, max_bytes: int = -1) -> bytes:
@@ -360,7 +351,7 @@ class Connection:
         return self.events.pop(0) if self.events else None
 
     def datagrams_to_send(self, now: float) -> list[bytes]:
-        if self.state != State.CLOSED:
+        if self.state is not State.CLOSED:
             self.sender.output(now)
         out = self.sender.out
         if out is NO_ITEMS:
@@ -401,7 +392,7 @@ class Connection:
 
     def handle_timer(self, now: float) -> None:
         """Serve every due timer, in `Timer` order, until one ends the connection."""
-        if self.state == State.CLOSED:
+        if self.state is State.CLOSED:
             return
         self.now = now
         self.touch()
@@ -438,7 +429,7 @@ class Connection:
             self._on_idle_timeout(now)
         else:
             self._on_keepalive(now)
-        return self.state != State.CLOSED
+        return self.state is not State.CLOSED
 
     def _on_idle_timeout(self, now: float) -> None:
         self.timers.cancel(T.IDLE)
@@ -500,7 +491,7 @@ class Connection:
     def _on_keepalive(self, now: float) -> None:
         self.timers.cancel(T.KEEPALIVE)
         interval = self.config.keepalive_interval
-        if interval is None or self.state not in SYNCHRONIZED or self.state == State.TIME_WAIT:
+        if interval is None or self.state not in SYNCHRONIZED or self.state is State.TIME_WAIT:
             return
         if self.snd_max != self.snd_una or self.unsent:
             # Data to deliver: the retransmission and persist timers judge the peer (as
@@ -589,12 +580,12 @@ class Connection:
         config = self.config
         state = self.state
         idle = config.idle_timeout
-        if idle is not None and state is not _TIME_WAIT and state is not _CLOSED:
-            self.timers.arm(_IDLE_TIMER, now + idle)
+        if idle is not None and state is not State.TIME_WAIT and state is not State.CLOSED:
+            self.timers.arm(T.IDLE, now + idle)
         keepalive = config.keepalive_interval
         # ESTABLISHED first: the common case without hashing the enum for the set
-        if keepalive is not None and (state is _ESTABLISHED or state in SYNCHRONIZED):
-            self.timers.arm(_KEEPALIVE_TIMER, now + keepalive)
+        if keepalive is not None and (state is State.ESTABLISHED or state in SYNCHRONIZED):
+            self.timers.arm(T.KEEPALIVE, now + keepalive)
 
     def heard(self, now: float) -> None:
         """The peer is alive: a segment passed the window and ACK checks. Keepalive

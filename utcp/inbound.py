@@ -11,7 +11,7 @@ connection's, and every change of state goes through `Connection.set_state`.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING
 
 from utcp import log, wire
 from utcp import seq as sq
@@ -25,20 +25,11 @@ from utcp.wire import ACK, FIN, PSH, RST, SECURE_REQUIRED, SYN
 if TYPE_CHECKING:
     from utcp.connection import Connection
 
-# Constants for what the fast path names: a Final is a C static under mypyc, where
-# `State.CLOSED` or `T.ACK` looks the member up on the enum class each time
-_CLOSED: Final = State.CLOSED
-_LISTEN: Final = State.LISTEN
-_ESTABLISHED: Final = State.ESTABLISHED
-_ACK_TIMER: Final = T.ACK
-_IDLE_TIMER: Final = T.IDLE
-_KEEPALIVE_TIMER: Final = T.KEEPALIVE
-
 
 def segment(conn: Connection, seg: wire.Segment, now: float) -> None:
     """Process one segment addressed to this connection."""
     state = conn.state
-    if state is _CLOSED or state is _LISTEN:
+    if state is State.CLOSED or state is State.LISTEN:
         return
     conn.now = now
     conn.counters.segments_received += 1
@@ -46,7 +37,7 @@ def segment(conn: Connection, seg: wire.Segment, now: float) -> None:
     if notify is not None:
         notify(conn)
     payload = seg.payload
-    if (state is _ESTABLISHED and (seg.flags | PSH) == ACK | PSH and payload
+    if (state is State.ESTABLISHED and (seg.flags | PSH) == ACK | PSH and payload
             and not conn.rcv.ooo and conn.receiver.fin_seq is None
             and not (seg.seq - conn.rcv_nxt) & sq.MASK
             and not (seg.ack - conn.snd_una) & sq.MASK
@@ -77,19 +68,19 @@ def segment(conn: Connection, seg: wire.Segment, now: float) -> None:
         sender.unacked_segments += 1
         if sender.unacked_segments >= 2:
             sender.ack_now = True
-        elif not timers.armed(_ACK_TIMER):
-            timers.arm(_ACK_TIMER, now + config.ack_delay)
+        elif not timers.armed(T.ACK):
+            timers.arm(T.ACK, now + config.ack_delay)
         # Connection.heard and then last_activity, for ESTABLISHED in one: the peer
         # is alive (keepalive restarts) and the connection is not idle
         sender.keepalive_sent = 0
         keepalive = config.keepalive_interval
         if keepalive is not None:
-            timers.arm(_KEEPALIVE_TIMER, now + keepalive)
+            timers.arm(T.KEEPALIVE, now + keepalive)
         idle = config.idle_timeout
         if idle is not None:
-            timers.arm(_IDLE_TIMER, now + idle)
+            timers.arm(T.IDLE, now + idle)
         return
-    if conn.state == State.SYN_SENT:
+    if conn.state is State.SYN_SENT:
         syn_sent(conn, seg, now)
     else:
         synchronized(conn, seg, now)
@@ -215,10 +206,10 @@ def _syn_again(conn: Connection, seg: wire.Segment, seg_seq: int, now: float) ->
     any other SYN is a challenge ACK, never a reset (RFC 5961 §4)."""
     flags = seg.flags
     if seg_seq == conn.irs and not flags & RST:
-        if conn.state == State.SYN_RCVD and not flags & ACK:
+        if conn.state is State.SYN_RCVD and not flags & ACK:
             conn.snd_nxt = conn.iss  # our SYN+ACK was lost: send it again
             return
-        if conn.state == State.SYN_RCVD:
+        if conn.state is State.SYN_RCVD:
             ack = sq.unwrap(seg.ack, conn.snd_una)
             if conn.snd_una < ack <= conn.snd_max:  # simultaneous open completes
                 handshake_acked(conn, ack, now)
@@ -255,7 +246,7 @@ def _acceptable(conn: Connection, seg: wire.Segment, seg_seq: int, now: float) -
             conn.sender.ack_now = True
             if payload and seg_seq + len(payload) <= conn.rcv_nxt and conn.sack_ok:
                 conn.sender.dsack = (seg_seq, seg_seq + len(payload))  # RFC 2883: a duplicate
-            if (conn.state == State.TIME_WAIT and flags & FIN
+            if (conn.state is State.TIME_WAIT and flags & FIN
                     and seg_seq + len(payload) == conn.receiver.fin_seq
                     and ack_acceptable(conn, seg)):
                 # RFC 9293: the peer's FIN again restarts 2MSL; only that FIN, else
@@ -268,14 +259,14 @@ def _acceptable(conn: Connection, seg: wire.Segment, seg_seq: int, now: float) -
 def _reset(conn: Connection, seg_seq: int, now: float) -> None:
     """Second: RST. Only an exact match resets; in-window gets a challenge ACK
     (RFC 5961 §3)."""
-    if conn.state == State.TIME_WAIT:
+    if conn.state is State.TIME_WAIT:
         conn.drop("RST in TIME_WAIT")  # RFC 1337: no TIME-WAIT assassination
         return
     if seg_seq != conn.rcv_nxt:
         conn.sender.challenge_ack(now)
         conn.drop("RST not at rcv_nxt")
         return
-    if conn.state == State.SYN_RCVD:
+    if conn.state is State.SYN_RCVD:
         err: Exception | None = (None if conn.passive else
                                  ConnectionRefusedError("connection refused by peer"))
     elif conn.state in (State.ESTABLISHED, State.FIN_WAIT_1, State.FIN_WAIT_2,
@@ -296,7 +287,7 @@ def _ack(conn: Connection, seg: wire.Segment, seg_seq: int, now: float) -> bool 
         conn.drop("no ACK")
         return None
     ack = sq.unwrap(seg.ack, conn.snd_una)
-    if conn.state == State.SYN_RCVD:
+    if conn.state is State.SYN_RCVD:
         if not conn.snd_una < ack <= conn.snd_max:
             conn.sender.emit(seg.ack, 0, RST, raw_seq=True)
             conn.drop("bad ACK in SYN_RCVD")
@@ -455,12 +446,12 @@ def receive_fin(conn: Connection, now: float, fin_now_acked: bool) -> None:
         conn.sender.defer_ack(now)
         return
     conn.sender.ack_now = True
-    if conn.state == State.FIN_WAIT_1:
+    if conn.state is State.FIN_WAIT_1:
         if fin_now_acked:
             conn.set_state(Ev.RCV_FIN_ACK_OF_FIN)
         else:
             conn.set_state(Ev.RCV_FIN)  # simultaneous close: CLOSING
-    elif conn.state == State.FIN_WAIT_2:
+    elif conn.state is State.FIN_WAIT_2:
         conn.set_state(Ev.RCV_FIN)
 
 def paws(conn: Connection, seg: wire.Segment, now: float) -> bool:

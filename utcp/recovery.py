@@ -43,12 +43,6 @@ class Mode(enum.Enum):
 
 # modes in which the pipe-driven loop of RFC 6675 decides what goes out
 PIPE_DRIVEN: Final = (Mode.SACK, Mode.TIMEOUT)
-# what runs per segment sent names these through C statics under mypyc (an enum
-# member is a lookup on its class each time)
-_OPEN: Final = Mode.NONE
-_TLP_TIMER: Final = T.TLP
-_RTX_TIMER: Final = T.RTX
-_ESTABLISHED: Final = State.ESTABLISHED
 
 
 class UndoEpisode:
@@ -94,7 +88,7 @@ class LossRecovery:
 
     @property
     def in_recovery(self) -> bool:
-        return self.mode is not _OPEN
+        return self.mode is not Mode.NONE
 
     # ------------------------------------------------------------------ transmissions
 
@@ -110,7 +104,7 @@ class LossRecovery:
             if self.rtt_seq is None:
                 self.rtt_seq = seq
                 self.rtt_time = now
-            if not self.conn.timers.armed(_TLP_TIMER):
+            if not self.conn.timers.armed(T.TLP):
                 self.arm_tail_loss_probe(now)
         if self.conn.sack_ok and (n or fin):
             self.rack.sent(seq, seq + n + (1 if fin else 0), now, retransmit)
@@ -332,7 +326,7 @@ class LossRecovery:
         data_end = conn.sndbuf.end
         seq = conn.snd_una
         while seq < min(lost_end, data_end):
-            n = min(conn.sender.payload_room(), lost_end - seq, data_end - seq)
+            n = min(min(conn.sender.payload_room(), lost_end - seq), data_end - seq)
             conn.sender.transmit(seq, n, now, fin=False)
             seq += n
         conn.timers.arm(T.RTX, now + self.rtt.rto)
@@ -374,7 +368,7 @@ class LossRecovery:
             window_end = conn.snd_una + min(conn.snd_wnd, conn.sender.send_limit())
             data_end = conn.sndbuf.end
             if conn.snd_nxt < data_end:
-                n = min(mss, data_end - conn.snd_nxt, window_end - conn.snd_nxt)
+                n = min(min(mss, data_end - conn.snd_nxt), window_end - conn.snd_nxt)
                 if n <= 0:
                     break
                 if paced:
@@ -463,19 +457,19 @@ class LossRecovery:
         timers = conn.timers
         srtt = self.rtt.srtt
         state = conn.state
-        if (not conn.sack_ok or srtt is None or self.mode is not _OPEN
+        if (not conn.sack_ok or srtt is None or self.mode is not Mode.NONE
                 or self.tlp_seq is not None
-                or (state is not _ESTABLISHED and state not in _PROBING_STATES)):
-            timers.cancel(_TLP_TIMER)
+                or (state is not State.ESTABLISHED and state not in _PROBING_STATES)):
+            timers.cancel(T.TLP)
             return
         pto = 2 * srtt
         if conn.snd_max - conn.snd_una <= conn.snd_mss:
             # a lone segment may wait for the receiver's delayed ACK: allow the worst case
             pto = max(pto, 1.5 * srtt + WORST_CASE_DELAYED_ACK)
         deadline = now + max(pto, 0.01)
-        rto_at = timers.get(_RTX_TIMER)
+        rto_at = timers.get(T.RTX)
         if rto_at is None or deadline < rto_at:
-            timers.arm(_TLP_TIMER, deadline)
+            timers.arm(T.TLP, deadline)
         else:
             timers.cancel(T.TLP)
 
@@ -504,7 +498,7 @@ class LossRecovery:
             end = min(conn.snd_max, data_end)
             last = self.rack.last()  # the last segment as it was sent, if it fits
             start = last.start if last is not None and last.end >= end else end - room
-            start = max(conn.snd_una, start, end - room)
+            start = max(max(conn.snd_una, start), end - room)
             if start < end:
                 self.tlp_seq = start
                 self.tlp_resent = (start, end)

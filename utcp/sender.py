@@ -31,12 +31,6 @@ MIN_SEGMENT: Final = 36  # Linux's floor for a segment bounded by half the windo
 # Linux's tcp_orphan_retries (0 there means 8): zero-window probes an orphan sends
 # without the window opening before it is given up, however the peer answers
 ORPHAN_PROBES: Final = 8
-# per-segment timer names as constants: a Final is a C static under mypyc where
-# `T.RTX` is an attribute lookup on the enum class each time
-_ACK_TIMER: Final = T.ACK
-_RTX_TIMER: Final = T.RTX
-_USER_TIMER: Final = T.USER
-_IDLE_TIMER: Final = T.IDLE
 
 
 class Sender:
@@ -147,7 +141,7 @@ class Sender:
             # FIN_WAIT_1 must still retransmit the unacknowledged SYN+ACK, not a FIN at ISS
             self.send_syn(now)
             return
-        if state in SYNCHRONIZED and state != State.TIME_WAIT:
+        if state in SYNCHRONIZED and state is not State.TIME_WAIT:
             if conn.recovery.mode in PIPE_DRIVEN:
                 conn.recovery.send_pipe_driven(now)
             else:
@@ -160,7 +154,7 @@ class Sender:
 
     def send_syn(self, now: float) -> None:
         conn = self.conn
-        flags = SYN if conn.state == State.SYN_SENT else SYN | ACK
+        flags = SYN if conn.state is State.SYN_SENT else SYN | ACK
         # the MSS option says what we can receive: with probing, any datagram the route takes
         mss = max(conn.config.mss, conn.max_mss) if conn.config.pmtu_probing \
             else conn.config.mss
@@ -215,7 +209,9 @@ class Sender:
         sws_held = False
         send_limit = self.send_limit()
         while True:
-            window = min(conn.snd_wnd, conn.recovery.cc.cwnd + bonus, send_limit)
+            # min/max of two (nested): mypyc compiles those inline, and calls the builtin
+            # for three
+            window = min(conn.snd_wnd, min(conn.recovery.cc.cwnd + bonus, send_limit))
             remaining = data_end - conn.snd_nxt
             if remaining > 0:
                 n, probe = self._next_size(window, remaining, mss)
@@ -250,7 +246,7 @@ class Sender:
         here, -1 to stop for sender SWS avoidance (the override timer may send it)."""
         conn = self.conn
         usable = conn.snd_una + window - conn.snd_nxt
-        n = min(remaining, mss, usable)
+        n = min(min(remaining, mss), usable)
         if n <= 0:
             return 0, False
         pmtu = conn.pmtu
@@ -343,18 +339,18 @@ class Sender:
         if isinstance(payload, memoryview):
             payload.release()
         timers = conn.timers
-        if not timers.armed(_RTX_TIMER):
-            timers.arm(_RTX_TIMER, now + conn.recovery.rtt.rto)
-            if conn.config.user_timeout is not None and not timers.armed(_USER_TIMER):
-                timers.arm(_USER_TIMER, now + conn.config.user_timeout)
+        if not timers.armed(T.RTX):
+            timers.arm(T.RTX, now + conn.recovery.rtt.rto)
+            if conn.config.user_timeout is not None and not timers.armed(T.USER):
+                timers.arm(T.USER, now + conn.config.user_timeout)
         if n or fin:
-            idle = timers.get(_IDLE_TIMER) if retransmit else None
+            idle = timers.get(T.IDLE) if retransmit else None
             conn.last_activity(now)
             if idle is not None:
                 # resending to a peer that has gone quiet is no activity: idle_timeout
                 # still ends it (in FIN_WAIT_1, CLOSING, LAST_ACK too), not only
                 # max_retransmissions backed off to rto_max
-                timers.arm(_IDLE_TIMER, idle)
+                timers.arm(T.IDLE, idle)
 
     def emit(self, seq: int, n: int, flags: int, payload: bytes | memoryview = b"",
               raw_seq: bool = False) -> None:
@@ -367,7 +363,7 @@ class Sender:
             window = self.window_field()
             self.ack_now = False
             self.unacked_segments = 0
-            conn.timers.cancel(_ACK_TIMER)
+            conn.timers.cancel(T.ACK)
         options = b""
         if flags & ACK:
             ts = conn.ts
@@ -404,7 +400,7 @@ class Sender:
         budget = conn.memory_budget
         if budget is not None and budget.used >= budget.pressure:
             space = conn.receiver.space()  # the rare case: out of line
-        wnd = max(space, conn.rcv_adv - conn.rcv_nxt, 0)
+        wnd = max(max(space, conn.rcv_adv - conn.rcv_nxt), 0)
         field = min((wnd + (1 << shift) - 1) >> shift, wire.MAX_WINDOW_FIELD)
         edge = conn.rcv_nxt + (field << shift)
         if edge > conn.rcv_adv:

@@ -10,6 +10,11 @@ from __future__ import annotations
 
 import enum
 
+from utcp.errors import IllegalTransition
+
+__all__ = ["CAN_RECEIVE", "CAN_SEND", "SYNCHRONIZED", "TRANSITIONS", "Event",
+           "IllegalTransition", "State", "next_state"]
+
 
 class State(enum.Enum):
     CLOSED = "CLOSED"
@@ -91,10 +96,6 @@ CAN_SEND = frozenset({S.SYN_SENT, S.SYN_RCVD, S.ESTABLISHED, S.CLOSE_WAIT})
 # States in which text from the peer is taken (RFC 9293 §3.10.7.4, seventh step) and a
 # window update is worth announcing: the peer has not sent its FIN.
 CAN_RECEIVE = frozenset({S.ESTABLISHED, S.FIN_WAIT_1, S.FIN_WAIT_2})
-
-
-class IllegalTransition(RuntimeError):
-    """A (state, event) pair the table does not have: a bug in the caller."""
 
 
 def next_state(state: State, event: Event) -> State:

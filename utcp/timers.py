@@ -34,34 +34,37 @@ _ALL: Final = tuple(Timer)
 
 
 class Timers:
-    """Absolute deadlines on the caller's clock; None when a timer is not armed."""
+    """Absolute deadlines on the caller's clock; None when a timer is not armed.
+
+    Timers are taken as `int` (a `Timer` is one): under mypyc the table is then indexed
+    natively, where an enum-typed index takes the generic item lookup."""
 
     __slots__ = ("_at",)
 
     def __init__(self) -> None:
         self._at: list[float | None] = [None] * _COUNT
 
-    def arm(self, timer: Timer, at: float) -> None:
+    def arm(self, timer: int, at: float) -> None:
         self._at[timer] = at
 
-    def arm_if_idle(self, timer: Timer, at: float) -> None:
+    def arm_if_idle(self, timer: int, at: float) -> None:
         """Arm unless already armed: a running timer keeps its deadline (RFC 6298 §5.1)."""
         if self._at[timer] is None:
             self._at[timer] = at
 
-    def cancel(self, timer: Timer) -> None:
+    def cancel(self, timer: int) -> None:
         self._at[timer] = None
 
     def cancel_all(self) -> None:
         self._at = [None] * _COUNT
 
-    def get(self, timer: Timer) -> float | None:
+    def get(self, timer: int) -> float | None:
         return self._at[timer]
 
-    def armed(self, timer: Timer) -> bool:
+    def armed(self, timer: int) -> bool:
         return self._at[timer] is not None
 
-    def due(self, timer: Timer, now: float) -> bool:
+    def due(self, timer: int, now: float) -> bool:
         at = self._at[timer]
         return at is not None and now >= at
 
