@@ -15,10 +15,8 @@ from __future__ import annotations
 
 import collections
 import heapq
-import itertools
 import random
 from collections.abc import Callable
-from typing import Final
 
 from utcp import crypto, log, secure, wire
 from utcp import seq as sq
@@ -28,7 +26,6 @@ from utcp.connection import Connection, window_scale_for
 from utcp.state import State
 
 Addr = tuple[str, int]
-_CLOSED: Final = State.CLOSED  # a C static under mypyc; State.CLOSED is a lookup
 
 
 def peer_key(addr: tuple[object, ...]) -> Addr:
@@ -55,7 +52,7 @@ class Endpoint:
         self._out: list[tuple[bytes, Addr]] = []
         self._heap: list[tuple[float, int, Connection]] = []
         self._armed: dict[Connection, float] = {}
-        self._tiebreak = itertools.count()
+        self._filed = 0  # heap entries made: the tie-break between equal deadlines
         self._secrets = crypto.HandshakeSecrets()
         self._cookies_until = float("-inf")  # a cookie sent before this may still come back
         self.reassembly = ReassemblyBudget(config.max_reassembly_bytes)
@@ -79,7 +76,7 @@ class Endpoint:
         """Active open towards `addr`; raises if a connection to it is still in the table."""
         key = peer_key(addr)
         old = self.connections.get(key)
-        if old is not None and old.state == State.CLOSED:
+        if old is not None and old.state is State.CLOSED:
             self._forget(old)  # closed since the last output: gone already
         elif old is not None:
             raise OSError(98, f"a connection to {key[0]}:{key[1]} exists"
@@ -98,7 +95,7 @@ class Endpoint:
         """The oldest completed connection not yet taken, or None."""
         while self.accept_queue:
             conn = self.accept_queue.popleft()
-            if conn.state != State.CLOSED:
+            if conn.state is not State.CLOSED:
                 return conn
         return None
 
@@ -125,7 +122,7 @@ class Endpoint:
         key: Addr = addr if len(addr) == 2 else (addr[0], addr[1])  # type: ignore[assignment]
         size = len(data)  # as received: secure mode replaces `data` by what it opened
         conn = self.connections.get(key)
-        if conn is not None and conn.state is _CLOSED:
+        if conn is not None and conn.state is State.CLOSED:
             self._forget(conn)  # closed since the last output: the peer may start anew
             conn = None
         handshake: tuple[bytes, crypto.Responder, bytes] | None = None
@@ -301,9 +298,9 @@ class Endpoint:
         """
         while self._evictable:
             conn, _ = self._evictable.popitem(last=False)
-            if self.connections.get(conn.peer) is not conn or conn.state == State.CLOSED:
+            if self.connections.get(conn.peer) is not conn or conn.state is State.CLOSED:
                 continue
-            if conn.state == State.TIME_WAIT:
+            if conn.state is State.TIME_WAIT:
                 conn.fail(None, send_rst=False)
             else:
                 conn.fail(ConnectionResetError("evicted: the endpoint is full"
@@ -343,20 +340,30 @@ class Endpoint:
     # ------------------------------------------------------------------ timers
 
     def get_timer(self) -> float | None:
-        heap = self._heap
+        """The earliest connection deadline, exactly. The heap may file a connection
+        earlier than its deadline (see `_service`): such an entry is filed again here, once
+        it reaches the top, rather than on each move."""
+        heap, armed = self._heap, self._armed
         while heap:
             deadline, _, conn = heap[0]
-            if self._armed.get(conn) == deadline:
+            if armed.get(conn) != deadline:
+                heapq.heappop(heap)  # forgotten, or filed again since
+                continue
+            actual = conn.get_timer()
+            if actual == deadline:
                 return deadline
-            heapq.heappop(heap)  # stale: re-armed or closed since
+            heapq.heappop(heap)
+            if actual is None:
+                del armed[conn]
+            else:
+                armed[conn] = actual
+                self._filed += 1
+                heapq.heappush(heap, (actual, self._filed, conn))
         return None
 
     def handle_timer(self, now: float) -> None:
-        heap = self._heap
-        while heap and heap[0][0] <= now:
-            deadline, _, conn = heapq.heappop(heap)
-            if self._armed.get(conn) != deadline:
-                continue
+        while (deadline := self.get_timer()) is not None and deadline <= now:
+            conn = heapq.heappop(self._heap)[2]
             del self._armed[conn]
             conn.handle_timer(now)
             self._touch(conn)
@@ -399,10 +406,10 @@ class Endpoint:
         # other connections' growth within one batch is small.
         conn.recharge()
         state = conn.state
-        if state == State.CLOSED:
+        if state is State.CLOSED:
             self._forget(conn)
             return
-        if state == State.TIME_WAIT or (state == State.ESTABLISHED and not conn.counters.bytes_sent
+        if state is State.TIME_WAIT or (state is State.ESTABLISHED and not conn.counters.bytes_sent
                                         and not conn.counters.bytes_received and not conn.queued):
             if conn not in self._evictable:
                 self._evictable[conn] = None
@@ -411,12 +418,17 @@ class Endpoint:
         if conn in self.syn_queue and state not in (State.SYN_RCVD, State.LISTEN):
             self.syn_queue.discard(conn)
             self.accept_queue.append(conn)
+        # A connection stays filed at its earliest deadline until a sooner one comes:
+        # most segments move a deadline later or cancel it (the RTO and TLP restart, the
+        # delayed ACK is sent), and `get_timer` files an early entry again only when it
+        # reaches the top, where filing every move cost a push and a stale pop per segment.
         deadline = conn.get_timer()
-        if deadline is None:
-            self._armed.pop(conn, None)
-        elif self._armed.get(conn) != deadline:
-            self._armed[conn] = deadline
-            heapq.heappush(self._heap, (deadline, next(self._tiebreak), conn))
+        if deadline is not None:
+            armed = self._armed.get(conn)
+            if armed is None or deadline < armed:
+                self._armed[conn] = deadline
+                self._filed += 1
+                heapq.heappush(self._heap, (deadline, self._filed, conn))
 
     def _within_budget(self, budget: list[int], datagrams: list[bytes]) -> list[bytes]:
         """Before the address is validated, send at most 3x what it sent us (as QUIC)."""
