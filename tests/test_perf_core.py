@@ -156,3 +156,40 @@ def test_a_large_write_is_sent_from_the_application_bytes() -> None:
     view = buf.view(1 + 5000, 1400)
     assert isinstance(view, memoryview) and view.obj is big
     assert buf.free(1 + 100_000) == 100_000 and bytes(buf.view(100_001, 10)) == big[100_000:100_010]
+
+
+def _ping_pong(client: Endpoint, server: Endpoint, conn: Any, peer: Any, rounds: int,
+               check: Any = None) -> None:
+    """`rounds` request/response exchanges on a clock that moves 1 ms a step, serving
+    timers as they fall due; `check(now)` runs after every step."""
+    now = 1.0
+    for _ in range(rounds):
+        for sender, receiver, ends, src in ((conn, peer, (client, server), 6000),
+                                            (peer, conn, (server, client), 5000)):
+            sender.send(b"p" * 64)
+            for d, _a in ends[0].datagrams_to_send(now):
+                ends[1].receive_datagram(d, ("127.0.0.1", src), now)
+            ends[1].datagrams_to_send(now)
+            assert receiver.read() == b"p" * 64
+            now += 0.001
+            for ep in (client, server):
+                deadline = ep.get_timer()
+                if deadline is not None and deadline <= now:
+                    ep.handle_timer(now)
+                    ep.datagrams_to_send(now)
+            if check is not None:
+                check(now)
+
+
+def test_endpoint_deadline_is_exact_while_filed_lazily() -> None:
+    """What the endpoint reports is each connection's own earliest deadline, exactly, at
+    every step of an exchange whose every segment moves one (a sans-IO caller may sleep
+    until it, and scripts jump the clock to it)."""
+    client, server, conn, peer = _pair(Config())
+
+    def check(now: float) -> None:
+        for ep, c in ((client, conn), (server, peer)):
+            assert ep.get_timer() == c.get_timer()
+
+    _ping_pong(client, server, conn, peer, 300, check)
+

@@ -340,30 +340,20 @@ class Endpoint:
     # ------------------------------------------------------------------ timers
 
     def get_timer(self) -> float | None:
-        """The earliest connection deadline, exactly. The heap may file a connection
-        earlier than its deadline (see `_service`): such an entry is filed again here, once
-        it reaches the top, rather than on each move."""
-        heap, armed = self._heap, self._armed
+        heap = self._heap
         while heap:
             deadline, _, conn = heap[0]
-            if armed.get(conn) != deadline:
-                heapq.heappop(heap)  # forgotten, or filed again since
-                continue
-            actual = conn.get_timer()
-            if actual == deadline:
+            if self._armed.get(conn) == deadline:
                 return deadline
-            heapq.heappop(heap)
-            if actual is None:
-                del armed[conn]
-            else:
-                armed[conn] = actual
-                self._filed += 1
-                heapq.heappush(heap, (actual, self._filed, conn))
+            heapq.heappop(heap)  # stale: re-armed or closed since
         return None
 
     def handle_timer(self, now: float) -> None:
-        while (deadline := self.get_timer()) is not None and deadline <= now:
-            conn = heapq.heappop(self._heap)[2]
+        heap = self._heap
+        while heap and heap[0][0] <= now:
+            deadline, _, conn = heapq.heappop(heap)
+            if self._armed.get(conn) != deadline:
+                continue
             del self._armed[conn]
             conn.handle_timer(now)
             self._touch(conn)
@@ -418,17 +408,13 @@ class Endpoint:
         if conn in self.syn_queue and state not in (State.SYN_RCVD, State.LISTEN):
             self.syn_queue.discard(conn)
             self.accept_queue.append(conn)
-        # A connection stays filed at its earliest deadline until a sooner one comes:
-        # most segments move a deadline later or cancel it (the RTO and TLP restart, the
-        # delayed ACK is sent), and `get_timer` files an early entry again only when it
-        # reaches the top, where filing every move cost a push and a stale pop per segment.
         deadline = conn.get_timer()
-        if deadline is not None:
-            armed = self._armed.get(conn)
-            if armed is None or deadline < armed:
-                self._armed[conn] = deadline
-                self._filed += 1
-                heapq.heappush(self._heap, (deadline, self._filed, conn))
+        if deadline is None:
+            self._armed.pop(conn, None)
+        elif self._armed.get(conn) != deadline:
+            self._armed[conn] = deadline
+            self._filed += 1
+            heapq.heappush(self._heap, (deadline, self._filed, conn))
 
     def _within_budget(self, budget: list[int], datagrams: list[bytes]) -> list[bytes]:
         """Before the address is validated, send at most 3x what it sent us (as QUIC)."""
