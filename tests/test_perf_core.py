@@ -193,3 +193,21 @@ def test_endpoint_deadline_is_exact_while_filed_lazily() -> None:
 
     _ping_pong(client, server, conn, peer, 300, check)
 
+
+
+def test_what_is_made_per_segment_is_native_when_compiled() -> None:
+    """A dataclass compiled by mypyc keeps the Python `__init__` the dataclasses module
+    writes (a call into the interpreter per object), and an enum of an interpreted module
+    is looked up through `EnumType.__getattr__` at each use: neither on the hot path."""
+    import dataclasses
+    import types
+
+    import utcp
+    from utcp import rack, state, timers
+    for cls in (wire.Segment, wire.Options, rack.Segment):
+        assert not dataclasses.is_dataclass(cls), cls
+        if utcp.compiled:
+            assert not isinstance(cls.__init__, types.FunctionType), cls
+    if utcp.compiled:
+        for module in (state, timers, wire):
+            assert not (module.__file__ or "").endswith(".py"), module
