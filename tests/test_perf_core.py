@@ -195,7 +195,7 @@ def test_endpoint_deadline_is_exact_while_filed_lazily() -> None:
 
 
 
-def test_what_is_made_per_segment_is_native_when_compiled() -> None:
+def test_what_is_made_per_segment_or_connection_is_native_when_compiled() -> None:
     """A dataclass compiled by mypyc keeps the Python `__init__` the dataclasses module
     writes (a call into the interpreter per object), and an enum of an interpreted module
     is looked up through `EnumType.__getattr__` at each use: neither on the hot path."""
@@ -204,7 +204,8 @@ def test_what_is_made_per_segment_is_native_when_compiled() -> None:
 
     import utcp
     from utcp import rack, state, timers
-    for cls in (wire.Segment, wire.Options, rack.Segment):
+    from utcp.stats import Counters
+    for cls in (wire.Segment, wire.Options, rack.Segment, Counters):
         assert not dataclasses.is_dataclass(cls), cls
         if utcp.compiled:
             assert not isinstance(cls.__init__, types.FunctionType), cls

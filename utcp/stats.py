@@ -13,27 +13,37 @@ from dataclasses import dataclass
 from utcp.state import State
 
 
-@dataclass(slots=True)
 class Counters:
-    bytes_sent: int = 0              # new payload bytes, not retransmissions
-    bytes_acked: int = 0
-    bytes_received: int = 0          # delivered in order
-    bytes_retransmitted: int = 0
-    segments_sent: int = 0           # every segment, control ones too
-    segments_received: int = 0
-    segments_retransmitted: int = 0
-    dup_acks_received: int = 0
-    fast_retransmits: int = 0        # loss recoveries entered (RFC 5681, RFC 6675)
-    timeouts: int = 0                # retransmission timeouts (RFC 6298)
-    tail_loss_probes: int = 0        # RFC 8985 §7
-    spurious_recoveries: int = 0     # recoveries undone by DSACKs (RFC 2883)
-    dsacks_received: int = 0
-    ooo_segments_received: int = 0
-    dropped_segments: int = 0        # every silent drop, whatever the reason
-    challenge_acks: int = 0          # RFC 5961 §7
-    challenge_acks_suppressed: int = 0
-    paws_drops: int = 0              # RFC 7323 §5
-    fins_ignored: int = 0            # FINs contradicted by data or by another FIN
+    """A plain class, not a dataclass: mypyc compiles its `__init__` (a dataclass's is
+    the Python function the dataclasses module writes, two per connection opened)."""
+
+    __slots__ = ("bytes_acked", "bytes_received", "bytes_retransmitted", "bytes_sent",
+                 "challenge_acks", "challenge_acks_suppressed", "dropped_segments",
+                 "dsacks_received", "dup_acks_received", "fast_retransmits", "fins_ignored",
+                 "ooo_segments_received", "paws_drops", "segments_received",
+                 "segments_retransmitted", "segments_sent", "spurious_recoveries",
+                 "tail_loss_probes", "timeouts")
+
+    def __init__(self) -> None:
+        self.bytes_sent = 0              # new payload bytes, not retransmissions
+        self.bytes_acked = 0
+        self.bytes_received = 0          # delivered in order
+        self.bytes_retransmitted = 0
+        self.segments_sent = 0           # every segment, control ones too
+        self.segments_received = 0
+        self.segments_retransmitted = 0
+        self.dup_acks_received = 0
+        self.fast_retransmits = 0        # loss recoveries entered (RFC 5681, RFC 6675)
+        self.timeouts = 0                # retransmission timeouts (RFC 6298)
+        self.tail_loss_probes = 0        # RFC 8985 §7
+        self.spurious_recoveries = 0     # recoveries undone by DSACKs (RFC 2883)
+        self.dsacks_received = 0
+        self.ooo_segments_received = 0
+        self.dropped_segments = 0        # every silent drop, whatever the reason
+        self.challenge_acks = 0          # RFC 5961 §7
+        self.challenge_acks_suppressed = 0
+        self.paws_drops = 0              # RFC 7323 §5
+        self.fins_ignored = 0            # FINs contradicted by data or by another FIN
 
 
 @dataclass(frozen=True, slots=True)
