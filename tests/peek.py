@@ -16,6 +16,7 @@ import pytest
 
 import utcp
 from utcp.connection import Connection
+from utcp.endpoint import Endpoint
 from utcp.rack import SentLog
 
 
@@ -31,6 +32,12 @@ def dropped_segments(conn: Connection) -> int:
     """`stats().dropped_segments` without building a whole `Stats`: for a loop that asks
     after each of some 200,000 segments (building one each time made it 4x slower)."""
     return conn.counters.dropped_segments
+
+
+def timer_heap_entries(endpoint: Endpoint) -> int:
+    """Entries in the endpoint's deadline heap, stale ones included (they cost every
+    push and pop a level when they pile up)."""
+    return len(endpoint._heap)
 
 
 def rto_backoff(conn: Connection) -> int:

@@ -212,3 +212,31 @@ def test_what_is_made_per_segment_or_connection_is_native_when_compiled() -> Non
     if utcp.compiled:
         for module in (state, timers, wire):
             assert not (module.__file__ or "").endswith(".py"), module
+
+
+def test_stale_deadlines_do_not_pile_up_in_the_timer_heap() -> None:
+    """In a ping-pong the client's deadline is the RTO while its request is out and the
+    delayed ACK once the response is in: each is filed, and the RTO entry it replaces
+    stays behind the live one, stale, until time reaches it. A caller that asks for the
+    deadline once per round (as an event loop does after each wake-up) never pops them:
+    200 ms of RTO piled up a thousand at loopback speed, and every push and pop paid for
+    the depth. The heap stays within a small multiple of the live entries."""
+    from tests.peek import timer_heap_entries
+    client, server, conn, peer = _pair(Config())
+    now, most = 1.0, 0
+    for _ in range(500):
+        conn.send(b"p" * 64)
+        for d, _a in client.datagrams_to_send(now):
+            server.receive_datagram(d, ("127.0.0.1", 6000), now)
+        server.datagrams_to_send(now)
+        peer.send(peer.read())
+        for d, _a in server.datagrams_to_send(now):
+            client.receive_datagram(d, ("127.0.0.1", 5000), now)
+        client.datagrams_to_send(now)
+        assert conn.read() == b"p" * 64
+        now += 20e-6  # a loopback round trip: 200 ms of RTO spans 10,000 rounds
+        for ep in (client, server):
+            deadline = ep.get_timer()
+            assert deadline is not None and deadline > now
+        most = max(most, timer_heap_entries(client), timer_heap_entries(server))
+    assert most <= 2 * 1 + 16, most

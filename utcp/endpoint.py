@@ -413,8 +413,23 @@ class Endpoint:
             self._armed.pop(conn, None)
         elif self._armed.get(conn) != deadline:
             self._armed[conn] = deadline
-            self._filed += 1
-            heapq.heappush(self._heap, (deadline, self._filed, conn))
+            self._file(conn, deadline)
+
+    def _file(self, conn: Connection, deadline: float) -> None:
+        """Push a connection's new deadline; the entry it replaces stays in the heap,
+        stale, until it reaches the top. A deadline that moves later with every segment
+        (the delayed ACK armed by one and sent by the next, the RTO) leaves stale entries
+        behind the live ones faster than they surface: a ping-pong grew one connection's
+        heap to thousands, and every push and pop paid for the depth. So when stale
+        entries outnumber the live ones, the heap is rebuilt from the live ones."""
+        heap = self._heap
+        self._filed += 1
+        heapq.heappush(heap, (deadline, self._filed, conn))
+        if len(heap) > 2 * len(self._armed) + 16:
+            live = [(at, i, c) for i, (c, at) in enumerate(self._armed.items(), self._filed)]
+            self._filed += len(live)
+            heapq.heapify(live)
+            self._heap = live
 
     def _within_budget(self, budget: list[int], datagrams: list[bytes]) -> list[bytes]:
         """Before the address is validated, send at most 3x what it sent us (as QUIC)."""
