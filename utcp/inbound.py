@@ -11,10 +11,12 @@ connection's, and every change of state goes through `Connection.set_state`.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import errno
+from typing import TYPE_CHECKING, Final
 
 from utcp import log, wire
 from utcp import seq as sq
+from utcp.errors import PeerHoldsPort
 from utcp.events import EofReceived, SendClosed
 from utcp.pmtu import PmtuSearch
 from utcp.state import CAN_RECEIVE, State
@@ -24,6 +26,10 @@ from utcp.wire import ACK, FIN, PSH, RST, SECURE_REQUIRED, SYN
 
 if TYPE_CHECKING:
     from utcp.connection import Connection
+
+
+PEER_HOLDS_PORT: Final = ("the peer answered our SYN for an older connection on these ports,"
+                          " which it holds in TIME_WAIT for 2 x msl")
 
 
 def segment(conn: Connection, seg: wire.Segment, now: float) -> None:
@@ -93,6 +99,12 @@ def syn_sent(conn: Connection, seg: wire.Segment, now: float) -> None:
         if ack <= conn.iss or ack > conn.snd_max:
             if not flags & RST:
                 conn.sender.emit(seg.ack, 0, RST, raw_seq=True)
+                if not flags & SYN and conn.sender.yields_to_time_wait:
+                    # a bare ACK for our SYN: what an older connection on these ports
+                    # answers from TIME_WAIT, where it ignores our RST (RFC 1337)
+                    conn.fail(PeerHoldsPort(errno.EADDRINUSE, PEER_HOLDS_PORT),
+                              send_rst=False)
+                    return
             conn.drop("unacceptable ACK in SYN_SENT")
             return
         ack_ok = True

@@ -52,6 +52,7 @@ class Sender:
         "syn_time",
         "unacked_segments",
         "wscale_ok",
+        "yields_to_time_wait",
     )
 
     def __init__(self, conn: Connection) -> None:
@@ -76,6 +77,10 @@ class Sender:
         self.syn_time = 0.0
         self.syn_retries = 0
         self.wscale_ok = False
+        # Set by a caller that can connect again from another port: our SYN answered by
+        # an older connection's ACK then ends the connect with PeerHoldsPort rather
+        # than retrying for as long as the peer's TIME_WAIT lasts.
+        self.yields_to_time_wait = False
         self.keepalive_sent = 0  # keepalive probes unanswered
         self.pacer: Pacer | None = Pacer() if conn.config.pacing else None
 

@@ -18,6 +18,7 @@ from utcp.aio.transport import UtcpTransport
 from utcp.config import Config
 from utcp.connection import Connection
 from utcp.endpoint import Endpoint
+from utcp.errors import PeerHoldsPort
 
 ProtocolFactory = Callable[[], asyncio.BaseProtocol]
 ClientConnectedCb = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None] | None]
@@ -26,6 +27,8 @@ ClientConnectedCb = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Await
 # ---------------------------------------------------------------------- argument checks
 
 _DEFAULT_CONFIG = Config()  # frozen: one instance serves every call without a config
+# How many times a connect leaves a port the peer holds in TIME_WAIT for another (_attempt)
+PORT_MOVES = 3
 
 
 def _check_config(config: object) -> Config:
@@ -275,19 +278,30 @@ async def _attempt(loop: asyncio.AbstractEventLoop, info: Any, config: Config,
     transport, so a losing attempt leaves no socket behind; a refusal is reworded as
     asyncio words it (`_refused`)."""
     fam, typ, pro, _canon, addr = info
-    try:
-        transport, waiter = await _open(loop, fam, typ, pro, addr, config, local_addr, sock)
+    # From a port the system picks, a peer still in TIME_WAIT for that port's last
+    # connection to it answers our SYN with its old ACK until 2 x msl have passed
+    # (a random ephemeral port repeats within seconds at a few hundred connections a
+    # second, against a server that closes first): another port gets through at once.
+    # A bounded number of times, so a spoofed ACK can delay a connect but not end it.
+    moves = PORT_MOVES if local_addr is None and sock is None else 0
+    while True:
         try:
-            await waiter
-        except BaseException:
-            transport.abort()
-            raise
-    except ConnectionRefusedError as exc:
-        refused = _refused(addr, exc)
-        if refused is exc:
-            raise
-        raise refused from exc
-    return transport
+            transport, waiter = await _open(loop, fam, typ, pro, addr, config, local_addr,
+                                            sock, yield_to_time_wait=moves > 0)
+            try:
+                await waiter
+            except BaseException:
+                transport.abort()
+                raise
+        except PeerHoldsPort:
+            moves -= 1
+            continue
+        except ConnectionRefusedError as exc:
+            refused = _refused(addr, exc)
+            if refused is exc:
+                raise
+            raise refused from exc
+        return transport
 
 
 async def _first_connected(loop: asyncio.AbstractEventLoop,
@@ -433,7 +447,7 @@ def _check_udp_socket(sock: object) -> None:
 
 async def _open(loop: asyncio.AbstractEventLoop, family: int, type_: int, proto: int,
                 addr: Any, config: Config, local_addr: tuple[str, int] | None,
-                user_sock: socket.socket | None = None,
+                user_sock: socket.socket | None = None, *, yield_to_time_wait: bool = False,
                 ) -> tuple[UtcpTransport, asyncio.Future[None]]:
     if addr[1] == 0:
         # Linux answers a TCP connect to port 0 with RST, as to any closed port; a UDP
@@ -472,6 +486,7 @@ async def _open(loop: asyncio.AbstractEventLoop, family: int, type_: int, proto:
     port.close_when_idle = True
     now = loop.time()
     conn = endpoint.connect(addr, now)
+    conn.sender.yields_to_time_wait = yield_to_time_wait
     waiter: asyncio.Future[None] = loop.create_future()
     transport = UtcpTransport(port, conn, addr, waiter=waiter)
     port.process(now)
