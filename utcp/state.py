@@ -53,6 +53,8 @@ class Event(enum.Enum):
     RCV_RST = "RST"
     ABORT = "abort"                      # application abort, or a timeout gives up
 
+    __hash__ = object.__hash__  # as State's: TRANSITIONS is looked up on each change
+
 
 S, E = State, Event
 
