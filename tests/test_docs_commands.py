@@ -234,6 +234,11 @@ def _default_sigint() -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
+PRIVATE_TMP = ("mount --make-rprivate / && mount -t tmpfs keep /mnt && mkdir /mnt/keep"
+               ' && mount --bind "$1" /mnt/keep && mount -t tmpfs tmp /tmp'
+               ' && mkdir -p "$1" && mount --move /mnt/keep "$1" && umount /mnt')
+
+
 class Namespace:
     """A network namespace with only loopback, and the processes started in it."""
 
@@ -246,8 +251,14 @@ class Namespace:
             script = self.bindir / name
             script.write_text(f'#!/bin/sh\nexec {argv} "$@"\n')
             script.chmod(0o755)
+        # A mount namespace too, with a /tmp of its own: the doc's paths there
+        # (/tmp/perf.pcap, /tmp/x.png...) are fixed, and another run of this suite on the
+        # machine (a pytest-xdist worker of it, or CI beside a developer) writes the same
+        # ones. The test's own directory, under the real /tmp, is carried over: moved
+        # aside (a tmpfs on /mnt, in this namespace only) and back onto the new /tmp.
         self.holder = subprocess.Popen(
-            ["unshare", "--net", "sh", "-c", "ip link set lo up && echo up && exec sleep 600"],
+            ["unshare", "--net", "--mount", "sh", "-c", PRIVATE_TMP
+             + " && ip link set lo up && echo up && exec sleep 600", "sh", str(workdir.parent)],
             stdout=subprocess.PIPE, text=True)
         assert self.holder.stdout is not None
         assert self.holder.stdout.readline().strip() == "up", "no network namespace"
@@ -255,7 +266,9 @@ class Namespace:
 
     def start(self, command: str) -> subprocess.Popen[str]:
         return subprocess.Popen(
-            ["nsenter", f"--net=/proc/{self.holder.pid}/ns/net", "bash", "-c", command],
+            ["nsenter", f"--net=/proc/{self.holder.pid}/ns/net",
+             f"--mount=/proc/{self.holder.pid}/ns/mnt", f"--wd={self.workdir}", "bash", "-c",
+             command],
             cwd=self.workdir, env=_env(self.bindir), stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
             start_new_session=True, preexec_fn=_default_sigint)
@@ -400,6 +413,20 @@ CONSOLE_BLOCKS = _cli_blocks("console")
 def test_cli_md_has_the_blocks_these_tests_run() -> None:
     assert len(SH_BLOCKS) >= 4 and len(CONSOLE_BLOCKS) >= 4
     assert any("&" in block for block in SH_BLOCKS)
+
+
+def test_blocks_run_with_a_tmp_of_their_own(tmp_path: Path) -> None:
+    """The doc's fixed /tmp paths stay in the block's namespace: another run of the suite
+    on the machine (a pytest-xdist worker, CI beside a developer) uses the same names."""
+    name = Path("/tmp", f"utcp-doc-block-{os.getpid()}-{time.monotonic_ns()}")
+    try:
+        with namespace(tmp_path) as ns:
+            rc, out = ns.run(f"echo inside > {name} && cat {name} && ls somedir")
+            assert rc == 0, out
+            assert out.split() == ["inside", "notes.txt"], out  # and in the block's directory
+        assert not name.exists(), "the block wrote into the machine's /tmp"
+    finally:
+        name.unlink(missing_ok=True)
 
 
 @pytest.mark.parametrize("block", _params("sh"))
