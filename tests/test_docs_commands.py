@@ -234,6 +234,27 @@ def _default_sigint() -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
+# The paths carried over ("$@") are bound to /mnt/1, /mnt/2... (a tmpfs there, in the new
+# mount namespace only), and moved back onto the fresh /tmp once it is mounted.
+PRIVATE_TMP = ('mount --make-rprivate / && mount -t tmpfs keep /mnt && i=0'
+               ' && for p; do i=$((i + 1)); mkdir /mnt/$i && mount --bind "$p" /mnt/$i'
+               ' || exit 1; done && mount -t tmpfs tmp /tmp && i=0'
+               ' && for p; do i=$((i + 1)); mkdir -p "$p" && mount --move /mnt/$i "$p"'
+               ' || exit 1; done && umount /mnt')
+
+
+def _under_tmp(workdir: Path) -> list[str]:
+    """What the commands need from the real /tmp: the test's directory, and this checkout
+    and this Python where they live there (CI's clone may), outermost paths only."""
+    tmp = Path("/tmp").resolve()
+    wanted = {workdir.parent, ROOT, Path(sys.prefix), Path(sys.base_prefix),
+              *(Path(p) for p in sys.path if p)}
+    inside = sorted({p.resolve() for p in wanted if p.resolve().is_relative_to(tmp)
+                     and p.resolve() != tmp and p.exists()})
+    return [str(p) for p in inside
+            if not any(p != q and p.is_relative_to(q) for q in inside)]
+
+
 class Namespace:
     """A network namespace with only loopback, and the processes started in it."""
 
@@ -246,16 +267,25 @@ class Namespace:
             script = self.bindir / name
             script.write_text(f'#!/bin/sh\nexec {argv} "$@"\n')
             script.chmod(0o755)
+        # A mount namespace too, with a /tmp of its own: the doc's paths there
+        # (/tmp/perf.pcap, /tmp/x.png...) are fixed, and another run of this suite on the
+        # machine (a pytest-xdist worker of it, or CI beside a developer) writes the same
+        # ones. What the commands need from the real /tmp is carried over.
         self.holder = subprocess.Popen(
-            ["unshare", "--net", "sh", "-c", "ip link set lo up && echo up && exec sleep 600"],
+            ["unshare", "--net", "--mount", "sh", "-c", PRIVATE_TMP
+             + " && ip link set lo up && echo up && exec sleep 600", "sh",
+             *_under_tmp(workdir)],
             stdout=subprocess.PIPE, text=True)
         assert self.holder.stdout is not None
-        assert self.holder.stdout.readline().strip() == "up", "no network namespace"
+        assert self.holder.stdout.readline().strip() == "up", \
+            "no network namespace with a /tmp of its own"
         self.background: list[tuple[str, subprocess.Popen[str]]] = []
 
     def start(self, command: str) -> subprocess.Popen[str]:
         return subprocess.Popen(
-            ["nsenter", f"--net=/proc/{self.holder.pid}/ns/net", "bash", "-c", command],
+            ["nsenter", f"--net=/proc/{self.holder.pid}/ns/net",
+             f"--mount=/proc/{self.holder.pid}/ns/mnt", f"--wd={self.workdir}", "bash", "-c",
+             command],
             cwd=self.workdir, env=_env(self.bindir), stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
             start_new_session=True, preexec_fn=_default_sigint)
@@ -400,6 +430,33 @@ CONSOLE_BLOCKS = _cli_blocks("console")
 def test_cli_md_has_the_blocks_these_tests_run() -> None:
     assert len(SH_BLOCKS) >= 4 and len(CONSOLE_BLOCKS) >= 4
     assert any("&" in block for block in SH_BLOCKS)
+
+
+def test_blocks_run_with_a_tmp_of_their_own(tmp_path: Path) -> None:
+    """The doc's fixed /tmp paths stay in the block's namespace: another run of the suite
+    on the machine (a pytest-xdist worker, CI beside a developer) uses the same names."""
+    name = Path("/tmp", f"utcp-doc-block-{os.getpid()}-{time.monotonic_ns()}")
+    try:
+        with namespace(tmp_path) as ns:
+            rc, out = ns.run(f"echo inside > {name} && cat {name} && ls somedir")
+            assert rc == 0, out
+            assert out.split() == ["inside", "notes.txt"], out  # and in the block's directory
+        assert not name.exists(), "the block wrote into the machine's /tmp"
+    finally:
+        name.unlink(missing_ok=True)
+
+
+def test_blocks_see_a_checkout_that_lives_in_tmp(tmp_path: Path,
+                                                 tmp_path_factory: pytest.TempPathFactory,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """...while a checkout (and so an editable install's sources) under the real /tmp,
+    as a CI clone may be, is still there for `utcp` to import."""
+    checkout = tmp_path_factory.mktemp("checkout")  # beside tmp_path, not inside it
+    (checkout / "marker").write_text("the checkout\n")
+    monkeypatch.setattr(sys.modules[__name__], "ROOT", checkout)
+    with namespace(tmp_path) as ns:
+        rc, out = ns.run(f"cat {checkout / 'marker'}")
+    assert (rc, out) == (0, "the checkout\n")
 
 
 @pytest.mark.parametrize("block", _params("sh"))

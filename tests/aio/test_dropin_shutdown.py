@@ -23,10 +23,16 @@ from tests.aio.util import FAST, HOST, TIMEOUT, close_writer, port_of
 
 ROOT = Path(__file__).resolve().parents[2]
 
+# The server starts with Ctrl-C as a terminal delivers it: a suite run as a background job
+# of a script (`pytest ... &` without job control) hands its children SIGINT ignored; Python
+# then installs no KeyboardInterrupt handler, nor asyncio.Runner its own, and the SIGINT
+# below did nothing until the test timed out (on the asyncio loop; uvloop's runs anyway).
 SERVER = textwrap.dedent("""
-    import asyncio, sys
+    import asyncio, signal, sys
     import uvloop
     import utcp
+
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
     async def handle(reader, writer):
         print("connected", flush=True)
