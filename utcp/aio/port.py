@@ -32,6 +32,7 @@ if TYPE_CHECKING:
 RECV_BATCH = 512            # datagrams read per wake-up at most, so timers still run
 SOCKET_BUFFER = 4 << 20     # SO_RCVBUF / SO_SNDBUF asked for: a window of 1400-byte segments
 MAX_DATAGRAM = 65535
+_GRO_CMSG_SPACE = batch.GRO_CMSG_SPACE
 
 
 def set_socket_buffers(sock: socket.socket, size: int = SOCKET_BUFFER) -> None:
@@ -361,6 +362,8 @@ class UdpPort:
         self.closed = False
         self._fd = sock.fileno()
         self._buf, self._view = _receive_buffer(loop)
+        self._bufs = [self._buf]        # recvmsg_into's argument, built once
+        self._clock = loop.time
         self._sendq: collections.deque[tuple[bytes, Addr]] = collections.deque()
         self._writer_on = False
         self._flush_handle: asyncio.Handle | None = None
@@ -421,17 +424,18 @@ class UdpPort:
     # ------------------------------------------------------------------ input
 
     def _on_readable(self) -> None:
-        sock, view, ep = self.sock, self._view, self.endpoint
-        now = self.loop.time()
-        recv = sock.recvfrom_into
+        now = self._clock()
         if self._gro:
             if not self._read_gro(now):
                 self._woken_for_nothing()
             self.process(now)
             return
+        sock, view, ep, buf = self.sock, self._view, self.endpoint, self._buf
+        recv = sock.recvfrom_into
+        receive = ep.receive_datagram
         for i in range(RECV_BATCH):
             try:
-                n, addr = recv(self._buf)
+                n, addr = recv(buf)
             except (BlockingIOError, InterruptedError):
                 if i == 0:
                     self._woken_for_nothing()
@@ -442,32 +446,44 @@ class UdpPort:
             if self._pcap is not None:
                 self._pcap.write_received(view[:n], addr, self.local_addr, time.time())
             try:
-                ep.receive_datagram(view[:n], addr, now)
+                receive(view[:n], addr, now)
             except Exception as exc:  # see _bad_datagram
                 self._bad_datagram(exc, addr)
         self.process(now)
 
     def _read_gro(self, now: float) -> int:
         """Like the plain loop, but one recvmsg may carry many datagrams of one size.
-        Returns how many recvmsg calls succeeded or failed (0: nothing to read)."""
-        sock, view, ep, buf = self.sock, self._view, self.endpoint, self._buf
-        recv = sock.recvmsg_into
+        Returns how many recvmsg calls succeeded or failed (0: nothing to read).
+
+        Per datagram only the core's own call: a lone datagram (no UDP_GRO control
+        message, the whole of a ping-pong) skips the segment-size parse and the slicing
+        generator, and the buffer list recvmsg_into wants is built once per port."""
+        view, bufs = self._view, self._bufs
+        recv = self.sock.recvmsg_into
+        receive = self.endpoint.receive_datagram
         received = calls = 0
         while received < RECV_BATCH:
             try:
-                n, anc, _flags, addr = recv([buf], batch.GRO_CMSG_SPACE)
+                n, anc, _flags, addr = recv(bufs, _GRO_CMSG_SPACE)
             except (BlockingIOError, InterruptedError):
                 break
             except OSError as exc:
                 self._on_socket_error(exc)
                 return calls + 1
             calls += 1
+            if not anc and self._pcap is None:
+                try:
+                    receive(view[:n], addr, now)
+                except Exception as exc:  # see _bad_datagram
+                    self._bad_datagram(exc, addr)
+                received += 1
+                continue
             for begin, end in batch.gro_pieces(n, batch.gro_segment_size(anc)):
                 piece = view[begin:end]
                 if self._pcap is not None:
                     self._pcap.write_received(piece, addr, self.local_addr, time.time())
                 try:
-                    ep.receive_datagram(piece, addr, now)
+                    receive(piece, addr, now)
                 except Exception as exc:  # see _bad_datagram
                     self._bad_datagram(exc, addr)
                 received += 1
@@ -563,17 +579,23 @@ class UdpPort:
         if self.closed:
             return
         if now is None:
-            now = self.loop.time()
+            now = self._clock()
         ep = self.endpoint
+        send = self._send
+        transports = self.transports
         self._processing = True
         try:
-            for _ in range(4):  # callbacks may write: a few rounds, then call_soon takes over
-                self._send(ep.datagrams_to_send(now))
+            # Callbacks may write: a few rounds, then call_soon takes over. A round whose
+            # output is empty skips the `_send` call (most rounds after the first).
+            for _ in range(4):
+                datagrams = ep.datagrams_to_send(now)
+                if datagrams:
+                    send(datagrams)
                 touched = ep.touched()
                 if not touched:
                     break
                 for conn in touched:
-                    listener = self.transports.get(conn)
+                    listener = transports.get(conn)
                     if listener is not None:
                         listener.process_events()
                 if self.on_accept is not None:
@@ -584,7 +606,7 @@ class UdpPort:
         finally:
             self._processing = False
         self._arm_timer()
-        if self.close_when_idle and not self.transports:
+        if self.close_when_idle and not transports:
             if not ep.connections:
                 self.close()
             elif self.connected:
@@ -597,7 +619,9 @@ class UdpPort:
         if self._processing or self.closed:
             self.schedule_flush()
             return
-        self._send(self.endpoint.datagrams_to_send(self.loop.time()))
+        datagrams = self.endpoint.datagrams_to_send(self._clock())
+        if datagrams:
+            self._send(datagrams)
         self._arm_timer()  # sending raises no events: the next process() sees any others
 
     def schedule_flush(self) -> None:
@@ -630,7 +654,7 @@ class UdpPort:
         deadline = self._timer_at
         self._timer_at = None
         # call_at may fire a hair early: never hand the core a time before its deadline
-        now = self.loop.time()
+        now = self._clock()
         if deadline is not None and now < deadline:
             now = deadline
         self.endpoint.handle_timer(now)
@@ -641,11 +665,26 @@ class UdpPort:
     def _send(self, datagrams: list[tuple[bytes, Addr]]) -> None:
         if not datagrams:
             return
+        if self._pcap is None and not self._sendq and (len(datagrams) == 1 or not self._gso):
+            # The common case, one socket call per datagram with nothing queued or
+            # captured: no per-datagram `_send_one` frame; an error takes the general path.
+            sock_send = self._sock_send
+            i = 0
+            try:
+                for data, addr in datagrams:
+                    sock_send(data, addr, 0)
+                    i += 1
+            except OSError as exc:
+                self._send_failed(datagrams, i, exc)
+            return
         if self._pcap is not None:
             self._capture(datagrams)
         if self._sendq:
             self._sendq.extend(datagrams)
             return
+        self._send_each(datagrams)
+
+    def _send_each(self, datagrams: list[tuple[bytes, Addr]]) -> None:
         if self._gso and len(datagrams) > 1:
             self._send_gso(datagrams)
             return
@@ -657,6 +696,20 @@ class UdpPort:
                     self._queue(datagrams[i:])
                     return
                 self._on_socket_error(exc)
+
+    def _send_failed(self, datagrams: list[tuple[bytes, Addr]], i: int, exc: OSError) -> None:
+        """`_send`'s fast loop failed on `datagrams[i]`: what `_send_one` and the general
+        loop do with that error, then the rest by the general path."""
+        if self._recverr and exc.errno in _ICMP_ERRNOS:
+            # an earlier datagram's ICMP error, reported by this send, which sent nothing
+            self._on_socket_error(exc)
+            self._send_each(datagrams[i:])
+        elif _would_block(exc):
+            self._queue(datagrams[i:])
+        else:
+            self._on_socket_error(exc)
+            if i + 1 < len(datagrams):
+                self._send_each(datagrams[i + 1:])
 
     def _send_one(self, data: bytes, addr: Addr, segment: int = 0) -> None:
         """Every datagram (or GSO batch of datagrams of `segment` bytes each) leaves the
@@ -711,11 +764,7 @@ class UdpPort:
         if sendq_was:
             sendq_was.extend(datagrams)
             return
-        pcap_writer, self._pcap = self._pcap, None  # already captured
-        try:
-            self._send(datagrams)
-        finally:
-            self._pcap = pcap_writer
+        self._send_each(datagrams)  # captured already, by `_send`
 
     def _capture(self, datagrams: list[tuple[bytes, Addr]]) -> None:
         # Captured when handed to the kernel's queue or ours: a datagram the socket later
