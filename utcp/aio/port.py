@@ -30,6 +30,12 @@ if TYPE_CHECKING:
     from utcp.connection import Connection
 
 RECV_BATCH = 512            # datagrams read per wake-up at most, so timers still run
+# After a wake-up that found one datagram (its second read found the socket empty), the
+# next ones read one datagram and stop: a request-response exchange then pays one read
+# per wake-up, as asyncio's TCP transport does, not a second one that raises EAGAIN. The
+# loop polls level-triggered, so anything left is read at its next iteration; a wake-up
+# that finds more than one datagram, or this many in a row, goes back to draining.
+LONE_READS = 8
 SOCKET_BUFFER = 4 << 20     # SO_RCVBUF / SO_SNDBUF asked for: a window of 1400-byte segments
 MAX_DATAGRAM = 65535
 _GRO_CMSG_SPACE = batch.GRO_CMSG_SPACE
@@ -364,6 +370,7 @@ class UdpPort:
         self._buf, self._view = _receive_buffer(loop)
         self._bufs = [self._buf]        # recvmsg_into's argument, built once
         self._clock = loop.time
+        self._lone_reads = 0            # see LONE_READS
         self._sendq: collections.deque[tuple[bytes, Addr]] = collections.deque()
         self._writer_on = False
         self._flush_handle: asyncio.Handle | None = None
@@ -433,11 +440,14 @@ class UdpPort:
         sock, view, ep, buf = self.sock, self._view, self.endpoint, self._buf
         recv = sock.recvfrom_into
         receive = ep.receive_datagram
-        for i in range(RECV_BATCH):
+        lone = self._lone_reads
+        limit = 1 if lone else RECV_BATCH
+        read = 0
+        for read in range(limit):
             try:
                 n, addr = recv(buf)
             except (BlockingIOError, InterruptedError):
-                if i == 0:
+                if read == 0:
                     self._woken_for_nothing()
                 break
             except OSError as exc:
@@ -449,6 +459,9 @@ class UdpPort:
                 receive(view[:n], addr, now)
             except Exception as exc:  # see _bad_datagram
                 self._bad_datagram(exc, addr)
+        else:
+            read = limit
+        self._lone_reads = lone - 1 if lone else (LONE_READS if read == 1 else 0)
         self.process(now)
 
     def _read_gro(self, now: float) -> int:
@@ -462,7 +475,9 @@ class UdpPort:
         recv = self.sock.recvmsg_into
         receive = self.endpoint.receive_datagram
         received = calls = 0
-        while received < RECV_BATCH:
+        lone = self._lone_reads
+        limit = 1 if lone else RECV_BATCH
+        while received < limit:
             try:
                 n, anc, _flags, addr = recv(bufs, _GRO_CMSG_SPACE)
             except (BlockingIOError, InterruptedError):
@@ -487,6 +502,10 @@ class UdpPort:
                 except Exception as exc:  # see _bad_datagram
                     self._bad_datagram(exc, addr)
                 received += 1
+        if lone:
+            self._lone_reads = lone - 1 if received == 1 else 0
+        elif received == 1 and calls == 1:
+            self._lone_reads = LONE_READS
         return calls
 
     def _bad_datagram(self, exc: Exception, addr: object) -> None:
