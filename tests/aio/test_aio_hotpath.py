@@ -1,0 +1,109 @@
+"""The asyncio layer's per-datagram and per-wake-up work (issue #13).
+
+Counted, not timed: the socket calls and the port's internal calls a ping-pong costs on
+the client, which a loaded machine cannot change.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from typing import Any
+
+import pytest
+
+import utcp
+from tests.aio.util import FAST, HOST, TIMEOUT, echo_server, payload, port_of
+from utcp.aio import port as port_module
+
+PINGS = 60
+WARM_UP = 10
+
+
+async def _ping_pong(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                     count: int) -> None:
+    msg = bytes(range(64))
+    async with asyncio.timeout(TIMEOUT):
+        for _ in range(count):
+            writer.write(msg)
+            assert await reader.readexactly(len(msg)) == msg
+
+
+def _count_empty_reads(monkeypatch: pytest.MonkeyPatch, target: socket.socket,
+                       counts: dict[str, int]) -> None:
+    """Count, on `target` only, the receive calls and those that found nothing."""
+    for name in ("recvmsg_into", "recvfrom_into"):
+        real = getattr(socket.socket, name)
+
+        def recv(sock: socket.socket, *args: Any, _real: Any = real) -> Any:
+            if sock is not target:
+                return _real(sock, *args)
+            counts["reads"] += 1
+            try:
+                return _real(sock, *args)
+            except BlockingIOError:
+                counts["empty"] += 1
+                raise
+        monkeypatch.setattr(socket.socket, name, recv)
+
+
+async def test_a_ping_pong_reads_once_per_wake_up(monkeypatch: pytest.MonkeyPatch) -> None:
+    """asyncio's TCP transport reads once per wake-up; the port used to read until EAGAIN,
+    a second system call (and a raised BlockingIOError) per datagram of a ping-pong."""
+    async with echo_server() as server:
+        reader, writer = await utcp.open_connection(HOST, port_of(server), config=FAST)
+        port = writer.transport._port  # type: ignore[attr-defined]
+        await _ping_pong(reader, writer, WARM_UP)
+        counts = {"reads": 0, "empty": 0}
+        _count_empty_reads(monkeypatch, port.sock, counts)
+        await _ping_pong(reader, writer, PINGS)
+        monkeypatch.undo()
+        assert counts["reads"] >= PINGS
+        # one drain in LONE_READS + 1 wake-ups still probes for more (old code: every one)
+        assert counts["empty"] <= PINGS // port_module.LONE_READS + 2, counts
+        writer.close()
+        async with asyncio.timeout(TIMEOUT):
+            await writer.wait_closed()
+
+
+async def test_after_lone_reads_a_burst_is_drained_whole(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Reading one datagram per wake-up must not lose or stall what comes after: a bulk
+    transfer following a ping-pong (the port in its one-read mode) arrives whole, and
+    the port goes back to draining the socket."""
+    async with echo_server() as server:
+        reader, writer = await utcp.open_connection(HOST, port_of(server), config=FAST)
+        port = writer.transport._port  # type: ignore[attr-defined]
+        await _ping_pong(reader, writer, WARM_UP)
+        assert port._lone_reads > 0  # type: ignore[attr-defined]
+        data = payload(1 << 20, seed=13)
+        writer.write(data)
+        async with asyncio.timeout(TIMEOUT):
+            assert await reader.readexactly(len(data)) == data
+        writer.close()
+        async with asyncio.timeout(TIMEOUT):
+            await writer.wait_closed()
+
+
+async def test_no_send_call_for_a_round_without_output(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """`process` asks the core for output once per round, and most rounds (the one after
+    the events are delivered, and a wake-up for an ACK-less data segment) have none: the
+    port's send path is not entered for an empty list (it was twice per ping)."""
+    async with echo_server() as server:
+        reader, writer = await utcp.open_connection(HOST, port_of(server), config=FAST)
+        await _ping_pong(reader, writer, WARM_UP)
+        sizes: list[int] = []
+        real = port_module.UdpPort._send
+
+        def send(self: port_module.UdpPort, datagrams: list[Any]) -> None:
+            sizes.append(len(datagrams))
+            real(self, datagrams)
+        monkeypatch.setattr(port_module.UdpPort, "_send", send)
+        await _ping_pong(reader, writer, PINGS)
+        monkeypatch.undo()
+        assert sizes
+        assert 0 not in sizes
+        writer.close()
+        async with asyncio.timeout(TIMEOUT):
+            await writer.wait_closed()
