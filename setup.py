@@ -35,9 +35,7 @@ from setuptools.command.build_ext import build_ext
 HERE = Path(__file__).resolve().parent
 
 # The per-segment core: every module of these directories is compiled unless listed below.
-# utcp/aio: port.py and transport.py, the per-datagram and per-wake-up half of the adapter
-# (UdpPort and UtcpTransport stay Python classes: weak references to them, and asyncio's base).
-COMPILED_DIRS = ("utcp", "utcp/congestion", "utcp/aio")
+COMPILED_DIRS = ("utcp", "utcp/congestion")
 # Left pure: package inits and the import guard; tools that run once per process (cli, log,
 # pcap, plot, plotdata, workers); the handshake crypto, whose work is in `cryptography`'s C;
 # state.py, whose RuntimeError subclass mypyc cannot compile as a native class; config.py,
@@ -46,9 +44,6 @@ COMPILED_DIRS = ("utcp", "utcp/congestion", "utcp/aio")
 PURE_MODULES = frozenset({
     "__init__.py", "__main__.py", "_build.py", "cli.py", "log.py", "pcap.py", "plot.py",
     "plotdata.py", "workers.py", "secure.py", "crypto.py", "state.py", "config.py",
-    # aio: api.py runs per connect; batch.py is monkeypatched by tests; sentinel.py is an
-    # async generator, which mypyc cannot compile.
-    "api.py", "batch.py", "sentinel.py",
 })
 # mypyc's shared library for the compiled modules: utcp_core__mypyc.*.so, beside the package
 GROUP = "utcp_core"

@@ -57,7 +57,7 @@ async def test_lingering_client_sockets_are_capped(monkeypatch: pytest.MonkeyPat
     descriptors stay bounded."""
     from utcp.aio import port as port_module
 
-    monkeypatch.setattr(port_module, "LINGER_CAP", 5)
+    monkeypatch.setattr(port_module, "max_lingering_sockets", lambda: 5)
 
     async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await reader.read()

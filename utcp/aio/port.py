@@ -18,23 +18,16 @@ import struct
 import sys
 import time
 import weakref
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Protocol, TypeVar
+from collections.abc import AsyncGenerator, Callable
+from typing import TYPE_CHECKING, Protocol
 
 from utcp import log, pcap
-from utcp.aio import batch, sentinel
+from utcp.aio import batch
 from utcp.endpoint import Addr, Endpoint, peer_key
 from utcp.state import State
 
 if TYPE_CHECKING:
     from utcp.connection import Connection
-
-_T = TypeVar("_T")
-try:
-    from mypy_extensions import mypyc_attr
-except ImportError:  # mypyc reads the decorator when it compiles; at run time a no-op
-    def mypyc_attr(*attrs: str, **kwattrs: object) -> Callable[[_T], _T]:
-        return lambda cls: cls
 
 RECV_BATCH = 512            # datagrams read per wake-up at most, so timers still run
 # After a wake-up that found one datagram (its second read found the socket empty), the
@@ -149,12 +142,6 @@ _lingering: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop,
     weakref.WeakKeyDictionary())
 
 
-# The cap on lingering client sockets per loop; None: `max_lingering_sockets()`. A variable
-# to set (tests do), since the compiled module calls its own functions directly: replacing
-# `max_lingering_sockets` on the module would not reach `_linger`.
-LINGER_CAP: int | None = None
-
-
 def max_lingering_sockets() -> int:
     try:
         import resource
@@ -172,7 +159,7 @@ def _linger(port: UdpPort) -> None:
     if port in table:
         return
     table[port] = None
-    limit = LINGER_CAP if LINGER_CAP is not None else max_lingering_sockets()
+    limit = max_lingering_sockets()
     while len(table) > limit:
         oldest, _ = table.popitem(last=False)
         if log.enabled():
@@ -265,9 +252,28 @@ _loop_ports: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop,
 _SENTINEL_ATTR = "_utcp_shutdown_sentinel"
 
 
-def _shutdown_ports(loop: asyncio.AbstractEventLoop | None) -> list[UdpPort]:
-    found = _loop_ports.get(loop) if loop is not None else None
-    return [port for port in found or () if not port.closed]
+async def _loop_shutdown_sentinel(loop_ref: weakref.ref[asyncio.AbstractEventLoop],
+                                  ) -> AsyncGenerator[None, None]:
+    """An async generator the loop tracks: `shutdown_asyncgens` closes it, which runs
+    the `finally` inside the still-running loop.
+
+    asyncio.run, asyncio.Runner and uvloop.run call `shutdown_asyncgens` just before
+    `loop.close()`, and neither loop offers any other hook there. Without it a program
+    whose `asyncio.run` returns with connections open (or that is interrupted) leaves
+    its peers waiting, since the sockets then close only when collected, if ever.
+    """
+    try:
+        yield
+    finally:
+        loop = loop_ref()
+        found = _loop_ports.get(loop) if loop is not None else None
+        ports = [port for port in found or () if not port.closed]
+        for port in ports:
+            port.reset_connections(closing_too=False)
+        if loop is not None and ports:
+            await _linger_for_fins(loop, ports)
+        for port in ports:
+            port.reset_connections(closing_too=True)
 
 
 async def _linger_for_fins(loop: asyncio.AbstractEventLoop, ports: list[UdpPort]) -> None:
@@ -306,7 +312,7 @@ def _track(port: UdpPort) -> None:
     firstiter = sys.get_asyncgen_hooks().firstiter
     if getattr(firstiter, "__self__", None) is not loop:
         return
-    agen = sentinel.loop_shutdown_sentinel(weakref.ref(loop), _shutdown_ports, _linger_for_fins)
+    agen = _loop_shutdown_sentinel(weakref.ref(loop))
     try:
         # On the loop itself, so it lives as long as the loop and no longer (the loop
         # and the generator's finalizer hook form a cycle the collector breaks). Set
@@ -319,14 +325,12 @@ def _track(port: UdpPort) -> None:
 
 
 def _weak_route_mss(port: UdpPort) -> Callable[[Addr], int]:
-    # a weak reference to the port, not a WeakMethod: mypyc's compiled methods refuse
-    # weak references
-    ref = weakref.ref(port)
+    method = weakref.WeakMethod(port.peer_route_mss)
     config = port.endpoint.config
 
     def route_mss(peer: Addr) -> int:
-        found = ref()
-        return found.peer_route_mss(peer) if found is not None else config.mss
+        found = method()
+        return found(peer) if found is not None else config.mss
     return route_mss
 
 
@@ -345,7 +349,6 @@ class ConnectionListener(Protocol):
         the loop shutting down reset it): an abnormal end, reported as `exc`."""
 
 
-@mypyc_attr(native_class=False)
 class UdpPort:
     """The I/O half of an endpoint. `owned` ports belong to one client connection."""
 
