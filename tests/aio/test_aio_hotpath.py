@@ -107,3 +107,40 @@ async def test_no_send_call_for_a_round_without_output(
         writer.close()
         async with asyncio.timeout(TIMEOUT):
             await writer.wait_closed()
+
+
+async def test_a_timer_already_due_is_not_a_timer_handle(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The core defers the handshake's last ACK and the ACK of a FIN to the next timer
+    service at the same instant, twice per connect and close. The port runs such a due
+    deadline by call_soon: a call_at(now) put a TimerHandle in the loop's heap, whose
+    Python `__lt__` every later push and pop pays."""
+    loop = asyncio.get_running_loop()
+    due: list[float] = []
+    real_call_at = loop.call_at
+
+    def call_at(when: float, callback: Any, *args: Any, **kwargs: Any) -> Any:
+        if (getattr(callback, "__func__", None) is port_module.UdpPort._on_timer
+                and when <= loop.time()):
+            due.append(when)
+        return real_call_at(when, callback, *args, **kwargs)
+    try:
+        monkeypatch.setattr(loop, "call_at", call_at)
+    except AttributeError:
+        pytest.skip("this loop's methods cannot be replaced on the instance (uvloop)")
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read()
+        writer.close()
+
+    server = await utcp.start_server(handler, HOST, 0, config=FAST)
+    try:
+        for _ in range(5):
+            async with asyncio.timeout(TIMEOUT):
+                _, writer = await utcp.open_connection(HOST, port_of(server), config=FAST)
+                writer.close()
+                await writer.wait_closed()
+        assert due == []
+    finally:
+        server.close()
+        await server.wait_closed()

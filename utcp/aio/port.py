@@ -375,7 +375,7 @@ class UdpPort:
         self._writer_on = False
         self._flush_handle: asyncio.Handle | None = None
         self._processing = False
-        self._timer: asyncio.TimerHandle | None = None
+        self._timer: asyncio.Handle | None = None
         self._timer_at: float | None = None
         self.send_errors: collections.Counter[str] = collections.Counter()
         self.local_addr = sock.getsockname()  # the socket's; kept once closed
@@ -666,7 +666,17 @@ class UdpPort:
         if self._timer is not None:
             self._timer.cancel()
         self._timer_at = deadline
-        self._timer = self.loop.call_at(deadline, self._on_timer)
+        if deadline <= self._clock():
+            # Due already: the core defers an ACK to "the next timer service at this
+            # instant" (the handshake's last ACK, the ACK of a FIN) so that a write or
+            # close the application makes on waking rides on it. call_soon runs after the
+            # callbacks already queued (that application's wake-up) on either loop, as
+            # call_at does on asyncio's, without a TimerHandle in the loop's heap (whose
+            # Python __lt__ each push and pop pays, and which holds every cancelled
+            # handle): twice per connect and close.
+            self._timer = self.loop.call_soon(self._on_timer)
+        else:
+            self._timer = self.loop.call_at(deadline, self._on_timer)
 
     def _on_timer(self) -> None:
         self._timer = None
