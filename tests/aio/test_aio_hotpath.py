@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import time
 from typing import Any
 
 import pytest
@@ -144,3 +145,21 @@ async def test_a_timer_already_due_is_not_a_timer_handle(
     finally:
         server.close()
         await server.wait_closed()
+
+
+async def test_the_port_reads_asyncios_clock_directly() -> None:
+    """asyncio's loop.time() is a Python frame around time.monotonic(); the port calls
+    the clock itself, per wake-up and per write (it called loop.time() twice a ping).
+    Another loop's clock (uvloop's) is its own, and the port asks the loop."""
+    loop = asyncio.get_running_loop()
+    async with echo_server() as server:
+        reader, writer = await utcp.open_connection(HOST, port_of(server), config=FAST)
+        port = writer.transport._port  # type: ignore[attr-defined]
+        if type(loop).time is asyncio.BaseEventLoop.time:
+            assert port._clock is time.monotonic
+        else:
+            assert port._clock == loop.time
+        await _ping_pong(reader, writer, WARM_UP)
+        writer.close()
+        async with asyncio.timeout(TIMEOUT):
+            await writer.wait_closed()
