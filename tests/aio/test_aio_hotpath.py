@@ -15,6 +15,7 @@ import pytest
 
 import utcp
 from tests.aio.util import FAST, HOST, TIMEOUT, echo_server, payload, port_of
+from utcp.aio import batch
 from utcp.aio import port as port_module
 
 PINGS = 60
@@ -160,6 +161,46 @@ async def test_the_port_reads_asyncios_clock_directly() -> None:
         else:
             assert port._clock == loop.time
         await _ping_pong(reader, writer, WARM_UP)
+        writer.close()
+        async with asyncio.timeout(TIMEOUT):
+            await writer.wait_closed()
+
+
+async def test_glued_reads_are_cut_inline(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A GRO read carrying many datagrams is cut in `_read_gro` itself, no generator
+    resumed per datagram; its last, shorter piece ends where the read ended, not at the
+    end of the (shared, reused) receive buffer."""
+    probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        if not (batch.probe_gso(probe) and batch.enable_gro(probe)):
+            pytest.skip("this kernel offers no UDP GSO/GRO on loopback")
+    finally:
+        probe.close()
+    sizes: list[int] = []
+    real_size = batch.gro_segment_size
+
+    def gro_segment_size(ancdata: list[tuple[int, int, bytes]]) -> int:
+        sizes.append(real_size(ancdata))
+        return sizes[-1]
+    pieces: list[int] = []
+    real_pieces = batch.gro_pieces
+
+    def gro_pieces(n: int, size: int) -> Any:
+        pieces.append(n)
+        return real_pieces(n, size)
+    monkeypatch.setattr(batch, "gro_segment_size", gro_segment_size)
+    monkeypatch.setattr(batch, "gro_pieces", gro_pieces)
+    config = utcp.Config(msl=FAST.msl, mss=1400, pmtu_probing=False)
+    async with echo_server(config=config) as server:
+        reader, writer = await utcp.open_connection(HOST, port_of(server), config=config)
+        data = payload((2 << 20) + 777, seed=5)  # not a multiple of the segment size
+        writer.write(data)
+        async with asyncio.timeout(TIMEOUT):
+            assert await reader.readexactly(len(data)) == data
+        counters = writer.transport._port.endpoint.counters  # type: ignore[attr-defined]
+        assert not [name for name in counters if "malformed" in name or "dropped" in name]
+        assert any(size > 0 for size in sizes)  # some reads were glued
+        assert pieces == []
         writer.close()
         async with asyncio.timeout(TIMEOUT):
             await writer.wait_closed()

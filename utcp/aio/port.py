@@ -491,12 +491,25 @@ class UdpPort:
                 self._on_socket_error(exc)
                 return calls + 1
             calls += 1
-            if not anc and self._pcap is None:
-                try:
-                    receive(view[:n], addr, now)
-                except Exception as exc:  # see _bad_datagram
-                    self._bad_datagram(exc, addr)
-                received += 1
+            if self._pcap is None:
+                step = batch.gro_segment_size(anc) if anc else 0
+                if step <= 0 or step >= n:  # one datagram (maybe empty: a counted drop)
+                    try:
+                        receive(view[:n], addr, now)
+                    except Exception as exc:  # see _bad_datagram
+                        self._bad_datagram(exc, addr)
+                    received += 1
+                    continue
+                # glued at `step`, the last maybe shorter (sliced from `glued`, which
+                # ends at n: the buffer's stale bytes beyond must not be read); inline,
+                # no generator resumed per datagram
+                glued = view[:n]
+                for begin in range(0, n, step):
+                    try:
+                        receive(glued[begin:begin + step], addr, now)
+                    except Exception as exc:  # see _bad_datagram
+                        self._bad_datagram(exc, addr)
+                received += (n + step - 1) // step
                 continue
             for begin, end in batch.gro_pieces(n, batch.gro_segment_size(anc)):
                 piece = view[begin:end]
