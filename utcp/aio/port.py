@@ -30,8 +30,15 @@ if TYPE_CHECKING:
     from utcp.connection import Connection
 
 RECV_BATCH = 512            # datagrams read per wake-up at most, so timers still run
+# After a wake-up that found one datagram (its second read found the socket empty), the
+# next ones read one datagram and stop: a request-response exchange then pays one read
+# per wake-up, as asyncio's TCP transport does, not a second one that raises EAGAIN. The
+# loop polls level-triggered, so anything left is read at its next iteration; a wake-up
+# that finds more than one datagram, or this many in a row, goes back to draining.
+LONE_READS = 8
 SOCKET_BUFFER = 4 << 20     # SO_RCVBUF / SO_SNDBUF asked for: a window of 1400-byte segments
 MAX_DATAGRAM = 65535
+_GRO_CMSG_SPACE = batch.GRO_CMSG_SPACE
 
 
 def set_socket_buffers(sock: socket.socket, size: int = SOCKET_BUFFER) -> None:
@@ -361,11 +368,19 @@ class UdpPort:
         self.closed = False
         self._fd = sock.fileno()
         self._buf, self._view = _receive_buffer(loop)
+        self._bufs = [self._buf]        # recvmsg_into's argument, built once
+        # asyncio's loop.time() is a Python method returning time.monotonic(): calling
+        # the clock itself saves a frame per wake-up and per write. Another loop (uvloop
+        # keeps its own clock) is asked.
+        self._clock: Callable[[], float] = (
+            time.monotonic if getattr(type(loop), "time", None) is asyncio.BaseEventLoop.time
+            else loop.time)
+        self._lone_reads = 0            # see LONE_READS
         self._sendq: collections.deque[tuple[bytes, Addr]] = collections.deque()
         self._writer_on = False
         self._flush_handle: asyncio.Handle | None = None
         self._processing = False
-        self._timer: asyncio.TimerHandle | None = None
+        self._timer: asyncio.Handle | None = None
         self._timer_at: float | None = None
         self.send_errors: collections.Counter[str] = collections.Counter()
         self.local_addr = sock.getsockname()  # the socket's; kept once closed
@@ -421,19 +436,23 @@ class UdpPort:
     # ------------------------------------------------------------------ input
 
     def _on_readable(self) -> None:
-        sock, view, ep = self.sock, self._view, self.endpoint
-        now = self.loop.time()
-        recv = sock.recvfrom_into
+        now = self._clock()
         if self._gro:
             if not self._read_gro(now):
                 self._woken_for_nothing()
             self.process(now)
             return
-        for i in range(RECV_BATCH):
+        sock, view, ep, buf = self.sock, self._view, self.endpoint, self._buf
+        recv = sock.recvfrom_into
+        receive = ep.receive_datagram
+        lone = self._lone_reads
+        limit = 1 if lone else RECV_BATCH
+        read = 0
+        for read in range(limit):
             try:
-                n, addr = recv(self._buf)
+                n, addr = recv(buf)
             except (BlockingIOError, InterruptedError):
-                if i == 0:
+                if read == 0:
                     self._woken_for_nothing()
                 break
             except OSError as exc:
@@ -442,35 +461,69 @@ class UdpPort:
             if self._pcap is not None:
                 self._pcap.write_received(view[:n], addr, self.local_addr, time.time())
             try:
-                ep.receive_datagram(view[:n], addr, now)
+                receive(view[:n], addr, now)
             except Exception as exc:  # see _bad_datagram
                 self._bad_datagram(exc, addr)
+        else:
+            read = limit
+        self._lone_reads = lone - 1 if lone else (LONE_READS if read == 1 else 0)
         self.process(now)
 
     def _read_gro(self, now: float) -> int:
         """Like the plain loop, but one recvmsg may carry many datagrams of one size.
-        Returns how many recvmsg calls succeeded or failed (0: nothing to read)."""
-        sock, view, ep, buf = self.sock, self._view, self.endpoint, self._buf
-        recv = sock.recvmsg_into
+        Returns how many recvmsg calls succeeded or failed (0: nothing to read).
+
+        Per datagram only the core's own call: a lone datagram (no UDP_GRO control
+        message, the whole of a ping-pong) skips the segment-size parse and the slicing
+        generator, and the buffer list recvmsg_into wants is built once per port."""
+        view, bufs = self._view, self._bufs
+        recv = self.sock.recvmsg_into
+        receive = self.endpoint.receive_datagram
         received = calls = 0
-        while received < RECV_BATCH:
+        lone = self._lone_reads
+        limit = 1 if lone else RECV_BATCH
+        while received < limit:
             try:
-                n, anc, _flags, addr = recv([buf], batch.GRO_CMSG_SPACE)
+                n, anc, _flags, addr = recv(bufs, _GRO_CMSG_SPACE)
             except (BlockingIOError, InterruptedError):
                 break
             except OSError as exc:
                 self._on_socket_error(exc)
                 return calls + 1
             calls += 1
+            if self._pcap is None:
+                step = batch.gro_segment_size(anc) if anc else 0
+                if step <= 0 or step >= n:  # one datagram (maybe empty: a counted drop)
+                    try:
+                        receive(view[:n], addr, now)
+                    except Exception as exc:  # see _bad_datagram
+                        self._bad_datagram(exc, addr)
+                    received += 1
+                    continue
+                # glued at `step`, the last maybe shorter (sliced from `glued`, which
+                # ends at n: the buffer's stale bytes beyond must not be read); inline,
+                # no generator resumed per datagram
+                glued = view[:n]
+                for begin in range(0, n, step):
+                    try:
+                        receive(glued[begin:begin + step], addr, now)
+                    except Exception as exc:  # see _bad_datagram
+                        self._bad_datagram(exc, addr)
+                received += (n + step - 1) // step
+                continue
             for begin, end in batch.gro_pieces(n, batch.gro_segment_size(anc)):
                 piece = view[begin:end]
                 if self._pcap is not None:
                     self._pcap.write_received(piece, addr, self.local_addr, time.time())
                 try:
-                    ep.receive_datagram(piece, addr, now)
+                    receive(piece, addr, now)
                 except Exception as exc:  # see _bad_datagram
                     self._bad_datagram(exc, addr)
                 received += 1
+        if lone:
+            self._lone_reads = lone - 1 if received == 1 else 0
+        elif received == 1 and calls == 1:
+            self._lone_reads = LONE_READS
         return calls
 
     def _bad_datagram(self, exc: Exception, addr: object) -> None:
@@ -563,17 +616,23 @@ class UdpPort:
         if self.closed:
             return
         if now is None:
-            now = self.loop.time()
+            now = self._clock()
         ep = self.endpoint
+        send = self._send
+        transports = self.transports
         self._processing = True
         try:
-            for _ in range(4):  # callbacks may write: a few rounds, then call_soon takes over
-                self._send(ep.datagrams_to_send(now))
+            # Callbacks may write: a few rounds, then call_soon takes over. A round whose
+            # output is empty skips the `_send` call (most rounds after the first).
+            for _ in range(4):
+                datagrams = ep.datagrams_to_send(now)
+                if datagrams:
+                    send(datagrams)
                 touched = ep.touched()
                 if not touched:
                     break
                 for conn in touched:
-                    listener = self.transports.get(conn)
+                    listener = transports.get(conn)
                     if listener is not None:
                         listener.process_events()
                 if self.on_accept is not None:
@@ -584,7 +643,7 @@ class UdpPort:
         finally:
             self._processing = False
         self._arm_timer()
-        if self.close_when_idle and not self.transports:
+        if self.close_when_idle and not transports:
             if not ep.connections:
                 self.close()
             elif self.connected:
@@ -597,7 +656,9 @@ class UdpPort:
         if self._processing or self.closed:
             self.schedule_flush()
             return
-        self._send(self.endpoint.datagrams_to_send(self.loop.time()))
+        datagrams = self.endpoint.datagrams_to_send(self._clock())
+        if datagrams:
+            self._send(datagrams)
         self._arm_timer()  # sending raises no events: the next process() sees any others
 
     def schedule_flush(self) -> None:
@@ -623,14 +684,24 @@ class UdpPort:
         if self._timer is not None:
             self._timer.cancel()
         self._timer_at = deadline
-        self._timer = self.loop.call_at(deadline, self._on_timer)
+        if deadline <= self._clock():
+            # Due already: the core defers an ACK to "the next timer service at this
+            # instant" (the handshake's last ACK, the ACK of a FIN) so that a write or
+            # close the application makes on waking rides on it. call_soon runs after the
+            # callbacks already queued (that application's wake-up) on either loop, as
+            # call_at does on asyncio's, without a TimerHandle in the loop's heap (whose
+            # Python __lt__ each push and pop pays, and which holds every cancelled
+            # handle): twice per connect and close.
+            self._timer = self.loop.call_soon(self._on_timer)
+        else:
+            self._timer = self.loop.call_at(deadline, self._on_timer)
 
     def _on_timer(self) -> None:
         self._timer = None
         deadline = self._timer_at
         self._timer_at = None
         # call_at may fire a hair early: never hand the core a time before its deadline
-        now = self.loop.time()
+        now = self._clock()
         if deadline is not None and now < deadline:
             now = deadline
         self.endpoint.handle_timer(now)
@@ -641,11 +712,26 @@ class UdpPort:
     def _send(self, datagrams: list[tuple[bytes, Addr]]) -> None:
         if not datagrams:
             return
+        if self._pcap is None and not self._sendq and (len(datagrams) == 1 or not self._gso):
+            # The common case, one socket call per datagram with nothing queued or
+            # captured: no per-datagram `_send_one` frame; an error takes the general path.
+            sock_send = self._sock_send
+            i = 0
+            try:
+                for data, addr in datagrams:
+                    sock_send(data, addr, 0)
+                    i += 1
+            except OSError as exc:
+                self._send_failed(datagrams, i, exc)
+            return
         if self._pcap is not None:
             self._capture(datagrams)
         if self._sendq:
             self._sendq.extend(datagrams)
             return
+        self._send_each(datagrams)
+
+    def _send_each(self, datagrams: list[tuple[bytes, Addr]]) -> None:
         if self._gso and len(datagrams) > 1:
             self._send_gso(datagrams)
             return
@@ -657,6 +743,20 @@ class UdpPort:
                     self._queue(datagrams[i:])
                     return
                 self._on_socket_error(exc)
+
+    def _send_failed(self, datagrams: list[tuple[bytes, Addr]], i: int, exc: OSError) -> None:
+        """`_send`'s fast loop failed on `datagrams[i]`: what `_send_one` and the general
+        loop do with that error, then the rest by the general path."""
+        if self._recverr and exc.errno in _ICMP_ERRNOS:
+            # an earlier datagram's ICMP error, reported by this send, which sent nothing
+            self._on_socket_error(exc)
+            self._send_each(datagrams[i:])
+        elif _would_block(exc):
+            self._queue(datagrams[i:])
+        else:
+            self._on_socket_error(exc)
+            if i + 1 < len(datagrams):
+                self._send_each(datagrams[i + 1:])
 
     def _send_one(self, data: bytes, addr: Addr, segment: int = 0) -> None:
         """Every datagram (or GSO batch of datagrams of `segment` bytes each) leaves the
@@ -711,11 +811,7 @@ class UdpPort:
         if sendq_was:
             sendq_was.extend(datagrams)
             return
-        pcap_writer, self._pcap = self._pcap, None  # already captured
-        try:
-            self._send(datagrams)
-        finally:
-            self._pcap = pcap_writer
+        self._send_each(datagrams)  # captured already, by `_send`
 
     def _capture(self, datagrams: list[tuple[bytes, Addr]]) -> None:
         # Captured when handed to the kernel's queue or ours: a datagram the socket later

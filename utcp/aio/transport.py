@@ -24,6 +24,11 @@ from utcp.state import State
 
 DEFAULT_HIGH_WATER = 64 * 1024
 _READ_CHUNK = 256 * 1024
+# Read once, at import: `State.CLOSED` is an attribute lookup on the enum class each time,
+# and the write path and delivery test it per call. A tuple for isinstance: a `X | Y`
+# union is checked more slowly.
+_CLOSED = State.CLOSED
+_BYTES_LIKE = (bytes, bytearray, memoryview)
 
 
 class UtcpTransport(asyncio.Transport):
@@ -169,23 +174,25 @@ class UtcpTransport(asyncio.Transport):
         return self._conn.unsent
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
-        if not isinstance(data, bytes | bytearray | memoryview):
+        if not isinstance(data, _BYTES_LIKE):
             raise TypeError(f"data argument must be a bytes-like object, "
                             f"not {type(data).__name__!r}")
         if self._write_eof_called:
             raise RuntimeError("Cannot call write() after write_eof()")
-        if not data or self._closing or self._conn.state == State.CLOSED:
+        conn = self._conn
+        if not data or self._closing or conn.state is _CLOSED:
             return  # after close() or abort(), or once the connection died: asyncio drops
-        idle = self._conn.unsent == 0
+        idle = conn.unsent == 0
         try:
-            self._conn.send(data)
+            conn.send(data)
         except ConnectionError:
             return  # the peer reset or the connection timed out: asyncio drops silently
         if idle:
             self._port.send_now()        # latency: nothing was waiting, go now
         else:
             self._port.schedule_flush()  # throughput: coalesce into one flush
-        self._maybe_pause_protocol()
+        if not self._protocol_paused and conn.unsent > self._high:
+            self._maybe_pause_protocol()
 
     def writelines(self, list_of_data: Any) -> None:
         self.write(b"".join(list_of_data))
@@ -237,7 +244,9 @@ class UtcpTransport(asyncio.Transport):
     def process_events(self) -> None:
         """The port's `ConnectionListener` call: the core touched this connection."""
         conn = self._conn
-        while (event := conn.next_event()) is not None:
+        # Most calls (every data segment) find no event: `events` is tested before a
+        # `next_event` call is paid for.
+        while conn.events and (event := conn.next_event()) is not None:
             if isinstance(event, HandshakeCompleted):
                 if self._waiter is not None and not self._waiter.done():
                     self._waiter.set_result(None)
@@ -251,7 +260,8 @@ class UtcpTransport(asyncio.Transport):
                 self._on_terminated(event.error)
         if self._protocol is not None:
             self._deliver()
-            self._maybe_resume_protocol()
+            if self._protocol_paused:
+                self._maybe_resume_protocol()
 
     def ended_by_port(self, exc: Exception) -> None:
         """The port's `ConnectionListener` call: its socket closed, or the loop is
@@ -312,7 +322,7 @@ class UtcpTransport(asyncio.Transport):
                 return
             if not keep_open:
                 self.close()
-        if self._eof_delivered and conn.state == State.CLOSED and not self._lost:
+        if self._eof_delivered and conn.state is _CLOSED and not self._lost:
             self._closing = True
             self._connection_lost(conn.error)
 
