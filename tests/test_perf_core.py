@@ -181,7 +181,7 @@ def _ping_pong(client: Endpoint, server: Endpoint, conn: Any, peer: Any, rounds:
                 check(now)
 
 
-def test_endpoint_deadline_is_exact_while_filed_lazily() -> None:
+def test_endpoint_deadline_is_exact_at_every_step() -> None:
     """What the endpoint reports is each connection's own earliest deadline, exactly, at
     every step of an exchange whose every segment moves one (a sans-IO caller may sleep
     until it, and scripts jump the clock to it)."""
