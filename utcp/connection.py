@@ -345,6 +345,14 @@ class Connection:
         """Process one segment addressed to this connection (`utcp.inbound`)."""
         inbound.segment(self, seg, now)
 
+    def took_run(self, count: int) -> None:
+        """`count` datagrams (two or more, full-sized but maybe the last) went in as one
+        segment (`Endpoint.receive_glued`): counted as what they were, and acknowledged
+        at once, as two full-sized segments are (RFC 9293 §3.8.6.3); the segment itself
+        counted one and may only have armed the delayed-ACK timer."""
+        self.counters.segments_received += count - 1
+        self.sender.ack_now = True
+
     # --------------------------------------------------------------------- outputs
 
     def next_event(self) -> Event | None:

@@ -223,6 +223,63 @@ def parse(data: bytes | bytearray | memoryview) -> Segment:
     return _parse_general(data, n)
 
 
+# What a run of glued datagrams shares when one segment can stand for all of them: all
+# but the sequence number and the PSH bit. The ACK and the data offset (`head`), the
+# window, checksum and urgent fields and the timestamps option (`rest`), byte for byte.
+_RUN_HEADER: Final = struct.Struct("!4xI5sB18s")
+_SEQ_MASK: Final = 0xFFFFFFFF
+
+
+def glued_run(data: bytes | bytearray | memoryview, begin: int, step: int, n: int,
+              start: int) -> int:
+    """Where the run of datagrams glued at `step` bytes from `begin` (one UDP GRO read,
+    the last datagram maybe shorter, the data ending at `n`) ends that one segment can
+    stand for, as Linux's TCP GRO merges segments: data with the common timestamps-only
+    header, the first at sequence number `start` (the receiver's next byte: anything
+    else is left to the per-datagram path, whose duplicate ACKs and SACK blocks count
+    datagrams), each header equal to the first's but for its sequence number, which
+    continues where the one before ended (and PSH, which the receiver does not act on).
+    A SYN, FIN, RST, URG, any other option layout, a gap or a changed ACK, window or
+    timestamp ends the run. Returns at least the end of the first datagram,
+    `min(begin + step, n)`; `parse_run` makes the one segment."""
+    end = min(begin + step, n)
+    if end - begin <= _TS_ONLY_LEN or end == n:
+        return end
+    seq: int
+    head: bytes
+    flags: int
+    rest: bytes
+    seq, head, flags, rest = _RUN_HEADER.unpack_from(data, begin)
+    if (seq != start or head[4] != _TS_OFFSET_BYTE or flags | PSH != ACK | PSH
+            or rest[6:10] != _TS_ALIGNED):
+        return end
+    size = step - _TS_ONLY_LEN  # the payload of every datagram but maybe the last
+    while n - end > _TS_ONLY_LEN:
+        seq = (seq + size) & _SEQ_MASK
+        next_seq, next_head, next_flags, next_rest = _RUN_HEADER.unpack_from(data, end)
+        if (next_seq != seq or next_flags | PSH != ACK | PSH or next_head != head
+                or next_rest != rest):
+            break
+        end = min(end + step, n)
+    return end
+
+
+def parse_run(data: bytes | bytearray | memoryview, begin: int, end: int, step: int,
+              ) -> Segment:
+    """The one segment that the datagrams `glued_run` found stand for: the first one's
+    header, the payloads joined (one copy, out of a buffer the next read overwrites),
+    PSH if any datagram had it."""
+    (src, dst, seq, ack, _off, flags, window, _csum, urgent, _word, tsval,
+     tsecr) = _HEADER_TS.unpack_from(data, begin)
+    view = data if isinstance(data, memoryview) else memoryview(data)
+    pieces = []
+    for at in range(begin, end, step):
+        flags |= view[at + 13] & PSH
+        pieces.append(view[at + _TS_ONLY_LEN:min(at + step, end)])
+    return Segment(src, dst, seq, ack, flags, window, b"".join(pieces),
+                   Options(timestamps=(tsval, tsecr)), urgent)
+
+
 def _parse_general(data: bytes | bytearray | memoryview, n: int) -> Segment:
     if n < HEADER_LEN:
         raise MalformedSegment("short header")

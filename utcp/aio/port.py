@@ -479,6 +479,7 @@ class UdpPort:
         view, bufs = self._view, self._bufs
         recv = self.sock.recvmsg_into
         receive = self.endpoint.receive_datagram
+        receive_glued = self.endpoint.receive_glued
         received = calls = 0
         lone = self._lone_reads
         limit = 1 if lone else RECV_BATCH
@@ -500,15 +501,13 @@ class UdpPort:
                         self._bad_datagram(exc, addr)
                     received += 1
                     continue
-                # glued at `step`, the last maybe shorter (sliced from `glued`, which
-                # ends at n: the buffer's stale bytes beyond must not be read); inline,
-                # no generator resumed per datagram
-                glued = view[:n]
-                for begin in range(0, n, step):
-                    try:
-                        receive(glued[begin:begin + step], addr, now)
-                    except Exception as exc:  # see _bad_datagram
-                        self._bad_datagram(exc, addr)
+                # glued at `step`, the last maybe shorter (`view[:n]`: the buffer's
+                # stale bytes beyond must not be read); runs of in-order data go
+                # through the core as one segment each (Endpoint.receive_glued)
+                try:
+                    receive_glued(view[:n], step, addr, now)
+                except Exception as exc:  # see _bad_datagram
+                    self._bad_datagram(exc, addr)
                 received += (n + step - 1) // step
                 continue
             for begin, end in batch.gro_pieces(n, batch.gro_segment_size(anc)):
