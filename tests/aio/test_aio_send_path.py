@@ -81,3 +81,41 @@ async def test_a_send_reporting_an_earlier_icmp_error_is_retried(
         writer.close()
         async with asyncio.timeout(TIMEOUT):
             await writer.wait_closed()
+
+
+async def test_a_gso_send_gathers_the_datagrams_without_joining_them(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The kernel gathers a GSO batch from one buffer per datagram (sendmsg's iovec): the
+    port does not copy the batch into one buffer first."""
+    probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        have_gso = batch.probe_gso(probe)
+    finally:
+        probe.close()
+    if not have_gso:
+        pytest.skip("this kernel refuses UDP_SEGMENT on a loopback socket")
+    monkeypatch.setattr(batch, "GSO_ALLOWED", True)
+    async with echo_server() as server:
+        reader, writer = await utcp.open_connection(HOST, port_of(server), config=FAST)
+        port = writer.transport._port  # type: ignore[attr-defined]
+        batches: list[list[int]] = []
+        real = socket.socket.sendmsg
+
+        def sendmsg(sock: socket.socket, buffers: Any, *args: Any) -> Any:
+            if sock is port.sock:
+                batches.append([len(b) for b in buffers])
+            return real(sock, buffers, *args)
+
+        monkeypatch.setattr(socket.socket, "sendmsg", sendmsg)
+        data = bytes(range(256)) * 64  # several full segments at once
+        writer.write(data)
+        async with asyncio.timeout(TIMEOUT):
+            assert await reader.readexactly(len(data)) == data
+        monkeypatch.undo()
+        glued = [sizes for sizes in batches if len(sizes) > 1]
+        assert glued, batches  # a GSO batch went out as several buffers
+        for sizes in glued:  # each buffer one datagram: all of one size, the last maybe less
+            assert all(size == sizes[0] for size in sizes[:-1]) and sizes[-1] <= sizes[0]
+        writer.close()
+        async with asyncio.timeout(TIMEOUT):
+            await writer.wait_closed()

@@ -757,9 +757,10 @@ class UdpPort:
             if i + 1 < len(datagrams):
                 self._send_each(datagrams[i + 1:])
 
-    def _send_one(self, data: bytes, addr: Addr, segment: int = 0) -> None:
-        """Every datagram (or GSO batch of datagrams of `segment` bytes each) leaves the
-        port here, by one socket call.
+    def _send_one(self, data: bytes | list[bytes], addr: Addr, segment: int = 0) -> None:
+        """Every datagram (or GSO batch of datagrams of `segment` bytes each, as the list
+        of them: the kernel gathers them, no copy into one buffer) leaves the port here,
+        by one socket call.
 
         With IP_RECVERR an ICMP error about some earlier datagram, to any peer, is also
         reported once by the next socket call, and a send that reports it has sent
@@ -773,13 +774,16 @@ class UdpPort:
             self._on_socket_error(exc)
             self._sock_send(data, addr, segment)
 
-    def _sock_send(self, data: bytes, addr: Addr, segment: int) -> None:
+    def _sock_send(self, data: bytes | list[bytes], addr: Addr, segment: int) -> None:
         if segment:
+            buffers = data if isinstance(data, list) else [data]
             if self.connected:
-                self.sock.sendmsg([data], batch.gso_control(segment))
+                self.sock.sendmsg(buffers, batch.gso_control(segment))
             else:
-                self.sock.sendmsg([data], batch.gso_control(segment), 0, addr)
-        elif self.connected:
+                self.sock.sendmsg(buffers, batch.gso_control(segment), 0, addr)
+            return
+        assert not isinstance(data, list)
+        if self.connected:
             self.sock.send(data)
         else:
             self.sock.sendto(data, addr)
@@ -792,7 +796,7 @@ class UdpPort:
                 if size == 0:
                     self._send_one(data, addr)
                 else:
-                    self._send_one(b"".join([d for d, _ in datagrams[begin:end]]), addr, size)
+                    self._send_one([d for d, _ in datagrams[begin:end]], addr, size)
                     self.gso_sends += 1
             except OSError as exc:
                 if _would_block(exc):
