@@ -240,3 +240,26 @@ def test_stale_deadlines_do_not_pile_up_in_the_timer_heap() -> None:
             assert deadline is not None and deadline > now
         most = max(most, timer_heap_entries(client), timer_heap_entries(server))
     assert most <= 2 * 1 + 16, most
+
+
+def test_send_buffer_views_in_order_across_many_chunks_and_their_compaction() -> None:
+    """Segments cut in order start from the chunk the last one began in; freeing drops
+    emptied chunks from the front now and then. Every view is still the stream's bytes,
+    also a resend from behind and a view spanning two chunks."""
+    from utcp.buffers import SendBuffer
+    chunk = 70_000
+    stream = b"".join(bytes([i % 251]) * chunk for i in range(100))
+    buf = SendBuffer(base=1)
+    for i in range(100):
+        buf.append(stream[i * chunk:(i + 1) * chunk])
+    seq = 1
+    while seq < 1 + len(stream):
+        n = min(1400, 1 + len(stream) - seq)
+        assert bytes(buf.view(seq, n)) == stream[seq - 1:seq - 1 + n]
+        if seq > 20_000:  # a retransmission from a little behind
+            back = seq - 15_000
+            assert bytes(buf.view(back, 1400)) == stream[back - 1:back - 1 + 1400]
+        seq += n
+        if seq % (chunk * 3) < 1400:
+            buf.free(seq - 30_000)  # the front acknowledged, emptied chunks dropped
+    assert buf.first < 40  # compacted on the way, not a list of 100 emptied chunks

@@ -98,6 +98,7 @@ class _NoItems(list[Any]):
 
 
 NO_ITEMS: Final[list[Any]] = _NoItems()
+_EMPTY: Final = memoryview(b"")  # an acknowledged chunk's place
 
 
 @python_class
@@ -128,14 +129,18 @@ class SendBuffer:
     charges) counts the bytes not yet acknowledged, as the bytearray's length did.
     """
 
-    __slots__ = ("base", "chunks", "fin_acked", "fin_queued", "first", "size", "starts")
+    __slots__ = ("base", "chunks", "fin_acked", "fin_queued", "first", "last_view", "size",
+                 "starts")
 
     def __init__(self, base: int) -> None:
         self.base = base
-        # none until the first write, and none again once all is acknowledged (NO_ITEMS)
-        self.chunks: list[bytes | bytearray] = NO_ITEMS
+        # none until the first write, and none again once all is acknowledged (NO_ITEMS).
+        # A large write is held as a memoryview of its bytes, made once: a segment's
+        # payload is then one slice of it, not a new view and a slice per segment.
+        self.chunks: list[memoryview | bytearray] = NO_ITEMS
         self.starts: list[int] = NO_ITEMS  # the sequence number each chunk begins at
         self.first = 0  # chunks before this one are acknowledged whole (and emptied)
+        self.last_view = 0  # the chunk the last `view` began in: the next one likely does
         self.size = 0   # bytes queued and not acknowledged
         self.fin_queued = False  # the application closed: a FIN follows the data
         self.fin_acked = False
@@ -169,7 +174,7 @@ class SendBuffer:
             self.starts = []
         if n >= _OWN_CHUNK:
             # immutable bytes are kept as they are; anything else is copied once
-            chunks.append(data if isinstance(data, bytes) else bytes(data))
+            chunks.append(memoryview(data if isinstance(data, bytes) else bytes(data)))
             self.starts.append(self.base + self.size)
         else:
             tail = chunks[-1] if len(chunks) > self.first else None
@@ -185,6 +190,7 @@ class SendBuffer:
         self.chunks = NO_ITEMS
         self.starts = NO_ITEMS
         self.first = 0
+        self.last_view = 0
         self.size = 0
 
     def free(self, ack: int) -> int:
@@ -198,35 +204,49 @@ class SendBuffer:
             self.chunks = NO_ITEMS
             self.starts = NO_ITEMS
             self.first = 0
+            self.last_view = 0
             return n
         chunks, starts = self.chunks, self.starts
         first = self.first
         base = self.base
         while starts[first] + len(chunks[first]) <= base:
-            chunks[first] = b""  # its memory goes now
+            chunks[first] = _EMPTY  # its memory goes now
             first += 1
         if first > 32 and 2 * first > len(chunks):
             del chunks[:first]
             del starts[:first]
+            self.last_view = max(self.last_view - first, 0)
             first = 0
         self.first = first
         return n
 
     def view(self, seq: int, n: int) -> bytes | memoryview:
-        """`n` bytes from `seq`: a view into one chunk, or glued where they span two."""
+        """`n` bytes from `seq`: a view into one chunk, or glued where they span two.
+
+        Segments are cut in order: the chunk the last one began in is tried first, then
+        the next, and only then searched for (a retransmission)."""
         starts = self.starts
-        i = len(starts) - 1
-        if seq < starts[i]:  # not in the last chunk (where new data is): search
+        chunks = self.chunks
+        i = self.last_view
+        last = len(starts) - 1
+        if i > last or seq < starts[i]:
             i = bisect_right(starts, seq, self.first) - 1
-        chunk = self.chunks[i]
+        elif i < last and seq >= starts[i + 1]:
+            i += 1
+            if i < last and seq >= starts[i + 1]:
+                i = bisect_right(starts, seq, i) - 1
+        self.last_view = i
+        chunk = chunks[i]
         off = seq - starts[i]
         if off + n <= len(chunk):
+            if isinstance(chunk, memoryview):
+                return chunk[off:off + n]
             return memoryview(chunk)[off:off + n]
         parts = [chunk[off:]]
         need = n - len(parts[0])
         while need > 0:
             i += 1
-            piece = self.chunks[i][:need]
+            piece = chunks[i][:need]
             parts.append(piece)
             need -= len(piece)
         return b"".join(parts)
