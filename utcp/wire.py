@@ -54,6 +54,7 @@ _TS_ONLY_LEN: Final = HEADER_LEN + 12
 # TSecr) as one struct: nearly every segment of a connection is exactly this, and one
 # pack or unpack of it costs what a tenth of the general option code does
 _HEADER_TS: Final = struct.Struct("!HHIIBBHHHIII")
+_HEADER_TS_WORDS: Final = struct.Struct("!8I")  # the same 32 bytes, as build_ts packs them
 _TS_WORD: Final = 0x0101080A
 _TS_OFFSET_BYTE: Final = (_TS_ONLY_LEN // 4) << 4
 _SACK_BLOCK: Final = struct.Struct("!II")
@@ -201,8 +202,11 @@ def build_ts(src_port: int, dst_port: int, seq: int, ack: int, flags: int, windo
              tsval: int, tsecr: int, payload: bytes | memoryview = b"") -> bytes:
     """`build_fast` for a segment whose only option is the timestamps one (the common
     case once it is negotiated): header and option in one pack, no options bytes."""
-    header = _HEADER_TS.pack(src_port, dst_port, seq, ack, _TS_OFFSET_BYTE, flags, window,
-                             0, 0, _TS_WORD, tsval, tsecr)
+    # as eight 32-bit words, the fields that share one combined first: a pack's cost
+    # is mostly its per-argument conversions (12 fields cost a third more)
+    header = _HEADER_TS_WORDS.pack((src_port << 16) | dst_port, seq, ack,
+                                   (_TS_OFFSET_BYTE << 24) | (flags << 16) | window, 0,
+                                   _TS_WORD, tsval, tsecr)
     return header + payload if payload else header
 
 
