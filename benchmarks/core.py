@@ -1,13 +1,17 @@
 """The sans-IO core alone: payload MB/s between two endpoints in one process, no sockets.
 
-Datagrams pass straight from one endpoint's `datagrams_to_send` to the other's
-`receive_datagram` on a real clock (`time.perf_counter`), as examples/loopback_demo.py
-does, so the figure is the protocol's own per-segment Python work with nothing else in
-the way: an upper bound for what any adapter can reach. Both sides' work counts (sender
+Datagrams pass straight from one endpoint's `datagrams_to_send` to the other on a real
+clock (`time.perf_counter`), as examples/loopback_demo.py does, so the figure is the
+protocol's own per-segment Python work with nothing else in the way: an upper bound for
+what any adapter can reach. Two ways, each a row: "glued", as the asyncio port hands
+them over on Linux, where a UDP GSO send arrives as one UDP GRO read (runs of
+equal-sized datagrams to one peer, as `utcp.aio.batch.gso_batches` cuts them, go to
+`Endpoint.receive_glued` as one buffer), and "one by one" (`receive_datagram` each),
+as on a system without GSO/GRO. Both sides' work counts (sender
 and receiver share the one process); the SHA-256 of what arrived is checked afterwards,
 outside the timed part.
 
-    python -m benchmarks.core [--mib N] [--mss 1400 8960] [--reps N]
+    python -m benchmarks.core [--mib N] [--mss 1400 8960] [--reps N] [--glued|--one-by-one]
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import sys
 import time
 from dataclasses import dataclass
 
+from utcp.aio.batch import gso_batches
 from utcp.config import Config
 from utcp.endpoint import Endpoint
 from utcp.state import State
@@ -49,7 +54,21 @@ class Result:
         return self.seconds / self.segments * 1e6
 
 
-def transfer(mss: int, payload: bytes) -> Result:
+def deliver(out: list[tuple[bytes, tuple[str, int]]], to: Endpoint, src: tuple[str, int],
+            now: float, glued: bool) -> None:
+    """Hand `out` to `to` as one endpoint's port hands it the other's datagrams."""
+    if not glued:
+        for datagram, _ in out:
+            to.receive_datagram(datagram, src, now)
+        return
+    for begin, end, size in gso_batches(out):
+        if size:  # a GSO send, one GRO read (the kernel's copy: the join)
+            to.receive_glued(b"".join([d for d, _ in out[begin:end]]), size, src, now)
+        else:
+            to.receive_datagram(out[begin][0], src, now)
+
+
+def transfer(mss: int, payload: bytes, glued: bool = False) -> Result:
     """Move `payload` client -> server with Config(mss=mss); verify it; time the transfer."""
     config = Config(mss=mss)
     server = Endpoint(config, SERVER[1], listening=True, rng=random.Random(1))
@@ -64,12 +83,10 @@ def transfer(mss: int, payload: bytes) -> Result:
         now = time.perf_counter() - start
         out = client.datagrams_to_send(now)
         segments += len(out)
-        for datagram, _ in out:
-            server.receive_datagram(datagram, CLIENT, now)
+        deliver(out, server, CLIENT, now, glued)
         out = server.datagrams_to_send(now)
         segments += len(out)
-        for datagram, _ in out:
-            client.receive_datagram(datagram, SERVER, now)
+        deliver(out, client, SERVER, now, glued)
         if not queued and conn.state == State.ESTABLISHED:
             conn.send(payload)
             conn.close()  # FIN after the data
@@ -98,19 +115,27 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--mib", type=int, default=64, help="MiB moved per run (default 64)")
     ap.add_argument("--mss", type=int, nargs="+", default=[1400, 8960])
     ap.add_argument("--reps", type=int, default=3, help="runs per MSS; the median is shown")
+    way = ap.add_mutually_exclusive_group()
+    way.add_argument("--glued", dest="ways", action="store_const", const=[True],
+                     help="only as GSO/GRO glue the datagrams")
+    way.add_argument("--one-by-one", dest="ways", action="store_const", const=[False],
+                     help="only one datagram at a time")
     args = ap.parse_args(argv)
+    ways: list[bool] = args.ways or [True, False]
     payload = random.Random(0).randbytes(args.mib << 20)
     print(f"utcp core, in-process, no sockets: {args.mib} MiB per run, median of {args.reps};"
           f" Python {platform.python_version()} ({platform.python_implementation()}),"
           f" {os.cpu_count()} CPUs\n")
-    print("| MSS | MB/s | segments/s | µs/segment | segments | seconds |")
-    print("|---:|---:|---:|---:|---:|---:|")
+    print("| MSS | datagrams | MB/s | segments/s | µs/segment | segments | seconds |")
+    print("|---:|---|---:|---:|---:|---:|---:|")
     for mss in args.mss:
-        runs = sorted((transfer(mss, payload) for _ in range(args.reps)),
-                      key=lambda r: r.seconds)
-        r = runs[len(runs) // 2]
-        print(f"| {mss} | {r.mb_per_s:.1f} | {r.segments_per_s:,.0f} | {r.us_per_segment:.2f}"
-              f" | {r.segments:,} | {r.seconds:.2f} |")
+        for glued in ways:
+            runs = sorted((transfer(mss, payload, glued) for _ in range(args.reps)),
+                          key=lambda r: r.seconds)
+            r = runs[len(runs) // 2]
+            print(f"| {mss} | {'glued' if glued else 'one by one'} | {r.mb_per_s:.1f}"
+                  f" | {r.segments_per_s:,.0f} | {r.us_per_segment:.2f} | {r.segments:,}"
+                  f" | {r.seconds:.2f} |")
     print("\nsegments: datagrams in both directions (data and ACKs);"
           " µs/segment covers the work of both endpoints. MB = 10^6 bytes of payload.")
     sys.stdout.flush()

@@ -39,3 +39,18 @@ def test_benchmark_harness_prints_the_table() -> None:
     assert ratio is not None, out
     assert all(re.fullmatch(rf"{NUMBER}x", c.strip()) for c in ratio.group(1).split("|"))
     assert "ERROR" not in out, out
+
+
+@pytest.mark.timeout(60)
+def test_core_benchmark_moves_the_stream_both_ways() -> None:
+    """Both rows: datagrams glued as GSO/GRO hand them over, and one by one; each run
+    checks the SHA-256 of what arrived (a corrupted stream fails the command)."""
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.core", "--mib", "1", "--reps", "1",
+                           "--mss", "1400"], cwd=ROOT, capture_output=True, text=True,
+                          timeout=55)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    for way in ("glued", "one by one"):
+        row = re.search(rf"^\| 1400 \| {way} \|(.*)\|$", proc.stdout, re.M)
+        assert row is not None, proc.stdout
+        assert all(re.fullmatch(NUMBER.replace(r"\d+", r"[\d,]+"), c.strip())
+                   for c in row.group(1).split("|")), row.group(0)
