@@ -493,7 +493,9 @@ class Connection:
         interval = self.config.keepalive_interval
         if interval is None or self.state not in SYNCHRONIZED or self.state is State.TIME_WAIT:
             return
-        if self.snd_max != self.snd_una or self.unsent:
+        # unsent > 0, not truthy: once the FIN is out snd_nxt is one past the data and
+        # unsent reads -1, which kept FIN_WAIT_2 from ever being probed
+        if self.snd_max != self.snd_una or self.unsent > 0:
             # Data to deliver: the retransmission and persist timers judge the peer (as
             # Linux's tcp_keepalive_timer), and a path that is down for a minute while
             # they back off must not end the connection sooner than they would.
