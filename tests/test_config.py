@@ -11,7 +11,7 @@ from utcp.config import Config
 
 POSITIVE_FLOATS = ["msl", "rto_initial", "rto_min", "rto_max", "ack_delay",
                    "keepalive_probe_interval"]
-OPTIONAL_FLOATS = ["idle_timeout", "keepalive_interval", "user_timeout"]
+OPTIONAL_FLOATS = ["idle_timeout", "keepalive_interval", "user_timeout", "fin_timeout"]
 INT_BOUNDS = {
     "syn_retries": (0, 255),
     "synack_retries": (0, 255),
@@ -58,6 +58,7 @@ def test_defaults() -> None:
     assert c.keepalive_probe_interval == 5.0
     assert c.keepalive_probes == 6
     assert c.user_timeout is None
+    assert c.fin_timeout == 60.0
     assert c.congestion == "newreno"
     assert c.ack_delay == 0.04
     assert c.initial_cwnd_segments == 10

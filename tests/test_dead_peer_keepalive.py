@@ -85,3 +85,26 @@ def test_keepalive_can_be_turned_off() -> None:
     p.net.run(until=t_idle + 300.0)
     assert p.tap.sent_by(CLIENT, since=t_idle) == [] == p.tap.sent_by(SERVER, since=t_idle)
     assert p.c.get_timer() is None
+
+
+def test_a_half_closed_connection_in_fin_wait_2_probes_and_notices_a_dead_peer() -> None:
+    """FIN_WAIT_2 after write_eof: our FIN is acknowledged, the application still reads,
+    and the peer (in CLOSE_WAIT) sends nothing. As Linux's keepalive timer, which probes
+    once nothing is in flight or queued, the probes go on there; they used to stop at
+    the FIN (`Connection.unsent` reads -1 once it is out, which was taken for data
+    waiting), and a peer that died then held the connection forever."""
+    p = establish(client_cfg=CFG, server_cfg=CFG)
+    p.c.close()
+    p.net.run(until=p.net.now + 5.0, stop=lambda: p.c.state == State.FIN_WAIT_2)
+    assert p.c.state == State.FIN_WAIT_2 and p.s.state == State.CLOSE_WAIT
+    t_fw2 = p.net.now
+    p.net.run(until=t_fw2 + 3 * IDLE)  # a live peer answers: probes, and nothing ends
+    assert [s for s in p.tap.sent_by(CLIENT, since=t_fw2) if is_probe(s, p.c)]
+    assert p.c.state == State.FIN_WAIT_2
+
+    assert p.net.trace is not None
+    last_heard = max(r.time for r in p.net.trace if r.dst == CLIENT and r.fate == "delivered")
+    p.net.remove(SERVER)
+    p.net.run(until=p.net.now + 120.0, stop=lambda: p.c.state == State.CLOSED)
+    assert state(p.c) == State.CLOSED and isinstance(p.c.error, TimeoutError)
+    assert abs(p.net.now - (last_heard + IDLE + PROBES * INTERVAL)) < 1e-6

@@ -41,6 +41,8 @@ class Config:
     #   above): with 6 probes a silent dead peer is noticed after 25 + 6 x 5 = 55 s
     keepalive_probes: int = 6          # unanswered probes before the connection is dropped
     user_timeout: float | None = None  # unacknowledged data this old ends the connection
+    fin_timeout: float | None = 60.0   # an orphan (the application closed) in FIN_WAIT_2
+    #   ends this long after it got there (Linux's tcp_fin_timeout). None = never
     congestion: str = "newreno"
     ack_delay: float = 0.04            # delayed-ACK timer (RFC 9293 §3.8.6.3: < 0.5 s)
     initial_cwnd_segments: int = 10    # RFC 6928
@@ -103,7 +105,8 @@ class Config:
 
 _FLOAT_POSITIVE: Final = {"msl", "rto_initial", "rto_min", "rto_max", "ack_delay",
                    "keepalive_probe_interval"}
-_FLOAT_OPTIONAL: Final = {"idle_timeout", "keepalive_interval", "user_timeout"}
+_FLOAT_OPTIONAL: Final = {"idle_timeout", "keepalive_interval", "user_timeout",
+                           "fin_timeout"}
 _INT_RANGES: Final = {
     "syn_retries": (0, 255),
     "synack_retries": (0, 255),

@@ -172,10 +172,10 @@ class Connection:
         # does not end the connect); if the SYNs then run out, this is the error
         self.refusal_hint: str | None = None
         # The application closed the transport and will never read or write again
-        # (set by the I/O layer; a bare close() is also asyncio's write_eof): a shut
-        # window then pins memory nobody will use, so it is bounded (ORPHAN_PROBES)
+        # (`orphan`, called by the I/O layer; a bare close() is also asyncio's
+        # write_eof): a shut window then pins memory nobody will use, so it is bounded
+        # (ORPHAN_PROBES), and so is FIN_WAIT_2 (Config.fin_timeout)
         self.orphaned = False
-
 
         # loss detection, recovery and congestion control (utcp.recovery)
         self.sender = Sender(self)  # what goes out (utcp.sender)
@@ -254,6 +254,15 @@ class Connection:
         self.sndbuf.fin_queued = True
         self.set_state(Ev.CLOSE)
         self.touch()
+
+    def orphan(self, now: float) -> None:
+        """The application is gone for good (it closed the transport, not only its
+        sending side): nobody will read what the peer still sends. As Linux with a socket
+        no process holds, FIN_WAIT_2 is then bounded by `Config.fin_timeout`, counted from
+        now if we are there already, else from when we get there (`set_state`)."""
+        self.orphaned = True
+        if self.state is State.FIN_WAIT_2 and self._arm_fin_timeout(now):
+            self.touch()  # the endpoint files the new deadline
 
     def abort(self) -> None:
         """Send RST if the peer knows us, and forget everything (RFC 9293 §3.10.5)."""
@@ -394,7 +403,8 @@ class Connection:
             tail_loss_probes=c.tail_loss_probes, spurious_recoveries=c.spurious_recoveries,
             dsacks_received=c.dsacks_received, paws_drops=c.paws_drops,
             fins_ignored=c.fins_ignored,
-            challenge_acks_suppressed=c.challenge_acks_suppressed)
+            challenge_acks_suppressed=c.challenge_acks_suppressed,
+            fin_timeouts=c.fin_timeouts)
 
     # --------------------------------------------------------------------- timers
 
@@ -418,6 +428,8 @@ class Connection:
         if timer is T.TIME_WAIT:
             self.timers.cancel(T.TIME_WAIT)
             self.set_state(Ev.TIMEOUT_2MSL)
+        elif timer is T.FIN_WAIT_2:
+            self._on_fin_timeout()
         elif timer is T.USER:
             self.fail(TimeoutError("the peer's window stayed shut for user_timeout"
                                     if self.sender.persist_since is not None else
@@ -438,6 +450,27 @@ class Connection:
         else:
             self._on_keepalive(now)
         return self.state is not State.CLOSED
+
+    def _arm_fin_timeout(self, now: float) -> bool:
+        """Start an orphan's FIN_WAIT_2 clock, unless it runs already or is off; True if
+        it was started."""
+        fin_timeout = self.config.fin_timeout
+        if fin_timeout is None or self.timers.armed(T.FIN_WAIT_2):
+            return False
+        self.timers.arm(T.FIN_WAIT_2, now + fin_timeout)
+        return True
+
+    def _on_fin_timeout(self) -> None:
+        """An orphan sat in FIN_WAIT_2 for `Config.fin_timeout`: the peer acknowledged our
+        FIN but never sent its own, and nobody is left to read. Drop it silently, as
+        Linux drops an orphaned FIN_WAIT_2 socket when tcp_fin_timeout runs out (its
+        timewait bucket expires: no RST then). The peer learns only if it sends again:
+        the endpoint answers a segment for no connection with RST."""
+        self.timers.cancel(T.FIN_WAIT_2)
+        self.counters.fin_timeouts += 1
+        if log.enabled():
+            log.emit("fin_timeout", conn=self.name, fin_timeout=self.config.fin_timeout)
+        self.fail(None, send_rst=False)
 
     def _on_idle_timeout(self, now: float) -> None:
         self.timers.cancel(T.IDLE)
@@ -501,7 +534,9 @@ class Connection:
         interval = self.config.keepalive_interval
         if interval is None or self.state not in SYNCHRONIZED or self.state is State.TIME_WAIT:
             return
-        if self.snd_max != self.snd_una or self.unsent:
+        # unsent > 0, not truthy: once the FIN is out snd_nxt is one past the data and
+        # unsent reads -1, which kept FIN_WAIT_2 from ever being probed
+        if self.snd_max != self.snd_una or self.unsent > 0:
             # Data to deliver: the retransmission and persist timers judge the peer (as
             # Linux's tcp_keepalive_timer), and a path that is down for a minute while
             # they back off must not end the connection sooner than they would.
@@ -537,8 +572,9 @@ class Connection:
 
     def set_state(self, event: Ev, error: Exception | None = None) -> None:
         """The one way the state changes (`utcp.state.TRANSITIONS`), with what entering a
-        state always does: ESTABLISHED tells the application, TIME_WAIT runs 2MSL alone,
-        CLOSED ends the connection (with `error`, if it failed)."""
+        state always does: ESTABLISHED tells the application, FIN_WAIT_2 starts an
+        orphan's fin_timeout, TIME_WAIT runs 2MSL alone, CLOSED ends the connection (with
+        `error`, if it failed)."""
         old = self.state
         new = next_state(old, event)
         self.state = new
@@ -549,8 +585,11 @@ class Connection:
             log.emit("state", conn=self.name, old=old.name, new=new.name, trigger=event.value)
         if new is State.ESTABLISHED:
             self.events.append(HandshakeCompleted())
+        elif new is State.FIN_WAIT_2:
+            if self.orphaned:
+                self._arm_fin_timeout(self.now)
         elif new is State.TIME_WAIT:
-            for timer in (T.RTX, T.PERSIST, T.IDLE, T.KEEPALIVE, T.USER):
+            for timer in (T.RTX, T.PERSIST, T.IDLE, T.KEEPALIVE, T.USER, T.FIN_WAIT_2):
                 self.timers.cancel(timer)
             self.timers.arm(T.TIME_WAIT, self.now + 2 * self.config.msl)
         elif new is State.CLOSED and old is not State.LISTEN:

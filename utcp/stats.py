@@ -19,8 +19,8 @@ class Counters:
 
     __slots__ = ("bytes_acked", "bytes_received", "bytes_retransmitted", "bytes_sent",
                  "challenge_acks", "challenge_acks_suppressed", "dropped_segments",
-                 "dsacks_received", "dup_acks_received", "fast_retransmits", "fins_ignored",
-                 "ooo_segments_received", "paws_drops", "segments_received",
+                 "dsacks_received", "dup_acks_received", "fast_retransmits", "fin_timeouts",
+                 "fins_ignored", "ooo_segments_received", "paws_drops", "segments_received",
                  "segments_retransmitted", "segments_sent", "spurious_recoveries",
                  "tail_loss_probes", "timeouts")
 
@@ -44,6 +44,8 @@ class Counters:
         self.challenge_acks_suppressed = 0
         self.paws_drops = 0              # RFC 7323 §5
         self.fins_ignored = 0            # FINs contradicted by data or by another FIN
+        self.fin_timeouts = 0            # 1 once an orphan's FIN_WAIT_2 ran out of
+        #   Config.fin_timeout and the connection was dropped (Linux's tcp_fin_timeout)
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,3 +82,4 @@ class Stats:
     paws_drops: int = 0
     fins_ignored: int = 0
     challenge_acks_suppressed: int = 0
+    fin_timeouts: int = 0

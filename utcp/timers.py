@@ -5,8 +5,8 @@ earliest, the walk when the clock fires, the clearing when a connection ends), a
 lists drifted apart: a connection that ended could keep a probe timer armed. Here
 `cancel_all` and `earliest` see every timer by construction, and `Connection.handle_timer`
 walks them in `Timer` order, which is their priority: a timer whose handler ends the
-connection (2MSL, the user timeout, the last retransmission) runs before one that would
-send on it.
+connection (2MSL, an orphan's FIN_WAIT_2 timeout, the user timeout, the last
+retransmission) runs before one that would send on it.
 """
 
 from __future__ import annotations
@@ -19,14 +19,15 @@ class Timer(enum.IntEnum):
     """Every timer a connection has, in the order they are served when due together."""
 
     TIME_WAIT = 0   # 2MSL in TIME_WAIT (RFC 9293 §3.6)
-    USER = 1        # TCP_USER_TIMEOUT (RFC 5482): data unacknowledged for this long fails
-    RTX = 2         # retransmission timeout (RFC 6298)
-    REORDER = 3     # RACK's reordering window ran out (RFC 8985 §6.3)
-    TLP = 4         # tail loss probe (RFC 8985 §7)
-    PERSIST = 5     # zero-window probe, or the sender SWS override (RFC 9293 §3.8.6.2.1)
-    ACK = 6         # delayed ACK (RFC 9293 §3.8.6.3)
-    IDLE = 7        # Config.idle_timeout
-    KEEPALIVE = 8   # keepalive idle time, then its probe interval (RFC 1122 §4.2.3.6)
+    FIN_WAIT_2 = 1  # an orphan's Config.fin_timeout in FIN_WAIT_2 (Linux's tcp_fin_timeout)
+    USER = 2        # TCP_USER_TIMEOUT (RFC 5482): data unacknowledged for this long fails
+    RTX = 3         # retransmission timeout (RFC 6298)
+    REORDER = 4     # RACK's reordering window ran out (RFC 8985 §6.3)
+    TLP = 5         # tail loss probe (RFC 8985 §7)
+    PERSIST = 6     # zero-window probe, or the sender SWS override (RFC 9293 §3.8.6.2.1)
+    ACK = 7         # delayed ACK (RFC 9293 §3.8.6.3)
+    IDLE = 8        # Config.idle_timeout
+    KEEPALIVE = 9   # keepalive idle time, then its probe interval (RFC 1122 §4.2.3.6)
 
 
 _COUNT: Final = len(Timer)

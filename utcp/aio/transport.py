@@ -99,7 +99,8 @@ class UtcpTransport(asyncio.Transport):
         if self._conn.state == State.CLOSED:
             self._connection_lost(self._conn.error)
             return
-        self._conn.orphaned = True  # nobody reads any more: a shut window is bounded
+        # nobody reads any more: a shut window is bounded, and so is FIN_WAIT_2
+        self._conn.orphan(self._loop.time())
         if not self._eof_written:
             self._eof_written = True
             self._conn.close()
