@@ -254,6 +254,8 @@ async def test_write_buffer_limits_pause_and_resume_the_protocol() -> None:
             transport.write_eof()
             (sink,) = sinks
             assert await sink.eof == data
+            # the FIN is out (it takes a sequence number, but no buffer): nothing buffered
+            assert transport.get_write_buffer_size() == 0
 
             # raising the high-water mark above what is buffered never pauses
             transport2, client2 = await _create(Collector, port_of(server))
