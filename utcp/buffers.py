@@ -239,9 +239,9 @@ class SendBuffer:
         chunk = chunks[i]
         off = seq - starts[i]
         if off + n <= len(chunk):
-            if isinstance(chunk, memoryview):
-                return chunk[off:off + n]
-            return memoryview(chunk)[off:off + n]
+            if isinstance(chunk, bytearray):  # a tail of small writes, still growing
+                return memoryview(chunk)[off:off + n]
+            return chunk[off:off + n]
         parts = [chunk[off:]]
         need = n - len(parts[0])
         while need > 0:

@@ -341,7 +341,7 @@ class Sender:
             conn.counters.bytes_sent += n
         conn.recovery.on_sent(seq, n, fin, now, retransmit)
         self.emit(seq, n, flags, payload=payload)
-        if isinstance(payload, memoryview):
+        if not isinstance(payload, bytes):  # a view (mypyc tests bytes natively)
             payload.release()
         timers = conn.timers
         if not timers.armed(T.RTX):
