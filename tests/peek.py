@@ -11,6 +11,7 @@ dataclass, buffers into classes; issue #13) one file changes, not every test mod
 from __future__ import annotations
 
 import copy
+from typing import Any
 
 import pytest
 
@@ -60,7 +61,11 @@ def detached_copy(conn: Connection) -> Connection:
     rebuild: a test that needs a copy runs on the pure-Python build only (CI runs both)."""
     if utcp.compiled:
         pytest.skip("a compiled Connection cannot be copied; the pure-Python run covers this")
-    return copy.deepcopy(conn, {id(conn.notify): None})
+    memo: dict[int, Any] = {id(conn.notify): None}
+    for chunk in conn.sndbuf.chunks:
+        if isinstance(chunk, memoryview):  # a view of immutable bytes: shared, not copied
+            memo[id(chunk)] = chunk
+    return copy.deepcopy(conn, memo)
 
 
 def forget_held_fin(conn: Connection) -> None:
