@@ -270,7 +270,7 @@ class Connection:
             return
         if self.state in (State.SYN_RCVD, State.ESTABLISHED, State.FIN_WAIT_1,
                           State.FIN_WAIT_2, State.CLOSE_WAIT):
-            self.sender.emit(self.snd_max, 0, RST | ACK)  # snd_max: see _fail
+            self.sender.emit(self.sender.ack_seq(), 0, RST | ACK)
         self.set_state(Ev.ABORT)
 
     def icmp_unreachable(self, seq: int | None = None) -> bool:
@@ -597,9 +597,9 @@ class Connection:
 
     def fail(self, error: Exception | None, *, send_rst: bool, event: Ev = Ev.ABORT) -> None:
         if send_rst and self.state in SYNCHRONIZED | {State.SYN_RCVD}:
-            # snd_max, not a snd_nxt rewound by a timeout: a peer that got everything
-            # would drop an RST below its rcv_nxt as old (BSD's tcp_output does the same)
-            self.sender.emit(self.snd_max, 0, RST | ACK)
+            # snd_max within the peer's window (Sender.ack_seq), not a snd_nxt rewound by
+            # a timeout: a peer that got everything would drop an RST below its rcv_nxt
+            self.sender.emit(self.sender.ack_seq(), 0, RST | ACK)
         self.set_state(event, error)
 
     def _terminate(self, error: Exception | None) -> None:

@@ -84,7 +84,7 @@ class Receiver:
         if held:
             if conn.sack_ok:
                 conn.sender.dsack = (seg_seq, seg_seq + len(payload))
-            conn.sender.emit(conn.snd_max, 0, ACK)
+            conn.sender.emit(conn.sender.ack_seq(), 0, ACK)
             return None
         # The cap is against floods of tiny pieces: full-sized segments are held up to
         # the window we advertised, else one tail drop costs a go-back-N of the rest.
@@ -100,7 +100,7 @@ class Receiver:
         if not self.admit(cost):
             return False
         rcv.insert_ooo(i, seg_seq, piece, cost)
-        conn.sender.emit(conn.snd_max, 0, ACK)
+        conn.sender.emit(conn.sender.ack_seq(), 0, ACK)
         return True
 
     def record_fin(self, fin_at: int) -> None:

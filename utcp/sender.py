@@ -152,10 +152,20 @@ class Sender:
             else:
                 self.send_new_data(now)
         if self.ack_now:
-            # A pure ACK carries snd_max, not a snd_nxt rewound by go-back-N after an RTO
-            # (BSD's tcp_output does the same): the peer has seen up to snd_max, and would
-            # drop a segment below its rcv_nxt as old, ACK field and all.
-            self.emit(conn.snd_max, 0, ACK)
+            self.emit(self.ack_seq(), 0, ACK)
+
+    def ack_seq(self) -> int:
+        """The sequence number of a segment without data (a pure ACK, a RST) that the
+        peer will accept: snd_max, not a snd_nxt rewound by go-back-N after an RTO (BSD's
+        tcp_output does the same; the peer has seen up to snd_max, and would drop a
+        segment below its rcv_nxt as old, ACK field and all), but no further than the
+        right edge of the peer's window. Past it (a FIN or data sent into a window that
+        has since shut) the peer would drop the segment as out of its window, ACK field
+        and all: our answers to its keepalive probes would never count and it would end
+        a live connection, and a RST would be ignored (Linux's tcp_acceptable_seq)."""
+        conn = self.conn
+        edge = conn.snd_una + conn.snd_wnd
+        return conn.snd_max if conn.snd_max <= edge else edge
 
     def send_syn(self, now: float) -> None:
         conn = self.conn
