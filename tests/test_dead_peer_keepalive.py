@@ -9,7 +9,7 @@ at most; then TimeoutError and a RST, 55 s after the peer was last heard.
 
 from __future__ import annotations
 
-from tests.test_flow import CLIENT, EPS, SERVER, establish, events, is_probe
+from tests.test_flow import CLIENT, EPS, SERVER, Pair, establish, events, is_probe
 from utcp.config import Config
 from utcp.connection import Connection
 from utcp.events import Terminated
@@ -22,6 +22,18 @@ CFG = Config(msl=1.0, rto_min=0.2, rto_initial=0.5)
 
 def state(conn: Connection) -> State:
     return conn.state  # read afresh: mypy keeps an earlier assert's narrowing otherwise
+
+
+def server_vanishes(p: Pair) -> float:
+    """The server goes without a word: the client's keepalive ends the connection
+    IDLE + PROBES x INTERVAL after the server was last heard. Returns that time."""
+    assert p.net.trace is not None
+    last_heard = max(r.time for r in p.net.trace if r.dst == CLIENT and r.fate == "delivered")
+    p.net.remove(SERVER)
+    p.net.run(until=p.net.now + 120.0, stop=lambda: p.c.state == State.CLOSED)
+    assert state(p.c) == State.CLOSED and isinstance(p.c.error, TimeoutError)
+    assert abs(p.net.now - (last_heard + IDLE + PROBES * INTERVAL)) < 1e-6
+    return last_heard
 
 
 def test_defaults_are_on_and_documented_values() -> None:
@@ -46,12 +58,7 @@ def test_idle_connection_is_probed_under_the_nat_timeout_and_a_dead_peer_noticed
 
     # the server vanishes without a word: probes 25 s after it was last heard, then
     # every 5 s; the 6th unanswered ends the connection 55 s after it was last heard
-    assert p.net.trace is not None
-    last_heard = max(r.time for r in p.net.trace if r.dst == CLIENT and r.fate == "delivered")
-    p.net.remove(SERVER)
-    p.net.run(until=p.net.now + 120.0, stop=lambda: p.c.state == State.CLOSED)
-    assert state(p.c) == State.CLOSED and isinstance(p.c.error, TimeoutError)
-    assert abs(p.net.now - (last_heard + IDLE + PROBES * INTERVAL)) < 1e-6
+    last_heard = server_vanishes(p)
     unanswered = p.tap.sent_by(CLIENT, since=last_heard + EPS)
     probes = [s.time - last_heard for s in unanswered if is_probe(s, p.c)]
     first = probes.index(IDLE) if IDLE in probes else 0
@@ -102,9 +109,4 @@ def test_a_half_closed_connection_in_fin_wait_2_probes_and_notices_a_dead_peer()
     assert [s for s in p.tap.sent_by(CLIENT, since=t_fw2) if is_probe(s, p.c)]
     assert p.c.state == State.FIN_WAIT_2
 
-    assert p.net.trace is not None
-    last_heard = max(r.time for r in p.net.trace if r.dst == CLIENT and r.fate == "delivered")
-    p.net.remove(SERVER)
-    p.net.run(until=p.net.now + 120.0, stop=lambda: p.c.state == State.CLOSED)
-    assert state(p.c) == State.CLOSED and isinstance(p.c.error, TimeoutError)
-    assert abs(p.net.now - (last_heard + IDLE + PROBES * INTERVAL)) < 1e-6
+    server_vanishes(p)  # then it dies: noticed 55 s after it was last heard
