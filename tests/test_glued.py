@@ -21,6 +21,7 @@ from utcp import wire
 from utcp.config import Config
 from utcp.connection import Connection
 from utcp.endpoint import Endpoint
+from utcp.sender import CHALLENGE_ACK_LIMIT
 from utcp.state import State
 
 SERVER = ("127.0.0.1", 5000)
@@ -34,11 +35,11 @@ class Twins:
     """A client and two servers that saw the same handshake, so that the servers are
     identical: `glued` gets the buffer whole, `single` its datagrams one by one."""
 
-    def __init__(self) -> None:
+    def __init__(self, server_config: Config = CFG) -> None:
         self.now = 0.0
         self.client = Endpoint(CFG, CLIENT[1], rng=random.Random(2))
-        self.glued = Endpoint(CFG, SERVER[1], listening=True, rng=random.Random(1))
-        self.single = Endpoint(CFG, SERVER[1], listening=True, rng=random.Random(1))
+        self.glued = Endpoint(server_config, SERVER[1], listening=True, rng=random.Random(1))
+        self.single = Endpoint(server_config, SERVER[1], listening=True, rng=random.Random(1))
         conn = self.client.connect(SERVER, self.now)
         for _ in range(4):
             self.now += 0.001
@@ -74,6 +75,15 @@ class Twins:
         opts = wire.Options(timestamps=(tsval, 0), sack=((1, 2),))
         return wire.build(wire.Segment(CLIENT[1], SERVER[1], seq, ack, flags, window,
                                        payload, opts))
+
+    def both(self, datagram: bytes) -> None:
+        """One datagram alone, to both servers (a state they share before a glued read)."""
+        self.glued.receive_datagram(datagram, CLIENT, self.now)
+        self.single.receive_datagram(datagram, CLIENT, self.now)
+
+    def replies(self) -> tuple[list[wire.Segment], list[wire.Segment]]:
+        return acks(self.glued.datagrams_to_send(self.now)), acks(
+            self.single.datagrams_to_send(self.now))
 
     def feed(self, datagrams: list[bytes], step: int) -> None:
         """As a GRO read would: every datagram but the last exactly `step` bytes."""
@@ -206,10 +216,17 @@ kinds = st.sampled_from(["next", "next", "next", "gap", "dup", "fin", "ack", "wi
                          "psh", "sack"])
 
 
-@settings(max_examples=150, deadline=None)
-@given(st.lists(kinds, min_size=1, max_size=12), st.integers(1, MSS))
-def test_any_glued_read_equals_its_datagrams_one_by_one(kinds_: list[str], last: int) -> None:
+@settings(max_examples=200, deadline=None)
+@given(st.lists(kinds, min_size=1, max_size=12), st.integers(1, MSS),
+       st.sampled_from(["none", "held piece", "held fin"]))
+def test_any_glued_read_equals_its_datagrams_one_by_one(kinds_: list[str], last: int,
+                                                        before: str) -> None:
     t = Twins()
+    if before == "held piece":  # out of order, held by both before the read
+        t.both(t.datagram(3 * MSS, MSS))
+    elif before == "held fin":
+        t.both(t.datagram(4 * MSS, 0, flags=wire.ACK | wire.FIN))
+    t.replies()
     datagrams = []
     offset = 0
     for i, kind in enumerate(kinds_):
@@ -241,5 +258,74 @@ def test_any_glued_read_equals_its_datagrams_one_by_one(kinds_: list[str], last:
     for group in groups:
         t.feed(group, len(group[0]))
         t.assert_same()
-        assert (acks(t.glued.datagrams_to_send(t.now))[-1:] == []) == (
-            acks(t.single.datagrams_to_send(t.now))[-1:] == [])
+        glued, single = t.replies()
+        assert (glued == []) == (single == [])
+        # the last reply says the same: flags, ACK, SACK and D-SACK blocks
+        assert [(s.flags, s.ack, s.options.sack) for s in glued[-1:]] == [
+            (s.flags, s.ack, s.options.sack) for s in single[-1:]]
+
+
+# Where header prediction would not take each datagram, the per-datagram path decides
+# (found by review: each of these differed while runs were merged there too).
+
+
+def test_under_memory_pressure_the_datagrams_that_fit_are_taken() -> None:
+    """The endpoint's memory budget spent by others: each datagram is admitted on its
+    own (under the connection's floor), not a whole run refused at once."""
+    t = Twins(Config(pmtu_probing=False, max_buffer_memory=1 << 20))
+    for i in range(30):  # 30 KB in order, unread: the application is slow
+        t.both(t.datagram(i * MSS, MSS))
+    t.replies()
+    for ep in (t.glued, t.single):
+        assert ep.memory is not None
+        ep.memory.used = ep.memory.limit
+    t.feed([t.datagram(i * MSS, MSS) for i in range(34)], STEP)
+    got, _ = t.assert_same()
+    assert len(got) > 30 * MSS  # some of the 34 fit, as one by one
+
+
+def test_a_run_over_pieces_already_held_reports_the_duplicate() -> None:
+    """A go-back-N resend covering out-of-order pieces we hold: the ACK carries the
+    D-SACK block for them (RFC 2883), as datagram by datagram."""
+    t = Twins()
+    t.both(t.datagram(MSS, MSS))
+    t.both(t.datagram(2 * MSS, MSS))
+    t.replies()
+    t.feed([t.datagram(i * MSS, MSS) for i in range(4)], STEP)
+    t.assert_same()
+    glued, single = t.replies()
+    assert [s.options.sack for s in glued] == [s.options.sack for s in single]
+    assert any(s.options.sack for s in glued)
+
+
+def test_a_run_across_a_held_fin_ends_as_one_by_one() -> None:
+    t = Twins()
+    t.both(t.datagram(2 * MSS, 0, flags=wire.ACK | wire.FIN))  # held: a hole before it
+    t.replies()
+    t.feed([t.datagram(i * MSS, MSS) for i in range(3)], STEP)
+    t.assert_same()
+    glued, single = t.replies()
+    assert [s.flags for s in glued] == [s.flags for s in single]
+
+
+def test_refused_runs_stay_within_the_challenge_ack_limit() -> None:
+    """Runs that acknowledge data never sent draw challenge ACKs (RFC 5961 §5), at most
+    so many a second: the run path adds no ACK of its own to a segment it refused."""
+    t = Twins()
+    sent = [0, 0]
+    for _ in range(150):
+        t.feed([t.datagram(i * MSS, MSS, ack_delta=5000) for i in range(3)], STEP)
+        t.now -= 0.0009  # all within one second
+        glued, single = t.replies()
+        sent[0] += len(glued)
+        sent[1] += len(single)
+    # one challenge per run where one by one counts one per datagram: within the limit
+    assert sent[1] <= sent[0] <= CHALLENGE_ACK_LIMIT < 150
+
+
+def test_a_step_of_zero_is_one_datagram() -> None:
+    t = Twins()
+    datagram = t.datagram(0, MSS)
+    t.glued.receive_glued(memoryview(datagram), 0, CLIENT, t.now)
+    t.single.receive_datagram(datagram, CLIENT, t.now)
+    t.assert_same()

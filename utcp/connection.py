@@ -354,13 +354,27 @@ class Connection:
         """Process one segment addressed to this connection (`utcp.inbound`)."""
         inbound.segment(self, seg, now)
 
-    def took_run(self, count: int) -> None:
+    def takes_runs(self) -> bool:
+        """Whether `Endpoint.receive_glued` may hand this connection a run of datagrams
+        as one segment: only where header prediction would take each of them (ESTABLISHED,
+        nothing held out of order, no FIN held, memory below pressure). Elsewhere the
+        per-datagram path decides, datagram by datagram: what a tight memory budget
+        admits of a burst, the D-SACK for a piece already held, a held FIN's end."""
+        budget = self.memory_budget
+        return (self.state is State.ESTABLISHED and not self.rcv.ooo
+                and self.receiver.fin_seq is None
+                and (budget is None or budget.used < budget.pressure))
+
+    def took_run(self, count: int, advanced: bool) -> None:
         """`count` datagrams (two or more, full-sized but maybe the last) went in as one
-        segment (`Endpoint.receive_glued`): counted as what they were, and acknowledged
-        at once, as two full-sized segments are (RFC 9293 §3.8.6.3); the segment itself
-        counted one and may only have armed the delayed-ACK timer."""
+        segment (`Endpoint.receive_glued`): counted as what they were, and, if they moved
+        rcv_nxt, acknowledged at once, as two full-sized segments are (RFC 9293
+        §3.8.6.3; the segment itself counted one and may only have armed the delayed-ACK
+        timer). A run that was refused is answered as its segment was, no more (a
+        challenge ACK stays within its rate limit)."""
         self.counters.segments_received += count - 1
-        self.sender.ack_now = True
+        if advanced:
+            self.sender.ack_now = True
 
     # --------------------------------------------------------------------- outputs
 

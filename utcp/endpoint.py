@@ -167,23 +167,29 @@ class Endpoint:
         receiver does the same). Secure mode opens each datagram on its own."""
         n = len(data)
         view = data if isinstance(data, memoryview) else memoryview(data)
+        if step <= 0 or step >= n:  # one datagram (a step of 0 would never move on)
+            self.receive_datagram(view, addr, now)
+            return
         key: Addr = addr if len(addr) == 2 else (addr[0], addr[1])  # type: ignore[assignment]
         conn = self.connections.get(key)
         begin = 0
         while begin < n:
             end = min(begin + step, n)
-            if (conn is not None and conn.state is State.ESTABLISHED
-                    and self._secure is None
+            if (conn is not None and conn.takes_runs() and self._secure is None
                     and (not self._unvalidated or conn not in self._unvalidated)):
                 end = wire.glued_run(view, begin, step, n, conn.rcv_nxt & sq.MASK)
+                pieces = (end - begin + step - 1) // step
+                if end - begin - pieces * wire.TS_SEGMENT_HEADER > conn.rcv_adv - conn.rcv_nxt:
+                    end = min(begin + step, n)  # past the window we offered: one by one
             if end - begin <= step:
                 self.receive_datagram(view[begin:end], addr, now)
             else:
                 assert conn is not None
                 if self._evictable and conn in self._evictable:
                     self._evictable.move_to_end(conn)
+                rcv_nxt = conn.rcv_nxt
                 conn.receive(wire.parse_run(view, begin, end, step), now)
-                conn.took_run((end - begin + step - 1) // step)
+                conn.took_run((end - begin + step - 1) // step, conn.rcv_nxt > rcv_nxt)
             begin = end
 
     def _open_secure(self, data: bytes | bytearray | memoryview, key: Addr,

@@ -50,6 +50,7 @@ _U32: Final = struct.Struct("!I")
 _TS: Final = struct.Struct("!II")
 _TS_ALIGNED: Final = b"\x01\x01\x08\x0a"  # NOP NOP kind=8 len=10
 _TS_ONLY_LEN: Final = HEADER_LEN + 12
+TS_SEGMENT_HEADER: Final = _TS_ONLY_LEN  # a data segment's header with timestamps only
 # The header and RFC 7323 appendix A's timestamps layout (NOP NOP kind=8 len=10 TSval
 # TSecr) as one struct: nearly every segment of a connection is exactly this, and one
 # pack or unpack of it costs what a tenth of the general option code does
