@@ -17,6 +17,10 @@ from utcp.wire import ACK
 if TYPE_CHECKING:
     from utcp.connection import Connection
 
+# A window update the peer is not short of (it may still send this many full segments
+# into the window it knows) waits for the next timer service at the same instant.
+UPDATE_CAN_WAIT_SEGMENTS = 4
+
 
 class Receiver:
     __slots__ = ("conn", "fin_received", "fin_seq")
@@ -144,7 +148,14 @@ class Receiver:
         current = conn.rcv_adv - conn.rcv_nxt
         if grow >= min(conn.config.recv_buffer // 2, 2 * conn.snd_mss) or (
                 current < conn.snd_mss and grow > 0 and current + grow >= conn.snd_mss):
-            conn.sender.ack_now = True
+            if current >= UPDATE_CAN_WAIT_SEGMENTS * conn.snd_mss:
+                # The peer has room for several segments yet (the first read after the
+                # handshake: it knows only the SYN's unscaled 64 KiB): the update waits
+                # for the next timer service at this same instant, so that an answer
+                # the application writes on reading carries it, one datagram fewer.
+                conn.sender.defer_ack(conn.now)
+            else:
+                conn.sender.ack_now = True
             conn.touch()
 
     def admit(self, cost: int) -> bool:
