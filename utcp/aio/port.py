@@ -19,7 +19,7 @@ import sys
 import time
 import weakref
 from collections.abc import AsyncGenerator, Callable
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from utcp import log, pcap
 from utcp.aio import batch
@@ -354,7 +354,8 @@ class UdpPort:
 
     def __init__(self, loop: asyncio.AbstractEventLoop, sock: socket.socket, endpoint: Endpoint,
                  *, connected: bool = False, icmp_refuses: bool = True,
-                 on_accept: Callable[[Connection], None] | None = None) -> None:
+                 on_accept: Callable[[Connection], None] | None = None,
+                 sockname: Any = None) -> None:
         self.loop = loop
         self.sock = sock
         self.endpoint = endpoint
@@ -383,7 +384,8 @@ class UdpPort:
         self._timer: asyncio.Handle | None = None
         self._timer_at: float | None = None
         self.send_errors: collections.Counter[str] = collections.Counter()
-        self.local_addr = sock.getsockname()  # the socket's; kept once closed
+        # the socket's (`sockname`, when the caller has just asked); kept once closed
+        self.local_addr = sockname if sockname is not None else sock.getsockname()
         self._gso = batch.probe_gso(sock)
         self._gro = batch.enable_gro(sock)
         self._recverr = enable_recverr(sock)
@@ -623,7 +625,8 @@ class UdpPort:
         self._processing = True
         try:
             # Callbacks may write: a few rounds, then call_soon takes over. A round whose
-            # output is empty skips the `_send` call (most rounds after the first).
+            # output is empty skips the `_send` call; callbacks that touched no
+            # connection (most: a read, a wake-up) leave nothing for another round.
             for _ in range(4):
                 datagrams = ep.datagrams_to_send(now)
                 if datagrams:
@@ -638,6 +641,8 @@ class UdpPort:
                 if self.on_accept is not None:
                     while (accepted := ep.accept()) is not None:
                         self.on_accept(accepted)
+                if not ep.has_output():
+                    break
             else:
                 self.schedule_flush()
         finally:
@@ -848,8 +853,13 @@ class UdpPort:
     def detach(self, conn: Connection) -> None:
         """The application is done with `conn`; the core may still need the socket."""
         self.transports.pop(conn, None)
-        if self.close_when_idle and not self.endpoint.connections and not self.transports:
-            self.loop.call_soon(self._close_if_idle)
+        if self.close_when_idle and not self.transports:
+            if not self.endpoint.connections:
+                self.loop.call_soon(self._close_if_idle)
+            elif self.connected:
+                # a client's connection left to TIME_WAIT (or its FIN): counted among the
+                # lingering sockets now, as `process` would at its end
+                _linger(self)
 
     def _close_if_idle(self) -> None:
         if self.close_when_idle and not self.endpoint.connections and not self.transports:
