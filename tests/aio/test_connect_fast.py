@@ -251,3 +251,31 @@ def test_an_update_the_peer_is_short_of_leaves_in_the_same_round() -> None:
     peer.read()
     update = pure_acks(segments(server.datagrams_to_send(now)))  # no timer serviced
     assert len(update) == 1 and update[0].window > 0
+
+
+# ---------------------------------------------------------------------- the timer
+
+async def test_sequential_connections_reuse_the_servers_timer_handle() -> None:
+    """A server's port between sequential connections: each one's deadlines (its
+    SYN+ACK's retransmission, the ACKs due at once, the answer's and the FIN's RTO) are
+    never earlier than the handle armed already, and a due one runs by call_soon beside
+    it. So the loop gets no new TimerHandle per connection: it got three (a call_at
+    after each due ACK, one for the next SYN+ACK after a cancel when the last closed).
+    The RTO floor is long here so that no handle fires while the test runs."""
+    config = utcp.Config(mss=1400, pmtu_probing=False, rto_min=20.0, rto_initial=30.0)
+    async with asyncio.timeout(TIMEOUT):
+        server = await utcp.start_server(_answer_once, HOST, 0, config=config)
+        async with serving(server):
+            (port,) = server._ports  # type: ignore[attr-defined]
+            handles: list[object] = []
+            for _ in range(10):
+                reader, writer = await utcp.open_connection(HOST, port_of(server),
+                                                            config=config)
+                writer.write(b"q")
+                assert await reader.readexactly(1) == b"a"
+                writer.close()
+                await writer.wait_closed()
+                handles.append(port._timer)
+            assert port._timer is not None
+    distinct = {id(h) for h in handles}
+    assert len(distinct) <= 2, f"{len(distinct)} TimerHandles for 10 connections"

@@ -383,6 +383,7 @@ class UdpPort:
         self._processing = False
         self._timer: asyncio.Handle | None = None
         self._timer_at: float | None = None
+        self._soon: asyncio.Handle | None = None   # for a deadline due already
         self.send_errors: collections.Counter[str] = collections.Counter()
         # the socket's (`sockname`, when the caller has just asked); kept once closed
         self.local_addr = sockname if sockname is not None else sock.getsockname()
@@ -677,29 +678,39 @@ class UdpPort:
     def _arm_timer(self) -> None:
         deadline = self.endpoint.get_timer()
         if deadline is None:
-            if self._timer is not None:
-                self._timer.cancel()
-                self._timer = self._timer_at = None
+            # Nothing to wait for: a handle still armed is left to fire once and find
+            # nothing due. Cancelling it cost a cancel now and, for a server between
+            # sequential connections, a new call_at for the next one's SYN+ACK (whose
+            # deadline is later than the one left); twice per connection in all.
             return
         if self._timer_at is not None and self._timer_at <= deadline:
             # The armed handle fires no later than needed. The retransmission deadline
             # moves forward with nearly every segment sent; keeping the early handle (it
             # finds nothing due and re-arms) saves a cancel and a call_at per segment.
             return
+        if deadline <= self._clock():
+            # Due already: the core defers an ACK to "the next timer service at this
+            # instant" (the handshake's last ACK, the ACK of a FIN, a window update) so
+            # that a write or close the application makes on waking rides on it.
+            # call_soon runs after the callbacks already queued (that application's
+            # wake-up) on either loop, as call_at does on asyncio's, without a
+            # TimerHandle in the loop's heap (whose Python __lt__ each push and pop
+            # pays, and which holds every cancelled handle). The handle armed for a
+            # later deadline stays: the retransmission timer that follows is mostly no
+            # earlier, so it needs no new call_at once the due one is served.
+            if self._soon is None:
+                self._soon = self.loop.call_soon(self._on_soon)
+            return
         if self._timer is not None:
             self._timer.cancel()
         self._timer_at = deadline
-        if deadline <= self._clock():
-            # Due already: the core defers an ACK to "the next timer service at this
-            # instant" (the handshake's last ACK, the ACK of a FIN) so that a write or
-            # close the application makes on waking rides on it. call_soon runs after the
-            # callbacks already queued (that application's wake-up) on either loop, as
-            # call_at does on asyncio's, without a TimerHandle in the loop's heap (whose
-            # Python __lt__ each push and pop pays, and which holds every cancelled
-            # handle): twice per connect and close.
-            self._timer = self.loop.call_soon(self._on_timer)
-        else:
-            self._timer = self.loop.call_at(deadline, self._on_timer)
+        self._timer = self.loop.call_at(deadline, self._on_timer)
+
+    def _on_soon(self) -> None:
+        self._soon = None
+        now = self._clock()
+        self.endpoint.handle_timer(now)
+        self.process(now)
 
     def _on_timer(self) -> None:
         self._timer = None
@@ -872,10 +883,10 @@ class UdpPort:
         lingering = _lingering.get(self.loop)
         if lingering is not None:
             lingering.pop(self, None)
-        for handle in (self._timer, self._flush_handle):
+        for handle in (self._timer, self._soon, self._flush_handle):
             if handle is not None:
                 handle.cancel()
-        self._timer = self._flush_handle = None
+        self._timer = self._soon = self._flush_handle = None
         try:
             self.loop.remove_reader(self._fd)
             if self._writer_on:
