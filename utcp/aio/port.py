@@ -155,10 +155,13 @@ def max_lingering_sockets() -> int:
 
 
 def _linger(port: UdpPort) -> None:
+    if port.lingers:
+        return  # `process` asks on every call once the connection is left
     table = _lingering.setdefault(port.loop, collections.OrderedDict())
     if port in table:
         return
     table[port] = None
+    port.lingers = True
     limit = max_lingering_sockets()
     while len(table) > limit:
         oldest, _ = table.popitem(last=False)
@@ -366,6 +369,7 @@ class UdpPort:
         self.on_accept = on_accept
         self.transports: dict[Connection, ConnectionListener] = {}
         self.close_when_idle = False    # close the socket once no connection is left
+        self.lingers = False            # counted among the lingering sockets (_linger)
         self.closed = False
         self._fd = sock.fileno()
         self._buf, self._view = _receive_buffer(loop)
