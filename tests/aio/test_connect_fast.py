@@ -279,3 +279,4 @@ async def test_sequential_connections_reuse_the_servers_timer_handle() -> None:
             assert port._timer is not None
     distinct = {id(h) for h in handles}
     assert len(distinct) <= 2, f"{len(distinct)} TimerHandles for 10 connections"
+
