@@ -673,7 +673,7 @@ class Server(asyncio.AbstractServer):
 
     def _accept(self, port: UdpPort, conn: Connection) -> None:
         peername: Any = conn.peer
-        if port.sock.family == socket.AF_INET6:
+        if port.family == socket.AF_INET6:
             peername = _ipv6_sockaddr(conn.peer)
         transport = UtcpTransport(port, conn, peername, on_lost=self._on_lost)
         self._active.add(transport)

@@ -62,11 +62,13 @@ HEADER_ROOM = 20 + 40
 MAX_UDP_PAYLOAD = 65507
 
 
-def set_dont_fragment(sock: socket.socket) -> None:
+def set_dont_fragment(sock: socket.socket, family: int | None = None) -> None:
     """Never let the kernel fragment: a segment too big for the path must be lost (or
-    refused with EMSGSIZE locally), which is what path MTU probing learns from."""
+    refused with EMSGSIZE locally), which is what path MTU probing learns from.
+    `family`: the socket's, when the caller has it (`socket.family` is a Python property
+    that makes an enum member each time)."""
     try:
-        if sock.family == socket.AF_INET6:
+        if (sock.family if family is None else family) == socket.AF_INET6:
             sock.setsockopt(socket.IPPROTO_IPV6, IPV6_MTU_DISCOVER, IPV6_PMTUDISC_PROBE)
         else:
             sock.setsockopt(socket.IPPROTO_IP, IP_MTU_DISCOVER, IP_PMTUDISC_PROBE)
@@ -87,16 +89,17 @@ _ICMP_ERRNOS = frozenset({errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNRE
                           getattr(errno, "ENONET", 64)})
 
 
-def enable_recverr(sock: socket.socket) -> bool:
+def enable_recverr(sock: socket.socket, family: int | None = None) -> bool:
     """Ask Linux to queue ICMP errors on this socket with the address they concern.
 
     Without it an unconnected (server) socket never hears that a peer's port is gone,
     and a connected one hears only "refused" with nothing to check it against. With it
     each error comes with the datagram it answers, so one peer's ICMP ends only that
     peer's connection, and only if it quotes a sequence number we sent (RFC 5927).
+    `family` as in `set_dont_fragment`.
     """
     try:
-        if sock.family == socket.AF_INET6:
+        if (sock.family if family is None else family) == socket.AF_INET6:
             sock.setsockopt(socket.IPPROTO_IPV6, IPV6_RECVERR, 1)
             with contextlib.suppress(OSError):  # IPv4-mapped peers of a dual-stack socket
                 sock.setsockopt(socket.IPPROTO_IP, IP_RECVERR, 1)
@@ -393,7 +396,8 @@ class UdpPort:
         self.local_addr = sockname if sockname is not None else sock.getsockname()
         self._gso = batch.probe_gso(sock)
         self._gro = batch.enable_gro(sock)
-        self._recverr = enable_recverr(sock)
+        self.family = family = sock.family  # read once: a Python property on sockets
+        self._recverr = enable_recverr(sock, family)
         self.gso_sends = 0
         self._pcap = (pcap.acquire(endpoint.config.pcap, self.local_addr[1])
                       if endpoint.config.pcap else None)
@@ -404,7 +408,7 @@ class UdpPort:
         self._finalizer = weakref.finalize(self, _release, sock, self._pcap, self.local_addr[1],
                                            endpoint)
         sock.setblocking(False)
-        set_dont_fragment(sock)
+        set_dont_fragment(sock, family)
         self._route_cache: dict[str, int | None] = {}
         endpoint.route_mss = _weak_route_mss(self)
         loop.add_reader(self._fd, self._on_readable)
@@ -422,7 +426,7 @@ class UdpPort:
                 with contextlib.suppress(OSError):  # its own route: no throwaway socket
                     found = connected_route_mss(self.sock)
             else:
-                found = route_mss(self.sock.family, host)
+                found = route_mss(self.family, host)
             self._route_cache[host] = found
         found = self._route_cache[host]
         return found if found is not None else self.endpoint.config.mss
