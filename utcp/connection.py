@@ -383,6 +383,8 @@ class Connection:
 
     def datagrams_to_send(self, now: float) -> list[bytes]:
         if self.state is not State.CLOSED:
+            if self.receiver.update_owed:
+                self.receiver.defer_update(now)
             self.sender.output(now)
         out = self.sender.out
         if out is NO_ITEMS:

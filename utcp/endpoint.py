@@ -406,6 +406,13 @@ class Endpoint:
                 self._service(conn, now, out)
         return out
 
+    def has_output(self) -> bool:
+        """Whether `datagrams_to_send` has anything to do: a connection touched since
+        (its output, events or deadline may have changed) or a datagram of the endpoint's
+        own (a RST, a SYN cookie). When False it would return nothing and leave
+        `touched()` empty, so a driver may skip the call."""
+        return bool(self._dirty) or bool(self._out)
+
     def touched(self) -> list[Connection]:
         """Connections serviced since the last call: their events may be waiting."""
         conns = list(self._touched)

@@ -12,19 +12,24 @@ from utcp import log
 from utcp.buffers import MEMORY_FLOOR, OOO_PIECE_OVERHEAD, RCV_PIECE_OVERHEAD
 from utcp.state import CAN_RECEIVE
 from utcp.timers import Timer as T
-from utcp.wire import ACK
+from utcp.wire import ACK, MAX_WINDOW_FIELD
 
 if TYPE_CHECKING:
     from utcp.connection import Connection
 
+# The first window update, when the peer may still send this many full segments into
+# the SYN's window, waits for the next timer service at the same instant.
+UPDATE_CAN_WAIT_SEGMENTS = 4
+
 
 class Receiver:
-    __slots__ = ("conn", "fin_received", "fin_seq")
+    __slots__ = ("conn", "fin_received", "fin_seq", "update_owed")
 
     def __init__(self, conn: Connection) -> None:
         self.conn = conn
         self.fin_seq: int | None = None  # sequence number of the peer's FIN, once seen
         self.fin_received = False
+        self.update_owed = False  # a window update to defer at the next output
 
     def take_text(self, seg_seq: int, payload: bytes | memoryview) -> bool:
         """Take in-window text; False if its tail (and so any FIN after it) was cut off."""
@@ -144,8 +149,23 @@ class Receiver:
         current = conn.rcv_adv - conn.rcv_nxt
         if grow >= min(conn.config.recv_buffer // 2, 2 * conn.snd_mss) or (
                 current < conn.snd_mss and grow > 0 and current + grow >= conn.snd_mss):
-            conn.sender.ack_now = True
+            if (current >= UPDATE_CAN_WAIT_SEGMENTS * conn.snd_mss
+                    and conn.rcv_adv - conn.irs <= 1 + MAX_WINDOW_FIELD):
+                # The first update, after the SYN's unscaled window (64 KiB at most):
+                # typically a server's first read of a request, with room left for
+                # several segments. It waits for the next timer service at this same
+                # instant (`Connection.datagrams_to_send` defers it, so the endpoint
+                # files that deadline as it services the connection), and the answer
+                # the application writes on reading carries it: one datagram fewer.
+                self.update_owed = True
+            else:
+                conn.sender.ack_now = True
             conn.touch()
+
+    def defer_update(self, now: float) -> None:
+        """The owed window update waits for the next timer service (or a segment)."""
+        self.update_owed = False
+        self.conn.sender.defer_ack(now)
 
     def admit(self, cost: int) -> bool:
         """Whether a received piece of `cost` bytes of memory may be kept (tcp_mem[2])."""

@@ -19,7 +19,7 @@ import sys
 import time
 import weakref
 from collections.abc import AsyncGenerator, Callable
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from utcp import log, pcap
 from utcp.aio import batch
@@ -62,11 +62,13 @@ HEADER_ROOM = 20 + 40
 MAX_UDP_PAYLOAD = 65507
 
 
-def set_dont_fragment(sock: socket.socket) -> None:
+def set_dont_fragment(sock: socket.socket, family: int | None = None) -> None:
     """Never let the kernel fragment: a segment too big for the path must be lost (or
-    refused with EMSGSIZE locally), which is what path MTU probing learns from."""
+    refused with EMSGSIZE locally), which is what path MTU probing learns from.
+    `family`: the socket's, when the caller has it (`socket.family` is a Python property
+    that makes an enum member each time)."""
     try:
-        if sock.family == socket.AF_INET6:
+        if (sock.family if family is None else family) == socket.AF_INET6:
             sock.setsockopt(socket.IPPROTO_IPV6, IPV6_MTU_DISCOVER, IPV6_PMTUDISC_PROBE)
         else:
             sock.setsockopt(socket.IPPROTO_IP, IP_MTU_DISCOVER, IP_PMTUDISC_PROBE)
@@ -87,16 +89,17 @@ _ICMP_ERRNOS = frozenset({errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNRE
                           getattr(errno, "ENONET", 64)})
 
 
-def enable_recverr(sock: socket.socket) -> bool:
+def enable_recverr(sock: socket.socket, family: int | None = None) -> bool:
     """Ask Linux to queue ICMP errors on this socket with the address they concern.
 
     Without it an unconnected (server) socket never hears that a peer's port is gone,
     and a connected one hears only "refused" with nothing to check it against. With it
     each error comes with the datagram it answers, so one peer's ICMP ends only that
     peer's connection, and only if it quotes a sequence number we sent (RFC 5927).
+    `family` as in `set_dont_fragment`.
     """
     try:
-        if sock.family == socket.AF_INET6:
+        if (sock.family if family is None else family) == socket.AF_INET6:
             sock.setsockopt(socket.IPPROTO_IPV6, IPV6_RECVERR, 1)
             with contextlib.suppress(OSError):  # IPv4-mapped peers of a dual-stack socket
                 sock.setsockopt(socket.IPPROTO_IP, IP_RECVERR, 1)
@@ -155,10 +158,13 @@ def max_lingering_sockets() -> int:
 
 
 def _linger(port: UdpPort) -> None:
+    if port.lingers:
+        return  # `process` asks on every call once the connection is left
     table = _lingering.setdefault(port.loop, collections.OrderedDict())
     if port in table:
         return
     table[port] = None
+    port.lingers = True
     limit = max_lingering_sockets()
     while len(table) > limit:
         oldest, _ = table.popitem(last=False)
@@ -354,7 +360,8 @@ class UdpPort:
 
     def __init__(self, loop: asyncio.AbstractEventLoop, sock: socket.socket, endpoint: Endpoint,
                  *, connected: bool = False, icmp_refuses: bool = True,
-                 on_accept: Callable[[Connection], None] | None = None) -> None:
+                 on_accept: Callable[[Connection], None] | None = None,
+                 sockname: Any = None) -> None:
         self.loop = loop
         self.sock = sock
         self.endpoint = endpoint
@@ -365,6 +372,7 @@ class UdpPort:
         self.on_accept = on_accept
         self.transports: dict[Connection, ConnectionListener] = {}
         self.close_when_idle = False    # close the socket once no connection is left
+        self.lingers = False            # counted among the lingering sockets (_linger)
         self.closed = False
         self._fd = sock.fileno()
         self._buf, self._view = _receive_buffer(loop)
@@ -382,11 +390,14 @@ class UdpPort:
         self._processing = False
         self._timer: asyncio.Handle | None = None
         self._timer_at: float | None = None
+        self._soon: asyncio.Handle | None = None   # for a deadline due already
         self.send_errors: collections.Counter[str] = collections.Counter()
-        self.local_addr = sock.getsockname()  # the socket's; kept once closed
+        # the socket's (`sockname`, when the caller has just asked); kept once closed
+        self.local_addr = sockname if sockname is not None else sock.getsockname()
         self._gso = batch.probe_gso(sock)
         self._gro = batch.enable_gro(sock)
-        self._recverr = enable_recverr(sock)
+        self.family = family = sock.family  # read once: a Python property on sockets
+        self._recverr = enable_recverr(sock, family)
         self.gso_sends = 0
         self._pcap = (pcap.acquire(endpoint.config.pcap, self.local_addr[1])
                       if endpoint.config.pcap else None)
@@ -397,7 +408,7 @@ class UdpPort:
         self._finalizer = weakref.finalize(self, _release, sock, self._pcap, self.local_addr[1],
                                            endpoint)
         sock.setblocking(False)
-        set_dont_fragment(sock)
+        set_dont_fragment(sock, family)
         self._route_cache: dict[str, int | None] = {}
         endpoint.route_mss = _weak_route_mss(self)
         loop.add_reader(self._fd, self._on_readable)
@@ -415,7 +426,7 @@ class UdpPort:
                 with contextlib.suppress(OSError):  # its own route: no throwaway socket
                     found = connected_route_mss(self.sock)
             else:
-                found = route_mss(self.sock.family, host)
+                found = route_mss(self.family, host)
             self._route_cache[host] = found
         found = self._route_cache[host]
         return found if found is not None else self.endpoint.config.mss
@@ -622,7 +633,8 @@ class UdpPort:
         self._processing = True
         try:
             # Callbacks may write: a few rounds, then call_soon takes over. A round whose
-            # output is empty skips the `_send` call (most rounds after the first).
+            # output is empty skips the `_send` call; callbacks that touched no
+            # connection (most: a read, a wake-up) leave nothing for another round.
             for _ in range(4):
                 datagrams = ep.datagrams_to_send(now)
                 if datagrams:
@@ -637,6 +649,8 @@ class UdpPort:
                 if self.on_accept is not None:
                     while (accepted := ep.accept()) is not None:
                         self.on_accept(accepted)
+                if not ep.has_output():
+                    break
             else:
                 self.schedule_flush()
         finally:
@@ -671,29 +685,39 @@ class UdpPort:
     def _arm_timer(self) -> None:
         deadline = self.endpoint.get_timer()
         if deadline is None:
-            if self._timer is not None:
-                self._timer.cancel()
-                self._timer = self._timer_at = None
+            # Nothing to wait for: a handle still armed is left to fire once and find
+            # nothing due. Cancelling it cost a cancel now and, for a server between
+            # sequential connections, a new call_at for the next one's SYN+ACK (whose
+            # deadline is later than the one left); twice per connection in all.
             return
         if self._timer_at is not None and self._timer_at <= deadline:
             # The armed handle fires no later than needed. The retransmission deadline
             # moves forward with nearly every segment sent; keeping the early handle (it
             # finds nothing due and re-arms) saves a cancel and a call_at per segment.
             return
+        if deadline <= self._clock():
+            # Due already: the core defers an ACK to "the next timer service at this
+            # instant" (the handshake's last ACK, the ACK of a FIN, a window update) so
+            # that a write or close the application makes on waking rides on it.
+            # call_soon runs after the callbacks already queued (that application's
+            # wake-up) on either loop, as call_at does on asyncio's, without a
+            # TimerHandle in the loop's heap (whose Python __lt__ each push and pop
+            # pays, and which holds every cancelled handle). The handle armed for a
+            # later deadline stays: the retransmission timer that follows is mostly no
+            # earlier, so it needs no new call_at once the due one is served.
+            if self._soon is None:
+                self._soon = self.loop.call_soon(self._on_soon)
+            return
         if self._timer is not None:
             self._timer.cancel()
         self._timer_at = deadline
-        if deadline <= self._clock():
-            # Due already: the core defers an ACK to "the next timer service at this
-            # instant" (the handshake's last ACK, the ACK of a FIN) so that a write or
-            # close the application makes on waking rides on it. call_soon runs after the
-            # callbacks already queued (that application's wake-up) on either loop, as
-            # call_at does on asyncio's, without a TimerHandle in the loop's heap (whose
-            # Python __lt__ each push and pop pays, and which holds every cancelled
-            # handle): twice per connect and close.
-            self._timer = self.loop.call_soon(self._on_timer)
-        else:
-            self._timer = self.loop.call_at(deadline, self._on_timer)
+        self._timer = self.loop.call_at(deadline, self._on_timer)
+
+    def _on_soon(self) -> None:
+        self._soon = None
+        now = self._clock()
+        self.endpoint.handle_timer(now)
+        self.process(now)
 
     def _on_timer(self) -> None:
         self._timer = None
@@ -851,8 +875,13 @@ class UdpPort:
     def detach(self, conn: Connection) -> None:
         """The application is done with `conn`; the core may still need the socket."""
         self.transports.pop(conn, None)
-        if self.close_when_idle and not self.endpoint.connections and not self.transports:
-            self.loop.call_soon(self._close_if_idle)
+        if self.close_when_idle and not self.transports:
+            if not self.endpoint.connections:
+                self.loop.call_soon(self._close_if_idle)
+            elif self.connected:
+                # a client's connection left to TIME_WAIT (or its FIN): counted among the
+                # lingering sockets now, as `process` would at its end
+                _linger(self)
 
     def _close_if_idle(self) -> None:
         if self.close_when_idle and not self.endpoint.connections and not self.transports:
@@ -865,10 +894,10 @@ class UdpPort:
         lingering = _lingering.get(self.loop)
         if lingering is not None:
             lingering.pop(self, None)
-        for handle in (self._timer, self._flush_handle):
+        for handle in (self._timer, self._soon, self._flush_handle):
             if handle is not None:
                 handle.cancel()
-        self._timer = self._flush_handle = None
+        self._timer = self._soon = self._flush_handle = None
         try:
             self.loop.remove_reader(self._fd)
             if self._writer_on:

@@ -104,7 +104,9 @@ class UtcpTransport(asyncio.Transport):
         if not self._eof_written:
             self._eof_written = True
             self._conn.close()
-        self._port.schedule_flush()
+        # The FIN leaves in this call, as a write into an idle connection does (within
+        # the port's processing its next round takes it): not one loop iteration later.
+        self._port.send_now()
         if self._send_closed or self._conn.state in (State.TIME_WAIT, State.CLOSED):
             self._connection_lost(None)
 

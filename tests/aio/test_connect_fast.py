@@ -1,0 +1,282 @@
+"""What a connect, one exchange and a close cost the adapter, counted rather than timed
+(issue #13: connect+close per second): the datagrams, the address lookup, the calls
+into the endpoint, the loop's timer handles, and the FIN leaving inside `close()`.
+
+Each test fails on the code before the change it guards: getaddrinfo for an address
+written out, a second `datagrams_to_send` round after callbacks that touched nothing,
+a FIN sent one loop iteration after `close()`, a bare window update ahead of the answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import socket
+from typing import Any
+
+import pytest
+
+import utcp
+from tests.aio.util import HOST, TIMEOUT, port_of, serving
+from tests.test_ack_coalescing import CLIENT, SERVER, Pair, pure_acks, segments
+from utcp import State, wire
+from utcp.aio import api
+from utcp.aio import port as port_module
+from utcp.config import Config
+from utcp.endpoint import Endpoint
+
+CONFIG = utcp.Config(mss=1400, pmtu_probing=False)
+
+
+async def _answer_once(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """The benchmark's connect+close server: one byte answered, then close at EOF."""
+    await reader.readexactly(1)
+    writer.write(b"a")
+    await writer.drain()
+    while await reader.read(1024):
+        pass
+    writer.close()
+
+
+# ---------------------------------------------------------------------- the address
+
+@pytest.mark.parametrize(("host", "family"), [
+    ("127.0.0.1", 0), ("127.0.0.1", socket.AF_INET), ("::1", 0), ("::0001", 0),
+    ("::1", socket.AF_INET6), ("::ffff:127.0.0.1", 0), ("2001:db8::1", 0),
+])
+def test_an_address_written_out_is_what_getaddrinfo_answers(host: str, family: int) -> None:
+    made = api._numeric_address(host, 4242, family, 0, 0)
+    assert made is not None
+    assert [made] == socket.getaddrinfo(host, 4242, family, socket.SOCK_DGRAM, 0,
+                                        socket.AI_NUMERICHOST)
+
+
+@pytest.mark.parametrize(("host", "family", "flags"), [
+    ("localhost", 0, 0),                 # a name
+    ("127.1", 0, 0),                     # inet_aton's shorthand: getaddrinfo's to expand
+    ("fe80::1%lo", 0, 0),                # a scope: getaddrinfo's to number
+    ("127.0.0.1", socket.AF_INET6, 0),   # a family that does not match: its error
+    ("::1", socket.AF_INET, 0),
+    ("127.0.0.1", 0, socket.AI_CANONNAME),  # any flag: getaddrinfo's answer
+])
+def test_anything_else_is_left_to_getaddrinfo(host: str, family: int, flags: int) -> None:
+    assert api._numeric_address(host, 4242, family, 0, flags) is None
+
+
+async def test_a_connect_to_an_address_written_out_makes_no_lookup(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """As asyncio's create_connection: an address written out is its own answer (a
+    numeric getaddrinfo costs no system call, but about three times the work)."""
+    async with asyncio.timeout(TIMEOUT):
+        server = await utcp.start_server(_answer_once, HOST, 0, config=CONFIG)
+        async with serving(server):
+            lookups: list[object] = []
+            real = socket.getaddrinfo
+
+            def counting(*args: Any, **kwargs: Any) -> Any:
+                lookups.append(args[0])
+                return real(*args, **kwargs)
+
+            monkeypatch.setattr(socket, "getaddrinfo", counting)
+            reader, writer = await utcp.open_connection(HOST, port_of(server), config=CONFIG)
+            writer.write(b"q")
+            assert await reader.readexactly(1) == b"a"
+            writer.close()
+            await writer.wait_closed()
+    assert lookups == []
+
+
+# ---------------------------------------------------------------------- the rounds
+
+class _CountingEndpoint:
+    """An Endpoint seen through a proxy that counts `datagrams_to_send` calls made inside
+    `UdpPort.process` (a compiled Endpoint's methods cannot be patched)."""
+
+    def __init__(self, inner: Endpoint, tally: dict[str, int]) -> None:
+        object.__setattr__(self, "_inner", inner)
+        object.__setattr__(self, "_tally", tally)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        setattr(self._inner, name, value)
+
+    def datagrams_to_send(self, now: float) -> list[tuple[bytes, Any]]:
+        if self._tally["inside"]:
+            self._tally["rounds"] += 1
+        out: list[tuple[bytes, Any]] = self._inner.datagrams_to_send(now)
+        return out
+
+
+async def test_a_round_whose_callbacks_touch_nothing_is_the_last(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """`UdpPort.process` services the endpoint once more only when the callbacks it ran
+    touched a connection (`Endpoint.has_output`). A client's callbacks during a
+    connect, one exchange and a close touch none (its read opens no window worth an
+    update), so each processing is one round: it was two for every one that found a
+    connection touched."""
+    tally = {"inside": 0, "rounds": 0, "processes": 0}
+
+    def endpoint(config: Config, port: int, **kwds: Any) -> Any:
+        return _CountingEndpoint(Endpoint(config, port, **kwds), tally)
+
+    real_process = port_module.UdpPort.process
+
+    def process(self: port_module.UdpPort, now: float | None = None) -> None:
+        if isinstance(self.endpoint, _CountingEndpoint) and not self.closed:
+            tally["processes"] += 1
+            tally["inside"] += 1
+            try:
+                real_process(self, now)
+            finally:
+                tally["inside"] -= 1
+        else:
+            real_process(self, now)
+
+    async with asyncio.timeout(TIMEOUT):
+        server = await utcp.start_server(_answer_once, HOST, 0, config=CONFIG)
+        async with serving(server):
+            monkeypatch.setattr(api, "Endpoint", endpoint)
+            monkeypatch.setattr(port_module.UdpPort, "process", process)
+            reader, writer = await utcp.open_connection(HOST, port_of(server), config=CONFIG)
+            writer.write(b"q")
+            assert await reader.readexactly(1) == b"a"
+            writer.close()
+            await writer.wait_closed()
+            monkeypatch.undo()
+    assert tally["processes"] >= 4  # the SYN, its answer, the answer, the FIN's ACK
+    assert tally["rounds"] == tally["processes"]
+
+
+def test_has_output_says_whether_there_is_anything_to_service() -> None:
+    pair = Pair()
+    assert not pair.client.has_output()
+    conn = pair.client.connect(SERVER, pair.now)
+    assert pair.client.has_output()  # a connection touched: its SYN to send
+    pair.to_server()
+    assert not pair.client.has_output()
+    assert not pair.server.has_output()  # flushed right after its input
+    # a datagram for no connection: the endpoint's own RST waits in its output
+    pair.server.receive_datagram(wire.build_fast(7, SERVER[1], 1, 1, wire.ACK, 100),
+                                 ("127.0.0.1", 7), pair.now)
+    assert pair.server.has_output()
+    (rst,) = segments(pair.server.datagrams_to_send(pair.now))
+    assert rst.flags & wire.RST
+    assert not pair.server.has_output()
+    assert conn.state is State.SYN_SENT
+
+
+# ---------------------------------------------------------------------- the close
+
+async def test_close_sends_the_fin_before_it_returns() -> None:
+    """As a write into an idle connection does, outside the port's processing: the FIN
+    is on its way when `close()` returns, not one loop iteration later."""
+    async with asyncio.timeout(TIMEOUT):
+        server = await utcp.start_server(_answer_once, HOST, 0, config=CONFIG)
+        async with serving(server):
+            reader, writer = await utcp.open_connection(HOST, port_of(server), config=CONFIG)
+            writer.write(b"q")
+            assert await reader.readexactly(1) == b"a"
+            sent = writer.get_extra_info("stats").segments_sent
+            writer.close()
+            stats = writer.get_extra_info("stats")
+            assert stats.segments_sent == sent + 1  # no await in between
+            assert writer.get_extra_info("state") is State.FIN_WAIT_1
+            await writer.wait_closed()
+
+
+# ---------------------------------------------------------------------- the window update
+
+def test_the_first_read_leaves_its_window_update_to_the_answer() -> None:
+    """The server's SYN+ACK could offer only 64 KiB (no scaling in a SYN); its first read
+    opens the full window. The peer may still send dozens of segments, so the update
+    waits for the next timer service at this instant instead of leaving as a bare ACK
+    in the port's next round, ahead of the answer the application is about to write."""
+    pair = Pair()
+    client = pair.handshake_up_to_synack()
+    client.send(b"ping")
+    pair.to_server()
+    server = pair.accept()
+    assert server is not None and server.read() == b"ping"
+    # UdpPort's next round, before the application's task runs: nothing to send yet
+    assert pair.server.datagrams_to_send(pair.now) == []
+    assert server.get_timer() == pair.now  # but due at once
+    server.send(b"pong")
+    (answer,) = pair.to_client()
+    assert answer.payload == b"pong"
+    assert answer.window << server.rcv_wscale > 64 * 1024  # the update rode on it
+
+
+def test_a_silent_application_still_sends_the_update_at_once() -> None:
+    pair = Pair()
+    client = pair.handshake_up_to_synack()
+    client.send(b"ping")
+    pair.to_server()
+    server = pair.accept()
+    assert server is not None and server.read() == b"ping"
+    assert pair.server.datagrams_to_send(pair.now) == []
+    pair.server.handle_timer(pair.now)  # the loop's next step, the clock unmoved
+    (update,) = pure_acks(segments(pair.server.datagrams_to_send(pair.now)))
+    assert update.window << server.rcv_wscale > 64 * 1024
+
+
+def test_an_update_the_peer_is_short_of_leaves_in_the_same_round() -> None:
+    """Under four segments of window left: the update cannot wait even for the timer."""
+    cfg = Config(recv_buffer=16 * 1400, send_buffer=1 << 20, mss=1400, pmtu_probing=False)
+    server = Endpoint(cfg, SERVER[1], listening=True, rng=random.Random(1))
+    client = Endpoint(cfg, CLIENT[1], rng=random.Random(2))
+    now = 0.0
+    conn = client.connect(SERVER, now)
+
+    def move(src: Endpoint, dst: Endpoint, addr: tuple[str, int]) -> None:
+        out = src.datagrams_to_send(now)
+        deadline = src.get_timer()
+        if deadline is not None and deadline <= now:
+            src.handle_timer(now)
+            out += src.datagrams_to_send(now)
+        for d, _ in out:
+            dst.receive_datagram(d, addr, now)
+
+    for _ in range(3):
+        move(client, server, CLIENT)
+        move(server, client, SERVER)
+    peer = server.accept()
+    assert peer is not None
+    conn.send(b"y" * (64 * 1400))
+    for _ in range(20):  # the server's application does not read: its window closes
+        move(client, server, CLIENT)
+        move(server, client, SERVER)
+    assert peer.rcv_adv - peer.rcv_nxt < 4 * peer.snd_mss
+    peer.read()
+    update = pure_acks(segments(server.datagrams_to_send(now)))  # no timer serviced
+    assert len(update) == 1 and update[0].window > 0
+
+
+# ---------------------------------------------------------------------- the timer
+
+async def test_sequential_connections_reuse_the_servers_timer_handle() -> None:
+    """A server's port between sequential connections: each one's deadlines (its
+    SYN+ACK's retransmission, the ACKs due at once, the answer's and the FIN's RTO) are
+    never earlier than the handle armed already, and a due one runs by call_soon beside
+    it. So the loop gets no new TimerHandle per connection: it got three (a call_at
+    after each due ACK, one for the next SYN+ACK after a cancel when the last closed).
+    The RTO floor is long here so that no handle fires while the test runs."""
+    config = utcp.Config(mss=1400, pmtu_probing=False, rto_min=20.0, rto_initial=30.0)
+    async with asyncio.timeout(TIMEOUT):
+        server = await utcp.start_server(_answer_once, HOST, 0, config=config)
+        async with serving(server):
+            (port,) = server._ports  # type: ignore[attr-defined]
+            handles: list[object] = []
+            for _ in range(10):
+                reader, writer = await utcp.open_connection(HOST, port_of(server),
+                                                            config=config)
+                writer.write(b"q")
+                assert await reader.readexactly(1) == b"a"
+                writer.close()
+                await writer.wait_closed()
+                handles.append(port._timer)
+            assert port._timer is not None
+    distinct = {id(h) for h in handles}
+    assert len(distinct) <= 2, f"{len(distinct)} TimerHandles for 10 connections"
+
