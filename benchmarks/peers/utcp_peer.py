@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -24,6 +25,7 @@ def pmtu_field() -> str | None:
     return next((n for n in _PMTU_FIELDS if n in names), None)
 
 
+@functools.cache  # built once per profile, as an application builds its Config once
 def config(profile: str) -> utcp.Config:
     if profile == "max":
         return utcp.Config()
