@@ -10,7 +10,6 @@ a FIN sent one loop iteration after `close()`, a bare window update ahead of the
 from __future__ import annotations
 
 import asyncio
-import random
 import socket
 from typing import Any
 
@@ -18,11 +17,12 @@ import pytest
 
 import utcp
 from tests.aio.util import HOST, TIMEOUT, port_of, serving
-from tests.test_ack_coalescing import CLIENT, SERVER, Pair, pure_acks, segments
+from tests.test_ack_coalescing import SERVER, Pair, pure_acks, segments
 from utcp import State, wire
 from utcp.aio import api
 from utcp.aio import port as port_module
 from utcp.config import Config
+from utcp.connection import Connection
 from utcp.endpoint import Endpoint
 
 CONFIG = utcp.Config(mss=1400, pmtu_probing=False)
@@ -188,19 +188,21 @@ async def test_close_sends_the_fin_before_it_returns() -> None:
 
 # ---------------------------------------------------------------------- the window update
 
+def _first_read() -> tuple[Pair, Connection]:
+    """The server's first read of a new connection; the port's next round, before the
+    application's task runs, has nothing to send."""
+    pair = Pair()
+    _, server = pair.first_read()
+    assert pair.server.datagrams_to_send(pair.now) == []
+    return pair, server
+
+
 def test_the_first_read_leaves_its_window_update_to_the_answer() -> None:
     """The server's SYN+ACK could offer only 64 KiB (no scaling in a SYN); its first read
     opens the full window. The peer may still send dozens of segments, so the update
     waits for the next timer service at this instant instead of leaving as a bare ACK
     in the port's next round, ahead of the answer the application is about to write."""
-    pair = Pair()
-    client = pair.handshake_up_to_synack()
-    client.send(b"ping")
-    pair.to_server()
-    server = pair.accept()
-    assert server is not None and server.read() == b"ping"
-    # UdpPort's next round, before the application's task runs: nothing to send yet
-    assert pair.server.datagrams_to_send(pair.now) == []
+    pair, server = _first_read()
     assert server.get_timer() == pair.now  # but due at once
     server.send(b"pong")
     (answer,) = pair.to_client()
@@ -209,48 +211,13 @@ def test_the_first_read_leaves_its_window_update_to_the_answer() -> None:
 
 
 def test_a_silent_application_still_sends_the_update_at_once() -> None:
-    pair = Pair()
-    client = pair.handshake_up_to_synack()
-    client.send(b"ping")
-    pair.to_server()
-    server = pair.accept()
-    assert server is not None and server.read() == b"ping"
-    assert pair.server.datagrams_to_send(pair.now) == []
+    pair, server = _first_read()
     pair.server.handle_timer(pair.now)  # the loop's next step, the clock unmoved
     (update,) = pure_acks(segments(pair.server.datagrams_to_send(pair.now)))
     assert update.window << server.rcv_wscale > 64 * 1024
 
 
-def test_an_update_the_peer_is_short_of_leaves_in_the_same_round() -> None:
-    """Under four segments of window left: the update cannot wait even for the timer."""
-    cfg = Config(recv_buffer=16 * 1400, send_buffer=1 << 20, mss=1400, pmtu_probing=False)
-    server = Endpoint(cfg, SERVER[1], listening=True, rng=random.Random(1))
-    client = Endpoint(cfg, CLIENT[1], rng=random.Random(2))
-    now = 0.0
-    conn = client.connect(SERVER, now)
-
-    def move(src: Endpoint, dst: Endpoint, addr: tuple[str, int]) -> None:
-        out = src.datagrams_to_send(now)
-        deadline = src.get_timer()
-        if deadline is not None and deadline <= now:
-            src.handle_timer(now)
-            out += src.datagrams_to_send(now)
-        for d, _ in out:
-            dst.receive_datagram(d, addr, now)
-
-    for _ in range(3):
-        move(client, server, CLIENT)
-        move(server, client, SERVER)
-    peer = server.accept()
-    assert peer is not None
-    conn.send(b"y" * (64 * 1400))
-    for _ in range(20):  # the server's application does not read: its window closes
-        move(client, server, CLIENT)
-        move(server, client, SERVER)
-    assert peer.rcv_adv - peer.rcv_nxt < 4 * peer.snd_mss
-    peer.read()
-    update = pure_acks(segments(server.datagrams_to_send(now)))  # no timer serviced
-    assert len(update) == 1 and update[0].window > 0
+# (an update the peer is short of leaves in the same round: tests/test_ack_coalescing.py)
 
 
 # ---------------------------------------------------------------------- the timer
