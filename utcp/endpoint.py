@@ -160,11 +160,12 @@ class Endpoint:
                       addr: tuple[object, ...], now: float) -> None:
         """One UDP GRO read: datagrams of `step` bytes glued end to end (the last maybe
         shorter), all from `addr`. Equivalent to `receive_datagram` on each in turn, but
-        a run of in-order data that one segment can stand for (`wire.glued_run`: headers
-        equal but for the sequence number) goes through the connection as that segment,
-        as Linux's TCP GRO merges them: one parse, one pass, one copy of the payload,
-        and one ACK where the per-datagram path might send one per two (Linux's GRO
-        receiver does the same). Secure mode opens each datagram on its own."""
+        where header prediction would take each of them (`Connection.takes_runs`), a run
+        of in-order data that one segment can stand for (`wire.glued_run`: headers equal
+        but for the sequence number) goes through the connection as that segment, as
+        Linux's TCP GRO merges them: one parse, one pass, one copy of the payload, and
+        one ACK where the per-datagram path might send one per two (Linux's GRO receiver
+        does the same). Secure mode opens each datagram on its own."""
         n = len(data)
         view = data if isinstance(data, memoryview) else memoryview(data)
         if step <= 0 or step >= n:  # one datagram (a step of 0 would never move on)
