@@ -167,7 +167,7 @@ def test_what_ends_a_run() -> None:
         start = t.a.rcv_nxt & sq.MASK
         n = 4 * STEP
         buffer = b"".join(datagrams)
-        assert wire.glued_run(buffer, 0, STEP, n, start) == 2 * STEP, variant
+        assert wire.glued_run(buffer, 0, STEP, n, start, 1 << 30) == 2 * STEP, variant
         t.feed(datagrams, STEP)
         t.assert_same()
 
@@ -178,7 +178,7 @@ def test_psh_does_not_end_a_run_and_is_kept() -> None:
                  t.datagram(2 * MSS, MSS)]
     buffer = b"".join(datagrams)
     start = t.a.rcv_nxt & sq.MASK
-    assert wire.glued_run(buffer, 0, STEP, len(buffer), start) == len(buffer)
+    assert wire.glued_run(buffer, 0, STEP, len(buffer), start, 1 << 30) == len(buffer)
     seg = wire.parse_run(buffer, 0, len(buffer), STEP)
     assert seg.flags == wire.ACK | wire.PSH and len(seg.payload) == 3 * MSS
     t.feed(datagrams, STEP)
@@ -190,7 +190,7 @@ def test_a_run_past_a_hole_is_left_to_the_per_datagram_path() -> None:
     t = Twins()
     datagrams = [t.datagram(MSS * (i + 1), MSS) for i in range(4)]  # the first is lost
     buffer = b"".join(datagrams)
-    assert wire.glued_run(buffer, 0, STEP, len(buffer), t.a.rcv_nxt & sq.MASK) == STEP
+    assert wire.glued_run(buffer, 0, STEP, len(buffer), t.a.rcv_nxt & sq.MASK, 1 << 30) == STEP
     t.feed(datagrams, STEP)
     t.assert_same()
     assert len(t.glued.datagrams_to_send(t.now)) == len(t.single.datagrams_to_send(t.now))
@@ -329,3 +329,17 @@ def test_a_step_of_zero_is_one_datagram() -> None:
     t.glued.receive_glued(memoryview(datagram), 0, CLIENT, t.now)
     t.single.receive_datagram(datagram, CLIENT, t.now)
     t.assert_same()
+
+
+def test_a_run_stops_at_the_window_offered() -> None:
+    """Header prediction takes a datagram only within the window we offered: the run
+    ends at the last datagram that fits, and what follows goes one by one (dropped as
+    out of the window, and acknowledged), as datagram by datagram."""
+    t = Twins()
+    room = t.a.rcv_adv - t.a.rcv_nxt
+    fits = room // MSS
+    assert 2 <= fits < 100
+    t.feed([t.datagram(i * MSS, MSS) for i in range(fits + 3)], STEP)
+    assert [len(p) for p in t.a.rcv.pieces][:1] == [fits * MSS]  # one run, cut at the edge
+    got, _ = t.assert_same()
+    assert len(got) == room  # what the window held: the next datagram's head, trimmed

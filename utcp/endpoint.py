@@ -178,10 +178,8 @@ class Endpoint:
             end = min(begin + step, n)
             if (conn is not None and conn.takes_runs() and self._secure is None
                     and (not self._unvalidated or conn not in self._unvalidated)):
-                end = wire.glued_run(view, begin, step, n, conn.rcv_nxt & sq.MASK)
-                pieces = (end - begin + step - 1) // step
-                if end - begin - pieces * wire.TS_SEGMENT_HEADER > conn.rcv_adv - conn.rcv_nxt:
-                    end = min(begin + step, n)  # past the window we offered: one by one
+                end = wire.glued_run(view, begin, step, n, conn.rcv_nxt & sq.MASK,
+                                     conn.rcv_adv - conn.rcv_nxt)
             if end - begin <= step:
                 self.receive_datagram(view[begin:end], addr, now)
             else:

@@ -50,7 +50,6 @@ _U32: Final = struct.Struct("!I")
 _TS: Final = struct.Struct("!II")
 _TS_ALIGNED: Final = b"\x01\x01\x08\x0a"  # NOP NOP kind=8 len=10
 _TS_ONLY_LEN: Final = HEADER_LEN + 12
-TS_SEGMENT_HEADER: Final = _TS_ONLY_LEN  # a data segment's header with timestamps only
 # The header and RFC 7323 appendix A's timestamps layout (NOP NOP kind=8 len=10 TSval
 # TSecr) as one struct: nearly every segment of a connection is exactly this, and one
 # pack or unpack of it costs what a tenth of the general option code does
@@ -236,19 +235,21 @@ _SEQ_MASK: Final = 0xFFFFFFFF
 
 
 def glued_run(data: bytes | bytearray | memoryview, begin: int, step: int, n: int,
-              start: int) -> int:
+              start: int, room: int) -> int:
     """Where the run of datagrams glued at `step` bytes from `begin` (one UDP GRO read,
     the last datagram maybe shorter, the data ending at `n`) ends that one segment can
     stand for, as Linux's TCP GRO merges segments: data with the common timestamps-only
     header, the first at sequence number `start` (the receiver's next byte: anything
     else is left to the per-datagram path, whose duplicate ACKs and SACK blocks count
     datagrams), each header equal to the first's but for its sequence number, which
-    continues where the one before ended (and PSH, which the receiver does not act on).
-    A SYN, FIN, RST, URG, any other option layout, a gap or a changed ACK, window or
-    timestamp ends the run. Returns at least the end of the first datagram,
-    `min(begin + step, n)`; `parse_run` makes the one segment."""
+    continues where the one before ended (and PSH, which the receiver does not act on),
+    their payloads together within `room` (the window the receiver offered, as header
+    prediction asks of each). A SYN, FIN, RST, URG, any other option layout, a gap or a
+    changed ACK, window or timestamp ends the run. Returns at least the end of the first
+    datagram, `min(begin + step, n)`; `parse_run` makes the one segment."""
     end = min(begin + step, n)
-    if end - begin <= _TS_ONLY_LEN or end == n:
+    size = step - _TS_ONLY_LEN  # the payload of every datagram but maybe the last
+    if size <= 0 or end == n:
         return end
     seq: int
     head: bytes
@@ -258,8 +259,11 @@ def glued_run(data: bytes | bytearray | memoryview, begin: int, step: int, n: in
     if (seq != start or head[4] != _TS_OFFSET_BYTE or flags | PSH != ACK | PSH
             or rest[6:10] != _TS_ALIGNED):
         return end
-    size = step - _TS_ONLY_LEN  # the payload of every datagram but maybe the last
+    taken = size
     while n - end > _TS_ONLY_LEN:
+        taken += min(size, n - end - _TS_ONLY_LEN)
+        if taken > room:
+            break
         seq = (seq + size) & _SEQ_MASK
         next_seq, next_head, next_flags, next_rest = _RUN_HEADER.unpack_from(data, end)
         if (next_seq != seq or next_flags | PSH != ACK | PSH or next_head != head
