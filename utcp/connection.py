@@ -357,7 +357,8 @@ class Connection:
     def takes_runs(self) -> bool:
         """Whether `Endpoint.receive_glued` may hand this connection a run of datagrams
         as one segment: only where header prediction would take each of them (ESTABLISHED,
-        nothing held out of order, no FIN held, memory below pressure). Elsewhere the
+        nothing held out of order, no FIN held, memory below pressure; `wire.glued_run`
+        keeps the run within the window offered). Elsewhere the
         per-datagram path decides, datagram by datagram: what a tight memory budget
         admits of a burst, the D-SACK for a piece already held, a held FIN's end."""
         budget = self.memory_budget
@@ -605,8 +606,13 @@ class Connection:
             if self.orphaned:
                 self._arm_fin_timeout(self.now)
         elif new is State.TIME_WAIT:
-            for timer in (T.RTX, T.PERSIST, T.IDLE, T.KEEPALIVE, T.USER, T.FIN_WAIT_2):
-                self.timers.cancel(timer)
+            # 2MSL alone, but an ACK still owed to the peer's FIN: every other timer
+            # (a list of them to cancel drifted: it left TLP and REORDER armed, and had to
+            # learn FIN_WAIT_2)
+            ack_at = self.timers.get(T.ACK)
+            self.timers.cancel_all()
+            if ack_at is not None:
+                self.timers.arm(T.ACK, ack_at)
             self.timers.arm(T.TIME_WAIT, self.now + 2 * self.config.msl)
         elif new is State.CLOSED and old is not State.LISTEN:
             self._terminate(error)
@@ -647,7 +653,8 @@ class Connection:
             self.timers.arm(T.IDLE, now + idle)
         keepalive = config.keepalive_interval
         # ESTABLISHED first: the common case without hashing the enum for the set
-        if keepalive is not None and (state is State.ESTABLISHED or state in SYNCHRONIZED):
+        if keepalive is not None and (state is State.ESTABLISHED or (
+                state in SYNCHRONIZED and state is not State.TIME_WAIT)):
             self.timers.arm(T.KEEPALIVE, now + keepalive)
 
     def heard(self, now: float) -> None:
@@ -655,7 +662,9 @@ class Connection:
         restarts only here (as Linux's rcv_tstamp, set in tcp_ack), else any datagram,
         even a blind one out of the window, kept a dead peer's connection forever."""
         self.sender.keepalive_sent = 0
-        if self.config.keepalive_interval is not None:
+        # TIME_WAIT probes nothing (2MSL alone): the FIN that took us there is heard
+        # after the transition
+        if self.config.keepalive_interval is not None and self.state is not State.TIME_WAIT:
             self.timers.arm(T.KEEPALIVE, now + self.config.keepalive_interval)
 
     def touch(self) -> None:
