@@ -16,6 +16,7 @@ from utcp.config import Config
 from utcp.connection import Connection
 from utcp.endpoint import Endpoint
 from utcp.state import State
+from utcp.timers import Timer
 
 SERVER = ("127.0.0.1", 5000)
 CLIENT = ("127.0.0.1", 6000)
@@ -180,6 +181,9 @@ def test_whole_exchange_takes_seven_datagrams() -> None:
     pair.to_server()
     pair.to_client()  # nothing more
     assert client.state == State.TIME_WAIT and server.state == State.CLOSED
+    # TIME_WAIT keeps only its 2MSL timer: the server's FIN, heard after the transition
+    # into it, used to restart keepalive there (a wake-up 25 s later for nothing)
+    assert list(client.timers.pending()) == [Timer.TIME_WAIT]
     sent = [(tag, s.flags, len(s.payload)) for tag, s in pair.wire_log]
     A, S, F, P = wire.ACK, wire.SYN, wire.FIN, wire.PSH
     assert sent == [("c>s", S, 0), ("s>c", S | A, 0), ("c>s", P | A, 4), ("s>c", P | A, 4),

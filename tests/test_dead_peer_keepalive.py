@@ -111,23 +111,3 @@ def test_a_half_closed_connection_in_fin_wait_2_probes_and_notices_a_dead_peer()
 
     server_vanishes(p)  # then it dies: noticed 55 s after it was last heard
 
-
-def test_time_wait_keeps_only_its_2msl_timer() -> None:
-    """Keepalive (or any other timer) has nothing to do in TIME_WAIT: the peer's FIN,
-    heard after the transition into it, restarted keepalive there, a wake-up 25 s later
-    for nothing."""
-    from tests.test_ack_coalescing import Pair
-    from utcp.timers import Timer
-
-    pair = Pair()
-    client, server = pair.first_read()
-    server.send(b"pong")
-    pair.to_client()
-    assert client.read() == b"pong"
-    client.close()
-    pair.to_server()
-    server.close()
-    pair.to_client()
-    pair.to_server()
-    assert client.state is State.TIME_WAIT
-    assert list(client.timers.pending()) == [Timer.TIME_WAIT]
