@@ -9,10 +9,13 @@ keys come from a file or the environment, `-C` picks the congestion controller, 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
 import signal
+import socket
+import struct
 from pathlib import Path
 
 import pytest
@@ -226,3 +229,32 @@ def test_key_on_argv_still_works(tmp_path: Path) -> None:
 def test_refused_connect_is_not_a_usage_error() -> None:
     line = one_error_line(run_utcp("cat", HOST, str(free_port())), "cat")
     assert "connection refused" in line
+
+
+async def test_tunnel_pipe_survives_a_tcp_peer_reset_it_has_not_read_yet() -> None:
+    """The tunnel's TCP side reset by its client before asyncio read the RST: the
+    half-close at the far side's EOF then fails shutdown() with ENOTCONN, an OSError
+    that is not a ConnectionError. The copy must end quietly and drop that side, not
+    raise out of the connection handler (seen as a traceback in CI)."""
+    accepted: asyncio.Future[asyncio.StreamWriter] = asyncio.get_running_loop().create_future()
+
+    async def on_connection(_reader: asyncio.StreamReader,
+                            writer: asyncio.StreamWriter) -> None:
+        writer.transport.pause_reading()  # the RST stays unread, as in the race
+        accepted.set_result(writer)
+
+    server = await asyncio.start_server(on_connection, HOST, 0)
+    port = server.sockets[0].getsockname()[1]
+    client = socket.create_connection((HOST, port))
+    try:
+        writer = await asyncio.wait_for(accepted, 10)
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        client.close()  # a reset, which loopback delivers before close() returns
+        far = asyncio.StreamReader()
+        far.feed_eof()  # nothing to copy: a write would have met the reset first
+        await asyncio.wait_for(cli._pipe(far, writer), 10)
+        assert writer.transport.is_closing()
+    finally:
+        client.close()
+        server.close()
+        await server.wait_closed()

@@ -1128,14 +1128,19 @@ def _serve_in_workers(args: argparse.Namespace, config: utcp.Config) -> int:
 # ---------------------------------------------------------------------- tunnel and cat
 
 async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    """Copy until EOF, then half-close the other side: half-close crosses the tunnel."""
+    """Copy until EOF, then half-close the other side: half-close crosses the tunnel.
+
+    Any OSError ends the copy, not only ConnectionError: a kernel TCP socket reset by
+    its peer before its transport read the RST fails write_eof's shutdown() with
+    ENOTCONN, which is neither a ConnectionError nor a reason to stop the tunnel.
+    """
     try:
         while data := await reader.read(CHUNK):
             writer.write(data)
             await writer.drain()
         if writer.can_write_eof():
             writer.write_eof()
-    except (ConnectionError, TimeoutError):
+    except OSError:
         writer.transport.abort()
 
 
@@ -1147,7 +1152,7 @@ async def _splice(r1: asyncio.StreamReader, w1: asyncio.StreamWriter,
         for w in (w1, w2):
             w.close()
         for w in (w1, w2):
-            with contextlib.suppress(ConnectionError, TimeoutError):
+            with contextlib.suppress(OSError):
                 await w.wait_closed()
 
 
