@@ -208,14 +208,13 @@ def test_idle_timeout_is_not_postponed_by_our_own_retransmissions() -> None:
     idle = 10.0
     cfg = CFG.replace(idle_timeout=idle, max_retransmissions=255)
     s, conn, _ = zero_window_client(cfg, sent=2000, queued=2000)
+    s.inject(".", PEER_ISN + 1, OUR_ISN + 2001, window=1000)  # room for our FIN again
     conn.close()
     s.app()
     s.expect("F.", OUR_ISN + 2001)
     s.advance(0.125)
-    s.inject("F.", PEER_ISN + 1, OUR_ISN + 2001, window=0)  # its FIN, not acking ours
-    # at the shut window's edge, not past our FIN: the peer could not take it there
-    # (Sender.ack_seq, as Linux's tcp_acceptable_seq)
-    s.expect(".", OUR_ISN + 2001, PEER_ISN + 2)
+    s.inject("F.", PEER_ISN + 1, OUR_ISN + 2001, window=1000)  # its FIN, not acking ours
+    s.expect(".", OUR_ISN + 2002, PEER_ISN + 2)
     assert conn.state is S.CLOSING
     last_heard = s.now
     resends = 0

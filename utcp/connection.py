@@ -335,7 +335,14 @@ class Connection:
     def unsent(self) -> int:
         """Bytes queued by the application that were never transmitted."""
         buf = self.sndbuf
-        return buf.end - max(self.snd_nxt, buf.base)
+        return max(buf.end - max(self.snd_nxt, buf.base), 0)
+
+    @property
+    def to_send(self) -> int:
+        """Sequence numbers waiting at snd_nxt: the unsent bytes and a FIN not yet sent
+        (`Sender.fin_fits` holds it for the window, and the persist timer probes)."""
+        buf = self.sndbuf
+        return buf.end + buf.fin_queued - max(self.snd_nxt, buf.base)
 
     @property
     def in_flight(self) -> int:
@@ -551,9 +558,7 @@ class Connection:
         interval = self.config.keepalive_interval
         if interval is None or self.state not in SYNCHRONIZED or self.state is State.TIME_WAIT:
             return
-        # unsent > 0, not truthy: once the FIN is out snd_nxt is one past the data and
-        # unsent reads -1, which kept FIN_WAIT_2 from ever being probed
-        if self.snd_max != self.snd_una or self.unsent > 0:
+        if self.snd_max != self.snd_una or self.to_send:
             # Data to deliver: the retransmission and persist timers judge the peer (as
             # Linux's tcp_keepalive_timer), and a path that is down for a minute while
             # they back off must not end the connection sooner than they would.

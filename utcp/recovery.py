@@ -292,7 +292,12 @@ class LossRecovery:
         if conn.unsent:
             return DUPACK_THRESHOLD
         segments = -(-(conn.snd_max - conn.snd_una) // conn.snd_mss)
-        return max(1, min(DUPACK_THRESHOLD, segments - 1))
+        if segments < 2:
+            # a lone segment (a FIN alone, say): no later one can bring a duplicate ACK
+            # that says it was lost, so RFC 5827 has no threshold for it; a stray
+            # duplicate (a window update that repeats the window) must not resend it
+            return DUPACK_THRESHOLD
+        return min(DUPACK_THRESHOLD, segments - 1)
 
     # ------------------------------------------------------------------ entering recovery
 
@@ -375,10 +380,10 @@ class LossRecovery:
                     if credit < n and pacer is not None and pacer.blocks(now, credit, n):
                         break
                     credit -= n
-                fin = conn.sndbuf.fin_queued and conn.snd_nxt + n == data_end
+                fin = conn.sndbuf.fin_queued and conn.sender.fin_fits(conn.snd_nxt + n)
                 conn.sender.transmit(conn.snd_nxt, n, now, fin)
                 conn.snd_nxt += n + (1 if fin else 0)
-            elif conn.sndbuf.fin_queued and conn.snd_nxt == data_end:
+            elif conn.sndbuf.fin_queued and conn.sender.fin_fits(conn.snd_nxt):
                 conn.sender.transmit(conn.snd_nxt, 0, now, fin=True)
                 conn.snd_nxt += 1
                 n = 1
@@ -489,7 +494,7 @@ class LossRecovery:
         n = min(room, data_end - conn.snd_nxt)
         if conn.snd_nxt == conn.snd_max and n > 0 and \
                 conn.snd_nxt + n <= conn.snd_una + conn.snd_wnd:
-            fin = conn.sndbuf.fin_queued and conn.snd_nxt + n == data_end
+            fin = conn.sndbuf.fin_queued and conn.sender.fin_fits(conn.snd_nxt + n)
             self.tlp_seq = conn.snd_nxt
             conn.sender.transmit(conn.snd_nxt, n, now, fin)
             conn.snd_nxt += n + (1 if fin else 0)

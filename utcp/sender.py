@@ -98,7 +98,7 @@ class Sender:
         is open but small; False when the connection is over."""
         conn = self.conn
         conn.timers.cancel(T.PERSIST)
-        if not conn.unsent or conn.snd_nxt != conn.snd_una:
+        if not conn.to_send or conn.snd_nxt != conn.snd_una:
             return True
         if conn.snd_wnd:
             # RFC 9293 §3.8.6.2.1: sender SWS avoidance held back a segment smaller than
@@ -238,10 +238,10 @@ class Sender:
                 credit -= n
                 if probe and conn.pmtu is not None:
                     conn.pmtu.sent(conn.snd_nxt, n)
-                fin = (conn.sndbuf.fin_queued and conn.snd_nxt + n == data_end)
+                fin = conn.sndbuf.fin_queued and self.fin_fits(conn.snd_nxt + n)
                 self.transmit(conn.snd_nxt, n, now, fin)
                 conn.snd_nxt += n + (1 if fin else 0)
-            elif conn.sndbuf.fin_queued and conn.snd_nxt == data_end:
+            elif conn.sndbuf.fin_queued and self.fin_fits(conn.snd_nxt):
                 self.transmit(conn.snd_nxt, 0, now, fin=True)
                 conn.snd_nxt += 1
             else:
@@ -255,6 +255,18 @@ class Sender:
             # flight (armed at the burst's first segment, it took that for a lone one)
             conn.recovery.arm_tail_loss_probe(now)
         self._arm_persist(now, sws_held)
+
+    def fin_fits(self, seq: int) -> bool:
+        """Whether the FIN goes at `seq`, new (or again after go-back-N): only right after
+        the data, and only inside the peer's window. A FIN is a sequence number like a
+        byte, and a receiver drops one past its window (RFC 9293's acceptability test;
+        Linux drops a FIN into a zero window, as utcp does): sent anyway, it was resent
+        by RTO until `max_retransmissions` ended a connection whose peer was alive and
+        only not reading. Held, it waits for the window with the persist timer, as
+        Linux's tcp_snd_wnd_test holds it. A FIN already sent is resent from snd_una
+        whatever the window (`Recovery`), as Linux's tcp_retransmit_skb does."""
+        conn = self.conn
+        return seq == conn.sndbuf.end and seq < conn.snd_una + conn.snd_wnd
 
     def _next_size(self, window: int, remaining: int, mss: int) -> tuple[int, bool]:
         """The next new segment's payload, and whether it is a PMTU probe; 0 to stop
@@ -296,7 +308,7 @@ class Sender:
         timers = conn.timers
         if sws_held and conn.snd_nxt == conn.snd_una and not timers.armed(T.PERSIST):
             timers.arm(T.PERSIST, now + min(conn.recovery.rtt.rto, SWS_OVERRIDE_MAX))
-        if (conn.unsent and conn.snd_nxt == conn.snd_una and conn.snd_wnd == 0
+        if (conn.to_send and conn.snd_nxt == conn.snd_una and conn.snd_wnd == 0
                 and not timers.armed(T.PERSIST)):
             timers.arm(T.PERSIST, now + conn.recovery.rtt.rto)
             if self.persist_since is None:

@@ -174,8 +174,7 @@ class UtcpTransport(asyncio.Transport):
         return (self._low, self._high)
 
     def get_write_buffer_size(self) -> int:
-        # the core's count goes to -1 once the FIN (one sequence number, no byte) is out
-        return max(self._conn.unsent, 0)
+        return self._conn.unsent
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
         if not isinstance(data, _BYTES_LIKE):
