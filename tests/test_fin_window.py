@@ -1,14 +1,18 @@
-"""A FIN waits for the peer's window, as data does (`Sender.fin_fits`).
+"""A FIN and a shut window: sent only into a window with room for it, taken at rcv_nxt
+even when ours is shut.
 
-A FIN is a sequence number like a byte. A receiver whose window is shut drops one (RFC
-9293's acceptability test; Linux counts it as TCPZeroWindowDrop, and utcp does the
-same). utcp used to send the FIN anyway once the data was out; it then resent it by RTO
-until `max_retransmissions` ran out, and ended, with a TimeoutError and a RST, a
-connection whose peer was alive and only not reading yet (about nine minutes with the
-defaults). Linux holds the FIN (tcp_snd_wnd_test counts it) and probes the shut window
-with the persist timer, which a live peer answers for as long as it likes. utcp does
-that now: the FIN leaves when the window has room for it, on the last data segment
-when that leaves room, or alone once the window opens.
+Sending (`Sender.fin_fits`): a FIN is a sequence number like a byte. utcp used to send
+it into a shut window once the data was out. A receiver that keeps to RFC 9293's
+acceptability test drops it there (utcp's own did), and utcp resent it by RTO until
+`max_retransmissions` ran out: it ended, with a TimeoutError and a RST, a connection
+whose peer was alive and only not reading yet (about nine minutes with the defaults).
+Linux's sender holds the FIN (tcp_snd_wnd_test counts it) and probes the shut window
+with the persist timer, which a live peer answers for as long as it likes. utcp does that
+now: the FIN goes on the last data segment when the window leaves room for it, or alone
+once the window opens.
+
+Receiving: a bare FIN at rcv_nxt is taken even into a shut window (it costs no memory),
+as Linux's receiver does, so senders that still send it there are not left resending it.
 """
 
 from __future__ import annotations
@@ -108,9 +112,10 @@ def test_a_held_fin_still_ends_when_probes_go_unanswered() -> None:
 
 def test_a_reader_that_comes_back_late_gets_the_data_and_the_eof() -> None:
     """Two utcp endpoints on the simulator: the client sends exactly what the server's
-    buffer holds and closes; the server's application reads nothing for 30 minutes (30
-    times what the FIN's retransmissions used to survive here); then it reads
-    everything, and the end of the stream after it."""
+    buffer holds and closes; the server's application reads nothing for 30 minutes
+    (the FIN sent into the shut window and dropped there ended the client after about
+    half a minute of retransmissions with this rto_max); then it reads everything, and
+    the end of the stream after it. No FIN crosses while the window is shut."""
     p = establish(server_cfg=CFG.replace(recv_buffer=RCVBUF))
     data = random.Random(3).randbytes(RCVBUF)
     p.c.send(data)
@@ -131,3 +136,49 @@ def test_a_reader_that_comes_back_late_gets_the_data_and_the_eof() -> None:
     p.s.close()
     pump_until(p, lambda: p.s.state is S.CLOSED, limit=10.0)
     assert p.c.state is S.TIME_WAIT and p.c.error is None and p.s.error is None
+
+
+# --------------------------------------------------------------------------- receiving
+
+
+def shut_server() -> tuple[Script, Connection]:
+    """A utcp server whose application reads nothing, its window shut by the peer's
+    2,000 bytes (its whole buffer)."""
+    cfg = SCRIPTED.replace(recv_buffer=2000)
+    s = Script(cfg, port=80, listening=True, isns=(OUR_ISN,), peer=SERVER)
+    s.inject("S", PEER_ISN, 0, window=65535, options=PEER_OPTS)
+    s.expect("S.", OUR_ISN, PEER_ISN + 1)
+    s.advance(0.125)
+    s.inject(".", PEER_ISN + 1, OUR_ISN + 1)
+    conn = s.ep.accept()
+    assert conn is not None
+    s.inject(".", PEER_ISN + 1, OUR_ISN + 1, payload=bytes(1000))
+    s.inject("P.", PEER_ISN + 1001, OUR_ISN + 1, payload=bytes(1000))
+    s.expect(".", OUR_ISN + 1, PEER_ISN + 2001, window=0)
+    assert conn.rcv_adv == conn.rcv_nxt == PEER_ISN + 2001
+    return s, conn
+
+
+def test_a_bare_fin_into_our_shut_window_is_taken() -> None:
+    """Liberal in what we accept: a FIN alone at rcv_nxt costs no memory, and a sender
+    that sends it into a shut window (utcp did, and Linux's receiver takes it since
+    6.x; tests/interop/test_fin_window_kernel.py saw 6.18 do so) would otherwise resend
+    it until it gave up on a live connection."""
+    s, conn = shut_server()
+    s.inject("F.", PEER_ISN + 2001, OUR_ISN + 1, window=65535)
+    s.expect(".", OUR_ISN + 1, PEER_ISN + 2002, window=0)
+    assert conn.state is S.CLOSE_WAIT
+    assert conn.read() == bytes(2000) and conn.eof_received
+
+
+@pytest.mark.parametrize("where", ["past-rcv_nxt", "after-data"])
+def test_a_fin_beyond_rcv_nxt_in_our_shut_window_is_not(where: str) -> None:
+    """Only the FIN at rcv_nxt: one further on, or behind data the window cannot take,
+    is outside the window and is answered with the ACK that says where it is."""
+    s, conn = shut_server()
+    if where == "past-rcv_nxt":
+        s.inject("F.", PEER_ISN + 2002, OUR_ISN + 1, window=65535)
+    else:
+        s.inject("FP.", PEER_ISN + 2001, OUR_ISN + 1, window=65535, payload=b"late")
+    s.expect(".", OUR_ISN + 1, PEER_ISN + 2001, window=0)
+    assert conn.state is S.ESTABLISHED and not conn.eof_received

@@ -351,8 +351,12 @@ def _text(conn: Connection, seg: wire.Segment, seg_seq: int) -> bool | None:
                       send_rst=True)
             return None
         conn.drop("data after FIN")
-    elif seg.flags & FIN and seg_seq >= conn.rcv_adv:
-        complete = False  # a FIN past the window we offered
+    elif seg.flags & FIN and seg_seq >= conn.rcv_adv and seg_seq != conn.rcv_nxt:
+        # A FIN past the window we offered. A bare FIN at rcv_nxt is taken even when
+        # the window is shut: it costs no memory, and a sender that sends one there
+        # (utcp up to 0.1 did) would resend it until it gave up on a live connection.
+        # Linux's receiver takes it too (seen on 6.18), and smoltcp's
+        complete = False
     return complete
 
 def _fin(conn: Connection, seg: wire.Segment, seg_seq: int, complete: bool, fin_now_acked: bool,

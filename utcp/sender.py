@@ -259,12 +259,12 @@ class Sender:
     def fin_fits(self, seq: int) -> bool:
         """Whether the FIN goes at `seq`, new (or again after go-back-N): only right after
         the data, and only inside the peer's window. A FIN is a sequence number like a
-        byte, and a receiver drops one past its window (RFC 9293's acceptability test;
-        Linux drops a FIN into a zero window, as utcp does): sent anyway, it was resent
-        by RTO until `max_retransmissions` ended a connection whose peer was alive and
-        only not reading. Held, it waits for the window with the persist timer, as
-        Linux's tcp_snd_wnd_test holds it. A FIN already sent is resent from snd_una
-        whatever the window (`Recovery`), as Linux's tcp_retransmit_skb does."""
+        byte, and a receiver that keeps to RFC 9293's acceptability test drops one past
+        its window: sent anyway, it was resent by RTO until `max_retransmissions` ended
+        a connection whose peer was alive and only not reading. Held, it waits for the
+        window with the persist timer, as Linux's tcp_snd_wnd_test holds it. A FIN
+        already sent is resent from snd_una whatever the window (`LossRecovery`), as
+        Linux's tcp_retransmit_skb resends the head."""
         conn = self.conn
         return seq == conn.sndbuf.end and seq < conn.snd_una + conn.snd_wnd
 
