@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import random
 
+from tests.script import Script
 from utcp import wire
 from utcp.config import Config
 from utcp.connection import Connection
@@ -223,3 +224,20 @@ def test_read_that_reopens_a_nearly_closed_window_updates_at_once() -> None:
     # in the port's next round, no timer serviced: this update cannot wait even for that
     update = pure_acks(segments(server.datagrams_to_send(now)))
     assert len(update) == 1 and update[0].window > 0
+
+
+def test_a_segment_past_a_hole_draws_one_duplicate_ack_not_two() -> None:
+    """Each segment past a hole is answered at once with a duplicate ACK (RFC 5681 §4.2),
+    and that is all it is owed: the delay timer, armed after that ACK went out, sent the
+    same ACK again 40 ms later, one duplicate ACK more than segments arrived (with two
+    genuine ones, a third that makes a sender resend a segment that was only late)."""
+    cfg = Config(mss=1000, timestamps=False, sack=False, pacing=False, pmtu_probing=False)
+    s = Script(cfg, port=80, listening=True, isns=(5000,), peer=CLIENT)
+    s.inject("S", 9000, 0, window=65535, options=wire.Options(mss=1000))
+    s.expect("S.", 5000, 9001)
+    s.inject(".", 9001, 5001)
+    assert s.ep.accept() is not None
+    s.inject(".", 10001, 5001, payload=bytes(1000))  # past a hole at 9001..10001
+    s.expect(".", 5001, 9001)  # the duplicate ACK, at once
+    s.advance(1.0)
+    s.expect_nothing()

@@ -68,8 +68,11 @@ class Receiver:
             held = self._hold_out_of_order(seg_seq, payload)
             if held is None:
                 return complete  # a duplicate of a piece we hold: its ACK went out
-            if not held:
-                return False
+            # held: its duplicate ACK went out too, and nothing more is owed (the delay
+            # timer armed here sent the same ACK again 40 ms later: one duplicate ACK
+            # more than segments arrived, and with two genuine ones a segment only
+            # reordered was resent as lost)
+            return complete if held else False
         if not conn.sender.ack_now and not conn.timers.armed(T.ACK):
             conn.timers.arm(T.ACK, conn.now + conn.config.ack_delay)
         return complete
