@@ -98,7 +98,7 @@ def test_a_half_closed_connection_in_fin_wait_2_probes_and_notices_a_dead_peer()
     """FIN_WAIT_2 after write_eof: our FIN is acknowledged, the application still reads,
     and the peer (in CLOSE_WAIT) sends nothing. As Linux's keepalive timer, which probes
     once nothing is in flight or queued, the probes go on there; they used to stop at
-    the FIN (`Connection.unsent` reads -1 once it is out, which was taken for data
+    the FIN (`Connection.unsent` read -1 once it was out, which was taken for data
     waiting), and a peer that died then held the connection forever."""
     p = establish(client_cfg=CFG, server_cfg=CFG)
     p.c.close()

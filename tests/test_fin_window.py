@@ -182,3 +182,42 @@ def test_a_fin_beyond_rcv_nxt_in_our_shut_window_is_not(where: str) -> None:
         s.inject("FP.", PEER_ISN + 2001, OUR_ISN + 1, window=65535, payload=b"late")
     s.expect(".", OUR_ISN + 1, PEER_ISN + 2001, window=0)
     assert conn.state is S.ESTABLISHED and not conn.eof_received
+
+
+# --------------------------------------------------------------------------- the edge
+
+
+def test_the_window_on_a_resent_segment_that_moves_snd_una_is_taken() -> None:
+    """The ACK that moves snd_una may ride on the peer's resent segment, whose SEG.SEQ is
+    older than the last one whose window we took. RFC 9293's rule alone kept the old
+    window there, so snd_una + snd_wnd lay past the edge the peer had just advertised,
+    and the held FIN went into its shut window. Linux's tcp_may_update_window takes the
+    window from any ACK newer than the last; so does utcp."""
+    s, conn = client_with(3000, 3000)
+    for i in range(3):
+        s.expect(ANY, OUR_ISN + 1 + 1000 * i, length=1000)
+    s.expect_nothing()  # the window is full: the FIN waits
+    # the peer's data: its first segment is lost, the second draws a duplicate ACK
+    s.inject(".", PEER_ISN + 101, OUR_ISN + 1, window=3000, payload=bytes(100))
+    s.expect(".", OUR_ISN + 3001, PEER_ISN + 1)
+    s.advance(0.1)
+    # its first segment again, now carrying the ACK of all our data and a shut window
+    s.inject(".", PEER_ISN + 1, OUR_ISN + 3001, window=0, payload=bytes(100))
+    assert conn.snd_una == OUR_ISN + 3001 and conn.snd_wnd == 0
+    s.expect(".", OUR_ISN + 3001, PEER_ISN + 201)  # its data acknowledged; no FIN
+    s.expect_nothing()
+    s.inject(".", PEER_ISN + 201, OUR_ISN + 3001, window=1000)
+    s.expect("F.", OUR_ISN + 3001, PEER_ISN + 201)
+
+
+@pytest.mark.parametrize("size", [999, 1000])
+def test_a_lone_segment_with_the_fin_is_not_early_retransmitted(size: int) -> None:
+    """RFC 5827's early retransmit needs two segments in flight: a full segment with the
+    FIN on it is one (its FIN's sequence number counted it as two, and one stray
+    duplicate ACK resent it)."""
+    s, conn = client_with(65535, size)
+    s.expect("FP.", OUR_ISN + 1, length=size)
+    s.advance(0.05)
+    s.inject(".", PEER_ISN + 1, OUR_ISN + 1, window=65535)  # a stray duplicate ACK
+    s.expect_nothing()
+    assert conn.counters.fast_retransmits == 0

@@ -12,7 +12,10 @@ these bounds the connection, and every byte queued on it, was kept forever:
 - `idle_timeout` that closes a connection whose FIN cannot leave ends it one more
   `idle_timeout` later, in FIN_WAIT_1 or LAST_ACK, as documented;
 - an orphan (the application closed the transport) whose peer answers every probe with a
-  zero window is ended after `ORPHAN_PROBES` probes (Linux's `tcp_orphan_retries`).
+  zero window is ended after `ORPHAN_PROBES` probes (Linux's `tcp_orphan_retries`);
+- a window shrunk to nothing under data in flight makes every timeout a probe: answered,
+  it keeps the connection (it was ended after `max_retransmissions`), and the window's
+  opening sends again at once, with SACK too.
 """
 
 from __future__ import annotations
@@ -261,3 +264,138 @@ def test_acknowledged_resends_are_activity() -> None:
         s.inject(".", PEER_ISN + 1, OUR_ISN + 1 + acked, window=64000)
     assert s.now > 4 * cfg.idle_timeout
     assert conn.state is S.ESTABLISHED and conn.queued == 0
+
+
+def answer_everything(s: Script, conn: Connection, until: float, *, ack: int) -> int:
+    """Advance to `until`, answering every segment we send with a zero window (at most
+    four answers per timer, so that answers never feed on each other); returns how
+    many segments went out."""
+    sent = 0
+    while s.now < until and conn.state is not S.CLOSED:
+        deadline = s.ep.get_timer()
+        if deadline is None or deadline > until:
+            break
+        s.advance_to(deadline)
+        answered = 0
+        while s.sent:
+            seg = s.sent.popleft().seg
+            sent += 1
+            if seg.flags & wire.RST or answered == 4:
+                continue
+            answered += 1
+            s.inject(".", PEER_ISN + 1, ack, window=0)
+    return sent
+
+
+def shrunk_under_flight(cfg: Config, sack: bool) -> tuple[Script, Connection]:
+    """2,000 bytes sent into the 2,000 offered; the peer takes 1,000 and shrinks its
+    window to nothing: the rest waits in flight past the edge."""
+    s = Script(cfg, port=40000, isns=(OUR_ISN,), peer=SERVER)
+    conn = s.connect()
+    s.expect("S", OUR_ISN)
+    s.advance(0.125)
+    opts = wire.Options(mss=1000, wscale=0, sack_permitted=sack)
+    s.inject("S.", PEER_ISN, OUR_ISN + 1, window=2000, options=opts)
+    s.expect(".", OUR_ISN + 1, PEER_ISN + 1)
+    conn.send(bytes(2000))
+    s.app()
+    s.expect(ANY, OUR_ISN + 1, length=1000)
+    s.expect(ANY, OUR_ISN + 1001, length=1000)
+    s.advance(0.125)
+    s.inject(".", PEER_ISN + 1, OUR_ISN + 1001, window=0)  # the edge moves back
+    assert conn.snd_wnd == 0 and conn.snd_max == OUR_ISN + 2001
+    return s, conn
+
+
+@pytest.mark.parametrize("sack", [False, True], ids=["go-back-N", "SACK"])
+def test_a_window_shrunk_under_data_in_flight_is_kept_while_the_peer_answers(
+        sack: bool) -> None:
+    """The peer takes part of what we sent and shrinks its window to nothing (RFC 9293
+    discourages it, and allows it): what is past the edge waits in flight, and every
+    timeout finds the window still shut. Our retransmissions (or the probes that stand
+    in for them) are then zero-window probes, and a peer that answers them keeps the
+    connection, as Linux's tcp_retransmit_timer keeps it; they ended it after
+    max_retransmissions (about nine minutes here)."""
+    cfg = CFG.replace(max_retransmissions=4, sack=sack)
+    s, conn = shrunk_under_flight(cfg, sack)
+    sent = answer_everything(s, conn, s.now + 3600.0, ack=OUR_ISN + 1001)
+    assert conn.state is S.ESTABLISHED and conn.error is None
+    assert sent > 4 * cfg.max_retransmissions  # it kept asking, and was answered
+    s.inject(".", PEER_ISN + 1, OUR_ISN + 1001, window=2000)  # it read: room again
+    s.expect(ANY, OUR_ISN + 1001, length=1000)  # what was past the edge, again
+    s.inject(".", PEER_ISN + 1, OUR_ISN + 2001, window=2000)
+    assert conn.snd_una == conn.snd_max == OUR_ISN + 2001
+
+
+@pytest.mark.parametrize("who", ["silent", "orphan"])
+def test_a_window_shrunk_under_data_in_flight_still_ends_a_silent_peer_or_an_orphan(
+        who: str) -> None:
+    """Kept only while answered, and not for an orphan (nobody will read what it holds,
+    as Linux times an orphan out there): a silent peer is ended after
+    max_retransmissions, an orphan whatever the peer answers."""
+    cfg = CFG.replace(max_retransmissions=4)
+    s, conn = shrunk_under_flight(cfg, sack=False)
+    if who == "orphan":
+        conn.orphaned = True
+        answer_everything(s, conn, s.now + 3600.0, ack=OUR_ISN + 1001)
+    else:
+        probe_times(s, conn, until=s.now + 3600.0, answer=False)
+    assert conn.state is S.CLOSED
+    assert isinstance(the_error(s, conn), TimeoutError)
+
+
+@pytest.mark.parametrize("sack", [False, True], ids=["go-back-N", "SACK"])
+def test_a_fin_sent_then_a_shrunk_window_keeps_a_live_peer(sack: bool) -> None:
+    """Data and the FIN went into a window with room; the peer takes the data and shrinks
+    its window to nothing before it takes the FIN. Answered, the connection is kept,
+    and the FIN is resent when the window opens."""
+    cfg = CFG.replace(max_retransmissions=4, sack=sack)
+    s = Script(cfg, port=40000, isns=(OUR_ISN,), peer=SERVER)
+    conn = s.connect()
+    s.expect("S", OUR_ISN)
+    s.advance(0.125)
+    s.inject("S.", PEER_ISN, OUR_ISN + 1, window=3000,
+             options=wire.Options(mss=1000, wscale=0, sack_permitted=sack))
+    s.expect(".", OUR_ISN + 1, PEER_ISN + 1)
+    conn.send(bytes(2000))
+    conn.close()
+    s.app()
+    s.expect(ANY, OUR_ISN + 1, length=1000)
+    s.expect("FP.", OUR_ISN + 1001, length=1000)
+    s.advance(0.125)
+    s.inject(".", PEER_ISN + 1, OUR_ISN + 2001, window=0)  # the data, not the FIN
+    answer_everything(s, conn, s.now + 3600.0, ack=OUR_ISN + 2001)
+    assert conn.state is S.FIN_WAIT_1 and conn.error is None
+    s.inject(".", PEER_ISN + 1, OUR_ISN + 2001, window=1000)
+    s.expect("F.", OUR_ISN + 2001)
+    s.inject(".", PEER_ISN + 1, OUR_ISN + 2002, window=1000)
+    assert conn.state is S.FIN_WAIT_2
+
+
+def test_user_timeout_counts_when_a_small_window_then_shuts() -> None:
+    """A small window holds the rest back (sender SWS avoidance arms its override on the
+    persist timer); the window then shuts. user_timeout still counts from there (the
+    armed override timer kept it from starting, and a peer answering "still zero" held
+    the data and the FIN for as long as it liked)."""
+    cfg = CFG.replace(user_timeout=30.0)
+    s = Script(cfg, port=40000, isns=(OUR_ISN,), peer=SERVER)
+    conn = s.connect()
+    s.expect("S", OUR_ISN)
+    s.advance(0.125)
+    s.inject("S.", PEER_ISN, OUR_ISN + 1, window=3000, options=PEER_OPTS)
+    s.expect(".", OUR_ISN + 1, PEER_ISN + 1)
+    s.advance_to(1.0)
+    conn.send(bytes(5000))
+    conn.close()
+    s.app()
+    for i in range(3):
+        s.expect(ANY, OUR_ISN + 1 + 1000 * i, length=1000)
+    s.advance_to(1.125)
+    s.inject(".", PEER_ISN + 1, OUR_ISN + 3001, window=500)  # small: SWS holds the rest
+    s.expect_nothing()
+    s.advance_to(1.25)
+    s.inject(".", PEER_ISN + 1, OUR_ISN + 3001, window=0)  # then shut
+    probe_times(s, conn, until=200.0, answer=True)
+    assert conn.state is S.CLOSED and s.now <= 1.25 + 30.0
+    err = the_error(s, conn)
+    assert isinstance(err, TimeoutError)

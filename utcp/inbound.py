@@ -436,10 +436,17 @@ def pmtu_acked(conn: Connection, ack: int) -> None:
 
 def update_window(conn: Connection, seg: wire.Segment, seg_seq: int, ack: int,
                    force: bool = False) -> None:
-    """RFC 9293 §3.10.7.4: take the window only from a segment newer than the last."""
+    """RFC 9293 §3.10.7.4: take the window only from a segment newer than the last; and,
+    as Linux's tcp_may_update_window, from any ACK newer than the last one taken. The
+    peer's resent segment carries an older SEG.SEQ but its current ACK and window: with
+    RFC 9293's rule alone, an ACK that moved snd_una there kept the old window, and
+    snd_una + snd_wnd lay past the edge the peer had advertised (a FIN, or data, went
+    into its shut window)."""
     if ack < conn.snd_una and not force:
         return  # a duplicate of an old ACK: its window is old news too
-    if force or conn.snd_wl1 < seg_seq or (conn.snd_wl1 == seg_seq and conn.snd_wl2 <= ack):
+    wl1 = conn.snd_wl1
+    if force or wl1 < seg_seq or conn.snd_wl2 < ack or (wl1 == seg_seq
+                                                          and conn.snd_wl2 <= ack):
         shift = 0 if seg.flags & SYN else conn.snd_wscale
         conn.snd_wnd = seg.window << shift
         conn.snd_wl1 = seg_seq
@@ -449,6 +456,12 @@ def update_window(conn: Connection, seg: wire.Segment, seg_seq: int, ack: int,
         conn.sender.probes_out = 0  # the peer answers (a probe, or anything newer)
         if conn.snd_wnd:
             conn.timers.cancel(T.PERSIST)
+        elif not conn.orphaned:
+            # A window shut under data in flight (shrunk, or the FIN's): every timeout
+            # finds it still shut, and what it resends (or the probes standing in) is a
+            # zero-window probe. An answer keeps a live peer's connection, as it does for
+            # probes, and as Linux's tcp_retransmit_timer keeps it; an orphan's count runs
+            conn.recovery.rto_streak = 0
 
 def receive_fin(conn: Connection, now: float, fin_now_acked: bool) -> None:
     conn.receiver.fin_received = True

@@ -291,7 +291,10 @@ class LossRecovery:
         conn = self.conn
         if conn.unsent:
             return DUPACK_THRESHOLD
-        segments = -(-(conn.snd_max - conn.snd_una) // conn.snd_mss)
+        # bytes in flight, the FIN's sequence number left out: 1,000 bytes and a FIN in
+        # one segment are one segment, not two
+        span = min(conn.snd_max, conn.sndbuf.end) - conn.snd_una
+        segments = -(-span // conn.sender.payload_room())
         if segments < 2:
             # a lone segment (a FIN alone, say): no later one can bring a duplicate ACK
             # that says it was lost, so RFC 5827 has no threshold for it; a stray
@@ -440,7 +443,7 @@ class LossRecovery:
         conn.timers.cancel(T.REORDER)
         head = self.rack.first()
         if conn.sack_ok and head is not None and head.start == conn.snd_una \
-                and not head.state & SACKED:
+                and not head.state & SACKED and conn.snd_wnd:
             # RFC 8985 §6.3 and RFC 6675 §5.1: resend what RACK now calls lost (the first
             # segment, and all sent longer than RACK.rtt + reo_wnd ago), SACKed data
             # not again, in slow start; RACK keeps finding lost retransmissions
@@ -449,7 +452,10 @@ class LossRecovery:
             self.send_pipe_driven(now, first=True)
         else:
             # Without SACK, or if the receiver dropped data it had SACKed (the head is
-            # SACKed: it reneged): go back to snd_una and forget the SACKs (RFC 2018 §8)
+            # SACKed: it reneged): go back to snd_una and forget the SACKs (RFC 2018 §8).
+            # So too when the window shrank to nothing under data in flight: the persist
+            # timer then probes, and the window's opening sends again at once rather
+            # than at the next backed-off timeout
             self.scoreboard.clear()
             self.rack.reset()
             self.mode = Mode.NONE

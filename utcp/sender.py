@@ -308,9 +308,11 @@ class Sender:
         timers = conn.timers
         if sws_held and conn.snd_nxt == conn.snd_una and not timers.armed(T.PERSIST):
             timers.arm(T.PERSIST, now + min(conn.recovery.rtt.rto, SWS_OVERRIDE_MAX))
-        if (conn.to_send and conn.snd_nxt == conn.snd_una and conn.snd_wnd == 0
-                and not timers.armed(T.PERSIST)):
-            timers.arm(T.PERSIST, now + conn.recovery.rtt.rto)
+        if conn.snd_wnd == 0 and conn.snd_nxt == conn.snd_una and conn.to_send:
+            # the override timer may be armed already (the window was small, then shut):
+            # it probes when it fires, but user_timeout must count from now all the same
+            if not timers.armed(T.PERSIST):
+                timers.arm(T.PERSIST, now + conn.recovery.rtt.rto)
             if self.persist_since is None:
                 # the last progress was now (the ACK that shut the window, or the
                 # application's data meeting a shut one): TCP_USER_TIMEOUT counts from
