@@ -498,7 +498,8 @@ def oldest_acceptable_ack(conn: Connection) -> int:
     SND.UNA, but a peer never acknowledges what precedes our SYN: clamping at ISS + 1
     leaves a blind attacker on a connection that sent little (an upload's receiver)
     a handful of acceptable values in 2^32 instead of MAX.SND.WND."""
-    return max(conn.snd_una - max(conn.max_snd_wnd, 1), conn.iss + 1)
+    oldest = conn.snd_una - (conn.max_snd_wnd if conn.max_snd_wnd > 1 else 1)
+    return oldest if oldest > conn.iss + 1 else conn.iss + 1
 
 def ack_acceptable(conn: Connection, seg: wire.Segment) -> bool:
     """RFC 5961 §5.2's whole test, for a segment not otherwise taken."""

@@ -229,9 +229,14 @@ class Sender:
         sws_held = False
         send_limit = self.send_limit()
         while True:
-            # min/max of two (nested): mypyc compiles those inline, and calls the builtin
-            # for three
-            window = min(conn.snd_wnd, min(conn.recovery.cc.cwnd + bonus, send_limit))
+            # the least of snd_wnd, cwnd (+ limited transmit) and the send limit, in
+            # conditional expressions: native under mypyc, and no builtin call per
+            # segment in the pure-Python build
+            window = recovery.cc.cwnd + bonus
+            if send_limit < window:
+                window = send_limit
+            if conn.snd_wnd < window:
+                window = conn.snd_wnd
             remaining = data_end - conn.snd_nxt
             if remaining > 0:
                 n, probe = self._next_size(window, remaining, mss)
@@ -279,7 +284,9 @@ class Sender:
         here, -1 to stop for sender SWS avoidance (the override timer may send it)."""
         conn = self.conn
         usable = conn.snd_una + window - conn.snd_nxt
-        n = min(min(remaining, mss), usable)
+        n = remaining if remaining < mss else mss
+        if usable < n:
+            n = usable
         if n <= 0:
             return 0, False
         pmtu = conn.pmtu
@@ -435,8 +442,14 @@ class Sender:
         budget = conn.memory_budget
         if budget is not None and budget.used >= budget.pressure:
             space = conn.receiver.space()  # the rare case: out of line
-        wnd = max(max(space, conn.rcv_adv - conn.rcv_nxt), 0)
-        field = min((wnd + (1 << shift) - 1) >> shift, wire.MAX_WINDOW_FIELD)
+        wnd = conn.rcv_adv - conn.rcv_nxt  # never shrink what we offered (max of three)
+        if space > wnd:
+            wnd = space
+        if wnd < 0:
+            wnd = 0
+        field = (wnd + (1 << shift) - 1) >> shift
+        if field > wire.MAX_WINDOW_FIELD:
+            field = wire.MAX_WINDOW_FIELD
         edge = conn.rcv_nxt + (field << shift)
         if edge > conn.rcv_adv:
             conn.rcv_adv = edge
