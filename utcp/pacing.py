@@ -71,14 +71,13 @@ class Pacer:
         gain = SLOW_START_GAIN if ssthresh is None or cwnd < ssthresh // 2 else AVOIDANCE_GAIN
         rate = self.rate = gain * cwnd / srtt
         # max and min of two as conditional expressions: no builtin call per send loop
-        burst: float = rate * HORIZON
+        burst = rate * HORIZON
         if burst < MIN_BURST_SEGMENTS * mss:
-            burst = MIN_BURST_SEGMENTS * mss
+            burst = float(MIN_BURST_SEGMENTS * mss)
         self.burst = burst
         last = self._last
-        credit: float
         if last is None:
-            credit = INITIAL_SEGMENTS * mss
+            credit = float(INITIAL_SEGMENTS * mss)
             if credit < burst:
                 credit = burst
         else:
