@@ -208,7 +208,7 @@ class Connection:
     def connect(self, now: float) -> None:
         """Active open: send SYN (RFC 9293 §3.10.1)."""
         self.set_state(Ev.ACTIVE_OPEN)
-        self.timers.arm(T_RTX, now + self.recovery.rtt.rto)
+        self.timers.arm(T.RTX, now + self.recovery.rtt.rto)
         self.touch()
 
     def accept_syn(self, segment: wire.Segment, now: float) -> None:
@@ -218,7 +218,7 @@ class Connection:
         self.now = now
         inbound.take_syn(self, segment)
         self.set_state(Ev.PASSIVE_OPEN)
-        self.timers.arm(T_RTX, now + self.recovery.rtt.rto)
+        self.timers.arm(T.RTX, now + self.recovery.rtt.rto)
         self.last_activity(now)
         self.touch()
 
