@@ -129,8 +129,8 @@ class SendBuffer:
     charges) counts the bytes not yet acknowledged, as the bytearray's length did.
     """
 
-    __slots__ = ("base", "chunks", "fin_acked", "fin_queued", "first", "last_view", "size",
-                 "starts")
+    __slots__ = ("base", "chunks", "end", "fin_acked", "fin_queued", "first", "last_view",
+                 "size", "starts")
 
     def __init__(self, base: int) -> None:
         self.base = base
@@ -142,13 +142,12 @@ class SendBuffer:
         self.first = 0  # chunks before this one are acknowledged whole (and emptied)
         self.last_view = 0  # the chunk the last `view` began in: the next one likely does
         self.size = 0   # bytes queued and not acknowledged
+        # base + size, kept current (only a write or `clear` moves it): the sequence
+        # number after the last byte queued (the FIN's, once closed). An attribute, not a
+        # property: it is read several times per segment
+        self.end = base
         self.fin_queued = False  # the application closed: a FIN follows the data
         self.fin_acked = False
-
-    @property
-    def end(self) -> int:
-        """The sequence number after the last byte queued (the FIN's, once closed)."""
-        return self.base + self.size
 
     @property
     def data(self) -> bytes:
@@ -175,15 +174,16 @@ class SendBuffer:
         if n >= _OWN_CHUNK:
             # immutable bytes are kept as they are; anything else is copied once
             chunks.append(memoryview(data if isinstance(data, bytes) else bytes(data)))
-            self.starts.append(self.base + self.size)
+            self.starts.append(self.end)
         else:
             tail = chunks[-1] if len(chunks) > self.first else None
             if isinstance(tail, bytearray) and len(tail) < _OWN_CHUNK:
                 tail += data
             else:
                 chunks.append(bytearray(data))
-                self.starts.append(self.base + self.size)
+                self.starts.append(self.end)
         self.size += n
+        self.end += n
 
     def clear(self) -> None:
         """Forget every byte (the connection ended)."""
@@ -192,10 +192,11 @@ class SendBuffer:
         self.first = 0
         self.last_view = 0
         self.size = 0
+        self.end = self.base
 
     def free(self, ack: int) -> int:
         """Forget what `ack` acknowledges; the number of data bytes freed."""
-        n = min(ack, self.base + self.size) - self.base
+        n = (ack if ack < self.end else self.end) - self.base
         if n <= 0:
             return 0
         self.base += n
@@ -290,6 +291,13 @@ class ReceiveBuffer:
 
     def read_pieces(self, max_bytes: int) -> bytes:
         """Like `read`, but a large piece comes alone, without a copy of its own."""
+        pieces = self.pieces
+        if len(pieces) == 1 and self.size <= max_bytes:
+            # one piece that fits (a request, an echo): `_take`'s answer, without its loop
+            data = bytes(pieces[0])
+            self.pieces = _NO_PIECES
+            self.size = 0
+            return data
         return self._take(max_bytes, glue_all=False)
 
     def _take(self, max_bytes: int, glue_all: bool) -> bytes:

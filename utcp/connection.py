@@ -45,8 +45,20 @@ from utcp.sender import CHALLENGE_ACK_LIMIT, ORPHAN_PROBES, SWS_OVERRIDE_MAX, Se
 from utcp.state import CAN_SEND, SYNCHRONIZED, State, next_state
 from utcp.state import Event as Ev
 from utcp.stats import Counters, Stats
+from utcp.timers import (
+    T_ACK,
+    T_FIN_WAIT_2,
+    T_IDLE,
+    T_KEEPALIVE,
+    T_PERSIST,
+    T_REORDER,
+    T_RTX,
+    T_TIME_WAIT,
+    T_TLP,
+    T_USER,
+    Timers,
+)
 from utcp.timers import Timer as T
-from utcp.timers import Timers
 from utcp.timestamps import Timestamps
 from utcp.wire import ACK, RST, SECURE_REQUIRED, SYN
 
@@ -64,7 +76,13 @@ __all__ = [  # with the limits its behaviour is named by, which live where they 
 ]
 
 
-_TIMER_ORDER: Final = tuple(T)  # priority order (utcp.timers)
+_TIMER_ORDER: Final = tuple(range(len(T)))  # priority order (utcp.timers)
+# Members read per segment, as module constants: through its class (`State.ESTABLISHED`)
+# Python 3.11 finds an enum member by EnumType's slow attribute path, several times the
+# cost of a global; under mypyc both are C statics
+_ESTABLISHED: Final = State.ESTABLISHED
+_TIME_WAIT: Final = State.TIME_WAIT
+_CLOSED: Final = State.CLOSED
 
 
 def window_scale_for(buffer: int) -> int:
@@ -434,54 +452,54 @@ class Connection:
 
     def handle_timer(self, now: float) -> None:
         """Serve every due timer, in `Timer` order, until one ends the connection."""
-        if self.state is State.CLOSED:
+        if self.state is _CLOSED:
             return
         self.now = now
         self.touch()
         pacer = self.sender.pacer
         if pacer is not None and pacer.deadline is not None and now >= pacer.deadline:
             pacer.deadline = None  # a paced segment's turn: _output sends it
-        timers = self.timers
+        deadlines = self.timers.at
         for timer in _TIMER_ORDER:
-            if timers.due(timer, now) and not self._fire(timer, now):
+            if (at := deadlines[timer]) is not None and now >= at and not self._fire(timer, now):
                 return
 
-    def _fire(self, timer: T, now: float) -> bool:
+    def _fire(self, timer: int, now: float) -> bool:
         """One due timer's action (each handler disarms or re-arms its own timer);
         False once the connection is over."""
-        if timer is T.TIME_WAIT:
-            self.timers.cancel(T.TIME_WAIT)
+        if timer == T_TIME_WAIT:
+            self.timers.cancel(T_TIME_WAIT)
             self.set_state(Ev.TIMEOUT_2MSL)
-        elif timer is T.FIN_WAIT_2:
+        elif timer == T_FIN_WAIT_2:
             self._on_fin_timeout()
-        elif timer is T.USER:
+        elif timer == T_USER:
             self.fail(TimeoutError("the peer's window stayed shut for user_timeout"
                                     if self.sender.persist_since is not None else
                                     "no acknowledgment within user_timeout"), send_rst=True)
-        elif timer is T.RTX:
+        elif timer == T_RTX:
             self._on_retransmission_timeout(now)
-        elif timer is T.REORDER:
+        elif timer == T_REORDER:
             self.recovery.on_reorder_timeout(now)
-        elif timer is T.TLP:
+        elif timer == T_TLP:
             self.recovery.on_tail_loss_probe(now)
-        elif timer is T.PERSIST:
+        elif timer == T_PERSIST:
             self.sender.on_persist_timeout(now)
-        elif timer is T.ACK:
-            self.timers.cancel(T.ACK)
+        elif timer == T_ACK:
+            self.timers.cancel(T_ACK)
             self.sender.ack_now = True
-        elif timer is T.IDLE:
+        elif timer == T_IDLE:
             self._on_idle_timeout(now)
         else:
             self._on_keepalive(now)
-        return self.state is not State.CLOSED
+        return self.state is not _CLOSED
 
     def _arm_fin_timeout(self, now: float) -> bool:
         """Start an orphan's FIN_WAIT_2 clock, unless it runs already or is off; True if
         it was started."""
         fin_timeout = self.config.fin_timeout
-        if fin_timeout is None or self.timers.armed(T.FIN_WAIT_2):
+        if fin_timeout is None or self.timers.armed(T_FIN_WAIT_2):
             return False
-        self.timers.arm(T.FIN_WAIT_2, now + fin_timeout)
+        self.timers.arm(T_FIN_WAIT_2, now + fin_timeout)
         return True
 
     def _on_fin_timeout(self) -> None:
@@ -490,14 +508,14 @@ class Connection:
         Linux drops an orphaned FIN_WAIT_2 socket when tcp_fin_timeout runs out (its
         timewait bucket expires: no RST then). The peer learns only if it sends again:
         the endpoint answers a segment for no connection with RST."""
-        self.timers.cancel(T.FIN_WAIT_2)
+        self.timers.cancel(T_FIN_WAIT_2)
         self.counters.fin_timeouts += 1
         if log.enabled():
             log.emit("fin_timeout", conn=self.name, fin_timeout=self.config.fin_timeout)
         self.fail(None, send_rst=False)
 
     def _on_idle_timeout(self, now: float) -> None:
-        self.timers.cancel(T.IDLE)
+        self.timers.cancel(T_IDLE)
         idle = self.config.idle_timeout
         if idle is None:
             return
@@ -507,7 +525,7 @@ class Connection:
             self.close()
             # the FIN may be unable to leave (a shut window holds back the data before
             # it): one more idle_timeout without a segment ends the connection
-            self.timers.arm(T.IDLE, now + idle)
+            self.timers.arm(T_IDLE, now + idle)
         elif self.state in (State.FIN_WAIT_1, State.FIN_WAIT_2, State.CLOSING,
                             State.LAST_ACK):
             # we have closed and the peer has gone quiet: nothing graceful is left
@@ -535,10 +553,10 @@ class Connection:
                 log.emit("rto", conn=self.name, state=self.state.name, rto=rec.rtt.rto,
                          snd_una=self.snd_una)
             self.snd_nxt = self.iss  # resend the SYN (or SYN+ACK) from _output
-            self.timers.arm(T.RTX, now + rec.rtt.rto)
+            self.timers.arm(T_RTX, now + rec.rtt.rto)
             return
         if self.snd_una == self.snd_max:
-            self.timers.cancel(T.RTX)
+            self.timers.cancel(T_RTX)
             return
         rec.rto_streak += 1
         if rec.rto_streak > self.config.max_retransmissions:
@@ -554,7 +572,7 @@ class Connection:
         rec.on_retransmission_timeout(now)
 
     def _on_keepalive(self, now: float) -> None:
-        self.timers.cancel(T.KEEPALIVE)
+        self.timers.cancel(T_KEEPALIVE)
         interval = self.config.keepalive_interval
         if interval is None or self.state not in SYNCHRONIZED or self.state is State.TIME_WAIT:
             return
@@ -562,7 +580,7 @@ class Connection:
             # Data to deliver: the retransmission and persist timers judge the peer (as
             # Linux's tcp_keepalive_timer), and a path that is down for a minute while
             # they back off must not end the connection sooner than they would.
-            self.timers.arm(T.KEEPALIVE, now + interval)
+            self.timers.arm(T_KEEPALIVE, now + interval)
             return
         if self.sender.keepalive_sent >= self.config.keepalive_probes:
             self.fail(TimeoutError("keepalive probes unanswered"), send_rst=True)
@@ -571,7 +589,7 @@ class Connection:
         self.sender.emit(self.snd_una - 1, 0, ACK)
         # TCP_KEEPINTVL after TCP_KEEPIDLE: probes close together once one goes
         # unanswered, so a dead peer is noticed soon after the idle time, not probes x it
-        self.timers.arm(T.KEEPALIVE, now + min(interval, self.config.keepalive_probe_interval))
+        self.timers.arm(T_KEEPALIVE, now + min(interval, self.config.keepalive_probe_interval))
 
     # --------------------------------------------------------------------- memory
 
@@ -654,13 +672,13 @@ class Connection:
         config = self.config
         state = self.state
         idle = config.idle_timeout
-        if idle is not None and state is not State.TIME_WAIT and state is not State.CLOSED:
-            self.timers.arm(T.IDLE, now + idle)
+        if idle is not None and state is not _TIME_WAIT and state is not _CLOSED:
+            self.timers.at[T_IDLE] = now + idle
         keepalive = config.keepalive_interval
         # ESTABLISHED first: the common case without hashing the enum for the set
-        if keepalive is not None and (state is State.ESTABLISHED or (
-                state in SYNCHRONIZED and state is not State.TIME_WAIT)):
-            self.timers.arm(T.KEEPALIVE, now + keepalive)
+        if keepalive is not None and (state is _ESTABLISHED or (
+                state in SYNCHRONIZED and state is not _TIME_WAIT)):
+            self.timers.at[T_KEEPALIVE] = now + keepalive
 
     def heard(self, now: float) -> None:
         """The peer is alive: a segment passed the window and ACK checks. Keepalive
@@ -669,8 +687,8 @@ class Connection:
         self.sender.keepalive_sent = 0
         # TIME_WAIT probes nothing (2MSL alone): the FIN that took us there is heard
         # after the transition
-        if self.config.keepalive_interval is not None and self.state is not State.TIME_WAIT:
-            self.timers.arm(T.KEEPALIVE, now + self.config.keepalive_interval)
+        if self.config.keepalive_interval is not None and self.state is not _TIME_WAIT:
+            self.timers.at[T_KEEPALIVE] = now + self.config.keepalive_interval
 
     def touch(self) -> None:
         if self.notify is not None:

@@ -21,7 +21,17 @@ from utcp.events import EofReceived, SendClosed
 from utcp.pmtu import PmtuSearch
 from utcp.state import CAN_RECEIVE, State
 from utcp.state import Event as Ev
-from utcp.timers import Timer as T
+from utcp.timers import (
+    T_ACK,
+    T_IDLE,
+    T_KEEPALIVE,
+    T_PERSIST,
+    T_REORDER,
+    T_RTX,
+    T_TIME_WAIT,
+    T_TLP,
+    T_USER,
+)
 from utcp.wire import ACK, FIN, PSH, RST, SECURE_REQUIRED, SYN
 
 if TYPE_CHECKING:
@@ -30,12 +40,20 @@ if TYPE_CHECKING:
 
 PEER_HOLDS_PORT: Final = ("the peer answered our SYN for an older connection on these ports,"
                           " which it holds in TIME_WAIT for 2 x msl")
+# The states every segment is tested against, as module constants: Python 3.11 reads an
+# enum member through its class (`State.ESTABLISHED`) by EnumType's slow attribute path,
+# several times a global's cost; under mypyc both are C statics
+_CLOSED: Final = State.CLOSED
+_LISTEN: Final = State.LISTEN
+_SYN_SENT: Final = State.SYN_SENT
+_SYN_RCVD: Final = State.SYN_RCVD
+_ESTABLISHED: Final = State.ESTABLISHED
 
 
 def segment(conn: Connection, seg: wire.Segment, now: float) -> None:
     """Process one segment addressed to this connection."""
     state = conn.state
-    if state is State.CLOSED or state is State.LISTEN:
+    if state is _CLOSED or state is _LISTEN:
         return
     conn.now = now
     conn.counters.segments_received += 1
@@ -43,7 +61,7 @@ def segment(conn: Connection, seg: wire.Segment, now: float) -> None:
     if notify is not None:
         notify(conn)
     payload = seg.payload
-    if (state is State.ESTABLISHED and (seg.flags | PSH) == ACK | PSH and payload
+    if (state is _ESTABLISHED and (seg.flags | PSH) == ACK | PSH and payload
             and not conn.rcv.ooo and conn.receiver.fin_seq is None
             and not (seg.seq - conn.rcv_nxt) & sq.MASK
             and not (seg.ack - conn.snd_una) & sq.MASK
@@ -69,24 +87,24 @@ def segment(conn: Connection, seg: wire.Segment, now: float) -> None:
         conn.rcv_nxt += n
         conn.counters.bytes_received += n
         sender = conn.sender
-        timers = conn.timers
+        deadlines = conn.timers.at
         config = conn.config
         sender.unacked_segments += 1
         if sender.unacked_segments >= 2:
             sender.ack_now = True
-        elif not timers.armed(T.ACK):
-            timers.arm(T.ACK, now + config.ack_delay)
+        elif deadlines[T_ACK] is None:
+            deadlines[T_ACK] = now + config.ack_delay
         # Connection.heard and then last_activity, for ESTABLISHED in one: the peer
         # is alive (keepalive restarts) and the connection is not idle
         sender.keepalive_sent = 0
         keepalive = config.keepalive_interval
         if keepalive is not None:
-            timers.arm(T.KEEPALIVE, now + keepalive)
+            deadlines[T_KEEPALIVE] = now + keepalive
         idle = config.idle_timeout
         if idle is not None:
-            timers.arm(T.IDLE, now + idle)
+            deadlines[T_IDLE] = now + idle
         return
-    if conn.state is State.SYN_SENT:
+    if conn.state is _SYN_SENT:
         syn_sent(conn, seg, now)
     else:
         synchronized(conn, seg, now)
@@ -136,7 +154,7 @@ def syn_sent(conn: Connection, seg: wire.Segment, now: float) -> None:
         # simultaneous open (RFC 9293 §3.5, figure 8): answer with SYN+ACK
         conn.set_state(Ev.RCV_SYN)
         conn.snd_nxt = conn.iss
-        conn.timers.arm(T.RTX, now + conn.recovery.rtt.rto)
+        conn.timers.arm(T_RTX, now + conn.recovery.rtt.rto)
 
 def take_syn(conn: Connection, seg: wire.Segment) -> None:
     """Record what the peer's SYN tells us: its ISN, MSS and window scale."""
@@ -172,7 +190,7 @@ def handshake_acked(conn: Connection, ack: int, now: float) -> None:
         conn.snd_nxt = ack
     if conn.sender.syn_retries == 0:
         conn.recovery.on_handshake_rtt(now - conn.sender.syn_time, now)
-    conn.timers.cancel(T.RTX)
+    conn.timers.cancel(T_RTX)
     conn.sender.syn_retries = 0
     conn.last_activity(now)
 
@@ -263,7 +281,7 @@ def _acceptable(conn: Connection, seg: wire.Segment, seg_seq: int, now: float) -
                     and ack_acceptable(conn, seg)):
                 # RFC 9293: the peer's FIN again restarts 2MSL; only that FIN, else
                 # blind FINs at any sequence number would hold TIME_WAIT forever
-                conn.timers.arm(T.TIME_WAIT, now + 2 * conn.config.msl)
+                conn.timers.arm(T_TIME_WAIT, now + 2 * conn.config.msl)
         conn.drop("outside window")
         return False
     return True
@@ -299,7 +317,7 @@ def _ack(conn: Connection, seg: wire.Segment, seg_seq: int, now: float) -> bool 
         conn.drop("no ACK")
         return None
     ack = sq.unwrap(seg.ack, conn.snd_una)
-    if conn.state is State.SYN_RCVD:
+    if conn.state is _SYN_RCVD:
         if not conn.snd_una < ack <= conn.snd_max:
             conn.sender.emit(seg.ack, 0, RST, raw_seq=True)
             conn.drop("bad ACK in SYN_RCVD")
@@ -395,16 +413,17 @@ def process_ack(conn: Connection, seg: wire.Segment, seg_seq: int, ack: int, tex
         if conn.pmtu is not None:
             pmtu_acked(conn, ack)
         rec.on_new_ack(seg, ack, acked, flight, now)
-        conn.timers.cancel(T.USER)
+        deadlines = conn.timers.at
+        deadlines[T_USER] = None
         conn.last_activity(now)  # progress: not idle, even if all we send is resends
         if conn.snd_una < conn.snd_max:
-            conn.timers.arm(T.RTX, now + rec.rtt.rto)  # RFC 6298 §5.3
-            if conn.config.user_timeout is not None:
-                conn.timers.arm(T.USER, now + conn.config.user_timeout)
+            deadlines[T_RTX] = now + rec.rtt.rto  # RFC 6298 §5.3
+            user_timeout = conn.config.user_timeout
+            if user_timeout is not None:
+                deadlines[T_USER] = now + user_timeout
             rec.arm_tail_loss_probe(now)
         else:
-            for timer in (T.RTX, T.TLP, T.REORDER):
-                conn.timers.cancel(timer)
+            deadlines[T_RTX] = deadlines[T_TLP] = deadlines[T_REORDER] = None
         conn.sender.persist_backoff = 0
     elif (ack == conn.snd_una and conn.snd_una < conn.snd_max and text_len == 0
           and not seg.flags & (FIN | SYN) and (seg.window << conn.snd_wscale) == conn.snd_wnd):
@@ -455,7 +474,7 @@ def update_window(conn: Connection, seg: wire.Segment, seg_seq: int, ack: int,
             conn.max_snd_wnd = conn.snd_wnd
         conn.sender.probes_out = 0  # the peer answers (a probe, or anything newer)
         if conn.snd_wnd:
-            conn.timers.cancel(T.PERSIST)
+            conn.timers.at[T_PERSIST] = None
         elif not conn.orphaned:
             # A window shut under data in flight (shrunk, or the FIN's): every timeout
             # finds it still shut, and what it resends (or the probes standing in) is a
@@ -496,7 +515,8 @@ def oldest_acceptable_ack(conn: Connection) -> int:
     SND.UNA, but a peer never acknowledges what precedes our SYN: clamping at ISS + 1
     leaves a blind attacker on a connection that sent little (an upload's receiver)
     a handful of acceptable values in 2^32 instead of MAX.SND.WND."""
-    return max(conn.snd_una - max(conn.max_snd_wnd, 1), conn.iss + 1)
+    oldest = conn.snd_una - (conn.max_snd_wnd if conn.max_snd_wnd > 1 else 1)
+    return oldest if oldest > conn.iss + 1 else conn.iss + 1
 
 def ack_acceptable(conn: Connection, seg: wire.Segment) -> bool:
     """RFC 5961 §5.2's whole test, for a segment not otherwise taken."""

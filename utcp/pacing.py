@@ -70,15 +70,23 @@ class Pacer:
             return math.inf
         gain = SLOW_START_GAIN if ssthresh is None or cwnd < ssthresh // 2 else AVOIDANCE_GAIN
         rate = self.rate = gain * cwnd / srtt
-        burst = self.burst = max(MIN_BURST_SEGMENTS * mss, rate * HORIZON)
+        # max and min of two as conditional expressions: no builtin call per send loop
+        burst = rate * HORIZON
+        if burst < MIN_BURST_SEGMENTS * mss:
+            burst = float(MIN_BURST_SEGMENTS * mss)
+        self.burst = burst
         last = self._last
         if last is None:
-            credit = max(INITIAL_SEGMENTS * mss, burst)
+            credit = float(INITIAL_SEGMENTS * mss)
+            if credit < burst:
+                credit = burst
         else:
             credit = self.credit
             if credit < burst and now > last:
                 # what the initial credit holds above `burst` stays until it is spent
-                credit = min(credit + (now - last) * rate, burst)
+                credit += (now - last) * rate
+                if credit > burst:
+                    credit = burst
         self._last = now
         self.credit = credit
         return credit

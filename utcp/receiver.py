@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 from utcp import log
 from utcp.buffers import MEMORY_FLOOR, OOO_PIECE_OVERHEAD, RCV_PIECE_OVERHEAD
 from utcp.state import CAN_RECEIVE
-from utcp.timers import Timer as T
+from utcp.timers import T_ACK
 from utcp.wire import ACK, MAX_WINDOW_FIELD
 
 if TYPE_CHECKING:
@@ -73,8 +73,9 @@ class Receiver:
             # more than segments arrived, and with two genuine ones a segment only
             # reordered was resent as lost)
             return complete if held else False
-        if not conn.sender.ack_now and not conn.timers.armed(T.ACK):
-            conn.timers.arm(T.ACK, conn.now + conn.config.ack_delay)
+        deadlines = conn.timers.at
+        if not conn.sender.ack_now and deadlines[T_ACK] is None:
+            deadlines[T_ACK] = conn.now + conn.config.ack_delay
         return complete
 
     def _hold_out_of_order(self, seg_seq: int, payload: bytes | memoryview) -> bool | None:

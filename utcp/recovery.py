@@ -22,7 +22,7 @@ from utcp.config import Config
 from utcp.rack import SACKED, SentLog
 from utcp.rtt import RttEstimator
 from utcp.state import SYNCHRONIZED, State
-from utcp.timers import Timer as T
+from utcp.timers import T_REORDER, T_RTX, T_TLP
 
 if TYPE_CHECKING:
     from utcp.connection import Connection
@@ -43,6 +43,11 @@ class Mode(enum.Enum):
 
 # modes in which the pipe-driven loop of RFC 6675 decides what goes out
 PIPE_DRIVEN: Final = (Mode.SACK, Mode.TIMEOUT)
+# Read per ACK and per segment, as module constants: Python 3.11 reads an enum member
+# through its class (`Mode.NONE`) by EnumType's slow attribute path, several times a
+# global's cost; under mypyc both are C statics
+NO_RECOVERY: Final = Mode.NONE
+_ESTABLISHED: Final = State.ESTABLISHED
 
 
 class UndoEpisode:
@@ -88,7 +93,7 @@ class LossRecovery:
 
     @property
     def in_recovery(self) -> bool:
-        return self.mode is not Mode.NONE
+        return self.mode is not NO_RECOVERY
 
     # ------------------------------------------------------------------ transmissions
 
@@ -104,7 +109,7 @@ class LossRecovery:
             if self.rtt_seq is None:
                 self.rtt_seq = seq
                 self.rtt_time = now
-            if not self.conn.timers.armed(T.TLP):
+            if self.conn.timers.at[T_TLP] is None:
                 self.arm_tail_loss_probe(now)
         if self.conn.sack_ok and (n or fin):
             self.rack.sent(seq, seq + n + (1 if fin else 0), now, retransmit)
@@ -153,7 +158,7 @@ class LossRecovery:
             cc.on_round(now)
             self.round_end = conn.snd_max
         mode = self.mode
-        if mode is not Mode.NONE:
+        if mode is not NO_RECOVERY:
             if ack >= self.recover:           # full ACK: RFC 6582 §3.2 step 3
                 self.mode = Mode.NONE
                 rack.recovery_ended()
@@ -179,7 +184,7 @@ class LossRecovery:
         undo = self.undo
         if undo is not None:
             if undo.expiry is None:
-                if self.mode is Mode.NONE and ack >= self.recover:
+                if self.mode is NO_RECOVERY and ack >= self.recover:
                     # the recovery is over; its duplicates are reported by ACKs that
                     # come before the one for what is in flight now
                     undo.expiry = conn.snd_max
@@ -214,7 +219,7 @@ class LossRecovery:
         self.dupacks += 1
         if self.mode is Mode.NEWRENO:
             self.cc.cwnd += conn.snd_mss   # RFC 6582 §3.2 step 4 (inflation)
-        elif (self.mode is Mode.NONE and not conn.sack_ok
+        elif (self.mode is NO_RECOVERY and not conn.sack_ok
               and self.dupacks >= self._dupack_threshold() and conn.snd_una >= self.recover):
             self.enter_recovery(now)  # with SACK, RACK decides (after_ack)
 
@@ -226,24 +231,25 @@ class LossRecovery:
             self.detect(now)
         if self.rack.next_lost() is not None and (
                 self.mode is Mode.PROBE
-                or (self.mode is Mode.NONE and self.conn.snd_una >= self.recover)):
+                or (self.mode is NO_RECOVERY and self.conn.snd_una >= self.recover)):
             self.enter_recovery(now)
 
     def detect(self, now: float) -> None:
         """RFC 8985 §6.2 step 5, and the reordering timer for what is not due yet."""
-        rack, timers = self.rack, self.conn.timers
-        _, timeout = rack.detect_loss(now, rack.reo_wnd(self.in_recovery, self.rtt.srtt))
+        rack, deadlines = self.rack, self.conn.timers.at
+        _, timeout = rack.detect_loss(now, rack.reo_wnd(self.mode is not NO_RECOVERY,
+                                                        self.rtt.srtt))
         if timeout > 0:
             deadline = now + timeout
-            timers.arm(T.REORDER, deadline)
-            timers.cancel(T.TLP)  # RACK will decide first (RFC 8985 §7.2)
-            rto_at = timers.get(T.RTX)
+            deadlines[T_REORDER] = deadline
+            deadlines[T_TLP] = None  # RACK will decide first (RFC 8985 §7.2)
+            rto_at = deadlines[T_RTX]
             if rto_at is not None and rto_at <= deadline:
                 # nor may the RTO come first: while RACK waits out reordering the
                 # timeout waits too (Linux's timer slot holds one or the other)
-                timers.arm(T.RTX, deadline + REO_BEFORE_RTO)
+                deadlines[T_RTX] = deadline + REO_BEFORE_RTO
         else:
-            timers.cancel(T.REORDER)
+            deadlines[T_REORDER] = None
 
     def on_dsack(self, left: int, right: int) -> None:
         """The receiver got [left, right) twice (RFC 2883). When every retransmission of
@@ -275,7 +281,7 @@ class LossRecovery:
             log.emit("undo", conn=conn.name, cwnd=undo.cwnd, snd_una=conn.snd_una)
         self.cc.undo(undo.cwnd, undo.ssthresh)
         self.undo = None
-        if self.mode is not Mode.NONE and self.mode is not Mode.PROBE:
+        if self.mode is not NO_RECOVERY and self.mode is not Mode.PROBE:
             self.mode = Mode.NONE
             self.rack.unmark_lost()  # what RACK thought lost was only late
             self.recover = conn.snd_una
@@ -337,7 +343,7 @@ class LossRecovery:
             n = min(min(conn.sender.payload_room(), lost_end - seq), data_end - seq)
             conn.sender.transmit(seq, n, now, fin=False)
             seq += n
-        conn.timers.arm(T.RTX, now + self.rtt.rto)
+        conn.timers.arm(T_RTX, now + self.rtt.rto)
 
     def retransmit_first(self, now: float) -> None:
         """Resend the first unacknowledged segment without rewinding snd_nxt."""
@@ -347,7 +353,7 @@ class LossRecovery:
             conn.sender.transmit(conn.snd_una, n, now, fin=False)
         elif conn.sndbuf.fin_queued and not conn.sndbuf.fin_acked:
             conn.sender.transmit(conn.snd_una, 0, now, fin=True)
-        conn.timers.arm(T.RTX, now + self.rtt.rto)
+        conn.timers.arm(T_RTX, now + self.rtt.rto)
 
     def send_pipe_driven(self, now: float, first: bool = False) -> None:
         """RFC 6675 §5 steps (C)/(D), with RACK's marks for IsLost() (RFC 8985): while
@@ -396,7 +402,7 @@ class LossRecovery:
             pipe += n
         if pacer is not None:
             pacer.spent(credit)
-        conn.timers.arm_if_idle(T.RTX, now + self.rtt.rto)
+        conn.timers.arm_if_idle(T_RTX, now + self.rtt.rto)
 
     def _resend(self, start: int, end: int, mss: int, now: float) -> None:
         """A segment as it was sent, in pieces if the room for payload shrank."""
@@ -404,7 +410,7 @@ class LossRecovery:
         if start == conn.snd_una:
             # the timeout counts from the first segment's latest transmission (as
             # Linux's tcp_rearm_rto), not from an ACK that came before it
-            conn.timers.arm(T.RTX, now + self.rtt.rto)
+            conn.timers.arm(T_RTX, now + self.rtt.rto)
         data_end = conn.sndbuf.end
         stop = min(end, data_end)
         seq = start
@@ -440,7 +446,7 @@ class LossRecovery:
         self.cc.on_rto(conn.snd_max - conn.snd_una, now)
         self.recover = conn.snd_max
         self.dupacks = 0
-        conn.timers.cancel(T.REORDER)
+        conn.timers.cancel(T_REORDER)
         head = self.rack.first()
         if conn.sack_ok and head is not None and head.start == conn.snd_una \
                 and not head.state & SACKED and conn.snd_wnd:
@@ -460,36 +466,35 @@ class LossRecovery:
             self.rack.reset()
             self.mode = Mode.NONE
             conn.snd_nxt = conn.snd_una
-        conn.timers.arm(T.RTX, now + self.rtt.rto)
+        conn.timers.arm(T_RTX, now + self.rtt.rto)
 
     def arm_tail_loss_probe(self, now: float) -> None:
         """RFC 8985 §7.2: a probe timeout of two round trips, if it comes before the RTO."""
         conn = self.conn
-        timers = conn.timers
+        deadlines = conn.timers.at
         srtt = self.rtt.srtt
         state = conn.state
-        if (not conn.sack_ok or srtt is None or self.mode is not Mode.NONE
+        if (not conn.sack_ok or srtt is None or self.mode is not NO_RECOVERY
                 or self.tlp_seq is not None
-                or (state is not State.ESTABLISHED and state not in _PROBING_STATES)):
-            timers.cancel(T.TLP)
+                or (state is not _ESTABLISHED and state not in _PROBING_STATES)):
+            deadlines[T_TLP] = None
             return
         pto = 2 * srtt
         if conn.snd_max - conn.snd_una <= conn.snd_mss:
             # a lone segment may wait for the receiver's delayed ACK: allow the worst case
-            pto = max(pto, 1.5 * srtt + WORST_CASE_DELAYED_ACK)
-        deadline = now + max(pto, 0.01)
-        rto_at = timers.get(T.RTX)
-        if rto_at is None or deadline < rto_at:
-            timers.arm(T.TLP, deadline)
-        else:
-            timers.cancel(T.TLP)
+            delack = 1.5 * srtt + WORST_CASE_DELAYED_ACK
+            if delack > pto:
+                pto = delack
+        deadline = now + (pto if pto > 0.01 else 0.01)
+        rto_at = deadlines[T_RTX]
+        deadlines[T_TLP] = deadline if rto_at is None or deadline < rto_at else None
 
     def on_tail_loss_probe(self, now: float) -> None:
         """RFC 8985 §7.3: send one new segment if there is one, else the last again, so
         that its acknowledgment shows what the tail lost; the RTO stays as a backstop."""
         conn = self.conn
-        conn.timers.cancel(T.TLP)
-        if (self.mode is not Mode.NONE or conn.snd_una >= conn.snd_max
+        conn.timers.cancel(T_TLP)
+        if (self.mode is not NO_RECOVERY or conn.snd_una >= conn.snd_max
                 or conn.state not in _PROBING_STATES):
             return
         conn.counters.tail_loss_probes += 1
@@ -518,18 +523,18 @@ class LossRecovery:
             elif conn.sndbuf.fin_queued and not conn.sndbuf.fin_acked:
                 self.tlp_seq = data_end
                 conn.sender.transmit(data_end, 0, now, fin=True)
-        conn.timers.arm(T.RTX, now + self.rtt.rto)
+        conn.timers.arm(T_RTX, now + self.rtt.rto)
 
     def on_reorder_timeout(self, now: float) -> None:
         """RFC 8985 §6.3: segments RACK held back for reordering are now overdue."""
         conn = self.conn
         timers = conn.timers
-        timers.cancel(T.REORDER)
+        timers.cancel(T_REORDER)
         if conn.snd_una >= conn.snd_max or conn.state not in SYNCHRONIZED:
             return
         self.detect(now)
-        if self.mode is Mode.NONE and conn.snd_una >= self.recover \
+        if self.mode is NO_RECOVERY and conn.snd_una >= self.recover \
                 and self.rack.next_lost() is not None:
             self.enter_recovery(now)
-        elif not timers.armed(T.REORDER) and not timers.armed(T.TLP):
+        elif not timers.armed(T_REORDER) and not timers.armed(T_TLP):
             self.arm_tail_loss_probe(now)

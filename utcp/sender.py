@@ -15,9 +15,9 @@ from utcp import sack, wire
 from utcp import seq as sq
 from utcp.buffers import MEMORY_FLOOR, NO_ITEMS
 from utcp.pacing import Pacer
-from utcp.recovery import PIPE_DRIVEN
+from utcp.recovery import NO_RECOVERY, PIPE_DRIVEN
 from utcp.state import SYNCHRONIZED, State
-from utcp.timers import Timer as T
+from utcp.timers import T_ACK, T_IDLE, T_PERSIST, T_REORDER, T_RTX, T_USER
 from utcp.wire import ACK, FIN, PSH, SYN
 
 if TYPE_CHECKING:
@@ -31,6 +31,9 @@ MIN_SEGMENT: Final = 36  # Linux's floor for a segment bounded by half the windo
 # Linux's tcp_orphan_retries (0 there means 8): zero-window probes an orphan sends
 # without the window opening before it is given up, however the peer answers
 ORPHAN_PROBES: Final = 8
+# read per segment: a global, not Python 3.11's slow path to an enum member (`State.X`)
+_ESTABLISHED: Final = State.ESTABLISHED
+_TIME_WAIT: Final = State.TIME_WAIT
 
 
 class Sender:
@@ -97,7 +100,7 @@ class Sender:
         """A zero-window probe, or the override of sender SWS avoidance when the window
         is open but small; False when the connection is over."""
         conn = self.conn
-        conn.timers.cancel(T.PERSIST)
+        conn.timers.cancel(T_PERSIST)
         if not conn.to_send or conn.snd_nxt != conn.snd_una:
             return True
         if conn.snd_wnd:
@@ -126,16 +129,16 @@ class Sender:
         self.emit(conn.snd_una - 1, 0, ACK)
         self.probes_out += 1
         self.persist_backoff = min(self.persist_backoff + 1, 16)
-        conn.timers.arm(T.PERSIST, now + min(conn.recovery.rtt.rto * (1 << self.persist_backoff),
+        conn.timers.arm(T_PERSIST, now + min(conn.recovery.rtt.rto * (1 << self.persist_backoff),
                                              conn.config.rto_max))
         return True
 
     def defer_ack(self, now: float) -> None:
         """ACK at the next timer service, unless a segment leaving before carries it."""
-        conn = self.conn
-        ack_at = conn.timers.get(T.ACK)
+        deadlines = self.conn.timers.at
+        ack_at = deadlines[T_ACK]
         if not self.ack_now and (ack_at is None or ack_at > now):
-            conn.timers.arm(T.ACK, now)
+            deadlines[T_ACK] = now
 
     def output(self, now: float) -> None:
         conn = self.conn
@@ -146,7 +149,7 @@ class Sender:
             # FIN_WAIT_1 must still retransmit the unacknowledged SYN+ACK, not a FIN at ISS
             self.send_syn(now)
             return
-        if state in SYNCHRONIZED and state is not State.TIME_WAIT:
+        if state is _ESTABLISHED or (state in SYNCHRONIZED and state is not _TIME_WAIT):
             if conn.recovery.mode in PIPE_DRIVEN:
                 conn.recovery.send_pipe_driven(now)
             else:
@@ -200,8 +203,8 @@ class Sender:
             conn.local_port, conn.remote_port, sq.wrap(conn.iss), ack, flags, window,
             options=opts)))
         conn.counters.segments_sent += 1
-        if not conn.timers.armed(T.RTX):
-            conn.timers.arm(T.RTX, now + conn.recovery.rtt.rto)
+        if not conn.timers.armed(T_RTX):
+            conn.timers.arm(T_RTX, now + conn.recovery.rtt.rto)
 
     def send_new_data(self, now: float) -> None:
         """New data (and the FIN after it) as far as the peer's window, cwnd, the send
@@ -211,22 +214,29 @@ class Sender:
             # the window opened: progress, so what goes now gets a fresh user_timeout
             self.persist_since = None
             if conn.snd_una == conn.snd_max:
-                conn.timers.cancel(T.USER)
+                conn.timers.at[T_USER] = None
         data_end = conn.sndbuf.end
         snd_max = conn.snd_max
         mss = self.payload_room()
         # RFC 3042 limited transmit: a new segment for each of the first two duplicate
         # ACKs keeps the ACK clock going, so a small window can still reach three
-        dupacks = conn.recovery.dupacks
-        bonus = dupacks * mss if not conn.recovery.in_recovery and dupacks <= 2 else 0
+        recovery = conn.recovery
+        dupacks = recovery.dupacks
+        bonus = dupacks * mss if dupacks and dupacks <= 2 and recovery.mode is NO_RECOVERY \
+            else 0
         pacer = self.pacer
         credit = self.pacing_credit(now)
         sws_held = False
         send_limit = self.send_limit()
         while True:
-            # min/max of two (nested): mypyc compiles those inline, and calls the builtin
-            # for three
-            window = min(conn.snd_wnd, min(conn.recovery.cc.cwnd + bonus, send_limit))
+            # the least of snd_wnd, cwnd (+ limited transmit) and the send limit, in
+            # conditional expressions: native under mypyc, and no builtin call per
+            # segment in the pure-Python build
+            window = recovery.cc.cwnd + bonus
+            if send_limit < window:
+                window = send_limit
+            if conn.snd_wnd < window:
+                window = conn.snd_wnd
             remaining = data_end - conn.snd_nxt
             if remaining > 0:
                 n, probe = self._next_size(window, remaining, mss)
@@ -250,11 +260,12 @@ class Sender:
                 conn.snd_max = conn.snd_nxt
         if pacer is not None:
             pacer.spent(credit)
-        if conn.snd_max > snd_max and not conn.timers.armed(T.REORDER):
+        if conn.snd_max > snd_max and conn.timers.at[T_REORDER] is None:
             # RFC 8985 §7.2: restart the probe timer after new data, for the whole
             # flight (armed at the burst's first segment, it took that for a lone one)
             conn.recovery.arm_tail_loss_probe(now)
-        self._arm_persist(now, sws_held)
+        if conn.snd_nxt == conn.snd_una:
+            self._arm_persist(now, sws_held)
 
     def fin_fits(self, seq: int) -> bool:
         """Whether the FIN goes at `seq`, new (or again after go-back-N): only right after
@@ -273,11 +284,14 @@ class Sender:
         here, -1 to stop for sender SWS avoidance (the override timer may send it)."""
         conn = self.conn
         usable = conn.snd_una + window - conn.snd_nxt
-        n = min(min(remaining, mss), usable)
+        n = remaining if remaining < mss else mss
+        if usable < n:
+            n = usable
         if n <= 0:
             return 0, False
         pmtu = conn.pmtu
-        if pmtu is not None and not conn.recovery.in_recovery and conn.snd_nxt == conn.snd_max:
+        if pmtu is not None and conn.recovery.mode is NO_RECOVERY \
+                and conn.snd_nxt == conn.snd_max:
             size = pmtu.next_size()
             # three segments behind the probe, so its loss shows as duplicate ACKs (fast)
             # rather than a timeout; a peer window that never held that much has no room
@@ -302,25 +316,26 @@ class Sender:
         return n, False
 
     def _arm_persist(self, now: float, sws_held: bool) -> None:
-        """Nothing in flight to bring the ACK that would let the rest go: the override
-        of SWS avoidance, or zero-window probes until the window opens."""
+        """Nothing in flight (snd_nxt == snd_una, the caller's test) to bring the ACK
+        that would let the rest go: the override of SWS avoidance, or zero-window probes
+        until the window opens."""
         conn = self.conn
         timers = conn.timers
-        if sws_held and conn.snd_nxt == conn.snd_una and not timers.armed(T.PERSIST):
-            timers.arm(T.PERSIST, now + min(conn.recovery.rtt.rto, SWS_OVERRIDE_MAX))
-        if conn.snd_wnd == 0 and conn.snd_nxt == conn.snd_una and conn.to_send:
+        if sws_held and not timers.armed(T_PERSIST):
+            timers.arm(T_PERSIST, now + min(conn.recovery.rtt.rto, SWS_OVERRIDE_MAX))
+        if conn.snd_wnd == 0 and conn.to_send:
             # the override timer may be armed already (the window was small, then shut):
             # it probes when it fires, but user_timeout must count from now all the same
-            if not timers.armed(T.PERSIST):
-                timers.arm(T.PERSIST, now + conn.recovery.rtt.rto)
+            if not timers.armed(T_PERSIST):
+                timers.arm(T_PERSIST, now + conn.recovery.rtt.rto)
             if self.persist_since is None:
                 # the last progress was now (the ACK that shut the window, or the
                 # application's data meeting a shut one): TCP_USER_TIMEOUT counts from
                 # here whether or not the peer answers the probes (Linux 5.11's
                 # icsk_probes_tstamp)
                 self.persist_since = now
-                if conn.config.user_timeout is not None and not timers.armed(T.USER):
-                    timers.arm(T.USER, now + conn.config.user_timeout)
+                if conn.config.user_timeout is not None and not timers.armed(T_USER):
+                    timers.arm(T_USER, now + conn.config.user_timeout)
 
     def pacing_credit(self, now: float) -> float:
         """Bytes the pacer lets leave now (`utcp.pacing`); inf when pacing is off."""
@@ -367,19 +382,20 @@ class Sender:
         self.emit(seq, n, flags, payload=payload)
         if not isinstance(payload, bytes):  # a view (mypyc tests bytes natively)
             payload.release()
-        timers = conn.timers
-        if not timers.armed(T.RTX):
-            timers.arm(T.RTX, now + conn.recovery.rtt.rto)
-            if conn.config.user_timeout is not None and not timers.armed(T.USER):
-                timers.arm(T.USER, now + conn.config.user_timeout)
+        deadlines = conn.timers.at
+        if deadlines[T_RTX] is None:
+            deadlines[T_RTX] = now + conn.recovery.rtt.rto
+            user_timeout = conn.config.user_timeout
+            if user_timeout is not None and deadlines[T_USER] is None:
+                deadlines[T_USER] = now + user_timeout
         if n or fin:
-            idle = timers.get(T.IDLE) if retransmit else None
+            idle = deadlines[T_IDLE] if retransmit else None
             conn.last_activity(now)
             if idle is not None:
                 # resending to a peer that has gone quiet is no activity: idle_timeout
                 # still ends it (in FIN_WAIT_1, CLOSING, LAST_ACK too), not only
                 # max_retransmissions backed off to rto_max
-                timers.arm(T.IDLE, idle)
+                deadlines[T_IDLE] = idle
 
     def emit(self, seq: int, n: int, flags: int, payload: bytes | memoryview = b"",
               raw_seq: bool = False) -> None:
@@ -392,7 +408,7 @@ class Sender:
             window = self.window_field()
             self.ack_now = False
             self.unacked_segments = 0
-            conn.timers.cancel(T.ACK)
+            conn.timers.at[T_ACK] = None
         options = b""
         if flags & ACK:
             ts = conn.ts
@@ -429,8 +445,14 @@ class Sender:
         budget = conn.memory_budget
         if budget is not None and budget.used >= budget.pressure:
             space = conn.receiver.space()  # the rare case: out of line
-        wnd = max(max(space, conn.rcv_adv - conn.rcv_nxt), 0)
-        field = min((wnd + (1 << shift) - 1) >> shift, wire.MAX_WINDOW_FIELD)
+        wnd = conn.rcv_adv - conn.rcv_nxt  # never shrink what we offered (max of three)
+        if space > wnd:
+            wnd = space
+        if wnd < 0:
+            wnd = 0
+        field = (wnd + (1 << shift) - 1) >> shift
+        if field > wire.MAX_WINDOW_FIELD:
+            field = wire.MAX_WINDOW_FIELD
         edge = conn.rcv_nxt + (field << shift)
         if edge > conn.rcv_adv:
             conn.rcv_adv = edge
