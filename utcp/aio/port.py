@@ -145,16 +145,27 @@ _lingering: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop,
     weakref.WeakKeyDictionary())
 
 
+# (the limit, when it was read): a connect and close in a loop asked the kernel at each
+# close; a limit the program raises later is seen within a second
+_lingering_limit: list[float] = [0, float("-inf")]
+LINGERING_LIMIT_TTL = 1.0
+
+
 def max_lingering_sockets() -> int:
+    limit, read_at = _lingering_limit
+    now = time.monotonic()
+    if now - read_at < LINGERING_LIMIT_TTL:
+        return int(limit)
     try:
         import resource
 
         soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
     except (ImportError, OSError, ValueError):
-        return 256
-    if soft == resource.RLIM_INFINITY:
-        return 1024
-    return max(16, min(1024, soft // 4))
+        found = 256
+    else:
+        found = 1024 if soft == resource.RLIM_INFINITY else max(16, min(1024, soft // 4))
+    _lingering_limit[:] = [found, now]
+    return found
 
 
 def _linger(port: UdpPort) -> None:
@@ -361,7 +372,7 @@ class UdpPort:
     def __init__(self, loop: asyncio.AbstractEventLoop, sock: socket.socket, endpoint: Endpoint,
                  *, connected: bool = False, icmp_refuses: bool = True,
                  on_accept: Callable[[Connection], None] | None = None,
-                 sockname: Any = None) -> None:
+                 sockname: Any = None, family: int | None = None) -> None:
         self.loop = loop
         self.sock = sock
         self.endpoint = endpoint
@@ -383,7 +394,9 @@ class UdpPort:
         self._clock: Callable[[], float] = (
             time.monotonic if getattr(type(loop), "time", None) is asyncio.BaseEventLoop.time
             else loop.time)
-        self._lone_reads = 0            # see LONE_READS
+        # see LONE_READS; a client's socket starts there: its first wake-up is the one
+        # SYN+ACK, and draining it cost a second read that raised EAGAIN per connect
+        self._lone_reads = LONE_READS if connected else 0
         self._sendq: collections.deque[tuple[bytes, Addr]] = collections.deque()
         self._writer_on = False
         self._flush_handle: asyncio.Handle | None = None
@@ -396,7 +409,9 @@ class UdpPort:
         self.local_addr = sockname if sockname is not None else sock.getsockname()
         self._gso = batch.probe_gso(sock)
         self._gro = batch.enable_gro(sock)
-        self.family = family = sock.family  # read once: a Python property on sockets
+        # read once (`family`: the caller's, when it has it): a Python property on
+        # sockets that makes an enum member each time
+        self.family = family = sock.family if family is None else family
         self._recverr = enable_recverr(sock, family)
         self.gso_sends = 0
         self._pcap = (pcap.acquire(endpoint.config.pcap, self.local_addr[1])
