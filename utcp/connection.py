@@ -122,7 +122,6 @@ class Connection:
         "snd_wscale",
         "sndbuf",
         "state",
-        "state_events",
         "timers",
         "ts",
     )
@@ -140,10 +139,6 @@ class Connection:
         # A list, not a deque: an empty deque is 760 bytes (a whole block), and a
         # connection rarely holds more than a few events between two polls.
         self.events: list[Event] = []
-        # Whether each transition also queues a StateChanged (the sans-IO API's record
-        # of them); the asyncio adapter reads none, so its endpoints turn it off
-        # (`Endpoint.state_events`): four or five objects per connection, each side.
-        self.state_events = True
         self.error: Exception | None = None
         self.now = 0.0
 
@@ -607,8 +602,7 @@ class Connection:
         self.state = new
         if event is Ev.LISTEN:
             return  # a listener's connection is born listening: nobody saw it CLOSED
-        if self.state_events:
-            self.events.append(StateChanged(old, new))
+        self.events.append(StateChanged(old, new))
         if log.enabled():
             log.emit("state", conn=self.name, old=old.name, new=new.name, trigger=event.value)
         if new is State.ESTABLISHED:

@@ -36,7 +36,6 @@ def peer_key(addr: tuple[object, ...]) -> Addr:
 class Endpoint:
     def __init__(self, config: Config, port: int, *, listening: bool = False,
                  backlog: int = 128, rng: random.Random | None = None,
-                 state_events: bool = True,
                  secrets: crypto.HandshakeSecrets | None = None) -> None:
         if backlog < 1:
             backlog = 1
@@ -58,8 +57,6 @@ class Endpoint:
         # `secrets`: one the caller shares between endpoints (the asyncio adapter's client
         # endpoints, one per connection: RFC 6528's one secret per host), else its own
         self._secrets = secrets if secrets is not None else crypto.HandshakeSecrets()
-        # whether its connections queue `StateChanged` events (`Connection.state_events`)
-        self.state_events = state_events
         self._cookies_until = float("-inf")  # a cookie sent before this may still come back
         self.reassembly = ReassemblyBudget(config.max_reassembly_bytes)
         self.memory = MemoryBudget(config.max_buffer_memory)
@@ -113,8 +110,6 @@ class Endpoint:
                           name=f"{key[0]}:{key[1]}")
         conn.peer = key
         conn.notify = self._touch
-        if not self.state_events:
-            conn.state_events = False
         conn.rcv.budget = self.reassembly
         conn.memory_budget = self.memory
         if self.route_mss is not None and self.config.pmtu_probing:

@@ -271,33 +271,6 @@ async def _connect_close(server: Any, count: int, config: utcp.Config = CONFIG
     return writers
 
 
-def test_an_endpoint_can_leave_state_changes_out() -> None:
-    """`StateChanged` is the sans-IO API's record of each transition (on by default); the
-    asyncio adapter read and dropped four or five per connection on each side."""
-    peer = ("127.0.0.1", 2)
-    recorded = Endpoint(CONFIG, 1).connect(peer, 0.0)
-    assert [type(e).__name__ for e in recorded.events] == ["StateChanged"]
-    quiet = Endpoint(CONFIG, 1, state_events=False).connect(peer, 0.0)
-    assert quiet.events == []
-    assert quiet.state is State.SYN_SENT
-
-
-async def test_the_adapters_connections_queue_no_state_changes() -> None:
-    seen: list[Connection] = []
-
-    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        seen.append(writer.get_extra_info("connection"))
-        await _answer_once(reader, writer)
-
-    async with asyncio.timeout(TIMEOUT):
-        server = await utcp.start_server(handler, HOST, 0, config=CONFIG)
-        async with serving(server):
-            (writer,) = await _connect_close(server, 1)
-    client = writer.get_extra_info("connection")
-    assert not client.state_events
-    assert seen and not seen[0].state_events
-
-
 async def test_connects_draw_no_randomness_and_read_no_limit_each(
         monkeypatch: pytest.MonkeyPatch) -> None:
     """Client endpoints share one ISN secret (RFC 6528's one per host): each drew 32

@@ -521,7 +521,7 @@ async def _open(loop: asyncio.AbstractEventLoop, family: int, type_: int, proto:
             state = next(iter(old.endpoint.connections.values())).state.name
             raise OSError(errno.EADDRINUSE, f"the connection {pair[0]} -> {pair[1]} still"
                                             f" exists ({state}); TIME_WAIT lasts 2 x msl")
-    endpoint = Endpoint(config, sockname[1], state_events=False, secrets=_client_secrets())
+    endpoint = Endpoint(config, sockname[1], secrets=_client_secrets())
     port = UdpPort(loop, sock, endpoint, connected=True, icmp_refuses=not fixed,
                    sockname=sockname, family=family)
     if fixed:
@@ -750,8 +750,7 @@ async def create_server(
     if sock is not None:
         # the application's own socket, bound as it chose; the server owns it from now
         set_socket_buffers(sock)
-        endpoint = Endpoint(cfg, sock.getsockname()[1], listening=False, backlog=backlog,
-                            state_events=False)
+        endpoint = Endpoint(cfg, sock.getsockname()[1], listening=False, backlog=backlog)
         ports = [UdpPort(loop, sock, endpoint)]
     else:
         hosts: list[str | None] = ([host] if host is None or isinstance(host, str)
@@ -801,7 +800,7 @@ def _bind_ports(loop: asyncio.AbstractEventLoop, infos: list[Any], config: Confi
             seen.add((fam, addr))
             sock = _bound_socket(fam, typ, pro, addr, reuse_address, reuse_port)
             endpoint = Endpoint(config, sock.getsockname()[1], listening=False,
-                                backlog=backlog, state_events=False)
+                                backlog=backlog)
             ports.append(UdpPort(loop, sock, endpoint))
     except BaseException:
         for p in ports:

@@ -476,8 +476,7 @@ class UdpPort:
         self.lingers = False            # counted among the lingering sockets (_linger)
         self.closed = False
         self._fd = sock.fileno()
-        shared = _shared(loop)
-        self._buf, self._view = shared.buf, shared.view
+        self._buf, self._view = (shared := _shared(loop)).buf, shared.view
         self._bufs = [self._buf]        # recvmsg_into's argument, built once
         # asyncio's loop.time() is a Python method returning time.monotonic(): calling
         # the clock itself saves a frame per wake-up and per write. Another loop (uvloop
@@ -485,9 +484,7 @@ class UdpPort:
         self._clock: Callable[[], float] = (
             time.monotonic if getattr(type(loop), "time", None) is asyncio.BaseEventLoop.time
             else loop.time)
-        # see LONE_READS; a client's socket starts there: its first wake-up is the one
-        # SYN+ACK, and draining it cost a second read that raised EAGAIN per connect
-        self._lone_reads = LONE_READS if connected else 0
+        self._lone_reads = LONE_READS if connected else 0  # a client's: one SYN+ACK
         self._sendq: collections.deque[tuple[bytes, Addr]] = collections.deque()
         self._writer_on = False
         self._flush_handle: asyncio.Handle | None = None
@@ -495,18 +492,16 @@ class UdpPort:
         self._timer: asyncio.Handle | None = None
         self._timer_at: float | None = None
         self._soon: asyncio.Handle | None = None   # for a deadline due already
-        # A client port's deadlines go to the loop's ClientTimers, which reach the port
-        # through this slot (emptied when it closes); a server's port has a handle.
+        # a client's deadlines (`filed_at`): its loop's ClientTimers, via the slot
         self._client_timers = shared.client_timers if connected else None
         self.timer_slot: list[UdpPort | None] = [self]
-        self.filed_at: float | None = None  # the deadline filed there, if any
+        self.filed_at: float | None = None
         self.send_errors: collections.Counter[str] = collections.Counter()
         # the socket's (`sockname`, when the caller has just asked); kept once closed
         self.local_addr = sockname if sockname is not None else sock.getsockname()
         self._gso = batch.probe_gso(sock)
         self._gro = batch.enable_gro(sock)
-        # read once (`family`: the caller's, when it has it): a Python property on
-        # sockets that makes an enum member each time
+        # read once, or given: a Python property on sockets, an enum member each time
         self.family = family = sock.family if family is None else family
         self._recverr = enable_recverr(sock, family)
         self.gso_sends = 0
