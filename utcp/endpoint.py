@@ -35,7 +35,8 @@ def peer_key(addr: tuple[object, ...]) -> Addr:
 
 class Endpoint:
     def __init__(self, config: Config, port: int, *, listening: bool = False,
-                 backlog: int = 128, rng: random.Random | None = None) -> None:
+                 backlog: int = 128, rng: random.Random | None = None,
+                 secrets: crypto.HandshakeSecrets | None = None) -> None:
         if backlog < 1:
             backlog = 1
         self.config = config
@@ -53,7 +54,9 @@ class Endpoint:
         self._heap: list[tuple[float, int, Connection]] = []
         self._armed: dict[Connection, float] = {}
         self._filed = 0  # heap entries made: the tie-break between equal deadlines
-        self._secrets = crypto.HandshakeSecrets()
+        # `secrets`: one the caller shares between endpoints (the asyncio adapter's client
+        # endpoints, one per connection: RFC 6528's one secret per host), else its own
+        self._secrets = secrets if secrets is not None else crypto.HandshakeSecrets()
         self._cookies_until = float("-inf")  # a cookie sent before this may still come back
         self.reassembly = ReassemblyBudget(config.max_reassembly_bytes)
         self.memory = MemoryBudget(config.max_buffer_memory)

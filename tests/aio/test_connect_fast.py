@@ -21,6 +21,7 @@ from tests.test_ack_coalescing import SERVER, Pair, pure_acks, segments
 from utcp import State, wire
 from utcp.aio import api
 from utcp.aio import port as port_module
+from utcp.aio.transport import UtcpTransport
 from utcp.config import Config
 from utcp.connection import Connection
 from utcp.endpoint import Endpoint
@@ -247,3 +248,216 @@ async def test_sequential_connections_reuse_the_servers_timer_handle() -> None:
     distinct = {id(h) for h in handles}
     assert len(distinct) <= 2, f"{len(distinct)} TimerHandles for 10 connections"
 
+
+
+# ---------------------------------------------------------------------- round 2: counted
+
+# timers that never fire while a test runs (the delayed ACK's included)
+SLOW_TIMERS = utcp.Config(mss=1400, pmtu_probing=False, rto_min=20.0, rto_initial=30.0,
+                          ack_delay=10.0)
+
+
+async def _connect_close(server: Any, count: int, config: utcp.Config = CONFIG
+                         ) -> list[asyncio.StreamWriter]:
+    """`count` sequential connects, each one exchange and a close, as the benchmark."""
+    writers = []
+    for _ in range(count):
+        reader, writer = await utcp.open_connection(HOST, port_of(server), config=config)
+        writer.write(b"q")
+        assert await reader.readexactly(1) == b"a"
+        writer.close()
+        await writer.wait_closed()
+        writers.append(writer)
+    return writers
+
+
+async def test_connects_draw_no_randomness_and_read_no_limit_each(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Client endpoints share one ISN secret (RFC 6528's one per host): each drew 32
+    bytes from getrandom for its one ISN. The cap on lingering sockets re-reads
+    RLIMIT_NOFILE at most once in LINGERING_LIMIT_TTL: it was a prlimit64 per close."""
+    import os
+    import resource
+
+    async with asyncio.timeout(TIMEOUT):
+        server = await utcp.start_server(_answer_once, HOST, 0, config=CONFIG)
+        async with serving(server):
+            await _connect_close(server, 1)  # the process's secret exists from here
+            draws: list[int] = []
+            limits: list[int] = []
+            real_urandom, real_getrlimit = os.urandom, resource.getrlimit
+
+            def urandom(n: int) -> bytes:
+                draws.append(n)
+                return real_urandom(n)
+
+            def getrlimit(which: int) -> tuple[int, int]:
+                limits.append(which)
+                return real_getrlimit(which)
+
+            monkeypatch.setattr(os, "urandom", urandom)
+            monkeypatch.setattr(resource, "getrlimit", getrlimit)
+            monkeypatch.setattr(port_module, "LINGERING_LIMIT_TTL", 3600.0)
+            await _connect_close(server, 5)
+            monkeypatch.undo()
+    assert draws == []
+    assert len(limits) <= 1
+
+
+async def test_a_client_socket_reads_its_syn_ack_without_a_read_that_finds_nothing(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A client's socket starts with single reads (LONE_READS): its first wake-up
+    is the one SYN+ACK, and draining it cost a second read that raised EAGAIN."""
+    empty: list[socket.socket] = []
+
+    def counting(name: str) -> Any:
+        real = getattr(socket.socket, name)
+
+        def read(self: socket.socket, *args: Any) -> Any:
+            try:
+                return real(self, *args)
+            except BlockingIOError:
+                empty.append(self)
+                raise
+        return read
+
+    async with asyncio.timeout(TIMEOUT):
+        server = await utcp.start_server(_answer_once, HOST, 0, config=CONFIG)
+        async with serving(server):
+            for name in ("recvmsg_into", "recvfrom_into"):
+                monkeypatch.setattr(socket.socket, name, counting(name))
+            writers = await _connect_close(server, 5)
+            monkeypatch.undo()
+    clients = {id(w.get_extra_info("socket")) for w in writers}
+    assert [s for s in empty if id(s) in clients] == []
+
+
+async def test_connection_lost_comes_with_the_segment_that_ends_the_close(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The peer's ACK of our FIN is taken in a loop callback; connection_lost is made as
+    that callback's `process_events` returns, not by a call_soon one loop iteration
+    later (the task awaiting wait_closed() ran one iteration later for it)."""
+    loop = asyncio.get_running_loop()
+    deferred: list[object] = []
+    real_call_soon = loop.call_soon
+
+    def call_soon(callback: Any, *args: Any, **kwargs: Any) -> Any:
+        if getattr(callback, "__func__", None) is UtcpTransport._call_connection_lost:
+            deferred.append(callback)
+        return real_call_soon(callback, *args, **kwargs)
+    try:
+        monkeypatch.setattr(loop, "call_soon", call_soon)
+    except AttributeError:
+        pytest.skip("this loop's methods cannot be replaced on the instance (uvloop)")
+    lost: list[object] = []
+    async with asyncio.timeout(TIMEOUT):
+        server = await utcp.start_server(_answer_once, HOST, 0, config=CONFIG)
+        async with serving(server):
+            reader, writer = await utcp.open_connection(HOST, port_of(server), config=CONFIG)
+            protocol = writer.transport.get_protocol()
+            real_lost = protocol.connection_lost
+
+            def connection_lost(exc: Exception | None) -> None:
+                lost.append(exc)
+                real_lost(exc)
+            protocol.connection_lost = connection_lost  # type: ignore[method-assign]
+            writer.write(b"q")
+            assert await reader.readexactly(1) == b"a"
+            writer.close()
+            assert lost == []  # never within close() itself
+            await writer.wait_closed()
+            monkeypatch.undo()
+    assert lost == [None]
+    assert [d for d in deferred if d.__self__ is writer.transport] == []  # type: ignore[attr-defined]
+
+
+async def test_client_connections_make_no_timer_handle_each(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A client port files its deadlines with its loop's ClientTimers, behind one call_at
+    handle: sequential connects (a SYN's RTO, the data's, 2MSL each) made two or
+    three TimerHandles each in the loop's heap. The timers are long so that nothing
+    fires while the test runs: the first connection's SYN, data and delayed ACK arm
+    the handle in turn, and every later deadline is later."""
+    loop = asyncio.get_running_loop()
+    handles: list[object] = []
+    real_call_at = loop.call_at
+
+    def call_at(when: float, callback: Any, *args: Any, **kwargs: Any) -> Any:
+        owner = getattr(callback, "__self__", None)
+        if isinstance(owner, port_module.ClientTimers) or (
+                isinstance(owner, port_module.UdpPort) and owner.connected):
+            handles.append(callback)
+        return real_call_at(when, callback, *args, **kwargs)
+    try:
+        monkeypatch.setattr(loop, "call_at", call_at)
+    except AttributeError:
+        pytest.skip("this loop's methods cannot be replaced on the instance (uvloop)")
+    async with asyncio.timeout(TIMEOUT):
+        server = await utcp.start_server(_answer_once, HOST, 0, config=SLOW_TIMERS)
+        async with serving(server):
+            writers = await _connect_close(server, 10, SLOW_TIMERS)
+            monkeypatch.undo()
+    assert all(w.get_extra_info("state") is State.TIME_WAIT for w in writers)
+    assert len(handles) <= 3, f"{len(handles)} TimerHandles for 10 client connections"
+
+
+class _FakeLoop:
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.armed: list[tuple[float, Any]] = []
+
+    def time(self) -> float:
+        return self.now
+
+    def call_at(self, when: float, callback: Any) -> Any:
+        self.armed.append((when, callback))
+        return asyncio.TimerHandle(when, callback, (), asyncio.new_event_loop())
+
+
+class _FakePort:
+    def __init__(self, loop: _FakeLoop) -> None:
+        self.loop = loop
+        self.timer_slot: list[Any] = [self]
+        self.filed_at: float | None = None
+        self.due: list[float] = []
+
+    def file(self, timers: port_module.ClientTimers, deadline: float) -> None:
+        self.filed_at = deadline
+        timers.file(self, deadline)  # type: ignore[arg-type]
+
+    def on_due(self, now: float) -> None:
+        self.due.append(now)
+
+
+def test_client_timers_run_the_live_deadlines_behind_one_handle() -> None:
+    loop = _FakeLoop()
+    timers = port_module.ClientTimers(loop)  # type: ignore[arg-type]
+    a, b, c = _FakePort(loop), _FakePort(loop), _FakePort(loop)
+    a.file(timers, 1.0)
+    b.file(timers, 2.0)
+    c.file(timers, 3.0)
+    assert [when for when, _ in loop.armed] == [1.0]  # later ones need no new handle
+    a.file(timers, 5.0)      # moved later: its 1.0 goes stale
+    b.timer_slot[0] = None   # b's port closed
+    loop.now = 1.0
+    loop.armed[-1][1]()      # the handle fires: nothing live was due
+    assert (a.due, b.due, c.due) == ([], [], [])
+    assert loop.armed[-1][0] == 3.0  # re-armed for the next live deadline, c's
+    loop.now = 3.0004        # a hair late: run at the time it fired
+    loop.armed[-1][1]()
+    assert c.due == [3.0004] and c.filed_at is None
+    assert loop.armed[-1][0] == 5.0
+    loop.now = 4.9999        # a hair early: run as at its deadline, never before
+    loop.armed[-1][1]()
+    assert a.due == [5.0]
+    assert timers.heap == []
+
+
+def test_client_timers_drop_stale_entries_once_they_outnumber_the_live() -> None:
+    loop = _FakeLoop()
+    timers = port_module.ClientTimers(loop)  # type: ignore[arg-type]
+    port = _FakePort(loop)
+    for i in range(10 * port_module.ClientTimers.COMPACT_MIN):
+        port.file(timers, 100.0 + i)  # an RTO that moves on with every segment
+    assert len(timers.heap) <= port_module.ClientTimers.COMPACT_MIN + 1
+    assert min(timers.heap)[0] <= port.filed_at

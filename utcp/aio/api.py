@@ -17,6 +17,7 @@ from utcp.aio.port import UdpPort, set_socket_buffers
 from utcp.aio.transport import UtcpTransport
 from utcp.config import Config
 from utcp.connection import Connection
+from utcp.crypto import HandshakeSecrets
 from utcp.endpoint import Endpoint
 from utcp.errors import PeerHoldsPort
 
@@ -466,6 +467,19 @@ _fixed_port_pairs: weakref.WeakValueDictionary[tuple[Any, Any], UdpPort] = (
     weakref.WeakValueDictionary())
 
 
+# The secret behind client connections' ISNs (RFC 6528), one per process as the kernel
+# keeps one: each connect makes an endpoint of its own, which drew 32 bytes from the
+# system and keyed a MAC with them for the one ISN it makes. The server's endpoints keep
+# their own (its SYN cookies' too).
+_client_secret: list[HandshakeSecrets] = []
+
+
+def _client_secrets() -> HandshakeSecrets:
+    if not _client_secret:
+        _client_secret.append(HandshakeSecrets())
+    return _client_secret[0]
+
+
 def _check_udp_socket(sock: object) -> None:
     if not isinstance(sock, socket.socket) or sock.type != socket.SOCK_DGRAM:
         raise ValueError(f"a UDP (SOCK_DGRAM) socket was expected, got {sock!r}")
@@ -507,9 +521,9 @@ async def _open(loop: asyncio.AbstractEventLoop, family: int, type_: int, proto:
             state = next(iter(old.endpoint.connections.values())).state.name
             raise OSError(errno.EADDRINUSE, f"the connection {pair[0]} -> {pair[1]} still"
                                             f" exists ({state}); TIME_WAIT lasts 2 x msl")
-    endpoint = Endpoint(config, sockname[1])
+    endpoint = Endpoint(config, sockname[1], secrets=_client_secrets())
     port = UdpPort(loop, sock, endpoint, connected=True, icmp_refuses=not fixed,
-                   sockname=sockname)
+                   sockname=sockname, family=family)
     if fixed:
         _fixed_port_pairs[pair] = port
     port.close_when_idle = True

@@ -13,6 +13,7 @@ import asyncio
 import collections
 import contextlib
 import errno
+import heapq
 import socket
 import struct
 import sys
@@ -145,16 +146,27 @@ _lingering: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop,
     weakref.WeakKeyDictionary())
 
 
+# (the limit, when it was read): a connect and close in a loop asked the kernel at each
+# close; a limit the program raises later is seen within a second
+_lingering_limit: list[float] = [0, float("-inf")]
+LINGERING_LIMIT_TTL = 1.0
+
+
 def max_lingering_sockets() -> int:
+    limit, read_at = _lingering_limit
+    now = time.monotonic()
+    if now - read_at < LINGERING_LIMIT_TTL:
+        return int(limit)
     try:
         import resource
 
         soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
     except (ImportError, OSError, ValueError):
-        return 256
-    if soft == resource.RLIM_INFINITY:
-        return 1024
-    return max(16, min(1024, soft // 4))
+        found = 256
+    else:
+        found = 1024 if soft == resource.RLIM_INFINITY else max(16, min(1024, soft // 4))
+    _lingering_limit[:] = [found, now]
+    return found
 
 
 def _linger(port: UdpPort) -> None:
@@ -175,19 +187,108 @@ def _linger(port: UdpPort) -> None:
             conn.abort()  # CLOSED now; with the socket gone its RST is never sent
 
 
-# One receive buffer per event loop, shared by all its ports: a datagram is parsed and
-# fed to the core before the next is read, and the core copies whatever it keeps (in-
-# order bytes into the receive buffer, out-of-order pieces as bytes). A buffer per
-# client socket cost 64 KiB per connection and a page-faulting allocation per connect.
-_buffers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop,
-                                    tuple[bytearray, memoryview]] = weakref.WeakKeyDictionary()
+class ClientTimers:
+    """The deadlines of one loop's client ports, behind one `call_at` handle.
+
+    A client port carries one connection, so a connect and close in a loop gave the
+    loop's heap a TimerHandle or more per connection (the SYN's RTO, then the data's,
+    then TIME_WAIT's 2MSL), each pushed and popped at the cost of a Python `__lt__` per
+    level of a heap that lingering sockets kept hundreds deep. A client port files each
+    new deadline here instead (`file`): a tuple pushed on a heap compared in C. The one
+    it replaces stays, stale, until it surfaces or the heap is compacted; the loop's
+    handle moves only for an earlier deadline, and when it fires every port whose
+    deadline is due runs (`UdpPort.on_due`). A server's port, one for many
+    connections, keeps a handle of its own (`UdpPort._arm_timer`).
+
+    Nothing here holds the loop, or a port once it is closed (`UdpPort.timer_slot`)."""
+
+    COMPACT_MIN = 256
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = weakref.ref(loop)
+        self.heap: list[tuple[float, int, list[UdpPort | None]]] = []
+        self._filed = 0
+        self._handle: asyncio.TimerHandle | None = None
+        self._at: float | None = None
+        self._compact_at = self.COMPACT_MIN
+
+    def file(self, port: UdpPort, deadline: float) -> None:
+        """`port`'s deadline is now `deadline` (its `filed_at`); later than now."""
+        self._filed += 1
+        heapq.heappush(self.heap, (deadline, self._filed, port.timer_slot))
+        if len(self.heap) > self._compact_at:
+            self._compact()
+        if self._at is None or deadline < self._at:
+            self._arm(port.loop, deadline)
+
+    def _arm(self, loop: asyncio.AbstractEventLoop, at: float) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+        self._at = at
+        self._handle = loop.call_at(at, self._fire)
+
+    def _fire(self) -> None:
+        loop = self._loop()
+        if loop is None:
+            return
+        due_by = self._at
+        self._handle = self._at = None
+        now = loop.time()
+        # call_at may fire a hair early: what the handle was armed for is due, and
+        # never at a time before its deadline
+        if due_by is None or now > due_by:
+            due_by = now
+        try:
+            while (heap := self.heap) and heap[0][0] <= due_by:
+                deadline, _, slot = heapq.heappop(heap)
+                port = slot[0]
+                if port is not None and port.filed_at == deadline:
+                    port.filed_at = None
+                    port.on_due(now if now > deadline else deadline)
+        finally:
+            heap = self.heap
+            while heap:  # the next live deadline, if any, arms the handle
+                deadline, _, slot = heap[0]
+                port = slot[0]
+                if port is not None and port.filed_at == deadline:
+                    if self._at is None or deadline < self._at:
+                        self._arm(loop, deadline)
+                    break
+                heapq.heappop(heap)
+
+    def _compact(self) -> None:
+        """Stale entries outnumber the live ones: keep the live ones only."""
+        live = [entry for entry in self.heap
+                if (port := entry[2][0]) is not None and port.filed_at == entry[0]]
+        heapq.heapify(live)
+        self.heap = live
+        self._compact_at = max(self.COMPACT_MIN, 2 * len(live))
 
 
-def _receive_buffer(loop: asyncio.AbstractEventLoop) -> tuple[bytearray, memoryview]:
-    found = _buffers.get(loop)
+class _LoopShared:
+    """What one event loop's ports share (`_shared`).
+
+    One receive buffer: a datagram is parsed and fed to the core before the next is
+    read, and the core copies whatever it keeps (in-order bytes into the receive buffer,
+    out-of-order pieces as bytes). A buffer per client socket cost 64 KiB per connection
+    and a page-faulting allocation per connect. And the client ports' `ClientTimers`."""
+
+    __slots__ = ("buf", "client_timers", "view")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.buf = bytearray(MAX_DATAGRAM)
+        self.view = memoryview(self.buf)
+        self.client_timers = ClientTimers(loop)
+
+
+_loop_shared: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopShared] = (
+    weakref.WeakKeyDictionary())
+
+
+def _shared(loop: asyncio.AbstractEventLoop) -> _LoopShared:
+    found = _loop_shared.get(loop)
     if found is None:
-        buf = bytearray(MAX_DATAGRAM)
-        found = _buffers[loop] = (buf, memoryview(buf))
+        found = _loop_shared[loop] = _LoopShared(loop)
     return found
 
 
@@ -361,7 +462,7 @@ class UdpPort:
     def __init__(self, loop: asyncio.AbstractEventLoop, sock: socket.socket, endpoint: Endpoint,
                  *, connected: bool = False, icmp_refuses: bool = True,
                  on_accept: Callable[[Connection], None] | None = None,
-                 sockname: Any = None) -> None:
+                 sockname: Any = None, family: int | None = None) -> None:
         self.loop = loop
         self.sock = sock
         self.endpoint = endpoint
@@ -375,7 +476,7 @@ class UdpPort:
         self.lingers = False            # counted among the lingering sockets (_linger)
         self.closed = False
         self._fd = sock.fileno()
-        self._buf, self._view = _receive_buffer(loop)
+        self._buf, self._view = (shared := _shared(loop)).buf, shared.view
         self._bufs = [self._buf]        # recvmsg_into's argument, built once
         # asyncio's loop.time() is a Python method returning time.monotonic(): calling
         # the clock itself saves a frame per wake-up and per write. Another loop (uvloop
@@ -383,7 +484,7 @@ class UdpPort:
         self._clock: Callable[[], float] = (
             time.monotonic if getattr(type(loop), "time", None) is asyncio.BaseEventLoop.time
             else loop.time)
-        self._lone_reads = 0            # see LONE_READS
+        self._lone_reads = LONE_READS if connected else 0  # a client's: one SYN+ACK
         self._sendq: collections.deque[tuple[bytes, Addr]] = collections.deque()
         self._writer_on = False
         self._flush_handle: asyncio.Handle | None = None
@@ -391,12 +492,17 @@ class UdpPort:
         self._timer: asyncio.Handle | None = None
         self._timer_at: float | None = None
         self._soon: asyncio.Handle | None = None   # for a deadline due already
+        # a client's deadlines (`filed_at`): its loop's ClientTimers, via the slot
+        self._client_timers = shared.client_timers if connected else None
+        self.timer_slot: list[UdpPort | None] = [self]
+        self.filed_at: float | None = None
         self.send_errors: collections.Counter[str] = collections.Counter()
         # the socket's (`sockname`, when the caller has just asked); kept once closed
         self.local_addr = sockname if sockname is not None else sock.getsockname()
         self._gso = batch.probe_gso(sock)
         self._gro = batch.enable_gro(sock)
-        self.family = family = sock.family  # read once: a Python property on sockets
+        # read once, or given: a Python property on sockets, an enum member each time
+        self.family = family = sock.family if family is None else family
         self._recverr = enable_recverr(sock, family)
         self.gso_sends = 0
         self._pcap = (pcap.acquire(endpoint.config.pcap, self.local_addr[1])
@@ -684,11 +790,27 @@ class UdpPort:
 
     def _arm_timer(self) -> None:
         deadline = self.endpoint.get_timer()
+        client_timers = self._client_timers
         if deadline is None:
             # Nothing to wait for: a handle still armed is left to fire once and find
             # nothing due. Cancelling it cost a cancel now and, for a server between
             # sequential connections, a new call_at for the next one's SYN+ACK (whose
-            # deadline is later than the one left); twice per connection in all.
+            # deadline is later than the one left); twice per connection in all. A
+            # client port's entry in ClientTimers just goes stale.
+            if client_timers is not None:
+                self.filed_at = None
+            return
+        if client_timers is not None:
+            # Filing costs a heap push, so a later deadline is filed too, and the early
+            # one goes stale rather than fire for nothing.
+            if self.filed_at == deadline:
+                return
+            if deadline <= self._clock():
+                if self._soon is None:  # as below
+                    self._soon = self.loop.call_soon(self._on_soon)
+                return
+            self.filed_at = deadline
+            client_timers.file(self, deadline)
             return
         if self._timer_at is not None and self._timer_at <= deadline:
             # The armed handle fires no later than needed. The retransmission deadline
@@ -716,6 +838,11 @@ class UdpPort:
     def _on_soon(self) -> None:
         self._soon = None
         now = self._clock()
+        self.endpoint.handle_timer(now)
+        self.process(now)
+
+    def on_due(self, now: float) -> None:
+        """A client port's deadline came (`ClientTimers`), as `_on_timer` for a server's."""
         self.endpoint.handle_timer(now)
         self.process(now)
 
@@ -898,6 +1025,7 @@ class UdpPort:
             if handle is not None:
                 handle.cancel()
         self._timer = self._soon = self._flush_handle = None
+        self.timer_slot[0] = None  # ClientTimers' entries no longer hold it
         try:
             self.loop.remove_reader(self._fd)
             if self._writer_on:

@@ -55,6 +55,11 @@ class UtcpTransport(asyncio.Transport):
         self._eof_delivered = False
         self._send_closed = False
         self._lost = False              # connection_lost scheduled
+        # Inside the port's `process_events` call: connection_lost is then made when it
+        # returns, with what it delivered before it, rather than by call_soon one loop
+        # iteration later (`_lost_now` holds its argument until then).
+        self._dispatching = False
+        self._lost_now: tuple[Exception | None] | None = None
         # The connection ended before there was a protocol to tell: (exc,) for
         # `attach_protocol`.
         self._loss_pending: tuple[Exception | None] | None = None
@@ -130,7 +135,7 @@ class UtcpTransport(asyncio.Transport):
         except BaseException as exc:
             self._fatal_error(exc, "protocol.connection_made() failed")
             return
-        self.process_events()
+        self._dispatch()  # not `process_events`: the caller has not returned the pair yet
         if self._loss_pending is not None and not self._lost:
             self._connection_lost(self._loss_pending[0])
 
@@ -245,7 +250,23 @@ class UtcpTransport(asyncio.Transport):
     # ------------------------------------------------------------------ events from the core
 
     def process_events(self) -> None:
-        """The port's `ConnectionListener` call: the core touched this connection."""
+        """The port's `ConnectionListener` call: the core touched this connection.
+
+        The port calls it from a loop callback (a datagram, a timer), never from inside
+        the application's own calls, so connection_lost is made here, after whatever this
+        call delivered, as asyncio's call_soon would make it next: one loop iteration
+        sooner (the task that awaits `wait_closed()` then runs in the next one)."""
+        self._dispatching = True
+        try:
+            self._dispatch()
+        finally:
+            self._dispatching = False
+        lost = self._lost_now
+        if lost is not None:
+            self._lost_now = None
+            self._call_connection_lost(lost[0])
+
+    def _dispatch(self) -> None:
         conn = self._conn
         # Most calls (every data segment) find no event: `events` is tested before a
         # `next_event` call is paid for.
@@ -364,7 +385,10 @@ class UtcpTransport(asyncio.Transport):
             self._port.detach(self._conn)
             if self._on_lost is not None:
                 self._on_lost(self)
-        self._loop.call_soon(self._call_connection_lost, exc)
+        if self._dispatching:
+            self._lost_now = (exc,)  # made when `process_events` returns
+        else:
+            self._loop.call_soon(self._call_connection_lost, exc)
 
     def _call_connection_lost(self, exc: Exception | None) -> None:
         protocol = self._protocol
