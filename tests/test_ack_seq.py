@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import random
 
-from tests.script import ANY, Script
+from tests.script import Script
+from tests.test_persist import CFG, OUR_ISN, PEER_ISN, shrunk_under_flight
 from utcp import wire
 from utcp.config import Config
 from utcp.connection import Connection
@@ -66,33 +67,13 @@ def shut_window_then_half_close() -> tuple[Net, Connection, Connection]:
     return net, conn, peer
 
 
-MOD = 1 << 32
-OUR_ISN = MOD - 2
-PEER_ISN = MOD - 1000
-PEER: tuple[str, int] = ("10.0.0.2", 80)
-SCRIPTED = Config(mss=1000, rto_initial=1.0, rto_min=0.2, timestamps=False, pacing=False,
-                  pmtu_probing=False)
-
-
 def shrunk_window() -> tuple[Script, Connection]:
-    """ESTABLISHED, 2,000 bytes sent into the 2,000 the peer offered; the peer takes the
-    first 1,000 and shrinks its window to nothing (RFC 9293 discourages it, and allows
-    it): snd_max is 1,000 past the right edge."""
-    s = Script(SCRIPTED, port=40000, isns=(OUR_ISN,), peer=PEER)
-    conn = s.connect()
-    s.expect("S", OUR_ISN)
-    s.advance(0.125)
-    s.inject("S.", PEER_ISN, OUR_ISN + 1, window=2000,
-             options=wire.Options(mss=1000, wscale=0))
-    s.expect(".", OUR_ISN + 1, PEER_ISN + 1)
-    conn.send(bytes(2000))
-    s.app()
-    s.expect(ANY, OUR_ISN + 1, length=1000)
-    s.expect(ANY, OUR_ISN + 1001, length=1000)
-    s.advance(0.125)
-    s.inject(".", PEER_ISN + 1, OUR_ISN + 1001, window=0)
+    """2,000 bytes sent into the 2,000 the peer offered; it takes the first 1,000 and
+    shrinks its window to nothing (RFC 9293 discourages it, and allows it): snd_max is
+    1,000 past the right edge."""
+    s, conn = shrunk_under_flight(CFG, sack=False)
     s.expect_nothing()
-    assert conn.snd_wnd == 0 and conn.snd_max == conn.snd_una + 1000
+    assert conn.snd_max == conn.snd_una + 1000
     return s, conn
 
 

@@ -25,7 +25,14 @@ import pytest
 from tests.script import ANY, Script
 from tests.test_flow import CFG, CLIENT, RCVBUF, establish, is_probe, pump_until
 from tests.test_persist import CFG as SCRIPTED
-from tests.test_persist import OUR_ISN, PEER_ISN, PEER_OPTS, SERVER, probe_times
+from tests.test_persist import (
+    OUR_ISN,
+    PEER_ISN,
+    PEER_OPTS,
+    SERVER,
+    established,
+    probe_times,
+)
 from utcp import wire
 from utcp.config import Config
 from utcp.connection import Connection
@@ -38,12 +45,7 @@ def client_with(window: int, queued: int,
                 cfg: Config = SCRIPTED) -> tuple[Script, Connection]:
     """ESTABLISHED against a hand-played peer offering `window`; `queued` bytes written
     and the connection closed at t=1.0, before anything is sent."""
-    s = Script(cfg, port=40000, isns=(OUR_ISN,), peer=SERVER)
-    conn = s.connect()
-    s.expect("S", OUR_ISN)
-    s.advance(0.125)
-    s.inject("S.", PEER_ISN, OUR_ISN + 1, window=window, options=PEER_OPTS)
-    s.expect(".", OUR_ISN + 1, PEER_ISN + 1)
+    s, conn = established(cfg, window=window)
     s.advance_to(1.0)
     conn.send(bytes(queued))
     conn.close()

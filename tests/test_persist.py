@@ -41,16 +41,23 @@ CFG = Config(mss=1000, recv_buffer=64000, rto_initial=1.0, rto_min=0.2, rto_max=
              max_retransmissions=4, timestamps=False, pacing=False, pmtu_probing=False)
 
 
-def zero_window_client(cfg: Config = CFG, *, sent: int = 2000,
-                       queued: int = 5000) -> tuple[Script, Connection, float]:
-    """ESTABLISHED; `sent` bytes go out and are acknowledged with a zero window at t=1.125,
-    `queued - sent` wait. Returns the script, the connection and the time of that ACK."""
+def established(cfg: Config = CFG, *, window: int,
+                options: wire.Options = PEER_OPTS) -> tuple[Script, Connection]:
+    """ESTABLISHED at t=0.125 against a hand-played peer that offers `window`."""
     s = Script(cfg, port=40000, isns=(OUR_ISN,), peer=SERVER)
     conn = s.connect()
     s.expect("S", OUR_ISN)
     s.advance(0.125)
-    s.inject("S.", PEER_ISN, OUR_ISN + 1, window=sent, options=PEER_OPTS)
+    s.inject("S.", PEER_ISN, OUR_ISN + 1, window=window, options=options)
     s.expect(".", OUR_ISN + 1, PEER_ISN + 1)
+    return s, conn
+
+
+def zero_window_client(cfg: Config = CFG, *, sent: int = 2000,
+                       queued: int = 5000) -> tuple[Script, Connection, float]:
+    """ESTABLISHED; `sent` bytes go out and are acknowledged with a zero window at t=1.125,
+    `queued - sent` wait. Returns the script, the connection and the time of that ACK."""
+    s, conn = established(cfg, window=sent)
     s.advance_to(1.0)
     conn.send(bytes(queued))
     s.app()
@@ -240,12 +247,7 @@ def test_acknowledged_resends_are_activity() -> None:
     peer acknowledges them: idle_timeout (2 s here) does not end a connection whose
     resends keep being acknowledged for 8 s."""
     cfg = CFG.replace(idle_timeout=2.0, max_retransmissions=255, rto_max=1.0)
-    s = Script(cfg, port=40000, isns=(OUR_ISN,), peer=SERVER)
-    conn = s.connect()
-    s.expect("S", OUR_ISN)
-    s.advance(0.125)
-    s.inject("S.", PEER_ISN, OUR_ISN + 1, window=64000, options=PEER_OPTS)
-    s.expect(".", OUR_ISN + 1, PEER_ISN + 1)
+    s, conn = established(cfg, window=64000)
     conn.send(bytes(10_000))
     s.app()
     while s.sent:
@@ -290,13 +292,8 @@ def answer_everything(s: Script, conn: Connection, until: float, *, ack: int) ->
 def shrunk_under_flight(cfg: Config, sack: bool) -> tuple[Script, Connection]:
     """2,000 bytes sent into the 2,000 offered; the peer takes 1,000 and shrinks its
     window to nothing: the rest waits in flight past the edge."""
-    s = Script(cfg, port=40000, isns=(OUR_ISN,), peer=SERVER)
-    conn = s.connect()
-    s.expect("S", OUR_ISN)
-    s.advance(0.125)
-    opts = wire.Options(mss=1000, wscale=0, sack_permitted=sack)
-    s.inject("S.", PEER_ISN, OUR_ISN + 1, window=2000, options=opts)
-    s.expect(".", OUR_ISN + 1, PEER_ISN + 1)
+    s, conn = established(cfg, window=2000,
+                          options=wire.Options(mss=1000, wscale=0, sack_permitted=sack))
     conn.send(bytes(2000))
     s.app()
     s.expect(ANY, OUR_ISN + 1, length=1000)
@@ -350,13 +347,8 @@ def test_a_fin_sent_then_a_shrunk_window_keeps_a_live_peer(sack: bool) -> None:
     its window to nothing before it takes the FIN. Answered, the connection is kept,
     and the FIN is resent when the window opens."""
     cfg = CFG.replace(max_retransmissions=4, sack=sack)
-    s = Script(cfg, port=40000, isns=(OUR_ISN,), peer=SERVER)
-    conn = s.connect()
-    s.expect("S", OUR_ISN)
-    s.advance(0.125)
-    s.inject("S.", PEER_ISN, OUR_ISN + 1, window=3000,
-             options=wire.Options(mss=1000, wscale=0, sack_permitted=sack))
-    s.expect(".", OUR_ISN + 1, PEER_ISN + 1)
+    s, conn = established(cfg, window=3000,
+                          options=wire.Options(mss=1000, wscale=0, sack_permitted=sack))
     conn.send(bytes(2000))
     conn.close()
     s.app()
@@ -378,12 +370,7 @@ def test_user_timeout_counts_when_a_small_window_then_shuts() -> None:
     armed override timer kept it from starting, and a peer answering "still zero" held
     the data and the FIN for as long as it liked)."""
     cfg = CFG.replace(user_timeout=30.0)
-    s = Script(cfg, port=40000, isns=(OUR_ISN,), peer=SERVER)
-    conn = s.connect()
-    s.expect("S", OUR_ISN)
-    s.advance(0.125)
-    s.inject("S.", PEER_ISN, OUR_ISN + 1, window=3000, options=PEER_OPTS)
-    s.expect(".", OUR_ISN + 1, PEER_ISN + 1)
+    s, conn = established(cfg, window=3000)
     s.advance_to(1.0)
     conn.send(bytes(5000))
     conn.close()
