@@ -632,10 +632,10 @@ class Connection:
             # 2MSL alone, but an ACK still owed to the peer's FIN: every other timer
             # (a list of them to cancel drifted: it left TLP and REORDER armed, and had to
             # learn FIN_WAIT_2)
-            ack_at = self.timers.get(T.ACK)
+            ack_at = self.timers.get(T_ACK)
             self.timers.cancel_all()
             if ack_at is not None:
-                self.timers.arm(T.ACK, ack_at)
+                self.timers.arm(T_ACK, ack_at)
             self.timers.arm(T.TIME_WAIT, self.now + 2 * self.config.msl)
         elif new is State.CLOSED and old is not State.LISTEN:
             self._terminate(error)

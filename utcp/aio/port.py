@@ -837,12 +837,11 @@ class UdpPort:
 
     def _on_soon(self) -> None:
         self._soon = None
-        now = self._clock()
-        self.endpoint.handle_timer(now)
-        self.process(now)
+        self.on_due(self._clock())
 
     def on_due(self, now: float) -> None:
-        """A client port's deadline came (`ClientTimers`), as `_on_timer` for a server's."""
+        """A deadline came: a client port's (`ClientTimers`), a server's (`_on_timer`),
+        or one due already (`_on_soon`)."""
         self.endpoint.handle_timer(now)
         self.process(now)
 
@@ -854,8 +853,7 @@ class UdpPort:
         now = self._clock()
         if deadline is not None and now < deadline:
             now = deadline
-        self.endpoint.handle_timer(now)
-        self.process(now)
+        self.on_due(now)
 
     # ------------------------------------------------------------------ output
 
