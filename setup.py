@@ -34,16 +34,21 @@ from setuptools.command.build_ext import build_ext
 
 HERE = Path(__file__).resolve().parent
 
-# The per-segment core: every module of these directories is compiled unless listed below.
-COMPILED_DIRS = ("utcp", "utcp/congestion")
+# The per-segment core and the asyncio adapter that drives it: every module of these
+# directories is compiled unless listed below.
+COMPILED_DIRS = ("utcp", "utcp/congestion", "utcp/aio")
 # Left pure: package inits and the import guard; tools that run once per process (cli, log,
 # pcap, plot, plotdata, workers); the handshake crypto, whose work is in `cryptography`'s C;
-# errors.py, exceptions that mypyc cannot compile as native classes; config.py,
+# errors.py, exceptions that mypyc cannot compile as native classes; aio/api.py and
+# aio/shutdown.py, what runs once per connection or per loop (the opening and accepting
+# calls with their asyncio compatibility shims; the loop's shutdown hook, an async
+# generator, which mypyc does not compile); config.py,
 # whose checks must see what the user passed (a native dataclass converts True to 1 before
 # __post_init__ can refuse it), and which is read, not run, per segment.
 PURE_MODULES = frozenset({
     "__init__.py", "__main__.py", "_build.py", "cli.py", "log.py", "pcap.py", "plot.py",
     "plotdata.py", "workers.py", "secure.py", "crypto.py", "errors.py", "config.py",
+    "api.py", "shutdown.py",
 })
 # mypyc's shared library for the compiled modules: utcp_core__mypyc.*.so, beside the package
 GROUP = "utcp_core"

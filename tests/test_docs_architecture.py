@@ -106,13 +106,26 @@ def _instance_attribute(cls: type, name: str) -> bool:
         try:
             tree = ast.parse(_dedent(inspect.getsource(klass)))
         except (OSError, TypeError):
-            continue
+            tree = _class_in_source(klass)
+            if tree is None:
+                continue
         for node in ast.walk(tree):
             if isinstance(node, ast.Attribute) and isinstance(node.ctx, ast.Store) and \
                     isinstance(node.value, ast.Name) and node.value.id == "self" and \
                     node.attr == name:
                 return True
     return False
+
+
+def _class_in_source(klass: type) -> ast.ClassDef | None:
+    """`klass`'s definition, read from the source beside its module: inspect finds no
+    source for a class of a compiled module, even a plain Python class there
+    (`utcp.aio.port.UdpPort`)."""
+    path = ROOT.joinpath(*klass.__module__.split(".")).with_suffix(".py")
+    if not klass.__module__.startswith("utcp.") or not path.is_file():
+        return None
+    return next((node for node in ast.parse(path.read_text()).body
+                 if isinstance(node, ast.ClassDef) and node.name == klass.__name__), None)
 
 
 def _dedent(source: str) -> str:

@@ -31,8 +31,7 @@ from tests.aio.util import (
     port_of,
     wait_until,
 )
-from utcp.aio import api
-from utcp.aio import port as port_module
+from utcp.aio import api, shutdown
 
 needs_ipv6 = pytest.mark.skipif(not has_ipv6(), reason="no ::1 on this machine")
 NAME = "dual-stack.utcp.test"  # never resolves for real: only the patched getaddrinfo
@@ -233,7 +232,7 @@ async def test_ssl_shutdown_timeout_bounds_the_tls_close(tmp_path: Path, side: s
         else:
             client_utcp = client_tls.get_extra_info("connection")
             (client_transport,) = [
-                t for p in port_module._loop_ports[asyncio.get_running_loop()]
+                t for p in shutdown._loop_ports[asyncio.get_running_loop()]
                 for c, t in p.transports.items() if c is client_utcp]
             assert isinstance(client_transport, utcp.UtcpTransport)
             client_transport.pause_reading()

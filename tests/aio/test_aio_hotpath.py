@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 import utcp
-from tests.aio.util import FAST, HOST, TIMEOUT, echo_server, payload, port_of
+from tests.aio.util import FAST, HOST, TIMEOUT, echo_server, needs_patchable, payload, port_of
 from utcp.aio import batch
 from utcp.aio import port as port_module
 
@@ -170,6 +170,7 @@ async def test_glued_reads_are_cut_inline(monkeypatch: pytest.MonkeyPatch) -> No
     """A GRO read carrying many datagrams is cut in `_read_gro` itself, no generator
     resumed per datagram; its last, shorter piece ends where the read ended, not at the
     end of the (shared, reused) receive buffer."""
+    needs_patchable(port_module, "batch.gro_segment_size and batch.gro_pieces")
     probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     try:
         if not (batch.probe_gso(probe) and batch.enable_gro(probe)):

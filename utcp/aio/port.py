@@ -16,14 +16,15 @@ import errno
 import heapq
 import socket
 import struct
-import sys
 import time
 import weakref
-from collections.abc import AsyncGenerator, Callable
-from typing import TYPE_CHECKING, Any, Protocol
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from utcp import log, pcap
-from utcp.aio import batch
+from utcp.aio import batch, shutdown
+from utcp.aio.shutdown import FIN_UNACKED
+from utcp.buffers import python_class
 from utcp.endpoint import Addr, Endpoint, peer_key
 from utcp.state import State
 
@@ -187,6 +188,16 @@ def _linger(port: UdpPort) -> None:
             conn.abort()  # CLOSED now; with the socket gone its RST is never sent
 
 
+class TimedPort(Protocol):
+    """What `ClientTimers` needs of a port (a `UdpPort`, or a test's stand-in)."""
+
+    loop: asyncio.AbstractEventLoop
+    timer_slot: list[TimedPort | None]
+    filed_at: float | None
+
+    def on_due(self, now: float) -> None: ...
+
+
 class ClientTimers:
     """The deadlines of one loop's client ports, behind one `call_at` handle.
 
@@ -202,17 +213,17 @@ class ClientTimers:
 
     Nothing here holds the loop, or a port once it is closed (`UdpPort.timer_slot`)."""
 
-    COMPACT_MIN = 256
+    COMPACT_MIN: ClassVar[int] = 256
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = weakref.ref(loop)
-        self.heap: list[tuple[float, int, list[UdpPort | None]]] = []
+        self.heap: list[tuple[float, int, list[TimedPort | None]]] = []
         self._filed = 0
         self._handle: asyncio.TimerHandle | None = None
         self._at: float | None = None
         self._compact_at = self.COMPACT_MIN
 
-    def file(self, port: UdpPort, deadline: float) -> None:
+    def file(self, port: TimedPort, deadline: float) -> None:
         """`port`'s deadline is now `deadline` (its `filed_at`); later than now."""
         self._filed += 1
         heapq.heappush(self.heap, (deadline, self._filed, port.timer_slot))
@@ -232,7 +243,7 @@ class ClientTimers:
         if loop is None:
             return
         due_by = self._at
-        self._handle = self._at = None
+        self._disarm()
         now = loop.time()
         # call_at may fire a hair early: what the handle was armed for is due, and
         # never at a time before its deadline
@@ -255,6 +266,12 @@ class ClientTimers:
                         self._arm(loop, deadline)
                     break
                 heapq.heappop(heap)
+
+    def _disarm(self) -> None:
+        # Not two assignments in `_fire`: mypy would take `_at` for None all through
+        # `_fire`, across the port callbacks that file a new deadline, and the compiled
+        # module checks that type at run time.
+        self._handle = self._at = None
 
     def _compact(self) -> None:
         """Stale entries outnumber the live ones: keep the live ones only."""
@@ -323,11 +340,6 @@ def _reset_connections(sock: socket.socket, endpoint: Endpoint) -> None:
             continue
 
 
-# The application closed, and its FIN waits for an ACK: what the kernel would go on
-# sending as an orphan after the process is gone.
-_FIN_UNACKED = frozenset({State.FIN_WAIT_1, State.CLOSING, State.LAST_ACK})
-SHUTDOWN_LINGER_IDLE = 1.0   # a loop shutting down waits for closing connections while
-SHUTDOWN_LINGER_MAX = 10.0   # their ACKs keep coming, this long without one at most
 
 
 def _abandon(conn: Connection, *, closing_too: bool) -> None:
@@ -340,7 +352,7 @@ def _abandon(conn: Connection, *, closing_too: bool) -> None:
     write, its datagrams draw ICMP port unreachable, which resets its side. A FIN not
     yet acknowledged (`closing_too`) is reset too, since nothing will resend it.
     """
-    if conn.state is State.FIN_WAIT_2 or (not closing_too and conn.state in _FIN_UNACKED):
+    if conn.state is State.FIN_WAIT_2 or (not closing_too and conn.state in FIN_UNACKED):
         return
     conn.abort()
 
@@ -353,91 +365,13 @@ def _release(sock: socket.socket, writer: pcap.PcapWriter | None, port: int,
         pcap.release(writer, port)
 
 
-# Ports per event loop, for the RSTs when the loop shuts down (below).
-_loop_ports: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop,
-                                       weakref.WeakSet[UdpPort]] = weakref.WeakKeyDictionary()
-_SENTINEL_ATTR = "_utcp_shutdown_sentinel"
-
-
-async def _loop_shutdown_sentinel(loop_ref: weakref.ref[asyncio.AbstractEventLoop],
-                                  ) -> AsyncGenerator[None, None]:
-    """An async generator the loop tracks: `shutdown_asyncgens` closes it, which runs
-    the `finally` inside the still-running loop.
-
-    asyncio.run, asyncio.Runner and uvloop.run call `shutdown_asyncgens` just before
-    `loop.close()`, and neither loop offers any other hook there. Without it a program
-    whose `asyncio.run` returns with connections open (or that is interrupted) leaves
-    its peers waiting, since the sockets then close only when collected, if ever.
-    """
-    try:
-        yield
-    finally:
-        loop = loop_ref()
-        found = _loop_ports.get(loop) if loop is not None else None
-        ports = [port for port in found or () if not port.closed]
-        for port in ports:
-            port.reset_connections(closing_too=False)
-        if loop is not None and ports:
-            await _linger_for_fins(loop, ports)
-        for port in ports:
-            port.reset_connections(closing_too=True)
-
-
-async def _linger_for_fins(loop: asyncio.AbstractEventLoop, ports: list[UdpPort]) -> None:
-    """Let closed connections deliver what they still have and their FIN, while their
-    peers keep acknowledging: `writer.write(data); writer.close()` at the end of
-    `asyncio.run` delivers `data` with kernel TCP, whose orphan sockets outlive the
-    process. Bounded, since a dead peer must not hold up the program's exit."""
-    def progress() -> tuple[int, int] | None:
-        closing = [conn for port in ports for conn in port.endpoint.connections.values()
-                   if conn.state in _FIN_UNACKED]
-        return (len(closing), sum(c.counters.bytes_acked for c in closing)) if closing else None
-
-    start = last_progress = loop.time()
-    seen = progress()
-    while seen is not None:
-        now = loop.time()
-        if now - last_progress > SHUTDOWN_LINGER_IDLE or now - start > SHUTDOWN_LINGER_MAX:
-            return
-        await asyncio.sleep(0.01)
-        now_seen = progress()
-        if now_seen != seen:
-            seen, last_progress = now_seen, loop.time()
-
-
-def _track(port: UdpPort) -> None:
-    loop = port.loop
-    ports = _loop_ports.get(loop)
-    if ports is None:
-        ports = _loop_ports[loop] = weakref.WeakSet()
-    ports.add(port)
-    if getattr(loop, _SENTINEL_ATTR, None) is not None:
-        return
-    # Only the running loop's own hook will do: then the loop holds the generator in its
-    # set of live ones until shutdown_asyncgens. A port made outside the running loop
-    # (or in a loop without the hooks) is reset by its finalizer alone.
-    firstiter = sys.get_asyncgen_hooks().firstiter
-    if getattr(firstiter, "__self__", None) is not loop:
-        return
-    agen = _loop_shutdown_sentinel(weakref.ref(loop))
-    try:
-        # On the loop itself, so it lives as long as the loop and no longer (the loop
-        # and the generator's finalizer hook form a cycle the collector breaks). Set
-        # before it starts: a started generator dropped at once would be closed at once.
-        setattr(loop, _SENTINEL_ATTR, agen)
-    except AttributeError:
-        return
-    with contextlib.suppress(StopIteration):
-        agen.asend(None).send(None)  # runs the firstiter hook, stops at the yield
-
-
 def _weak_route_mss(port: UdpPort) -> Callable[[Addr], int]:
-    method = weakref.WeakMethod(port.peer_route_mss)
+    ref = weakref.ref(port)  # a compiled bound method takes no weak reference
     config = port.endpoint.config
 
     def route_mss(peer: Addr) -> int:
-        found = method()
-        return found(peer) if found is not None else config.mss
+        found = ref()
+        return found.peer_route_mss(peer) if found is not None else config.mss
     return route_mss
 
 
@@ -456,6 +390,10 @@ class ConnectionListener(Protocol):
         the loop shutting down reset it): an abnormal end, reported as `exc`."""
 
 
+# A Python class even when this module is compiled: weakref.finalize, the loop's WeakSet
+# (utcp/aio/shutdown.py) and api.py's WeakValueDictionary hold ports weakly, and mypyc's
+# native classes take no weak references. Its methods are compiled all the same.
+@python_class
 class UdpPort:
     """The I/O half of an endpoint. `owned` ports belong to one client connection."""
 
@@ -494,7 +432,7 @@ class UdpPort:
         self._soon: asyncio.Handle | None = None   # for a deadline due already
         # a client's deadlines (`filed_at`): its loop's ClientTimers, via the slot
         self._client_timers = shared.client_timers if connected else None
-        self.timer_slot: list[UdpPort | None] = [self]
+        self.timer_slot: list[TimedPort | None] = [self]
         self.filed_at: float | None = None
         self.send_errors: collections.Counter[str] = collections.Counter()
         # the socket's (`sockname`, when the caller has just asked); kept once closed
@@ -518,7 +456,7 @@ class UdpPort:
         self._route_cache: dict[str, int | None] = {}
         endpoint.route_mss = _weak_route_mss(self)
         loop.add_reader(self._fd, self._on_readable)
-        _track(self)
+        shutdown.track(self)
 
     def peer_route_mss(self, peer: Addr) -> int:
         """The endpoint's `route_mss` (through `_weak_route_mss`): the route's MSS to

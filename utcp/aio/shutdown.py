@@ -1,0 +1,118 @@
+"""What a loop's shutdown does for the utcp connections still open in it.
+
+asyncio.run, asyncio.Runner and uvloop.run call the loop's `shutdown_asyncgens` just before
+`loop.close()`, and offer no other hook there. A port registers with `track`, which parks
+one async generator on the running loop; closing it at shutdown resets or lingers the
+loop's connections (`_loop_shutdown_sentinel`) as the kernel would for a process's TCP
+sockets.
+
+This module stays interpreted when the rest of `utcp/aio` is compiled: mypyc does not
+compile async generators, and this runs once per loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sys
+import weakref
+from collections.abc import AsyncGenerator
+from typing import Protocol
+
+from utcp.endpoint import Endpoint
+from utcp.state import State
+
+
+class TrackedPort(Protocol):
+    """What this module needs of a `utcp.aio.port.UdpPort` (which imports this module)."""
+
+    loop: asyncio.AbstractEventLoop
+    endpoint: Endpoint
+    closed: bool
+
+    def reset_connections(self, *, closing_too: bool) -> None: ...
+
+# The application closed, and its FIN waits for an ACK: what the kernel would go on
+# sending as an orphan after the process is gone.
+FIN_UNACKED = frozenset({State.FIN_WAIT_1, State.CLOSING, State.LAST_ACK})
+SHUTDOWN_LINGER_IDLE = 1.0   # a loop shutting down waits for closing connections while
+SHUTDOWN_LINGER_MAX = 10.0   # their ACKs keep coming, this long without one at most
+
+
+# Ports per event loop, for the RSTs when the loop shuts down (below).
+_loop_ports: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop,
+                                       weakref.WeakSet[TrackedPort]] = weakref.WeakKeyDictionary()
+_SENTINEL_ATTR = "_utcp_shutdown_sentinel"
+
+
+async def _loop_shutdown_sentinel(loop_ref: weakref.ref[asyncio.AbstractEventLoop],
+                                  ) -> AsyncGenerator[None, None]:
+    """An async generator the loop tracks: `shutdown_asyncgens` closes it, which runs
+    the `finally` inside the still-running loop.
+
+    asyncio.run, asyncio.Runner and uvloop.run call `shutdown_asyncgens` just before
+    `loop.close()`, and neither loop offers any other hook there. Without it a program
+    whose `asyncio.run` returns with connections open (or that is interrupted) leaves
+    its peers waiting, since the sockets then close only when collected, if ever.
+    """
+    try:
+        yield
+    finally:
+        loop = loop_ref()
+        found = _loop_ports.get(loop) if loop is not None else None
+        ports = [port for port in found or () if not port.closed]
+        for port in ports:
+            port.reset_connections(closing_too=False)
+        if loop is not None and ports:
+            await _linger_for_fins(loop, ports)
+        for port in ports:
+            port.reset_connections(closing_too=True)
+
+
+async def _linger_for_fins(loop: asyncio.AbstractEventLoop, ports: list[TrackedPort]) -> None:
+    """Let closed connections deliver what they still have and their FIN, while their
+    peers keep acknowledging: `writer.write(data); writer.close()` at the end of
+    `asyncio.run` delivers `data` with kernel TCP, whose orphan sockets outlive the
+    process. Bounded, since a dead peer must not hold up the program's exit."""
+    def progress() -> tuple[int, int] | None:
+        closing = [conn for port in ports for conn in port.endpoint.connections.values()
+                   if conn.state in FIN_UNACKED]
+        return (len(closing), sum(c.counters.bytes_acked for c in closing)) if closing else None
+
+    start = last_progress = loop.time()
+    seen = progress()
+    while seen is not None:
+        now = loop.time()
+        if now - last_progress > SHUTDOWN_LINGER_IDLE or now - start > SHUTDOWN_LINGER_MAX:
+            return
+        await asyncio.sleep(0.01)
+        now_seen = progress()
+        if now_seen != seen:
+            seen, last_progress = now_seen, loop.time()
+
+
+def track(port: TrackedPort) -> None:
+    """Have the running loop's shutdown reset (or linger for) `port`'s connections."""
+    loop = port.loop
+    ports = _loop_ports.get(loop)
+    if ports is None:
+        ports = _loop_ports[loop] = weakref.WeakSet()
+    ports.add(port)
+    if getattr(loop, _SENTINEL_ATTR, None) is not None:
+        return
+    # Only the running loop's own hook will do: then the loop holds the generator in its
+    # set of live ones until shutdown_asyncgens. A port made outside the running loop
+    # (or in a loop without the hooks) is reset by its finalizer alone.
+    firstiter = sys.get_asyncgen_hooks().firstiter
+    if getattr(firstiter, "__self__", None) is not loop:
+        return
+    agen = _loop_shutdown_sentinel(weakref.ref(loop))
+    try:
+        # On the loop itself, so it lives as long as the loop and no longer (the loop
+        # and the generator's finalizer hook form a cycle the collector breaks). Set
+        # before it starts: a started generator dropped at once would be closed at once.
+        setattr(loop, _SENTINEL_ATTR, agen)
+    except AttributeError:
+        return
+    with contextlib.suppress(StopIteration):
+        agen.asend(None).send(None)  # runs the firstiter hook, stops at the yield
