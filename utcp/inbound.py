@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Final
 from utcp import log, wire
 from utcp import seq as sq
 from utcp.errors import PeerHoldsPort
-from utcp.events import EofReceived, SendClosed
+from utcp.events import EOF_RECEIVED, SEND_CLOSED
 from utcp.pmtu import PmtuSearch
 from utcp.state import CAN_RECEIVE, State
 from utcp.state import Event as Ev
@@ -439,7 +439,7 @@ def free_acked(conn: Connection, ack: int) -> bool:
     conn.counters.bytes_acked += conn.sndbuf.free(ack)
     if conn.sndbuf.fin_queued and not conn.sndbuf.fin_acked and ack > data_end:
         conn.sndbuf.fin_acked = True
-        conn.events.append(SendClosed())
+        conn.events.append(SEND_CLOSED)
         return True
     return False
 
@@ -485,7 +485,7 @@ def update_window(conn: Connection, seg: wire.Segment, seg_seq: int, ack: int,
 def receive_fin(conn: Connection, now: float, fin_now_acked: bool) -> None:
     conn.receiver.fin_received = True
     conn.rcv_nxt += 1
-    conn.events.append(EofReceived())
+    conn.events.append(EOF_RECEIVED)
     if conn.state in (State.SYN_RCVD, State.ESTABLISHED):
         conn.set_state(Ev.RCV_FIN)
         # Passive close: an application that closes when it reads EOF sends its FIN
