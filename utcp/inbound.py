@@ -174,9 +174,14 @@ def take_syn(conn: Connection, seg: wire.Segment) -> None:
     else:
         conn.rcv_wscale = 0  # RFC 7323 §2.2: scaling needs both sides' option
     conn.sack_ok = conn.config.sack and opts.sack_permitted
-    if conn.config.timestamps and opts.timestamps is not None:
+    ts = conn.config.timestamps and opts.timestamps is not None
+    if conn.sack_ok:
+        # 4 blocks fill the 40 bytes of options; secure mode's counter takes 12 of them,
+        # timestamps 12 more
+        conn.sender.sack_limit = ((1 if ts else 3) if conn.config.secure else
+                                  (3 if ts else 4))
+    if ts and opts.timestamps is not None:
         conn.ts.ok = True
-        conn.sender.sack_limit = 1 if conn.config.secure else 3  # 12 bytes fewer for SACK
         conn.ts.recent = opts.timestamps[0]
         conn.ts.recent_time = conn.now
     conn.snd_wnd = seg.window  # never scaled in a SYN
