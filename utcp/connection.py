@@ -84,7 +84,9 @@ _TIMER_ORDER: Final = tuple(range(len(T)))  # priority order (utcp.timers)
 _ESTABLISHED: Final = State.ESTABLISHED
 _TIME_WAIT: Final = State.TIME_WAIT
 _CLOSED: Final = State.CLOSED
-# and those set_state reads at each of a connection's transitions
+# and those set_state reads at each of a connection's transitions (it reads TRANSITIONS
+# in place too: a call of next_state per transition cost the pure build a frame, so it
+# calls next_state only for a pair the table lacks, to raise IllegalTransition)
 _FIN_WAIT_2: Final = State.FIN_WAIT_2
 _LISTEN: Final = State.LISTEN
 _BORN: Final = Ev.LISTEN
@@ -621,9 +623,7 @@ class Connection:
         orphan's fin_timeout, TIME_WAIT runs 2MSL alone, CLOSED ends the connection (with
         `error`, if it failed)."""
         old = self.state
-        # the table read in place (a call of next_state per transition cost the pure
-        # build a frame); next_state raises for a pair the table lacks
-        new = TRANSITIONS.get((old, event)) or next_state(old, event)
+        new = TRANSITIONS.get((old, event)) or next_state(old, event)  # raises if absent
         self.state = new
         if event is _BORN:
             return  # a listener's connection is born listening: nobody saw it CLOSED
