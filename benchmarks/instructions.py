@@ -1,4 +1,4 @@
-"""Instructions per datagram of the sans-IO core: a figure machine load cannot move.
+"""Instructions of the sans-IO core per datagram, exchange or connection: load-proof.
 
 On a shared 2-core machine wall-clock and even CPU-time figures swing by a third from run
 to run; the number of instructions executed does not. This runs `benchmarks.core`'s
@@ -218,10 +218,15 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--mss", type=int, default=1400)
     ap.add_argument("--tree", default="", help="measure the utcp package in this directory")
     way = ap.add_mutually_exclusive_group()
-    way.add_argument("--glued", dest="ways", action="store_const", const=["glued"])
-    way.add_argument("--one-by-one", dest="ways", action="store_const", const=["one"])
-    way.add_argument("--ping-pong", dest="ways", action="store_const", const=["ping"])
-    way.add_argument("--connect", dest="ways", action="store_const", const=["connect"])
+    way.add_argument("--glued", dest="ways", action="store_const", const=["glued"],
+                     help="bulk, datagrams glued as GRO reads them (per data datagram)")
+    way.add_argument("--one-by-one", dest="ways", action="store_const", const=["one"],
+                     help="bulk, one datagram at a time (per data datagram)")
+    way.add_argument("--ping-pong", dest="ways", action="store_const", const=["ping"],
+                     help="a 64-byte request and its echo (per exchange)")
+    way.add_argument("--connect", dest="ways", action="store_const", const=["connect"],
+                     help="connect, a 1-byte request and answer, close, TIME_WAIT, with a"
+                          " client endpoint each, as the asyncio adapter (per connection)")
     args = ap.parse_args(argv)
     if shutil.which("valgrind") is None:
         sys.exit("valgrind is not installed (Debian: apt-get install valgrind)")
