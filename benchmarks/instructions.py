@@ -1,4 +1,4 @@
-"""Instructions per datagram of the sans-IO core: a figure machine load cannot move.
+"""Instructions of the sans-IO core per datagram, exchange or connection: load-proof.
 
 On a shared 2-core machine wall-clock and even CPU-time figures swing by a third from run
 to run; the number of instructions executed does not. This runs `benchmarks.core`'s
@@ -11,7 +11,18 @@ server reads them and echoes them, the client reads the echo, two sans-IO endpoi
 fake clock (50 µs per hop); the figure is per exchange, both ends, again the difference
 of two run lengths.
 
-    python -m benchmarks.instructions [--mss 1400] [--glued|--one-by-one|--ping-pong]
+`--connect` counts what one connection costs the core, both ends: as the asyncio
+adapter and `python -m benchmarks`' connect+close column do, each connection makes a
+client `Endpoint` of its own (one ISN secret shared by all, `crypto.HandshakeSecrets`),
+connects to one listening endpoint, sends a 1-byte request that the accepted connection
+answers with 1 byte, closes first (FIN_WAIT_1, FIN_WAIT_2, TIME_WAIT) while the server
+closes on the EOF (CLOSE_WAIT, LAST_ACK, CLOSED), and sits out its TIME_WAIT; every
+event both connections queue is drained, as the adapter drains them. Profile "1400"
+(`Config(mss=1400, pmtu_probing=False)`), a fake clock (50 µs per hop); the difference
+of 200 and 1,000 connections.
+
+    python -m benchmarks.instructions [--mss 1400]
+                                      [--glued|--one-by-one|--ping-pong|--connect]
                                       [--tree DIR]
 
 `--tree DIR` measures the `utcp` package found in DIR (an older checkout, say) with this
@@ -30,6 +41,7 @@ import sys
 
 SMALL, LARGE = 512 << 10, 2560 << 10  # bytes moved by the two bulk runs
 FEW, MANY = 1000, 5000  # exchanges of the two ping-pong runs
+FEW_CONNS, MANY_CONNS = 200, 1000  # connections of the two --connect runs
 
 _BULK = """
 import sys
@@ -90,6 +102,69 @@ for _ in range(int(sys.argv[1])):
         raise AssertionError("the echo did not come back whole in one round trip")
 """
 
+# One connection's life as the adapter drives the core (benchmarks.peers.harness's
+# connect_close: a 1-byte request, a 1-byte answer, the client closes first).
+_CONNECT = """
+import sys
+if sys.argv[2]:
+    sys.path.insert(0, sys.argv[2])
+from utcp.config import Config
+from utcp.crypto import HandshakeSecrets
+from utcp.endpoint import Endpoint
+
+CONFIG = Config(mss=1400, pmtu_probing=False)
+SERVER = ("127.0.0.1", 5000)
+server = Endpoint(CONFIG, SERVER[1], listening=True, backlog=1024,
+                  secrets=HandshakeSecrets(b"s" * 32))
+shared = HandshakeSecrets(b"c" * 32)  # the adapter's one client secret per process
+now = 0.0
+
+def drain(conn):
+    while conn.next_event() is not None:
+        pass
+
+def hop(client, addr, conn, peer):
+    global now
+    now += 50e-6
+    for ep in (client, server):
+        deadline = ep.get_timer()
+        if deadline is not None and deadline <= now:
+            ep.handle_timer(now)
+    for datagram, _ in client.datagrams_to_send(now):
+        server.receive_datagram(datagram, addr, now)
+    for datagram, _ in server.datagrams_to_send(now):
+        client.receive_datagram(datagram, SERVER, now)
+    drain(conn)
+    if peer is not None:
+        drain(peer)
+
+for i in range(int(sys.argv[1])):
+    addr = ("127.0.0.1", 10000 + i % 50000)
+    client = Endpoint(CONFIG, addr[1], secrets=shared)
+    conn = client.connect(SERVER, now)
+    hop(client, addr, conn, None)   # SYN, SYN+ACK
+    conn.send(b"C")
+    hop(client, addr, conn, None)   # the ACK and the request
+    peer = server.accept()
+    if peer is None or peer.read() != b"C":
+        raise AssertionError("the request did not arrive with the handshake's ACK")
+    peer.send(b"c")
+    hop(client, addr, conn, peer)
+    if conn.read() != b"c":
+        raise AssertionError("the answer did not come back")
+    conn.close()
+    hop(client, addr, conn, peer)   # FIN, its ACK
+    peer.close()
+    hop(client, addr, conn, peer)   # the server's FIN, its ACK
+    hop(client, addr, conn, peer)
+    if conn.state.name != "TIME_WAIT" or peer.state.name != "CLOSED":
+        raise AssertionError(f"ended in {conn.state.name} and {peer.state.name}")
+    now = client.get_timer()        # TIME_WAIT runs out
+    hop(client, addr, conn, peer)
+    if conn.state.name != "CLOSED" or client.get_timer() is not None:
+        raise AssertionError(f"the client ended in {conn.state.name}")
+"""
+
 
 def _collected(args: list[str]) -> int:
     """Instructions a whole interpreter run executes (callgrind's 'Collected')."""
@@ -120,6 +195,12 @@ def per_exchange(tree: str = "") -> float:
             - _collected([_PING_PONG, str(FEW), tree])) / (MANY - FEW)
 
 
+def per_connection(tree: str = "") -> float:
+    """Instructions per connection opened, used and closed, both endpoints."""
+    return (_collected([_CONNECT, str(MANY_CONNS), tree])
+            - _collected([_CONNECT, str(FEW_CONNS), tree])) / (MANY_CONNS - FEW_CONNS)
+
+
 def _build(tree: str) -> str:
     """Which build of utcp the child will import: it runs this interpreter."""
     probe = ("import sys\nif sys.argv[1]:\n    sys.path.insert(0, sys.argv[1])\n"
@@ -137,15 +218,25 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--mss", type=int, default=1400)
     ap.add_argument("--tree", default="", help="measure the utcp package in this directory")
     way = ap.add_mutually_exclusive_group()
-    way.add_argument("--glued", dest="ways", action="store_const", const=["glued"])
-    way.add_argument("--one-by-one", dest="ways", action="store_const", const=["one"])
-    way.add_argument("--ping-pong", dest="ways", action="store_const", const=["ping"])
+    way.add_argument("--glued", dest="ways", action="store_const", const=["glued"],
+                     help="bulk, datagrams glued as GRO reads them (per data datagram)")
+    way.add_argument("--one-by-one", dest="ways", action="store_const", const=["one"],
+                     help="bulk, one datagram at a time (per data datagram)")
+    way.add_argument("--ping-pong", dest="ways", action="store_const", const=["ping"],
+                     help="a 64-byte request and its echo (per exchange)")
+    way.add_argument("--connect", dest="ways", action="store_const", const=["connect"],
+                     help="connect, a 1-byte request and answer, close, TIME_WAIT, with a"
+                          " client endpoint each, as the asyncio adapter (per connection)")
     args = ap.parse_args(argv)
     if shutil.which("valgrind") is None:
         sys.exit("valgrind is not installed (Debian: apt-get install valgrind)")
     tree = os.path.abspath(args.tree) if args.tree else ""
     build = _build(tree)
     for way in args.ways or ["glued", "one"]:
+        if way == "connect":
+            print(f"connect, 1-byte request and answer, close, TIME_WAIT, {build}:"
+                  f" {per_connection(tree):,.0f} instructions per connection (both endpoints)")
+            continue
         if way == "ping":
             print(f"ping-pong, 64 bytes each way, {build}: {per_exchange(tree):,.0f}"
                   " instructions per exchange (both endpoints)")

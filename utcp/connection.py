@@ -33,16 +33,17 @@ from utcp.buffers import (
 )
 from utcp.config import Config
 from utcp.events import (
+    HANDSHAKE_COMPLETED,
+    STATE_CHANGES,
+    TERMINATED,
     Event,
-    HandshakeCompleted,
-    StateChanged,
     Terminated,
 )
 from utcp.pmtu import PmtuSearch
 from utcp.receiver import Receiver
 from utcp.recovery import LossRecovery
 from utcp.sender import CHALLENGE_ACK_LIMIT, ORPHAN_PROBES, SWS_OVERRIDE_MAX, Sender
-from utcp.state import CAN_SEND, SYNCHRONIZED, State, next_state
+from utcp.state import CAN_SEND, SYNCHRONIZED, TRANSITIONS, State, next_state
 from utcp.state import Event as Ev
 from utcp.stats import Counters, Stats
 from utcp.timers import (
@@ -83,6 +84,12 @@ _TIMER_ORDER: Final = tuple(range(len(T)))  # priority order (utcp.timers)
 _ESTABLISHED: Final = State.ESTABLISHED
 _TIME_WAIT: Final = State.TIME_WAIT
 _CLOSED: Final = State.CLOSED
+# and those set_state reads at each of a connection's transitions (it reads TRANSITIONS
+# in place too: a call of next_state per transition cost the pure build a frame, so it
+# calls next_state only for a pair the table lacks, to raise IllegalTransition)
+_FIN_WAIT_2: Final = State.FIN_WAIT_2
+_LISTEN: Final = State.LISTEN
+_BORN: Final = Ev.LISTEN
 
 
 def window_scale_for(buffer: int) -> int:
@@ -616,19 +623,19 @@ class Connection:
         orphan's fin_timeout, TIME_WAIT runs 2MSL alone, CLOSED ends the connection (with
         `error`, if it failed)."""
         old = self.state
-        new = next_state(old, event)
+        new = TRANSITIONS.get((old, event)) or next_state(old, event)  # raises if absent
         self.state = new
-        if event is Ev.LISTEN:
+        if event is _BORN:
             return  # a listener's connection is born listening: nobody saw it CLOSED
-        self.events.append(StateChanged(old, new))
-        if log.enabled():
+        self.events.append(STATE_CHANGES[old][new])  # shared: made once (utcp.events)
+        if log.on:
             log.emit("state", conn=self.name, old=old.name, new=new.name, trigger=event.value)
-        if new is State.ESTABLISHED:
-            self.events.append(HandshakeCompleted())
-        elif new is State.FIN_WAIT_2:
+        if new is _ESTABLISHED:
+            self.events.append(HANDSHAKE_COMPLETED)
+        elif new is _FIN_WAIT_2:
             if self.orphaned:
                 self._arm_fin_timeout(self.now)
-        elif new is State.TIME_WAIT:
+        elif new is _TIME_WAIT:
             # 2MSL alone, but an ACK still owed to the peer's FIN: every other timer
             # (a list of them to cancel drifted: it left TLP and REORDER armed, and had to
             # learn FIN_WAIT_2)
@@ -636,8 +643,8 @@ class Connection:
             self.timers.cancel_all()
             if ack_at is not None:
                 self.timers.arm(T_ACK, ack_at)
-            self.timers.arm(T.TIME_WAIT, self.now + 2 * self.config.msl)
-        elif new is State.CLOSED and old is not State.LISTEN:
+            self.timers.arm(T_TIME_WAIT, self.now + 2 * self.config.msl)
+        elif new is _CLOSED and old is not _LISTEN:
             self._terminate(error)
 
     def fail(self, error: Exception | None, *, send_rst: bool, event: Ev = Ev.ABORT) -> None:
@@ -660,7 +667,7 @@ class Connection:
             self.charged = 0
             self.memory_budget = None
         self.rcv.drop_ooo()
-        self.events.append(Terminated(error))
+        self.events.append(TERMINATED if error is None else Terminated(error))
         self.touch()
 
     def drop(self, reason: str) -> None:

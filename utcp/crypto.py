@@ -53,6 +53,7 @@ _PUB_RAW = serialization.PublicFormat.Raw
 _PRIV_RAW = serialization.PrivateFormat.Raw
 _NO_ENC = serialization.NoEncryption()
 _COUNTER_OPTION = struct.Struct("!BBHQ")
+_ISN_PORTS = struct.Struct("!xHH")  # a NUL (no `_prf` text starts so), then both ports
 
 
 class SecureError(Exception):
@@ -466,8 +467,15 @@ class HandshakeSecrets:
         return int.from_bytes(mac.digest(), "big")
 
     def isn(self, peer: tuple[str, int], local_port: int, now: float) -> int:
-        """RFC 6528: ISN = M + F(4-tuple, secret), M a 4-microsecond clock."""
-        return (int(now * 250_000) + self._prf("isn", peer, local_port)) & 0xFFFFFFFF
+        """RFC 6528: ISN = M + F(4-tuple, secret), M a 4-microsecond clock.
+
+        Every client connection makes one, so F's input is packed rather than formatted
+        as `_prf`'s is (its text took about three quarters of the call). It starts with
+        a NUL byte, which no text of `_prf`'s does: no ISN input is ever a cookie's."""
+        mac = self._mac.copy()
+        mac.update(_ISN_PORTS.pack(peer[1] & 0xFFFF, local_port & 0xFFFF)
+                   + peer[0].encode())
+        return (int(now * 250_000) + int.from_bytes(mac.digest(), "big")) & 0xFFFFFFFF
 
     def make_cookie(self, peer: tuple[str, int], local_port: int, client_isn: int,
                     peer_mss: int, peer_wscale: int | None, now: float, *,

@@ -17,6 +17,7 @@ import collections
 import heapq
 import random
 from collections.abc import Callable
+from typing import Final
 
 from utcp import crypto, log, secure, wire
 from utcp import seq as sq
@@ -26,6 +27,16 @@ from utcp.connection import Connection, window_scale_for
 from utcp.state import State
 
 Addr = tuple[str, int]
+
+# Members read per datagram or per service, as module constants: through its class
+# (`State.CLOSED`) the pure-Python build finds one by EnumType's slow attribute path
+# (utcp/connection.py does the same); under mypyc both are C statics
+_CLOSED: Final = State.CLOSED
+_LISTEN: Final = State.LISTEN
+_SYN_RCVD: Final = State.SYN_RCVD
+_ESTABLISHED: Final = State.ESTABLISHED
+_TIME_WAIT: Final = State.TIME_WAIT
+_NEVER: Final = float("-inf")
 
 
 def peer_key(addr: tuple[object, ...]) -> Addr:
@@ -46,7 +57,10 @@ class Endpoint:
         self.connections: dict[Addr, Connection] = {}
         self.accept_queue: collections.deque[Connection] = collections.deque()
         self.syn_queue: set[Connection] = set()
-        self.counters: collections.Counter[str] = collections.Counter()
+        # `counters`, made at the first count: a client's endpoint (the asyncio adapter
+        # makes one per connection) usually counts nothing, and a Counter's __init__ is
+        # Python code (collections), a tenth of the endpoint's construction compiled
+        self._counters: collections.Counter[str] | None = None
         self._rng = rng
         self._dirty: dict[Connection, None] = {}
         self._touched: dict[Connection, None] = {}
@@ -57,7 +71,7 @@ class Endpoint:
         # `secrets`: one the caller shares between endpoints (the asyncio adapter's client
         # endpoints, one per connection: RFC 6528's one secret per host), else its own
         self._secrets = secrets if secrets is not None else crypto.HandshakeSecrets()
-        self._cookies_until = float("-inf")  # a cookie sent before this may still come back
+        self._cookies_until = _NEVER  # a cookie sent before this may still come back
         self.reassembly = ReassemblyBudget(config.max_reassembly_bytes)
         self.memory = MemoryBudget(config.max_buffer_memory)
         # Connections that may be evicted to make room for a new one, longest idle first:
@@ -72,6 +86,14 @@ class Endpoint:
                         if config.secure else None)
         # anti-amplification: bytes received from / sent to each unvalidated address
         self._unvalidated: dict[Connection, list[int]] = {}
+
+    @property
+    def counters(self) -> collections.Counter[str]:
+        """What the endpoint dropped, refused or answered itself, by reason."""
+        counters = self._counters
+        if counters is None:
+            counters = self._counters = collections.Counter()
+        return counters
 
     # ------------------------------------------------------------------ opening
 
@@ -125,7 +147,7 @@ class Endpoint:
         key: Addr = addr if len(addr) == 2 else (addr[0], addr[1])  # type: ignore[assignment]
         size = len(data)  # as received: secure mode replaces `data` by what it opened
         conn = self.connections.get(key)
-        if conn is not None and conn.state is State.CLOSED:
+        if conn is not None and conn.state is _CLOSED:
             self._forget(conn)  # closed since the last output: the peer may start anew
             conn = None
         handshake: tuple[bytes, crypto.Responder, bytes] | None = None
@@ -427,9 +449,12 @@ class Endpoint:
         if self._secure is not None and datagrams:
             sealed = (self._secure.seal(conn, d) for d in datagrams)
             datagrams = [d for d in sealed if d is not None]
-        budget = self._unvalidated.get(conn)
+        state = conn.state
+        # empty for a client's endpoint, and for a server's once handshakes are done:
+        # tested before hashing the connection
+        budget = self._unvalidated.get(conn) if self._unvalidated else None
         if budget is not None:
-            if conn.state not in (State.SYN_RCVD, State.LISTEN):
+            if state is not _SYN_RCVD and state is not _LISTEN:
                 del self._unvalidated[conn]  # the handshake completed: address validated
             else:
                 datagrams = self._within_budget(budget, datagrams)
@@ -440,17 +465,17 @@ class Endpoint:
         # (Receiver.admit) counts the connection's own growth since exactly, and
         # other connections' growth within one batch is small.
         conn.recharge()
-        state = conn.state
-        if state is State.CLOSED:
+        if state is _CLOSED:
             self._forget(conn)
             return
-        if state is State.TIME_WAIT or (state is State.ESTABLISHED and not conn.counters.bytes_sent
-                                        and not conn.counters.bytes_received and not conn.queued):
+        if state is _TIME_WAIT or (state is _ESTABLISHED and not conn.counters.bytes_sent
+                                   and not conn.counters.bytes_received and not conn.queued):
             if conn not in self._evictable:
                 self._evictable[conn] = None
-        elif conn in self._evictable:
+        elif self._evictable and conn in self._evictable:
             del self._evictable[conn]
-        if conn in self.syn_queue and state not in (State.SYN_RCVD, State.LISTEN):
+        if self.syn_queue and state is not _SYN_RCVD and state is not _LISTEN \
+                and conn in self.syn_queue:
             self.syn_queue.discard(conn)
             self.accept_queue.append(conn)
         deadline = conn.get_timer()

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Final
 from utcp import log, wire
 from utcp import seq as sq
 from utcp.errors import PeerHoldsPort
-from utcp.events import EofReceived, SendClosed
+from utcp.events import EOF_RECEIVED, SEND_CLOSED
 from utcp.pmtu import PmtuSearch
 from utcp.state import CAN_RECEIVE, State
 from utcp.state import Event as Ev
@@ -174,9 +174,14 @@ def take_syn(conn: Connection, seg: wire.Segment) -> None:
     else:
         conn.rcv_wscale = 0  # RFC 7323 §2.2: scaling needs both sides' option
     conn.sack_ok = conn.config.sack and opts.sack_permitted
-    if conn.config.timestamps and opts.timestamps is not None:
+    ts = conn.config.timestamps and opts.timestamps is not None
+    if conn.sack_ok:
+        # 4 blocks fill the 40 bytes of options; secure mode's counter takes 12 of them,
+        # timestamps 12 more
+        conn.sender.sack_limit = ((1 if ts else 3) if conn.config.secure else
+                                  (3 if ts else 4))
+    if ts and opts.timestamps is not None:
         conn.ts.ok = True
-        conn.sender.sack_limit = 1 if conn.config.secure else 3  # 12 bytes fewer for SACK
         conn.ts.recent = opts.timestamps[0]
         conn.ts.recent_time = conn.now
     conn.snd_wnd = seg.window  # never scaled in a SYN
@@ -439,7 +444,7 @@ def free_acked(conn: Connection, ack: int) -> bool:
     conn.counters.bytes_acked += conn.sndbuf.free(ack)
     if conn.sndbuf.fin_queued and not conn.sndbuf.fin_acked and ack > data_end:
         conn.sndbuf.fin_acked = True
-        conn.events.append(SendClosed())
+        conn.events.append(SEND_CLOSED)
         return True
     return False
 
@@ -485,7 +490,7 @@ def update_window(conn: Connection, seg: wire.Segment, seg_seq: int, ack: int,
 def receive_fin(conn: Connection, now: float, fin_now_acked: bool) -> None:
     conn.receiver.fin_received = True
     conn.rcv_nxt += 1
-    conn.events.append(EofReceived())
+    conn.events.append(EOF_RECEIVED)
     if conn.state in (State.SYN_RCVD, State.ESTABLISHED):
         conn.set_state(Ev.RCV_FIN)
         # Passive close: an application that closes when it reads EOF sends its FIN

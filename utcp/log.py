@@ -9,6 +9,10 @@ from typing import Any
 import structlog
 
 _state = {"enabled": False}
+# `enabled()`'s answer as a module attribute too: code compiled with mypyc reads it
+# without a call into this interpreted module (`Connection.set_state`, at each of a
+# connection's transitions)
+on = False
 _logger: Any = structlog.get_logger("utcp")
 
 
@@ -33,14 +37,15 @@ def configure(*, json: bool = False, level: int | str = logging.INFO, stream: An
         structlog.processors.TimeStamper(fmt="iso"),
         renderer,
     ]
-    global _logger
+    global _logger, on
     _logger = structlog.wrap_logger(
         structlog.PrintLogger(stream or sys.stderr),
         processors=chain,
         wrapper_class=structlog.make_filtering_bound_logger(level),
     )
-    _state["enabled"] = True
+    _state["enabled"] = on = True
 
 
 def disable() -> None:
-    _state["enabled"] = False
+    global on
+    _state["enabled"] = on = False

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Final
 from utcp import congestion, log, sack, wire
 from utcp import seq as sq
 from utcp.config import Config
+from utcp.congestion.newreno import NewReno
 from utcp.rack import SACKED, SentLog
 from utcp.rtt import RttEstimator
 from utcp.state import SYNCHRONIZED, State
@@ -76,8 +77,11 @@ class LossRecovery:
     def __init__(self, conn: Connection, config: Config) -> None:
         self.conn = conn
         self.rtt = RttEstimator(config.rto_initial, config.rto_min, config.rto_max)
-        self.cc = congestion.create(config.congestion, conn.snd_mss,
-                                    config.initial_cwnd_segments * conn.snd_mss)
+        name, iw = config.congestion, config.initial_cwnd_segments * conn.snd_mss
+        # the default by a direct call: a native constructor under mypyc, where
+        # congestion.create (an __init__.py, interpreted) was a Python call per connection
+        self.cc = (NewReno(conn.snd_mss, iw) if name == "newreno"
+                   else congestion.create(name, conn.snd_mss, iw))
         self.scoreboard = sack.Scoreboard()
         self.rack = SentLog()       # segments in flight and RACK's loss detection (SACK only)
         self.mode = Mode.NONE

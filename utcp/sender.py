@@ -65,8 +65,8 @@ class Sender:
         self.ack_now = False
         self.unacked_segments = 0  # full-sized segments received since our last ACK
         self.dsack: tuple[int, int] | None = None  # a duplicate to report (RFC 2883)
-        # 4 blocks fill the 40 bytes of options; secure mode needs 12 for its counter
-        self.sack_limit = 3 if conn.config.secure else 4
+        # SACK blocks a segment has room for, set once SACK is agreed (`inbound.take_syn`)
+        self.sack_limit = 4
         # zero-window probes and the sender SWS override (RFC 9293 §3.8.6.2.1)
         self.persist_backoff = 0
         self.probes_out = 0  # zero-window probes the peer has not answered

@@ -1,7 +1,8 @@
 """The eleven RFC 9293 states and every transition between them, as data.
 
 `TRANSITIONS[(state, event)]` is the next state. The connection moves only through
-`next_state`, so a (state, event) pair missing from the table is a bug that raises
+this table (`Connection.set_state` reads it, and calls `next_state` for a pair it
+lacks), so a (state, event) pair missing from the table is a bug that raises
 `IllegalTransition` instead of silently doing something else (h11's habit).
 The table reads like the diagram of RFC 9293 §3.3.2.
 """

@@ -58,6 +58,14 @@ _HEADER_TS_WORDS: Final = struct.Struct("!8I")  # the same 32 bytes, as build_ts
 _TS_WORD: Final = 0x0101080A
 _TS_OFFSET_BYTE: Final = (_TS_ONLY_LEN // 4) << 4
 _SACK_BLOCK: Final = struct.Struct("!II")
+# Options.encode's fixed parts: kind and length (and the NOPs that align them)
+_MSS_KIND: Final = bytes((OPT_MSS, 4))
+_SACK_PERMITTED_OPTION: Final = bytes((OPT_SACK_PERMITTED, 2))
+_WSCALE_KIND: Final = bytes((OPT_NOP, OPT_WSCALE, 3))
+# MSS, SACK-permitted, timestamps, window scale and the padding, as encode lays them out
+_SYN_OPTIONS: Final = struct.Struct("!2sH6sII3sB2s")
+_SACK_PERMITTED_TS: Final = _SACK_PERMITTED_OPTION + _TS_ALIGNED
+_TWO_NOPS: Final = bytes((OPT_NOP, OPT_NOP))
 
 
 class MalformedSegment(ValueError):
@@ -106,15 +114,28 @@ class Options:
 
     def encode(self) -> bytes:
         """Encode, padded with NOPs to a 4-byte boundary, in the order Linux uses."""
+        # constant kinds and lengths, and packs of what varies: every SYN and SYN+ACK is
+        # encoded here, and each bytes((...)) of a tuple, or pack(*args), was a Python call
+        mss = self.mss
+        ts = self.timestamps
+        wscale = self.wscale
+        if (mss is not None and ts is not None and wscale is not None and 0 <= wscale <= 255
+                and self.sack_permitted and not self.sack and not self.experimental):
+            # a SYN's (and a SYN+ACK's) usual four, the same 24 bytes as below: one pack
+            return _SYN_OPTIONS.pack(_MSS_KIND, mss, _SACK_PERMITTED_TS, ts[0], ts[1],
+                                     _WSCALE_KIND, wscale, _TWO_NOPS)
         out = bytearray()
-        if self.mss is not None:
-            out += bytes((OPT_MSS, 4)) + _U16.pack(self.mss)
+        if mss is not None:
+            out += _MSS_KIND
+            out += _U16.pack(mss)
         if self.sack_permitted:
-            out += bytes((OPT_SACK_PERMITTED, 2))
-        if self.timestamps is not None:
-            out += bytes((OPT_NOP, OPT_NOP, OPT_TIMESTAMPS, 10)) + _TS.pack(*self.timestamps)
-        if self.wscale is not None:
-            out += bytes((OPT_NOP, OPT_WSCALE, 3, self.wscale))
+            out += _SACK_PERMITTED_OPTION
+        if ts is not None:
+            out += _TS_ALIGNED
+            out += _TS.pack(ts[0], ts[1])
+        if wscale is not None:
+            out += _WSCALE_KIND
+            out.append(wscale)
         if self.sack:
             out += bytes((OPT_NOP, OPT_NOP, OPT_SACK, 2 + 8 * len(self.sack)))
             for left, right in self.sack:
