@@ -45,10 +45,12 @@ COMPILED_DIRS = ("utcp", "utcp/congestion", "utcp/aio")
 # generator, which mypyc does not compile); config.py,
 # whose checks must see what the user passed (a native dataclass converts True to 1 before
 # __post_init__ can refuse it), and which is read, not run, per segment.
+# Paths from the repository's root, so a new module of the same name elsewhere is compiled.
 PURE_MODULES = frozenset({
-    "__init__.py", "__main__.py", "_build.py", "cli.py", "log.py", "pcap.py", "plot.py",
-    "plotdata.py", "workers.py", "secure.py", "crypto.py", "errors.py", "config.py",
-    "api.py", "shutdown.py",
+    "utcp/__init__.py", "utcp/__main__.py", "utcp/_build.py", "utcp/cli.py", "utcp/log.py",
+    "utcp/pcap.py", "utcp/plot.py", "utcp/plotdata.py", "utcp/workers.py", "utcp/secure.py",
+    "utcp/crypto.py", "utcp/errors.py", "utcp/config.py", "utcp/congestion/__init__.py",
+    "utcp/aio/__init__.py", "utcp/aio/api.py", "utcp/aio/shutdown.py",
 })
 # mypyc's shared library for the compiled modules: utcp_core__mypyc.*.so, beside the package
 GROUP = "utcp_core"
@@ -61,10 +63,9 @@ _EDITABLE_COMMANDS = {"editable_wheel", "develop"}
 
 
 def compiled_sources() -> list[str]:
-    return sorted(path.relative_to(HERE).as_posix()
-                  for directory in COMPILED_DIRS
+    return sorted(source for directory in COMPILED_DIRS
                   for path in (HERE / directory).glob("*.py")
-                  if path.name not in PURE_MODULES)
+                  if (source := path.relative_to(HERE).as_posix()) not in PURE_MODULES)
 
 
 def _flag(name: str) -> bool:

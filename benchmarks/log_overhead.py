@@ -29,11 +29,12 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 BUDGET = 0.03
-GUARD = re.compile(r"\blog\.enabled\(\)")
+# both forms of the guard: the call, and the flag a hot path reads in its place (log.on)
+GUARD = re.compile(r"\blog\.(?:enabled\(\)|on\b)")
 
 
 def make_stubbed_copy(dest: Path) -> int:
-    """Copy utcp/ under `dest` with every `log.enabled()` replaced by `False`."""
+    """Copy utcp/ under `dest` with every `log.enabled()` (and `log.on`) replaced by `False`."""
     target = dest / "utcp"
     shutil.copytree(ROOT / "utcp", target, ignore=shutil.ignore_patterns("__pycache__"))
     replaced = 0

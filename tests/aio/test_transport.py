@@ -239,8 +239,15 @@ async def test_write_buffer_limits_pause_and_resume_the_protocol() -> None:
             assert transport.get_write_buffer_limits() == (1000, 4000)
             with pytest.raises(ValueError):
                 transport.set_write_buffer_limits(high=10, low=20)
+            # as asyncio's transports, on both builds: a float limit is kept as given (a
+            # compiled `int` parameter refused it), and any key has the default
+            transport.set_write_buffer_limits(high=1e6)
+            assert transport.get_write_buffer_limits() == (250000.0, 1e6)
+            assert transport.get_extra_info(1, "none") == "none"
+            assert transport.get_extra_info(("peername",)) is None
             transport.set_write_buffer_limits(high=1000, low=100)
             assert transport.get_write_buffer_limits() == (100, 1000)
+            assert type(transport.get_write_buffer_limits()[1]) is int
             assert transport.get_write_buffer_size() == 0
 
             transport.write(data)

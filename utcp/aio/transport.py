@@ -64,8 +64,11 @@ class UtcpTransport(asyncio.Transport):
         # `attach_protocol`.
         self._loss_pending: tuple[Exception | None] | None = None
         self._on_lost = on_lost         # the server's bookkeeping of live connections
-        self._high = DEFAULT_HIGH_WATER
-        self._low = DEFAULT_HIGH_WATER // 4
+        # numbers as the application gave them (asyncio takes a float as well as an int,
+        # and gives back what it took): `float` here would make every int a float when
+        # compiled, `int` would refuse a float there
+        self._high: int | float = DEFAULT_HIGH_WATER
+        self._low: int | float = DEFAULT_HIGH_WATER // 4
         port.transports[conn] = self
         if protocol is not None:
             self.set_protocol(protocol)
@@ -75,7 +78,9 @@ class UtcpTransport(asyncio.Transport):
 
     # ------------------------------------------------------------------ BaseTransport
 
-    def get_extra_info(self, name: str, default: Any = None) -> Any:
+    def get_extra_info(self, name: object, default: Any = None) -> Any:
+        # `object`: asyncio's transports answer any key (the default), and a compiled
+        # `str` parameter would raise TypeError instead
         if name == "state":
             return self._conn.state
         if name == "stats":
@@ -165,7 +170,8 @@ class UtcpTransport(asyncio.Transport):
 
     # ------------------------------------------------------------------ WriteTransport
 
-    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+    def set_write_buffer_limits(self, high: int | float | None = None,
+                                low: int | float | None = None) -> None:
         if high is None:
             high = DEFAULT_HIGH_WATER if low is None else 4 * low
         if low is None:
@@ -175,7 +181,7 @@ class UtcpTransport(asyncio.Transport):
         self._high, self._low = high, low
         self._maybe_pause_protocol()
 
-    def get_write_buffer_limits(self) -> tuple[int, int]:
+    def get_write_buffer_limits(self) -> tuple[Any, Any]:  # ints, or floats if given
         return (self._low, self._high)
 
     def get_write_buffer_size(self) -> int:
