@@ -21,8 +21,17 @@ event both connections queue is drained, as the adapter drains them. Profile "14
 (`Config(mss=1400, pmtu_probing=False)`), a fake clock (50 µs per hop); the difference
 of 200 and 1,000 connections.
 
+`--loopback` counts the whole stack instead of the core alone: `utcp.start_server` and
+`utcp.open_connection` on real loopback sockets, client and server in one process on
+asyncio's default loop, so the asyncio adapter, asyncio itself and the streams are in the
+figure (the kernel's work is not: callgrind counts the process's own instructions). Three
+figures, each the difference of two run lengths: a 64-byte ping-pong exchange; a
+connect+close (the client closes, waits for `wait_closed`, the server closes on the EOF);
+and a MiB of bulk transfer through `StreamWriter.write`/`drain` at 1400-byte datagrams.
+Profile "1400" throughout.
+
     python -m benchmarks.instructions [--mss 1400]
-                                      [--glued|--one-by-one|--ping-pong|--connect]
+                                      [--glued|--one-by-one|--ping-pong|--connect|--loopback]
                                       [--tree DIR]
 
 `--tree DIR` measures the `utcp` package found in DIR (an older checkout, say) with this
@@ -42,6 +51,60 @@ import sys
 SMALL, LARGE = 512 << 10, 2560 << 10  # bytes moved by the two bulk runs
 FEW, MANY = 1000, 5000  # exchanges of the two ping-pong runs
 FEW_CONNS, MANY_CONNS = 200, 1000  # connections of the two --connect runs
+# the two run lengths of each --loopback figure: (unit, few, many)
+LOOPBACK = {"ping": ("exchange", 100, 600), "connect": ("connection", 50, 250),
+            "bulk": ("MiB", 2, 10)}
+
+_LOOPBACK = """
+import asyncio, sys
+if sys.argv[3]:
+    sys.path.insert(0, sys.argv[3])
+import utcp
+mode, n = sys.argv[1], int(sys.argv[2])
+config = utcp.Config(mss=1400, pmtu_probing=False)
+
+async def serve(reader, writer):
+    if mode == "ping":
+        while data := await reader.read(64):
+            writer.write(data)
+    elif mode == "bulk":
+        while await reader.read(1 << 18):
+            pass
+        writer.write(b"k")
+    else:
+        await reader.read()
+    writer.close()
+
+async def main():
+    server = await utcp.start_server(serve, "127.0.0.1", 0, config=config)
+    port = server.sockets[0].getsockname()[1]
+    if mode == "connect":
+        for _ in range(n):
+            reader, writer = await utcp.open_connection("127.0.0.1", port, config=config)
+            writer.close()
+            await writer.wait_closed()
+    else:
+        reader, writer = await utcp.open_connection("127.0.0.1", port, config=config)
+        if mode == "ping":
+            message = bytes(64)
+            for _ in range(n):
+                writer.write(message)
+                await reader.readexactly(64)
+        else:
+            chunk = bytes(range(256)) * 256  # 64 KiB
+            for _ in range(16 * n):
+                writer.write(chunk)
+                await writer.drain()
+            writer.write_eof()
+            if await reader.read(1) != b"k":
+                raise AssertionError("the server did not confirm the transfer")
+        writer.close()
+        await writer.wait_closed()
+    server.close()
+    await server.wait_closed()
+
+asyncio.run(main())
+"""
 
 _BULK = """
 import sys
@@ -201,6 +264,13 @@ def per_connection(tree: str = "") -> float:
             - _collected([_CONNECT, str(FEW_CONNS), tree])) / (MANY_CONNS - FEW_CONNS)
 
 
+def per_loopback(mode: str, tree: str = "") -> float:
+    """Instructions of the whole process per `LOOPBACK[mode]` unit, both ends."""
+    _, few, many = LOOPBACK[mode]
+    return (_collected([_LOOPBACK, mode, str(many), tree])
+            - _collected([_LOOPBACK, mode, str(few), tree])) / (many - few)
+
+
 def _build(tree: str) -> str:
     """Which build of utcp the child will import: it runs this interpreter."""
     probe = ("import sys\nif sys.argv[1]:\n    sys.path.insert(0, sys.argv[1])\n"
@@ -227,12 +297,22 @@ def main(argv: list[str] | None = None) -> None:
     way.add_argument("--connect", dest="ways", action="store_const", const=["connect"],
                      help="connect, a 1-byte request and answer, close, TIME_WAIT, with a"
                           " client endpoint each, as the asyncio adapter (per connection)")
+    way.add_argument("--loopback", dest="ways", action="store_const",
+                     const=["loop-ping", "loop-connect", "loop-bulk"],
+                     help="the whole stack (asyncio, the adapter, the core) on loopback"
+                          " sockets in one process: per exchange, connection and MiB")
     args = ap.parse_args(argv)
     if shutil.which("valgrind") is None:
         sys.exit("valgrind is not installed (Debian: apt-get install valgrind)")
     tree = os.path.abspath(args.tree) if args.tree else ""
     build = _build(tree)
     for way in args.ways or ["glued", "one"]:
+        if way.startswith("loop-"):
+            mode = way.removeprefix("loop-")
+            print(f"loopback {mode}, asyncio default loop, {build}:"
+                  f" {per_loopback(mode, tree):,.0f} instructions per {LOOPBACK[mode][0]}"
+                  " (both ends, one process)")
+            continue
         if way == "connect":
             print(f"connect, 1-byte request and answer, close, TIME_WAIT, {build}:"
                   f" {per_connection(tree):,.0f} instructions per connection (both endpoints)")

@@ -54,3 +54,17 @@ def test_core_benchmark_moves_the_stream_both_ways() -> None:
         assert row is not None, proc.stdout
         assert all(re.fullmatch(NUMBER.replace(r"\d+", r"[\d,]+"), c.strip())
                    for c in row.group(1).split("|")), row.group(0)
+
+
+@pytest.mark.parametrize("mode", ["ping", "connect", "bulk"])
+@pytest.mark.timeout(60)
+def test_instructions_loopback_driver_runs_each_mode(mode: str) -> None:
+    """`python -m benchmarks.instructions --loopback`'s driver, without valgrind: the
+    whole stack on loopback sockets ends cleanly (a bulk transfer the server did not
+    confirm fails it), so the counted runs measure finished work."""
+    from benchmarks.instructions import _LOOPBACK
+
+    proc = subprocess.run([sys.executable, "-c", _LOOPBACK, mode, "3", ""], cwd=ROOT,
+                          capture_output=True, text=True, timeout=55)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.stderr == "", proc.stderr  # no traceback from a callback or a finaliser
