@@ -10,12 +10,11 @@ in, and the pure build's Python calls per connection stay under a ceiling.
 from __future__ import annotations
 
 import collections
-import sys
-from types import FrameType
 from typing import Any
 
 import pytest
 
+from tests.test_perf_exchange import python_calls
 from utcp import crypto, wire
 from utcp.config import Config
 from utcp.connection import Connection
@@ -219,17 +218,5 @@ def test_python_calls_per_connection() -> None:
     run = Run()
     for _ in range(3):
         run.connection()
-    calls = 0
-
-    def count(frame: FrameType, event: str, arg: object) -> None:
-        nonlocal calls
-        if event == "call":
-            calls += 1
-
-    sys.setprofile(count)
-    try:
-        for _ in range(20):
-            run.connection()
-    finally:
-        sys.setprofile(None)
-    assert calls / 20 < 615, calls / 20
+    per_connection = python_calls(run.connection, 20)
+    assert per_connection < 615, per_connection
