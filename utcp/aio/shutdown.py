@@ -32,6 +32,7 @@ class TrackedPort(Protocol):
 
     def reset_connections(self, *, closing_too: bool) -> None: ...
 
+
 # The application closed, and its FIN waits for an ACK: what the kernel would go on
 # sending as an orphan after the process is gone.
 FIN_UNACKED = frozenset({State.FIN_WAIT_1, State.CLOSING, State.LAST_ACK})
