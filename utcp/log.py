@@ -8,8 +8,7 @@ from typing import Any
 
 import structlog
 
-_state = {"enabled": False}
-# `enabled()`'s answer as a module attribute too: code compiled with mypyc reads it
+# Whether the log is on: `enabled()` answers it, and code compiled with mypyc reads it
 # without a call into this interpreted module (`Connection.set_state`, at each of a
 # connection's transitions)
 on = False
@@ -17,7 +16,7 @@ _logger: Any = structlog.get_logger("utcp")
 
 
 def enabled() -> bool:
-    return _state["enabled"]
+    return on
 
 
 def emit(event: str, **fields: Any) -> None:
@@ -43,9 +42,9 @@ def configure(*, json: bool = False, level: int | str = logging.INFO, stream: An
         processors=chain,
         wrapper_class=structlog.make_filtering_bound_logger(level),
     )
-    _state["enabled"] = on = True
+    on = True
 
 
 def disable() -> None:
     global on
-    _state["enabled"] = on = False
+    on = False
