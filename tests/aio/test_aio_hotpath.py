@@ -14,7 +14,16 @@ from typing import Any
 import pytest
 
 import utcp
-from tests.aio.util import FAST, HOST, TIMEOUT, echo_server, needs_patchable, payload, port_of
+from tests.aio.util import (
+    FAST,
+    HOST,
+    TIMEOUT,
+    echo_server,
+    needs_patchable,
+    payload,
+    port_of,
+    spy_call_at,
+)
 from utcp.aio import batch
 from utcp.aio import port as port_module
 
@@ -118,18 +127,9 @@ async def test_a_timer_already_due_is_not_a_timer_handle(
     deadline by call_soon: a call_at(now) put a TimerHandle in the loop's heap, whose
     Python `__lt__` every later push and pop pays."""
     loop = asyncio.get_running_loop()
-    due: list[float] = []
-    real_call_at = loop.call_at
-
-    def call_at(when: float, callback: Any, *args: Any, **kwargs: Any) -> Any:
-        if (getattr(callback, "__func__", None) is port_module.UdpPort._on_timer
-                and when <= loop.time()):
-            due.append(when)
-        return real_call_at(when, callback, *args, **kwargs)
-    try:
-        monkeypatch.setattr(loop, "call_at", call_at)
-    except AttributeError:
-        pytest.skip("this loop's methods cannot be replaced on the instance (uvloop)")
+    due = spy_call_at(monkeypatch, lambda when, callback: (
+        getattr(callback, "__func__", None) is port_module.UdpPort._on_timer
+        and when <= loop.time()))
 
     async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await reader.read()

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 import utcp
-from tests.aio.util import HOST, TIMEOUT, needs_patchable, port_of, serving
+from tests.aio.util import HOST, TIMEOUT, needs_patchable, port_of, serving, spy_call_at
 from tests.test_ack_coalescing import SERVER, Pair, pure_acks, segments
 from utcp import State, wire
 from utcp.aio import api
@@ -379,20 +379,11 @@ async def test_client_connections_make_no_timer_handle_each(
     three TimerHandles each in the loop's heap. The timers are long so that nothing
     fires while the test runs: the first connection's SYN, data and delayed ACK arm
     the handle in turn, and every later deadline is later."""
-    loop = asyncio.get_running_loop()
-    handles: list[object] = []
-    real_call_at = loop.call_at
-
-    def call_at(when: float, callback: Any, *args: Any, **kwargs: Any) -> Any:
+    def a_client_ports(_when: float, callback: Any) -> bool:
         owner = getattr(callback, "__self__", None)
-        if isinstance(owner, port_module.ClientTimers) or (
-                isinstance(owner, port_module.UdpPort) and owner.connected):
-            handles.append(callback)
-        return real_call_at(when, callback, *args, **kwargs)
-    try:
-        monkeypatch.setattr(loop, "call_at", call_at)
-    except AttributeError:
-        pytest.skip("this loop's methods cannot be replaced on the instance (uvloop)")
+        return isinstance(owner, port_module.ClientTimers) or (
+            isinstance(owner, port_module.UdpPort) and owner.connected)
+    handles = spy_call_at(monkeypatch, a_client_ports)
     async with asyncio.timeout(TIMEOUT):
         server = await utcp.start_server(_answer_once, HOST, 0, config=SLOW_TIMERS)
         async with serving(server):

@@ -24,6 +24,26 @@ MSL = 0.2               # TIME_WAIT lasts 0.4 s in these tests
 FAST = utcp.Config(msl=MSL)
 
 
+def spy_call_at(monkeypatch: pytest.MonkeyPatch,
+                keep: Callable[[float, Any], bool]) -> list[tuple[float, Any]]:
+    """(when, callback) of each call_at the running loop gets from now on for which
+    `keep(when, callback)` holds; the calls themselves go through. Skips on a loop
+    whose methods cannot be replaced on the instance (uvloop)."""
+    loop = asyncio.get_running_loop()
+    seen: list[tuple[float, Any]] = []
+    real_call_at = loop.call_at
+
+    def call_at(when: float, callback: Any, *args: Any, **kwargs: Any) -> Any:
+        if keep(when, callback):
+            seen.append((when, callback))
+        return real_call_at(when, callback, *args, **kwargs)
+    try:
+        monkeypatch.setattr(loop, "call_at", call_at)
+    except AttributeError:
+        pytest.skip("this loop's methods cannot be replaced on the instance (uvloop)")
+    return seen
+
+
 def needs_patchable(module: ModuleType, seam: str) -> None:
     """Skip a test that observes `seam` by patching it, when `module` is the compiled one:
     its calls go straight to the compiled function or class, past any patch. CI runs the
