@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import collections
 from bisect import bisect_left, bisect_right
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any, Final, SupportsIndex, TypeVar
 
 # Real memory a received piece costs beyond its payload, measured with tracemalloc on
@@ -57,6 +57,14 @@ class MemoryBudget:
 
 
 _T = TypeVar("_T")
+
+
+try:
+    from mypy_extensions import mypyc_attr as mypyc_attr
+except ImportError:  # a pure-Python install need not have mypy's extensions
+    def mypyc_attr(*args: object, **kwargs: object) -> Callable[[_T], _T]:  # type: ignore[misc]
+        """mypyc reads its class options at compile time; at run time they do nothing."""
+        return lambda cls: cls
 
 
 def python_class(cls: _T) -> _T:

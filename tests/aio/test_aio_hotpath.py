@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import time
+import weakref
 from typing import Any
 
 import pytest
@@ -202,6 +203,26 @@ async def test_glued_reads_are_cut_inline(monkeypatch: pytest.MonkeyPatch) -> No
         assert not [name for name in counters if "malformed" in name or "dropped" in name]
         assert any(size > 0 for size in sizes)  # some reads were glued
         assert pieces == []
+        writer.close()
+        async with asyncio.timeout(TIMEOUT):
+            await writer.wait_closed()
+
+
+async def test_ports_are_weakly_held_and_native_when_compiled() -> None:
+    """The ports utcp makes take weak references (their finalizer, the loop's set of ports
+    for its shutdown), yet the compiled port keeps its attributes in its C struct: read as
+    dictionary entries (a plain Python class), they cost a ping-pong exchange 8% more."""
+    async with echo_server() as server:
+        reader, writer = await utcp.open_connection(HOST, port_of(server), config=FAST)
+        port = writer.transport._port  # type: ignore[attr-defined]
+        assert weakref.ref(port)() is port
+        assert isinstance(port, port_module.UdpPort)
+        if not (port_module.__file__ or "").endswith(".py"):
+            # a native class: no instance dictionary and no weak-reference slot of its own
+            assert port_module.UdpPort.__dictoffset__ == 0
+            assert port_module.UdpPort.__weakrefoffset__ == 0
+            assert type(port).__weakrefoffset__ != 0
+        await _ping_pong(reader, writer, WARM_UP)
         writer.close()
         async with asyncio.timeout(TIMEOUT):
             await writer.wait_closed()

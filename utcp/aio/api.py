@@ -480,6 +480,11 @@ def _client_secrets() -> HandshakeSecrets:
     return _client_secret[0]
 
 
+class Port(UdpPort):
+    """The ports utcp makes. Defined here, in a module mypyc leaves interpreted, so that
+    it takes weak references (`UdpPort` is a native class when compiled)."""
+
+
 def _check_udp_socket(sock: object) -> None:
     if not isinstance(sock, socket.socket) or sock.type != socket.SOCK_DGRAM:
         raise ValueError(f"a UDP (SOCK_DGRAM) socket was expected, got {sock!r}")
@@ -522,7 +527,7 @@ async def _open(loop: asyncio.AbstractEventLoop, family: int, type_: int, proto:
             raise OSError(errno.EADDRINUSE, f"the connection {pair[0]} -> {pair[1]} still"
                                             f" exists ({state}); TIME_WAIT lasts 2 x msl")
     endpoint = Endpoint(config, sockname[1], secrets=_client_secrets())
-    port = UdpPort(loop, sock, endpoint, connected=True, icmp_refuses=not fixed,
+    port = Port(loop, sock, endpoint, connected=True, icmp_refuses=not fixed,
                    sockname=sockname, family=family)
     if fixed:
         _fixed_port_pairs[pair] = port
@@ -751,7 +756,7 @@ async def create_server(
         # the application's own socket, bound as it chose; the server owns it from now
         set_socket_buffers(sock)
         endpoint = Endpoint(cfg, sock.getsockname()[1], listening=False, backlog=backlog)
-        ports = [UdpPort(loop, sock, endpoint)]
+        ports: list[UdpPort] = [Port(loop, sock, endpoint)]
     else:
         hosts: list[str | None] = ([host] if host is None or isinstance(host, str)
                                    else list(host))
@@ -801,7 +806,7 @@ def _bind_ports(loop: asyncio.AbstractEventLoop, infos: list[Any], config: Confi
             sock = _bound_socket(fam, typ, pro, addr, reuse_address, reuse_port)
             endpoint = Endpoint(config, sock.getsockname()[1], listening=False,
                                 backlog=backlog)
-            ports.append(UdpPort(loop, sock, endpoint))
+            ports.append(Port(loop, sock, endpoint))
     except BaseException:
         for p in ports:
             p.close()

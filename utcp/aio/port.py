@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 from utcp import log, pcap
 from utcp.aio import batch, shutdown
 from utcp.aio.shutdown import FIN_UNACKED
-from utcp.buffers import python_class
+from utcp.buffers import mypyc_attr
 from utcp.endpoint import Addr, Endpoint, peer_key
 from utcp.state import State
 
@@ -390,10 +390,11 @@ class ConnectionListener(Protocol):
         the loop shutting down reset it): an abnormal end, reported as `exc`."""
 
 
-# A Python class even when this module is compiled: weakref.finalize, the loop's WeakSet
-# (utcp/aio/shutdown.py) and api.py's WeakValueDictionary hold ports weakly, and mypyc's
-# native classes take no weak references. Its methods are compiled all the same.
-@python_class
+# weakref.finalize, the loop's WeakSet (utcp/aio/shutdown.py) and api.py's
+# WeakValueDictionary hold ports weakly, and mypyc's native classes take no weak references:
+# the ports the library makes are of an interpreted subclass (`utcp.aio.api.Port`), which
+# does, while this class stays native (its attributes are read in C, not looked up).
+@mypyc_attr(allow_interpreted_subclasses=True)
 class UdpPort:
     """The I/O half of an endpoint. `owned` ports belong to one client connection."""
 
