@@ -242,6 +242,57 @@ def test_stale_deadlines_do_not_pile_up_in_the_timer_heap() -> None:
     assert most <= 2 * 1 + 16, most
 
 
+def test_a_lone_connections_deadlines_push_nothing_and_a_second_one_rebuilds() -> None:
+    """One connection's deadline is read from the endpoint's table of armed deadlines: a
+    ping-pong pushes nothing on the heap. When a second connection arms, the heap is
+    built from the table, and the endpoint's deadline stays the earliest of its
+    connections', exactly, as they come and go (one, two, one again, two again)."""
+    from tests.peek import timer_heap_entries
+    client, server, conn, peer = _pair(Config())
+    _ping_pong(client, server, conn, peer, 50)
+    assert timer_heap_entries(client) == 0 and timer_heap_entries(server) == 0
+
+    def exact(now: float, conns: list[Any]) -> None:
+        deadlines = [d for c in conns if (d := c.get_timer()) is not None]
+        assert server.get_timer() == (min(deadlines) if deadlines else None), now
+
+    now = 1.0
+    # a second client: its SYN+ACK arms the server's second deadline, with the heap
+    other = Endpoint(Config(), 6001, rng=random.Random(3))
+    conn2 = other.connect(("127.0.0.1", 5000), now)
+    for d, _a in other.datagrams_to_send(now):
+        server.receive_datagram(d, ("127.0.0.1", 6001), now)
+    server.datagrams_to_send(now)
+    exact(now, [peer, *server.connections.values()])
+    assert timer_heap_entries(server) >= 2
+    # the first connection aborts: one deadline left, then the timers run out in order
+    conn.abort()
+    for d, _a in client.datagrams_to_send(now):
+        server.receive_datagram(d, ("127.0.0.1", 6000), now)
+    server.datagrams_to_send(now)
+    left = list(server.connections.values())
+    assert left and peer not in left
+    exact(now, left)
+    fired = 0
+    while (deadline := server.get_timer()) is not None and fired < 20:
+        now = deadline
+        server.handle_timer(now)  # the SYN+ACK's retransmissions, then it gives up
+        server.datagrams_to_send(now)
+        exact(now, list(server.connections.values()))
+        fired += 1
+    assert server.get_timer() is None and not server.connections, fired
+    assert conn2.state is State.SYN_SENT  # it never heard the SYN+ACKs
+    # and again two: a fresh heap from the table
+    for port in (6002, 6003):
+        ep = Endpoint(Config(), port, rng=random.Random(port))
+        ep.connect(("127.0.0.1", 5000), now)
+        for d, _a in ep.datagrams_to_send(now):
+            server.receive_datagram(d, ("127.0.0.1", port), now)
+        server.datagrams_to_send(now)
+        exact(now, list(server.connections.values()))
+    assert len(server.connections) == 2
+
+
 def test_send_buffer_views_in_order_across_many_chunks_and_their_compaction() -> None:
     """Segments cut in order start from the chunk the last one began in; freeing drops
     emptied chunks from the front now and then. Every view is still the stream's bytes,

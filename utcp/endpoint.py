@@ -68,6 +68,9 @@ class Endpoint:
         self._heap: list[tuple[float, int, Connection]] = []
         self._armed: dict[Connection, float] = {}
         self._filed = 0  # heap entries made: the tie-break between equal deadlines
+        # Whether `_heap` holds every armed deadline: not while one connection at most has
+        # a deadline (see `_file`), and it is rebuilt when a second one arms.
+        self._heap_whole = True
         # `secrets`: one the caller shares between endpoints (the asyncio adapter's client
         # endpoints, one per connection: RFC 6528's one secret per host), else its own
         self._secrets = secrets if secrets is not None else crypto.HandshakeSecrets()
@@ -400,15 +403,29 @@ class Endpoint:
     # ------------------------------------------------------------------ timers
 
     def get_timer(self) -> float | None:
+        armed = self._armed
+        if len(armed) < 2:
+            for deadline in armed.values():  # one connection's: no heap (`_file`)
+                return deadline
+            return None
         heap = self._heap
         while heap:
             deadline, _, conn = heap[0]
-            if self._armed.get(conn) == deadline:
+            if armed.get(conn) == deadline:
                 return deadline
             heapq.heappop(heap)  # stale: re-armed or closed since
         return None
 
     def handle_timer(self, now: float) -> None:
+        armed = self._armed
+        if len(armed) < 2:
+            for conn, deadline in armed.items():  # at most one: no heap (`_file`)
+                if deadline <= now:
+                    del armed[conn]
+                    conn.handle_timer(now)
+                    self._touch(conn)
+                break
+            return
         heap = self._heap
         while heap and heap[0][0] <= now:
             deadline, _, conn = heapq.heappop(heap)
@@ -491,15 +508,28 @@ class Endpoint:
         (the delayed ACK armed by one and sent by the next, the RTO) leaves stale entries
         behind the live ones faster than they surface: a ping-pong grew one connection's
         heap to thousands, and every push and pop paid for the depth. So when stale
-        entries outnumber the live ones, the heap is rebuilt from the live ones."""
+        entries outnumber the live ones, the heap is rebuilt from the live ones.
+
+        While one connection at most has a deadline (a client's endpoint, which the asyncio
+        adapter makes per connection; a server between connections), `_armed` alone holds
+        it: `get_timer` and `handle_timer` read it there, and no entry is pushed or popped
+        (a sixth of what a ping-pong exchange cost the adapter's timer handling). The
+        heap is rebuilt from `_armed` when a second connection arms."""
+        armed = self._armed
+        if len(armed) < 2:
+            self._heap_whole = False
+            return
         heap = self._heap
-        self._filed += 1
-        heapq.heappush(heap, (deadline, self._filed, conn))
-        if len(heap) > 2 * len(self._armed) + 16:
-            live = [(at, i, c) for i, (c, at) in enumerate(self._armed.items(), self._filed)]
-            self._filed += len(live)
-            heapq.heapify(live)
-            self._heap = live
+        if self._heap_whole:
+            self._filed += 1
+            heapq.heappush(heap, (deadline, self._filed, conn))
+            if len(heap) <= 2 * len(armed) + 16:
+                return
+        live = [(at, i, c) for i, (c, at) in enumerate(armed.items(), self._filed)]
+        self._filed += len(live)
+        heapq.heapify(live)
+        self._heap = live
+        self._heap_whole = True
 
     def _within_budget(self, budget: list[int], datagrams: list[bytes]) -> list[bytes]:
         """Before the address is validated, send at most 3x what it sent us (as QUIC)."""
