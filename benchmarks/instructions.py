@@ -24,14 +24,18 @@ of 200 and 1,000 connections.
 `--loopback` counts the whole stack instead of the core alone: `utcp.start_server` and
 `utcp.open_connection` on real loopback sockets, client and server in one process on
 asyncio's default loop, so the asyncio adapter, asyncio itself and the streams are in the
-figure (the kernel's work is not: callgrind counts the process's own instructions). Three
+figure (the kernel's work is not: callgrind counts the process's own instructions). Four
 figures, each the difference of two run lengths: a 64-byte ping-pong exchange; a
 connect+close (the client closes, waits for `wait_closed`, the server closes on the EOF);
-and a MiB of bulk transfer through `StreamWriter.write`/`drain` at 1400-byte datagrams.
-Profile "1400" throughout.
+and a MiB of bulk transfer through `StreamWriter.write`/`drain`, at 1400-byte datagrams
+and at the largest (`--bulk-max` alone: the default `Config()`, whose path-MTU probing
+takes the datagrams to the route's limit, about 64 KiB on loopback, as the "largest
+datagrams" column of `python -m benchmarks`; both run lengths pass through the same
+start at 1400 bytes, so the difference is the steady state). Profile "1400" otherwise.
 
     python -m benchmarks.instructions [--mss 1400]
-                                      [--glued|--one-by-one|--ping-pong|--connect|--loopback]
+                                      [--glued|--one-by-one|--ping-pong|--connect|--loopback
+                                       |--bulk-max]
                                       [--tree DIR]
 
 `--tree DIR` measures the `utcp` package found in DIR (an older checkout, say) with this
@@ -53,7 +57,7 @@ FEW, MANY = 1000, 5000  # exchanges of the two ping-pong runs
 FEW_CONNS, MANY_CONNS = 200, 1000  # connections of the two --connect runs
 # the two run lengths of each --loopback figure: (unit, few, many)
 LOOPBACK = {"ping": ("exchange", 100, 600), "connect": ("connection", 50, 250),
-            "bulk": ("MiB", 2, 10)}
+            "bulk": ("MiB", 2, 10), "bulk-max": ("MiB", 4, 20)}
 
 _LOOPBACK = """
 import asyncio, sys
@@ -61,13 +65,14 @@ if sys.argv[3]:
     sys.path.insert(0, sys.argv[3])
 import utcp
 mode, n = sys.argv[1], int(sys.argv[2])
-config = utcp.Config(mss=1400, pmtu_probing=False)
+config = (utcp.Config() if mode == "bulk-max"
+          else utcp.Config(mss=1400, pmtu_probing=False))
 
 async def serve(reader, writer):
     if mode == "ping":
         while data := await reader.read(64):
             writer.write(data)
-    elif mode == "bulk":
+    elif mode.startswith("bulk"):
         while await reader.read(1 << 18):
             pass
         writer.write(b"k")
@@ -298,9 +303,13 @@ def main(argv: list[str] | None = None) -> None:
                      help="connect, a 1-byte request and answer, close, TIME_WAIT, with a"
                           " client endpoint each, as the asyncio adapter (per connection)")
     way.add_argument("--loopback", dest="ways", action="store_const",
-                     const=["loop-ping", "loop-connect", "loop-bulk"],
+                     const=["loop-ping", "loop-connect", "loop-bulk", "loop-bulk-max"],
                      help="the whole stack (asyncio, the adapter, the core) on loopback"
-                          " sockets in one process: per exchange, connection and MiB")
+                          " sockets in one process: per exchange, connection and MiB"
+                          " (at 1400-byte and at the largest datagrams)")
+    way.add_argument("--bulk-max", dest="ways", action="store_const",
+                     const=["loop-bulk-max"],
+                     help="--loopback's bulk at the largest datagrams alone (per MiB)")
     args = ap.parse_args(argv)
     if shutil.which("valgrind") is None:
         sys.exit("valgrind is not installed (Debian: apt-get install valgrind)")
@@ -309,7 +318,8 @@ def main(argv: list[str] | None = None) -> None:
     for way in args.ways or ["glued", "one"]:
         if way.startswith("loop-"):
             mode = way.removeprefix("loop-")
-            print(f"loopback {mode}, asyncio default loop, {build}:"
+            label = "bulk, largest datagrams" if mode == "bulk-max" else mode
+            print(f"loopback {label}, asyncio default loop, {build}:"
                   f" {per_loopback(mode, tree):,.0f} instructions per {LOOPBACK[mode][0]}"
                   " (both ends, one process)")
             continue

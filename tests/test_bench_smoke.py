@@ -56,7 +56,7 @@ def test_core_benchmark_moves_the_stream_both_ways() -> None:
                    for c in row.group(1).split("|")), row.group(0)
 
 
-@pytest.mark.parametrize("mode", ["ping", "connect", "bulk"])
+@pytest.mark.parametrize("mode", ["ping", "connect", "bulk", "bulk-max"])
 @pytest.mark.timeout(60)
 def test_instructions_loopback_driver_runs_each_mode(mode: str) -> None:
     """`python -m benchmarks.instructions --loopback`'s driver, without valgrind: the
