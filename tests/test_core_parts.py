@@ -201,3 +201,24 @@ def test_an_idle_connection_keeps_no_list_of_its_own_where_it_holds_nothing() ->
     syn = conn.datagrams_to_send(0.0)
     assert len(syn) == 1 and conn.sender.out is NO_ITEMS
     assert conn.datagrams_to_send(0.0) == [] and conn.sender.out is NO_ITEMS
+
+
+def test_a_large_write_of_a_view_of_bytes_is_held_not_copied() -> None:
+    """A view of immutable bytes (an application writing a large bytes object in
+    memoryview slices) is held as it is; a view of anything that may change is copied,
+    and so is nothing the caller can take back by releasing its own view."""
+    payload = bytes(range(256)) * 1024
+    piece = memoryview(payload)[1000:71000]
+    buf = SendBuffer(base=0)
+    buf.append(piece)
+    piece.release()  # the caller's view: ours is another
+    assert buf.chunks[0].obj is payload  # no copy
+    assert bytes(buf.view(0, 100)) == payload[1000:1100]
+    assert bytes(buf.view(69900, 100)) == payload[70900:71000]
+
+    mutable = bytearray(payload[:70000])
+    buf = SendBuffer(base=0)
+    buf.append(memoryview(mutable))
+    mutable[:3] = b"xyz"  # changed after the write: what was written is sent
+    assert bytes(buf.view(0, 3)) == payload[:3]
+    assert buf.chunks[0].obj is not mutable

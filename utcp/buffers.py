@@ -123,6 +123,19 @@ class _NoPieces(collections.deque[bytes | memoryview]):
 _NO_PIECES: Final = _NoPieces()
 
 
+def _unchanging(data: bytes | bytearray | memoryview) -> memoryview:
+    """A large write as a view of bytes no one can change: immutable bytes are kept as
+    they are, and so is a plain view of them (an application that writes a large bytes
+    object in slices of a memoryview: copied, every byte cost one copy more); anything
+    else is copied once. A view of our own: the caller may release theirs."""
+    if isinstance(data, bytes):
+        return memoryview(data)
+    if (not isinstance(data, bytearray) and isinstance(data.obj, bytes)
+            and data.ndim == 1 and data.itemsize == 1 and data.c_contiguous):
+        return data.cast("B")
+    return memoryview(bytes(data))
+
+
 class SendBuffer:
     """Bytes queued by the application from sequence number `base` on: acknowledged
     bytes leave from the front, so the buffer holds unacked then unsent bytes.
@@ -180,8 +193,7 @@ class SendBuffer:
             chunks = self.chunks = []
             self.starts = []
         if n >= _OWN_CHUNK:
-            # immutable bytes are kept as they are; anything else is copied once
-            chunks.append(memoryview(data if isinstance(data, bytes) else bytes(data)))
+            chunks.append(_unchanging(data))
             self.starts.append(self.end)
         else:
             tail = chunks[-1] if len(chunks) > self.first else None
