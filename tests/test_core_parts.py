@@ -4,6 +4,7 @@ behaviour elsewhere."""
 
 from __future__ import annotations
 
+import array
 import random
 
 import pytest
@@ -222,3 +223,22 @@ def test_a_large_write_of_a_view_of_bytes_is_held_not_copied() -> None:
     mutable[:3] = b"xyz"  # changed after the write: what was written is sent
     assert bytes(buf.view(0, 3)) == payload[:3]
     assert buf.chunks[0].obj is not mutable
+
+
+@pytest.mark.parametrize("view", [
+    memoryview(array.array("I", range(100))),             # 400 bytes: a small write
+    memoryview(array.array("Q", range(20_000))),          # 160,000 bytes: held as a chunk
+    memoryview(bytes(range(200)) * 50).cast("B", (100, 100)),
+    memoryview(bytes(range(256)) * 400)[::5],             # gaps: copied in order
+    memoryview(array.array("d", [1.5] * 9000))[100:200],
+], ids=["words", "large", "2-D", "strided", "slice"])
+def test_a_view_is_queued_as_the_bytes_it_covers(view: memoryview) -> None:
+    """`len` of a view counts items (or rows), not bytes: the send buffer counts, keeps
+    and hands out the bytes the view covers, whatever its format and shape."""
+    buf = SendBuffer(base=1)
+    buf.append(b"x" * 10)
+    buf.append(view)
+    expected = b"x" * 10 + view.tobytes()
+    assert buf.size == len(expected) and buf.end == 1 + len(expected)
+    assert buf.data == expected
+    assert bytes(buf.view(1, len(expected))) == expected

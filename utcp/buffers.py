@@ -123,6 +123,17 @@ class _NoPieces(collections.deque[bytes | memoryview]):
 _NO_PIECES: Final = _NoPieces()
 
 
+def flat_bytes(view: memoryview) -> memoryview:
+    """`view` as the bytes it covers, one item per byte. The `len` of a view of 4-byte
+    items (an `array("I")`, a NumPy array) counts items, and of a 2-D view rows: taken
+    for a byte count, it queued a quarter of such a write and sent it as the whole
+    (asyncio's transports send every byte of any buffer). A view with gaps (`[::2]`)
+    is copied in its logical order, as `bytes(view)` would."""
+    if view.c_contiguous:
+        return view.cast("B")
+    return memoryview(view.tobytes())
+
+
 def _unchanging(data: bytes | bytearray | memoryview) -> memoryview:
     """A large write as a view of bytes no one can change: immutable bytes are kept as
     they are, and so is a plain view of them (an application that writes a large bytes
@@ -185,6 +196,9 @@ class SendBuffer:
         self.append(value)
 
     def append(self, data: bytes | bytearray | memoryview) -> None:
+        if not isinstance(data, bytes) and not isinstance(data, bytearray) and (
+                data.itemsize != 1 or data.ndim != 1 or not data.c_contiguous):
+            data = flat_bytes(data)
         n = len(data)
         if not n:
             return

@@ -6,6 +6,7 @@ argument checking, connect errors, and errors raised by the protocol itself.
 
 from __future__ import annotations
 
+import array
 import asyncio
 import contextlib
 import dataclasses
@@ -186,6 +187,44 @@ async def test_buffered_protocol_client() -> None:
         transport.write(data)
         transport.write_eof()
         assert await sink.eof == data
+        assert await sink.lost is None
+
+
+class _WordSink(BufferedSink):
+    """A BufferedProtocol whose buffer is of 4-byte items (an array of words)."""
+
+    def __init__(self) -> None:
+        super().__init__(0)
+        self.words = array.array("I", bytes(4000))
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        self.hints.append(sizehint)
+        return memoryview(self.words)
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.updates.append(nbytes)
+        self.data += memoryview(self.words).cast("B")[:nbytes]
+
+
+async def test_views_of_wide_items_are_sent_and_filled_byte_for_byte() -> None:
+    """A buffer's bytes, not its items, are what a transport carries, as asyncio's do:
+    `write(memoryview(array("I", ...)))` sent a quarter of its bytes (the view's `len`
+    counts items), and a BufferedProtocol whose buffer is of words failed on its first
+    delivery. Small and large writes, a 2-D view and one with gaps."""
+    words = array.array("I", range(50_000))              # 200,000 bytes
+    small = array.array("H", range(300))                  # 600 bytes
+    grid = memoryview(bytes(range(256)) * 64).cast("B", (128, 128))
+    gappy = memoryview(payload(10_000, 3))[::3]
+    views = [memoryview(small), memoryview(words), grid, gappy, memoryview(words)[7:9]]
+    expected = b"".join(v.tobytes() for v in views)
+    async with asyncio.timeout(TIMEOUT), echo_server() as server:
+        transport, sink = await _create(_WordSink, port_of(server))
+        assert isinstance(sink, _WordSink)
+        for view in views:
+            transport.write(view)
+        transport.write_eof()
+        assert await sink.eof == expected
+        assert max(sink.updates) <= 4000 and sum(sink.updates) == len(expected)
         assert await sink.lost is None
 
 

@@ -326,6 +326,8 @@ class UtcpTransport(asyncio.Transport):
                 if self._buffered:
                     assert isinstance(protocol, asyncio.BufferedProtocol)
                     buf = memoryview(protocol.get_buffer(conn.readable))
+                    if buf.itemsize != 1 or buf.ndim != 1:
+                        buf = buf.cast("B")  # filled and counted in bytes, as recv_into does
                     if not len(buf):
                         raise RuntimeError("get_buffer() returned an empty buffer")
                     data = conn.read(len(buf))
