@@ -43,15 +43,23 @@ MAX_DATAGRAM = 65535
 _GRO_CMSG_SPACE = batch.GRO_CMSG_SPACE
 
 
+# Each buffer's options in the order tried: the FORCE variant first where the socket module
+# has it. Looked up once: every client socket is set up here, and a `getattr` that misses
+# (CPython's socket module names neither FORCE constant) formats an AttributeError's
+# message each time, most of what the setup of the two buffers cost.
+_BUFFER_OPTIONS: tuple[tuple[int, ...], ...] = tuple(
+    tuple(name for name in (getattr(socket, force, None), opt) if name is not None)
+    for opt, force in ((socket.SO_RCVBUF, "SO_RCVBUFFORCE"),
+                       (socket.SO_SNDBUF, "SO_SNDBUFFORCE")))
+
+
 def set_socket_buffers(sock: socket.socket, size: int = SOCKET_BUFFER) -> None:
     """Ask for large kernel buffers; root may exceed rmem_max with the FORCE variants."""
-    for opt, force in ((socket.SO_RCVBUF, getattr(socket, "SO_RCVBUFFORCE", None)),
-                       (socket.SO_SNDBUF, getattr(socket, "SO_SNDBUFFORCE", None))):
-        for name in (force, opt):
-            if name is None:
-                continue
+    level = socket.SOL_SOCKET
+    for names in _BUFFER_OPTIONS:
+        for name in names:
             try:
-                sock.setsockopt(socket.SOL_SOCKET, name, size)
+                sock.setsockopt(level, name, size)
                 break
             except OSError:
                 continue
@@ -173,7 +181,9 @@ def max_lingering_sockets() -> int:
 def _linger(port: UdpPort) -> None:
     if port.lingers:
         return  # `process` asks on every call once the connection is left
-    table = _lingering.setdefault(port.loop, collections.OrderedDict())
+    table = _lingering.get(port.loop)
+    if table is None:  # not setdefault: its default would be built at every call
+        table = _lingering[port.loop] = collections.OrderedDict()
     if port in table:
         return
     table[port] = None
@@ -302,10 +312,26 @@ _loop_shared: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopShared] 
     weakref.WeakKeyDictionary())
 
 
+# The last loop `_shared` answered for, weakly, and its answer: every client connection
+# asks, nearly always for the same loop, and a WeakKeyDictionary's `get` is a Python call.
+# Dropped with the loop, as the dictionary's entry is (its ClientTimers hold ports).
+_last_shared: list[tuple[weakref.ref[asyncio.AbstractEventLoop], _LoopShared]] = []
+
+
+def _forget_last_shared(ref: weakref.ref[asyncio.AbstractEventLoop]) -> None:
+    if _last_shared and _last_shared[0][0] is ref:
+        _last_shared.clear()
+
+
 def _shared(loop: asyncio.AbstractEventLoop) -> _LoopShared:
+    if _last_shared:
+        ref, last = _last_shared[0]
+        if ref() is loop:
+            return last
     found = _loop_shared.get(loop)
     if found is None:
         found = _loop_shared[loop] = _LoopShared(loop)
+    _last_shared[:] = [(weakref.ref(loop, _forget_last_shared), found)]
     return found
 
 
