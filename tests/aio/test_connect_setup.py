@@ -19,7 +19,7 @@ import pytest
 
 import utcp
 from tests.aio.util import HOST, TIMEOUT, port_of, serving
-from utcp import crypto, isn
+from utcp import crypto, isn, wire
 from utcp.aio import api
 from utcp.aio import port as port_module
 from utcp.config import Config
@@ -58,7 +58,7 @@ def test_the_buffer_options_are_looked_up_once() -> None:
         tuple(name for name in (getattr(socket, force, None), opt) if name is not None)
         for opt, force in ((socket.SO_RCVBUF, "SO_RCVBUFFORCE"),
                            (socket.SO_SNDBUF, "SO_SNDBUFFORCE")))
-    assert port_module._BUFFER_OPTIONS == expected
+    assert expected == port_module._BUFFER_OPTIONS
 
 
 def test_each_buffer_is_set_by_the_first_option_that_takes() -> None:
@@ -153,3 +153,35 @@ async def test_a_refusal_on_the_short_path_reads_as_before() -> None:
             await utcp.open_connection(HOST, closed_port, config=CONFIG)
     assert refused.value.errno is not None
     assert f"('{HOST}', {closed_port})" in str(refused.value)
+
+
+async def test_the_syn_leaves_before_the_port_registers_with_the_loop(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The client's port sends its SYN, then registers with the loop (asyncio's
+    add_reader, the GSO and GRO probes), while the SYN travels: the SYN+ACK waits in
+    the socket's queue, read once the loop polls."""
+    loop = asyncio.get_running_loop()
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as peer:
+        peer.bind((HOST, 0))
+        peer.setblocking(False)
+        queued: list[bytes | None] = []
+        real = loop.add_reader
+
+        def spy(fd: Any, callback: Any, *args: Any) -> None:
+            try:
+                queued.append(peer.recv(2048))
+            except BlockingIOError:
+                queued.append(None)
+            real(fd, callback, *args)
+
+        monkeypatch.setattr(loop, "add_reader", spy)
+        connecting = asyncio.ensure_future(
+            utcp.open_connection(HOST, peer.getsockname()[1], config=CONFIG))
+        async with asyncio.timeout(TIMEOUT):
+            while not queued:
+                await asyncio.sleep(0.001)
+        connecting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await connecting
+    syn = queued[0]
+    assert syn is not None and syn[13] & wire.SYN and not syn[13] & wire.ACK

@@ -532,7 +532,7 @@ async def _open(loop: asyncio.AbstractEventLoop, family: int, type_: int, proto:
                                             f" exists ({state}); TIME_WAIT lasts 2 x msl")
     endpoint = Endpoint(config, sockname[1], secrets=_client_secrets())
     port = UdpPort(loop, sock, endpoint, connected=True, icmp_refuses=not fixed,
-                   sockname=sockname, family=family)
+                   sockname=sockname, family=family, reading=False)
     if fixed:
         _fixed_port_pairs[pair] = port
     port.close_when_idle = True
@@ -542,6 +542,8 @@ async def _open(loop: asyncio.AbstractEventLoop, family: int, type_: int, proto:
     waiter: asyncio.Future[None] = loop.create_future()
     transport = UtcpTransport(port, conn, addr, waiter=waiter)
     port.process(now)
+    # The SYN is out: the rest of the port's setup overlaps its round trip
+    port.start_reading()
     return transport, waiter
 
 

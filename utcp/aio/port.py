@@ -426,7 +426,8 @@ class UdpPort:
     def __init__(self, loop: asyncio.AbstractEventLoop, sock: socket.socket, endpoint: Endpoint,
                  *, connected: bool = False, icmp_refuses: bool = True,
                  on_accept: Callable[[Connection], None] | None = None,
-                 sockname: Any = None, family: int | None = None) -> None:
+                 sockname: Any = None, family: int | None = None,
+                 reading: bool = True) -> None:
         self.loop = loop
         self.sock = sock
         self.endpoint = endpoint
@@ -463,8 +464,7 @@ class UdpPort:
         self.send_errors: collections.Counter[str] = collections.Counter()
         # the socket's (`sockname`, when the caller has just asked); kept once closed
         self.local_addr = sockname if sockname is not None else sock.getsockname()
-        self._gso = batch.probe_gso(sock)
-        self._gro = batch.enable_gro(sock)
+        self._gso = self._gro = False  # probed by `start_reading`
         # read once, or given: a Python property on sockets, an enum member each time
         self.family = family = sock.family if family is None else family
         self._recverr = enable_recverr(sock, family)
@@ -481,7 +481,23 @@ class UdpPort:
         set_dont_fragment(sock, family)
         self._route_cache: dict[str, int | None] = {}
         endpoint.route_mss = _weak_route_mss(self)
-        loop.add_reader(self._fd, self._on_readable)
+        if reading:
+            self.start_reading()
+
+    def start_reading(self) -> None:
+        """Register with the loop, after the constructor (`reading=False`) so that a
+        client's port sends its SYN first (`api._open`): what is not needed to send one
+        datagram (asyncio's add_reader alone is several microseconds of Python; the GSO
+        and GRO probes are system calls) then runs while the SYN travels and the server
+        answers. The kernel queues the SYN+ACK until the loop, which polls
+        level-triggered, finds the socket readable; read before UDP_GRO is on, it is
+        read as one datagram all the same."""
+        if self.closed:
+            return
+        sock = self.sock
+        self._gso = batch.probe_gso(sock)
+        self._gro = batch.enable_gro(sock)
+        self.loop.add_reader(self._fd, self._on_readable)
         shutdown.track(self)
 
     def peer_route_mss(self, peer: Addr) -> int:
