@@ -165,16 +165,21 @@ async def test_the_syn_leaves_before_the_port_registers_with_the_loop(
         peer.bind((HOST, 0))
         peer.setblocking(False)
         queued: list[bytes | None] = []
-        real = loop.add_reader
 
-        def spy(fd: Any, callback: Any, *args: Any) -> None:
-            try:
-                queued.append(peer.recv(2048))
-            except BlockingIOError:
-                queued.append(None)
-            real(fd, callback, *args)
+        def spying(real: Any) -> Any:
+            def spy(*args: Any) -> Any:
+                try:
+                    queued.append(peer.recv(2048))
+                except BlockingIOError:
+                    queued.append(None)
+                return real(*args)
+            return spy
 
-        monkeypatch.setattr(loop, "add_reader", spy)
+        # the public call, or on asyncio's selector loops the selector's (a fresh socket)
+        monkeypatch.setattr(loop, "add_reader", spying(loop.add_reader))
+        selector = getattr(loop, "_selector", None)
+        if selector is not None:
+            monkeypatch.setattr(selector, "register", spying(selector.register))
         connecting = asyncio.ensure_future(
             utcp.open_connection(HOST, peer.getsockname()[1], config=CONFIG))
         async with asyncio.timeout(TIMEOUT):
@@ -185,3 +190,57 @@ async def test_the_syn_leaves_before_the_port_registers_with_the_loop(
             await connecting
     syn = queued[0]
     assert syn is not None and syn[13] & wire.SYN and not syn[13] & wire.ACK
+
+
+# ---------------------------------------------------------------------- the loop's reader
+
+def _selector_loop(loop: asyncio.AbstractEventLoop) -> Any:
+    if type(loop).add_reader is not port_module._SELECTOR_ADD_READER:
+        pytest.skip("not one of asyncio's selector loops")
+    return loop._selector  # type: ignore[attr-defined]
+
+
+async def test_a_fresh_socket_is_registered_without_the_public_call(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """On asyncio's selector loops a client's new socket is registered as asyncio's
+    `_add_reader` registers one, without add_reader's two KeyError lookups; the key
+    reads as asyncio's own (reader's Handle, no writer) and the reader runs."""
+    loop = asyncio.get_running_loop()
+    selector = _selector_loop(loop)
+
+    def refuse(*args: Any) -> None:
+        raise AssertionError("the public add_reader ran")
+
+    async with asyncio.timeout(TIMEOUT):
+        server = await utcp.start_server(_answer_once, HOST, 0, config=CONFIG)
+        async with serving(server):
+            monkeypatch.setattr(loop, "add_reader", refuse)
+            reader, writer = await utcp.open_connection(HOST, port_of(server), config=CONFIG)
+            monkeypatch.undo()
+            fd = writer.get_extra_info("socket").fileno()
+            handle, no_writer = selector.get_key(fd).data
+            assert isinstance(handle, asyncio.Handle) and no_writer is None
+            writer.write(b"q")
+            assert await reader.readexactly(1) == b"a"
+            writer.close()
+            await writer.wait_closed()
+
+
+async def test_a_registered_descriptor_takes_the_public_call() -> None:
+    """Should the descriptor be registered after all, add_reader's own path (modify,
+    the old reader cancelled) runs, as it would have."""
+    loop = asyncio.get_running_loop()
+    _selector_loop(loop)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind((HOST, 0))
+        old = asyncio.Event()
+        loop.add_reader(sock.fileno(), old.set)
+        woke = asyncio.Event()
+        try:
+            port_module.add_reader_fresh(loop, sock.fileno(), woke.set)
+            sock.sendto(b"x", sock.getsockname())
+            async with asyncio.timeout(TIMEOUT):
+                await woke.wait()
+            assert not old.is_set()
+        finally:
+            loop.remove_reader(sock.fileno())

@@ -543,7 +543,7 @@ async def _open(loop: asyncio.AbstractEventLoop, family: int, type_: int, proto:
     transport = UtcpTransport(port, conn, addr, waiter=waiter)
     port.process(now)
     # The SYN is out: the rest of the port's setup overlaps its round trip
-    port.start_reading()
+    port.start_reading(fresh=user_sock is None)
     return transport, waiter
 
 
