@@ -244,3 +244,31 @@ async def test_a_registered_descriptor_takes_the_public_call() -> None:
             assert not old.is_set()
         finally:
             loop.remove_reader(sock.fileno())
+
+
+async def test_a_fresh_sockets_reader_is_removed_without_the_public_call(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Its port closing, a client's socket leaves the selector by the call asyncio's
+    transports make, without remove_reader's check for a transport (a KeyError)."""
+    loop = asyncio.get_running_loop()
+    selector = _selector_loop(loop)
+    removed: list[object] = []
+    real = loop.remove_reader
+
+    def counting(fd: Any) -> bool:
+        removed.append(fd)
+        return real(fd)
+
+    async with asyncio.timeout(TIMEOUT):
+        server = await utcp.start_server(_answer_once, HOST, 0, config=CONFIG)
+        async with serving(server):
+            _, writer = await utcp.open_connection(HOST, port_of(server), config=CONFIG)
+            sock = writer.get_extra_info("socket")
+            fd = sock.fileno()
+            monkeypatch.setattr(loop, "remove_reader", counting)
+            writer.transport.abort()  # CLOSED at once: the port closes when idle
+            while sock.fileno() != -1:
+                await asyncio.sleep(0.001)
+            monkeypatch.undo()
+    assert fd not in selector.get_map()
+    assert removed == []

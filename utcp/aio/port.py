@@ -367,6 +367,21 @@ def add_reader_fresh(loop: asyncio.AbstractEventLoop, fd: int,
     loop.add_reader(fd, callback)
 
 
+_SELECTOR_REMOVE_READER = selector_events.BaseSelectorEventLoop.remove_reader
+
+
+def remove_reader_fresh(loop: asyncio.AbstractEventLoop, fd: int) -> None:
+    """`loop.remove_reader(fd)` for a socket the library made (`add_reader_fresh`): on
+    asyncio's selector loops without the check that no transport holds it (a KeyError
+    caught, once per client connection), by the call asyncio's transports make."""
+    if type(loop).remove_reader is _SELECTOR_REMOVE_READER:
+        remove = getattr(loop, "_remove_reader", None)
+        if remove is not None:
+            remove(fd)
+            return
+    loop.remove_reader(fd)
+
+
 def _would_block(exc: OSError) -> bool:
     """EAGAIN, EINTR, or ENOBUFS (a full device queue): keep the datagrams, try later."""
     return isinstance(exc, BlockingIOError | InterruptedError) or exc.errno == errno.ENOBUFS
@@ -497,6 +512,7 @@ class UdpPort:
         # the socket's (`sockname`, when the caller has just asked); kept once closed
         self.local_addr = sockname if sockname is not None else sock.getsockname()
         self._gso = self._gro = False  # probed by `start_reading`
+        self._fresh = False  # its reader registered by `add_reader_fresh`
         # read once, or given: a Python property on sockets, an enum member each time
         self.family = family = sock.family if family is None else family
         self._recverr = enable_recverr(sock, family)
@@ -531,6 +547,7 @@ class UdpPort:
         self._gso = batch.probe_gso(sock)
         self._gro = batch.enable_gro(sock)
         if fresh:
+            self._fresh = True
             add_reader_fresh(self.loop, self._fd, self._on_readable)
         else:
             self.loop.add_reader(self._fd, self._on_readable)
@@ -1041,7 +1058,10 @@ class UdpPort:
         self._timer = self._soon = self._flush_handle = None
         self.timer_slot[0] = None  # ClientTimers' entries no longer hold it
         try:
-            self.loop.remove_reader(self._fd)
+            if self._fresh:
+                remove_reader_fresh(self.loop, self._fd)
+            else:
+                self.loop.remove_reader(self._fd)
             if self._writer_on:
                 self.loop.remove_writer(self._fd)
         except RuntimeError:
