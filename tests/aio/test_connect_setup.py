@@ -272,3 +272,31 @@ async def test_a_fresh_sockets_reader_is_removed_without_the_public_call(
             monkeypatch.undo()
     assert fd not in selector.get_map()
     assert removed == []
+
+
+# ---------------------------------------------------------------------- the port's attributes
+
+async def test_a_new_port_sets_few_instance_attributes() -> None:
+    """What every port starts with is a class attribute: the constructor's instance
+    attributes stay within CPython 3.11's 30 keys an instance dictionary may share with
+    its class's (beyond, each instance gets a dictionary of its own), and a connected
+    client's port is still within them once its connection is up."""
+    loop = asyncio.get_running_loop()
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind((HOST, 0))
+        port = port_module.UdpPort(loop, sock, Endpoint(CONFIG, sock.getsockname()[1]),
+                                   reading=False)
+        try:
+            assert len(vars(port)) <= 24
+        finally:
+            port.close()
+    async with asyncio.timeout(TIMEOUT):
+        server = await utcp.start_server(_answer_once, HOST, 0, config=CONFIG)
+        async with serving(server):
+            reader, writer = await utcp.open_connection(HOST, port_of(server), config=CONFIG)
+            client_port = writer.transport._port  # type: ignore[attr-defined]
+            assert len(vars(client_port)) <= 30
+            writer.write(b"q")
+            assert await reader.readexactly(1) == b"a"
+            writer.close()
+            await writer.wait_closed()

@@ -470,6 +470,25 @@ class ConnectionListener(Protocol):
 class UdpPort:
     """The I/O half of an endpoint. `owned` ports belong to one client connection."""
 
+    # What every port starts with, as class attributes: each instance attribute the
+    # constructor sets is a dictionary insertion (a client makes a port per connection),
+    # and past 30 of them CPython 3.11 gives each instance a dictionary of its own
+    # instead of one sharing the class's keys.
+    close_when_idle: bool = False   # close the socket once no connection is left
+    lingers: bool = False           # counted among the lingering sockets (_linger)
+    closed: bool = False
+    filed_at: float | None = None   # a client's deadline filed with its ClientTimers
+    gso_sends: int = 0
+    _writer_on: bool = False
+    _flush_handle: asyncio.Handle | None = None
+    _processing: bool = False
+    _timer: asyncio.Handle | None = None
+    _timer_at: float | None = None
+    _soon: asyncio.Handle | None = None   # for a deadline due already
+    _gso: bool = False              # probed by `start_reading`, as is _gro
+    _gro: bool = False
+    _fresh: bool = False            # its reader registered by `add_reader_fresh`
+
     def __init__(self, loop: asyncio.AbstractEventLoop, sock: socket.socket, endpoint: Endpoint,
                  *, connected: bool = False, icmp_refuses: bool = True,
                  on_accept: Callable[[Connection], None] | None = None,
@@ -484,9 +503,6 @@ class UdpPort:
         self.icmp_refuses = icmp_refuses
         self.on_accept = on_accept
         self.transports: dict[Connection, ConnectionListener] = {}
-        self.close_when_idle = False    # close the socket once no connection is left
-        self.lingers = False            # counted among the lingering sockets (_linger)
-        self.closed = False
         self._fd = sock.fileno()
         self._buf, self._view = (shared := _shared(loop)).buf, shared.view
         self._bufs = [self._buf]        # recvmsg_into's argument, built once
@@ -498,25 +514,15 @@ class UdpPort:
             else loop.time)
         self._lone_reads = LONE_READS if connected else 0  # a client's: one SYN+ACK
         self._sendq: collections.deque[tuple[bytes, Addr]] = collections.deque()
-        self._writer_on = False
-        self._flush_handle: asyncio.Handle | None = None
-        self._processing = False
-        self._timer: asyncio.Handle | None = None
-        self._timer_at: float | None = None
-        self._soon: asyncio.Handle | None = None   # for a deadline due already
         # a client's deadlines (`filed_at`): its loop's ClientTimers, via the slot
         self._client_timers = shared.client_timers if connected else None
         self.timer_slot: list[TimedPort | None] = [self]
-        self.filed_at: float | None = None
         self.send_errors: collections.Counter[str] = collections.Counter()
         # the socket's (`sockname`, when the caller has just asked); kept once closed
         self.local_addr = sockname if sockname is not None else sock.getsockname()
-        self._gso = self._gro = False  # probed by `start_reading`
-        self._fresh = False  # its reader registered by `add_reader_fresh`
         # read once, or given: a Python property on sockets, an enum member each time
         self.family = family = sock.family if family is None else family
         self._recverr = enable_recverr(sock, family)
-        self.gso_sends = 0
         self._pcap = (pcap.acquire(endpoint.config.pcap, self.local_addr[1])
                       if endpoint.config.pcap else None)
         # If the loop is closed while a connection lingers in TIME_WAIT, the socket is
