@@ -237,7 +237,7 @@ async def test_a_registered_descriptor_takes_the_public_call() -> None:
         loop.add_reader(sock.fileno(), old.set)
         woke = asyncio.Event()
         try:
-            port_module.add_reader_fresh(loop, sock.fileno(), woke.set)
+            port_module.add_reader(loop, sock.fileno(), woke.set, fresh=True)
             sock.sendto(b"x", sock.getsockname())
             async with asyncio.timeout(TIMEOUT):
                 await woke.wait()

@@ -340,22 +340,22 @@ def _shared(loop: asyncio.AbstractEventLoop) -> _LoopShared:
 _SELECTOR_ADD_READER = selector_events.BaseSelectorEventLoop.add_reader
 
 
-def add_reader_fresh(loop: asyncio.AbstractEventLoop, fd: int,
-                     callback: Callable[[], None]) -> None:
-    """`loop.add_reader(fd, callback)` for a socket the library has just made, which no
-    transport and no other reader can hold.
+def add_reader(loop: asyncio.AbstractEventLoop, fd: int, callback: Callable[[], None], *,
+               fresh: bool) -> None:
+    """`loop.add_reader(fd, callback)`; `fresh`: for a socket the library has just made,
+    which no transport and no other reader can hold.
 
     On asyncio's own selector loops add_reader first makes sure no transport holds the
     descriptor and then asks the selector whether it is registered, both by catching a
-    KeyError, the second one raised twice and formatted: about 40,000 instructions,
-    a tenth of what a client's connect costs the core. For a new descriptor both
+    KeyError, the second one raised twice and formatted: about 20,000 instructions per
+    client connection more than the registration itself. For a new descriptor both
     answers are known, so the reader is registered as asyncio's `_add_reader` registers
     it: the selector's key holds (reader's Handle, no writer), as `_process_events`
     reads it on 3.11-3.13. Any other loop (uvloop's add_reader is C), a loop that
     overrides add_reader, a closed loop, or a descriptor registered after all (KeyError
     from the selector) takes the public call.
     """
-    if type(loop).add_reader is _SELECTOR_ADD_READER and not loop.is_closed():
+    if fresh and type(loop).add_reader is _SELECTOR_ADD_READER and not loop.is_closed():
         selector = getattr(loop, "_selector", None)
         if selector is not None:
             handle = asyncio.Handle(callback, (), loop, None)
@@ -370,11 +370,11 @@ def add_reader_fresh(loop: asyncio.AbstractEventLoop, fd: int,
 _SELECTOR_REMOVE_READER = selector_events.BaseSelectorEventLoop.remove_reader
 
 
-def remove_reader_fresh(loop: asyncio.AbstractEventLoop, fd: int) -> None:
-    """`loop.remove_reader(fd)` for a socket the library made (`add_reader_fresh`): on
-    asyncio's selector loops without the check that no transport holds it (a KeyError
+def remove_reader(loop: asyncio.AbstractEventLoop, fd: int, *, fresh: bool) -> None:
+    """`loop.remove_reader(fd)`; `fresh`: for a socket the library made (`add_reader`),
+    on asyncio's selector loops without the check that no transport holds it (a KeyError
     caught, once per client connection), by the call asyncio's transports make."""
-    if type(loop).remove_reader is _SELECTOR_REMOVE_READER:
+    if fresh and type(loop).remove_reader is _SELECTOR_REMOVE_READER:
         remove = getattr(loop, "_remove_reader", None)
         if remove is not None:
             remove(fd)
@@ -470,10 +470,8 @@ class ConnectionListener(Protocol):
 class UdpPort:
     """The I/O half of an endpoint. `owned` ports belong to one client connection."""
 
-    # What every port starts with, as class attributes: each instance attribute the
-    # constructor sets is a dictionary insertion (a client makes a port per connection),
-    # and past 30 of them CPython 3.11 gives each instance a dictionary of its own
-    # instead of one sharing the class's keys.
+    # What every port starts with, as class attributes: past 30 instance attributes
+    # CPython 3.11 gives each instance (a client's: one per connection) a dict of its own.
     close_when_idle: bool = False   # close the socket once no connection is left
     lingers: bool = False           # counted among the lingering sockets (_linger)
     closed: bool = False
@@ -487,7 +485,7 @@ class UdpPort:
     _soon: asyncio.Handle | None = None   # for a deadline due already
     _gso: bool = False              # probed by `start_reading`, as is _gro
     _gro: bool = False
-    _fresh: bool = False            # its reader registered by `add_reader_fresh`
+    _fresh: bool = False            # its socket one the library made (`add_reader`)
 
     def __init__(self, loop: asyncio.AbstractEventLoop, sock: socket.socket, endpoint: Endpoint,
                  *, connected: bool = False, icmp_refuses: bool = True,
@@ -525,10 +523,9 @@ class UdpPort:
         self._recverr = enable_recverr(sock, family)
         self._pcap = (pcap.acquire(endpoint.config.pcap, self.local_addr[1])
                       if endpoint.config.pcap else None)
-        # If the loop is closed while a connection lingers in TIME_WAIT, the socket is
-        # closed when this object goes, not left for a ResourceWarning.
-        # Its RSTs too (see _reset_connections), so nothing the finalizer holds may hold
-        # this object: the endpoint reaches the port only through a weak method.
+        # A loop closed under a lingering connection: the socket (and its RSTs, see
+        # _reset_connections) goes with this object, which the finalizer must not hold:
+        # the endpoint reaches the port only through a weak method.
         self._finalizer = weakref.finalize(self, _release, sock, self._pcap, self.local_addr[1],
                                            endpoint)
         sock.setblocking(False)
@@ -539,24 +536,17 @@ class UdpPort:
             self.start_reading()
 
     def start_reading(self, *, fresh: bool = False) -> None:
-        """Register with the loop, after the constructor (`reading=False`) so that a
-        client's port sends its SYN first (`api._open`): what is not needed to send one
-        datagram (asyncio's add_reader alone is several microseconds of Python; the GSO
-        and GRO probes are system calls) then runs while the SYN travels and the server
-        answers. The kernel queues the SYN+ACK until the loop, which polls
-        level-triggered, finds the socket readable; read before UDP_GRO is on, it is
-        read as one datagram all the same. `fresh`: the socket is one the library has
-        just made (`add_reader_fresh`)."""
+        """Register with the loop: after the constructor (`reading=False`), a client's
+        port sends its SYN first (`api._open`), and this overlaps the SYN's round trip.
+        The SYN+ACK waits in the socket (the loop polls level-triggered); read before
+        UDP_GRO is on, it is one datagram all the same. `fresh`: see `add_reader`."""
         if self.closed:
             return
         sock = self.sock
         self._gso = batch.probe_gso(sock)
         self._gro = batch.enable_gro(sock)
-        if fresh:
-            self._fresh = True
-            add_reader_fresh(self.loop, self._fd, self._on_readable)
-        else:
-            self.loop.add_reader(self._fd, self._on_readable)
+        self._fresh = fresh
+        add_reader(self.loop, self._fd, self._on_readable, fresh=fresh)
         shutdown.track(self)
 
     def peer_route_mss(self, peer: Addr) -> int:
@@ -1064,10 +1054,7 @@ class UdpPort:
         self._timer = self._soon = self._flush_handle = None
         self.timer_slot[0] = None  # ClientTimers' entries no longer hold it
         try:
-            if self._fresh:
-                remove_reader_fresh(self.loop, self._fd)
-            else:
-                self.loop.remove_reader(self._fd)
+            remove_reader(self.loop, self._fd, fresh=self._fresh)
             if self._writer_on:
                 self.loop.remove_writer(self._fd)
         except RuntimeError:
