@@ -20,7 +20,7 @@ import pytest
 import utcp
 from tests.aio.util import HOST, TIMEOUT, port_of, serving
 from utcp import crypto, isn, wire
-from utcp.aio import api
+from utcp.aio import api, shutdown
 from utcp.aio import port as port_module
 from utcp.config import Config
 from utcp.endpoint import Endpoint
@@ -278,9 +278,9 @@ async def test_a_fresh_sockets_reader_is_removed_without_the_public_call(
 
 async def test_a_new_port_sets_few_instance_attributes() -> None:
     """What every port starts with is a class attribute: the constructor's instance
-    attributes stay within CPython 3.11's 30 keys an instance dictionary may share with
-    its class's (beyond, each instance gets a dictionary of its own), and a connected
-    client's port is still within them once its connection is up."""
+    attributes stay well within CPython 3.11's 30 keys an instance dictionary may share
+    with its class's (beyond, each instance gets a dictionary of its own), leaving room
+    for those a client's port sets once its connection runs."""
     loop = asyncio.get_running_loop()
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
         sock.bind((HOST, 0))
@@ -290,13 +290,34 @@ async def test_a_new_port_sets_few_instance_attributes() -> None:
             assert len(vars(port)) <= 24
         finally:
             port.close()
-    async with asyncio.timeout(TIMEOUT):
-        server = await utcp.start_server(_answer_once, HOST, 0, config=CONFIG)
-        async with serving(server):
-            reader, writer = await utcp.open_connection(HOST, port_of(server), config=CONFIG)
-            client_port = writer.transport._port  # type: ignore[attr-defined]
-            assert len(vars(client_port)) <= 30
-            writer.write(b"q")
-            assert await reader.readexactly(1) == b"a"
-            writer.close()
-            await writer.wait_closed()
+
+
+# ---------------------------------------------------------------------- the shutdown hook
+
+def test_a_loops_ports_are_tracked_without_the_lookup_and_forgotten_with_it() -> None:
+    """Once the running loop's shutdown hook is in place, its ports join its set through
+    a weak one-entry cache; the cache goes with the loop, and the hook still resets
+    every port's connections at shutdown (tests/aio/test_loop_shutdown* run it)."""
+    class Port:
+        closed = False
+
+        def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+            self.loop = loop
+            self.endpoint = Endpoint(CONFIG, 1)
+
+        def reset_connections(self, *, closing_too: bool) -> None:
+            pass
+
+    async def main() -> list[Port]:
+        loop = asyncio.get_running_loop()
+        made = [Port(loop) for _ in range(3)]
+        for port in made:
+            shutdown.track(port)  # type: ignore[arg-type]
+        assert shutdown._last_tracked and shutdown._last_tracked[0][0]() is loop
+        assert set(shutdown._loop_ports[loop]) == set(made)
+        return made
+
+    made = asyncio.run(main())
+    del made
+    gc.collect()
+    assert not any(ref() is not None for ref, _ in shutdown._last_tracked)
