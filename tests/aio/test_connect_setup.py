@@ -1,11 +1,16 @@
 """What setting up one client connection costs the adapter, counted rather than timed
 (issue #13: connect+close per second): the socket's options, the loop's shared state,
-the ISN, and the calls between `open_connection` and the handshake.
+the ISN, the calls between `open_connection` and the handshake, the order of the SYN
+and the loop's registration, the reader's registration itself, the port's attributes
+and the shutdown hook's bookkeeping.
 
 Each test fails on the code before the change it guards: a `getattr` of the socket
 module per buffer (CPython names no FORCE option, so each missed and built an
 AttributeError), a WeakKeyDictionary lookup per port, an ISN made by the interpreted
-`HandshakeSecrets.isn`, and the general path's coroutines for an address written out.
+`HandshakeSecrets.isn`, the general path's coroutines for an address written out, a
+SYN sent after add_reader, asyncio's add_reader and remove_reader (their KeyError
+lookups) for a socket the library made, instance attributes for what every port starts
+with, and a WeakKeyDictionary lookup per tracked port.
 """
 
 from __future__ import annotations
