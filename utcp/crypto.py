@@ -37,6 +37,8 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from utcp.isn import ISN_PORTS, keyed_isn
+
 PROTOCOL_NAME = b"Noise_IK_25519_ChaChaPoly_SHA256"
 PROLOGUE = b"utcp secure mode v2"   # v2: msg1 carries a timestamp (v1 peers fail msg1)
 EXID = 0x7574          # RFC 6994 experiment ID carried in option 254 ("ut")
@@ -53,7 +55,7 @@ _PUB_RAW = serialization.PublicFormat.Raw
 _PRIV_RAW = serialization.PrivateFormat.Raw
 _NO_ENC = serialization.NoEncryption()
 _COUNTER_OPTION = struct.Struct("!BBHQ")
-_ISN_PORTS = struct.Struct("!xHH")  # a NUL (no `_prf` text starts so), then both ports
+_ISN_PORTS = ISN_PORTS  # F's input starts with a NUL: see utcp.isn
 
 
 class SecureError(Exception):
@@ -290,7 +292,9 @@ class Responder:
 # ---------------------------------------------------------------------- retry cookies
 
 COOKIE_LEN = 12            # 96-bit MAC: an online forgery needs ~2**95 tries
-COOKIE_OPTION_LEN = 4 + COOKIE_LEN   # kind, len, ExID, cookie: 16, unlike the counter's 12
+# kind, len, ExID, cookie: 16, unlike the counter's 12. Annotated: utcp.isn puts this
+# module in utcp's import cycle, where mypyc's build cannot infer it in time for secure.py
+COOKIE_OPTION_LEN: int = 4 + COOKIE_LEN
 _RETRY_PERIOD = 10.0       # seconds per secret epoch; a cookie lives 10 to 20 s
 
 
@@ -461,6 +465,12 @@ class HandshakeSecrets:
         # under a flood of ACKs while cookies are out (two MACs per datagram)
         self._mac = hashlib.blake2s(key=self._secret, digest_size=4)
 
+    @property
+    def isn_key(self) -> hashlib.blake2s:
+        """The keyed MAC behind `isn`, for the endpoint's compiled call of F
+        (`utcp.isn.keyed_isn`): copied there, never updated."""
+        return self._mac
+
     def _prf(self, tag: str, peer: tuple[str, int], *numbers: int) -> int:
         mac = self._mac.copy()
         mac.update(f"{tag}|{peer[0]}|{peer[1]}|{'|'.join(map(str, numbers))}".encode())
@@ -471,11 +481,9 @@ class HandshakeSecrets:
 
         Every client connection makes one, so F's input is packed rather than formatted
         as `_prf`'s is (its text took about three quarters of the call). It starts with
-        a NUL byte, which no text of `_prf`'s does: no ISN input is ever a cookie's."""
-        mac = self._mac.copy()
-        mac.update(_ISN_PORTS.pack(peer[1] & 0xFFFF, local_port & 0xFFFF)
-                   + peer[0].encode())
-        return (int(now * 250_000) + int.from_bytes(mac.digest(), "big")) & 0xFFFFFFFF
+        a NUL byte, which no text of `_prf`'s does: no ISN input is ever a cookie's.
+        (The endpoint calls `utcp.isn.keyed_isn` itself, natively.)"""
+        return keyed_isn(self._mac, peer, local_port, now)
 
     def make_cookie(self, peer: tuple[str, int], local_port: int, client_isn: int,
                     peer_mss: int, peer_wscale: int | None, now: float, *,

@@ -24,6 +24,7 @@ from utcp import seq as sq
 from utcp.buffers import MemoryBudget, ReassemblyBudget
 from utcp.config import Config
 from utcp.connection import Connection, window_scale_for
+from utcp.isn import keyed_isn
 from utcp.state import State
 
 Addr = tuple[str, int]
@@ -74,6 +75,7 @@ class Endpoint:
         # `secrets`: one the caller shares between endpoints (the asyncio adapter's client
         # endpoints, one per connection: RFC 6528's one secret per host), else its own
         self._secrets = secrets if secrets is not None else crypto.HandshakeSecrets()
+        self._isn_key = self._secrets.isn_key  # F's key, for the native call (utcp.isn)
         self._cookies_until = _NEVER  # a cookie sent before this may still come back
         self.reassembly = ReassemblyBudget(config.max_reassembly_bytes)
         self.memory = MemoryBudget(config.max_buffer_memory)
@@ -130,7 +132,7 @@ class Endpoint:
     def _new_connection(self, key: Addr, now: float, iss: int | None = None) -> Connection:
         if iss is None:
             iss = (self._rng.getrandbits(32) if self._rng is not None
-                   else self._secrets.isn(key, self.port, now))
+                   else keyed_isn(self._isn_key, key, self.port, now))
         conn = Connection(self.config, local_port=self.port, remote_port=key[1], iss=iss,
                           name=f"{key[0]}:{key[1]}")
         conn.peer = key

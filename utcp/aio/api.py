@@ -210,15 +210,24 @@ async def create_connection(
     _check_client_args(context, server_hostname, ssl_handshake_timeout,
                        ssl_shutdown_timeout, sock, local_addr)
     loop = asyncio.get_running_loop()
-    infos = await _client_addresses(loop, host, checked_port, sock, peer_given,
-                                    family, proto, flags)
-    if happy_eyeballs_delay is not None and interleave is None:
-        interleave = 1  # as asyncio: racing addresses means alternating their families
-    if interleave:
-        infos = _interleave_families(infos, interleave)
-    attempts: list[Callable[[], Coroutine[Any, Any, UtcpTransport]]] = [
-        functools.partial(_attempt, loop, info, cfg, local_addr, sock) for info in infos]
-    transport = await _first_connected(loop, attempts, happy_eyeballs_delay, all_errors)
+    # The common call, an address written out and no race: its one attempt, awaited here.
+    # What the general path does with one address and no delay, less its coroutines,
+    # partial and lists (a connect and close in a loop paid for them each time).
+    found = (_numeric_address(host, checked_port, family, proto, flags)
+             if sock is None and host is not None and happy_eyeballs_delay is None
+             else None)
+    if found is not None:
+        transport = await _attempt(loop, found, cfg, local_addr, sock)
+    else:
+        infos = await _client_addresses(loop, host, checked_port, sock, peer_given,
+                                        family, proto, flags)
+        if happy_eyeballs_delay is not None and interleave is None:
+            interleave = 1  # as asyncio: racing addresses means alternating their families
+        if interleave:
+            infos = _interleave_families(infos, interleave)
+        attempts: list[Callable[[], Coroutine[Any, Any, UtcpTransport]]] = [
+            functools.partial(_attempt, loop, info, cfg, local_addr, sock) for info in infos]
+        transport = await _first_connected(loop, attempts, happy_eyeballs_delay, all_errors)
     app_protocol = protocol_factory()
     if context is None:
         transport.attach_protocol(app_protocol)
@@ -528,7 +537,7 @@ async def _open(loop: asyncio.AbstractEventLoop, family: int, type_: int, proto:
                                             f" exists ({state}); TIME_WAIT lasts 2 x msl")
     endpoint = Endpoint(config, sockname[1], secrets=_client_secrets())
     port = Port(loop, sock, endpoint, connected=True, icmp_refuses=not fixed,
-                   sockname=sockname, family=family)
+                sockname=sockname, family=family, reading=False)
     if fixed:
         _fixed_port_pairs[pair] = port
     port.close_when_idle = True
@@ -538,6 +547,8 @@ async def _open(loop: asyncio.AbstractEventLoop, family: int, type_: int, proto:
     waiter: asyncio.Future[None] = loop.create_future()
     transport = UtcpTransport(port, conn, addr, waiter=waiter)
     port.process(now)
+    # The SYN is out: the rest of the port's setup overlaps its round trip
+    port.start_reading()
     return transport, waiter
 
 

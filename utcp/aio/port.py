@@ -43,15 +43,23 @@ MAX_DATAGRAM = 65535
 _GRO_CMSG_SPACE = batch.GRO_CMSG_SPACE
 
 
+# Each buffer's options in the order tried: the FORCE variant first where the socket module
+# has it. Looked up once: every client socket is set up here, and a `getattr` that misses
+# (CPython's socket module names neither FORCE constant) formats an AttributeError's
+# message each time, most of what the setup of the two buffers cost.
+_BUFFER_OPTIONS: tuple[tuple[int, ...], ...] = tuple(
+    tuple(name for name in (getattr(socket, force, None), opt) if name is not None)
+    for opt, force in ((socket.SO_RCVBUF, "SO_RCVBUFFORCE"),
+                       (socket.SO_SNDBUF, "SO_SNDBUFFORCE")))
+
+
 def set_socket_buffers(sock: socket.socket, size: int = SOCKET_BUFFER) -> None:
     """Ask for large kernel buffers; root may exceed rmem_max with the FORCE variants."""
-    for opt, force in ((socket.SO_RCVBUF, getattr(socket, "SO_RCVBUFFORCE", None)),
-                       (socket.SO_SNDBUF, getattr(socket, "SO_SNDBUFFORCE", None))):
-        for name in (force, opt):
-            if name is None:
-                continue
+    level = socket.SOL_SOCKET
+    for names in _BUFFER_OPTIONS:
+        for name in names:
             try:
-                sock.setsockopt(socket.SOL_SOCKET, name, size)
+                sock.setsockopt(level, name, size)
                 break
             except OSError:
                 continue
@@ -173,7 +181,9 @@ def max_lingering_sockets() -> int:
 def _linger(port: UdpPort) -> None:
     if port.lingers:
         return  # `process` asks on every call once the connection is left
-    table = _lingering.setdefault(port.loop, collections.OrderedDict())
+    table = _lingering.get(port.loop)
+    if table is None:  # not setdefault: its default would be built at every call
+        table = _lingering[port.loop] = collections.OrderedDict()
     if port in table:
         return
     table[port] = None
@@ -302,10 +312,26 @@ _loop_shared: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopShared] 
     weakref.WeakKeyDictionary())
 
 
+# The last loop `_shared` answered for, weakly, and its answer: every client connection
+# asks, nearly always for the same loop, and a WeakKeyDictionary's `get` is a Python call.
+# Dropped with the loop, as the dictionary's entry is (its ClientTimers hold ports).
+_last_shared: list[tuple[weakref.ref[asyncio.AbstractEventLoop], _LoopShared]] = []
+
+
+def _forget_last_shared(ref: weakref.ref[asyncio.AbstractEventLoop]) -> None:
+    if _last_shared and _last_shared[0][0] is ref:
+        _last_shared.clear()
+
+
 def _shared(loop: asyncio.AbstractEventLoop) -> _LoopShared:
+    if _last_shared:
+        ref, last = _last_shared[0]
+        if ref() is loop:
+            return last
     found = _loop_shared.get(loop)
     if found is None:
         found = _loop_shared[loop] = _LoopShared(loop)
+    _last_shared[:] = [(weakref.ref(loop, _forget_last_shared), found)]
     return found
 
 
@@ -398,10 +424,28 @@ class ConnectionListener(Protocol):
 class UdpPort:
     """The I/O half of an endpoint. `owned` ports belong to one client connection."""
 
+    # What every port starts with, as class attributes: in the pure-Python build, past 30
+    # instance attributes CPython 3.11 gives each instance (a client's: one per
+    # connection) a dict of its own. (Compiled, the native class keeps them in its struct.)
+    close_when_idle: bool = False   # close the socket once no connection is left
+    lingers: bool = False           # counted among the lingering sockets (_linger)
+    closed: bool = False
+    filed_at: float | None = None   # a client's deadline filed with its ClientTimers
+    gso_sends: int = 0
+    _writer_on: bool = False
+    _flush_handle: asyncio.Handle | None = None
+    _processing: bool = False
+    _timer: asyncio.Handle | None = None
+    _timer_at: float | None = None
+    _soon: asyncio.Handle | None = None   # for a deadline due already
+    _gso: bool = False              # probed by `start_reading`, as is _gro
+    _gro: bool = False
+
     def __init__(self, loop: asyncio.AbstractEventLoop, sock: socket.socket, endpoint: Endpoint,
                  *, connected: bool = False, icmp_refuses: bool = True,
                  on_accept: Callable[[Connection], None] | None = None,
-                 sockname: Any = None, family: int | None = None) -> None:
+                 sockname: Any = None, family: int | None = None,
+                 reading: bool = True) -> None:
         self.loop = loop
         self.sock = sock
         self.endpoint = endpoint
@@ -411,9 +455,6 @@ class UdpPort:
         self.icmp_refuses = icmp_refuses
         self.on_accept = on_accept
         self.transports: dict[Connection, ConnectionListener] = {}
-        self.close_when_idle = False    # close the socket once no connection is left
-        self.lingers = False            # counted among the lingering sockets (_linger)
-        self.closed = False
         self._fd = sock.fileno()
         self._buf, self._view = (shared := _shared(loop)).buf, shared.view
         self._bufs = [self._buf]        # recvmsg_into's argument, built once
@@ -425,38 +466,40 @@ class UdpPort:
             else loop.time)
         self._lone_reads = LONE_READS if connected else 0  # a client's: one SYN+ACK
         self._sendq: collections.deque[tuple[bytes, Addr]] = collections.deque()
-        self._writer_on = False
-        self._flush_handle: asyncio.Handle | None = None
-        self._processing = False
-        self._timer: asyncio.Handle | None = None
-        self._timer_at: float | None = None
-        self._soon: asyncio.Handle | None = None   # for a deadline due already
         # a client's deadlines (`filed_at`): its loop's ClientTimers, via the slot
         self._client_timers = shared.client_timers if connected else None
         self.timer_slot: list[TimedPort | None] = [self]
-        self.filed_at: float | None = None
         self.send_errors: collections.Counter[str] = collections.Counter()
         # the socket's (`sockname`, when the caller has just asked); kept once closed
         self.local_addr = sockname if sockname is not None else sock.getsockname()
-        self._gso = batch.probe_gso(sock)
-        self._gro = batch.enable_gro(sock)
         # read once, or given: a Python property on sockets, an enum member each time
         self.family = family = sock.family if family is None else family
         self._recverr = enable_recverr(sock, family)
-        self.gso_sends = 0
         self._pcap = (pcap.acquire(endpoint.config.pcap, self.local_addr[1])
                       if endpoint.config.pcap else None)
-        # If the loop is closed while a connection lingers in TIME_WAIT, the socket is
-        # closed when this object goes, not left for a ResourceWarning.
-        # Its RSTs too (see _reset_connections), so nothing the finalizer holds may hold
-        # this object: the endpoint reaches the port only through a weak method.
+        # A loop closed under a lingering connection: the socket (and its RSTs, see
+        # _reset_connections) goes with this object, which the finalizer must not hold:
+        # the endpoint reaches the port only through a weak method.
         self._finalizer = weakref.finalize(self, _release, sock, self._pcap, self.local_addr[1],
                                            endpoint)
         sock.setblocking(False)
         set_dont_fragment(sock, family)
         self._route_cache: dict[str, int | None] = {}
         endpoint.route_mss = _weak_route_mss(self)
-        loop.add_reader(self._fd, self._on_readable)
+        if reading:
+            self.start_reading()
+
+    def start_reading(self) -> None:
+        """Register with the loop: after the constructor (`reading=False`), a client's
+        port sends its SYN first (`api._open`), and this overlaps the SYN's round trip.
+        The SYN+ACK waits in the socket (the loop polls level-triggered); read before
+        UDP_GRO is on, it is one datagram all the same."""
+        if self.closed:
+            return
+        sock = self.sock
+        self._gso = batch.probe_gso(sock)
+        self._gro = batch.enable_gro(sock)
+        self.loop.add_reader(self._fd, self._on_readable)
         shutdown.track(self)
 
     def peer_route_mss(self, peer: Addr) -> int:

@@ -92,14 +92,32 @@ async def _linger_for_fins(loop: asyncio.AbstractEventLoop, ports: list[TrackedP
             seen, last_progress = now_seen, loop.time()
 
 
+# The last loop whose shutdown hook is in place, weakly, and its ports: a client makes a
+# port per connection, nearly always on the same loop, and needs neither the lookup of
+# its set (a WeakKeyDictionary's `get` is a Python call) nor a look for the hook again.
+_last_tracked: list[tuple[weakref.ref[asyncio.AbstractEventLoop],
+                          weakref.WeakSet[TrackedPort]]] = []
+
+
+def _forget_last_tracked(ref: weakref.ref[asyncio.AbstractEventLoop]) -> None:
+    if _last_tracked and _last_tracked[0][0] is ref:
+        _last_tracked.clear()
+
+
 def track(port: TrackedPort) -> None:
     """Have the running loop's shutdown reset (or linger for) `port`'s connections."""
     loop = port.loop
+    if _last_tracked:
+        ref, tracked = _last_tracked[0]
+        if ref() is loop:
+            tracked.add(port)
+            return
     ports = _loop_ports.get(loop)
     if ports is None:
         ports = _loop_ports[loop] = weakref.WeakSet()
     ports.add(port)
     if getattr(loop, _SENTINEL_ATTR, None) is not None:
+        _last_tracked[:] = [(weakref.ref(loop, _forget_last_tracked), ports)]
         return
     # Only the running loop's own hook will do: then the loop holds the generator in its
     # set of live ones until shutdown_asyncgens. A port made outside the running loop

@@ -1,0 +1,239 @@
+"""What setting up one client connection costs the adapter, counted rather than timed
+(issue #13: connect+close per second): the socket's options, the loop's shared state,
+the ISN, the calls between `open_connection` and the handshake, the order of the SYN
+and the loop's registration, the port's attributes and the shutdown hook's bookkeeping.
+
+Each test fails on the code before the change it guards: a `getattr` of the socket
+module per buffer (CPython names no FORCE option, so each missed and built an
+AttributeError), a WeakKeyDictionary lookup per port, an ISN made by the interpreted
+`HandshakeSecrets.isn`, the general path's coroutines for an address written out, a
+SYN sent after add_reader, instance attributes for what every port starts with, and a
+WeakKeyDictionary lookup per tracked port.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import socket
+from typing import Any
+
+import pytest
+
+import utcp
+from tests.aio.util import HOST, TIMEOUT, port_of, serving
+from utcp import crypto, isn, wire
+from utcp.aio import api, shutdown
+from utcp.aio import port as port_module
+from utcp.config import Config
+from utcp.endpoint import Endpoint
+
+CONFIG = utcp.Config(mss=1400, pmtu_probing=False)
+
+
+async def _answer_once(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    await reader.readexactly(1)
+    writer.write(b"a")
+    await writer.drain()
+    while await reader.read(1024):
+        pass
+    writer.close()
+
+
+# ---------------------------------------------------------------------- socket buffers
+
+class _Sock:
+    """Records setsockopt calls; refuses the options in `refused`."""
+
+    def __init__(self, refused: frozenset[int] = frozenset()) -> None:
+        self.calls: list[tuple[int, int, int]] = []
+        self.refused = refused
+
+    def setsockopt(self, level: int, name: int, value: int) -> None:
+        self.calls.append((level, name, value))
+        if name in self.refused:
+            raise PermissionError(1, "refused")
+
+
+def test_the_buffer_options_are_looked_up_once() -> None:
+    """The options tried, FORCE first where the socket module has it, read at import."""
+    expected = tuple(
+        tuple(name for name in (getattr(socket, force, None), opt) if name is not None)
+        for opt, force in ((socket.SO_RCVBUF, "SO_RCVBUFFORCE"),
+                           (socket.SO_SNDBUF, "SO_SNDBUFFORCE")))
+    assert expected == port_module._BUFFER_OPTIONS
+
+
+def test_each_buffer_is_set_by_the_first_option_that_takes() -> None:
+    sock = _Sock()
+    port_module.set_socket_buffers(sock, 1 << 20)  # type: ignore[arg-type]
+    assert sock.calls == [(socket.SOL_SOCKET, names[0], 1 << 20)
+                          for names in port_module._BUFFER_OPTIONS]
+
+
+def test_a_refused_option_falls_back_to_the_next() -> None:
+    firsts = frozenset(names[0] for names in port_module._BUFFER_OPTIONS)
+    sock = _Sock(refused=firsts)
+    port_module.set_socket_buffers(sock, 1 << 20)  # type: ignore[arg-type]
+    tried = [name for _, name, _ in sock.calls]
+    assert tried == [name for names in port_module._BUFFER_OPTIONS for name in names]
+
+
+# ---------------------------------------------------------------------- the loop's shared state
+
+def test_a_loops_shared_state_is_found_again_and_dropped_with_the_loop() -> None:
+    """One `_LoopShared` per loop, found again without the WeakKeyDictionary; the cache
+    of the last one holds the loop only weakly and forgets it with the loop (its
+    ClientTimers hold ports, whose sockets close when they are collected)."""
+    loop = asyncio.new_event_loop()
+    try:
+        shared = port_module._shared(loop)
+        assert port_module._shared(loop) is shared
+        assert port_module._loop_shared.get(loop) is shared
+        other = asyncio.new_event_loop()
+        try:
+            assert port_module._shared(other) is not shared
+            assert port_module._shared(loop) is shared
+        finally:
+            other.close()
+    finally:
+        loop.close()
+    del loop, other
+    gc.collect()
+    assert not any(ref() is not None for ref, _ in port_module._last_shared)
+    assert shared not in [found for _, found in port_module._last_shared]
+
+
+# ---------------------------------------------------------------------- the ISN
+
+def test_the_endpoint_makes_the_isn_that_the_secrets_make() -> None:
+    """One F (RFC 6528), called natively by the endpoint with the secret's key: the ISN
+    a client connection starts with is `HandshakeSecrets.isn`'s."""
+    secrets = crypto.HandshakeSecrets(b"k" * 32)
+    peer = ("192.0.2.1", 443)
+    ep = Endpoint(Config(), 40000, secrets=secrets)
+    conn = ep.connect(peer, 10.0)
+    assert conn.iss == secrets.isn(peer, 40000, 10.0)
+    assert conn.iss == isn.keyed_isn(secrets.isn_key, peer, 40000, 10.0)
+
+
+def test_the_isn_key_is_copied_never_updated() -> None:
+    secrets = crypto.HandshakeSecrets(b"k" * 32)
+    before = secrets.isn_key.copy().digest()
+    first = isn.keyed_isn(secrets.isn_key, ("192.0.2.1", 443), 40000, 10.0)
+    assert isn.keyed_isn(secrets.isn_key, ("192.0.2.1", 443), 40000, 10.0) == first
+    assert secrets.isn_key.copy().digest() == before
+
+
+# ---------------------------------------------------------------------- open_connection
+
+async def test_an_address_written_out_skips_the_general_path(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A connect to an address written out, with no race, awaits its one attempt: the
+    lookup, the attempts' list and the loop over them are for names and races."""
+    def refuse(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("the general path ran")
+
+    async with asyncio.timeout(TIMEOUT):
+        server = await utcp.start_server(_answer_once, HOST, 0, config=CONFIG)
+        async with serving(server):
+            monkeypatch.setattr(api, "_client_addresses", refuse)
+            monkeypatch.setattr(api, "_first_connected", refuse)
+            reader, writer = await utcp.open_connection(HOST, port_of(server), config=CONFIG)
+            writer.write(b"q")
+            assert await reader.readexactly(1) == b"a"
+            writer.close()
+            await writer.wait_closed()
+
+
+async def test_a_refusal_on_the_short_path_reads_as_before() -> None:
+    """The one attempt's refusal comes out as the general path gave it."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.bind((HOST, 0))
+        closed_port = probe.getsockname()[1]
+    async with asyncio.timeout(TIMEOUT):
+        with pytest.raises(ConnectionRefusedError) as refused:
+            await utcp.open_connection(HOST, closed_port, config=CONFIG)
+    assert refused.value.errno is not None
+    assert f"('{HOST}', {closed_port})" in str(refused.value)
+
+
+async def test_the_syn_leaves_before_the_port_registers_with_the_loop(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The client's port sends its SYN, then registers with the loop (asyncio's
+    add_reader, the GSO and GRO probes), while the SYN travels: the SYN+ACK waits in
+    the socket's queue, read once the loop polls."""
+    loop = asyncio.get_running_loop()
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as peer:
+        peer.bind((HOST, 0))
+        peer.setblocking(False)
+        queued: list[bytes | None] = []
+
+        def spying(real: Any) -> Any:
+            def spy(*args: Any) -> Any:
+                try:
+                    queued.append(peer.recv(2048))
+                except BlockingIOError:
+                    queued.append(None)
+                return real(*args)
+            return spy
+
+        monkeypatch.setattr(loop, "add_reader", spying(loop.add_reader))
+        connecting = asyncio.ensure_future(
+            utcp.open_connection(HOST, peer.getsockname()[1], config=CONFIG))
+        async with asyncio.timeout(TIMEOUT):
+            while not queued:
+                await asyncio.sleep(0.001)
+        connecting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await connecting
+    syn = queued[0]
+    assert syn is not None and syn[13] & wire.SYN and not syn[13] & wire.ACK
+
+
+# ---------------------------------------------------------------------- the port's attributes
+
+async def test_a_new_port_sets_few_instance_attributes() -> None:
+    """What every port starts with is a class attribute: the constructor's instance
+    attributes stay well within CPython 3.11's 30 keys an instance dictionary may share
+    with its class's (beyond, each instance gets a dictionary of its own), leaving room
+    for those a client's port sets once its connection runs."""
+    loop = asyncio.get_running_loop()
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind((HOST, 0))
+        port = api.Port(loop, sock, Endpoint(CONFIG, sock.getsockname()[1]), reading=False)
+        try:
+            assert len(vars(port)) <= 24
+        finally:
+            port.close()
+
+
+# ---------------------------------------------------------------------- the shutdown hook
+
+def test_a_loops_ports_are_tracked_without_the_lookup_and_forgotten_with_it() -> None:
+    """Once the running loop's shutdown hook is in place, its ports join its set through
+    a weak one-entry cache; the cache goes with the loop, and the hook still resets
+    every port's connections at shutdown (tests/aio/test_loop_shutdown* run it)."""
+    class Port:
+        closed = False
+
+        def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+            self.loop = loop
+            self.endpoint = Endpoint(CONFIG, 1)
+
+        def reset_connections(self, *, closing_too: bool) -> None:
+            pass
+
+    async def main() -> list[Port]:
+        loop = asyncio.get_running_loop()
+        made = [Port(loop) for _ in range(3)]
+        for port in made:
+            shutdown.track(port)  # type: ignore[arg-type]
+        assert shutdown._last_tracked and shutdown._last_tracked[0][0]() is loop
+        assert set(shutdown._loop_ports[loop]) == set(made)
+        return made
+
+    made = asyncio.run(main())
+    del made
+    gc.collect()
+    assert not any(ref() is not None for ref, _ in shutdown._last_tracked)
