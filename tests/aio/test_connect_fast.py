@@ -16,7 +16,15 @@ from typing import Any
 import pytest
 
 import utcp
-from tests.aio.util import HOST, TIMEOUT, needs_patchable, port_of, serving, spy_call_at
+from tests.aio.util import (
+    HOST,
+    TIMEOUT,
+    answer_once,
+    needs_patchable,
+    port_of,
+    serving,
+    spy_call_at,
+)
 from tests.test_ack_coalescing import SERVER, Pair, pure_acks, segments
 from utcp import State, wire
 from utcp.aio import api
@@ -27,16 +35,6 @@ from utcp.connection import Connection
 from utcp.endpoint import Endpoint
 
 CONFIG = utcp.Config(mss=1400, pmtu_probing=False)
-
-
-async def _answer_once(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    """The benchmark's connect+close server: one byte answered, then close at EOF."""
-    await reader.readexactly(1)
-    writer.write(b"a")
-    await writer.drain()
-    while await reader.read(1024):
-        pass
-    writer.close()
 
 
 # ---------------------------------------------------------------------- the address
@@ -69,7 +67,7 @@ async def test_a_connect_to_an_address_written_out_makes_no_lookup(
     """As asyncio's create_connection: an address written out is its own answer (a
     numeric getaddrinfo costs no system call, but about three times the work)."""
     async with asyncio.timeout(TIMEOUT):
-        server = await utcp.start_server(_answer_once, HOST, 0, config=CONFIG)
+        server = await utcp.start_server(answer_once, HOST, 0, config=CONFIG)
         async with serving(server):
             lookups: list[object] = []
             real = socket.getaddrinfo
@@ -137,7 +135,7 @@ async def test_a_round_whose_callbacks_touch_nothing_is_the_last(
             real_process(self, now)
 
     async with asyncio.timeout(TIMEOUT):
-        server = await utcp.start_server(_answer_once, HOST, 0, config=CONFIG)
+        server = await utcp.start_server(answer_once, HOST, 0, config=CONFIG)
         async with serving(server):
             monkeypatch.setattr(api, "Endpoint", endpoint)
             monkeypatch.setattr(port_module.UdpPort, "process", process)
@@ -175,7 +173,7 @@ async def test_close_sends_the_fin_before_it_returns() -> None:
     """As a write into an idle connection does, outside the port's processing: the FIN
     is on its way when `close()` returns, not one loop iteration later."""
     async with asyncio.timeout(TIMEOUT):
-        server = await utcp.start_server(_answer_once, HOST, 0, config=CONFIG)
+        server = await utcp.start_server(answer_once, HOST, 0, config=CONFIG)
         async with serving(server):
             reader, writer = await utcp.open_connection(HOST, port_of(server), config=CONFIG)
             writer.write(b"q")
@@ -233,7 +231,7 @@ async def test_sequential_connections_reuse_the_servers_timer_handle() -> None:
     The RTO floor is long here so that no handle fires while the test runs."""
     config = utcp.Config(mss=1400, pmtu_probing=False, rto_min=20.0, rto_initial=30.0)
     async with asyncio.timeout(TIMEOUT):
-        server = await utcp.start_server(_answer_once, HOST, 0, config=config)
+        server = await utcp.start_server(answer_once, HOST, 0, config=config)
         async with serving(server):
             (port,) = server._ports  # type: ignore[attr-defined]
             handles: list[object] = []
@@ -281,7 +279,7 @@ async def test_connects_draw_no_randomness_and_read_no_limit_each(
     import resource
 
     async with asyncio.timeout(TIMEOUT):
-        server = await utcp.start_server(_answer_once, HOST, 0, config=CONFIG)
+        server = await utcp.start_server(answer_once, HOST, 0, config=CONFIG)
         async with serving(server):
             await _connect_close(server, 1)  # the process's secret exists from here
             draws: list[int] = []
@@ -323,7 +321,7 @@ async def test_a_client_socket_reads_its_syn_ack_without_a_read_that_finds_nothi
         return read
 
     async with asyncio.timeout(TIMEOUT):
-        server = await utcp.start_server(_answer_once, HOST, 0, config=CONFIG)
+        server = await utcp.start_server(answer_once, HOST, 0, config=CONFIG)
         async with serving(server):
             for name in ("recvmsg_into", "recvfrom_into"):
                 monkeypatch.setattr(socket.socket, name, counting(name))
@@ -352,7 +350,7 @@ async def test_connection_lost_comes_with_the_segment_that_ends_the_close(
         pytest.skip("this loop's methods cannot be replaced on the instance (uvloop)")
     lost: list[object] = []
     async with asyncio.timeout(TIMEOUT):
-        server = await utcp.start_server(_answer_once, HOST, 0, config=CONFIG)
+        server = await utcp.start_server(answer_once, HOST, 0, config=CONFIG)
         async with serving(server):
             reader, writer = await utcp.open_connection(HOST, port_of(server), config=CONFIG)
             protocol = writer.transport.get_protocol()
@@ -385,7 +383,7 @@ async def test_client_connections_make_no_timer_handle_each(
             isinstance(owner, port_module.UdpPort) and owner.connected)
     handles = spy_call_at(monkeypatch, a_client_ports)
     async with asyncio.timeout(TIMEOUT):
-        server = await utcp.start_server(_answer_once, HOST, 0, config=SLOW_TIMERS)
+        server = await utcp.start_server(answer_once, HOST, 0, config=SLOW_TIMERS)
         async with serving(server):
             writers = await _connect_close(server, 10, SLOW_TIMERS)
             monkeypatch.undo()

@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 
 import utcp
-from tests.aio.util import HOST, TIMEOUT, port_of, serving
+from tests.aio.util import HOST, TIMEOUT, answer_once, port_of, serving
 from utcp import crypto, isn, wire
 from utcp.aio import api, shutdown
 from utcp.aio import port as port_module
@@ -29,15 +29,6 @@ from utcp.config import Config
 from utcp.endpoint import Endpoint
 
 CONFIG = utcp.Config(mss=1400, pmtu_probing=False)
-
-
-async def _answer_once(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    await reader.readexactly(1)
-    writer.write(b"a")
-    await writer.drain()
-    while await reader.read(1024):
-        pass
-    writer.close()
 
 
 # ---------------------------------------------------------------------- socket buffers
@@ -135,7 +126,7 @@ async def test_an_address_written_out_skips_the_general_path(
         raise AssertionError("the general path ran")
 
     async with asyncio.timeout(TIMEOUT):
-        server = await utcp.start_server(_answer_once, HOST, 0, config=CONFIG)
+        server = await utcp.start_server(answer_once, HOST, 0, config=CONFIG)
         async with serving(server):
             monkeypatch.setattr(api, "_client_addresses", refuse)
             monkeypatch.setattr(api, "_first_connected", refuse)

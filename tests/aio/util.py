@@ -108,6 +108,16 @@ async def echo_handler(reader: asyncio.StreamReader, writer: asyncio.StreamWrite
             await writer.wait_closed()
 
 
+async def answer_once(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """The benchmark's connect+close server: one byte answered, then close at EOF."""
+    await reader.readexactly(1)
+    writer.write(b"a")
+    await writer.drain()
+    while await reader.read(1024):
+        pass
+    writer.close()
+
+
 @contextlib.asynccontextmanager
 async def serving(server: utcp.Server) -> AsyncIterator[utcp.Server]:
     """`async with server`, except when the test fails inside: then the server is closed
