@@ -246,7 +246,8 @@ def test_a_lone_connections_deadlines_push_nothing_and_a_second_one_rebuilds() -
     """One connection's deadline is read from the endpoint's table of armed deadlines: a
     ping-pong pushes nothing on the heap. When a second connection arms, the heap is
     built from the table, and the endpoint's deadline stays the earliest of its
-    connections', exactly, as they come and go (one, two, one again, two again)."""
+    connections', exactly, as they come and go (one, two, one again, two again); back
+    at one, the heap keeps no stale entry (each held a connection that is gone)."""
     from tests.peek import timer_heap_entries
     client, server, conn, peer = _pair(Config())
     _ping_pong(client, server, conn, peer, 50)
@@ -273,6 +274,8 @@ def test_a_lone_connections_deadlines_push_nothing_and_a_second_one_rebuilds() -
     left = list(server.connections.values())
     assert left and peer not in left
     exact(now, left)
+    # one deadline left: the heap's stale entries (the gone connection's among them) go
+    assert timer_heap_entries(server) == 0
     fired = 0
     while (deadline := server.get_timer()) is not None and fired < 20:
         now = deadline

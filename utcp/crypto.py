@@ -483,7 +483,7 @@ class HandshakeSecrets:
         as `_prf`'s is (its text took about three quarters of the call). It starts with
         a NUL byte, which no text of `_prf`'s does: no ISN input is ever a cookie's.
         (The endpoint calls `utcp.isn.keyed_isn` itself, natively.)"""
-        return keyed_isn(self._mac, peer, local_port, now)
+        return keyed_isn(self._mac, (str(peer[0]), int(peer[1])), local_port, now)
 
     def make_cookie(self, peer: tuple[str, int], local_port: int, client_isn: int,
                     peer_mss: int, peer_wscale: int | None, now: float, *,

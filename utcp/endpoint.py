@@ -407,6 +407,12 @@ class Endpoint:
     def get_timer(self) -> float | None:
         armed = self._armed
         if len(armed) < 2:
+            if self._heap:
+                # Stale entries of connections gone since would keep them (and what they
+                # hold) alive for as long as one deadline at most is armed: an idle
+                # server after a burst of connections. `_file` rebuilds when needed.
+                self._heap = []
+                self._heap_whole = False
             for deadline in armed.values():  # one connection's: no heap (`_file`)
                 return deadline
             return None

@@ -118,6 +118,44 @@ def test_the_isn_key_is_copied_never_updated() -> None:
 
 # ---------------------------------------------------------------------- open_connection
 
+def test_the_secrets_isn_takes_any_address_form() -> None:
+    """`HandshakeSecrets.isn` takes an address as the socket module gives it (IPv6's
+    4-tuple, a list) in both builds: the compiled F takes a (host, port) pair."""
+    secrets = crypto.HandshakeSecrets(b"k" * 32)
+    pair = secrets.isn(("::1", 5000), 6000, 1.0)
+    assert secrets.isn(("::1", 5000, 0, 0), 6000, 1.0) == pair  # type: ignore[arg-type]
+    assert secrets.isn(["::1", 5000], 6000, 1.0) == pair  # type: ignore[arg-type]
+
+
+async def test_a_port_that_cannot_register_leaves_no_connection(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The SYN goes before the port registers with the loop: should the registration
+    fail, the connect raises and the connection is aborted, not left sending SYNs
+    that nothing reads."""
+    made: list[api.Port] = []
+    real_init = api.Port.__init__
+
+    def init(self: api.Port, *args: Any, **kwargs: Any) -> None:
+        real_init(self, *args, **kwargs)
+        made.append(self)
+
+    def refuse(self: api.Port) -> None:
+        raise OSError("registration refused")
+
+    monkeypatch.setattr(api.Port, "__init__", init)
+    monkeypatch.setattr(api.Port, "start_reading", refuse)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as peer:
+        peer.bind((HOST, 0))
+        with pytest.raises(OSError, match="registration refused"):
+            await utcp.open_connection(HOST, peer.getsockname()[1], config=CONFIG)
+    (port,) = made
+    async with asyncio.timeout(TIMEOUT):
+        while not port.closed:  # the abort's RST flushed, then the idle port closes
+            await asyncio.sleep(0.001)
+    assert all(conn.state is utcp.State.CLOSED
+               for conn in port.endpoint.connections.values())
+
+
 async def test_an_address_written_out_skips_the_general_path(
         monkeypatch: pytest.MonkeyPatch) -> None:
     """A connect to an address written out, with no race, awaits its one attempt: the

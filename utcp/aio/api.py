@@ -548,7 +548,11 @@ async def _open(loop: asyncio.AbstractEventLoop, family: int, type_: int, proto:
     transport = UtcpTransport(port, conn, addr, waiter=waiter)
     port.process(now)
     # The SYN is out: the rest of the port's setup overlaps its round trip
-    port.start_reading()
+    try:
+        port.start_reading()
+    except BaseException:
+        transport.abort()  # no connection left sending SYNs that nothing would read
+        raise
     return transport, waiter
 
 

@@ -314,7 +314,8 @@ _loop_shared: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopShared] 
 
 # The last loop `_shared` answered for, weakly, and its answer: every client connection
 # asks, nearly always for the same loop, and a WeakKeyDictionary's `get` is a Python call.
-# Dropped with the loop, as the dictionary's entry is (its ClientTimers hold ports).
+# Weak on the loop, as the dictionary is. (Known leak, not this cache's: a closed loop whose
+# ClientTimers still hold an armed handle stays reachable from its own dictionary entry.)
 _last_shared: list[tuple[weakref.ref[asyncio.AbstractEventLoop], _LoopShared]] = []
 
 
@@ -422,7 +423,10 @@ class ConnectionListener(Protocol):
 # does, while this class stays native (its attributes are read in C, not looked up).
 @mypyc_attr(allow_interpreted_subclasses=True)
 class UdpPort:
-    """The I/O half of an endpoint. `owned` ports belong to one client connection."""
+    """The I/O half of an endpoint. `owned` ports belong to one client connection.
+
+    Make ports as `utcp.aio.api.Port` (what the library makes): compiled, this class
+    takes no weak reference, which the constructor needs (`weakref.finalize`)."""
 
     # What every port starts with, as class attributes: in the pure-Python build, past 30
     # instance attributes CPython 3.11 gives each instance (a client's: one per
