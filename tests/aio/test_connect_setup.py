@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import socket
+import weakref
 from typing import Any
 
 import pytest
@@ -72,27 +73,54 @@ def test_a_refused_option_falls_back_to_the_next() -> None:
 
 # ---------------------------------------------------------------------- the loop's shared state
 
-def test_a_loops_shared_state_is_found_again_and_dropped_with_the_loop() -> None:
-    """One `_LoopShared` per loop, found again without the WeakKeyDictionary; the cache
-    of the last one holds the loop only weakly and forgets it with the loop (its
-    ClientTimers hold ports, whose sockets close when they are collected)."""
+def test_a_loops_shared_state_is_found_again_and_freed_with_the_loop() -> None:
+    """One `_LoopShared` per loop, kept on the loop: it refers back to the loop (its
+    ClientTimers' handle and ports), so as a WeakKeyDictionary's value it kept its key,
+    and every closed loop, alive."""
     loop = asyncio.new_event_loop()
+    other = asyncio.new_event_loop()
     try:
         shared = port_module._shared(loop)
         assert port_module._shared(loop) is shared
-        assert port_module._loop_shared.get(loop) is shared
-        other = asyncio.new_event_loop()
-        try:
-            assert port_module._shared(other) is not shared
-            assert port_module._shared(loop) is shared
-        finally:
-            other.close()
+        assert port_module._shared(other) is not shared
+        assert port_module._shared(loop) is shared
+        # what keeps a loop alive if nothing frees them together: an armed handle
+        shared.client_timers._arm(loop, loop.time() + 60)
     finally:
+        other.close()
         loop.close()
-    del loop, other
+    gone = weakref.ref(loop)
+    del loop, other, shared
     gc.collect()
-    assert not any(ref() is not None for ref, _ in port_module._last_shared)
-    assert shared not in [found for _, found in port_module._last_shared]
+    assert gone() is None
+
+
+def test_asyncio_run_frees_its_loop_and_closes_lingering_sockets() -> None:
+    """A program that runs asyncio.run again and again, its client connections left to
+    TIME_WAIT each time: the loop's shutdown closes their sockets (they stayed open in
+    the lingering table until the port was collected, which the table prevented) and
+    the closed loop is freed."""
+    loops: list[weakref.ref[asyncio.AbstractEventLoop]] = []
+    sockets: list[socket.socket] = []
+
+    async def main() -> None:
+        loops.append(weakref.ref(asyncio.get_running_loop()))
+        server = await utcp.start_server(answer_once, HOST, 0, config=CONFIG)
+        async with serving(server):
+            for _ in range(3):
+                reader, writer = await utcp.open_connection(
+                    HOST, port_of(server), config=CONFIG)
+                writer.write(b"q")
+                assert await reader.readexactly(1) == b"a"
+                writer.close()
+                await writer.wait_closed()  # TIME_WAIT: the client's socket lingers
+                sockets.append(writer.get_extra_info("socket"))
+
+    for _ in range(3):
+        asyncio.run(main())
+    assert all(sock.fileno() == -1 for sock in sockets), [s.fileno() for s in sockets]
+    gc.collect()
+    assert [ref() for ref in loops] == [None, None, None]
 
 
 # ---------------------------------------------------------------------- the ISN

@@ -308,31 +308,27 @@ class _LoopShared:
         self.client_timers = ClientTimers(loop)
 
 
+# Each loop's, as an attribute of the loop where it takes one (asyncio's and uvloop's do):
+# the state refers back to its loop (the ClientTimers' armed handle, their ports), so as a
+# value of a WeakKeyDictionary it kept its own key alive, and with it every closed loop
+# that had client ports. On the loop, the two are one cycle the collector frees, and
+# finding it again is an attribute lookup, not a WeakKeyDictionary's Python `get` (every
+# client connection asks). The dictionary is for a loop that refuses attributes.
+_SHARED_ATTR = "_utcp_port_shared"
 _loop_shared: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopShared] = (
     weakref.WeakKeyDictionary())
 
 
-# The last loop `_shared` answered for, weakly, and its answer: every client connection
-# asks, nearly always for the same loop, and a WeakKeyDictionary's `get` is a Python call.
-# Weak on the loop, as the dictionary is. (Known leak, not this cache's: a closed loop whose
-# ClientTimers still hold an armed handle stays reachable from its own dictionary entry.)
-_last_shared: list[tuple[weakref.ref[asyncio.AbstractEventLoop], _LoopShared]] = []
-
-
-def _forget_last_shared(ref: weakref.ref[asyncio.AbstractEventLoop]) -> None:
-    if _last_shared and _last_shared[0][0] is ref:
-        _last_shared.clear()
-
-
 def _shared(loop: asyncio.AbstractEventLoop) -> _LoopShared:
-    if _last_shared:
-        ref, last = _last_shared[0]
-        if ref() is loop:
-            return last
-    found = _loop_shared.get(loop)
+    found: _LoopShared | None = getattr(loop, _SHARED_ATTR, None)
     if found is None:
-        found = _loop_shared[loop] = _LoopShared(loop)
-    _last_shared[:] = [(weakref.ref(loop, _forget_last_shared), found)]
+        found = _loop_shared.get(loop)
+        if found is None:
+            found = _LoopShared(loop)
+            try:
+                setattr(loop, _SHARED_ATTR, found)
+            except AttributeError:
+                _loop_shared[loop] = found
     return found
 
 
@@ -524,17 +520,24 @@ class UdpPort:
         return found if found is not None else self.endpoint.config.mss
 
     def reset_connections(self, *, closing_too: bool) -> None:
-        """The loop is shutting down with connections open: RST them (see _abandon)."""
-        if self.closed or not self.endpoint.connections:
+        """The loop is shutting down with connections open: RST them (see _abandon).
+        The last call (`closing_too`) also closes a client's port that no transport
+        holds any more (one lingering for TIME_WAIT): its socket closed only when the
+        port was collected, and the lingering table, whose ports refer to the loop, kept
+        it and the closed loop alive."""
+        if self.closed:
             return
-        reset = []
-        for conn in list(self.endpoint.connections.values()):
-            _abandon(conn, closing_too=closing_too)
-            if conn.state is State.CLOSED and (listener := self.transports.get(conn)):
-                reset.append(listener)
-        self._send(self.endpoint.datagrams_to_send(self.loop.time()))
-        for listener in reset:  # after the RSTs are out: each schedules connection_lost
-            listener.ended_by_port(ConnectionAbortedError("the event loop is shutting down"))
+        if self.endpoint.connections:
+            reset = []
+            for conn in list(self.endpoint.connections.values()):
+                _abandon(conn, closing_too=closing_too)
+                if conn.state is State.CLOSED and (listener := self.transports.get(conn)):
+                    reset.append(listener)
+            self._send(self.endpoint.datagrams_to_send(self.loop.time()))
+            for listener in reset:  # after the RSTs are out: each schedules connection_lost
+                listener.ended_by_port(ConnectionAbortedError("the event loop is shutting down"))
+        if closing_too:
+            self._close_if_idle()
 
     # ------------------------------------------------------------------ input
 
