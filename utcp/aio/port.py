@@ -419,14 +419,11 @@ class ConnectionListener(Protocol):
 # does, while this class stays native (its attributes are read in C, not looked up).
 @mypyc_attr(allow_interpreted_subclasses=True)
 class UdpPort:
-    """The I/O half of an endpoint. `owned` ports belong to one client connection.
+    """The I/O half of an endpoint. Make ports as `utcp.aio.api.Port`: compiled, this
+    class takes no weak reference, which the constructor needs (`weakref.finalize`)."""
 
-    Make ports as `utcp.aio.api.Port` (what the library makes): compiled, this class
-    takes no weak reference, which the constructor needs (`weakref.finalize`)."""
-
-    # What every port starts with, as class attributes: in the pure-Python build, past 30
-    # instance attributes CPython 3.11 gives each instance (a client's: one per
-    # connection) a dict of its own. (Compiled, the native class keeps them in its struct.)
+    # What every port starts with, as class attributes: past 30 instance attributes the
+    # pure build's instances (one per client) each get a dict of their own.
     close_when_idle: bool = False   # close the socket once no connection is left
     lingers: bool = False           # counted among the lingering sockets (_linger)
     closed: bool = False
@@ -490,10 +487,9 @@ class UdpPort:
             self.start_reading()
 
     def start_reading(self) -> None:
-        """Register with the loop: after the constructor (`reading=False`), a client's
-        port sends its SYN first (`api._open`), and this overlaps the SYN's round trip.
-        The SYN+ACK waits in the socket (the loop polls level-triggered); read before
-        UDP_GRO is on, it is one datagram all the same."""
+        """Register with the loop: a client's port (`reading=False`) sends its SYN first
+        (`api._open`), so this overlaps the SYN's round trip; the SYN+ACK waits in the
+        socket (the loop polls level-triggered), one datagram even before UDP_GRO."""
         if self.closed:
             return
         sock = self.sock
@@ -520,11 +516,8 @@ class UdpPort:
         return found if found is not None else self.endpoint.config.mss
 
     def reset_connections(self, *, closing_too: bool) -> None:
-        """The loop is shutting down with connections open: RST them (see _abandon).
-        The last call (`closing_too`) also closes a client's port that no transport
-        holds any more (one lingering for TIME_WAIT): its socket closed only when the
-        port was collected, and the lingering table, whose ports refer to the loop, kept
-        it and the closed loop alive."""
+        """The loop is shutting down: RST its connections (see _abandon); the last call
+        closes a lingering client port too (the lingering table kept it, and the loop)."""
         if self.closed:
             return
         if self.endpoint.connections:
