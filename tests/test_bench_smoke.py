@@ -68,3 +68,18 @@ def test_instructions_loopback_driver_runs_each_mode(mode: str) -> None:
                           capture_output=True, text=True, timeout=55)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert proc.stderr == "", proc.stderr  # no traceback from a callback or a finaliser
+
+
+@pytest.mark.timeout(60)
+def test_phases_benchmark_prints_each_phase() -> None:
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.phases", "--conns", "5",
+                           "--reps", "1"], cwd=ROOT, capture_output=True, text=True,
+                          timeout=55)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    out = proc.stdout
+    assert "| transport | connect | request | close | sum |" in out
+    for name in ("utcp", "asyncio TCP"):
+        row = re.search(rf"^\| {re.escape(name)} \|(.*)\|$", out, re.M)
+        assert row is not None, out
+        cells = [c.strip() for c in row.group(1).split("|")]
+        assert len(cells) == 4 and all(re.fullmatch(NUMBER, c) for c in cells), row.group(0)
