@@ -19,6 +19,14 @@ ARGS = ["--bytes", "1M", "--pings", "50", "--conns", "20", "--idle", "50", "--re
 NUMBER = r"\d+(?:\.\d+)?"
 
 
+def table_row(out: str, name: str) -> list[str]:
+    """The cells of the Markdown table row that starts with `name` (the benchmarks'
+    tables); fails, showing the output, if there is none."""
+    row = re.search(rf"^\| {re.escape(name)} \|(.*)\|$", out, re.M)
+    assert row is not None, out
+    return [c.strip() for c in row.group(1).split("|")]
+
+
 @pytest.mark.timeout(30)
 def test_benchmark_harness_prints_the_table() -> None:
     proc = subprocess.run([sys.executable, "-m", "benchmarks", *ARGS], cwd=ROOT,
@@ -30,14 +38,10 @@ def test_benchmark_harness_prints_the_table() -> None:
     assert "| transport | bulk MB/s, 1400 B datagrams |" in out
     # every cell of both transports' rows is a number: each measurement ran
     for name in ("utcp", "asyncio TCP"):
-        row = re.search(rf"^\| {re.escape(name)} \|(.*)\|$", out, re.M)
-        assert row is not None, out
-        cells = [c.strip() for c in row.group(1).split("|")]
-        assert len(cells) == 6, row.group(0)
-        assert all(re.fullmatch(NUMBER, c) for c in cells), row.group(0)
-    ratio = re.search(r"^\| utcp / asyncio TCP \|(.*)\|$", out, re.M)
-    assert ratio is not None, out
-    assert all(re.fullmatch(rf"{NUMBER}x", c.strip()) for c in ratio.group(1).split("|"))
+        cells = table_row(out, name)
+        assert len(cells) == 6, cells
+        assert all(re.fullmatch(NUMBER, c) for c in cells), cells
+    assert all(re.fullmatch(rf"{NUMBER}x", c) for c in table_row(out, "utcp / asyncio TCP"))
     assert "ERROR" not in out, out
 
 
@@ -79,7 +83,5 @@ def test_phases_benchmark_prints_each_phase() -> None:
     out = proc.stdout
     assert "| transport | connect | request | close | sum |" in out
     for name in ("utcp", "asyncio TCP"):
-        row = re.search(rf"^\| {re.escape(name)} \|(.*)\|$", out, re.M)
-        assert row is not None, out
-        cells = [c.strip() for c in row.group(1).split("|")]
-        assert len(cells) == 4 and all(re.fullmatch(NUMBER, c) for c in cells), row.group(0)
+        cells = table_row(out, name)
+        assert len(cells) == 4 and all(re.fullmatch(NUMBER, c) for c in cells), cells

@@ -12,8 +12,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+from tests.test_bench_smoke import NUMBER, table_row
+
 ROOT = Path(__file__).resolve().parent.parent
-NUMBER = r"\d+(?:\.\d+)?"
 
 
 def test_idle_benchmark_prints_the_table() -> None:
@@ -24,10 +25,8 @@ def test_idle_benchmark_prints_the_table() -> None:
     out = proc.stdout
     assert "utcp keepalive off" in out
     for name in ("utcp", "asyncio TCP"):
-        row = re.search(rf"^\| {re.escape(name)} \|(.*)\|$", out, re.M)
-        assert row is not None, out
-        cells = [c.strip() for c in row.group(1).split("|")]
-        assert len(cells) == 7, row.group(0)
-        assert all(re.fullmatch(NUMBER, c) for c in cells), row.group(0)
-        assert cells[0] == "120", row.group(0)   # every idle connection held
-        assert cells[5] == "0", row.group(0)     # no storm connect failed
+        cells = table_row(out, name)
+        assert len(cells) == 7, cells
+        assert all(re.fullmatch(NUMBER, c) for c in cells), cells
+        assert cells[0] == "120", cells   # every idle connection held
+        assert cells[5] == "0", cells     # no storm connect failed
