@@ -138,11 +138,11 @@ def _unchanging(data: bytes | bytearray | memoryview) -> memoryview:
     """A large write as a view of bytes no one can change: immutable bytes are kept as
     they are, and so is a plain view of them (an application that writes a large bytes
     object in slices of a memoryview: copied, every byte cost one copy more); anything
-    else is copied once. A view of our own: the caller may release theirs."""
+    else is copied once. A view of our own: the caller may release theirs. (A view
+    reaches here flat: `SendBuffer.append` made it so.)"""
     if isinstance(data, bytes):
         return memoryview(data)
-    if (not isinstance(data, bytearray) and isinstance(data.obj, bytes)
-            and data.ndim == 1 and data.itemsize == 1 and data.c_contiguous):
+    if not isinstance(data, bytearray) and isinstance(data.obj, bytes):
         return data.cast("B")
     return memoryview(bytes(data))
 

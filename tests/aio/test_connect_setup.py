@@ -268,9 +268,9 @@ async def test_a_new_port_sets_few_instance_attributes() -> None:
 # ---------------------------------------------------------------------- the shutdown hook
 
 def test_a_loops_ports_are_tracked_without_the_lookup_and_forgotten_with_it() -> None:
-    """Once the running loop's shutdown hook is in place, its ports join its set through
-    a weak one-entry cache; the cache goes with the loop, and the hook still resets
-    every port's connections at shutdown (tests/aio/test_loop_shutdown* run it)."""
+    """A loop's ports join a set kept on the loop (found by an attribute lookup, not the
+    WeakKeyDictionary's Python `get`), which goes with the loop; the hook still resets
+    every port's connections at shutdown (tests/aio/test_dropin_shutdown.py runs it)."""
     class Port:
         closed = False
 
@@ -286,11 +286,13 @@ def test_a_loops_ports_are_tracked_without_the_lookup_and_forgotten_with_it() ->
         made = [Port(loop) for _ in range(3)]
         for port in made:
             shutdown.track(port)  # type: ignore[arg-type]
-        assert shutdown._last_tracked and shutdown._last_tracked[0][0]() is loop
-        assert set(shutdown._loop_ports[loop]) == set(made)
+        assert set(getattr(loop, shutdown._PORTS_ATTR)) == set(made)
+        assert shutdown._loop_ports.get(loop) is None
+        loops.append(weakref.ref(loop))
         return made
 
+    loops: list[weakref.ref[asyncio.AbstractEventLoop]] = []
     made = asyncio.run(main())
     del made
     gc.collect()
-    assert not any(ref() is not None for ref, _ in shutdown._last_tracked)
+    assert [ref() for ref in loops] == [None]

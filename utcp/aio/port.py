@@ -363,8 +363,6 @@ def _reset_connections(sock: socket.socket, endpoint: Endpoint) -> None:
             continue
 
 
-
-
 def _abandon(conn: Connection, *, closing_too: bool) -> None:
     """What the kernel would do with `conn` when its process goes, as far as we can.
 
@@ -476,7 +474,7 @@ class UdpPort:
                       if endpoint.config.pcap else None)
         # A loop closed under a lingering connection: the socket (and its RSTs, see
         # _reset_connections) goes with this object, which the finalizer must not hold:
-        # the endpoint reaches the port only through a weak method.
+        # the endpoint reaches the port only through a weak reference (_weak_route_mss).
         self._finalizer = weakref.finalize(self, _release, sock, self._pcap, self.local_addr[1],
                                            endpoint)
         sock.setblocking(False)

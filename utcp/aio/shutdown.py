@@ -40,7 +40,10 @@ SHUTDOWN_LINGER_IDLE = 1.0   # a loop shutting down waits for closing connection
 SHUTDOWN_LINGER_MAX = 10.0   # their ACKs keep coming, this long without one at most
 
 
-# Ports per event loop, for the RSTs when the loop shuts down (below).
+# Ports per event loop, for the RSTs when the loop shuts down (below): an attribute of the
+# loop where it takes one, found again by an attribute lookup (every client connection
+# adds its port), the dictionary for a loop that refuses attributes.
+_PORTS_ATTR = "_utcp_ports"
 _loop_ports: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop,
                                        weakref.WeakSet[TrackedPort]] = weakref.WeakKeyDictionary()
 _SENTINEL_ATTR = "_utcp_shutdown_sentinel"
@@ -60,7 +63,7 @@ async def _loop_shutdown_sentinel(loop_ref: weakref.ref[asyncio.AbstractEventLoo
         yield
     finally:
         loop = loop_ref()
-        found = _loop_ports.get(loop) if loop is not None else None
+        found = _ports_of(loop) if loop is not None else None
         ports = [port for port in found or () if not port.closed]
         for port in ports:
             port.reset_connections(closing_too=False)
@@ -95,29 +98,23 @@ async def _linger_for_fins(loop: asyncio.AbstractEventLoop, ports: list[TrackedP
 # The last loop whose shutdown hook is in place, weakly, and its ports: a client makes a
 # port per connection, nearly always on the same loop, and needs neither the lookup of
 # its set (a WeakKeyDictionary's `get` is a Python call) nor a look for the hook again.
-_last_tracked: list[tuple[weakref.ref[asyncio.AbstractEventLoop],
-                          weakref.WeakSet[TrackedPort]]] = []
-
-
-def _forget_last_tracked(ref: weakref.ref[asyncio.AbstractEventLoop]) -> None:
-    if _last_tracked and _last_tracked[0][0] is ref:
-        _last_tracked.clear()
+def _ports_of(loop: asyncio.AbstractEventLoop) -> weakref.WeakSet[TrackedPort] | None:
+    found: weakref.WeakSet[TrackedPort] | None = getattr(loop, _PORTS_ATTR, None)
+    return found if found is not None else _loop_ports.get(loop)
 
 
 def track(port: TrackedPort) -> None:
     """Have the running loop's shutdown reset (or linger for) `port`'s connections."""
     loop = port.loop
-    if _last_tracked:
-        ref, tracked = _last_tracked[0]
-        if ref() is loop:
-            tracked.add(port)
-            return
-    ports = _loop_ports.get(loop)
+    ports = _ports_of(loop)
     if ports is None:
-        ports = _loop_ports[loop] = weakref.WeakSet()
+        ports = weakref.WeakSet()
+        try:
+            setattr(loop, _PORTS_ATTR, ports)
+        except AttributeError:
+            _loop_ports[loop] = ports
     ports.add(port)
     if getattr(loop, _SENTINEL_ATTR, None) is not None:
-        _last_tracked[:] = [(weakref.ref(loop, _forget_last_tracked), ports)]
         return
     # Only the running loop's own hook will do: then the loop holds the generator in its
     # set of live ones until shutdown_asyncgens. A port made outside the running loop
