@@ -232,7 +232,7 @@ async def test_ssl_shutdown_timeout_bounds_the_tls_close(tmp_path: Path, side: s
         else:
             client_utcp = client_tls.get_extra_info("connection")
             (client_transport,) = [
-                t for p in shutdown._loop_ports[asyncio.get_running_loop()]
+                t for p in shutdown._ports_of(asyncio.get_running_loop()) or ()
                 for c, t in p.transports.items() if c is client_utcp]
             assert isinstance(client_transport, utcp.UtcpTransport)
             client_transport.pause_reading()
