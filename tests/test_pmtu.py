@@ -16,7 +16,7 @@ from tests.netsim import Address, LinkProfile, Network
 from utcp import wire
 from utcp.config import Config
 from utcp.connection import Connection
-from utcp.endpoint import Endpoint
+from utcp.endpoint import Endpoint, loopback
 from utcp.pmtu import PmtuSearch
 from utcp.state import State
 
@@ -169,3 +169,50 @@ def test_search_unit_steps() -> None:
     search.sent(500, 5100)
     assert search.acked(5000) is None and search.acked(5600) == 5100
     assert search.current == 5100
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "127.3.2.1", "::1", "::ffff:127.0.0.1"])
+def test_a_loopback_path_starts_at_the_route_size_without_probing(host: str) -> None:
+    """On loopback the route is the whole path: both ends start at its size, as Linux's
+    TCP does there, instead of sending the first megabyte in small segments while a
+    probe climbs (the peer's MSS option still caps it: 9000 here, the server's route)."""
+    net = Network(1, LinkProfile(delay=0.005))
+    server_addr: Address = (host, 1000)
+    client_addr: Address = (host, 2000)
+    server = Endpoint(CFG, server_addr[1], listening=True, rng=random.Random(1))
+    client = Endpoint(CFG, client_addr[1], rng=random.Random(2))
+    server.route_mss = lambda peer: 9000
+    client.route_mss = lambda peer: 60000
+    net.add(server_addr, server)
+    net.add(client_addr, client)
+    conn = client.connect(server_addr, net.now)
+    net.run(until=5.0, stop=lambda: conn.state is State.ESTABLISHED)
+    sent_before = conn.stats().segments_sent
+    conn.send(bytes(20000))
+    accepted: list[Connection] = []
+
+    def has_accepted() -> bool:
+        if (found := server.accept()) is not None:
+            accepted.append(found)
+        return bool(accepted)
+
+    net.run(until=10.0, stop=has_accepted)
+    (peer,) = accepted
+    received = bytearray()
+
+    def all_read() -> bool:
+        received.extend(peer.read())
+        return len(received) == 20000
+
+    net.run(until=10.0, stop=all_read)
+    assert conn.pmtu is None and peer.pmtu is None  # nothing to search
+    assert conn.stats().mss == peer.stats().mss == 9000
+    # 20,000 bytes in three segments (9000, 9000, 2000), none small before them
+    assert conn.stats().segments_sent - sent_before == 3
+
+
+def test_only_a_loopback_peer_skips_the_search() -> None:
+    conn, _, _, _ = _transfer(mtu=None, route=60000, size=1 << 20)
+    assert conn.pmtu is not None and conn.pmtu.base == CFG.mss  # 10.0.0.x: probed up
+    for host in ("10.0.0.1", "::2", "128.0.0.1", "::ffff:10.0.0.1", "fe80::1"):
+        assert not loopback(host), host

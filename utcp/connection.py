@@ -177,7 +177,7 @@ class Connection:
         self.snd_wl2 = 0
         self.snd_wscale = 0          # the peer's shift: applies to windows it sends
         self.max_snd_wnd = 0
-        self.snd_mss = wire.DEFAULT_MSS
+        self.snd_mss = config.mss    # to start with; the peer's SYN caps it (take_syn)
         self.max_mss = config.mss    # the local route's ceiling; the I/O layer may raise it
         self.pmtu: PmtuSearch | None = None
         self.sndbuf = SendBuffer(self.iss + 1)

@@ -40,6 +40,12 @@ _TIME_WAIT: Final = State.TIME_WAIT
 _NEVER: Final = float("-inf")
 
 
+def loopback(host: str) -> bool:
+    """Whether `host` (a numeric address, as the socket reports peers) is a loopback
+    address, where no link lies between the two ends to carry less than the route."""
+    return host.startswith("127.") or host == "::1" or host.startswith("::ffff:127.")
+
+
 def peer_key(addr: tuple[object, ...]) -> Addr:
     """IPv6 addresses come as 4-tuples; flow info and scope do not name a peer."""
     return (str(addr[0]), int(addr[1]))  # type: ignore[call-overload]
@@ -141,6 +147,11 @@ class Endpoint:
         conn.memory_budget = self.memory
         if self.route_mss is not None and self.config.pmtu_probing:
             conn.max_mss = max(self.config.mss, self.route_mss(key))
+            if loopback(key[0]):
+                # the route is the whole path: start at its size, as Linux's TCP does on
+                # loopback, rather than probe up to it while the first megabyte goes
+                # in small segments (the peer's MSS option still caps it)
+                conn.snd_mss = conn.max_mss
         self.connections[key] = conn
         return conn
 

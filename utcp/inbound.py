@@ -162,7 +162,7 @@ def take_syn(conn: Connection, seg: wire.Segment) -> None:
     conn.rcv_nxt = seg.seq + 1
     opts = seg.options
     peer_mss = max(opts.mss if opts.mss else wire.DEFAULT_MSS, 64)
-    conn.snd_mss = min(conn.config.mss, peer_mss)
+    conn.snd_mss = min(conn.snd_mss, peer_mss)
     ceiling = min(peer_mss, conn.max_mss)
     if conn.config.pmtu_probing and ceiling > conn.snd_mss:
         conn.pmtu = PmtuSearch(conn.snd_mss, ceiling)

@@ -7,6 +7,9 @@ the payload, and per-segment work is what bounds a Python transport). Probes are
 ordinary data segments of the candidate size (RFC 4821 §7.2's approach for TCP): an
 acknowledgment confirms the size, a retransmission of the probe counts as a failed
 probe, not as congestion.
+
+A connection to a loopback address does not search: the route is the whole path, so the
+endpoint starts it at the ceiling (`Endpoint._new_connection`), as Linux's TCP does.
 """
 
 from __future__ import annotations

@@ -153,7 +153,7 @@ class Receiver:
         current = conn.rcv_adv - conn.rcv_nxt
         if grow >= min(conn.config.recv_buffer // 2, 2 * conn.snd_mss) or (
                 current < conn.snd_mss and grow > 0 and current + grow >= conn.snd_mss):
-            if (current >= UPDATE_CAN_WAIT_SEGMENTS * conn.snd_mss
+            if (current >= UPDATE_CAN_WAIT_SEGMENTS * conn.config.mss
                     and conn.rcv_adv - conn.irs <= 1 + MAX_WINDOW_FIELD):
                 # The first update, after the SYN's unscaled window (64 KiB at most):
                 # typically a server's first read of a request, with room left for

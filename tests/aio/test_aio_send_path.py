@@ -18,6 +18,10 @@ from tests.aio.util import FAST, HOST, TIMEOUT, echo_server, port_of
 from utcp.aio import batch
 from utcp.aio import port as port_module
 
+# segments of the base size, as on a path that is not loopback: several of them make
+# a GSO batch (on loopback a connection starts at the route's 64 KiB, one a datagram)
+SMALL = FAST.replace(pmtu_probing=False)
+
 SEND_CALLS = {"send", "sendto", "sendmsg"}
 
 
@@ -60,7 +64,7 @@ async def test_a_send_reporting_an_earlier_icmp_error_is_retried(
         pytest.skip("this kernel refuses UDP_SEGMENT on a loopback socket")
     monkeypatch.setattr(batch, "GSO_ALLOWED", gso)
     async with echo_server() as server:
-        reader, writer = await utcp.open_connection(HOST, port_of(server), config=FAST)
+        reader, writer = await utcp.open_connection(HOST, port_of(server), config=SMALL)
         port = writer.transport._port  # type: ignore[attr-defined]
         if not port._recverr:  # type: ignore[attr-defined]
             pytest.skip("no IP_RECVERR here: a send never reports another's error")
@@ -97,7 +101,7 @@ async def test_a_gso_send_gathers_the_datagrams_without_joining_them(
         pytest.skip("this kernel refuses UDP_SEGMENT on a loopback socket")
     monkeypatch.setattr(batch, "GSO_ALLOWED", True)
     async with echo_server() as server:
-        reader, writer = await utcp.open_connection(HOST, port_of(server), config=FAST)
+        reader, writer = await utcp.open_connection(HOST, port_of(server), config=SMALL)
         port = writer.transport._port  # type: ignore[attr-defined]
         batches: list[list[int]] = []
         real = socket.socket.sendmsg
