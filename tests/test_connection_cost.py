@@ -109,11 +109,11 @@ def test_the_events_of_a_whole_connection_are_the_shared_instances() -> None:
     client_events, server_events = _drain(conn), _drain(peer)
     assert [type(e).__name__ for e in client_events] == [
         "StateChanged", "StateChanged", "HandshakeCompleted", "StateChanged", "SendClosed",
-        "EofReceived", "StateChanged", "StateChanged", "Terminated"]
+        "StateChanged", "EofReceived", "StateChanged", "StateChanged", "Terminated"]
     assert [(e.old, e.new) for e in client_events if isinstance(e, StateChanged)] == [
         (State.CLOSED, State.SYN_SENT), (State.SYN_SENT, State.ESTABLISHED),
-        (State.ESTABLISHED, State.FIN_WAIT_1), (State.FIN_WAIT_1, State.TIME_WAIT),
-        (State.TIME_WAIT, State.CLOSED)]
+        (State.ESTABLISHED, State.FIN_WAIT_1), (State.FIN_WAIT_1, State.FIN_WAIT_2),
+        (State.FIN_WAIT_2, State.TIME_WAIT), (State.TIME_WAIT, State.CLOSED)]
     assert [type(e).__name__ for e in server_events] == [
         "StateChanged", "StateChanged", "HandshakeCompleted", "EofReceived", "StateChanged",
         "StateChanged", "SendClosed", "StateChanged", "Terminated"]
@@ -214,9 +214,9 @@ def test_python_calls_per_connection() -> None:
     """The pure build's Python calls for one connection's whole life, both ends and the
     driver: 651 before the shared events, the packed ISN, the lazy Counter, the direct
     NewReno and the transition table read in place (what remains is mostly the
-    datagrams' paths)."""
+    datagrams' paths); about 30 more since the ACK of the client's FIN goes alone."""
     run = Run()
     for _ in range(3):
         run.connection()
     per_connection = python_calls(run.connection, 20)
-    assert per_connection < 615, per_connection
+    assert per_connection < 650, per_connection

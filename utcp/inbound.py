@@ -395,7 +395,7 @@ def _fin(conn: Connection, seg: wire.Segment, seg_seq: int, complete: bool, fin_
     if flags & FIN and not payload and not fin_in_order:
         conn.sender.ack_now = True  # a bare FIN past a hole: duplicate ACK at once (RFC 5681)
     if fin_in_order:
-        receive_fin(conn, now, fin_now_acked)
+        receive_fin(conn, fin_now_acked)
     elif fin_now_acked and conn.state in (State.FIN_WAIT_1, State.CLOSING, State.LAST_ACK):
         conn.set_state(Ev.RCV_ACK_OF_FIN)
     if payload or flags & FIN:
@@ -487,18 +487,19 @@ def update_window(conn: Connection, seg: wire.Segment, seg_seq: int, ack: int,
             # probes, and as Linux's tcp_retransmit_timer keeps it; an orphan's count runs
             conn.recovery.rto_streak = 0
 
-def receive_fin(conn: Connection, now: float, fin_now_acked: bool) -> None:
+def receive_fin(conn: Connection, fin_now_acked: bool) -> None:
     conn.receiver.fin_received = True
     conn.rcv_nxt += 1
     conn.events.append(EOF_RECEIVED)
-    if conn.state in (State.SYN_RCVD, State.ESTABLISHED):
-        conn.set_state(Ev.RCV_FIN)
-        # Passive close: an application that closes when it reads EOF sends its FIN
-        # with this ACK (three datagrams to close, not four), as Linux's delayed ACK
-        # of a FIN does; one that does not gets the ACK at the next timer service.
-        conn.sender.defer_ack(now)
-        return
     conn.sender.ack_now = True
+    if conn.state in (State.SYN_RCVD, State.ESTABLISHED):
+        # Passive close. The ACK goes at once, not deferred for our own FIN to carry
+        # it (three datagrams to close, as Linux's delayed ACK of a FIN allows): the
+        # peer's close() returns when its FIN is acknowledged, so a deferred ACK made
+        # it wait for this application's next turn (about 40 us of every close on
+        # loopback, 10-15% of a sequential connect and close). One datagram more.
+        conn.set_state(Ev.RCV_FIN)
+        return
     if conn.state is State.FIN_WAIT_1:
         if fin_now_acked:
             conn.set_state(Ev.RCV_FIN_ACK_OF_FIN)

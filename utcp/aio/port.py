@@ -799,7 +799,7 @@ class UdpPort:
             return
         if deadline <= self._clock():
             # Due already: the core defers an ACK to "the next timer service at this
-            # instant" (the handshake's last ACK, the ACK of a FIN, a window update) so
+            # instant" (the handshake's last ACK, the first window update) so
             # that a write or close the application makes on waking rides on it.
             # call_soon runs after the callbacks already queued (that application's
             # wake-up) on either loop, as call_at does on asyncio's, without a
