@@ -72,18 +72,25 @@ def test_probes_up_to_the_route_ceiling_when_the_path_carries_it() -> None:
     assert conn.stats().segments_retransmitted == 0
 
 
-def test_the_peer_mss_option_is_a_ceiling_too() -> None:
-    # the server's route says 9000, the client's 60000: the client's SYN advertises
-    # 60000, the server's SYN+ACK 9000, so neither sends above 9000
+def _connect_with_routes(server_addr: Address, client_addr: Address
+                         ) -> tuple[Network, Endpoint, Connection]:
+    """An established connection whose server's route says 9000 and client's 60000."""
     net = Network(1, LinkProfile(delay=0.005))
-    server = Endpoint(CFG, SERVER[1], listening=True, rng=random.Random(1))
-    client = Endpoint(CFG, CLIENT[1], rng=random.Random(2))
+    server = Endpoint(CFG, server_addr[1], listening=True, rng=random.Random(1))
+    client = Endpoint(CFG, client_addr[1], rng=random.Random(2))
     server.route_mss = lambda peer: 9000
     client.route_mss = lambda peer: 60000
-    net.add(SERVER, server)
-    net.add(CLIENT, client)
-    conn = client.connect(SERVER, net.now)
+    net.add(server_addr, server)
+    net.add(client_addr, client)
+    conn = client.connect(server_addr, net.now)
     net.run(until=5.0, stop=lambda: conn.state is State.ESTABLISHED)
+    return net, server, conn
+
+
+def test_the_peer_mss_option_is_a_ceiling_too() -> None:
+    # the client's SYN advertises 60000, the server's SYN+ACK 9000, so neither sends
+    # above 9000
+    _, _, conn = _connect_with_routes(SERVER, CLIENT)
     assert conn.pmtu is not None and conn.pmtu.ceiling == 9000
 
 
@@ -176,17 +183,7 @@ def test_a_loopback_path_starts_at_the_route_size_without_probing(host: str) -> 
     """On loopback the route is the whole path: both ends start at its size, as Linux's
     TCP does there, instead of sending the first megabyte in small segments while a
     probe climbs (the peer's MSS option still caps it: 9000 here, the server's route)."""
-    net = Network(1, LinkProfile(delay=0.005))
-    server_addr: Address = (host, 1000)
-    client_addr: Address = (host, 2000)
-    server = Endpoint(CFG, server_addr[1], listening=True, rng=random.Random(1))
-    client = Endpoint(CFG, client_addr[1], rng=random.Random(2))
-    server.route_mss = lambda peer: 9000
-    client.route_mss = lambda peer: 60000
-    net.add(server_addr, server)
-    net.add(client_addr, client)
-    conn = client.connect(server_addr, net.now)
-    net.run(until=5.0, stop=lambda: conn.state is State.ESTABLISHED)
+    net, server, conn = _connect_with_routes((host, 1000), (host, 2000))
     sent_before = conn.stats().segments_sent
     conn.send(bytes(20000))
     accepted: list[Connection] = []
