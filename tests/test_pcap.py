@@ -145,17 +145,20 @@ def test_writer_file_format(tmp_path: Path) -> None:
 # ---------------------------------------------------------------------- a lossy relay
 
 class LossyRelay:
-    """client <-> [front | relay | back] <-> server, dropping every `every`-th datagram.
+    """client <-> [front | relay | back] <-> server, dropping every `every`-th datagram
+    (none when 0) and, with `max_size`, every datagram longer than that.
 
     Both directions count separately; `drop_first` drops the client's first datagram (the
     SYN) too, so the count includes a SYN retransmission. The UDP ports change on the way
     through, as behind a NAT; the TCP header's ports are left alone.
     """
 
-    def __init__(self, server_port: int, every: int = 20, drop_first: bool = True) -> None:
+    def __init__(self, server_port: int, every: int = 20, drop_first: bool = True,
+                 max_size: int | None = None) -> None:
         self.server = (HOST, server_port)
         self.every = every
         self.drop_first = drop_first
+        self.max_size = max_size
         self.count = {"c2s": 0, "s2c": 0}
         self.dropped = {"c2s": 0, "s2c": 0}
         self.client: Any = None
@@ -183,7 +186,9 @@ class LossyRelay:
     def forward(self, direction: str, data: bytes) -> None:
         self.count[direction] += 1
         n = self.count[direction]
-        if n % self.every == 0 or (self.drop_first and direction == "c2s" and n == 1):
+        if (self.every and n % self.every == 0) or (
+                self.drop_first and direction == "c2s" and n == 1) or (
+                self.max_size is not None and len(data) > self.max_size):
             self.dropped[direction] += 1
             return
         if direction == "c2s":

@@ -202,10 +202,47 @@ def test_a_loopback_path_starts_at_the_route_size_without_probing(host: str) -> 
         return len(received) == 20000
 
     net.run(until=10.0, stop=all_read)
-    assert conn.pmtu is None and peer.pmtu is None  # nothing to search
-    assert conn.stats().mss == peer.stats().mss == 9000
+    for end in (conn, peer):  # started at the ceiling, taken as confirmed: no probe
+        assert end.pmtu is not None and end.pmtu.probes_sent == 0
+        assert end.pmtu.current == 9000 and not end.pmtu.searching
+        assert end.stats().mss == 9000
     # 20,000 bytes in three segments (9000, 9000, 2000), none small before them
     assert conn.stats().segments_sent - sent_before == 3
+
+
+def test_a_loopback_path_that_carries_less_falls_back_and_finds_its_size() -> None:
+    """A forwarder on 127.0.0.1 (a tunnel's, a container's port proxy) may carry less
+    than the loopback route says: the full-size segments vanish, two timeouts in a row
+    bring the base size back, and the search finds what the forwarder carries. Without
+    the fallback every segment was resent at 64 KiB until the connection gave up."""
+    path = 1500  # datagrams above this vanish
+    net = Network(7, LinkProfile(delay=0.005, mtu=path))
+    server_addr, client_addr = ("127.0.0.1", 1000), ("127.0.0.1", 2000)
+    server = Endpoint(CFG, server_addr[1], listening=True, rng=random.Random(1))
+    client = Endpoint(CFG, client_addr[1], rng=random.Random(2))
+    server.route_mss = client.route_mss = lambda peer: 65447
+    net.add(server_addr, server)
+    net.add(client_addr, client)
+    conn = client.connect(server_addr, net.now)
+    net.run(until=5.0, stop=lambda: conn.state is State.ESTABLISHED)
+    assert conn.stats().mss == 65447  # started at the route's size
+    payload = random.Random(3).randbytes(1 << 20)
+    conn.send(payload)
+    received = bytearray()
+    accepted: list[Connection] = []
+
+    def all_read() -> bool:
+        if not accepted and (found := server.accept()) is not None:
+            accepted.append(found)
+        if accepted:
+            received.extend(accepted[0].read())
+        return len(received) == len(payload) or conn.state is State.CLOSED
+
+    net.run(until=60.0, stop=all_read)
+    assert bytes(received) == payload
+    assert net.now < 10.0  # two timeouts, then the search: seconds, not a give-up
+    assert CFG.mss <= conn.stats().mss <= path - HEADER - 12  # (timestamps' 12 bytes)
+    assert conn.stats().timeouts >= 2
 
 
 def test_only_a_loopback_peer_skips_the_search() -> None:

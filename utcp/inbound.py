@@ -162,10 +162,11 @@ def take_syn(conn: Connection, seg: wire.Segment) -> None:
     conn.rcv_nxt = seg.seq + 1
     opts = seg.options
     peer_mss = max(opts.mss if opts.mss else wire.DEFAULT_MSS, 64)
-    conn.snd_mss = min(conn.snd_mss, peer_mss)
+    base = min(conn.config.mss, peer_mss)
+    conn.snd_mss = min(conn.snd_mss, peer_mss)  # above base: a loopback peer's start
     ceiling = min(peer_mss, conn.max_mss)
-    if conn.config.pmtu_probing and ceiling > conn.snd_mss:
-        conn.pmtu = PmtuSearch(conn.snd_mss, ceiling)
+    if conn.config.pmtu_probing and ceiling > base:
+        conn.pmtu = PmtuSearch(base, ceiling, conn.snd_mss)
     conn.recovery.cc.set_mss(conn.snd_mss)
     conn.recovery.cc.cwnd = conn.config.initial_cwnd_segments * conn.snd_mss
     conn.sender.wscale_ok = opts.wscale is not None

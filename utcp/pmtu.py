@@ -8,8 +8,11 @@ ordinary data segments of the candidate size (RFC 4821 §7.2's approach for TCP)
 acknowledgment confirms the size, a retransmission of the probe counts as a failed
 probe, not as congestion.
 
-A connection to a loopback address does not search: the route is the whole path, so the
-endpoint starts it at the ceiling (`Endpoint._new_connection`), as Linux's TCP does.
+A connection to a loopback address starts at the ceiling instead (`Endpoint._new_connection`),
+as Linux's TCP does there: the route is all the path there usually is. Usually: a
+forwarder on 127.0.0.1 (a tunnel's or a container's port proxy) may carry less, so the
+size counts as confirmed, not as known, and two timeouts in a row fall back to the base
+size and search from there, as for a size a probe confirmed.
 """
 
 from __future__ import annotations
@@ -24,9 +27,11 @@ class PmtuSearch:
     __slots__ = ("base", "candidate", "ceiling", "current", "failures", "hi", "probe_end",
                  "probe_seq", "probe_size", "probes_sent", "rto_streak")
 
-    def __init__(self, base: int, ceiling: int) -> None:
+    def __init__(self, base: int, ceiling: int, start: int | None = None) -> None:
         self.base = base            # BASE_PLPMTU as a segment size: known to work
-        self.current = base         # the largest size confirmed so far
+        # the largest size confirmed so far; a loopback connection starts at the
+        # ceiling, taken as confirmed, keeping the black-hole fallback (`on_rto`)
+        self.current = base if start is None else start
         self.ceiling = ceiling      # MAX_PLPMTU: never probe above this
         self.hi = ceiling           # the smallest size not yet known to fail, less one
         self.failures = 0           # failed probes at `candidate`

@@ -123,8 +123,8 @@ async def test_no_send_call_for_a_round_without_output(
 
 async def test_a_timer_already_due_is_not_a_timer_handle(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    """The core defers the handshake's last ACK and the ACK of a FIN to the next timer
-    service at the same instant, twice per connect and close. The port runs such a due
+    """The core defers the handshake's last ACK (and the first window update) to the
+    next timer service at the same instant. The port runs such a due
     deadline by call_soon: a call_at(now) put a TimerHandle in the loop's heap, whose
     Python `__lt__` every later push and pop pays."""
     loop = asyncio.get_running_loop()
