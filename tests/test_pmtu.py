@@ -30,14 +30,16 @@ MASK = (1 << 32) - 1
 def _transfer(mtu: int | None, route: int, size: int, *, config: Config = CFG,
               shrink_at: int | None = None, shrink_to: int | None = None,
               trace: bool = False, watch: Callable[[Connection], None] | None = None,
+              addresses: tuple[Address, Address] = (SERVER, CLIENT),
               ) -> tuple[Connection, Connection, Network, bytes]:
     net = Network(7, LinkProfile(delay=0.005, mtu=mtu), trace=trace)
-    server = Endpoint(config, SERVER[1], listening=True, rng=random.Random(1))
-    client = Endpoint(config, CLIENT[1], rng=random.Random(2))
+    server_addr, client_addr = addresses
+    server = Endpoint(config, server_addr[1], listening=True, rng=random.Random(1))
+    client = Endpoint(config, client_addr[1], rng=random.Random(2))
     server.route_mss = client.route_mss = lambda peer: route
-    net.add(SERVER, server)
-    net.add(CLIENT, client)
-    conn = client.connect(SERVER, net.now)
+    net.add(server_addr, server)
+    net.add(client_addr, client)
+    conn = client.connect(server_addr, net.now)
     net.run(until=5.0, stop=lambda: conn.state is State.ESTABLISHED)
     payload = random.Random(3).randbytes(size)
     conn.send(payload)
@@ -216,33 +218,14 @@ def test_a_loopback_path_that_carries_less_falls_back_and_finds_its_size() -> No
     bring the base size back, and the search finds what the forwarder carries. Without
     the fallback every segment was resent at 64 KiB until the connection gave up."""
     path = 1500  # datagrams above this vanish
-    net = Network(7, LinkProfile(delay=0.005, mtu=path))
-    server_addr, client_addr = ("127.0.0.1", 1000), ("127.0.0.1", 2000)
-    server = Endpoint(CFG, server_addr[1], listening=True, rng=random.Random(1))
-    client = Endpoint(CFG, client_addr[1], rng=random.Random(2))
-    server.route_mss = client.route_mss = lambda peer: 65447
-    net.add(server_addr, server)
-    net.add(client_addr, client)
-    conn = client.connect(server_addr, net.now)
-    net.run(until=5.0, stop=lambda: conn.state is State.ESTABLISHED)
-    assert conn.stats().mss == 65447  # started at the route's size
-    payload = random.Random(3).randbytes(1 << 20)
-    conn.send(payload)
-    received = bytearray()
-    accepted: list[Connection] = []
-
-    def all_read() -> bool:
-        if not accepted and (found := server.accept()) is not None:
-            accepted.append(found)
-        if accepted:
-            received.extend(accepted[0].read())
-        return len(received) == len(payload) or conn.state is State.CLOSED
-
-    net.run(until=60.0, stop=all_read)
-    assert bytes(received) == payload
-    assert net.now < 10.0  # two timeouts, then the search: seconds, not a give-up
+    sizes: list[int] = []
+    conn, _, net, _ = _transfer(mtu=path, route=65447, size=1 << 20,
+                                addresses=(("127.0.0.1", 1000), ("127.0.0.1", 2000)),
+                                watch=lambda c: sizes.append(c.snd_mss))
+    assert sizes[0] == 65447  # started at the route's size
     assert CFG.mss <= conn.stats().mss <= path - HEADER - 12  # (timestamps' 12 bytes)
     assert conn.stats().timeouts >= 2
+    assert net.now < 20.0  # two timeouts, the search, the close: seconds, not a give-up
 
 
 def test_only_a_loopback_peer_skips_the_search() -> None:
