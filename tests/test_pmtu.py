@@ -228,8 +228,11 @@ def test_a_loopback_path_that_carries_less_falls_back_and_finds_its_size() -> No
     assert net.now < 20.0  # two timeouts, the search, the close: seconds, not a give-up
 
 
-def test_only_a_loopback_peer_skips_the_search() -> None:
-    conn, _, _, _ = _transfer(mtu=None, route=60000, size=1 << 20)
-    assert conn.pmtu is not None and conn.pmtu.base == CFG.mss  # 10.0.0.x: probed up
+def test_only_a_loopback_peer_starts_at_the_ceiling() -> None:
+    sizes: list[int] = []
+    conn, _, _, _ = _transfer(mtu=None, route=60000, size=1 << 20,
+                              watch=lambda c: sizes.append(c.snd_mss))
+    # 10.0.0.x: started at Config.mss and probed up
+    assert sizes[0] == CFG.mss and conn.pmtu is not None and conn.pmtu.probes_sent == 1
     for host in ("10.0.0.1", "::2", "128.0.0.1", "::ffff:10.0.0.1", "fe80::1"):
         assert not loopback(host), host

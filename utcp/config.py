@@ -28,7 +28,7 @@ class Config:
     rto_max: float = 60.0              # RFC 6298 §2.5
     mss: int = 1400                    # payload bytes per segment to start with (safe on
     #   any path); with pmtu_probing the size grows to what the path carries (a
-    #   loopback peer starts at the route's size: there the route is the path)
+    #   loopback peer starts at the route's size, falling back if it does not pass)
     sack: bool = True                  # selective acknowledgments (RFC 2018, RFC 6675)
     timestamps: bool = True            # RFC 7323: RTT samples, PAWS; 12 bytes a segment
     pmtu_probing: bool = True          # RFC 8899 probing up to the route's MTU; False pins mss

@@ -148,9 +148,10 @@ class Endpoint:
         if self.route_mss is not None and self.config.pmtu_probing:
             conn.max_mss = max(self.config.mss, self.route_mss(key))
             if loopback(key[0]):
-                # the route is the whole path: start at its size, as Linux's TCP does on
-                # loopback, rather than probe up to it while the first megabyte goes
-                # in small segments (the peer's MSS option still caps it)
+                # the route is usually the whole path: start at its size, as Linux's
+                # TCP does on loopback, rather than probe up to it while the first
+                # megabyte goes in small segments (the peer's MSS option caps it, and
+                # take_syn keeps the search's black-hole fallback: utcp.pmtu)
                 conn.snd_mss = conn.max_mss
         self.connections[key] = conn
         return conn

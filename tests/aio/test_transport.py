@@ -364,7 +364,7 @@ async def test_get_extra_info(state_log: StateLog) -> None:
                 stats = transport.get_extra_info("stats")
                 assert isinstance(stats, utcp.Stats)
                 assert stats.state is State.ESTABLISHED
-                # loopback: the route is the whole path, so both start at its size
+                # a loopback peer: both ends start at the route's size
                 assert stats.mss == route_mss(socket.AF_INET, HOST) > FAST.mss
                 # measured (uvloop's clock ticks in milliseconds: 0.0 is possible here)
                 assert isinstance(stats.srtt, float) and 0 <= stats.srtt < 1  # loopback

@@ -95,9 +95,6 @@ async def _linger_for_fins(loop: asyncio.AbstractEventLoop, ports: list[TrackedP
             seen, last_progress = now_seen, loop.time()
 
 
-# The last loop whose shutdown hook is in place, weakly, and its ports: a client makes a
-# port per connection, nearly always on the same loop, and needs neither the lookup of
-# its set (a WeakKeyDictionary's `get` is a Python call) nor a look for the hook again.
 def _ports_of(loop: asyncio.AbstractEventLoop) -> weakref.WeakSet[TrackedPort] | None:
     found: weakref.WeakSet[TrackedPort] | None = getattr(loop, _PORTS_ATTR, None)
     return found if found is not None else _loop_ports.get(loop)
