@@ -10,6 +10,7 @@ in, and the pure build's Python calls per connection stay under a ceiling.
 from __future__ import annotations
 
 import collections
+import gc
 from typing import Any
 
 import pytest
@@ -220,3 +221,44 @@ def test_python_calls_per_connection() -> None:
         run.connection()
     per_connection = python_calls(run.connection, 20)
     assert per_connection < 650, per_connection
+
+
+def test_a_finished_connection_is_freed_without_the_cycle_collector() -> None:
+    """Both ends of a whole connection, and the client's endpoint, are freed by reference
+    counting once let go: a connection's parts (sender, receiver, loss recovery) and the
+    endpoint's hook pointed back at it, so each finished connection left a dozen objects
+    for the cycle collector, walked in every young collection they survived."""
+    run = Run()
+    run.connection()  # the first connection's one-time work (imports, caches)
+    gc.collect()
+    gc.disable()
+    try:
+        client, conn, peer = run.connection()
+        _drain(conn), _drain(peer)
+        assert peer not in run.server.connections.values()
+        del client, conn, peer
+        assert gc.collect() == 0
+    finally:
+        gc.enable()
+
+
+def test_data_left_unread_is_still_read_once_the_connection_is_closed() -> None:
+    """The server gets the request and the FIN, closes without reading and is CLOSED
+    (forgotten, its parts let go of it) before its application reads: the bytes are
+    still there, and reading them asks nothing of the parts (no window to reopen)."""
+    run = Run()
+    addr = ("127.0.0.1", 9999)
+    client = Endpoint(CONFIG, addr[1], secrets=run.secrets)
+    conn = client.connect(SERVER, run.now)
+    run.hop(client, addr)
+    conn.send(b"request")
+    conn.close()
+    run.hop(client, addr)
+    peer = run.server.accept()
+    assert peer is not None and peer.eof_received
+    peer.close()
+    for _ in range(3):
+        run.hop(client, addr)
+    assert _state(peer) is State.CLOSED and peer not in run.server.connections.values()
+    assert peer.read(3) == b"req" and peer.read_pieces(1 << 16) == b"uest"
+    assert peer.read() == b"" and peer.stats().bytes_received == len(b"request")

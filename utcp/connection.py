@@ -335,21 +335,17 @@ class Connection:
 
     def read(self, max_bytes: int = -1) -> bytes:
         """Take in-order bytes the peer sent; reading reopens the advertised window."""
-        if not self.rcv.size:
-            return b""
-        data = self.rcv.read(max_bytes)
-        self.recharge()
-        self.receiver.window_update()
-        return data
+        return self._taken(self.rcv.read(max_bytes)) if self.rcv.size else b""
 
     def read_pieces(self, max_bytes: int) -> bytes:
         """Like `read`, but large pieces come one at a time rather than glued together:
         the asyncio transport hands each to the protocol without a copy of its own."""
-        if not self.rcv.size:
-            return b""
-        data = self.rcv.read_pieces(max_bytes)
+        return self._taken(self.rcv.read_pieces(max_bytes)) if self.rcv.size else b""
+
+    def _taken(self, data: bytes) -> bytes:
         self.recharge()
-        self.receiver.window_update()
+        if self.state is not _CLOSED:  # `release`d: no window left to open
+            self.receiver.window_update()
         return data
 
     @property
@@ -700,3 +696,16 @@ class Connection:
     def touch(self) -> None:
         if self.notify is not None:
             self.notify(self)
+
+
+def release(conn: Connection) -> None:
+    """Its endpoint has forgotten `conn`, CLOSED: cut the references its parts hold back
+    to it (and its endpoint's hook), so that reference counting frees it once the
+    application lets go, rather than the cycle collector, which would otherwise walk a
+    dozen objects of every finished connection on both ends, after they had survived
+    into its older generations. Nothing runs these parts after CLOSED (`read` leaves the
+    window alone, `datagrams_to_send`, `handle_timer`, `close` and `abort` return)."""
+    del conn.sender.conn
+    del conn.receiver.conn
+    del conn.recovery.conn
+    conn.notify = None

@@ -23,7 +23,7 @@ from utcp import crypto, log, secure, wire
 from utcp import seq as sq
 from utcp.buffers import MemoryBudget, ReassemblyBudget
 from utcp.config import Config
-from utcp.connection import Connection, window_scale_for
+from utcp.connection import Connection, release, window_scale_for
 from utcp.isn import keyed_isn
 from utcp.state import State
 
@@ -565,6 +565,7 @@ class Endpoint:
     def _forget(self, conn: Connection) -> None:
         if self.connections.get(conn.peer) is conn:
             del self.connections[conn.peer]
+            release(conn)  # CLOSED, from every caller; forgotten once (it may be again)
         self.syn_queue.discard(conn)
         self._armed.pop(conn, None)
         self._unvalidated.pop(conn, None)

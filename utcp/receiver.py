@@ -24,6 +24,7 @@ UPDATE_CAN_WAIT_SEGMENTS = 4
 
 class Receiver:
     __slots__ = ("conn", "fin_received", "fin_seq", "update_owed")
+    __deletable__ = ("conn",)  # Connection.release cuts the cycle
 
     def __init__(self, conn: Connection) -> None:
         self.conn = conn

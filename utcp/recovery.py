@@ -73,6 +73,7 @@ class LossRecovery:
     __slots__ = ("cc", "conn", "dupacks", "mode", "rack", "recover", "round_end",
                  "rto_streak", "rtt", "rtt_seq", "rtt_time", "scoreboard", "tlp_resent",
                  "tlp_seq", "undo")
+    __deletable__ = ("conn",)  # Connection.release cuts the cycle
 
     def __init__(self, conn: Connection, config: Config) -> None:
         self.conn = conn

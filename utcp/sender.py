@@ -57,6 +57,7 @@ class Sender:
         "wscale_ok",
         "yields_to_time_wait",
     )
+    __deletable__ = ("conn",)  # Connection.release cuts the cycle
 
     def __init__(self, conn: Connection) -> None:
         self.conn = conn
