@@ -20,10 +20,12 @@ from tests.aio.util import (
     HOST,
     TIMEOUT,
     answer_once,
+    echo_server,
     needs_patchable,
     port_of,
     serving,
     spy_call_at,
+    transport_of,
 )
 from tests.test_ack_coalescing import SERVER, Pair, pure_acks, segments
 from utcp import State, wire
@@ -451,3 +453,31 @@ def test_client_timers_drop_stale_entries_once_they_outnumber_the_live() -> None
         port.file(timers, 100.0 + i)  # an RTO that moves on with every segment
     assert len(timers.heap) <= port_module.ClientTimers.COMPACT_MIN + 1
     assert min(timers.heap)[0] <= port.filed_at
+
+
+async def test_a_busy_client_port_keeps_its_early_deadline() -> None:
+    """A running exchange moves the client's deadline later with nearly every segment
+    (the retransmission timer, the delayed ACK): after a few filings its early entry is
+    kept, fires, finds nothing due and files the deadline of that moment, so the loop's
+    heap is not pushed twice per exchange. The exchange itself is unaffected."""
+    exchanges = 300
+    # an early entry that fires every 200 ms at most (the delayed ACK's): the bound
+    # below holds unless an exchange on loopback takes a good part of that
+    config = utcp.Config(mss=1400, pmtu_probing=False, ack_delay=0.2)
+    async with echo_server(config=config) as server:
+        reader, writer = await utcp.open_connection(HOST, port_of(server), config=config)
+        port = transport_of(writer)._port
+        timers = port._client_timers
+        assert timers is not None
+        before = timers._filed
+        async with asyncio.timeout(TIMEOUT):
+            for i in range(exchanges):
+                message = i.to_bytes(4, "big") * 16
+                writer.write(message)
+                assert await reader.readexactly(len(message)) == message
+        filed = timers._filed - before
+        writer.close()
+        await writer.wait_closed()
+    # two filings per exchange when every later deadline was filed; now at most five
+    # after each timer wake-up, which comes once per delayed-ACK interval at most
+    assert filed < exchanges, filed

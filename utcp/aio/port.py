@@ -19,7 +19,7 @@ import struct
 import time
 import weakref
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, ClassVar, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Final, Protocol
 
 from utcp import log, pcap
 from utcp.aio import batch, shutdown
@@ -38,6 +38,10 @@ RECV_BATCH = 512            # datagrams read per wake-up at most, so timers stil
 # loop polls level-triggered, so anything left is read at its next iteration; a wake-up
 # that finds more than one datagram, or this many in a row, goes back to draining.
 LONE_READS = 8
+# A client port files this many later deadlines between two timer wake-ups, then keeps
+# its early one (`ClientTimers.keeps`): a connect, request and close moves its deadline
+# later about three times, an exchange of data with nearly every segment.
+REFILE_BEFORE_KEEPING: Final = 4
 SOCKET_BUFFER = 4 << 20     # SO_RCVBUF / SO_SNDBUF asked for: a window of 1400-byte segments
 MAX_DATAGRAM = 65535
 _GRO_CMSG_SPACE = batch.GRO_CMSG_SPACE
@@ -204,6 +208,7 @@ class TimedPort(Protocol):
     loop: asyncio.AbstractEventLoop
     timer_slot: list[TimedPort | None]
     filed_at: float | None
+    refiled: int
 
     def on_due(self, now: float) -> None: ...
 
@@ -241,6 +246,23 @@ class ClientTimers:
             self._compact()
         if self._at is None or deadline < self._at:
             self._arm(port.loop, deadline)
+
+    def keeps(self, port: TimedPort, deadline: float) -> bool:
+        """Whether `port`'s entry stands for its new `deadline` (no filing needed).
+
+        A later deadline is filed (a heap push now, a stale entry to pop later) while
+        the port's deadlines rarely move, as in a short connection's life. Once they
+        move on with every segment (the retransmission and delayed-ACK deadlines of a
+        running exchange), the early entry is kept, as a server port keeps its handle:
+        it fires, finds nothing due, and files the deadline of that moment
+        (`UdpPort.on_due`, which resets `refiled`)."""
+        filed = port.filed_at
+        if filed is None or filed > deadline:
+            return False
+        if filed < deadline:
+            port.refiled += 1
+            return port.refiled > REFILE_BEFORE_KEEPING
+        return True
 
     def _arm(self, loop: asyncio.AbstractEventLoop, at: float) -> None:
         if self._handle is not None:
@@ -426,6 +448,7 @@ class UdpPort:
     lingers: bool = False           # counted among the lingering sockets (_linger)
     closed: bool = False
     filed_at: float | None = None   # a client's deadline filed with its ClientTimers
+    refiled: int = 0                # later deadlines filed since its last timer wake-up
     gso_sends: int = 0
     _writer_on: bool = False
     _flush_handle: asyncio.Handle | None = None
@@ -772,18 +795,14 @@ class UdpPort:
         deadline = self.endpoint.get_timer()
         client_timers = self._client_timers
         if deadline is None:
-            # Nothing to wait for: a handle still armed is left to fire once and find
-            # nothing due. Cancelling it cost a cancel now and, for a server between
-            # sequential connections, a new call_at for the next one's SYN+ACK (whose
-            # deadline is later than the one left); twice per connection in all. A
-            # client port's entry in ClientTimers just goes stale.
+            # Nothing to wait for: an armed handle fires once for nothing, which costs
+            # less than a cancel now and, for a server between sequential connections,
+            # a call_at for the next SYN+ACK. A client's entry just goes stale.
             if client_timers is not None:
                 self.filed_at = None
             return
         if client_timers is not None:
-            # Filing costs a heap push, so a later deadline is filed too, and the early
-            # one goes stale rather than fire for nothing.
-            if self.filed_at == deadline:
+            if client_timers.keeps(self, deadline):
                 return
             if deadline <= self._clock():
                 if self._soon is None:  # as below
@@ -799,14 +818,11 @@ class UdpPort:
             return
         if deadline <= self._clock():
             # Due already: the core defers an ACK to "the next timer service at this
-            # instant" (the handshake's last ACK, the first window update) so
-            # that a write or close the application makes on waking rides on it.
-            # call_soon runs after the callbacks already queued (that application's
-            # wake-up) on either loop, as call_at does on asyncio's, without a
-            # TimerHandle in the loop's heap (whose Python __lt__ each push and pop
-            # pays, and which holds every cancelled handle). The handle armed for a
-            # later deadline stays: the retransmission timer that follows is mostly no
-            # earlier, so it needs no new call_at once the due one is served.
+            # instant" (the handshake's last ACK, the first window update) so that a
+            # write or close the application makes on waking rides on it. call_soon
+            # runs after the callbacks queued already (that wake-up) on either loop,
+            # without a TimerHandle in the loop's heap (a Python __lt__ per push and
+            # pop). The handle armed for a later deadline stays (see above).
             if self._soon is None:
                 self._soon = self.loop.call_soon(self._on_soon)
             return
@@ -822,6 +838,11 @@ class UdpPort:
     def on_due(self, now: float) -> None:
         """A deadline came: a client port's (`ClientTimers`), a server's (`_on_timer`),
         or one due already (`_on_soon`)."""
+        self.refiled = 0
+        deadline = self.endpoint.get_timer()
+        if deadline is not None and deadline > now:
+            self._arm_timer()  # an early entry or handle, kept: nothing due, no flush
+            return
         self.endpoint.handle_timer(now)
         self.process(now)
 
