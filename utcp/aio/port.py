@@ -839,8 +839,8 @@ class UdpPort:
         """A deadline came: a client port's (`ClientTimers`), a server's (`_on_timer`),
         or one due already (`_on_soon`)."""
         self.refiled = 0
-        deadline = self.endpoint.get_timer()
-        if deadline is not None and deadline > now:
+        deadline = (endpoint := self.endpoint).get_timer()
+        if deadline is not None and deadline > now and not endpoint.has_output():
             self._arm_timer()  # an early entry or handle, kept: nothing due, no flush
             return
         self.endpoint.handle_timer(now)
