@@ -840,7 +840,8 @@ class UdpPort:
         or one due already (`_on_soon`)."""
         self.refiled = 0
         deadline = (endpoint := self.endpoint).get_timer()
-        if deadline is not None and deadline > now and not endpoint.has_output():
+        if (deadline is not None and deadline > now and not endpoint.has_output()
+                and not self.closed):
             self._arm_timer()  # an early entry or handle, kept: nothing due, no flush
             return
         self.endpoint.handle_timer(now)
