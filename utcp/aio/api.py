@@ -13,6 +13,7 @@ from asyncio import sslproto
 from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from typing import Any
 
+from utcp.aio import shutdown
 from utcp.aio.port import UdpPort, set_socket_buffers
 from utcp.aio.transport import UtcpTransport
 from utcp.config import Config
@@ -472,7 +473,7 @@ def _numeric_address(host: str, port: int | None, family: int, proto: int,
 # Client sockets bound to a fixed port (local_addr) by the pair of addresses they join:
 # a new connection over a pair whose old one lingers in TIME_WAIT is refused
 # (docs/protocol.md §4.4), as the kernel refuses a second bind of the same TCP 4-tuple.
-_fixed_port_pairs: weakref.WeakValueDictionary[tuple[Any, Any], UdpPort] = (
+_fixed_port_pairs: weakref.WeakValueDictionary[tuple[Any, Any], shutdown.Held] = (
     weakref.WeakValueDictionary())
 
 
@@ -487,11 +488,6 @@ def _client_secrets() -> HandshakeSecrets:
     if not _client_secret:
         _client_secret.append(HandshakeSecrets())
     return _client_secret[0]
-
-
-class Port(UdpPort):
-    """The ports utcp makes. Defined here, in a module mypyc leaves interpreted, so that
-    it takes weak references (`UdpPort` is a native class when compiled)."""
 
 
 def _check_udp_socket(sock: object) -> None:
@@ -528,7 +524,8 @@ async def _open(loop: asyncio.AbstractEventLoop, family: int, type_: int, proto:
         # Only a port the application chose can be one a lingering connection holds: a
         # port the system picks is never one a socket still open is bound to.
         pair = (tuple(sockname[:2]), tuple(sock.getpeername()[:2]))
-        old = _fixed_port_pairs.get(pair)
+        held = _fixed_port_pairs.get(pair)
+        old = held.port if held is not None else None
         if old is not None and not old.closed and old.endpoint.connections:
             if user_sock is None:
                 sock.close()
@@ -536,10 +533,10 @@ async def _open(loop: asyncio.AbstractEventLoop, family: int, type_: int, proto:
             raise OSError(errno.EADDRINUSE, f"the connection {pair[0]} -> {pair[1]} still"
                                             f" exists ({state}); TIME_WAIT lasts 2 x msl")
     endpoint = Endpoint(config, sockname[1], secrets=_client_secrets())
-    port = Port(loop, sock, endpoint, connected=True, icmp_refuses=not fixed,
+    port = UdpPort(loop, sock, endpoint, connected=True, icmp_refuses=not fixed,
                 sockname=sockname, family=family, reading=False)
     if fixed:
-        _fixed_port_pairs[pair] = port
+        _fixed_port_pairs[pair] = port.held
     port.close_when_idle = True
     now = loop.time()
     conn = endpoint.connect(addr, now)
@@ -771,7 +768,7 @@ async def create_server(
         # the application's own socket, bound as it chose; the server owns it from now
         set_socket_buffers(sock)
         endpoint = Endpoint(cfg, sock.getsockname()[1], listening=False, backlog=backlog)
-        ports: list[UdpPort] = [Port(loop, sock, endpoint)]
+        ports: list[UdpPort] = [UdpPort(loop, sock, endpoint)]
     else:
         hosts: list[str | None] = ([host] if host is None or isinstance(host, str)
                                    else list(host))
@@ -821,7 +818,7 @@ def _bind_ports(loop: asyncio.AbstractEventLoop, infos: list[Any], config: Confi
             sock = _bound_socket(fam, typ, pro, addr, reuse_address, reuse_port)
             endpoint = Endpoint(config, sock.getsockname()[1], listening=False,
                                 backlog=backlog)
-            ports.append(Port(loop, sock, endpoint))
+            ports.append(UdpPort(loop, sock, endpoint))
     except BaseException:
         for p in ports:
             p.close()

@@ -29,6 +29,7 @@ from utcp.endpoint import Addr, Endpoint, peer_key
 from utcp.state import State
 
 if TYPE_CHECKING:
+    from utcp.config import Config
     from utcp.connection import Connection
 
 RECV_BATCH = 512            # datagrams read per wake-up at most, so timers still run
@@ -408,14 +409,28 @@ def _release(sock: socket.socket, writer: pcap.PcapWriter | None, port: int,
         pcap.release(writer, port)
 
 
-def _weak_route_mss(port: UdpPort) -> Callable[[Addr], int]:
-    ref = weakref.ref(port)  # a compiled bound method takes no weak reference
-    config = port.endpoint.config
+def _route_mss_of(sock: socket.socket, family: int, connected: bool,
+                  config: Config) -> Callable[[Addr], int]:
+    """The endpoint's `route_mss`: the route's MSS to a peer, cached per host, or the
+    configured MSS if the kernel cannot say. It holds the socket, not the port, which
+    holds the endpoint."""
+    cache: dict[str, int | None] = {}
 
-    def route_mss(peer: Addr) -> int:
-        found = ref()
-        return found.peer_route_mss(peer) if found is not None else config.mss
-    return route_mss
+    def route_mss_to(peer: Addr) -> int:
+        host = peer[0]
+        if host not in cache:
+            if len(cache) > 4096:
+                cache.clear()
+            found: int | None = None
+            if connected:
+                with contextlib.suppress(OSError):  # its own route: no throwaway socket
+                    found = connected_route_mss(sock)
+            else:
+                found = route_mss(family, host)
+            cache[host] = found
+        found = cache[host]
+        return found if found is not None else config.mss
+    return route_mss_to
 
 
 class ConnectionListener(Protocol):
@@ -433,14 +448,10 @@ class ConnectionListener(Protocol):
         the loop shutting down reset it): an abnormal end, reported as `exc`."""
 
 
-# weakref.finalize, the loop's WeakSet (utcp/aio/shutdown.py) and api.py's
-# WeakValueDictionary hold ports weakly, and mypyc's native classes take no weak references:
-# the ports the library makes are of an interpreted subclass (`utcp.aio.api.Port`), which
-# does, while this class stays native (its attributes are read in C, not looked up).
+# Subclassed by tests only. Those that hold a port weakly hold its `shutdown.Held`.
 @mypyc_attr(allow_interpreted_subclasses=True)
 class UdpPort:
-    """The I/O half of an endpoint. Make ports as `utcp.aio.api.Port`: compiled, this
-    class takes no weak reference, which the constructor needs (`weakref.finalize`)."""
+    """The I/O half of an endpoint: one UDP socket, read and flushed for the core."""
 
     # What every port starts with, as class attributes: past 30 instance attributes the
     # pure build's instances (one per client) each get a dict of their own.
@@ -496,14 +507,14 @@ class UdpPort:
         self._pcap = (pcap.acquire(endpoint.config.pcap, self.local_addr[1])
                       if endpoint.config.pcap else None)
         # A loop closed under a lingering connection: the socket (and its RSTs, see
-        # _reset_connections) goes with this object, which the finalizer must not hold:
-        # the endpoint reaches the port only through a weak reference (_weak_route_mss).
-        self._finalizer = weakref.finalize(self, _release, sock, self._pcap, self.local_addr[1],
-                                           endpoint)
+        # _reset_connections) goes with this port, which the finalizer must not hold
+        # (nor the endpoint: its `route_mss` holds the socket).
+        self.held = shutdown.Held(self)
+        self._finalizer = weakref.finalize(self.held, _release, sock, self._pcap,
+                                           self.local_addr[1], endpoint)
         sock.setblocking(False)
         set_dont_fragment(sock, family)
-        self._route_cache: dict[str, int | None] = {}
-        endpoint.route_mss = _weak_route_mss(self)
+        endpoint.route_mss = _route_mss_of(sock, family, connected, endpoint.config)
         if reading:
             self.start_reading()
 
@@ -518,23 +529,6 @@ class UdpPort:
         self._gro = batch.enable_gro(sock)
         self.loop.add_reader(self._fd, self._on_readable)
         shutdown.track(self)
-
-    def peer_route_mss(self, peer: Addr) -> int:
-        """The endpoint's `route_mss` (through `_weak_route_mss`): the route's MSS to
-        `peer`, cached per host, or the configured MSS if the kernel cannot say."""
-        host = peer[0]
-        if host not in self._route_cache:
-            if len(self._route_cache) > 4096:
-                self._route_cache.clear()
-            found: int | None = None
-            if self.connected:
-                with contextlib.suppress(OSError):  # its own route: no throwaway socket
-                    found = connected_route_mss(self.sock)
-            else:
-                found = route_mss(self.family, host)
-            self._route_cache[host] = found
-        found = self._route_cache[host]
-        return found if found is not None else self.endpoint.config.mss
 
     def reset_connections(self, *, closing_too: bool) -> None:
         """The loop is shutting down: RST its connections (see _abandon); the last call
@@ -1034,6 +1028,7 @@ class UdpPort:
             pass  # the loop is already closed
         self._pcap = None
         self._finalizer()  # RSTs first (see _reset_connections), then the socket closes
+        self.held.port = None  # the cycle goes: a closed port is freed when let go
         if not self.loop.is_closed():  # else no connection_lost can be scheduled
             for listener in list(self.transports.values()):
                 listener.ended_by_port(

@@ -23,12 +23,31 @@ from utcp.endpoint import Endpoint
 from utcp.state import State
 
 
+class Held:
+    """What stands for an open port wherever the port is held weakly: the loop's set of
+    ports (below), the socket's `weakref.finalize` and the table of fixed ports in `api`.
+
+    Compiled, `UdpPort` is a native class, which takes no weak reference; this class,
+    interpreted in both builds, does. The port holds its `Held` and the `Held` the
+    port, until `UdpPort.close` lets go (`port = None`): an open port dropped without
+    a close is then freed by the cycle collector, whose collecting this object runs the
+    finalizer that closes the socket. Ports of the library's own class make their
+    method calls to one another in C, which an interpreted subclass taking weak
+    references would turn into Python-level calls."""
+
+    __slots__ = ("__weakref__", "port")
+
+    def __init__(self, port: TrackedPort) -> None:
+        self.port: TrackedPort | None = port
+
+
 class TrackedPort(Protocol):
     """What this module needs of a `utcp.aio.port.UdpPort` (which imports this module)."""
 
     loop: asyncio.AbstractEventLoop
     endpoint: Endpoint
     closed: bool
+    held: Held
 
     def reset_connections(self, *, closing_too: bool) -> None: ...
 
@@ -45,7 +64,7 @@ SHUTDOWN_LINGER_MAX = 10.0   # their ACKs keep coming, this long without one at 
 # adds its port), the dictionary for a loop that refuses attributes.
 _PORTS_ATTR = "_utcp_ports"
 _loop_ports: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop,
-                                       weakref.WeakSet[TrackedPort]] = weakref.WeakKeyDictionary()
+                                       weakref.WeakSet[Held]] = weakref.WeakKeyDictionary()
 _SENTINEL_ATTR = "_utcp_shutdown_sentinel"
 
 
@@ -63,8 +82,7 @@ async def _loop_shutdown_sentinel(loop_ref: weakref.ref[asyncio.AbstractEventLoo
         yield
     finally:
         loop = loop_ref()
-        found = _ports_of(loop) if loop is not None else None
-        ports = [port for port in found or () if not port.closed]
+        ports = _ports_of(loop) if loop is not None else []
         for port in ports:
             port.reset_connections(closing_too=False)
         if loop is not None and ports:
@@ -95,22 +113,28 @@ async def _linger_for_fins(loop: asyncio.AbstractEventLoop, ports: list[TrackedP
             seen, last_progress = now_seen, loop.time()
 
 
-def _ports_of(loop: asyncio.AbstractEventLoop) -> weakref.WeakSet[TrackedPort] | None:
-    found: weakref.WeakSet[TrackedPort] | None = getattr(loop, _PORTS_ATTR, None)
+def _held_of(loop: asyncio.AbstractEventLoop) -> weakref.WeakSet[Held] | None:
+    found: weakref.WeakSet[Held] | None = getattr(loop, _PORTS_ATTR, None)
     return found if found is not None else _loop_ports.get(loop)
+
+
+def _ports_of(loop: asyncio.AbstractEventLoop) -> list[TrackedPort]:
+    """The loop's ports still open."""
+    return [port for held in list(_held_of(loop) or ())
+            if (port := held.port) is not None and not port.closed]
 
 
 def track(port: TrackedPort) -> None:
     """Have the running loop's shutdown reset (or linger for) `port`'s connections."""
     loop = port.loop
-    ports = _ports_of(loop)
+    ports = _held_of(loop)
     if ports is None:
         ports = weakref.WeakSet()
         try:
             setattr(loop, _PORTS_ATTR, ports)
         except AttributeError:
             _loop_ports[loop] = ports
-    ports.add(port)
+    ports.add(port.held)
     if getattr(loop, _SENTINEL_ATTR, None) is not None:
         return
     # Only the running loop's own hook will do: then the loop holds the generator in its
