@@ -25,7 +25,7 @@ from tests.aio.util import (
     port_of,
     spy_call_at,
 )
-from utcp.aio import batch
+from utcp.aio import batch, shutdown
 from utcp.aio import port as port_module
 
 PINGS = 60
@@ -219,7 +219,7 @@ async def test_ports_are_weakly_held_and_native_when_compiled() -> None:
     async with echo_server() as server:
         reader, writer = await utcp.open_connection(HOST, port_of(server), config=FAST)
         port = writer.transport._port  # type: ignore[attr-defined]
-        held = port.held
+        held: shutdown.Held = port.held
         assert weakref.ref(held)() is held and held.port is port
         assert type(port) is port_module.UdpPort
         if not (port_module.__file__ or "").endswith(".py"):

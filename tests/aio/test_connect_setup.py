@@ -280,7 +280,7 @@ def test_a_loops_ports_are_tracked_without_the_lookup_and_forgotten_with_it() ->
         def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
             self.loop = loop
             self.endpoint = Endpoint(CONFIG, 1)
-            self.held = shutdown.Held(self)  # type: ignore[arg-type]
+            self.held = shutdown.Held(self)
 
         def reset_connections(self, *, closing_too: bool) -> None:
             pass
@@ -289,9 +289,9 @@ def test_a_loops_ports_are_tracked_without_the_lookup_and_forgotten_with_it() ->
         loop = asyncio.get_running_loop()
         made = [Port(loop) for _ in range(3)]
         for port in made:
-            shutdown.track(port)  # type: ignore[arg-type]
+            shutdown.track(port)
         assert {held.port for held in getattr(loop, shutdown._PORTS_ATTR)} == set(made)
-        assert set(shutdown._ports_of(loop)) == set(made)  # type: ignore[arg-type]
+        assert set(shutdown._ports_of(loop)) == set(made)
         assert shutdown._loop_ports.get(loop) is None
         loops.append(weakref.ref(loop))
         return made
