@@ -29,6 +29,7 @@ from tests.aio.util import (
 )
 from tests.test_ack_coalescing import SERVER, Pair, pure_acks, segments
 from utcp import State, wire
+from utcp import endpoint as endpoint_module
 from utcp.aio import api
 from utcp.aio import port as port_module
 from utcp.aio.transport import UtcpTransport
@@ -481,3 +482,31 @@ async def test_a_busy_client_port_keeps_its_early_deadline() -> None:
     # two filings per exchange when every later deadline was filed; now at most five
     # after each timer wake-up, which comes once per delayed-ACK interval at most
     assert filed < exchanges, filed
+
+
+async def test_a_timer_wake_up_with_nothing_due_only_files_the_next_deadline(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A kept early entry (or a server's early handle) fires before the deadline of the
+    moment: the port files that deadline and runs no timer service; a wake-up at or past
+    it runs the service as before."""
+    needs_patchable(endpoint_module, "Endpoint.handle_timer")
+    async with echo_server(config=CONFIG) as server:
+        reader, writer = await utcp.open_connection(HOST, port_of(server), config=CONFIG)
+        writer.write(b"x")
+        assert await reader.readexactly(1) == b"x"
+        port = transport_of(writer)._port
+        serviced: list[float] = []
+        monkeypatch.setattr(Endpoint, "handle_timer",
+                            lambda self, now: serviced.append(now))
+        deadline = port.endpoint.get_timer()
+        assert deadline is not None  # keepalive, at least
+        early = deadline - 1.0
+        port.filed_at = None  # as ClientTimers._fire leaves it before on_due
+        port.on_due(early)
+        assert serviced == [] and port.filed_at == deadline
+        port.filed_at = None
+        port.on_due(deadline)
+        assert serviced == [deadline]
+        monkeypatch.undo()
+        writer.close()
+        await writer.wait_closed()

@@ -838,7 +838,7 @@ class UdpPort:
                 and not self.closed):
             self._arm_timer()  # an early entry or handle, kept: nothing due, no flush
             return
-        self.endpoint.handle_timer(now)
+        endpoint.handle_timer(now)
         self.process(now)
 
     def _on_timer(self) -> None:
