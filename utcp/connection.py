@@ -304,11 +304,12 @@ class Connection:
         Over UDP that is what a peer whose process died leaves behind: no kernel answers
         for its connections, so the ICMP is the RST it cannot send, and it ends the
         connection in any state but TIME_WAIT (a connect with ConnectionRefusedError,
-        later ConnectionResetError). `seq` is the sequence number of the segment the
-        ICMP quotes (RFC 5927 §4.1). Not any byte in flight, as Linux's range for TCP's
-        soft errors: a blind attacker would hit that with probability flight / 2**32
-        (1 in 1,024 against 4 MiB), where an RST needs the exact number (RFC 5961). Only
-        what we send to a dead peer whatever the flight is believed: the head's
+        later ConnectionResetError), unless the peer had closed in order
+        (`_left_in_order`). `seq` is the sequence number of the segment the ICMP quotes
+        (RFC 5927 §4.1). Not any byte in flight, as Linux's range for TCP's soft
+        errors: a blind attacker would hit that with probability flight / 2**32 (1 in
+        1,024 against 4 MiB), where an RST needs the exact number (RFC 5961). Only what
+        we send to a dead peer whatever the flight is believed: the head's
         retransmission (snd_una), a keepalive or window probe (snd_una - 1), a pure ACK
         (snd_max); so a dead peer is noticed by the next timeout at the latest, and a
         blind attacker must guess one of three numbers. True if the connection ended.
@@ -318,14 +319,16 @@ class Connection:
             if quoted not in (self.snd_una - 1, self.snd_una, self.snd_max):
                 self.drop("ICMP quoting a sequence number we have not sent")
                 return False
-        if self.state is State.SYN_SENT:
+        state = self.state
+        if state is State.SYN_SENT:
             self.refuse("connection refused (port unreachable)")
             return True
-        if self.state in (State.CLOSED, State.LISTEN, State.TIME_WAIT):
+        if state in (State.CLOSED, State.LISTEN, State.TIME_WAIT) or (
+                _left_in_order(self) and state is State.CLOSE_WAIT):
             return False
-        self.fail(ConnectionResetError("connection reset: the peer's port is unreachable"
-                                        " (ICMP), its process has likely exited"),
-                   send_rst=False)
+        self.fail(None if _left_in_order(self) else ConnectionResetError(
+            "connection reset: the peer's port is unreachable (ICMP), its process has"
+            " likely exited"), send_rst=False)
         return True
 
     def refuse(self, message: str) -> None:
@@ -696,6 +699,19 @@ class Connection:
     def touch(self) -> None:
         if self.notify is not None:
             self.notify(self)
+
+
+def _left_in_order(conn: Connection) -> bool:
+    """Whether the peer closed in order (its FIN is in) and acknowledged all we sent but
+    our own FIN. An ICMP port unreachable is then what its process left on exit, where
+    a kernel's FIN_WAIT_2 socket would have outlived it and acknowledged our FIN.
+    Nothing is lost: in CLOSE_WAIT the application still reads to the EOF and closes
+    (keepalive ends a connection it never closes); our FIN, which nobody will
+    acknowledge, ends the connection without an error."""
+    state = conn.state
+    our_fin = 0 if state is State.CLOSE_WAIT else 1
+    return (state in (State.CLOSE_WAIT, State.LAST_ACK, State.CLOSING) and not conn.unsent
+            and conn.snd_max - conn.snd_una <= our_fin)
 
 
 def release(conn: Connection) -> None:

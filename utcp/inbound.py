@@ -351,6 +351,14 @@ def _text(conn: Connection, seg: wire.Segment, seg_seq: int) -> bool | None:
     complete = True
     fin_seq = conn.receiver.fin_seq
     if payload and conn.state in CAN_RECEIVE:
+        if conn.orphaned and seg_seq + len(payload) > conn.rcv_nxt:
+            # New bytes for an application that has closed: nobody will read them.
+            # Reset, as Linux does (TCPAbortOnData): the peer's writes then fail at
+            # once, where swallowing them let it go on sending until fin_timeout. The
+            # application asked for its close, so it is told of no error.
+            conn.drop("data after the application closed")
+            conn.fail(None, send_rst=True)
+            return None
         if fin_seq is not None and seg_seq + len(payload) > fin_seq:
             # Data past a FIN still waiting for the bytes before it: one of the two is
             # not the peer's, and a blind FIN is the cheaper forgery (the data must hit

@@ -562,7 +562,9 @@ class UdpPort:
         lone = self._lone_reads
         limit = 1 if lone else RECV_BATCH
         read = 0
-        for read in range(limit):
+        error: OSError | None = None
+        heard: set[Addr] | None = None
+        while read < limit:
             try:
                 n, addr = recv(buf)
             except (BlockingIOError, InterruptedError):
@@ -570,17 +572,23 @@ class UdpPort:
                     self._woken_for_nothing()
                 break
             except OSError as exc:
-                self._on_socket_error(exc)
-                break
+                if error is not None:
+                    break  # twice in one wake-up: the socket's own failure
+                error, limit, heard = exc, RECV_BATCH, set()  # see _on_socket_error
+                read += 1
+                continue
+            read += 1
+            if heard is not None:
+                heard.add(peer_key(addr))
             if self._pcap is not None:
                 self._pcap.write_received(view[:n], addr, self.local_addr, time.time())
             try:
                 receive(view[:n], addr, now)
             except Exception as exc:  # see _bad_datagram
                 self._bad_datagram(exc, addr)
-        else:
-            read = limit
         self._lone_reads = lone - 1 if lone else (LONE_READS if read == 1 else 0)
+        if error is not None:
+            self._on_socket_error(error, heard)
         self.process(now)
 
     def _read_gro(self, now: float) -> int:
@@ -597,15 +605,22 @@ class UdpPort:
         received = calls = 0
         lone = self._lone_reads
         limit = 1 if lone else RECV_BATCH
+        error: OSError | None = None
+        heard: set[Addr] | None = None  # the peers that spoke after it
         while received < limit:
             try:
                 n, anc, _flags, addr = recv(bufs, _GRO_CMSG_SPACE)
             except (BlockingIOError, InterruptedError):
                 break
             except OSError as exc:
-                self._on_socket_error(exc)
-                return calls + 1
+                calls += 1
+                if error is not None:
+                    break  # twice in one wake-up: the socket's own failure
+                error, limit, heard = exc, RECV_BATCH, set()  # see _on_socket_error
+                continue
             calls += 1
+            if heard is not None:
+                heard.add(peer_key(addr))
             if self._pcap is None:
                 step = batch.gro_segment_size(anc) if anc else 0
                 if step <= 0 or step >= n:  # one datagram (maybe empty: a counted drop)
@@ -624,20 +639,29 @@ class UdpPort:
                     self._bad_datagram(exc, addr)
                 received += (n + step - 1) // step
                 continue
-            for begin, end in batch.gro_pieces(n, batch.gro_segment_size(anc)):
-                piece = view[begin:end]
-                if self._pcap is not None:
-                    self._pcap.write_received(piece, addr, self.local_addr, time.time())
-                try:
-                    receive(piece, addr, now)
-                except Exception as exc:  # see _bad_datagram
-                    self._bad_datagram(exc, addr)
-                received += 1
+            received += self._receive_captured(n, anc, addr, now)
         if lone:
             self._lone_reads = lone - 1 if received == 1 else 0
         elif received == 1 and calls == 1:
             self._lone_reads = LONE_READS
+        if error is not None:
+            self._on_socket_error(error, heard)
         return calls
+
+    def _receive_captured(self, n: int, anc: list[tuple[int, int, bytes]], addr: Any,
+                          now: float) -> int:
+        """`_read_gro`'s path with a capture on: each datagram written, then received."""
+        received = 0
+        for begin, end in batch.gro_pieces(n, batch.gro_segment_size(anc)):
+            piece = self._view[begin:end]
+            if self._pcap is not None:
+                self._pcap.write_received(piece, addr, self.local_addr, time.time())
+            try:
+                self.endpoint.receive_datagram(piece, addr, now)
+            except Exception as exc:  # see _bad_datagram
+                self._bad_datagram(exc, addr)
+            received += 1
+        return received
 
     def _bad_datagram(self, exc: Exception, addr: object) -> None:
         """A datagram the core failed on: counted and dropped, never raised.
@@ -651,17 +675,27 @@ class UdpPort:
         if log.enabled():
             log.emit("drop", reason="exception", error=repr(exc), peer=str(addr))
 
-    def _on_socket_error(self, exc: OSError) -> None:
+    def _on_socket_error(self, exc: OSError, heard: set[Addr] | None = None) -> None:
         """ICMP errors reach a UDP socket as recv/send errors (Linux): on a connected
-        socket always, on any socket with IP_RECVERR, which also queues their details."""
+        socket always, on any socket with IP_RECVERR, which also queues their details.
+
+        A read loop that meets one reads on before it calls this: the error fails the
+        next recv ahead of the datagrams still waiting in the socket, which may have
+        come before it (a dying peer's last bytes and FIN), and a kernel's receive
+        queue gives its data before the reset. `heard` holds the peers of those
+        datagrams. The error says nothing of when the ICMP came, and one of theirs may
+        be the answer a peer not up yet (a peer-to-peer connect) now gives: a peer that
+        spoke is not taken for dead. If it is, what we send it next brings another."""
         self.send_errors[errno.errorcode.get(exc.errno or 0, str(exc.errno))] += 1
         self._poll_again()
         if self._recverr:
-            self._read_error_queue()
+            _read_error_queue(self, heard)
         elif isinstance(exc, ConnectionRefusedError) and self.connected:
             # No error queue (not Linux): the kernel matched the connected socket's pair
             # of addresses, which is all there is to check.
             for conn in list(self.endpoint.connections.values()):
+                if heard and conn.peer in heard:
+                    continue
                 if self.icmp_refuses or conn.state != State.SYN_SENT:
                     conn.icmp_unreachable()
         elif log.enabled():
@@ -678,49 +712,8 @@ class UdpPort:
         """Readable, yet nothing to read: POLLERR for an error queued without sk_err
         (a local EMSGSIZE, say). Unread it would wake the loop again at once (asyncio)
         or silence the socket for good (libuv)."""
-        if self._recverr and self._read_error_queue():
+        if self._recverr and _read_error_queue(self):
             self._poll_again()
-
-    def _read_error_queue(self) -> int:
-        """Act on the ICMP errors Linux queued (IP_RECVERR); returns how many were read.
-
-        The address recvmsg gives is the one the failed datagram was sent to, so on a
-        server's shared socket the error finds its one connection; the datagram it
-        quotes (as much as the ICMP carried) holds our header's sequence number.
-        """
-        read = 0
-        recvmsg = self.sock.recvmsg
-        for _ in range(ERRQUEUE_READS):
-            try:
-                quoted, ancdata, _flags, addr = recvmsg(ERRQUEUE_QUOTE, 512, MSG_ERRQUEUE)
-            except OSError:  # EAGAIN: the queue is empty
-                break
-            read += 1
-            for level, kind, raw in ancdata:
-                if (level, kind) not in _RECVERR_KINDS or len(raw) < _EXTENDED_ERR.size:
-                    continue
-                ee_errno, origin = _EXTENDED_ERR.unpack_from(raw)[:2]
-                if ee_errno == errno.ECONNREFUSED and origin in (SO_EE_ORIGIN_ICMP,
-                                                                 SO_EE_ORIGIN_ICMP6):
-                    self._port_unreachable(addr, quoted)
-        return read
-
-    def _port_unreachable(self, addr: tuple[object, ...], quoted: bytes) -> None:
-        counters = self.endpoint.counters
-        conn = self.endpoint.connections.get(peer_key(addr)) if addr else None
-        if conn is None:
-            counters["ICMP port unreachable for no connection"] += 1
-            return
-        if len(quoted) < 8:
-            counters["ICMP port unreachable quoting too little to check"] += 1
-            return
-        if conn.state == State.SYN_SENT and not self.icmp_refuses:
-            return  # a peer-to-peer connect rides it out: the peer may not be up yet
-        if conn.icmp_unreachable(int.from_bytes(quoted[4:8], "big")):
-            counters["ICMP port unreachable: connection ended"] += 1
-            self.schedule_flush()
-        else:
-            counters["ICMP port unreachable ignored"] += 1
 
     # ------------------------------------------------------------------ processing
 
@@ -1033,3 +1026,50 @@ class UdpPort:
             for listener in list(self.transports.values()):
                 listener.ended_by_port(
                     ConnectionAbortedError("the connection's UDP socket was closed"))
+
+
+def _read_error_queue(port: UdpPort, heard: set[Addr] | None = None) -> int:
+    """Act on the ICMP errors Linux queued (IP_RECVERR); returns how many were read.
+
+    The address recvmsg gives is the one the failed datagram was sent to, so on a
+    server's shared socket the error finds its one connection; the datagram it
+    quotes (as much as the ICMP carried) holds our header's sequence number.
+    """
+    read = 0
+    recvmsg = port.sock.recvmsg
+    for _ in range(ERRQUEUE_READS):
+        try:
+            quoted, ancdata, _flags, addr = recvmsg(ERRQUEUE_QUOTE, 512, MSG_ERRQUEUE)
+        except OSError:  # EAGAIN: the queue is empty
+            break
+        read += 1
+        for level, kind, raw in ancdata:
+            if (level, kind) not in _RECVERR_KINDS or len(raw) < _EXTENDED_ERR.size:
+                continue
+            ee_errno, origin = _EXTENDED_ERR.unpack_from(raw)[:2]
+            if ee_errno == errno.ECONNREFUSED and origin in (SO_EE_ORIGIN_ICMP,
+                                                             SO_EE_ORIGIN_ICMP6):
+                _port_unreachable(port, addr, quoted, heard)
+    return read
+
+
+def _port_unreachable(port: UdpPort, addr: tuple[object, ...], quoted: bytes,
+                      heard: set[Addr] | None = None) -> None:
+    counters = port.endpoint.counters
+    conn = port.endpoint.connections.get(peer_key(addr)) if addr else None
+    if conn is None:
+        counters["ICMP port unreachable for no connection"] += 1
+        return
+    if heard and conn.peer in heard:
+        counters["ICMP port unreachable ignored: the peer spoke since"] += 1
+        return
+    if len(quoted) < 8:
+        counters["ICMP port unreachable quoting too little to check"] += 1
+        return
+    if conn.state == State.SYN_SENT and not port.icmp_refuses:
+        return  # a peer-to-peer connect rides it out: the peer may not be up yet
+    if conn.icmp_unreachable(int.from_bytes(quoted[4:8], "big")):
+        counters["ICMP port unreachable: connection ended"] += 1
+        port.schedule_flush()
+    else:
+        counters["ICMP port unreachable ignored"] += 1

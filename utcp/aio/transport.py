@@ -14,6 +14,7 @@ What asyncio users rely on, kept here (CPython's selector_events.py is the refer
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -29,6 +30,7 @@ _READ_CHUNK = 256 * 1024
 # union is checked more slowly.
 _CLOSED = State.CLOSED
 _BYTES_LIKE = (bytes, bytearray, memoryview)
+_asyncio_logger = logging.getLogger("asyncio")  # where asyncio's transports log this
 
 
 class UtcpTransport(asyncio.Transport):
@@ -53,16 +55,20 @@ class UtcpTransport(asyncio.Transport):
         self._protocol_paused = False   # pause_writing() called on the protocol
         self._eof_pending = False
         self._eof_delivered = False
+        # The connection ended with an error while bytes it had taken in were still
+        # unread: they go first, as a kernel's receive queue gives its data before the
+        # reset (`_deliver` reports it once they are read).
+        self._error_pending: Exception | None = None
         self._send_closed = False
         self._lost = False              # connection_lost scheduled
         # Inside the port's `process_events` call: connection_lost is then made when it
         # returns, with what it delivered before it, rather than by call_soon one loop
         # iteration later (`_lost_now` holds its argument until then).
         self._dispatching = False
-        self._lost_now: tuple[Exception | None] | None = None
+        self._lost_now: tuple[BaseException | None] | None = None
         # The connection ended before there was a protocol to tell: (exc,) for
         # `attach_protocol`.
-        self._loss_pending: tuple[Exception | None] | None = None
+        self._loss_pending: tuple[BaseException | None] | None = None
         self._on_lost = on_lost         # the server's bookkeeping of live connections
         # numbers as the application gave them (asyncio takes a float as well as an int,
         # and gives back what it took): `float` here would make every int a float when
@@ -88,10 +94,7 @@ class UtcpTransport(asyncio.Transport):
         if name == "peername":
             return self._peername
         if name == "sockname":
-            try:
-                return self._port.sock.getsockname()
-            except OSError:
-                return default
+            return self._port.local_addr  # kept once the socket closes, as asyncio's
         if name == "socket":
             return self._port.sock
         if name == "connection":
@@ -195,6 +198,10 @@ class UtcpTransport(asyncio.Transport):
             raise RuntimeError("Cannot call write() after write_eof()")
         conn = self._conn
         if not data or self._closing or conn.state is _CLOSED:
+            if self._error_pending is not None and not self._closing:
+                # a reset not yet reported (bytes before it unread): asyncio's send
+                # fails on it and ends the transport with it
+                self._force_close(self._error_pending)
             return  # after close() or abort(), or once the connection died: asyncio drops
         idle = conn.unsent == 0
         try:
@@ -236,7 +243,7 @@ class UtcpTransport(asyncio.Transport):
         self._closing = True
         self._conn.abort()
         self._port.schedule_flush()
-        self._connection_lost(exc if isinstance(exc, Exception) else None)
+        self._connection_lost(exc)
 
     # ------------------------------------------------------------------ flow control
 
@@ -306,22 +313,31 @@ class UtcpTransport(asyncio.Transport):
             self._port.detach(self._conn)
             return
         if error is not None:
-            self._force_close(error)
+            if (self._protocol is not None and not self._closing
+                    and (self._conn.readable
+                         or (self._eof_pending and not self._eof_delivered))):
+                self._error_pending = error  # after the bytes and EOF before it
+            else:
+                self._force_close(error)
         elif self._closing or self._eof_delivered:
             self._connection_lost(None)
         # else: an orderly end the application has not caught up with yet; the data and
         # EOF still in the buffer are delivered first, and connection_lost after them.
 
     def _deliver(self) -> None:
-        """Hand buffered bytes to the protocol unless reading is paused."""
-        conn, protocol = self._conn, self._protocol
-        if protocol is None or self._lost:
-            return
-        if self._closing and self._eof_written:
-            # after close() asyncio delivers nothing more; still drain to keep the window open
-            conn.read()
-            return
-        while conn.readable and not self._reading_paused and not self._lost:
+        """Hand the protocol what the connection received, in the order it came: bytes
+        (unless reading is paused), the EOF, a reset. Each round looks again at what a
+        callback may have changed, as asyncio's next read would: after `close()` nothing
+        more is delivered, after `set_protocol()` the new protocol gets the rest."""
+        conn = self._conn
+        while not self._lost and (protocol := self._protocol) is not None:
+            if self._closing and self._eof_written:
+                # after close() asyncio reads nothing more; still drain to keep the window
+                # open (the peer's FIN must get through)
+                conn.read()
+                return
+            if not conn.readable or self._reading_paused:
+                break
             try:
                 if self._buffered:
                     assert isinstance(protocol, asyncio.BufferedProtocol)
@@ -341,6 +357,8 @@ class UtcpTransport(asyncio.Transport):
             except BaseException as exc:
                 self._fatal_error(exc, "Fatal error: protocol.data_received() call failed.")
                 return
+        else:
+            return  # connection_lost is on its way, or there is no protocol yet
         if conn.readable or self._reading_paused:
             return
         if self._eof_pending and not self._eof_delivered:
@@ -354,7 +372,11 @@ class UtcpTransport(asyncio.Transport):
                 return
             if not keep_open:
                 self.close()
-        if self._eof_delivered and conn.state is _CLOSED and not self._lost:
+        error = self._error_pending
+        if error is not None:
+            self._error_pending = None
+            self._force_close(error)
+        elif self._eof_delivered and conn.state is _CLOSED and not self._lost:
             self._closing = True
             self._connection_lost(conn.error)
 
@@ -371,12 +393,17 @@ class UtcpTransport(asyncio.Transport):
                 "protocol": self._protocol})
 
     def _fatal_error(self, exc: BaseException, message: str) -> None:
-        self._loop.call_exception_handler({
-            "message": message, "exception": exc, "transport": self,
-            "protocol": self._protocol})
+        # As asyncio's: an OSError out of a callback (a reset the protocol re-raised,
+        # say) ends the connection without a report, but in debug mode.
+        if not isinstance(exc, OSError):
+            self._loop.call_exception_handler({
+                "message": message, "exception": exc, "transport": self,
+                "protocol": self._protocol})
+        elif self._loop.get_debug():
+            _asyncio_logger.debug("%r: %s", self, message, exc_info=exc)
         self._force_close(exc)
 
-    def _connection_lost(self, exc: Exception | None) -> None:
+    def _connection_lost(self, exc: BaseException | None) -> None:
         if self._lost:
             return
         self._closing = True
@@ -398,12 +425,13 @@ class UtcpTransport(asyncio.Transport):
         else:
             self._loop.call_soon(self._call_connection_lost, exc)
 
-    def _call_connection_lost(self, exc: Exception | None) -> None:
+    def _call_connection_lost(self, exc: BaseException | None) -> None:
         protocol = self._protocol
         if protocol is None:
             return
         try:
-            protocol.connection_lost(exc)
+            # a BaseException too (a callback that raised CancelledError), as asyncio
+            protocol.connection_lost(exc)  # type: ignore[arg-type]
         except (SystemExit, KeyboardInterrupt):
             raise
         except BaseException as err:

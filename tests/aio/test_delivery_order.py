@@ -1,0 +1,310 @@
+"""What the protocol is told, and in what order, when a callback changes things or the
+connection ends under unread bytes: as asyncio's TCP transports on Linux.
+
+- Bytes the connection took in before a reset are delivered before the reset, and a
+  transport whose reading is paused reports the reset only once they are read (a kernel's
+  receive queue gives its data before ECONNRESET).
+- `close()` inside `data_received` stops delivery (asyncio stops reading), and no
+  `eof_received` follows.
+- `set_protocol()` inside `data_received` sends the rest to the new protocol.
+- New bytes for an application that has closed reset the connection (Linux's
+  TCPAbortOnData): the peer's writes fail instead of being swallowed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+
+import utcp
+from tests.aio.test_dead_peer import PROMPT, child, read_line
+from tests.aio.util import FAST, HOST, TIMEOUT, payload, port_of, wait_until
+
+CHUNK = 256 * 1024   # the transport's delivery unit to a plain Protocol
+
+
+class Recorder(asyncio.Protocol):
+    """Records every callback; its `on_data` may act on the transport."""
+
+    def __init__(self, *, paused: bool = False, eof_keeps_open: bool = False) -> None:
+        self.calls: list[str] = []
+        self.data = bytearray()
+        self.transport: asyncio.Transport | None = None
+        self.lost: asyncio.Future[BaseException | None] = (
+            asyncio.get_running_loop().create_future())
+        self.paused = paused
+        self.eof_keeps_open = eof_keeps_open
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        if self.paused:
+            transport.pause_reading()
+
+    def data_received(self, data: bytes) -> None:
+        self.calls.append("data")
+        self.data += data
+        self.on_data()
+
+    def on_data(self) -> None:
+        pass
+
+    def eof_received(self) -> bool:
+        self.calls.append("eof")
+        return self.eof_keeps_open
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.calls.append("lost")
+        if not self.lost.done():
+            self.lost.set_result(exc)
+
+
+@contextlib.asynccontextmanager
+async def pair(server_protocol: Recorder, client: Recorder | None = None,
+               ) -> AsyncIterator[tuple[asyncio.Transport, Recorder]]:
+    """A utcp server whose one connection gets `server_protocol`, and a client to it."""
+    server = await utcp.create_server(lambda: server_protocol, HOST, 0, config=FAST)
+    if client is None:
+        client = Recorder()
+    transport = None
+    try:
+        transport, _ = await utcp.create_connection(lambda: client, HOST, port_of(server),
+                                                    config=FAST)
+        assert isinstance(transport, asyncio.Transport)
+        await wait_until(lambda: server_protocol.transport is not None, what="the accept")
+        yield transport, client
+    finally:
+        if transport is not None:
+            transport.abort()
+        server.close()
+
+
+def state_of(protocol: Recorder) -> utcp.State:
+    assert protocol.transport is not None
+    state = protocol.transport.get_extra_info("state")
+    assert isinstance(state, utcp.State)
+    return state
+
+
+def received(protocol: Recorder) -> int:
+    assert protocol.transport is not None
+    return int(protocol.transport.get_extra_info("stats").bytes_received)
+
+
+async def test_bytes_before_a_reset_wait_for_a_paused_reader_then_the_reset() -> None:
+    server = Recorder(paused=True)
+    body = b"the request body, sent before the reset"
+    async with pair(server) as (client_transport, _):
+        client_transport.write(body)
+        await wait_until(lambda: received(server) == len(body), what="the body in the core")
+        client_transport.abort()  # RST after the body
+        await wait_until(lambda: state_of(server) is utcp.State.CLOSED, what="the reset")
+        await asyncio.sleep(0.05)  # a connection_lost made too early would come now
+        assert server.calls == [] and not server.lost.done()
+        assert server.transport is not None and not server.transport.is_closing()
+        server.transport.resume_reading()
+        exc = await asyncio.wait_for(server.lost, TIMEOUT)
+    assert bytes(server.data) == body
+    assert server.calls == ["data", "lost"]
+    assert isinstance(exc, ConnectionResetError)
+
+
+async def test_a_write_while_a_reset_waits_ends_the_transport_with_it() -> None:
+    server = Recorder(paused=True)
+    async with pair(server) as (client_transport, _):
+        client_transport.write(b"unread")
+        await wait_until(lambda: received(server) == 6, what="the bytes in the core")
+        client_transport.abort()
+        await wait_until(lambda: state_of(server) is utcp.State.CLOSED, what="the reset")
+        assert server.transport is not None
+        server.transport.write(b"answer")  # asyncio's send fails on the reset
+        exc = await asyncio.wait_for(server.lost, TIMEOUT)
+    assert isinstance(exc, ConnectionResetError)
+    assert server.transport.is_closing()
+
+
+async def _all_in_then_resume(server: Recorder, client_transport: asyncio.Transport,
+                              data: bytes) -> None:
+    """Send `data` and FIN, wait until the paused server's core holds all of it, resume."""
+    client_transport.write(data)
+    client_transport.write_eof()
+    await wait_until(lambda: received(server) == len(data)
+                     and state_of(server) is utcp.State.CLOSE_WAIT, what="all data and FIN")
+    assert server.transport is not None
+    server.transport.resume_reading()
+
+
+async def test_close_inside_data_received_stops_delivery() -> None:
+    class Closer(Recorder):
+        def on_data(self) -> None:
+            assert self.transport is not None
+            self.transport.close()
+
+    server = Closer(paused=True)
+    data = payload(3 * CHUNK)  # three deliveries' worth, all waiting at once
+    async with pair(server) as (client_transport, _):
+        await _all_in_then_resume(server, client_transport, data)
+        exc = await asyncio.wait_for(server.lost, TIMEOUT)
+    assert exc is None
+    assert server.calls == ["data", "lost"]  # no more data, and no eof_received
+    assert 0 < len(server.data) < len(data) and data.startswith(server.data)
+
+
+class _Rest(asyncio.Protocol):
+    def __init__(self) -> None:
+        self.data = bytearray()
+        self.eof = False
+        self.lost: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def data_received(self, data: bytes) -> None:
+        self.data += data
+
+    def eof_received(self) -> None:
+        self.eof = True
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost.set_result(None)
+
+
+class _BufferedRest(asyncio.BufferedProtocol):
+    def __init__(self) -> None:
+        self.data = bytearray()
+        self.buf = bytearray(70_000)
+        self.eof = False
+        self.lost: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def get_buffer(self, sizehint: int) -> bytearray:
+        return self.buf
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.data += self.buf[:nbytes]
+
+    def eof_received(self) -> None:
+        self.eof = True
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost.set_result(None)
+
+
+@pytest.mark.parametrize("kind", [_Rest, _BufferedRest])
+async def test_set_protocol_inside_data_received_sends_the_rest_to_the_new_one(
+        kind: type[Any]) -> None:
+    rest = kind()
+
+    class Switcher(Recorder):
+        def on_data(self) -> None:
+            assert self.transport is not None
+            self.transport.set_protocol(rest)
+
+    server = Switcher(paused=True)
+    data = payload(3 * CHUNK, seed=1)
+    async with pair(server) as (client_transport, _):
+        await _all_in_then_resume(server, client_transport, data)
+        await asyncio.wait_for(asyncio.shield(rest.lost), TIMEOUT)
+    assert server.calls == ["data"]  # once, then the new protocol had everything
+    assert bytes(server.data) + bytes(rest.data) == data
+    assert rest.eof
+
+
+async def test_data_for_an_application_that_closed_resets_the_peer() -> None:
+    class ClosesAtOnce(Recorder):
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            super().connection_made(transport)
+            assert self.transport is not None
+            self.transport.close()
+
+    server = ClosesAtOnce()
+    # half-closed: the client goes on writing
+    async with pair(server, Recorder(eof_keeps_open=True)) as (client_transport, client):
+        await wait_until(lambda: "eof" in client.calls, what="the server's FIN")
+        client_transport.write(b"more for a server that has closed")
+        exc = await asyncio.wait_for(client.lost, TIMEOUT)
+        server_exc = await asyncio.wait_for(server.lost, TIMEOUT)
+    assert isinstance(exc, ConnectionResetError)
+    assert server_exc is None  # the server asked for its close: no error for it
+    assert server.calls == ["lost"]  # and it was given none of those bytes
+
+
+# A peer in a process of its own, for the ICMP its socket's end leaves behind.
+SENDER = r"""
+import asyncio, sys, utcp
+
+async def handle(reader, writer):
+    await reader.readexactly(2)
+    for _ in range(30):
+        writer.write(b"k" * 1000)
+        await asyncio.sleep(0.001)
+    print("sent", flush=True)
+    await asyncio.Event().wait()
+
+async def main():
+    server = await utcp.start_server(handle, "127.0.0.1", 0)
+    print(server.sockets[0].getsockname()[1], flush=True)
+    await asyncio.Event().wait()
+
+asyncio.run(main())
+"""
+
+CLOSER = r"""
+import asyncio, sys, utcp
+
+async def main():
+    reader, writer = await utcp.open_connection("127.0.0.1", int(sys.argv[1]))
+    writer.write(bytes(range(256)) * 400)
+    writer.close()
+    await writer.wait_closed()
+
+asyncio.run(main())
+print("loop closed", flush=True)
+"""
+
+
+async def test_what_a_killed_peer_sent_first_comes_before_the_reset_its_icmp_brings(
+        ) -> None:
+    """The peer sends, then is killed while our loop is busy: its datagrams wait in our
+    socket, and the ICMP that our first ACK draws is reported ahead of them."""
+    with child(SENDER) as proc:
+        port = int(await read_line(proc))
+        client = Recorder()
+        transport, _ = await utcp.create_connection(lambda: client, HOST, port, config=FAST)
+        transport.write(b"go")
+        time.sleep(0.3)  # busy (the loop blocked): the peer's datagrams queue up
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "sent"
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(TIMEOUT)
+        exc = await asyncio.wait_for(client.lost, PROMPT)
+    assert bytes(client.data) == b"k" * 30_000
+    assert client.calls[-1] == "lost" and isinstance(exc, ConnectionResetError)
+
+
+async def test_a_peer_that_closed_in_order_and_exited_leaves_no_error_behind() -> None:
+    """Its FIN came and our data is acknowledged; the ICMP our keepalive probe draws
+    (its socket is gone) ends nothing, a later read gets everything and the EOF, and our
+    own close, whose FIN draws the next ICMP, ends without an error (where TCP's
+    FIN_WAIT_2 in the peer's kernel would have acknowledged it)."""
+    config = utcp.Config(msl=0.2, keepalive_interval=0.2, keepalive_probe_interval=0.2,
+                         keepalive_probes=100)
+    reader = Recorder(paused=True)
+    server = await utcp.create_server(lambda: reader, HOST, 0, config=config)
+    try:
+        endpoint = server._ports[0].endpoint
+        with child(CLOSER, str(port_of(server))) as proc:
+            assert await read_line(proc) == "loop closed"
+            await asyncio.to_thread(proc.wait, TIMEOUT)  # its socket closes with it
+            await wait_until(lambda: endpoint.counters["ICMP port unreachable ignored"] > 0,
+                             what="a keepalive probe's ICMP")
+            assert state_of(reader) is utcp.State.CLOSE_WAIT and reader.calls == []
+            assert reader.transport is not None
+            reader.transport.resume_reading()
+            exc = await asyncio.wait_for(reader.lost, PROMPT)
+    finally:
+        server.close()
+    assert bytes(reader.data) == bytes(range(256)) * 400
+    assert reader.calls[-2:] == ["eof", "lost"] and exc is None
