@@ -10,6 +10,7 @@ import pytest
 from tests import peek
 from tests.netsim import Address, LinkProfile, Network
 from utcp import sack, wire
+from utcp.buffers import ReceiveBuffer
 from utcp.config import Config
 from utcp.connection import Connection
 from utcp.endpoint import Endpoint
@@ -51,9 +52,15 @@ def test_block_of_names_the_merged_range() -> None:
 
 
 def test_receiver_blocks_put_the_latest_first() -> None:
-    ooo = [(10, b"x" * 5), (15, b"y" * 5), (30, b"z" * 3), (50, b"w")]
-    assert sack.receiver_blocks(ooo, latest=31, limit=4) == [(30, 33), (50, 51), (10, 20)]
-    assert sack.receiver_blocks(ooo, latest=12, limit=2) == [(10, 20), (50, 51)]
+    buf = ReceiveBuffer()
+    for seq, data in ((30, b"z" * 3), (10, b"x" * 5), (50, b"w"), (15, b"y" * 5)):
+        buf.insert_ooo(buf.find_ooo(seq, data)[0], seq, data, 0)
+    held = buf.held
+    assert sack.receiver_blocks(held, latest=31, limit=4) == [(30, 33), (50, 51), (10, 20)]
+    assert sack.receiver_blocks(held, latest=12, limit=2) == [(10, 20), (50, 51)]
+    assert sack.receiver_blocks(held, latest=40, limit=2) == [(50, 51), (30, 33)]
+    buf.drain(10)  # 10..20 in order now: what SACK reports goes with it
+    assert sack.receiver_blocks(held, latest=50, limit=4) == [(50, 51), (30, 33)]
     option = sack.encode_blocks([(1, 2), (3, 4)])
     assert option[:4] == bytes((1, 1, 5, 18)) and len(option) == 20
 

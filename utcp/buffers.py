@@ -287,6 +287,69 @@ class SendBuffer:
         return b"".join(parts)
 
 
+class Ranges:
+    """Ranges of sequence numbers, merged (adjacent ones too) and sorted:
+    `starts[i]..ends[i]`. The sender's SACK scoreboard (`sack.Scoreboard`), and the
+    receiver's out-of-order pieces as the blocks its SACK option reports."""
+
+    __slots__ = ("ends", "starts")
+
+    def __init__(self) -> None:
+        # nothing SACKed: the shared empty list, until the first block (idle memory)
+        self.starts: list[int] = NO_ITEMS
+        self.ends: list[int] = NO_ITEMS
+
+    def block_of(self, seq: int) -> tuple[int, int] | None:
+        """The SACKed range holding seq, if any."""
+        k = bisect_right(self.starts, seq) - 1
+        if k >= 0 and seq < self.ends[k]:
+            return self.starts[k], self.ends[k]
+        return None
+
+    def __bool__(self) -> bool:
+        return bool(self.starts)
+
+    def add(self, left: int, right: int, most: int = 1 << 62) -> bool:
+        """Merge one block; True if it told us something new. A block that would make
+        more than `most` ranges is not taken (False)."""
+        if self.starts is NO_ITEMS:
+            self.starts = []
+            self.ends = []
+        i = bisect_left(self.ends, left)        # first range ending at or after `left`
+        j = bisect_right(self.starts, right)    # ranges starting at or before `right`
+        if i < j and self.starts[i] <= left and self.ends[i] >= right:
+            return False                         # already known
+        if i == j and len(self.starts) >= most:
+            return False                         # a range more: refused
+        if i < j:
+            left = min(left, self.starts[i])
+            right = max(right, self.ends[j - 1])
+        self.starts[i:j] = [left]
+        self.ends[i:j] = [right]
+        return True
+
+    def trim(self, snd_una: int) -> None:
+        """Forget what is below `snd_una` (the cumulative ACK, or rcv_nxt)."""
+        k = bisect_right(self.ends, snd_una)
+        if k:
+            del self.starts[:k]
+            del self.ends[:k]
+            if not self.starts:
+                self.clear()
+                return
+        if self.starts and self.starts[0] < snd_una:
+            self.starts[0] = snd_una
+
+    def clear(self) -> None:
+        self.starts = NO_ITEMS
+        self.ends = NO_ITEMS
+
+
+# Every receive buffer's ranges until its first out-of-order piece (never added to):
+# a connection that never sees one makes none.
+_NO_RANGES: Final = Ranges()
+
+
 class ReceiveBuffer:
     """In-order bytes the application has not read, and out-of-order pieces held for
     reassembly.
@@ -296,12 +359,13 @@ class ReceiveBuffer:
     was re-grown and copied out on every read).
     """
 
-    __slots__ = ("budget", "latest_ooo", "ooo", "ooo_bytes", "pieces", "size")
+    __slots__ = ("budget", "held", "latest_ooo", "ooo", "ooo_bytes", "pieces", "size")
 
     def __init__(self) -> None:
         self.pieces: collections.deque[bytes | memoryview] = _NO_PIECES
         self.size = 0            # bytes in `pieces`
         self.ooo: list[tuple[int, bytes]] = []  # out-of-order pieces, sorted by seq
+        self.held = _NO_RANGES   # the same, merged: the blocks SACK reports
         self.ooo_bytes = 0
         self.latest_ooo = 0      # where the most recent out-of-order piece starts
         self.budget: ReassemblyBudget | None = None  # shared by an endpoint
@@ -366,13 +430,17 @@ class ReceiveBuffer:
 
     def insert_ooo(self, i: int, seq: int, payload: bytes, cost: int) -> None:
         self.ooo.insert(i, (seq, payload))
+        if self.held is _NO_RANGES:
+            self.held = Ranges()
+        self.held.add(seq, seq + len(payload))
         self.ooo_bytes += len(payload)
         if self.budget is not None:
             self.budget.used += cost
 
     def holds_past(self, seq: int) -> bool:
         """Whether an out-of-order piece reaches past `seq`."""
-        return any(start + len(data) > seq for start, data in self.ooo)
+        ends = self.held.ends
+        return bool(ends) and ends[-1] > seq
 
     def drain(self, rcv_nxt: int) -> int:
         """Move pieces that are now in order to the in-order bytes; the new rcv_nxt."""
@@ -391,6 +459,7 @@ class ReceiveBuffer:
                 self.budget.used -= len(data) + OOO_PIECE_OVERHEAD
             i += 1
         del ooo[:i]
+        self.held.trim(rcv_nxt)
         return rcv_nxt
 
     def memory(self) -> int:
@@ -400,7 +469,10 @@ class ReceiveBuffer:
 
     def drop_ooo(self) -> None:
         """Forget the out-of-order pieces (the connection ended) and their charge."""
+        if not self.ooo:
+            return
         if self.budget is not None:
             self.budget.used -= self.ooo_bytes + OOO_PIECE_OVERHEAD * len(self.ooo)
         self.ooo_bytes = 0
         self.ooo.clear()
+        self.held.clear()

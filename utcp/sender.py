@@ -353,7 +353,7 @@ class Sender:
         conn = self.conn
         room = conn.snd_mss - 12 if conn.ts.ok else conn.snd_mss
         if (conn.rcv.ooo or self.dsack) and conn.sack_ok:
-            blocks = len(conn.rcv.ooo) + (self.dsack is not None)
+            blocks = len(conn.rcv.held.starts) + (self.dsack is not None)
             room -= 4 + 8 * min(blocks, self.sack_limit)
         # A peer that never offered two segments' worth gets segments of half its largest
         # window (Linux's tcp_bound_to_half_wnd; RFC 9293 §3.8.6.2.1's Fs = 1/2): a
@@ -428,7 +428,8 @@ class Sender:
                 options = ts.option(conn.now)
             if sacking:
                 limit = self.sack_limit
-                blocks = sack.receiver_blocks(ooo, conn.rcv.latest_ooo, limit) if ooo else []
+                blocks = (sack.receiver_blocks(conn.rcv.held, conn.rcv.latest_ooo, limit)
+                          if ooo else [])
                 if self.dsack is not None:  # RFC 2883: first, once
                     blocks = [self.dsack, *blocks[:limit - 1]]
                     self.dsack = None

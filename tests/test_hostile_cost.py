@@ -1,0 +1,161 @@
+"""A hostile peer must not buy CPU or memory out of proportion to what it sends.
+
+Both endpoints of a connection share one event loop with every other connection of the
+process, so work that grows with what a peer has piled up, paid again on each of its
+datagrams, stalls them all (a peer sending 20 kB/s of one-byte pieces held a server's
+loop for seconds at a time).
+
+- Out-of-order pieces: the SACK blocks of each ACK come from the merged ranges the
+  receive buffer keeps as pieces arrive, not from a walk of up to thousands of pieces.
+- The sender's SACK scoreboard: ranges of a byte each, all inside the flight, grew it to
+  half the flight in ranges; it now holds at most about one per segment in flight.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from types import FrameType
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import utcp
+from tests.script import Script
+from utcp import sack, wire
+from utcp.buffers import ReceiveBuffer
+from utcp.config import Config
+from utcp.connection import Connection
+
+PEER_ISN = 5000
+ISN = 1000
+CONFIG = Config(pmtu_probing=False, mss=1400, timestamps=False)  # 4 SACK blocks an ACK
+
+
+def accepted(config: Config = CONFIG) -> tuple[Script, Connection]:
+    """A server endpoint with one established connection, the peer played by hand."""
+    s = Script(config, listening=True, isns=(ISN,))
+    s.inject("S", PEER_ISN, options=wire.Options(mss=1400, wscale=7, sack_permitted=True))
+    s.expect("S.", seq=ISN, ack=PEER_ISN + 1)
+    s.inject(".", PEER_ISN + 1, ISN + 1, window=65535)  # scaled by 7: 8 MiB
+    return s, s.ep.connections[s.peer]
+
+
+def test_one_byte_sack_blocks_do_not_grow_the_scoreboard_past_the_flight() -> None:
+    s, conn = accepted()
+    conn.send(b"x" * (4 << 20))
+    s.app()
+    una = ISN + 1
+    for _ in range(30):  # slow start on a fake clock, until a few hundred KB fly
+        s.advance(0.02)
+        ends = [sent.seg.seq + len(sent.seg.payload) for sent in s.sent]
+        s.sent.clear()
+        if conn.snd_max - una > 300_000:
+            break
+        for end in ends:
+            s.inject(".", PEER_ISN + 1, end, window=65535, flush=False)
+            una = max(una, end)
+        s.app()
+    s.sent.clear()
+    flight = conn.snd_max - conn.snd_una
+    assert flight > 300_000
+    x = conn.snd_una + 2
+    for _ in range(2000):  # 8,000 one-byte blocks, all inside the flight
+        blocks = []
+        for _ in range(4):
+            blocks.append((x & 0xFFFFFFFF, (x + 1) & 0xFFFFFFFF))
+            x += 2
+        s.inject(".", PEER_ISN + 1, conn.snd_una, window=65535,
+                 options=wire.Options(sack=tuple(blocks)), flush=False)
+    s.app()
+    assert conn.state is utcp.State.ESTABLISHED
+    ranges = len(conn.recovery.scoreboard.starts)
+    assert 0 < ranges <= (conn.snd_max - conn.snd_una) // conn.snd_mss + 16, ranges
+
+
+def test_a_legitimate_receivers_blocks_are_all_taken() -> None:
+    """The bound leaves room for every block a receiver can mean: one range per
+    segment it holds past a hole, every other segment of the flight lost."""
+    s, conn = accepted()
+    conn.send(b"y" * (1 << 20))
+    s.app()
+    s.advance(0.02)
+    segs = [(sent.seg.seq, sent.seg.seq + len(sent.seg.payload)) for sent in s.sent]
+    s.sent.clear()
+    assert len(segs) >= 8
+    held = segs[1::2]  # every other one arrived
+    for k in range(0, len(held), 4):
+        s.inject(".", PEER_ISN + 1, ISN + 1, window=65535,
+                 options=wire.Options(sack=tuple(held[k:k + 4])), flush=False)
+    assert len(conn.recovery.scoreboard.starts) == len(held)
+
+
+def _lines_run(call: Callable[[], Any]) -> int:
+    """Python lines executed by `call` (the pure build's work, counted, not timed)."""
+    count = 0
+
+    def tracer(frame: FrameType, event: str, arg: object) -> Any:
+        nonlocal count
+        if event == "line":
+            count += 1
+        return tracer
+
+    sys.settrace(tracer)
+    try:
+        call()
+    finally:
+        sys.settrace(None)
+    return count
+
+
+@pytest.mark.skipif(utcp.compiled, reason="counts the lines Python runs: the compiled core"
+                    " runs none")
+def test_an_out_of_order_piece_costs_the_same_with_thousands_held() -> None:
+    s, conn = accepted()
+    next_seq = PEER_ISN + 1
+
+    def piece(k: int) -> Callable[[], None]:
+        # one byte at every other place past a hole at rcv_nxt
+        return lambda: s.inject(".", next_seq + 2 * k, ISN + 1, window=65535,
+                                payload=b"p")
+
+    for k in range(1, 51):
+        piece(k)()
+    few = _lines_run(piece(51))
+    for k in range(52, 3001):
+        piece(k)()
+    assert len(conn.rcv.ooo) == 3000
+    many = _lines_run(piece(3001))
+    sent = s.sent[-1].seg
+    assert sent.options.sack is not None and sent.options.sack[0] == (
+        (next_seq + 6002) & 0xFFFFFFFF, (next_seq + 6003) & 0xFFFFFFFF)
+    assert many < few + 100, (few, many)  # was thousands more: a walk of every piece
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 200), st.integers(1, 12), st.booleans()),
+                max_size=60))
+def test_the_held_ranges_are_the_pieces_merged(ops: list[tuple[int, int, bool]]) -> None:
+    buf = ReceiveBuffer()
+    rcv_nxt = 0
+    for start, size, drain in ops:
+        if drain:
+            rcv_nxt = buf.drain(max(rcv_nxt, start))
+            continue
+        seq = rcv_nxt + 1 + start
+        data = bytes(size)
+        i, known = buf.find_ooo(seq, data)
+        if not known:
+            buf.insert_ooo(i, seq, data, 0)
+        merged: list[tuple[int, int]] = []
+        for begin, piece in buf.ooo:
+            end = begin + len(piece)
+            if merged and begin <= merged[-1][1]:
+                merged[-1] = (merged[-1][0], max(merged[-1][1], end))
+            else:
+                merged.append((begin, end))
+        assert list(zip(buf.held.starts, buf.held.ends, strict=True)) == merged
+        assert sack.receiver_blocks(buf.held, seq, 4)[0] == next(
+            b for b in merged if b[0] <= seq < b[1])
