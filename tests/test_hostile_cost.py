@@ -9,6 +9,8 @@ loop for seconds at a time).
   receive buffer keeps as pieces arrive, not from a walk of up to thousands of pieces.
 - The sender's SACK scoreboard: ranges of a byte each, all inside the flight, grew it to
   half the flight in ranges; it now holds at most about one per segment in flight.
+- In-order segments of a byte each were held as an object each (about 65 bytes of
+  memory, and of the endpoint's budget, per byte of window); small pieces are glued.
 """
 
 from __future__ import annotations
@@ -159,3 +161,39 @@ def test_the_held_ranges_are_the_pieces_merged(ops: list[tuple[int, int, bool]])
         assert list(zip(buf.held.starts, buf.held.ends, strict=True)) == merged
         assert sack.receiver_blocks(buf.held, seq, 4)[0] == next(
             b for b in merged if b[0] <= seq < b[1])
+
+
+def test_one_byte_segments_in_order_are_held_as_their_bytes_not_as_objects() -> None:
+    s, conn = accepted()
+    sent = bytes(range(256)) * 80  # 20,480 one-byte segments, none read yet
+    for k, byte in enumerate(sent):
+        s.inject(".", PEER_ISN + 1 + k, ISN + 1, window=65535, payload=bytes((byte,)),
+                 flush=False)
+    s.app()
+    assert conn.rcv.size == len(sent)
+    assert len(conn.rcv.pieces) == 1  # was 20,480, each an object and a deque slot
+    assert conn.memory_budget is not None and conn.charged < 2 * len(sent)
+    assert conn.read(1000) == sent[:1000]  # a read in part, then more glued behind it
+    for k in range(3):
+        s.inject(".", PEER_ISN + 1 + len(sent) + k, ISN + 1, window=65535,
+                 payload=b"xyz"[k:k + 1], flush=False)
+    assert conn.read(-1) == sent[1000:] + b"xyz"
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.one_of(st.binary(min_size=1, max_size=700), st.integers(-1, 900)),
+                max_size=80))
+def test_glued_pieces_read_back_exactly(steps: list[bytes | int]) -> None:
+    buf = ReceiveBuffer()
+    model = bytearray()
+    for step in steps:
+        if isinstance(step, bytes):
+            buf.append(step)
+            model += step
+        else:
+            take = buf.read_pieces(step) if step > 0 else buf.read(step)
+            assert type(take) is bytes and take == bytes(model[:len(take)])
+            assert len(take) == (len(model) if step < 0 else min(step, len(model)))
+            del model[:len(take)]
+        assert buf.size == len(model)
+    assert buf.read(-1) == bytes(model)

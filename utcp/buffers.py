@@ -23,6 +23,11 @@ OOO_PIECE_OVERHEAD: Final = 160
 # limit a connection holding more takes nothing more, so each keeps making progress.
 MEMORY_FLOOR: Final = 64 * 1024
 _GLUE_BELOW: Final = 16384  # read_pieces glues received pieces smaller than this into one
+# In-order pieces smaller than this are glued as they come, into a bytearray of up to
+# _GLUED_UP_TO: a peer sending a byte a segment made an object and a deque slot of each,
+# and 4 MiB of window held 4 million of them (about 270 MB for 4 MiB of data).
+_SMALL_PIECE: Final = 512
+_GLUED_UP_TO: Final = 65536
 _OWN_CHUNK: Final = 65536  # a write this large is a send-buffer chunk of its own
 
 
@@ -110,13 +115,13 @@ _EMPTY: Final = memoryview(b"")  # an acknowledged chunk's place
 
 
 @python_class
-class _NoPieces(collections.deque[bytes | memoryview]):
+class _NoPieces(collections.deque[bytes | bytearray | memoryview]):
     """The receive buffer of every connection that holds no piece: a deque, even empty,
     keeps a 528-byte block, and an idle connection has nothing to keep in it (100,000
     idle connections). Appends go to a fresh deque (`ReceiveBuffer.append`); one here
     would be a bug, so it fails loudly instead of sharing bytes between connections."""
 
-    def append(self, piece: bytes | memoryview, /) -> None:
+    def append(self, piece: bytes | bytearray | memoryview, /) -> None:
         raise RuntimeError("append to the shared empty receive buffer")
 
 
@@ -362,7 +367,7 @@ class ReceiveBuffer:
     __slots__ = ("budget", "held", "latest_ooo", "ooo", "ooo_bytes", "pieces", "size")
 
     def __init__(self) -> None:
-        self.pieces: collections.deque[bytes | memoryview] = _NO_PIECES
+        self.pieces: collections.deque[bytes | bytearray | memoryview] = _NO_PIECES
         self.size = 0            # bytes in `pieces`
         self.ooo: list[tuple[int, bytes]] = []  # out-of-order pieces, sorted by seq
         self.held = _NO_RANGES   # the same, merged: the blocks SACK reports
@@ -372,10 +377,22 @@ class ReceiveBuffer:
 
     def append(self, piece: bytes | memoryview) -> None:
         pieces = self.pieces
+        n = len(piece)
+        self.size += n
         if not pieces:
             pieces = self.pieces = collections.deque()
+        elif n < _SMALL_PIECE:
+            last = pieces[-1]
+            if type(last) is bytearray:  # never one a read sliced: that is a memoryview
+                if len(last) < _GLUED_UP_TO:
+                    last += piece
+                    return
+            elif len(last) < _SMALL_PIECE:
+                glued = bytearray(last)
+                glued += piece
+                pieces[-1] = glued
+                return
         pieces.append(piece)
-        self.size += len(piece)
 
     def read(self, max_bytes: int) -> bytes:
         """Up to max_bytes (all when negative), glued into one bytes object."""
@@ -400,7 +417,7 @@ class ReceiveBuffer:
 
     def _take(self, max_bytes: int, glue_all: bool) -> bytes:
         chunks = self.pieces
-        parts: list[bytes | memoryview] = []
+        parts: list[bytes | bytearray | memoryview] = []
         need = max_bytes
         while need > 0 and chunks:
             first = chunks[0]
