@@ -247,3 +247,14 @@ async def test_ssl_shutdown_timeout_bounds_the_tls_close(tmp_path: Path, side: s
         server.close()
         server.abort_clients()
 
+
+
+async def test_no_host_port_or_sock_is_asyncios_value_error() -> None:
+    loop = asyncio.get_running_loop()
+    with pytest.raises(ValueError) as theirs:
+        await loop.create_connection(asyncio.Protocol)
+    with pytest.raises(ValueError) as ours:
+        await utcp.create_connection(asyncio.Protocol)
+    assert str(ours.value) == str(theirs.value)
+    with pytest.raises(ValueError):
+        await utcp.open_connection()

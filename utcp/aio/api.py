@@ -205,6 +205,8 @@ async def create_connection(
 ) -> tuple[asyncio.BaseTransport, asyncio.BaseProtocol]:
     """Connect over utcp; the same signature and errors as `loop.create_connection`."""
     cfg = _check_config(config)
+    if host is None and port is None and sock is None:
+        raise ValueError("host and port was not specified and no sock specified")  # asyncio's
     peer_given = sock is None or host is not None or port is not None
     checked_port = _check_port(port) if peer_given else None
     context = _ssl_context(ssl, server_side=False)
