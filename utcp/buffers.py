@@ -15,9 +15,11 @@ from typing import Any, Final, SupportsIndex, TypeVar
 # CPython 3.11 (64-bit): a piece in order is a bytes object (33-byte header, allocator
 # rounding) and a deque slot, about 42 bytes for a 1-byte piece, 57 for a large one; one
 # held out of order adds a (seq, bytes) tuple, a large int and a list slot, about 134 and
-# 161. Charging payload bytes alone let 1-byte pieces cost ~160 times their charge.
+# 161, and, when it stands alone, a range of `ReceiveBuffer.held` (two large ints and two
+# list slots): about 182 for a 1-byte piece. Charging payload bytes alone let 1-byte
+# pieces cost ~160 times their charge.
 RCV_PIECE_OVERHEAD: Final = 64
-OOO_PIECE_OVERHEAD: Final = 160
+OOO_PIECE_OVERHEAD: Final = 184
 # What every connection may hold and send whatever the endpoint's memory (as Linux's
 # tcp_rmem[0] / tcp_wmem[0]): under pressure windows and flights shrink to it, over the
 # limit a connection holding more takes nothing more, so each keeps making progress.

@@ -57,7 +57,7 @@ class Config:
     # bounded resources (per endpoint, i.e. per UDP socket)
     max_connections: int = 100_000     # connections of every state, TIME_WAIT included
     max_reassembly_bytes: int = 64 * 1024 * 1024  # out-of-order pieces held in all,
-    #   as real memory (payload + ~160 bytes a piece)
+    #   as real memory (payload + ~184 bytes a piece)
     max_buffer_memory: int = 1024 * 1024 * 1024  # send + receive buffers of all
     #   connections, as real memory; under pressure (2/3) windows shrink, at it data drops
 

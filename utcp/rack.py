@@ -168,6 +168,10 @@ class SentLog:
             segs.append(seg)
             (self._by_time or self._queue()).append((seg.order, seg))
 
+    def in_flight(self) -> int:
+        """How many segments are logged as sent and not yet cumulatively acknowledged."""
+        return len(self.segs) - self._head
+
     def _index(self, seq: int) -> int:
         """The index of the live segment holding seq, or of the first one after it."""
         segs, lo = self.segs, self._head

@@ -146,11 +146,13 @@ class LossRecovery:
                 self.on_dsack(left, right)
                 del blocks[0]
             low = max(ack, conn.snd_una)
-            # A peer's blocks cover what it received of our segments: at most about a
-            # range per segment's worth in flight. Ranges of a byte each from a hostile
-            # peer grew the scoreboard to half the flight (millions of entries, each
-            # insert moving the rest, none of it charged to any budget).
-            most = (conn.snd_max - conn.snd_una) // max(conn.snd_mss, 1) + 16
+            # A peer's blocks cover what it received of our transmissions: at most a
+            # range per segment in flight, and per piece of one resent cut at today's
+            # MSS (after a path-MTU fallback). Ranges of a byte each from a hostile peer
+            # grew the scoreboard to half the flight (millions of entries, each insert
+            # moving the rest, none of it charged to any budget).
+            most = (rack.in_flight() + (conn.snd_max - conn.snd_una) // max(conn.snd_mss, 1)
+                    + 16)
             for left, right in sorted(blocks):
                 if low < left < right <= conn.snd_max and sb.add(left, right, most):
                     delivered |= rack.sacked(left, right, sb, now)
