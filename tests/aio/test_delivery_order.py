@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import os
 import signal
+import socket
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -25,7 +26,9 @@ import pytest
 
 import utcp
 from tests.aio.test_dead_peer import PROMPT, child, read_line
-from tests.aio.util import FAST, HOST, TIMEOUT, payload, port_of, wait_until
+from tests.aio.util import FAST, HOST, TIMEOUT, needs_patchable, payload, port_of, wait_until
+from utcp.aio import api
+from utcp.aio import transport as transport_module
 
 CHUNK = 256 * 1024   # the transport's delivery unit to a plain Protocol
 
@@ -225,11 +228,61 @@ async def test_data_for_an_application_that_closed_resets_the_peer() -> None:
     async with pair(server, Recorder(eof_keeps_open=True)) as (client_transport, client):
         await wait_until(lambda: "eof" in client.calls, what="the server's FIN")
         client_transport.write(b"more for a server that has closed")
-        exc = await asyncio.wait_for(client.lost, TIMEOUT)
         server_exc = await asyncio.wait_for(server.lost, TIMEOUT)
+        await wait_until(lambda: state_of(client) is utcp.State.CLOSED, what="the RST")
+        # As Linux's: the FIN came first, so the reading side ended there and the
+        # reset is not reported to it; the next write fails on it.
+        await asyncio.sleep(0.05)
+        assert not client.lost.done() and not client_transport.is_closing()
+        client_transport.write(b"and more")
+        exc = await asyncio.wait_for(client.lost, TIMEOUT)
     assert isinstance(exc, ConnectionResetError)
     assert server_exc is None  # the server asked for its close: no error for it
     assert server.calls == ["lost"]  # and it was given none of those bytes
+
+
+async def test_a_reset_after_the_eof_leaves_the_response_and_a_clean_close() -> None:
+    """A server answers and closes while the client's next request is on its way: the
+    request draws a reset (above), and the client still reads the answer and the EOF
+    and closes without an error, as over Linux's TCP."""
+    async def answer_and_close(reader: asyncio.StreamReader,
+                               writer: asyncio.StreamWriter) -> None:
+        await reader.readexactly(4)
+        writer.write(b"HTTP/1.0 200 OK\r\n\r\nhello")
+        writer.close()
+
+    server = await utcp.start_server(answer_and_close, HOST, 0, config=FAST)
+    try:
+        reader, writer = await utcp.open_connection(HOST, port_of(server), config=FAST)
+        writer.write(b"GET ")
+        await wait_until(lambda: writer.transport.get_extra_info("state")
+                         is utcp.State.CLOSE_WAIT, what="the server's FIN")
+        writer.write(b"GET again")  # pipelined: reaches a server that has closed
+        await wait_until(lambda: writer.transport.get_extra_info("state")
+                         is utcp.State.CLOSED, what="the RST")
+        assert await asyncio.wait_for(reader.read(), TIMEOUT) == b"HTTP/1.0 200 OK\r\n\r\nhello"
+        writer.close()
+        await asyncio.wait_for(writer.wait_closed(), TIMEOUT)
+    finally:
+        server.close()
+
+
+@pytest.mark.parametrize("act", ["close", "empty write"])
+async def test_close_or_an_empty_write_while_a_reset_waits(act: str) -> None:
+    server = Recorder(paused=True)
+    async with pair(server) as (client_transport, _):
+        client_transport.write(b"unread")
+        await wait_until(lambda: received(server) == 6, what="the bytes in the core")
+        client_transport.abort()
+        await wait_until(lambda: state_of(server) is utcp.State.CLOSED, what="the reset")
+        assert server.transport is not None
+        if act == "close":  # as asyncio's close() of a socket whose error it never read
+            server.transport.close()
+            assert await asyncio.wait_for(server.lost, TIMEOUT) is None
+        else:  # as asyncio's write(b""): nothing at all
+            server.transport.write(b"")
+            await asyncio.sleep(0.05)
+            assert not server.lost.done() and not server.transport.is_closing()
 
 
 # A peer in a process of its own, for the ICMP its socket's end leaves behind.
@@ -308,3 +361,85 @@ async def test_a_peer_that_closed_in_order_and_exited_leaves_no_error_behind() -
         server.close()
     assert bytes(reader.data) == bytes(range(256)) * 400
     assert reader.calls[-2:] == ["eof", "lost"] and exc is None
+
+
+async def test_bytes_before_a_reset_wait_for_a_protocol_that_is_not_there_yet(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """An accepted connection gets its protocol a little later (the accept queue); the
+    peer's bytes and reset may come before it. They wait for it, and for its reading,
+    as they do for a protocol already there."""
+    needs_patchable(transport_module, "UtcpTransport.attach_protocol")
+    loop = asyncio.get_running_loop()
+    attach = api.UtcpTransport.attach_protocol
+    attached = asyncio.Event()
+
+    def later(self: api.UtcpTransport, protocol: asyncio.BaseProtocol) -> None:
+        if self._on_lost is None:  # a client's: at once
+            attach(self, protocol)
+            return
+
+        def now() -> None:
+            attach(self, protocol)
+            attached.set()
+        loop.call_later(0.3, now)
+
+    monkeypatch.setattr(api.UtcpTransport, "attach_protocol", later)
+    server = Recorder(paused=True)
+    listener = await utcp.create_server(lambda: server, HOST, 0, config=FAST)
+    try:
+        client, _ = await utcp.create_connection(asyncio.Protocol, HOST, port_of(listener),
+                                                 config=FAST)
+        client.write(b"x" * 5000)
+        await asyncio.sleep(0.05)
+        client.abort()
+        await asyncio.wait_for(attached.wait(), TIMEOUT)
+        assert server.calls == [] and server.transport is not None
+        assert not server.transport.is_closing()
+        server.transport.resume_reading()
+        exc = await asyncio.wait_for(server.lost, TIMEOUT)
+    finally:
+        listener.close()
+    assert bytes(server.data) == b"x" * 5000 and isinstance(exc, ConnectionResetError)
+
+
+async def test_a_peer_heard_behind_its_icmp_is_asked_again_and_found_dead() -> None:
+    """The ICMP our ACK draws is reported ahead of datagrams still queued from the peer
+    (its data, or anything from its address), so the peer counts as heard and the ICMP
+    is set aside: an ACK goes at once, and its ICMP, with nothing behind it, ends the
+    connection. Without that a dead peer with nothing outstanding lived on (no
+    keepalive: for ever)."""
+    config = utcp.Config(msl=0.2, keepalive_interval=None)
+    accepted: list[asyncio.Transport] = []
+
+    class Quiet(asyncio.Protocol):
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            assert isinstance(transport, asyncio.Transport)
+            accepted.append(transport)
+
+    listener = await utcp.create_server(Quiet, HOST, 0, config=config)
+    client = Recorder()
+    transport, _ = await utcp.create_connection(lambda: client, HOST, port_of(listener),
+                                                config=config)
+    try:
+        await wait_until(lambda: bool(accepted), what="the accept")
+        for _ in range(10):  # a ping-pong's pace: the client port reads one at a time
+            accepted[0].write(b"p")
+            await asyncio.sleep(0.01)
+        port = listener._ports[0]
+        accepted[0].write(b"s" * 100)
+        accepted[0].write(b"s" * 100)
+        port.process()  # two segments queued at the client, the loop not running
+        address = port.local_addr
+        # the server's process dies: its socket closes, nothing is sent for it
+        port.loop.remove_reader(port.sock.fileno())
+        port.sock.close()
+        # then anything at all from its address, queued behind the data
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as junk:
+            junk.bind(address)
+            junk.sendto(b"not a segment", transport.get_extra_info("sockname"))
+        exc = await asyncio.wait_for(client.lost, PROMPT)
+    finally:
+        transport.abort()
+        listener.close()
+    assert isinstance(exc, ConnectionResetError)
+    assert bytes(client.data).endswith(b"s" * 200)

@@ -26,7 +26,7 @@ from utcp.aio import batch, shutdown
 from utcp.aio.shutdown import FIN_UNACKED
 from utcp.buffers import mypyc_attr
 from utcp.endpoint import Addr, Endpoint, peer_key
-from utcp.state import State
+from utcp.state import SYNCHRONIZED, State
 
 if TYPE_CHECKING:
     from utcp.config import Config
@@ -685,7 +685,8 @@ class UdpPort:
         queue gives its data before the reset. `heard` holds the peers of those
         datagrams. The error says nothing of when the ICMP came, and one of theirs may
         be the answer a peer not up yet (a peer-to-peer connect) now gives: a peer that
-        spoke is not taken for dead. If it is, what we send it next brings another."""
+        spoke is not taken for dead, but is sent an ACK at once (`_ask_again`): dead,
+        it brings another ICMP, with nothing queued behind it this time."""
         self.send_errors[errno.errorcode.get(exc.errno or 0, str(exc.errno))] += 1
         self._poll_again()
         if self._recverr:
@@ -695,8 +696,8 @@ class UdpPort:
             # of addresses, which is all there is to check.
             for conn in list(self.endpoint.connections.values()):
                 if heard and conn.peer in heard:
-                    continue
-                if self.icmp_refuses or conn.state != State.SYN_SENT:
+                    _ask_again(conn)
+                elif self.icmp_refuses or conn.state != State.SYN_SENT:
                     conn.icmp_unreachable()
         elif log.enabled():
             log.emit("socket_error", error=str(exc))
@@ -1062,6 +1063,7 @@ def _port_unreachable(port: UdpPort, addr: tuple[object, ...], quoted: bytes,
         return
     if heard and conn.peer in heard:
         counters["ICMP port unreachable ignored: the peer spoke since"] += 1
+        _ask_again(conn)
         return
     if len(quoted) < 8:
         counters["ICMP port unreachable quoting too little to check"] += 1
@@ -1073,3 +1075,12 @@ def _port_unreachable(port: UdpPort, addr: tuple[object, ...], quoted: bytes,
         port.schedule_flush()
     else:
         counters["ICMP port unreachable ignored"] += 1
+
+
+def _ask_again(conn: Connection) -> None:
+    """An ACK now, to a peer whose ICMP came with its datagrams queued behind it (see
+    `UdpPort._on_socket_error`): alive, it costs a datagram; dead, it draws the ICMP
+    that counts, even when the connection had nothing else to send."""
+    if conn.state in SYNCHRONIZED and conn.state is not State.TIME_WAIT:
+        conn.sender.ack_now = True
+        conn.touch()

@@ -110,7 +110,10 @@ class UtcpTransport(asyncio.Transport):
             return
         self._closing = True
         if self._conn.state == State.CLOSED:
-            self._connection_lost(self._conn.error)
+            # a reset the application was not told of yet: as asyncio's close() on a
+            # socket whose error it never read, not an error
+            pending, self._error_pending = self._error_pending, None
+            self._connection_lost(None if pending is not None else self._conn.error)
             return
         # nobody reads any more: a shut window is bounded, and so is FIN_WAIT_2
         self._conn.orphan(self._loop.time())
@@ -197,10 +200,12 @@ class UtcpTransport(asyncio.Transport):
         if self._write_eof_called:
             raise RuntimeError("Cannot call write() after write_eof()")
         conn = self._conn
-        if not data or self._closing or conn.state is _CLOSED:
+        if not data:
+            return
+        if self._closing or conn.state is _CLOSED:
             if self._error_pending is not None and not self._closing:
-                # a reset not yet reported (bytes before it unread): asyncio's send
-                # fails on it and ends the transport with it
+                # a reset not yet reported (bytes before it unread, or after the EOF):
+                # asyncio's send fails on it and ends the transport with it
                 self._force_close(self._error_pending)
             return  # after close() or abort(), or once the connection died: asyncio drops
         idle = conn.unsent == 0
@@ -313,10 +318,12 @@ class UtcpTransport(asyncio.Transport):
             self._port.detach(self._conn)
             return
         if error is not None:
-            if (self._protocol is not None and not self._closing
-                    and (self._conn.readable
-                         or (self._eof_pending and not self._eof_delivered))):
-                self._error_pending = error  # after the bytes and EOF before it
+            # After the bytes before it, and no protocol yet (the accept queue, a TLS
+            # handshake) is no reason to lose them: `attach_protocol` delivers them first.
+            # After the peer's EOF, as Linux's recv (the FIN marked the socket done): the
+            # reading side ends at the EOF, and only a write reports the reset.
+            if not self._closing and (self._conn.readable or self._eof_pending):
+                self._error_pending = error
             else:
                 self._force_close(error)
         elif self._closing or self._eof_delivered:
@@ -374,8 +381,9 @@ class UtcpTransport(asyncio.Transport):
                 self.close()
         error = self._error_pending
         if error is not None:
-            self._error_pending = None
-            self._force_close(error)
+            if not self._eof_pending:  # (else see _on_terminated)
+                self._error_pending = None
+                self._force_close(error)
         elif self._eof_delivered and conn.state is _CLOSED and not self._lost:
             self._closing = True
             self._connection_lost(conn.error)
