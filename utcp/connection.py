@@ -659,6 +659,7 @@ class Connection:
         if self.sender.pacer is not None:
             self.sender.pacer.deadline = None
         self.sender.ack_now = False
+        self.counters.unsent_dropped = self.unsent if self.sndbuf.end != self.sndbuf.base else 0
         self.sndbuf.clear()
         if self.memory_budget is not None:
             # what is left unread is the application's to take; no longer the endpoint's

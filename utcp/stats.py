@@ -22,7 +22,7 @@ class Counters:
                  "dsacks_received", "dup_acks_received", "fast_retransmits", "fin_timeouts",
                  "fins_ignored", "ooo_segments_received", "paws_drops", "segments_received",
                  "segments_retransmitted", "segments_sent", "spurious_recoveries",
-                 "tail_loss_probes", "timeouts")
+                 "tail_loss_probes", "timeouts", "unsent_dropped")
 
     def __init__(self) -> None:
         self.bytes_sent = 0              # new payload bytes, not retransmissions
@@ -43,6 +43,7 @@ class Counters:
         self.challenge_acks = 0          # RFC 5961 §7
         self.challenge_acks_suppressed = 0
         self.paws_drops = 0              # RFC 7323 §5
+        self.unsent_dropped = 0          # written, never transmitted, when the end came
         self.fins_ignored = 0            # FINs contradicted by data or by another FIN
         self.fin_timeouts = 0            # 1 once an orphan's FIN_WAIT_2 ran out of
         #   Config.fin_timeout and the connection was dropped (Linux's tcp_fin_timeout)

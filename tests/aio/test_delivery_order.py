@@ -236,7 +236,7 @@ async def test_data_for_an_application_that_closed_resets_the_peer() -> None:
         assert not client.lost.done() and not client_transport.is_closing()
         client_transport.write(b"and more")
         exc = await asyncio.wait_for(client.lost, TIMEOUT)
-    assert isinstance(exc, ConnectionResetError)
+    assert isinstance(exc, BrokenPipeError)  # Linux's EPIPE, for a reset after the FIN
     assert server_exc is None  # the server asked for its close: no error for it
     assert server.calls == ["lost"]  # and it was given none of those bytes
 
@@ -443,3 +443,66 @@ async def test_a_peer_heard_behind_its_icmp_is_asked_again_and_found_dead() -> N
         listener.close()
     assert isinstance(exc, ConnectionResetError)
     assert bytes(client.data).endswith(b"s" * 200)
+
+
+async def test_an_upload_the_peer_resets_after_its_eof_fails() -> None:
+    """The reading side ends quietly at the EOF, but bytes written and never sent are
+    lost with the reset: the writer is told, as asyncio's write callback is."""
+    async def bye(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"bye")
+        writer.close()
+
+    server = await utcp.start_server(bye, HOST, 0, config=FAST)
+    try:
+        reader, writer = await utcp.open_connection(HOST, port_of(server), config=FAST)
+        assert await asyncio.wait_for(reader.read(), TIMEOUT) == b"bye"
+        with pytest.raises(ConnectionError):
+            writer.write(bytes(8 << 20))
+            await asyncio.wait_for(writer.drain(), TIMEOUT)
+            writer.close()
+            await asyncio.wait_for(writer.wait_closed(), TIMEOUT)
+    finally:
+        server.close()
+
+
+async def test_write_eof_reports_a_reset_that_waits() -> None:
+    server = Recorder(paused=True)
+    async with pair(server) as (client_transport, _):
+        client_transport.write(b"unread")
+        await wait_until(lambda: received(server) == 6, what="the bytes in the core")
+        client_transport.abort()
+        await wait_until(lambda: state_of(server) is utcp.State.CLOSED, what="the reset")
+        assert server.transport is not None
+        server.transport.write_eof()  # (Linux's shutdown() fails with ENOTCONN here)
+        assert isinstance(await asyncio.wait_for(server.lost, TIMEOUT), ConnectionResetError)
+
+
+def test_the_loops_shutdown_ends_a_transport_holding_a_reset() -> None:
+    """The peer's request, FIN and reset; the protocol keeps the transport open after
+    the EOF and does nothing more. `asyncio.run` ending must still close the socket."""
+    lost: list[BaseException | None] = []
+
+    class Keep(asyncio.Protocol):
+        def eof_received(self) -> bool:
+            return True
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            lost.append(exc)
+
+    sockets: list[socket.socket] = []
+
+    async def main() -> None:
+        server = await utcp.create_server(Keep, HOST, 0, config=FAST)
+        sockets.extend(server.sockets)
+        client, _ = await utcp.create_connection(asyncio.Protocol, HOST, port_of(server),
+                                                 config=FAST)
+        client.write(b"req")
+        client.write_eof()
+        await asyncio.sleep(0.2)
+        client.abort()
+        await asyncio.sleep(0.3)
+        server.close()
+
+    asyncio.run(main())
+    assert sockets and sockets[0].fileno() == -1
+    assert len(lost) == 1 and isinstance(lost[0], ConnectionAbortedError)

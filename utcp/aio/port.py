@@ -544,6 +544,12 @@ class UdpPort:
             self._send(self.endpoint.datagrams_to_send(self.loop.time()))
             for listener in reset:  # after the RSTs are out: each schedules connection_lost
                 listener.ended_by_port(ConnectionAbortedError("the event loop is shutting down"))
+        # A transport can outlive its connection in the table: one holding a reset it has
+        # not reported (bytes unread, reading paused; or the peer's EOF). It holds the
+        # socket open, so it ends here too.
+        for conn, listener in list(self.transports.items()):
+            if conn.state is State.CLOSED:
+                listener.ended_by_port(ConnectionAbortedError("the event loop is shutting down"))
         if closing_too:
             self._close_if_idle()
 

@@ -14,6 +14,7 @@ What asyncio users rely on, kept here (CPython's selector_events.py is the refer
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -230,6 +231,8 @@ class UtcpTransport(asyncio.Transport):
         if self._conn.state != State.CLOSED:
             self._conn.close()
             self._port.schedule_flush()
+        elif self._error_pending is not None:
+            self._force_close(self._error_pending)  # as write() does
 
     def can_write_eof(self) -> bool:
         return True
@@ -260,7 +263,8 @@ class UtcpTransport(asyncio.Transport):
                    "protocol.pause_writing() failed")
 
     def _maybe_resume_protocol(self) -> None:
-        if self._protocol_paused and self._conn.unsent <= self._low:
+        # not once lost: the bytes were dropped, not sent (a drain() would return)
+        if self._protocol_paused and not self._lost and self._conn.unsent <= self._low:
             self._protocol_paused = False
             self._call(self._protocol.resume_writing if self._protocol else None,
                        "protocol.resume_writing() failed")
@@ -321,9 +325,14 @@ class UtcpTransport(asyncio.Transport):
             # After the bytes before it, and no protocol yet (the accept queue, a TLS
             # handshake) is no reason to lose them: `attach_protocol` delivers them first.
             # After the peer's EOF, as Linux's recv (the FIN marked the socket done): the
-            # reading side ends at the EOF, and only a write reports the reset.
-            if not self._closing and (self._conn.readable or self._eof_pending):
-                self._error_pending = error
+            # reading side ends at the EOF, and only a write reports the reset (EPIPE).
+            # But bytes written and never sent are lost with it: asyncio's write
+            # callback, with them in its buffer, would meet the error at once.
+            conn = self._conn
+            if (not self._closing and not conn.counters.unsent_dropped
+                    and (conn.readable or self._eof_pending)):
+                self._error_pending = error if not self._eof_pending else BrokenPipeError(
+                    errno.EPIPE, f"Broken pipe: {error}")
             else:
                 self._force_close(error)
         elif self._closing or self._eof_delivered:
