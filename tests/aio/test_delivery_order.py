@@ -119,7 +119,10 @@ async def test_bytes_before_a_reset_wait_for_a_paused_reader_then_the_reset() ->
     assert isinstance(exc, ConnectionResetError)
 
 
-async def test_a_write_while_a_reset_waits_ends_the_transport_with_it() -> None:
+@contextlib.asynccontextmanager
+async def a_reset_waiting() -> AsyncIterator[tuple[Recorder, asyncio.Transport]]:
+    """A server connection, reading paused, holding 6 unread bytes and the peer's reset
+    after them; the server's protocol and transport."""
     server = Recorder(paused=True)
     async with pair(server) as (client_transport, _):
         client_transport.write(b"unread")
@@ -127,10 +130,15 @@ async def test_a_write_while_a_reset_waits_ends_the_transport_with_it() -> None:
         client_transport.abort()
         await wait_until(lambda: state_of(server) is utcp.State.CLOSED, what="the reset")
         assert server.transport is not None
-        server.transport.write(b"answer")  # asyncio's send fails on the reset
+        yield server, server.transport
+
+
+async def test_a_write_while_a_reset_waits_ends_the_transport_with_it() -> None:
+    async with a_reset_waiting() as (server, transport):
+        transport.write(b"answer")  # asyncio's send fails on the reset
         exc = await asyncio.wait_for(server.lost, TIMEOUT)
     assert isinstance(exc, ConnectionResetError)
-    assert server.transport.is_closing()
+    assert transport.is_closing()
 
 
 async def _all_in_then_resume(server: Recorder, client_transport: asyncio.Transport,
@@ -269,20 +277,14 @@ async def test_a_reset_after_the_eof_leaves_the_response_and_a_clean_close() -> 
 
 @pytest.mark.parametrize("act", ["close", "empty write"])
 async def test_close_or_an_empty_write_while_a_reset_waits(act: str) -> None:
-    server = Recorder(paused=True)
-    async with pair(server) as (client_transport, _):
-        client_transport.write(b"unread")
-        await wait_until(lambda: received(server) == 6, what="the bytes in the core")
-        client_transport.abort()
-        await wait_until(lambda: state_of(server) is utcp.State.CLOSED, what="the reset")
-        assert server.transport is not None
+    async with a_reset_waiting() as (server, transport):
         if act == "close":  # as asyncio's close() of a socket whose error it never read
-            server.transport.close()
+            transport.close()
             assert await asyncio.wait_for(server.lost, TIMEOUT) is None
         else:  # as asyncio's write(b""): nothing at all
-            server.transport.write(b"")
+            transport.write(b"")
             await asyncio.sleep(0.05)
-            assert not server.lost.done() and not server.transport.is_closing()
+            assert not server.lost.done() and not transport.is_closing()
 
 
 # A peer in a process of its own, for the ICMP its socket's end leaves behind.
@@ -466,14 +468,8 @@ async def test_an_upload_the_peer_resets_after_its_eof_fails() -> None:
 
 
 async def test_write_eof_reports_a_reset_that_waits() -> None:
-    server = Recorder(paused=True)
-    async with pair(server) as (client_transport, _):
-        client_transport.write(b"unread")
-        await wait_until(lambda: received(server) == 6, what="the bytes in the core")
-        client_transport.abort()
-        await wait_until(lambda: state_of(server) is utcp.State.CLOSED, what="the reset")
-        assert server.transport is not None
-        server.transport.write_eof()  # (Linux's shutdown() fails with ENOTCONN here)
+    async with a_reset_waiting() as (server, transport):
+        transport.write_eof()  # (Linux's shutdown() fails with ENOTCONN here)
         assert isinstance(await asyncio.wait_for(server.lost, TIMEOUT), ConnectionResetError)
 
 
