@@ -302,12 +302,12 @@ class Ranges:
     __slots__ = ("ends", "starts")
 
     def __init__(self) -> None:
-        # nothing SACKed: the shared empty list, until the first block (idle memory)
+        # none: the shared empty list, until the first range (idle memory)
         self.starts: list[int] = NO_ITEMS
         self.ends: list[int] = NO_ITEMS
 
     def block_of(self, seq: int) -> tuple[int, int] | None:
-        """The SACKed range holding seq, if any."""
+        """The range holding seq, if any."""
         k = bisect_right(self.starts, seq) - 1
         if k >= 0 and seq < self.ends[k]:
             return self.starts[k], self.ends[k]

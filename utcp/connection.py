@@ -323,10 +323,10 @@ class Connection:
         if state is State.SYN_SENT:
             self.refuse("connection refused (port unreachable)")
             return True
-        if state in (State.CLOSED, State.LISTEN, State.TIME_WAIT) or (
-                _left_in_order(self) and state is State.CLOSE_WAIT):
+        if ((in_order := _left_in_order(self)) and state is State.CLOSE_WAIT) or state in (
+                State.CLOSED, State.LISTEN, State.TIME_WAIT):
             return False
-        self.fail(None if _left_in_order(self) else ConnectionResetError(
+        self.fail(None if in_order else ConnectionResetError(
             "connection reset: the peer's port is unreachable (ICMP), its process has"
             " likely exited"), send_rst=False)
         return True

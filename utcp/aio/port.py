@@ -536,17 +536,13 @@ class UdpPort:
         if self.closed:
             return
         if self.endpoint.connections:
-            reset = []
             for conn in list(self.endpoint.connections.values()):
                 _abandon(conn, closing_too=closing_too)
-                if conn.state is State.CLOSED and (listener := self.transports.get(conn)):
-                    reset.append(listener)
             self._send(self.endpoint.datagrams_to_send(self.loop.time()))
-            for listener in reset:  # after the RSTs are out: each schedules connection_lost
-                listener.ended_by_port(ConnectionAbortedError("the event loop is shutting down"))
-        # A transport can outlive its connection in the table: one holding a reset it has
-        # not reported (bytes unread, reading paused; or the peer's EOF). It holds the
-        # socket open, so it ends here too.
+        # After the RSTs are out, each transport whose connection is now CLOSED schedules
+        # connection_lost; so does one whose connection left the table earlier, holding
+        # a reset it has not reported (bytes unread, reading paused; or the peer's EOF),
+        # which would hold the socket open.
         for conn, listener in list(self.transports.items()):
             if conn.state is State.CLOSED:
                 listener.ended_by_port(ConnectionAbortedError("the event loop is shutting down"))
